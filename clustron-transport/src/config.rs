@@ -1,0 +1,191 @@
+//! Transport configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default maximum frame size: 4 MiB, large enough for a DKV value with its
+/// key and metadata, small enough that a hostile length prefix cannot make a
+/// node allocate much.
+pub const DEFAULT_MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// How an endpoint binds, dials and bounds what it accepts.
+///
+/// Build one with [`TransportConfig::new`] or a preset, change fields, then
+/// pass it to [`crate::Endpoint::bind`], which calls [`TransportConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// UDP address to listen on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Largest frame, in bytes, that is sent or accepted. The length prefix is
+    /// checked against it before anything is allocated. Range 64 B..=1 GiB.
+    pub max_frame_size: usize,
+    /// How long a dial (QUIC + TLS handshake) may take. Default 3 s: a LAN
+    /// handshake takes about a millisecond; anything close to this is a
+    /// dead or unreachable peer.
+    pub connect_timeout: Duration,
+    /// How long a request may wait for its response. Default 10 s.
+    pub request_timeout: Duration,
+    /// A connection with no traffic for this long is closed. Default 10 s;
+    /// keep-alives keep healthy connections open.
+    pub idle_timeout: Duration,
+    /// Interval of QUIC keep-alive pings on open connections. Default 2 s,
+    /// well under `idle_timeout`.
+    pub keep_alive_interval: Duration,
+    /// First wait after a failed dial before the same address is dialed
+    /// again. Doubles on each failure. Default 50 ms.
+    pub reconnect_backoff_initial: Duration,
+    /// Cap on the reconnect backoff. Default 2 s, so a restarted peer is
+    /// reached again within about two seconds.
+    pub reconnect_backoff_max: Duration,
+    /// Items queued per registered channel before senders wait (requests,
+    /// messages, streams) or datagrams are dropped. Default 1024.
+    pub inbox_capacity: usize,
+    /// Concurrent streams a remote may open, per direction kind. Default 1024.
+    pub max_concurrent_streams: u32,
+}
+
+impl TransportConfig {
+    /// Defaults tuned for a LAN, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_frame_size: DEFAULT_MAX_FRAME,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(2),
+            reconnect_backoff_initial: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            inbox_capacity: 1024,
+            max_concurrent_streams: 1024,
+        }
+    }
+
+    /// Same as [`TransportConfig::new`]: LAN defaults.
+    pub fn lan(listen: SocketAddr) -> Self {
+        Self::new(listen)
+    }
+
+    /// Defaults for links with high latency: longer timeouts and backoff.
+    pub fn wan(listen: SocketAddr) -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(5),
+            reconnect_backoff_max: Duration::from_secs(10),
+            ..Self::new(listen)
+        }
+    }
+
+    /// Checks every field; the error names the bad one and its value.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if !(64..=1 << 30).contains(&self.max_frame_size) {
+            return Err(ConfigError::MaxFrameSize(self.max_frame_size));
+        }
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("keep_alive_interval", self.keep_alive_interval),
+            ("reconnect_backoff_initial", self.reconnect_backoff_initial),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(field));
+            }
+        }
+        if self.keep_alive_interval >= self.idle_timeout {
+            return Err(ConfigError::KeepAliveNotBelowIdle {
+                keep_alive: self.keep_alive_interval,
+                idle: self.idle_timeout,
+            });
+        }
+        if self.reconnect_backoff_initial > self.reconnect_backoff_max {
+            return Err(ConfigError::BackoffOrder {
+                initial: self.reconnect_backoff_initial,
+                max: self.reconnect_backoff_max,
+            });
+        }
+        if self.inbox_capacity == 0 {
+            return Err(ConfigError::Zero("inbox_capacity"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::Zero("max_concurrent_streams"));
+        }
+        Ok(self)
+    }
+}
+
+/// A configuration value that was refused, with the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_frame_size` out of 64..=1 GiB.
+    #[error("max_frame_size = {0} is outside 64..=1073741824 bytes")]
+    MaxFrameSize(usize),
+    /// A duration that must be positive was zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A count that must be positive was zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// Keep-alives would not keep the connection open.
+    #[error("keep_alive_interval ({keep_alive:?}) must be below idle_timeout ({idle:?})")]
+    KeepAliveNotBelowIdle {
+        /// The keep-alive interval.
+        keep_alive: Duration,
+        /// The idle timeout.
+        idle: Duration,
+    },
+    /// The backoff would start above its own cap.
+    #[error("reconnect_backoff_initial ({initial:?}) exceeds reconnect_backoff_max ({max:?})")]
+    BackoffOrder {
+        /// Initial backoff.
+        initial: Duration,
+        /// Maximum backoff.
+        max: Duration,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> TransportConfig {
+        TransportConfig::new("127.0.0.1:0".parse().unwrap())
+    }
+
+    #[test]
+    fn presets_validate() {
+        base().validate().unwrap();
+        TransportConfig::wan("127.0.0.1:0".parse().unwrap())
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named_in_the_error() {
+        let cases: Vec<(TransportConfig, &str)> = vec![
+            (TransportConfig { max_frame_size: 1, ..base() }, "max_frame_size = 1"),
+            (
+                TransportConfig { request_timeout: Duration::ZERO, ..base() },
+                "request_timeout",
+            ),
+            (
+                TransportConfig { keep_alive_interval: Duration::from_secs(60), ..base() },
+                "keep_alive_interval",
+            ),
+            (TransportConfig { inbox_capacity: 0, ..base() }, "inbox_capacity"),
+            (
+                TransportConfig { reconnect_backoff_initial: Duration::from_secs(9), ..base() },
+                "reconnect_backoff_initial",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} does not name {needle}");
+        }
+    }
+}

@@ -1,0 +1,1125 @@
+//! The endpoint: one UDP port, a connection cache, and typed channels.
+//!
+//! ```text
+//!   Channel<P>::request/send/send_datagram/open_stream ──► connection cache ──► QUIC
+//!                                                              │ (one per peer address,
+//!                                                              │  redialed with backoff)
+//!   QUIC ──► connection task ──► header (version, kind, channel) ──► route ──► Inbox<P>
+//!             (accept_bi / accept_uni / read_datagram)              decode here; a bad
+//!                                                                   frame ends only its stream
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use quinn::{ConnectionError, RecvStream, SendStream, VarInt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+
+use crate::certs::TlsIdentity;
+use crate::codes;
+use crate::config::TransportConfig;
+use crate::error::{CertError, Error, FrameError};
+use crate::frame::{self, Status, StreamKind, DATAGRAM_HEADER_LEN, HEADER_LEN, WIRE_VERSION};
+use crate::identity::PeerIdentity;
+use crate::stream::{self, read_frame, FramedStream};
+use crate::tls;
+
+type BoxFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Which layer a message belongs to. Each layer registers its own channel, so
+/// layers never see each other's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u16);
+
+impl ChannelId {
+    /// `clustron-membership`.
+    pub const MEMBERSHIP: ChannelId = ChannelId(1);
+    /// `clustron-election`.
+    pub const ELECTION: ChannelId = ChannelId(2);
+    /// `clustron-events`.
+    pub const EVENTS: ChannelId = ChannelId(3);
+    /// `clustron-dkv` replication between nodes.
+    pub const DKV: ChannelId = ChannelId(4);
+    /// The client protocol.
+    pub const CLIENT: ChannelId = ChannelId(5);
+    /// Products built later pick channels from here up.
+    pub const FIRST_PRODUCT: ChannelId = ChannelId(100);
+}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The message types of one channel.
+///
+/// ```
+/// use clustron_transport::{ChannelId, Protocol};
+/// struct Ping;
+/// impl Protocol for Ping {
+///     const CHANNEL: ChannelId = ChannelId(200);
+///     type Request = u64;
+///     type Response = u64;
+///     type Message = String;
+/// }
+/// ```
+pub trait Protocol: Send + Sync + 'static {
+    /// The channel's id; unique per endpoint.
+    const CHANNEL: ChannelId;
+    /// Whether client certificates (ALPN `clustron-client/1`) may use this
+    /// channel. Node-to-node protocols leave it `false`.
+    const ACCEPTS_CLIENTS: bool = false;
+    /// What [`Channel::request`] sends.
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+    /// What a request is answered with.
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+    /// What one-way messages and datagrams carry.
+    type Message: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// An authenticated remote: its identity from its certificate and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Name and kind, from the certificate.
+    pub identity: Arc<PeerIdentity>,
+    /// The remote UDP address.
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// The certificate's name.
+    pub fn name(&self) -> &str {
+        self.identity.name.as_str()
+    }
+}
+
+/// How a [`Inbound::Message`] arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// On a unidirectional stream: reliable.
+    Reliable,
+    /// As a datagram: may be lost, duplicated or reordered.
+    Datagram,
+}
+
+/// Something a peer sent on a registered channel.
+#[derive(Debug)]
+pub enum Inbound<P: Protocol> {
+    /// A request; answer through `reply`.
+    Request {
+        /// Who sent it.
+        from: Peer,
+        /// The decoded request.
+        request: P::Request,
+        /// Where the answer goes.
+        reply: Reply<P::Response>,
+    },
+    /// A one-way message or datagram.
+    Message {
+        /// Who sent it.
+        from: Peer,
+        /// The decoded message.
+        message: P::Message,
+        /// Stream or datagram.
+        delivery: Delivery,
+    },
+    /// A long-lived stream the peer opened.
+    Stream {
+        /// Who opened it.
+        from: Peer,
+        /// The stream; frames of any agreed type.
+        stream: FramedStream,
+    },
+}
+
+/// The answer slot of one request. Dropping it unanswered rejects the request.
+pub struct Reply<R> {
+    tx: oneshot::Sender<Vec<u8>>,
+    max_frame: usize,
+    _response: PhantomData<fn(R)>,
+}
+
+impl<R> fmt::Debug for Reply<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+impl<R: Serialize> Reply<R> {
+    /// Sends the response. One larger than the maximum frame is turned into
+    /// a rejection saying so.
+    pub fn send(self, response: &R) {
+        let mut buf = Vec::with_capacity(64);
+        buf.push(Status::Ok as u8);
+        if let Err(e) = frame::encode_frame(&mut buf, response, self.max_frame) {
+            return self.reject(format!("response not sent: {e}"));
+        }
+        let _ = self.tx.send(buf);
+    }
+
+    /// Refuses the request; the caller gets [`Error::Rejected`] with `reason`.
+    pub fn reject(self, reason: impl fmt::Display) {
+        let _ = self.tx.send(status_frame(Status::Rejected, &reason.to_string()));
+    }
+}
+
+fn status_frame(status: Status, reason: &str) -> Vec<u8> {
+    let mut buf = vec![status as u8];
+    // A reason never approaches the 64-byte minimum frame; cut long ones.
+    let reason: String = reason.chars().take(1024).collect();
+    if frame::encode_frame(&mut buf, &reason, usize::MAX).is_err() {
+        buf.truncate(1);
+        buf.extend_from_slice(&[0, 0, 0, 1, 0]); // the empty string
+    }
+    buf
+}
+
+/// The receiving end of a registered channel.
+#[derive(Debug)]
+pub struct Inbox<P: Protocol> {
+    rx: mpsc::Receiver<Inbound<P>>,
+}
+
+impl<P: Protocol> Inbox<P> {
+    /// The next inbound item; `None` once the endpoint is closed.
+    pub async fn recv(&mut self) -> Option<Inbound<P>> {
+        self.rx.recv().await
+    }
+}
+
+/// Something worth knowing about connections.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// A connection was established (either direction).
+    Connected(Peer),
+    /// A connection ended.
+    Disconnected {
+        /// Who it was with.
+        peer: Peer,
+        /// Why, as quinn reports it.
+        reason: String,
+    },
+    /// A connection attempt to or from `addr` was refused.
+    Refused {
+        /// The remote address.
+        addr: SocketAddr,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Counters since the endpoint started, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportStats {
+    /// Frames and datagrams written.
+    pub messages_sent: u64,
+    /// Frames and datagrams received and handed to a channel.
+    pub messages_received: u64,
+    /// Bytes written in frames and datagrams (headers included).
+    pub bytes_sent: u64,
+    /// Bytes received in frames and datagrams (headers included).
+    pub bytes_received: u64,
+    /// Connections established, either direction.
+    pub connections_opened: u64,
+    /// Handshakes refused, either direction.
+    pub connections_refused: u64,
+    /// Streams ended with an error code because of bad input.
+    pub stream_errors: u64,
+    /// Datagrams dropped: malformed, unknown channel, or inbox full.
+    pub datagrams_dropped: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    connections_opened: AtomicU64,
+    connections_refused: AtomicU64,
+    stream_errors: AtomicU64,
+    datagrams_dropped: AtomicU64,
+}
+
+impl Stats {
+    fn sent(&self, bytes: usize) {
+        self.messages_sent.fetch_add(1, Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    fn received(&self, bytes: usize) {
+        self.messages_received.fetch_add(1, Relaxed);
+        self.bytes_received.fetch_add(bytes as u64, Relaxed);
+    }
+}
+
+/// Decodes and queues inbound items for one typed channel.
+trait Route: Send + Sync + 'static {
+    fn accepts_clients(&self) -> bool;
+    /// `Ok(Some(fut))` when the inbox is full: await it to deliver.
+    fn request(&self, from: Peer, body: &[u8], reply: Reply<()>)
+        -> Result<Option<BoxFuture>, FrameError>;
+    fn message(&self, from: Peer, body: &[u8], delivery: Delivery)
+        -> Result<Option<BoxFuture>, FrameError>;
+    fn stream(&self, from: Peer, stream: FramedStream) -> Option<BoxFuture>;
+}
+
+struct TypedRoute<P: Protocol> {
+    tx: mpsc::Sender<Inbound<P>>,
+}
+
+impl<P: Protocol> TypedRoute<P> {
+    fn deliver(&self, item: Inbound<P>) -> Option<BoxFuture> {
+        match self.tx.try_send(item) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                let tx = self.tx.clone();
+                Some(Box::pin(async move {
+                    let _ = tx.send(item).await;
+                }))
+            }
+        }
+    }
+}
+
+impl<P: Protocol> Route for TypedRoute<P> {
+    fn accepts_clients(&self) -> bool {
+        P::ACCEPTS_CLIENTS
+    }
+
+    fn request(
+        &self,
+        from: Peer,
+        body: &[u8],
+        reply: Reply<()>,
+    ) -> Result<Option<BoxFuture>, FrameError> {
+        let request = frame::decode_body::<P::Request>(body)?;
+        let reply = Reply {
+            tx: reply.tx,
+            max_frame: reply.max_frame,
+            _response: PhantomData,
+        };
+        Ok(self.deliver(Inbound::Request {
+            from,
+            request,
+            reply,
+        }))
+    }
+
+    fn message(
+        &self,
+        from: Peer,
+        body: &[u8],
+        delivery: Delivery,
+    ) -> Result<Option<BoxFuture>, FrameError> {
+        let message = frame::decode_body::<P::Message>(body)?;
+        let item = Inbound::Message {
+            from,
+            message,
+            delivery,
+        };
+        if delivery == Delivery::Datagram {
+            // Datagrams are unreliable anyway: drop rather than wait.
+            return match self.tx.try_send(item) {
+                Ok(()) => Ok(None),
+                Err(_) => Err(FrameError::Stream("inbox full".into())),
+            };
+        }
+        Ok(self.deliver(item))
+    }
+
+    fn stream(&self, from: Peer, stream: FramedStream) -> Option<BoxFuture> {
+        self.deliver(Inbound::Stream { from, stream })
+    }
+}
+
+#[derive(Default)]
+struct DialState {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    config: TransportConfig,
+    identity: Arc<PeerIdentity>,
+    dial_config: quinn::ClientConfig,
+    routes: DashMap<ChannelId, Arc<dyn Route>>,
+    conns: DashMap<SocketAddr, quinn::Connection>,
+    dials: DashMap<SocketAddr, Arc<tokio::sync::Mutex<DialState>>>,
+    events: broadcast::Sender<TransportEvent>,
+    stats: Stats,
+}
+
+/// Closes the QUIC endpoint when the last user handle goes away; background
+/// tasks hold `Inner` but not this, so they do not keep the endpoint alive.
+struct CloseGuard(quinn::Endpoint);
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        self.0.close(VarInt::from_u32(codes::CLOSE_SHUTDOWN), b"shutdown");
+    }
+}
+
+/// A QUIC endpoint on one UDP port with mutual TLS, a connection cache and
+/// typed channels.
+///
+/// Must be created inside a tokio runtime. Cheap to clone; the endpoint closes
+/// when the last clone (and the last [`Channel`]) is dropped, or on
+/// [`Endpoint::close`].
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+    _guard: Arc<CloseGuard>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("identity", &self.inner.identity)
+            .field("local_addr", &self.local_addr())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Binds a node endpoint: it serves both ALPNs on `config.listen` and
+    /// dials other nodes with `clustron-peer/1`. Needs a node certificate.
+    pub fn bind(config: TransportConfig, identity: TlsIdentity) -> Result<Self, Error> {
+        if !identity.identity().is_node() {
+            return Err(CertError::NotANode(identity.identity().clone()).into());
+        }
+        let server = Some(tls::server_config(&identity)?);
+        Self::build(config, identity, server, tls::ALPN_PEER)
+    }
+
+    /// Binds a client endpoint: it serves nothing and dials nodes with
+    /// `clustron-client/1`. Nodes may still push streams to it over the
+    /// connections it opened.
+    pub fn client(config: TransportConfig, identity: TlsIdentity) -> Result<Self, Error> {
+        Self::build(config, identity, None, tls::ALPN_CLIENT)
+    }
+
+    fn build(
+        config: TransportConfig,
+        identity: TlsIdentity,
+        server: Option<quinn::ServerConfig>,
+        alpn: &[u8],
+    ) -> Result<Self, Error> {
+        let config = config.validate()?;
+        let transport = Arc::new(quinn_transport(&config));
+        let mut dial_config = tls::client_config(&identity, alpn)?;
+        dial_config.transport_config(transport.clone());
+        let server = server.map(|mut server| {
+            server.transport_config(transport);
+            server
+        });
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| Error::Bind {
+            addr: config.listen,
+            source: std::io::Error::other("no async runtime: call inside tokio"),
+        })?;
+        let endpoint_config = quinn::EndpointConfig::new(tls::reset_key(&identity));
+        let endpoint = quinn::Endpoint::new(endpoint_config, server, socket, runtime)
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let inner = Arc::new(Inner {
+            endpoint: endpoint.clone(),
+            config,
+            identity: Arc::new(identity.identity().clone()),
+            dial_config,
+            routes: DashMap::new(),
+            conns: DashMap::new(),
+            dials: DashMap::new(),
+            events: broadcast::channel(256).0,
+            stats: Stats::default(),
+        });
+        tokio::spawn(inner.clone().accept_loop());
+        Ok(Self {
+            inner,
+            _guard: Arc::new(CloseGuard(endpoint)),
+        })
+    }
+
+    /// The bound UDP address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        // Invariant: the socket was bound in `build` and is never unbound.
+        self.inner
+            .endpoint
+            .local_addr()
+            .unwrap_or(self.inner.config.listen)
+    }
+
+    /// Our own identity, from our certificate.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.inner.identity
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+
+    /// Registers the handler side of protocol `P`. Each channel can be
+    /// registered once per endpoint.
+    pub fn register<P: Protocol>(&self) -> Result<Inbox<P>, Error> {
+        use dashmap::mapref::entry::Entry;
+        match self.inner.routes.entry(P::CHANNEL) {
+            Entry::Occupied(_) => Err(Error::ChannelTaken(P::CHANNEL)),
+            Entry::Vacant(slot) => {
+                let (tx, rx) = mpsc::channel(self.inner.config.inbox_capacity);
+                slot.insert(Arc::new(TypedRoute::<P> { tx }));
+                Ok(Inbox { rx })
+            }
+        }
+    }
+
+    /// The sending side of protocol `P`.
+    pub fn channel<P: Protocol>(&self) -> Channel<P> {
+        Channel {
+            endpoint: self.clone(),
+            _protocol: PhantomData,
+        }
+    }
+
+    /// Connects to `addr` (or reuses the cached connection) and returns who
+    /// is there.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Peer, Error> {
+        let conn = self.inner.connection(addr).await?;
+        Ok(Peer {
+            identity: Arc::new(peer_identity(&conn)?),
+            addr,
+        })
+    }
+
+    /// Connection events: connected, disconnected, refused.
+    pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> TransportStats {
+        let s = &self.inner.stats;
+        TransportStats {
+            messages_sent: s.messages_sent.load(Relaxed),
+            messages_received: s.messages_received.load(Relaxed),
+            bytes_sent: s.bytes_sent.load(Relaxed),
+            bytes_received: s.bytes_received.load(Relaxed),
+            connections_opened: s.connections_opened.load(Relaxed),
+            connections_refused: s.connections_refused.load(Relaxed),
+            stream_errors: s.stream_errors.load(Relaxed),
+            datagrams_dropped: s.datagrams_dropped.load(Relaxed),
+        }
+    }
+
+    /// Closes every connection and the socket, waiting briefly for peers to
+    /// learn of it. Calls in flight fail with [`Error::Closed`] or
+    /// [`Error::ConnectionLost`].
+    pub async fn close(&self) {
+        self.inner
+            .endpoint
+            .close(VarInt::from_u32(codes::CLOSE_SHUTDOWN), b"shutdown");
+        let _ = timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// The sending side of one protocol; cheap to clone.
+pub struct Channel<P: Protocol> {
+    endpoint: Endpoint,
+    _protocol: PhantomData<fn(P)>,
+}
+
+impl<P: Protocol> Clone for Channel<P> {
+    fn clone(&self) -> Self {
+        Self {
+            endpoint: self.endpoint.clone(),
+            _protocol: PhantomData,
+        }
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Channel<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Channel({})", P::CHANNEL)
+    }
+}
+
+impl<P: Protocol> Channel<P> {
+    /// Sends `request` to `to` on a new bidirectional stream and waits for
+    /// the response, at most `request_timeout`.
+    pub async fn request(&self, to: SocketAddr, request: &P::Request) -> Result<P::Response, Error> {
+        let inner = &self.endpoint.inner;
+        let max = inner.config.max_frame_size;
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
+        frame::encode_frame(&mut buf, request, max)?;
+        let after = inner.config.request_timeout;
+        let exchange = async {
+            let (mut send, mut recv) = inner.open_bi(to).await?;
+            send.write_all(&buf)
+                .await
+                .map_err(|e| write_failure(to, e))?;
+            let _ = send.finish();
+            inner.stats.sent(buf.len());
+            let mut status = [0u8; 1];
+            recv.read_exact(&mut status)
+                .await
+                .map_err(|e| inner.read_failure(to, e))?;
+            let body = match read_frame(&mut recv, max).await {
+                Ok(Some(body)) => body,
+                Ok(None) => return Err(FrameError::Truncated.into()),
+                Err(e) => {
+                    stream::abort(None, Some(&mut recv), &e);
+                    return Err(e.into());
+                }
+            };
+            inner.stats.received(body.len() + 1);
+            match Status::from_u8(status[0]) {
+                Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(&body)?),
+                Some(Status::UnknownChannel) => Err(Error::UnknownChannel {
+                    addr: to,
+                    channel: P::CHANNEL,
+                }),
+                Some(Status::Rejected) => Err(Error::Rejected {
+                    addr: to,
+                    reason: frame::decode_body::<String>(&body)?,
+                }),
+                None => Err(FrameError::Malformed(format!("unknown status {}", status[0])).into()),
+            }
+        };
+        timeout(after, exchange).await.map_err(|_| Error::Timeout {
+            what: "request",
+            addr: to,
+            after,
+        })?
+    }
+
+    /// Sends a one-way message on a new unidirectional stream. Returns once
+    /// it is handed to QUIC (delivered reliably unless the connection dies),
+    /// without waiting for an acknowledgement.
+    pub async fn send(&self, to: SocketAddr, message: &P::Message) -> Result<(), Error> {
+        let inner = &self.endpoint.inner;
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&frame::header(StreamKind::Message, P::CHANNEL));
+        frame::encode_frame(&mut buf, message, inner.config.max_frame_size)?;
+        let after = inner.config.request_timeout;
+        let exchange = async {
+            let conn = inner.connection(to).await?;
+            let mut send = match conn.open_uni().await {
+                Ok(send) => send,
+                Err(e) => {
+                    inner.evict(to, &conn);
+                    return Err(connection_error(to, e));
+                }
+            };
+            send.write_all(&buf)
+                .await
+                .map_err(|e| write_failure(to, e))?;
+            let _ = send.finish();
+            inner.stats.sent(buf.len());
+            Ok(())
+        };
+        timeout(after, exchange).await.map_err(|_| Error::Timeout {
+            what: "message",
+            addr: to,
+            after,
+        })?
+    }
+
+    /// Sends an unreliable datagram: it may be lost, duplicated or reordered.
+    /// Fails with [`Error::DatagramTooLarge`] above the path's datagram size
+    /// (about 1.2 KB).
+    pub async fn send_datagram(&self, to: SocketAddr, message: &P::Message) -> Result<(), Error> {
+        let inner = &self.endpoint.inner;
+        let mut buf = Vec::with_capacity(64);
+        let [hi, lo] = P::CHANNEL.0.to_be_bytes();
+        buf.extend_from_slice(&[WIRE_VERSION, hi, lo]);
+        buf = postcard::to_extend(message, buf)
+            .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?;
+        let conn = inner.connection(to).await?;
+        let len = buf.len();
+        match conn.send_datagram(buf.into()) {
+            Ok(()) => {
+                inner.stats.sent(len);
+                Ok(())
+            }
+            Err(quinn::SendDatagramError::TooLarge) => Err(Error::DatagramTooLarge {
+                size: len,
+                max: conn.max_datagram_size().unwrap_or(0),
+            }),
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                inner.evict(to, &conn);
+                Err(connection_error(to, e))
+            }
+            Err(e) => Err(Error::ConnectionLost {
+                addr: to,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Opens a long-lived stream of frames to `to`; the remote's inbox gets
+    /// [`Inbound::Stream`].
+    pub async fn open_stream(&self, to: SocketAddr) -> Result<FramedStream, Error> {
+        let inner = &self.endpoint.inner;
+        let (mut send, recv) = inner.open_bi(to).await?;
+        send.write_all(&frame::header(StreamKind::Stream, P::CHANNEL))
+            .await
+            .map_err(|e| write_failure(to, e))?;
+        let peer = match inner.conns.get(&to) {
+            Some(conn) => Peer {
+                identity: Arc::new(peer_identity(&conn)?),
+                addr: to,
+            },
+            None => return Err(Error::ConnectionLost {
+                addr: to,
+                reason: "connection closed while opening the stream".into(),
+            }),
+        };
+        Ok(FramedStream::new(peer, send, recv, inner.config.max_frame_size))
+    }
+}
+
+impl Inner {
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            tokio::spawn(self.clone().handle_incoming(incoming));
+        }
+    }
+
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let addr = incoming.remote_address();
+        let connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
+            Err(e) => return self.refused(addr, e.to_string()),
+        };
+        let conn = match timeout(self.config.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return self.refused(addr, connection_error(addr, e).to_string()),
+            Err(_) => return self.refused(addr, "handshake timed out".into()),
+        };
+        let identity = match peer_identity(&conn) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let reason = e.to_string();
+                conn.close(VarInt::from_u32(codes::CLOSE_REFUSED), reason.as_bytes());
+                return self.refused(addr, reason);
+            }
+        };
+        let alpn = conn
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        let as_node = alpn.as_deref() == Some(tls::ALPN_PEER);
+        if as_node && !identity.is_node() {
+            let reason = format!("{identity} may not connect as a node");
+            conn.close(VarInt::from_u32(codes::CLOSE_REFUSED), reason.as_bytes());
+            return self.refused(addr, reason);
+        }
+        if as_node {
+            // The remote dials from its listening socket, so this connection
+            // also serves our own calls to that address.
+            self.conns.insert(addr, conn.clone());
+        }
+        let peer = Peer {
+            identity: Arc::new(identity),
+            addr,
+        };
+        self.drive(conn, peer, !as_node).await;
+    }
+
+    fn refused(&self, addr: SocketAddr, reason: String) {
+        tracing::warn!(%addr, %reason, "connection refused");
+        self.stats.connections_refused.fetch_add(1, Relaxed);
+        let _ = self.events.send(TransportEvent::Refused { addr, reason });
+    }
+
+    /// Serves one connection until it closes.
+    async fn drive(self: Arc<Self>, conn: quinn::Connection, peer: Peer, is_client: bool) {
+        self.stats.connections_opened.fetch_add(1, Relaxed);
+        tracing::debug!(peer = %peer.identity, addr = %peer.addr, "connected");
+        let _ = self.events.send(TransportEvent::Connected(peer.clone()));
+        let reason = loop {
+            tokio::select! {
+                bi = conn.accept_bi() => match bi {
+                    Ok((send, recv)) => {
+                        tokio::spawn(self.clone().handle_bi(peer.clone(), is_client, send, recv));
+                    }
+                    Err(e) => break e,
+                },
+                uni = conn.accept_uni() => match uni {
+                    Ok(recv) => {
+                        tokio::spawn(self.clone().handle_uni(peer.clone(), is_client, recv));
+                    }
+                    Err(e) => break e,
+                },
+                datagram = conn.read_datagram() => match datagram {
+                    Ok(bytes) => self.handle_datagram(&peer, is_client, &bytes),
+                    Err(e) => break e,
+                },
+            }
+        };
+        self.evict(peer.addr, &conn);
+        tracing::debug!(peer = %peer.identity, %reason, "disconnected");
+        let _ = self.events.send(TransportEvent::Disconnected {
+            peer,
+            reason: reason.to_string(),
+        });
+    }
+
+    fn route(&self, channel: ChannelId, is_client: bool) -> Result<Arc<dyn Route>, Status> {
+        match self.routes.get(&channel) {
+            None => Err(Status::UnknownChannel),
+            Some(route) if is_client && !route.accepts_clients() => Err(Status::Rejected),
+            Some(route) => Ok(route.clone()),
+        }
+    }
+
+    fn bad_stream(&self, peer: &Peer, send: Option<&mut SendStream>, recv: Option<&mut RecvStream>, error: &FrameError) {
+        tracing::debug!(peer = %peer.identity, %error, "stream refused");
+        self.stats.stream_errors.fetch_add(1, Relaxed);
+        stream::abort(send, recv, error);
+    }
+
+    async fn handle_bi(self: Arc<Self>, peer: Peer, is_client: bool, mut send: SendStream, mut recv: RecvStream) {
+        let mut head = [0u8; HEADER_LEN];
+        if let Err(e) = recv.read_exact(&mut head).await {
+            let e = stream::read_exact_error(e);
+            return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e);
+        }
+        let (kind, channel) = match frame::parse_header(head) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e),
+        };
+        let max = self.config.max_frame_size;
+        match kind {
+            StreamKind::Request => {
+                let body = match read_frame(&mut recv, max).await {
+                    Ok(Some(body)) => body,
+                    Ok(None) => {
+                        let e = FrameError::Truncated;
+                        return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e);
+                    }
+                    Err(e) => return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e),
+                };
+                self.stats.received(HEADER_LEN + body.len());
+                let answer = match self.route(channel, is_client) {
+                    Err(status) => status_frame(status, &refusal(status, channel)),
+                    Ok(route) => {
+                        let (tx, rx) = oneshot::channel();
+                        let reply = Reply { tx, max_frame: max, _response: PhantomData };
+                        match route.request(peer.clone(), &body, reply) {
+                            Err(e) => return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e),
+                            Ok(Some(wait)) => wait.await,
+                            Ok(None) => {}
+                        }
+                        rx.await.unwrap_or_else(|_| status_frame(Status::Rejected, "handler dropped the request"))
+                    }
+                };
+                if send.write_all(&answer).await.is_ok() {
+                    self.stats.sent(answer.len());
+                    let _ = send.finish();
+                }
+            }
+            StreamKind::Stream => match self.route(channel, is_client) {
+                Err(_) => {
+                    let e = FrameError::Stream(format!("no handler for channel {channel}"));
+                    self.stats.stream_errors.fetch_add(1, Relaxed);
+                    let code = VarInt::from_u32(codes::UNKNOWN_CHANNEL);
+                    let _ = send.reset(code);
+                    let _ = recv.stop(code);
+                    tracing::debug!(peer = %peer.identity, %e, "stream refused");
+                }
+                Ok(route) => {
+                    let stream = FramedStream::new(peer.clone(), send, recv, max);
+                    if let Some(wait) = route.stream(peer, stream) {
+                        wait.await;
+                    }
+                }
+            },
+            StreamKind::Message => {
+                let e = FrameError::UnknownKind(kind as u8);
+                self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e);
+            }
+        }
+    }
+
+    async fn handle_uni(self: Arc<Self>, peer: Peer, is_client: bool, mut recv: RecvStream) {
+        let mut head = [0u8; HEADER_LEN];
+        if let Err(e) = recv.read_exact(&mut head).await {
+            let e = stream::read_exact_error(e);
+            return self.bad_stream(&peer, None, Some(&mut recv), &e);
+        }
+        let channel = match frame::parse_header(head) {
+            Ok((StreamKind::Message, channel)) => channel,
+            Ok((kind, _)) => {
+                let e = FrameError::UnknownKind(kind as u8);
+                return self.bad_stream(&peer, None, Some(&mut recv), &e);
+            }
+            Err(e) => return self.bad_stream(&peer, None, Some(&mut recv), &e),
+        };
+        let body = match read_frame(&mut recv, self.config.max_frame_size).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return self.bad_stream(&peer, None, Some(&mut recv), &FrameError::Truncated),
+            Err(e) => return self.bad_stream(&peer, None, Some(&mut recv), &e),
+        };
+        let route = match self.route(channel, is_client) {
+            Ok(route) => route,
+            Err(_) => {
+                self.stats.stream_errors.fetch_add(1, Relaxed);
+                let _ = recv.stop(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
+                return;
+            }
+        };
+        self.stats.received(HEADER_LEN + body.len());
+        match route.message(peer.clone(), &body, Delivery::Reliable) {
+            Ok(Some(wait)) => wait.await,
+            Ok(None) => {}
+            Err(e) => self.bad_stream(&peer, None, Some(&mut recv), &e),
+        }
+    }
+
+    fn handle_datagram(&self, peer: &Peer, is_client: bool, bytes: &[u8]) {
+        let delivered = (|| {
+            let (head, body) = bytes.split_at_checked(DATAGRAM_HEADER_LEN)?;
+            if head[0] != WIRE_VERSION {
+                return None;
+            }
+            let channel = ChannelId(u16::from_be_bytes([head[1], head[2]]));
+            let route = self.route(channel, is_client).ok()?;
+            route.message(peer.clone(), body, Delivery::Datagram).ok()
+        })();
+        if delivered.is_some() {
+            self.stats.received(bytes.len());
+        } else {
+            self.stats.datagrams_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Opens a bidirectional stream, redialing once if the cached connection
+    /// turns out to be dead before anything was sent on it.
+    async fn open_bi(self: &Arc<Self>, to: SocketAddr) -> Result<(SendStream, RecvStream), Error> {
+        let mut retried = false;
+        loop {
+            let conn = self.connection(to).await?;
+            match conn.open_bi().await {
+                Ok(pair) => return Ok(pair),
+                Err(e) => {
+                    self.evict(to, &conn);
+                    if retried {
+                        return Err(connection_error(to, e));
+                    }
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// The cached connection to `addr`, or a new one. Concurrent callers
+    /// share one dial; failed dials back off exponentially.
+    async fn connection(self: &Arc<Self>, addr: SocketAddr) -> Result<quinn::Connection, Error> {
+        if let Some(conn) = self.live(addr) {
+            return Ok(conn);
+        }
+        let slot = self.dials.entry(addr).or_default().clone();
+        let mut state = slot.lock().await;
+        if let Some(conn) = self.live(addr) {
+            return Ok(conn);
+        }
+        let now = Instant::now();
+        if let Some(retry_at) = state.retry_at {
+            if now < retry_at {
+                return Err(Error::Backoff {
+                    addr,
+                    retry_in: retry_at - now,
+                });
+            }
+        }
+        match self.dial(addr).await {
+            Ok(conn) => {
+                *state = DialState::default();
+                Ok(conn)
+            }
+            Err(e) => {
+                let wait = backoff(
+                    self.config.reconnect_backoff_initial,
+                    self.config.reconnect_backoff_max,
+                    state.failures,
+                );
+                state.failures = state.failures.saturating_add(1);
+                state.retry_at = Some(Instant::now() + wait);
+                Err(e)
+            }
+        }
+    }
+
+    fn live(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let conn = self.conns.get(&addr)?;
+        conn.close_reason().is_none().then(|| conn.clone())
+    }
+
+    async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<quinn::Connection, Error> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.dial_config.clone(), addr, tls::SNI)
+            .map_err(|e| match e {
+                quinn::ConnectError::EndpointStopping => Error::Closed,
+                other => Error::Unreachable {
+                    addr,
+                    reason: other.to_string(),
+                },
+            })?;
+        let after = self.config.connect_timeout;
+        let conn = match timeout(after, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let error = connection_error(addr, e);
+                if matches!(error, Error::Handshake { .. }) {
+                    self.refused(addr, error.to_string());
+                }
+                return Err(error);
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: "connect",
+                    addr,
+                    after,
+                })
+            }
+        };
+        let identity = peer_identity(&conn)?;
+        self.conns.insert(addr, conn.clone());
+        let peer = Peer {
+            identity: Arc::new(identity),
+            addr,
+        };
+        tokio::spawn(self.clone().drive(conn.clone(), peer, false));
+        Ok(conn)
+    }
+
+    fn evict(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        self.conns
+            .remove_if(&addr, |_, cached| cached.stable_id() == conn.stable_id());
+    }
+
+    fn read_failure(&self, addr: SocketAddr, error: quinn::ReadExactError) -> Error {
+        match error {
+            quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => {
+                connection_error(addr, e)
+            }
+            other => stream::read_exact_error(other).into(),
+        }
+    }
+}
+
+fn write_failure(addr: SocketAddr, error: quinn::WriteError) -> Error {
+    match error {
+        quinn::WriteError::ConnectionLost(e) => connection_error(addr, e),
+        other => stream::write_error(other).into(),
+    }
+}
+
+/// Maps a quinn connection error to ours, keeping TLS refusals and the
+/// remote's own refusal apart from plain loss.
+fn connection_error(addr: SocketAddr, error: ConnectionError) -> Error {
+    match error {
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(codes::CLOSE_REFUSED) =>
+        {
+            Error::Refused {
+                addr,
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            }
+        }
+        ConnectionError::TransportError(e) if is_crypto(e.code) => Error::Handshake {
+            addr,
+            reason: e.to_string(),
+        },
+        ConnectionError::ConnectionClosed(close) if is_crypto(close.error_code) => {
+            Error::Handshake {
+                addr,
+                reason: close.to_string(),
+            }
+        }
+        ConnectionError::TimedOut => Error::Unreachable {
+            addr,
+            reason: "no answer (timed out)".into(),
+        },
+        ConnectionError::LocallyClosed => Error::Closed,
+        other => Error::ConnectionLost {
+            addr,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// QUIC carries TLS alerts as transport error codes 0x100..=0x1ff.
+fn is_crypto(code: quinn::TransportErrorCode) -> bool {
+    (0x100..=0x1ff).contains(&u64::from(code))
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, Error> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or_else(|| CertError::NoIdentity("the peer presented no certificate".into()))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| CertError::NoIdentity("the peer presented no certificate".into()))?;
+    Ok(PeerIdentity::from_certificate(first)?)
+}
+
+fn refusal(status: Status, channel: ChannelId) -> String {
+    match status {
+        Status::UnknownChannel => format!("no handler for channel {channel}"),
+        _ => format!("channel {channel} is for nodes only"),
+    }
+}
+
+/// `initial * 2^failures`, capped at `max`.
+fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
+    initial
+        .checked_mul(1u32 << failures.min(20))
+        .map_or(max, |wait| wait.min(max))
+}
+
+fn quinn_transport(config: &TransportConfig) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    let streams = VarInt::from_u32(config.max_concurrent_streams);
+    transport
+        .max_concurrent_bidi_streams(streams)
+        .max_concurrent_uni_streams(streams)
+        .keep_alive_interval(Some(config.keep_alive_interval))
+        .max_idle_timeout(config.idle_timeout.try_into().ok());
+    transport
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let (initial, max) = (Duration::from_millis(50), Duration::from_secs(2));
+        let waits: Vec<_> = (0..8).map(|f| backoff(initial, max, f).as_millis()).collect();
+        assert_eq!(waits, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff(initial, max, u32::MAX), max);
+    }
+}
