@@ -434,7 +434,7 @@ impl Endpoint {
             addr: config.listen,
             source: std::io::Error::other("no async runtime: call inside tokio"),
         })?;
-        let endpoint_config = quinn::EndpointConfig::new(tls::reset_key(&identity));
+        let endpoint_config = tls::endpoint_config(&identity);
         let endpoint = quinn::Endpoint::new(endpoint_config, server, socket, runtime)
             .map_err(|source| Error::Bind {
                 addr: config.listen,
@@ -746,6 +746,7 @@ impl Inner {
     }
 
     fn refused(&self, addr: SocketAddr, reason: String) {
+        let reason = explain(reason);
         tracing::warn!(%addr, %reason, "connection refused");
         self.stats.connections_refused.fetch_add(1, Relaxed);
         let _ = self.events.send(TransportEvent::Refused { addr, reason });
@@ -1050,12 +1051,12 @@ fn connection_error(addr: SocketAddr, error: ConnectionError) -> Error {
         }
         ConnectionError::TransportError(e) if is_crypto(e.code) => Error::Handshake {
             addr,
-            reason: e.to_string(),
+            reason: explain(e.to_string()),
         },
         ConnectionError::ConnectionClosed(close) if is_crypto(close.error_code) => {
             Error::Handshake {
                 addr,
-                reason: close.to_string(),
+                reason: explain(close.to_string()),
             }
         }
         ConnectionError::TimedOut => Error::Unreachable {
@@ -1068,6 +1069,24 @@ fn connection_error(addr: SocketAddr, error: ConnectionError) -> Error {
             reason: other.to_string(),
         },
     }
+}
+
+/// Adds what rustls's terse reasons mean for an operator.
+fn explain(reason: String) -> String {
+    let hint = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+        "the certificate was not signed by this cluster's CA"
+    } else if reason.contains("expired") || reason.contains("Expired") {
+        "the certificate has expired"
+    } else if reason.contains("NotValidYet") {
+        "the certificate is not valid yet (clock skew?)"
+    } else if reason.contains("no certificates") || reason.contains("NoCertificatesPresented") {
+        "the peer presented no client certificate"
+    } else if reason.contains("certificate unknown") || reason.contains("bad certificate") {
+        "the remote refused our certificate"
+    } else {
+        return reason;
+    };
+    format!("{reason} ({hint})")
 }
 
 /// QUIC carries TLS alerts as transport error codes 0x100..=0x1ff.

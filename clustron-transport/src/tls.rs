@@ -38,8 +38,10 @@ fn roots(identity: &TlsIdentity) -> Result<Arc<RootCertStore>, CertError> {
     Ok(Arc::new(roots))
 }
 
-/// The server side: nodes only.
-pub(crate) fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfig, CertError> {
+/// The quinn server configuration of a node: requires a client certificate
+/// from the CA and offers both ALPNs. [`crate::Endpoint::bind`] uses it; it is
+/// public for benchmarks and raw-protocol tests.
+pub fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfig, CertError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider.clone())
         .build()
@@ -55,8 +57,9 @@ pub(crate) fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfi
     Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
 }
 
-/// The dialing side, offering `alpn`.
-pub(crate) fn client_config(
+/// The quinn client configuration of a dialer offering `alpn`: presents our
+/// certificate and accepts only a node certificate from the CA.
+pub fn client_config(
     identity: &TlsIdentity,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, CertError> {
@@ -144,13 +147,30 @@ impl ServerCertVerifier for NodeServerVerifier {
     }
 }
 
-/// A stateless-reset key derived from the node's private key, so a node that
-/// restarts on the same address resets its peers' stale connections at once
-/// instead of leaving them to time out.
-pub(crate) fn reset_key(identity: &TlsIdentity) -> Arc<ring::hmac::Key> {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"clustron stateless reset v1");
-    ctx.update(identity.key.secret_der());
-    let seed = ctx.finish();
-    Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref()))
+/// The QUIC endpoint configuration of a node, with its stateless-reset key
+/// and connection-ID key derived from its private key.
+///
+/// Why: a node that crashes and restarts on the same address must recognise
+/// the connection IDs it handed out before (random keys would make it drop
+/// those packets as invalid) and answer them with a stateless reset its peers
+/// can verify. Their stale connections then close at the first packet instead
+/// of hanging until the idle timeout.
+pub(crate) fn endpoint_config(identity: &TlsIdentity) -> quinn::EndpointConfig {
+    let seed = |purpose: &[u8]| {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"clustron v1 ");
+        ctx.update(purpose);
+        ctx.update(identity.key.secret_der());
+        ctx.finish()
+    };
+    let reset = seed(b"stateless reset");
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&seed(b"connection id").as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }
