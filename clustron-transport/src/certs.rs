@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -399,12 +399,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test").unwrap();
         ca.save(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
         let reloaded = CertificateAuthority::load(dir.path()).unwrap();
         let node = reloaded
-            .issue(&CertRequest::node("n2").unwrap().ip("127.0.0.1".parse().unwrap()))
+            .issue(
+                &CertRequest::node("n2")
+                    .unwrap()
+                    .ip("127.0.0.1".parse().unwrap()),
+            )
             .unwrap();
         let (cert, key) = node.save(dir.path(), "n2").unwrap();
         let mode = fs::metadata(&key).unwrap().permissions().mode();

@@ -168,18 +168,39 @@ mod tests {
     #[test]
     fn bad_values_are_named_in_the_error() {
         let cases: Vec<(TransportConfig, &str)> = vec![
-            (TransportConfig { max_frame_size: 1, ..base() }, "max_frame_size = 1"),
             (
-                TransportConfig { request_timeout: Duration::ZERO, ..base() },
+                TransportConfig {
+                    max_frame_size: 1,
+                    ..base()
+                },
+                "max_frame_size = 1",
+            ),
+            (
+                TransportConfig {
+                    request_timeout: Duration::ZERO,
+                    ..base()
+                },
                 "request_timeout",
             ),
             (
-                TransportConfig { keep_alive_interval: Duration::from_secs(60), ..base() },
+                TransportConfig {
+                    keep_alive_interval: Duration::from_secs(60),
+                    ..base()
+                },
                 "keep_alive_interval",
             ),
-            (TransportConfig { inbox_capacity: 0, ..base() }, "inbox_capacity"),
             (
-                TransportConfig { reconnect_backoff_initial: Duration::from_secs(9), ..base() },
+                TransportConfig {
+                    inbox_capacity: 0,
+                    ..base()
+                },
+                "inbox_capacity",
+            ),
+            (
+                TransportConfig {
+                    reconnect_backoff_initial: Duration::from_secs(9),
+                    ..base()
+                },
                 "reconnect_backoff_initial",
             ),
         ];

@@ -10,6 +10,7 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,10 +31,12 @@ use crate::config::TransportConfig;
 use crate::error::{CertError, Error, FrameError};
 use crate::frame::{self, Status, StreamKind, DATAGRAM_HEADER_LEN, HEADER_LEN, WIRE_VERSION};
 use crate::identity::PeerIdentity;
-use crate::stream::{self, read_frame, FramedStream};
+use crate::stream::{self, FramedStream, ReadFailure, Reader};
 use crate::tls;
 
-type BoxFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// The encoded answer to a request: status byte and frame.
+type Answer = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
 
 /// Which layer a message belongs to. Each layer registers its own channel, so
 /// layers never see each other's messages.
@@ -159,17 +162,24 @@ impl<R: Serialize> Reply<R> {
     /// Sends the response. One larger than the maximum frame is turned into
     /// a rejection saying so.
     pub fn send(self, response: &R) {
-        let mut buf = Vec::with_capacity(64);
-        buf.push(Status::Ok as u8);
-        if let Err(e) = frame::encode_frame(&mut buf, response, self.max_frame) {
-            return self.reject(format!("response not sent: {e}"));
-        }
-        let _ = self.tx.send(buf);
+        let _ = self.tx.send(ok_frame(response, self.max_frame));
     }
 
     /// Refuses the request; the caller gets [`Error::Rejected`] with `reason`.
     pub fn reject(self, reason: impl fmt::Display) {
-        let _ = self.tx.send(status_frame(Status::Rejected, &reason.to_string()));
+        let _ = self
+            .tx
+            .send(status_frame(Status::Rejected, &reason.to_string()));
+    }
+}
+
+/// A successful answer; one larger than `max_frame` becomes a rejection.
+fn ok_frame<R: Serialize>(response: &R, max_frame: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    buf.push(Status::Ok as u8);
+    match frame::encode_frame(&mut buf, response, max_frame) {
+        Ok(()) => buf,
+        Err(e) => status_frame(Status::Rejected, &format!("response not sent: {e}")),
     }
 }
 
@@ -268,11 +278,15 @@ impl Stats {
 /// Decodes and queues inbound items for one typed channel.
 trait Route: Send + Sync + 'static {
     fn accepts_clients(&self) -> bool;
+    /// Decodes and hands over a request; the future yields the answer.
+    fn request(&self, from: Peer, body: &[u8], max_frame: usize) -> Result<Answer, FrameError>;
     /// `Ok(Some(fut))` when the inbox is full: await it to deliver.
-    fn request(&self, from: Peer, body: &[u8], reply: Reply<()>)
-        -> Result<Option<BoxFuture>, FrameError>;
-    fn message(&self, from: Peer, body: &[u8], delivery: Delivery)
-        -> Result<Option<BoxFuture>, FrameError>;
+    fn message(
+        &self,
+        from: Peer,
+        body: &[u8],
+        delivery: Delivery,
+    ) -> Result<Option<BoxFuture>, FrameError>;
     fn stream(&self, from: Peer, stream: FramedStream) -> Option<BoxFuture>;
 }
 
@@ -299,22 +313,25 @@ impl<P: Protocol> Route for TypedRoute<P> {
         P::ACCEPTS_CLIENTS
     }
 
-    fn request(
-        &self,
-        from: Peer,
-        body: &[u8],
-        reply: Reply<()>,
-    ) -> Result<Option<BoxFuture>, FrameError> {
+    fn request(&self, from: Peer, body: &[u8], max_frame: usize) -> Result<Answer, FrameError> {
         let request = frame::decode_body::<P::Request>(body)?;
+        let (tx, rx) = oneshot::channel();
         let reply = Reply {
-            tx: reply.tx,
-            max_frame: reply.max_frame,
+            tx,
+            max_frame,
             _response: PhantomData,
         };
-        Ok(self.deliver(Inbound::Request {
+        let wait = self.deliver(Inbound::Request {
             from,
             request,
             reply,
+        });
+        Ok(Box::pin(async move {
+            if let Some(wait) = wait {
+                wait.await;
+            }
+            rx.await
+                .unwrap_or_else(|_| status_frame(Status::Rejected, "handler dropped the request"))
         }))
     }
 
@@ -345,6 +362,48 @@ impl<P: Protocol> Route for TypedRoute<P> {
     }
 }
 
+/// Requests go straight to a handler in the stream's own task; messages and
+/// streams go to the inbox.
+struct ServedRoute<P: Protocol, F> {
+    handler: F,
+    inbox: TypedRoute<P>,
+}
+
+impl<P, F, Fut> Route for ServedRoute<P, F>
+where
+    P: Protocol,
+    F: Fn(Peer, P::Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<P::Response, String>> + Send + 'static,
+{
+    fn accepts_clients(&self) -> bool {
+        P::ACCEPTS_CLIENTS
+    }
+
+    fn request(&self, from: Peer, body: &[u8], max_frame: usize) -> Result<Answer, FrameError> {
+        let request = frame::decode_body::<P::Request>(body)?;
+        let answer = (self.handler)(from, request);
+        Ok(Box::pin(async move {
+            match answer.await {
+                Ok(response) => ok_frame(&response, max_frame),
+                Err(reason) => status_frame(Status::Rejected, &reason),
+            }
+        }))
+    }
+
+    fn message(
+        &self,
+        from: Peer,
+        body: &[u8],
+        delivery: Delivery,
+    ) -> Result<Option<BoxFuture>, FrameError> {
+        self.inbox.message(from, body, delivery)
+    }
+
+    fn stream(&self, from: Peer, stream: FramedStream) -> Option<BoxFuture> {
+        self.inbox.stream(from, stream)
+    }
+}
+
 #[derive(Default)]
 struct DialState {
     failures: u32,
@@ -369,7 +428,8 @@ struct CloseGuard(quinn::Endpoint);
 
 impl Drop for CloseGuard {
     fn drop(&mut self) {
-        self.0.close(VarInt::from_u32(codes::CLOSE_SHUTDOWN), b"shutdown");
+        self.0
+            .close(VarInt::from_u32(codes::CLOSE_SHUTDOWN), b"shutdown");
     }
 }
 
@@ -435,10 +495,12 @@ impl Endpoint {
             source: std::io::Error::other("no async runtime: call inside tokio"),
         })?;
         let endpoint_config = tls::endpoint_config(&identity);
-        let endpoint = quinn::Endpoint::new(endpoint_config, server, socket, runtime)
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
+        let endpoint =
+            quinn::Endpoint::new(endpoint_config, server, socket, runtime).map_err(|source| {
+                Error::Bind {
+                    addr: config.listen,
+                    source,
+                }
             })?;
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
@@ -480,12 +542,38 @@ impl Endpoint {
     /// Registers the handler side of protocol `P`. Each channel can be
     /// registered once per endpoint.
     pub fn register<P: Protocol>(&self) -> Result<Inbox<P>, Error> {
+        self.add_route::<P>(|tx| Arc::new(TypedRoute::<P> { tx }))
+    }
+
+    /// Registers protocol `P` with a request handler that runs in each
+    /// request's own task, with no queue in between: the fastest way to
+    /// answer requests that need no single owner. An `Err(reason)` reaches
+    /// the caller as [`Error::Rejected`]. One-way messages, datagrams and
+    /// streams of `P` still arrive in the returned inbox.
+    pub fn serve<P, F, Fut>(&self, handler: F) -> Result<Inbox<P>, Error>
+    where
+        P: Protocol,
+        F: Fn(Peer, P::Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<P::Response, String>> + Send + 'static,
+    {
+        self.add_route::<P>(|tx| {
+            Arc::new(ServedRoute {
+                handler,
+                inbox: TypedRoute::<P> { tx },
+            })
+        })
+    }
+
+    fn add_route<P: Protocol>(
+        &self,
+        route: impl FnOnce(mpsc::Sender<Inbound<P>>) -> Arc<dyn Route>,
+    ) -> Result<Inbox<P>, Error> {
         use dashmap::mapref::entry::Entry;
         match self.inner.routes.entry(P::CHANNEL) {
             Entry::Occupied(_) => Err(Error::ChannelTaken(P::CHANNEL)),
             Entry::Vacant(slot) => {
                 let (tx, rx) = mpsc::channel(self.inner.config.inbox_capacity);
-                slot.insert(Arc::new(TypedRoute::<P> { tx }));
+                slot.insert(route(tx));
                 Ok(Inbox { rx })
             }
         }
@@ -564,7 +652,11 @@ impl<P: Protocol> fmt::Debug for Channel<P> {
 impl<P: Protocol> Channel<P> {
     /// Sends `request` to `to` on a new bidirectional stream and waits for
     /// the response, at most `request_timeout`.
-    pub async fn request(&self, to: SocketAddr, request: &P::Request) -> Result<P::Response, Error> {
+    pub async fn request(
+        &self,
+        to: SocketAddr,
+        request: &P::Request,
+    ) -> Result<P::Response, Error> {
         let inner = &self.endpoint.inner;
         let max = inner.config.max_frame_size;
         let mut buf = Vec::with_capacity(64);
@@ -572,37 +664,46 @@ impl<P: Protocol> Channel<P> {
         frame::encode_frame(&mut buf, request, max)?;
         let after = inner.config.request_timeout;
         let exchange = async {
-            let (mut send, mut recv) = inner.open_bi(to).await?;
+            let (mut send, recv) = inner.open_bi(to).await?;
             send.write_all(&buf)
                 .await
                 .map_err(|e| write_failure(to, e))?;
             let _ = send.finish();
             inner.stats.sent(buf.len());
-            let mut status = [0u8; 1];
-            recv.read_exact(&mut status)
-                .await
-                .map_err(|e| inner.read_failure(to, e))?;
-            let body = match read_frame(&mut recv, max).await {
+            let mut reader = Reader::new(recv);
+            let status = match reader.fixed::<1>().await {
+                Ok(Some([status])) => status,
+                Ok(None) => return Err(FrameError::Truncated.into()),
+                Err(failure) => return Err(read_failed(to, failure)),
+            };
+            let body = match reader.frame(max).await {
                 Ok(Some(body)) => body,
                 Ok(None) => return Err(FrameError::Truncated.into()),
-                Err(e) => {
-                    stream::abort(None, Some(&mut recv), &e);
-                    return Err(e.into());
+                Err(failure) => {
+                    if let ReadFailure::Frame(e) = &failure {
+                        stream::abort(None, Some(reader.stream()), e);
+                    }
+                    return Err(read_failed(to, failure));
                 }
             };
             inner.stats.received(body.len() + 1);
-            match Status::from_u8(status[0]) {
-                Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(&body)?),
+            let result = match Status::from_u8(status) {
+                Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(body)?),
                 Some(Status::UnknownChannel) => Err(Error::UnknownChannel {
                     addr: to,
                     channel: P::CHANNEL,
                 }),
                 Some(Status::Rejected) => Err(Error::Rejected {
                     addr: to,
-                    reason: frame::decode_body::<String>(&body)?,
+                    reason: frame::decode_body::<String>(body)?,
                 }),
-                None => Err(FrameError::Malformed(format!("unknown status {}", status[0])).into()),
-            }
+                None => Err(FrameError::Malformed(format!("unknown status {status}")).into()),
+            };
+            reader
+                .expect_end()
+                .await
+                .map_err(|failure| read_failed(to, failure))?;
+            result
         };
         timeout(after, exchange).await.map_err(|_| Error::Timeout {
             what: "request",
@@ -688,12 +789,19 @@ impl<P: Protocol> Channel<P> {
                 identity: Arc::new(peer_identity(&conn)?),
                 addr: to,
             },
-            None => return Err(Error::ConnectionLost {
-                addr: to,
-                reason: "connection closed while opening the stream".into(),
-            }),
+            None => {
+                return Err(Error::ConnectionLost {
+                    addr: to,
+                    reason: "connection closed while opening the stream".into(),
+                })
+            }
         };
-        Ok(FramedStream::new(peer, send, recv, inner.config.max_frame_size))
+        Ok(FramedStream::new(
+            peer,
+            send,
+            Reader::new(recv),
+            inner.config.max_frame_size,
+        ))
     }
 }
 
@@ -757,26 +865,36 @@ impl Inner {
         self.stats.connections_opened.fetch_add(1, Relaxed);
         tracing::debug!(peer = %peer.identity, addr = %peer.addr, "connected");
         let _ = self.events.send(TransportEvent::Connected(peer.clone()));
+        // One task per kind of arrival: a select! over all three would poll
+        // (and lock) the connection three times for every new stream.
+        let uni = {
+            let (me, conn, peer) = (self.clone(), conn.clone(), peer.clone());
+            tokio::spawn(async move {
+                while let Ok(recv) = conn.accept_uni().await {
+                    tokio::spawn(me.clone().handle_uni(peer.clone(), is_client, recv));
+                }
+            })
+        };
+        let datagrams = {
+            let (me, conn, peer) = (self.clone(), conn.clone(), peer.clone());
+            tokio::spawn(async move {
+                while let Ok(bytes) = conn.read_datagram().await {
+                    me.handle_datagram(&peer, is_client, &bytes);
+                }
+            })
+        };
         let reason = loop {
-            tokio::select! {
-                bi = conn.accept_bi() => match bi {
-                    Ok((send, recv)) => {
-                        tokio::spawn(self.clone().handle_bi(peer.clone(), is_client, send, recv));
-                    }
-                    Err(e) => break e,
-                },
-                uni = conn.accept_uni() => match uni {
-                    Ok(recv) => {
-                        tokio::spawn(self.clone().handle_uni(peer.clone(), is_client, recv));
-                    }
-                    Err(e) => break e,
-                },
-                datagram = conn.read_datagram() => match datagram {
-                    Ok(bytes) => self.handle_datagram(&peer, is_client, &bytes),
-                    Err(e) => break e,
-                },
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    tokio::spawn(self.clone().handle_bi(peer.clone(), is_client, send, recv));
+                }
+                Err(e) => break e,
             }
         };
+        // Both end on their own once the connection is closed; abort in case
+        // one is parked in an inbox.
+        uni.abort();
+        datagrams.abort();
         self.evict(peer.addr, &conn);
         tracing::debug!(peer = %peer.identity, %reason, "disconnected");
         let _ = self.events.send(TransportEvent::Disconnected {
@@ -793,46 +911,70 @@ impl Inner {
         }
     }
 
-    fn bad_stream(&self, peer: &Peer, send: Option<&mut SendStream>, recv: Option<&mut RecvStream>, error: &FrameError) {
+    fn bad_stream(
+        &self,
+        peer: &Peer,
+        send: Option<&mut SendStream>,
+        recv: &mut RecvStream,
+        failure: ReadFailure,
+    ) {
+        // A lost connection is the driver's business, not this stream's.
+        let ReadFailure::Frame(error) = failure else {
+            return;
+        };
         tracing::debug!(peer = %peer.identity, %error, "stream refused");
         self.stats.stream_errors.fetch_add(1, Relaxed);
-        stream::abort(send, recv, error);
+        stream::abort(send, Some(recv), &error);
     }
 
-    async fn handle_bi(self: Arc<Self>, peer: Peer, is_client: bool, mut send: SendStream, mut recv: RecvStream) {
-        let mut head = [0u8; HEADER_LEN];
-        if let Err(e) = recv.read_exact(&mut head).await {
-            let e = stream::read_exact_error(e);
-            return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e);
-        }
-        let (kind, channel) = match frame::parse_header(head) {
-            Ok(parsed) => parsed,
-            Err(e) => return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e),
+    async fn handle_bi(
+        self: Arc<Self>,
+        peer: Peer,
+        is_client: bool,
+        mut send: SendStream,
+        recv: RecvStream,
+    ) {
+        let mut reader = Reader::new(recv);
+        let (kind, channel) = match reader.fixed::<HEADER_LEN>().await {
+            Ok(Some(head)) => match frame::parse_header(head) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    return self.bad_stream(&peer, Some(&mut send), reader.stream(), e.into())
+                }
+            },
+            Ok(None) => return,
+            Err(failure) => {
+                return self.bad_stream(&peer, Some(&mut send), reader.stream(), failure)
+            }
         };
         let max = self.config.max_frame_size;
         match kind {
             StreamKind::Request => {
-                let body = match read_frame(&mut recv, max).await {
-                    Ok(Some(body)) => body,
-                    Ok(None) => {
-                        let e = FrameError::Truncated;
-                        return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e);
-                    }
-                    Err(e) => return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e),
-                };
-                self.stats.received(HEADER_LEN + body.len());
-                let answer = match self.route(channel, is_client) {
-                    Err(status) => status_frame(status, &refusal(status, channel)),
-                    Ok(route) => {
-                        let (tx, rx) = oneshot::channel();
-                        let reply = Reply { tx, max_frame: max, _response: PhantomData };
-                        match route.request(peer.clone(), &body, reply) {
-                            Err(e) => return self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e),
-                            Ok(Some(wait)) => wait.await,
-                            Ok(None) => {}
+                let route = self.route(channel, is_client);
+                let answer = match reader.frame(max).await {
+                    Ok(Some(body)) => {
+                        self.stats.received(HEADER_LEN + body.len());
+                        match &route {
+                            Err(status) => Ok(Err(*status)),
+                            Ok(route) => route
+                                .request(peer.clone(), body, max)
+                                .map(Ok)
+                                .map_err(ReadFailure::from),
                         }
-                        rx.await.unwrap_or_else(|_| status_frame(Status::Rejected, "handler dropped the request"))
                     }
+                    Ok(None) => Err(FrameError::Truncated.into()),
+                    Err(failure) => Err(failure),
+                };
+                let answer = match answer {
+                    Ok(answer) => reader.expect_end().await.map(|()| answer),
+                    Err(failure) => Err(failure),
+                };
+                let answer = match answer {
+                    Err(failure) => {
+                        return self.bad_stream(&peer, Some(&mut send), reader.stream(), failure)
+                    }
+                    Ok(Err(status)) => status_frame(status, &refusal(status, channel)),
+                    Ok(Ok(answer)) => answer.await,
                 };
                 if send.write_all(&answer).await.is_ok() {
                     self.stats.sent(answer.len());
@@ -840,16 +982,15 @@ impl Inner {
                 }
             }
             StreamKind::Stream => match self.route(channel, is_client) {
-                Err(_) => {
-                    let e = FrameError::Stream(format!("no handler for channel {channel}"));
+                Err(status) => {
                     self.stats.stream_errors.fetch_add(1, Relaxed);
                     let code = VarInt::from_u32(codes::UNKNOWN_CHANNEL);
                     let _ = send.reset(code);
-                    let _ = recv.stop(code);
-                    tracing::debug!(peer = %peer.identity, %e, "stream refused");
+                    let _ = reader.stream().stop(code);
+                    tracing::debug!(peer = %peer.identity, reason = %refusal(status, channel), "stream refused");
                 }
                 Ok(route) => {
-                    let stream = FramedStream::new(peer.clone(), send, recv, max);
+                    let stream = FramedStream::new(peer.clone(), send, reader, max);
                     if let Some(wait) = route.stream(peer, stream) {
                         wait.await;
                     }
@@ -857,43 +998,53 @@ impl Inner {
             },
             StreamKind::Message => {
                 let e = FrameError::UnknownKind(kind as u8);
-                self.bad_stream(&peer, Some(&mut send), Some(&mut recv), &e);
+                self.bad_stream(&peer, Some(&mut send), reader.stream(), e.into());
             }
         }
     }
 
-    async fn handle_uni(self: Arc<Self>, peer: Peer, is_client: bool, mut recv: RecvStream) {
-        let mut head = [0u8; HEADER_LEN];
-        if let Err(e) = recv.read_exact(&mut head).await {
-            let e = stream::read_exact_error(e);
-            return self.bad_stream(&peer, None, Some(&mut recv), &e);
-        }
-        let channel = match frame::parse_header(head) {
-            Ok((StreamKind::Message, channel)) => channel,
-            Ok((kind, _)) => {
-                let e = FrameError::UnknownKind(kind as u8);
-                return self.bad_stream(&peer, None, Some(&mut recv), &e);
+    async fn handle_uni(self: Arc<Self>, peer: Peer, is_client: bool, recv: RecvStream) {
+        let mut reader = Reader::new(recv);
+        let channel = match reader.fixed::<HEADER_LEN>().await {
+            Ok(Some(head)) => match frame::parse_header(head) {
+                Ok((StreamKind::Message, channel)) => channel,
+                Ok((kind, _)) => {
+                    let e = FrameError::UnknownKind(kind as u8);
+                    return self.bad_stream(&peer, None, reader.stream(), e.into());
+                }
+                Err(e) => return self.bad_stream(&peer, None, reader.stream(), e.into()),
+            },
+            Ok(None) => return,
+            Err(failure) => return self.bad_stream(&peer, None, reader.stream(), failure),
+        };
+        let route = self.route(channel, is_client);
+        let delivered = match reader.frame(self.config.max_frame_size).await {
+            Ok(Some(body)) => {
+                self.stats.received(HEADER_LEN + body.len());
+                match &route {
+                    Ok(route) => route
+                        .message(peer.clone(), body, Delivery::Reliable)
+                        .map_err(ReadFailure::from),
+                    Err(_) => Ok(None),
+                }
             }
-            Err(e) => return self.bad_stream(&peer, None, Some(&mut recv), &e),
+            Ok(None) => Err(FrameError::Truncated.into()),
+            Err(failure) => Err(failure),
         };
-        let body = match read_frame(&mut recv, self.config.max_frame_size).await {
-            Ok(Some(body)) => body,
-            Ok(None) => return self.bad_stream(&peer, None, Some(&mut recv), &FrameError::Truncated),
-            Err(e) => return self.bad_stream(&peer, None, Some(&mut recv), &e),
+        let delivered = match delivered {
+            Ok(wait) => reader.expect_end().await.map(|()| wait),
+            Err(failure) => Err(failure),
         };
-        let route = match self.route(channel, is_client) {
-            Ok(route) => route,
-            Err(_) => {
-                self.stats.stream_errors.fetch_add(1, Relaxed);
-                let _ = recv.stop(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
-                return;
-            }
-        };
-        self.stats.received(HEADER_LEN + body.len());
-        match route.message(peer.clone(), &body, Delivery::Reliable) {
+        match delivered {
+            Err(failure) => self.bad_stream(&peer, None, reader.stream(), failure),
             Ok(Some(wait)) => wait.await,
+            Ok(None) if route.is_err() => {
+                self.stats.stream_errors.fetch_add(1, Relaxed);
+                let _ = reader
+                    .stream()
+                    .stop(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
+            }
             Ok(None) => {}
-            Err(e) => self.bad_stream(&peer, None, Some(&mut recv), &e),
         }
     }
 
@@ -971,9 +1122,10 @@ impl Inner {
         }
     }
 
+    /// The cached connection. A closed one may linger here until its driver
+    /// evicts it; `open_bi` then fails at once and the caller redials.
     fn live(&self, addr: SocketAddr) -> Option<quinn::Connection> {
-        let conn = self.conns.get(&addr)?;
-        conn.close_reason().is_none().then(|| conn.clone())
+        self.conns.get(&addr).map(|conn| conn.clone())
     }
 
     async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<quinn::Connection, Error> {
@@ -1019,14 +1171,12 @@ impl Inner {
         self.conns
             .remove_if(&addr, |_, cached| cached.stable_id() == conn.stable_id());
     }
+}
 
-    fn read_failure(&self, addr: SocketAddr, error: quinn::ReadExactError) -> Error {
-        match error {
-            quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => {
-                connection_error(addr, e)
-            }
-            other => stream::read_exact_error(other).into(),
-        }
+fn read_failed(addr: SocketAddr, failure: ReadFailure) -> Error {
+    match failure {
+        ReadFailure::Lost(e) => connection_error(addr, e),
+        ReadFailure::Frame(e) => e.into(),
     }
 }
 
@@ -1097,7 +1247,10 @@ fn is_crypto(code: quinn::TransportErrorCode) -> bool {
 fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, Error> {
     let certs = conn
         .peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .ok_or_else(|| CertError::NoIdentity("the peer presented no certificate".into()))?;
     let first = certs
         .first()
@@ -1137,7 +1290,9 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let (initial, max) = (Duration::from_millis(50), Duration::from_secs(2));
-        let waits: Vec<_> = (0..8).map(|f| backoff(initial, max, f).as_millis()).collect();
+        let waits: Vec<_> = (0..8)
+            .map(|f| backoff(initial, max, f).as_millis())
+            .collect();
         assert_eq!(waits, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
         assert_eq!(backoff(initial, max, u32::MAX), max);
     }

@@ -219,7 +219,10 @@ mod tests {
         let buf = [0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         assert_eq!(
             decode_frame::<Vec<u8>>(&buf, 1024),
-            Err(FrameError::TooLarge { len: u32::MAX as u64, max: 1024 })
+            Err(FrameError::TooLarge {
+                len: u32::MAX as u64,
+                max: 1024
+            })
         );
     }
 
@@ -235,12 +238,18 @@ mod tests {
     fn trailing_bytes_inside_a_frame_are_malformed() {
         let mut buf = Vec::new();
         encode_frame(&mut buf, &(1u8, 2u8), 64).unwrap();
-        assert!(matches!(decode_frame::<u8>(&buf, 64), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<u8>(&buf, 64),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]
     fn unknown_versions_and_kinds_are_refused() {
-        assert_eq!(parse_header([2, 1, 0, 0]), Err(FrameError::UnsupportedVersion(2)));
+        assert_eq!(
+            parse_header([2, 1, 0, 0]),
+            Err(FrameError::UnsupportedVersion(2))
+        );
         assert_eq!(parse_header([1, 9, 0, 0]), Err(FrameError::UnknownKind(9)));
     }
 }

@@ -74,8 +74,8 @@ pub mod tls;
 pub use certs::{CertRequest, CertificateAuthority, CertifiedKey, TlsIdentity, Validity};
 pub use config::{ConfigError, TransportConfig, DEFAULT_MAX_FRAME};
 pub use endpoint::{
-    Channel, ChannelId, Delivery, Endpoint, Inbound, Inbox, Peer, Protocol, Reply,
-    TransportEvent, TransportStats,
+    Channel, ChannelId, Delivery, Endpoint, Inbound, Inbox, Peer, Protocol, Reply, TransportEvent,
+    TransportStats,
 };
 pub use error::{CertError, Error, FrameError};
 pub use identity::{ClientRole, PeerIdentity, PeerKind, PeerName};

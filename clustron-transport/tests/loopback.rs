@@ -88,13 +88,19 @@ fn config() -> TransportConfig {
 
 /// Serves `Echo` on `endpoint`: answers requests, forwards messages and
 /// stream frames to the returned channel.
-fn serve_echo(endpoint: &Endpoint) -> tokio::sync::mpsc::UnboundedReceiver<(String, Note, Delivery)> {
+fn serve_echo(
+    endpoint: &Endpoint,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, Note, Delivery)> {
     let mut inbox = endpoint.register::<Echo>().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(item) = inbox.recv().await {
             match item {
-                Inbound::Request { from, request, reply } => {
+                Inbound::Request {
+                    from,
+                    request,
+                    reply,
+                } => {
                     if request.id == u64::MAX {
                         reply.reject("id MAX is refused");
                     } else {
@@ -105,7 +111,11 @@ fn serve_echo(endpoint: &Endpoint) -> tokio::sync::mpsc::UnboundedReceiver<(Stri
                         });
                     }
                 }
-                Inbound::Message { from, message, delivery } => {
+                Inbound::Message {
+                    from,
+                    message,
+                    delivery,
+                } => {
                     let _ = tx.send((from.name().to_owned(), message, delivery));
                 }
                 Inbound::Stream { mut stream, .. } => {
@@ -127,7 +137,13 @@ fn serve_echo(endpoint: &Endpoint) -> tokio::sync::mpsc::UnboundedReceiver<(Stri
 
 async fn request(from: &Endpoint, to: SocketAddr, id: u64) -> Result<Resp, Error> {
     from.channel::<Echo>()
-        .request(to, &Req { id, payload: vec![7; 16] })
+        .request(
+            to,
+            &Req {
+                id,
+                payload: vec![7; 16],
+            },
+        )
         .await
 }
 
@@ -137,7 +153,14 @@ async fn a_request_is_answered_and_the_receiver_learns_the_senders_name() {
     let (a, b) = (pki.node("alpha"), pki.node("beta"));
     serve_echo(&b);
     let resp = request(&a, b.local_addr(), 1).await.unwrap();
-    assert_eq!(resp, Resp { id: 1, from: "alpha".into(), len: 16 });
+    assert_eq!(
+        resp,
+        Resp {
+            id: 1,
+            from: "alpha".into(),
+            len: 16
+        }
+    );
     let peer = a.connect(b.local_addr()).await.unwrap();
     assert_eq!(peer.name(), "beta");
     assert_eq!(peer.identity.kind, PeerKind::Node);
@@ -150,16 +173,28 @@ async fn messages_datagrams_and_streams_arrive_with_the_senders_identity() {
     let mut notes = serve_echo(&b);
     let channel = a.channel::<Echo>();
 
-    channel.send(b.local_addr(), &Note("one-way".into())).await.unwrap();
+    channel
+        .send(b.local_addr(), &Note("one-way".into()))
+        .await
+        .unwrap();
     let got = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
-    assert_eq!(got, ("alpha".into(), Note("one-way".into()), Delivery::Reliable));
+    assert_eq!(
+        got,
+        ("alpha".into(), Note("one-way".into()), Delivery::Reliable)
+    );
 
     // Datagrams may be lost even on loopback: resend until one arrives.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        channel.send_datagram(b.local_addr(), &Note("dgram".into())).await.unwrap();
+        channel
+            .send_datagram(b.local_addr(), &Note("dgram".into()))
+            .await
+            .unwrap();
         if let Ok(Some(got)) = timeout(Duration::from_millis(200), notes.recv()).await {
-            assert_eq!(got, ("alpha".into(), Note("dgram".into()), Delivery::Datagram));
+            assert_eq!(
+                got,
+                ("alpha".into(), Note("dgram".into()), Delivery::Datagram)
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no datagram arrived");
@@ -179,6 +214,33 @@ async fn messages_datagrams_and_streams_arrive_with_the_senders_identity() {
     assert!(matches!(
         channel.send_datagram(b.local_addr(), &too_big).await,
         Err(Error::DatagramTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_served_handler_answers_in_place_and_can_reject() {
+    let pki = Pki::new();
+    let (a, b) = (pki.node("alpha"), pki.node("beta"));
+    let _inbox = b
+        .serve::<Echo, _, _>(|from, request: Req| async move {
+            match request.id {
+                0 => Err("zero is not an id".to_owned()),
+                id => Ok(Resp {
+                    id,
+                    from: from.name().to_owned(),
+                    len: request.payload.len(),
+                }),
+            }
+        })
+        .unwrap();
+    assert_eq!(request(&a, b.local_addr(), 7).await.unwrap().from, "alpha");
+    match request(&a, b.local_addr(), 0).await {
+        Err(Error::Rejected { reason, .. }) => assert_eq!(reason, "zero is not an id"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(matches!(
+        b.serve::<Echo, _, _>(|_, _| async { Err(String::new()) }),
+        Err(Error::ChannelTaken(_))
     ));
 }
 
@@ -207,7 +269,12 @@ async fn clients_reach_client_channels_only() {
     serve_echo(&node);
     let mut public = node.register::<Public>().unwrap();
     tokio::spawn(async move {
-        while let Some(Inbound::Request { from, request, reply }) = public.recv().await {
+        while let Some(Inbound::Request {
+            from,
+            request,
+            reply,
+        }) = public.recv().await
+        {
             assert_eq!(from.identity.kind, PeerKind::Client(ClientRole::ReadOnly));
             reply.send(&(request * 2));
         }
@@ -218,7 +285,14 @@ async fn clients_reach_client_channels_only() {
         Err(Error::Cert(CertError::NotANode(_)))
     ));
     let client = Endpoint::client(config(), client_id).unwrap();
-    assert_eq!(client.channel::<Public>().request(node.local_addr(), &21).await.unwrap(), 42);
+    assert_eq!(
+        client
+            .channel::<Public>()
+            .request(node.local_addr(), &21)
+            .await
+            .unwrap(),
+        42
+    );
     match request(&client, node.local_addr(), 1).await {
         Err(Error::Rejected { reason, .. }) => assert!(reason.contains("nodes only"), "{reason}"),
         other => panic!("a client reached a node channel: {other:?}"),
@@ -252,17 +326,27 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused_on_both_sides() {
     let mut intruder_events = intruder.events();
 
     // The intruder dials us: our server refuses its certificate.
-    let err = request(&intruder, server.local_addr(), 1).await.unwrap_err();
+    let err = request(&intruder, server.local_addr(), 1)
+        .await
+        .unwrap_err();
     assert!(is_refusal(&err), "intruder got {err:?}");
     let reason = refusal(&mut server_events).await;
-    assert!(reason.contains("not signed by this cluster's CA"), "{reason}");
+    assert!(
+        reason.contains("not signed by this cluster's CA"),
+        "{reason}"
+    );
 
     // We dial the intruder: we refuse its certificate and say why.
     serve_echo(&intruder);
-    let err = request(&server, intruder.local_addr(), 1).await.unwrap_err();
+    let err = request(&server, intruder.local_addr(), 1)
+        .await
+        .unwrap_err();
     match &err {
         Error::Handshake { reason, .. } => {
-            assert!(reason.contains("not signed by this cluster's CA"), "{reason}")
+            assert!(
+                reason.contains("not signed by this cluster's CA"),
+                "{reason}"
+            )
         }
         other => panic!("expected a handshake refusal, got {other:?}"),
     }
@@ -372,7 +456,9 @@ mod raw {
 
 /// Waits until `conn` is closed and returns why.
 async fn closed(conn: &quinn::Connection) -> quinn::ConnectionError {
-    timeout(DEADLINE, conn.closed()).await.expect("connection stayed open")
+    timeout(DEADLINE, conn.closed())
+        .await
+        .expect("connection stayed open")
 }
 
 #[tokio::test]
@@ -380,14 +466,24 @@ async fn a_client_without_any_certificate_is_refused() {
     let pki = Pki::new();
     let server = pki.node("server");
     let mut events = server.events();
-    let result = raw::connect(raw::without_certificate(tls::ALPN_PEER), server.local_addr()).await;
+    let result = raw::connect(
+        raw::without_certificate(tls::ALPN_PEER),
+        server.local_addr(),
+    )
+    .await;
     let reason = match result {
         Err(e) => e.to_string(),
         Ok(conn) => closed(&conn).await.to_string(),
     };
-    assert!(reason.to_lowercase().contains("certificate"), "client saw: {reason}");
+    assert!(
+        reason.to_lowercase().contains("certificate"),
+        "client saw: {reason}"
+    );
     let server_reason = refusal(&mut events).await;
-    assert!(server_reason.contains("no client certificate"), "server saw: {server_reason}");
+    assert!(
+        server_reason.contains("no client certificate"),
+        "server saw: {server_reason}"
+    );
 }
 
 #[tokio::test]
@@ -400,7 +496,10 @@ async fn a_client_certificate_cannot_join_as_a_node() {
     let conn = raw::connect(config, server.local_addr()).await.unwrap();
     match closed(&conn).await {
         quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code, quinn::VarInt::from_u32(codes::CLOSE_REFUSED));
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(codes::CLOSE_REFUSED)
+            );
             let reason = String::from_utf8_lossy(&close.reason).into_owned();
             assert!(reason.contains("may not connect as a node"), "{reason}");
         }
@@ -415,7 +514,10 @@ async fn raw_stream_code(conn: &quinn::Connection, bytes: &[u8]) -> Option<u64> 
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let _ = send.write_all(bytes).await;
     let _ = send.finish();
-    match timeout(DEADLINE, recv.read_to_end(1 << 20)).await.expect("stream hung") {
+    match timeout(DEADLINE, recv.read_to_end(1 << 20))
+        .await
+        .expect("stream hung")
+    {
         Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => Some(code.into_inner()),
         _ => None,
     }
@@ -427,22 +529,31 @@ async fn oversized_undecodable_and_garbage_frames_end_only_their_own_stream() {
     let server = pki.node("server");
     serve_echo(&server);
     let node = pki.node_identity("raw");
-    let conn = raw::connect(tls::client_config(&node, tls::ALPN_PEER).unwrap(), server.local_addr())
-        .await
-        .unwrap();
+    let conn = raw::connect(
+        tls::client_config(&node, tls::ALPN_PEER).unwrap(),
+        server.local_addr(),
+    )
+    .await
+    .unwrap();
     let request_header = frame::header(frame::StreamKind::Request, Echo::CHANNEL);
 
     // A length prefix of 4 GiB: refused before anything is allocated.
     let mut oversized = request_header.to_vec();
     oversized.extend_from_slice(&u32::MAX.to_be_bytes());
     oversized.extend_from_slice(b"tiny");
-    assert_eq!(raw_stream_code(&conn, &oversized).await, Some(codes::FRAME_TOO_LARGE.into()));
+    assert_eq!(
+        raw_stream_code(&conn, &oversized).await,
+        Some(codes::FRAME_TOO_LARGE.into())
+    );
 
     // A well-formed length with bytes that are not a `Req`.
     let mut malformed = request_header.to_vec();
     malformed.extend_from_slice(&3u32.to_be_bytes());
     malformed.extend_from_slice(&[0xff, 0xff, 0xff]);
-    assert_eq!(raw_stream_code(&conn, &malformed).await, Some(codes::MALFORMED.into()));
+    assert_eq!(
+        raw_stream_code(&conn, &malformed).await,
+        Some(codes::MALFORMED.into())
+    );
 
     // An unknown wire version.
     assert_eq!(
@@ -465,13 +576,30 @@ async fn oversized_undecodable_and_garbage_frames_end_only_their_own_stream() {
     // The same connection, and the server, still work.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut good = request_header.to_vec();
-    frame::encode_frame(&mut good, &Req { id: 9, payload: vec![] }, 1024).unwrap();
+    frame::encode_frame(
+        &mut good,
+        &Req {
+            id: 9,
+            payload: vec![],
+        },
+        1024,
+    )
+    .unwrap();
     send.write_all(&good).await.unwrap();
     send.finish().unwrap();
     let answer = recv.read_to_end(1024).await.unwrap();
     assert_eq!(answer[0], 0, "status OK");
-    let (resp, _) = frame::decode_frame::<Resp>(&answer[1..], 1024).unwrap().unwrap();
-    assert_eq!(resp, Resp { id: 9, from: "raw".into(), len: 0 });
+    let (resp, _) = frame::decode_frame::<Resp>(&answer[1..], 1024)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resp,
+        Resp {
+            id: 9,
+            from: "raw".into(),
+            len: 0
+        }
+    );
     assert!(server.stats().stream_errors >= 3);
 
     let other = pki.node("other");
@@ -490,14 +618,24 @@ async fn frames_above_the_configured_maximum_are_refused_locally() {
     let pki = Pki::new();
     let (a, b) = (pki.node("a"), pki.node("b"));
     serve_echo(&b);
-    let big = Req { id: 1, payload: vec![0; DEFAULT_MAX_FRAME + 1] };
+    let big = Req {
+        id: 1,
+        payload: vec![0; DEFAULT_MAX_FRAME + 1],
+    };
     match a.channel::<Echo>().request(b.local_addr(), &big).await {
         Err(Error::Frame(FrameError::TooLarge { max, .. })) => assert_eq!(max, DEFAULT_MAX_FRAME),
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    let almost = Req { id: 2, payload: vec![1; DEFAULT_MAX_FRAME - 64] };
+    let almost = Req {
+        id: 2,
+        payload: vec![1; DEFAULT_MAX_FRAME - 64],
+    };
     assert_eq!(
-        a.channel::<Echo>().request(b.local_addr(), &almost).await.unwrap().len,
+        a.channel::<Echo>()
+            .request(b.local_addr(), &almost)
+            .await
+            .unwrap()
+            .len,
         DEFAULT_MAX_FRAME - 64
     );
 }
@@ -514,7 +652,10 @@ async fn a_peer_restarted_on_the_same_port_is_reached_again() {
 
     b.close().await;
     drop(b);
-    assert!(request(&a, addr, 2).await.is_err(), "a closed peer answered");
+    assert!(
+        request(&a, addr, 2).await.is_err(),
+        "a closed peer answered"
+    );
 
     // Restart on the same port; the socket may take a moment to be released.
     let deadline = Instant::now() + DEADLINE;
@@ -539,7 +680,10 @@ async fn a_peer_restarted_on_the_same_port_is_reached_again() {
                 assert_eq!(resp.id, 3);
                 break;
             }
-            Err(e) => assert!(Instant::now() < deadline, "restarted peer never reached: {e}"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "restarted peer never reached: {e}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -564,7 +708,14 @@ async fn ten_thousand_requests_from_64_tasks_are_all_answered_correctly() {
                     }
                     let payload = vec![(id % 251) as u8; (id % 300) as usize];
                     let resp = channel.request(to, &Req { id, payload }).await.unwrap();
-                    assert_eq!(resp, Resp { id, from: "client".into(), len: (id % 300) as usize });
+                    assert_eq!(
+                        resp,
+                        Resp {
+                            id,
+                            from: "client".into(),
+                            len: (id % 300) as usize
+                        }
+                    );
                     answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })
@@ -615,7 +766,11 @@ impl CrashableNode {
             drop(endpoint);
         });
         let addr = addr_rx.recv().unwrap()?;
-        Ok(Self { crash, thread, addr })
+        Ok(Self {
+            crash,
+            thread,
+            addr,
+        })
     }
 
     fn crash(self) {

@@ -1,1 +1,384 @@
-fn main(){}
+//! `clustron-bench`: release-mode benchmarks behind `cargo xtask bench`.
+//!
+//! `clustron-bench transport` starts a server process (this binary again,
+//! `transport-server`) for each of two stacks, bare quinn with the same TLS
+//! configuration and our `Endpoint`, and measures them from this process in
+//! the same run: 256-byte requests and responses with 1 and 64 in flight,
+//! and datagram round trips. Both processes use a `current_thread` runtime.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clustron_transport::{
+    tls, CertRequest, CertificateAuthority, Channel, ChannelId, Delivery, Endpoint, Inbound, Inbox,
+    Protocol, TlsIdentity, TransportConfig,
+};
+use serde_bytes::ByteBuf;
+
+const PAYLOAD: usize = 256;
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+
+struct Echo;
+impl Protocol for Echo {
+    const CHANNEL: ChannelId = ChannelId::FIRST_PRODUCT;
+    type Request = ByteBuf;
+    type Response = ByteBuf;
+    type Message = ByteBuf;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stack {
+    Bare,
+    Ours,
+}
+
+impl Stack {
+    fn name(self) -> &'static str {
+        match self {
+            Stack::Bare => "bare quinn",
+            Stack::Ours => "clustron-transport",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "bare" => Ok(Stack::Bare),
+            "ours" => Ok(Stack::Ours),
+            other => bail!("unknown stack {other:?}"),
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Stack::Bare => "bare",
+            Stack::Ours => "ours",
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.first().map(String::as_str) {
+        Some("transport") => runtime.block_on(transport_suite()),
+        Some("transport-server") => {
+            let stack = Stack::parse(args.get(1).context("stack")?)?;
+            let dir = PathBuf::from(args.get(2).context("cert dir")?);
+            runtime.block_on(serve(stack, &dir))
+        }
+        // For profiling one side: `transport-client ours|bare CERT_DIR ADDR`
+        // against a `transport-server` started by hand (certs from `certs DIR`).
+        Some("transport-client") => {
+            let stack = Stack::parse(args.get(1).context("stack")?)?;
+            let dir = PathBuf::from(args.get(2).context("cert dir")?);
+            let addr = args.get(3).context("server address")?.parse()?;
+            let row = runtime.block_on(measure_against(stack, &dir, addr))?;
+            print_table(&[row]);
+            Ok(())
+        }
+        Some("certs") => write_certs(Path::new(args.get(1).context("dir")?)),
+        _ => bail!("usage: clustron-bench transport"),
+    }
+}
+
+fn identity(dir: &Path, name: &str) -> Result<TlsIdentity> {
+    Ok(TlsIdentity::from_files(
+        &dir.join("ca.pem"),
+        &dir.join(format!("{name}.pem")),
+        &dir.join(format!("{name}.key")),
+    )?)
+}
+
+fn config() -> TransportConfig {
+    TransportConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The server process: prints its address, serves until killed.
+async fn serve(stack: Stack, dir: &Path) -> Result<()> {
+    let identity = identity(dir, "server")?;
+    match stack {
+        Stack::Ours => {
+            let endpoint = Endpoint::bind(config(), identity)?;
+            let mut inbox =
+                endpoint.serve::<Echo, _, _>(|_, request| async move { Ok(request) })?;
+            let channel = endpoint.channel::<Echo>();
+            println!("{}", endpoint.local_addr());
+            while let Some(item) = inbox.recv().await {
+                match item {
+                    Inbound::Request { request, reply, .. } => reply.send(&request),
+                    Inbound::Message { from, message, .. } => {
+                        let _ = channel.send_datagram(from.addr, &message).await;
+                    }
+                    Inbound::Stream { .. } => {}
+                }
+            }
+        }
+        Stack::Bare => {
+            let mut server = tls::server_config(&identity)?;
+            server.transport_config(std::sync::Arc::new(quinn::TransportConfig::default()));
+            let endpoint = quinn::Endpoint::server(server, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            println!("{}", endpoint.local_addr()?);
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let datagrams = conn.clone();
+                    tokio::spawn(async move {
+                        while let Ok(bytes) = datagrams.read_datagram().await {
+                            let _ = datagrams.send_datagram(bytes);
+                        }
+                    });
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        tokio::spawn(async move {
+                            let Ok(body) = recv.read_to_end(64 * 1024).await else {
+                                return;
+                            };
+                            let _ = send.write_all(&body).await;
+                            let _ = send.finish();
+                        });
+                    }
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A client of either stack.
+#[derive(Clone)]
+enum Client {
+    Ours(Channel<Echo>, SocketAddr),
+    Bare(quinn::Connection),
+}
+
+impl Client {
+    async fn request(&self, payload: &ByteBuf) -> Result<()> {
+        let len = match self {
+            Client::Ours(channel, to) => channel.request(*to, payload).await?.len(),
+            Client::Bare(conn) => {
+                let (mut send, mut recv) = conn.open_bi().await?;
+                send.write_all(payload).await?;
+                send.finish()?;
+                recv.read_to_end(64 * 1024).await?.len()
+            }
+        };
+        if len != payload.len() {
+            bail!("echo of {} bytes came back as {len}", payload.len());
+        }
+        Ok(())
+    }
+}
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(stack: Stack, dir: &Path) -> Result<(ServerProcess, SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["transport-server", stack.arg()])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let server = ServerProcess(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .parse()
+        .with_context(|| format!("server said {line:?}"))?;
+    Ok((server, addr))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    per_second: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+async fn requests(client: &Client, in_flight: usize) -> Result<Figures> {
+    let run = |duration: Duration| {
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let payload = ByteBuf::from(vec![0xab; PAYLOAD]);
+                    let mut latencies = Vec::with_capacity(200_000);
+                    let end = Instant::now() + duration;
+                    while Instant::now() < end {
+                        let start = Instant::now();
+                        client.request(&payload).await?;
+                        latencies.push(start.elapsed().as_nanos() as u64);
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        async move {
+            let started = Instant::now();
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await??);
+            }
+            anyhow::Ok((all, started.elapsed()))
+        }
+    };
+    run(WARMUP).await?;
+    let (mut latencies, elapsed) = run(MEASURE).await?;
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1000.0
+    };
+    Ok(Figures {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+    })
+}
+
+/// Datagram ping-pong with one in flight; a lost datagram is resent after
+/// 50 ms and only completed round trips count.
+async fn datagrams(client: &Client, inbox: Option<&mut Inbox<Echo>>) -> Result<f64> {
+    let payload = ByteBuf::from(vec![0xcd; PAYLOAD]);
+    let mut inbox = inbox;
+    let mut round_trip = async |client: &Client| -> Result<bool> {
+        let wait = Duration::from_millis(50);
+        match client {
+            Client::Ours(channel, to) => {
+                channel.send_datagram(*to, &payload).await?;
+                let inbox = inbox.as_deref_mut().context("inbox")?;
+                Ok(matches!(
+                    tokio::time::timeout(wait, inbox.recv()).await,
+                    Ok(Some(Inbound::Message {
+                        delivery: Delivery::Datagram,
+                        ..
+                    }))
+                ))
+            }
+            Client::Bare(conn) => {
+                conn.send_datagram(payload.to_vec().into())?;
+                Ok(tokio::time::timeout(wait, conn.read_datagram())
+                    .await
+                    .is_ok())
+            }
+        }
+    };
+    let end = Instant::now() + WARMUP;
+    while Instant::now() < end {
+        round_trip(client).await?;
+    }
+    let (start, mut done) = (Instant::now(), 0u64);
+    while start.elapsed() < MEASURE {
+        if round_trip(client).await? {
+            done += 1;
+        }
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+struct Row {
+    stack: Stack,
+    one: Figures,
+    many: Figures,
+    datagrams: f64,
+}
+
+async fn measure(stack: Stack, dir: &Path) -> Result<Row> {
+    let (_server, addr) = start_server(stack, dir)?;
+    measure_against(stack, dir, addr).await
+}
+
+async fn measure_against(stack: Stack, dir: &Path, addr: SocketAddr) -> Result<Row> {
+    let identity = identity(dir, "client")?;
+    let (client, mut inbox, _keep) = match stack {
+        Stack::Ours => {
+            let endpoint = Endpoint::bind(config(), identity)?;
+            let inbox = endpoint.register::<Echo>()?;
+            (
+                Client::Ours(endpoint.channel::<Echo>(), addr),
+                Some(inbox),
+                Some(endpoint),
+            )
+        }
+        Stack::Bare => {
+            let mut client = tls::client_config(&identity, tls::ALPN_PEER)?;
+            client.transport_config(std::sync::Arc::new(quinn::TransportConfig::default()));
+            let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            endpoint.set_default_client_config(client);
+            let conn = endpoint.connect(addr, "clustron")?.await?;
+            (Client::Bare(conn), None, None)
+        }
+    };
+    Ok(Row {
+        stack,
+        one: requests(&client, 1).await?,
+        many: requests(&client, 64).await?,
+        datagrams: datagrams(&client, inbox.as_mut()).await?,
+    })
+}
+
+async fn transport_suite() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("clustron-bench-{}", std::process::id()));
+    write_certs(&dir)?;
+    let mut rows = Vec::new();
+    for stack in [Stack::Bare, Stack::Ours] {
+        eprintln!("measuring {} ...", stack.name());
+        rows.push(measure(stack, &dir).await?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    print_table(&rows);
+    let (bare, ours) = (&rows[0], &rows[1]);
+    println!(
+        "ours / bare: {:.0}% (1 in flight), {:.0}% (64 in flight), {:.0}% (datagrams)",
+        100.0 * ours.one.per_second / bare.one.per_second,
+        100.0 * ours.many.per_second / bare.many.per_second,
+        100.0 * ours.datagrams / bare.datagrams,
+    );
+    if ours.one.per_second == 0.0 {
+        return Err(anyhow!("no requests completed"));
+    }
+    Ok(())
+}
+
+fn write_certs(dir: &Path) -> Result<()> {
+    let ca = CertificateAuthority::generate("bench CA")?;
+    ca.save(dir)?;
+    for name in ["server", "client"] {
+        ca.issue(&CertRequest::node(name)?)?.save(dir, name)?;
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("transport: two processes on 127.0.0.1, {PAYLOAD}-byte requests and responses, current_thread runtimes, {}s per figure", MEASURE.as_secs());
+    println!(
+        "{:<20} {:>12} {:>9} {:>9} {:>12} {:>9} {:>9} {:>12}",
+        "stack", "1: req/s", "p50 µs", "p99 µs", "64: req/s", "p50 µs", "p99 µs", "dgram rt/s"
+    );
+    for row in rows {
+        println!(
+            "{:<20} {:>12.0} {:>9.1} {:>9.1} {:>12.0} {:>9.1} {:>9.1} {:>12.0}",
+            row.stack.name(),
+            row.one.per_second,
+            row.one.p50_us,
+            row.one.p99_us,
+            row.many.per_second,
+            row.many.p50_us,
+            row.many.p99_us,
+            row.datagrams
+        );
+    }
+}

@@ -1,1 +1,139 @@
-fn main(){}
+//! Repository chores, run as `cargo xtask <command>`:
+//!
+//! - `ci`: `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`,
+//!   then the whole test suite. This is what `.ci/run` runs.
+//! - `bench [transport]`: builds `clustron-bench` in release mode and runs it;
+//!   it prints a table.
+//! - `certs DIR [--nodes N]`: writes a CA, N node certificates and an admin client
+//!   certificate into DIR, for trying things by hand.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use clustron_transport::{CertRequest, CertificateAuthority, ClientRole};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Clustron repository chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Format check, clippy with warnings denied, and every test.
+    Ci,
+    /// Release-mode benchmarks; prints a table per suite.
+    Bench {
+        /// Which suites: `transport` (default: all).
+        suites: Vec<String>,
+    },
+    /// Writes a CA, node certificates n1..nN and an admin client certificate.
+    Certs {
+        /// Output directory.
+        dir: PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Ci => ci(),
+        Cmd::Bench { suites } => bench(&suites),
+        Cmd::Certs { dir, nodes } => certs(&dir, nodes),
+    }
+}
+
+fn root() -> PathBuf {
+    // Invariant: xtask lives one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["test", "--workspace"])
+}
+
+const SUITES: &[&str] = &["transport"];
+
+fn bench(suites: &[String]) -> Result<()> {
+    let suites: Vec<&str> = if suites.is_empty() {
+        SUITES.to_vec()
+    } else {
+        suites.iter().map(String::as_str).collect()
+    };
+    for suite in &suites {
+        if !SUITES.contains(suite) {
+            bail!(
+                "unknown bench suite {suite:?}; known: {}",
+                SUITES.join(", ")
+            );
+        }
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "xtask",
+        "--bin",
+        "clustron-bench",
+    ])?;
+    let binary = root().join("target/release/clustron-bench");
+    for suite in suites {
+        let status = Command::new(&binary)
+            .arg(suite)
+            .status()
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        if !status.success() {
+            bail!("bench {suite} failed ({status})");
+        }
+    }
+    Ok(())
+}
+
+fn certs(dir: &Path, nodes: usize) -> Result<()> {
+    let ca = CertificateAuthority::generate("Clustron dev CA")?;
+    ca.save(dir)?;
+    for i in 1..=nodes {
+        let name = format!("n{i}");
+        let request = CertRequest::node(&name)?.ip("127.0.0.1".parse()?);
+        ca.issue(&request)?.save(dir, &name)?;
+    }
+    ca.issue(&CertRequest::client("admin", ClientRole::Admin)?)?
+        .save(dir, "admin")?;
+    println!(
+        "wrote ca.pem, ca.key, n1..n{nodes}.pem/.key and admin.pem/.key to {}",
+        dir.display()
+    );
+    Ok(())
+}
