@@ -1,0 +1,346 @@
+//! The tokio driver: joins the sans-IO core to the transport and real time.
+//!
+//! One task owns the [`Core`]; it selects over incoming messages, the core's
+//! next deadline and API commands. [`Membership`] is the cloneable handle.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::Config;
+use crate::core::{Core, Health, Message, Output};
+use crate::error::Error;
+use crate::member::{Incarnation, Member, MemberEvent, MemberState, NodeName};
+
+/// The membership protocol on the transport's `MEMBERSHIP` channel.
+#[derive(Debug)]
+pub struct Swim;
+
+impl Protocol for Swim {
+    const CHANNEL: ChannelId = ChannelId::MEMBERSHIP;
+    type Request = ();
+    type Response = ();
+    type Message = Message;
+}
+
+/// How to start membership on an endpoint.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Protocol timing.
+    pub config: Config,
+    /// Addresses of members to join through. Empty, or only our own
+    /// address: form a new cluster.
+    pub seeds: Vec<SocketAddr>,
+    /// The address others reach us at. Default: the endpoint's local
+    /// address (set this when listening on 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    /// Election priority (higher preferred).
+    pub priority: u32,
+    /// Whether this node votes in elections.
+    pub voter: bool,
+    /// Initial tags.
+    pub tags: BTreeMap<String, String>,
+    /// How long [`Membership::start`] waits for a seed to answer.
+    pub join_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config: Config::default(),
+            seeds: Vec::new(),
+            advertise: None,
+            priority: 0,
+            voter: true,
+            tags: BTreeMap::new(),
+            join_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+enum Command {
+    Members(oneshot::Sender<Vec<Member>>),
+    Member(NodeName, oneshot::Sender<Option<Member>>),
+    Local(oneshot::Sender<Member>),
+    Health(oneshot::Sender<Health>),
+    UpdateTags(BTreeMap<String, String>, oneshot::Sender<()>),
+    Leave(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running membership: the handle to its driver task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<MemberEvent>,
+    name: NodeName,
+}
+
+/// What [`Subscription::recv`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// A membership change.
+    Event(MemberEvent),
+    /// The subscriber fell behind and this many events were dropped; read
+    /// `members()` again to resynchronise.
+    Lagged(u64),
+}
+
+/// A stream of membership changes.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<MemberEvent>,
+}
+
+impl Subscription {
+    /// The next change; `None` once membership has stopped.
+    pub async fn recv(&mut self) -> Option<Notification> {
+        match self.rx.recv().await {
+            Ok(event) => Some(Notification::Event(event)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Notification::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+impl Membership {
+    /// Starts membership on `endpoint` and joins through `options.seeds`;
+    /// returns once joined (or a new cluster is formed).
+    pub async fn start(endpoint: &Endpoint, options: Options) -> Result<Self, Error> {
+        let config = options.config.validate()?;
+        let inbox = endpoint.register::<Swim>()?;
+        let me = Member {
+            name: endpoint.identity().name.clone(),
+            addr: options.advertise.unwrap_or_else(|| endpoint.local_addr()),
+            priority: options.priority,
+            voter: options.voter,
+            tags: options.tags,
+            version: 0,
+            incarnation: Incarnation(0),
+            state: MemberState::Alive,
+        };
+        let name = me.name.clone();
+        let mut core = Core::new(config, me, fastrand::u64(..), Instant::now());
+        let (joined_tx, joined_rx) = oneshot::channel();
+        let (commands, command_rx) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(1024);
+        core.join(Instant::now(), &options.seeds);
+        let driver = Driver {
+            core,
+            inbox,
+            channel: endpoint.channel::<Swim>(),
+            commands: command_rx,
+            events: events.clone(),
+            joined: Some(joined_tx),
+            leave_waiters: Vec::new(),
+        };
+        tokio::spawn(driver.run());
+        let membership = Self {
+            commands,
+            events,
+            name,
+        };
+        match tokio::time::timeout(options.join_timeout, joined_rx).await {
+            Ok(Ok(Ok(()))) => Ok(membership),
+            Ok(Ok(Err(e))) => {
+                membership.shutdown().await;
+                Err(e)
+            }
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                membership.shutdown().await;
+                Err(Error::JoinTimeout {
+                    seeds: options.seeds,
+                    after: options.join_timeout,
+                })
+            }
+        }
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(command(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Every known member, ourselves included, sorted by name.
+    pub async fn members(&self) -> Result<Vec<Member>, Error> {
+        let mut members = self.ask(Command::Members).await?;
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(members)
+    }
+
+    /// One member by name.
+    pub async fn member(&self, name: &NodeName) -> Result<Option<Member>, Error> {
+        self.ask(|tx| Command::Member(name.clone(), tx)).await
+    }
+
+    /// Our own record.
+    pub async fn local(&self) -> Result<Member, Error> {
+        self.ask(Command::Local).await
+    }
+
+    /// Counts by state, local health score and round trips.
+    pub async fn health(&self) -> Result<Health, Error> {
+        self.ask(Command::Health).await
+    }
+
+    /// Replaces our tags; the change is gossiped with a new incarnation.
+    pub async fn update_tags(&self, tags: BTreeMap<String, String>) -> Result<(), Error> {
+        self.ask(|tx| Command::UpdateTags(tags, tx)).await
+    }
+
+    /// Changes as they happen.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.events.subscribe(),
+        }
+    }
+
+    /// Leaves gracefully and stops once the news is passed on.
+    pub async fn leave(&self) -> Result<(), Error> {
+        self.ask(Command::Leave).await
+    }
+
+    /// Stops at once, without telling anyone (others will see us fail).
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+}
+
+struct Driver {
+    core: Core,
+    inbox: Inbox<Swim>,
+    channel: Channel<Swim>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<MemberEvent>,
+    joined: Option<oneshot::Sender<Result<(), Error>>>,
+    leave_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            if self.drain() {
+                return;
+            }
+            let deadline = self
+                .core
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                item = self.inbox.recv() => match item {
+                    Some(Inbound::Message { from, message, .. }) => {
+                        if message.sender() != &from.identity.name {
+                            tracing::warn!(peer = %from.identity, claimed = %message.sender(), "membership message with a foreign name dropped");
+                            continue;
+                        }
+                        self.core.handle_message(Instant::now(), from.addr, message);
+                    }
+                    Some(Inbound::Request { reply, .. }) => reply.reject("membership takes no requests"),
+                    Some(Inbound::Stream { .. }) => {}
+                    None => return,
+                },
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    self.core.handle_timeout(Instant::now());
+                }
+                command = self.commands.recv() => match command {
+                    None => return,
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.command(command),
+                },
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Members(tx) => {
+                let _ = tx.send(self.core.members().cloned().collect());
+            }
+            Command::Member(name, tx) => {
+                let _ = tx.send(self.core.member(&name).cloned());
+            }
+            Command::Local(tx) => {
+                let _ = tx.send(self.core.local().clone());
+            }
+            Command::Health(tx) => {
+                let _ = tx.send(self.core.health());
+            }
+            Command::UpdateTags(tags, tx) => {
+                self.core.update_tags(tags);
+                let _ = tx.send(());
+            }
+            Command::Leave(tx) => {
+                self.leave_waiters.push(tx);
+                self.core.leave(Instant::now());
+            }
+            Command::Shutdown(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Carries out the core's outputs; true when the driver should stop.
+    fn drain(&mut self) -> bool {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send { to, msg, reliable } => {
+                    let channel = self.channel.clone();
+                    tokio::spawn(async move {
+                        let sent = if reliable {
+                            channel.send(to, &msg).await
+                        } else {
+                            channel.send_datagram(to, &msg).await
+                        };
+                        if let Err(e) = sent {
+                            tracing::debug!(%to, error = %e, "membership send failed");
+                        }
+                    });
+                }
+                Output::Member(event) => {
+                    tracing::info!(member = %event.member().name, state = event.kind(), "membership change");
+                    let _ = self.events.send(event);
+                }
+                Output::Joined => {
+                    if let Some(joined) = self.joined.take() {
+                        let _ = joined.send(Ok(()));
+                    }
+                }
+                Output::JoinRefused { by, reason } => {
+                    if let Some(joined) = self.joined.take() {
+                        let _ = joined.send(Err(Error::JoinRefused {
+                            by: by.to_string(),
+                            reason,
+                        }));
+                    }
+                    return true;
+                }
+                Output::LeaveDone => {
+                    for waiter in self.leave_waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
