@@ -1,6 +1,8 @@
 //! Loopback tests of the endpoint: identities, refusals, bad input, restarts
 //! and load. Everything runs on 127.0.0.1 with ports picked by the OS.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,1 +1,146 @@
-//! placeholder
+//! Workspace integration, simulation and fault tests for Clustron.
+//!
+//! The library part holds helpers shared by the test files in `tests/tests/`:
+//! the workspace layering rules, read from `cargo metadata`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod sim;
+pub mod swim;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+/// The layers, lowest first. A crate may depend only on crates listed before
+/// it; `clustron-client` is the exception that may only use the transport
+/// (and, later, the DKV protocol types).
+pub const LAYERS: &[&str] = &[
+    "clustron-transport",
+    "clustron-membership",
+    "clustron-election",
+    "clustron-events",
+    "clustron-dkv",
+];
+
+/// Crates above every layer: they may depend on anything, nothing may depend on them.
+pub const TOOLS: &[&str] = &["xtask", "clustron-tests"];
+
+/// What `clustron-client` may depend on.
+pub const CLIENT_MAY_USE: &[&str] = &["clustron-transport"];
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    // Invariant: this crate lives at `<root>/tests`.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Workspace members and, for each, the workspace members it depends on
+/// (normal, dev and build dependencies alike).
+pub fn workspace_edges() -> Result<BTreeMap<String, Vec<String>>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .context("cannot run cargo metadata")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let packages = metadata["packages"].as_array().context("no packages")?;
+    let names: Vec<String> = packages
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect();
+    let mut edges = BTreeMap::new();
+    for package in packages {
+        let name = package["name"].as_str().context("package without name")?;
+        let deps = package["dependencies"]
+            .as_array()
+            .context("no dependencies array")?
+            .iter()
+            .filter_map(|d| d["name"].as_str())
+            .filter(|d| names.iter().any(|n| n == d))
+            .map(String::from)
+            .collect();
+        edges.insert(name.to_owned(), deps);
+    }
+    Ok(edges)
+}
+
+/// Every edge that breaks the layering, as "from -> to: why".
+pub fn layering_violations(edges: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    let level = |name: &str| LAYERS.iter().position(|l| *l == name);
+    let mut violations = Vec::new();
+    for (from, deps) in edges {
+        for to in deps {
+            let why = if TOOLS.contains(&to.as_str()) {
+                Some("nothing may depend on a tool crate")
+            } else if TOOLS.contains(&from.as_str()) {
+                None
+            } else if from == "clustron-client" {
+                (!CLIENT_MAY_USE.contains(&to.as_str()))
+                    .then_some("the client may use only the transport (and DKV protocol types)")
+            } else {
+                match (level(from), level(to)) {
+                    (Some(a), Some(b)) if b < a => None,
+                    (Some(_), Some(_)) => Some("a lower crate never names a higher one"),
+                    (None, _) => Some("crate is not in the layer list (tests/src/lib.rs)"),
+                    (_, None) => Some("dependency is not in the layer list"),
+                }
+            };
+            if let Some(why) = why {
+                violations.push(format!("{from} -> {to}: {why}"));
+            }
+        }
+    }
+    violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edges(list: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn an_upward_edge_is_a_violation() {
+        let bad = edges(&[("clustron-transport", &["clustron-membership"])]);
+        assert_eq!(layering_violations(&bad).len(), 1);
+        let bad = edges(&[("clustron-client", &["clustron-dkv"])]);
+        assert_eq!(layering_violations(&bad).len(), 1);
+        let bad = edges(&[("clustron-dkv", &["xtask"])]);
+        assert_eq!(layering_violations(&bad).len(), 1);
+    }
+
+    #[test]
+    fn downward_and_tool_edges_are_fine() {
+        let good = edges(&[
+            (
+                "clustron-election",
+                &["clustron-transport", "clustron-membership"],
+            ),
+            ("xtask", &["clustron-dkv", "clustron-transport"]),
+            ("clustron-client", &["clustron-transport"]),
+        ]);
+        assert_eq!(layering_violations(&good), Vec::<String>::new());
+    }
+}

@@ -72,6 +72,10 @@ pub enum Message {
         seq: u32,
         /// Sender.
         from: NodeName,
+        /// The sender's incarnation: an ack from a suspect that has refuted
+        /// (buddy system) clears the suspicion even if the refutation's
+        /// gossip is lost.
+        incarnation: Incarnation,
         /// Piggybacked news.
         gossip: Vec<Gossip>,
     },

@@ -114,6 +114,9 @@ enum ProbeKind {
 struct Probe {
     seq: u32,
     target: NodeName,
+    /// The target's incarnation when the probe started: a failure says
+    /// nothing about a later incarnation.
+    incarnation: Incarnation,
     addr: SocketAddr,
     sent: Instant,
     ack_deadline: Instant,
@@ -154,6 +157,7 @@ pub struct Core {
     broadcasts: Broadcasts,
     next_gossip: Instant,
     next_push_pull: Instant,
+    next_reconnect: Instant,
     next_reap: Instant,
     awareness: u32,
     joining: Option<Joining>,
@@ -170,6 +174,7 @@ impl Core {
         // do not probe in lockstep.
         let first_probe = now + config.probe_interval.mul_f64(rng.f64());
         let next_push_pull = now + config.push_pull_interval.mul_f64(0.5 + rng.f64());
+        let next_reconnect = now + config.reconnect_interval;
         Self {
             next_gossip: now + config.gossip_interval,
             next_reap: now + config.reap_after.min(Duration::from_secs(60)),
@@ -187,6 +192,7 @@ impl Core {
             seq: 0,
             broadcasts: Broadcasts::default(),
             next_push_pull,
+            next_reconnect,
             awareness: 0,
             joining: None,
             joined: false,
@@ -309,7 +315,11 @@ impl Core {
 
     /// When [`Core::handle_timeout`] wants to be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next = self.next_probe.min(self.next_push_pull).min(self.next_reap);
+        let mut next = self
+            .next_probe
+            .min(self.next_push_pull)
+            .min(self.next_reap)
+            .min(self.next_reconnect);
         if !self.broadcasts.is_empty() {
             next = next.min(self.next_gossip);
         }
@@ -363,6 +373,10 @@ impl Core {
                 }
             }
         }
+        if now >= self.next_reconnect {
+            self.next_reconnect = now + self.config.reconnect_interval;
+            self.reconnect();
+        }
         if now >= self.next_reap {
             self.next_reap = now + self.config.reap_after.min(Duration::from_secs(60));
             self.reap(now);
@@ -395,6 +409,7 @@ impl Core {
                     Message::Ack {
                         seq,
                         from: self.me.name.clone(),
+                        incarnation: self.me.incarnation,
                         gossip,
                     },
                 );
@@ -402,10 +417,11 @@ impl Core {
             Message::Ack {
                 seq,
                 from: sender,
+                incarnation,
                 gossip,
             } => {
                 self.apply_all(now, gossip);
-                self.handle_ack(now, seq, &sender);
+                self.handle_ack(now, seq, &sender, incarnation);
             }
             Message::PingReq {
                 seq,
@@ -456,12 +472,14 @@ impl Core {
                         return;
                     }
                 }
+                // Merge first: if the sender thought us dead, the reply
+                // carries our refutation.
+                self.merge(now, &sender, members);
                 let reply = Message::SyncReply {
                     from: self.me.name.clone(),
                     members: self.state_snapshot(),
                 };
                 self.send_reliable(from, reply);
-                self.merge(now, &sender, members);
             }
             Message::SyncReply {
                 from: sender,
@@ -471,6 +489,11 @@ impl Core {
                 if self.joining.take().is_some() || !self.joined {
                     self.joined = true;
                     self.outputs.push_back(Output::Joined);
+                    // News of members that joined while we were joining went
+                    // to nodes that did not know us yet: catch up with one
+                    // early full-state exchange instead of waiting a period.
+                    let soon = self.config.gossip_interval * 10;
+                    self.next_push_pull = now + soon + soon.mul_f64(self.rng.f64());
                 }
             }
             Message::JoinRefused {
@@ -535,7 +558,7 @@ impl Core {
         let Some(entry) = self.members.get(&target) else {
             return;
         };
-        let addr = entry.member.addr;
+        let (addr, incarnation) = (entry.member.addr, entry.member.incarnation);
         // Lifeguard's buddy system: a suspect learns of its suspicion from
         // the probe itself and can refute in the ack.
         let buddy: Vec<Gossip> = entry
@@ -564,6 +587,7 @@ impl Core {
         self.probes.push(Probe {
             seq,
             target,
+            incarnation,
             addr,
             sent: now,
             ack_deadline: now + self.config.probe_timeout * scale,
@@ -575,15 +599,17 @@ impl Core {
         });
     }
 
-    fn handle_ack(&mut self, now: Instant, seq: u32, sender: &NodeName) {
+    fn handle_ack(&mut self, now: Instant, seq: u32, sender: &NodeName, incarnation: Incarnation) {
         if let Some(index) = self.relays.iter().position(|r| r.seq == seq) {
             let relay = self.relays.swap_remove(index);
             let gossip = self.piggyback(&[]);
+            // Forwarded as the target's ack: its incarnation, our name.
             self.send(
                 relay.origin,
                 Message::Ack {
                     seq: relay.origin_seq,
                     from: self.me.name.clone(),
+                    incarnation,
                     gossip,
                 },
             );
@@ -596,6 +622,7 @@ impl Core {
         if probe.kind == ProbeKind::Regular {
             self.awareness = self.awareness.saturating_sub(1);
         }
+        self.acked(now, &probe.target, incarnation);
         // Only a direct ack from the target measures the round trip.
         if *sender == probe.target {
             if let Some(entry) = self.members.get_mut(&probe.target) {
@@ -605,6 +632,22 @@ impl Core {
                     None => sample,
                 });
             }
+        }
+    }
+
+    /// An ack (direct or relayed) shows `target` alive at `incarnation`: if
+    /// that is above the incarnation we suspect, the suspect has refuted.
+    fn acked(&mut self, now: Instant, target: &NodeName, incarnation: Incarnation) {
+        let Some(entry) = self.members.get(target) else {
+            return;
+        };
+        if entry.member.state.is_live() && incarnation > entry.member.incarnation {
+            let member = Member {
+                incarnation,
+                state: MemberState::Alive,
+                ..entry.member.clone()
+            };
+            self.alive(now, member);
         }
     }
 
@@ -619,7 +662,8 @@ impl Core {
             }
             if !probe.indirect_sent && now >= probe.ack_deadline {
                 let (seq, target, addr) = (probe.seq, probe.target.clone(), probe.addr);
-                let relays = self.random_members(self.config.indirect_checks, &[target.clone()]);
+                let relays =
+                    self.random_members(self.config.indirect_checks, std::slice::from_ref(&target));
                 for relay in &relays {
                     let gossip = self.piggyback(&[]);
                     self.send(
@@ -666,12 +710,14 @@ impl Core {
         let Some(entry) = self.members.get(&probe.target) else {
             return;
         };
-        if entry.member.addr != probe.addr || !entry.member.state.is_live() {
+        if entry.member.addr != probe.addr
+            || !entry.member.state.is_live()
+            || entry.member.incarnation != probe.incarnation
+        {
             return;
         }
-        let incarnation = entry.member.incarnation;
         let me = self.me.name.clone();
-        self.suspect(now, probe.target, incarnation, me);
+        self.suspect(now, probe.target, probe.incarnation, me);
     }
 
     fn handle_relays(&mut self, now: Instant) {
@@ -890,15 +936,36 @@ impl Core {
     }
 
     fn handle_suspicions(&mut self, now: Instant) {
-        let expired: Vec<(NodeName, Incarnation)> = self
+        let expired: Vec<(NodeName, Incarnation, bool)> = self
             .members
             .iter()
             .filter_map(|(name, entry)| {
                 let suspicion = entry.suspicion.as_ref()?;
-                (now >= suspicion.deadline()).then(|| (name.clone(), suspicion.incarnation))
+                let final_probe_due =
+                    !suspicion.is_confirmed() && suspicion.final_probe_until.is_none();
+                (now >= suspicion.deadline())
+                    .then(|| (name.clone(), suspicion.incarnation, final_probe_due))
             })
             .collect();
-        for (name, incarnation) in expired {
+        for (name, incarnation, final_probe_due) in expired {
+            if final_probe_due && self.leaving.is_none() {
+                // Few confirmations: likely a false suspicion whose
+                // refutation we missed. One last look (with the suspicion
+                // attached, so a live suspect refutes in its ack) before the
+                // verdict, which waits for this probe to end.
+                let until = now + self.config.probe_interval * self.scale();
+                if let Some(suspicion) = self
+                    .members
+                    .get_mut(&name)
+                    .and_then(|e| e.suspicion.as_mut())
+                {
+                    suspicion.final_probe_until = Some(until);
+                }
+                if !self.probes.iter().any(|p| p.target == name) {
+                    self.probe(now, name, ProbeKind::Confirm);
+                }
+                continue;
+            }
             self.declare_dead(now, name, incarnation);
         }
     }
@@ -988,6 +1055,31 @@ impl Core {
         for seed in seeds {
             self.send_reliable(seed, msg.clone());
         }
+    }
+
+    /// Sends our full state to one random dead member: if it is in fact
+    /// alive (a healed partition), it learns it was declared dead, refutes,
+    /// and its answer brings it back here too.
+    fn reconnect(&mut self) {
+        if !self.joined || self.leaving.is_some() {
+            return;
+        }
+        let dead: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|e| e.member.state == MemberState::Dead)
+            .map(|e| e.member.addr)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let to = dead[self.rng.usize(..dead.len())];
+        let msg = Message::Sync {
+            from: self.me.name.clone(),
+            join: false,
+            members: self.state_snapshot(),
+        };
+        self.send_reliable(to, msg);
     }
 
     fn finish_leave(&mut self) {

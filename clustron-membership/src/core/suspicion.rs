@@ -42,6 +42,10 @@ pub struct Suspicion {
     pub started: Instant,
     /// Distinct suspectors, the first included.
     pub suspectors: BTreeSet<NodeName>,
+    /// Set when the timeout ran out short of `k` confirmations and this
+    /// node probes the suspect once more before declaring it dead; the
+    /// verdict waits for that probe to end.
+    pub final_probe_until: Option<Instant>,
     min: Duration,
     max: Duration,
     k: usize,
@@ -61,6 +65,7 @@ impl Suspicion {
             incarnation,
             started: now,
             suspectors: BTreeSet::from([from]),
+            final_probe_until: None,
             min,
             max,
             k,
@@ -72,10 +77,18 @@ impl Suspicion {
         self.suspectors.insert(from)
     }
 
-    /// When the member is to be declared dead.
+    /// When the member is to be declared dead (or given a final probe).
     pub fn deadline(&self) -> Instant {
         let confirmations = self.suspectors.len().saturating_sub(1);
-        self.started + timeout(self.min, self.max, self.k, confirmations)
+        let deadline = self.started + timeout(self.min, self.max, self.k, confirmations);
+        self.final_probe_until
+            .map_or(deadline, |until| deadline.max(until))
+    }
+
+    /// Whether enough independent suspectors agree that no final probe is
+    /// needed.
+    pub fn is_confirmed(&self) -> bool {
+        self.suspectors.len().saturating_sub(1) >= self.k
     }
 }
 
