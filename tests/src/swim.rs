@@ -219,3 +219,94 @@ pub fn bytes_per_node_per_second(sim: &mut Cluster, window: Duration) -> f64 {
     let after: u64 = up.iter().map(|id| sim.stats(*id).bytes_sent).sum();
     (after - before) as f64 / up.len() as f64 / window.as_secs_f64()
 }
+
+/// Figures for one cluster size, as `cargo xtask bench membership` prints them.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Cluster size.
+    pub n: usize,
+    /// Crash → `dead` verdict, over every live member's verdict in every trial.
+    pub detection_p50: Duration,
+    /// 99th percentile of the same.
+    pub detection_p99: Duration,
+    /// Crashes not detected by every live node within 30 s.
+    pub undetected: usize,
+    /// False `dead` verdicts over 10 virtual minutes at 5% loss.
+    pub false_dead_5: usize,
+    /// False `dead` verdicts over 10 virtual minutes at 10% loss.
+    pub false_dead_10: usize,
+    /// Join → known alive by every member: median over trials.
+    pub join_p50: Duration,
+    /// Join: slowest trial.
+    pub join_max: Duration,
+    /// Mean bytes sent per node per second, steady state, no loss.
+    pub bytes_per_node_per_second: f64,
+}
+
+/// Measures one cluster size with default settings over `trials` seeds.
+pub fn measure(n: usize, trials: u64, base_seed: u64) -> Figures {
+    let config = Config::lan();
+    let mut detections = Vec::new();
+    let mut joins = Vec::new();
+    let mut undetected = 0;
+    let mut bytes = Vec::new();
+    let all: Vec<usize> = (0..n).collect();
+    for trial in 0..trials {
+        let seed = base_seed.wrapping_add(trial);
+        let mut sim = start(
+            seed,
+            n,
+            &config,
+            NetConfig::lan(),
+            Duration::from_millis(10),
+        );
+        sim.run_until(Duration::from_secs(60), |sim| converged(sim, &all));
+        sim.run_for(Duration::from_secs(5), |_| {});
+        if trial == 0 {
+            bytes.push(bytes_per_node_per_second(&mut sim, Duration::from_secs(60)));
+        }
+        match join_time(&mut sim, &config, n, Duration::from_secs(30)) {
+            Some(t) => joins.push(t),
+            None => joins.push(Duration::from_secs(30)),
+        }
+        sim.run_for(Duration::from_secs(3), |_| {});
+        let victim = 1 + sim.rng().usize(..n - 1);
+        match detection_times(&mut sim, victim, Duration::from_secs(30)) {
+            Some(times) => detections.extend(times),
+            None => undetected += 1,
+        }
+    }
+    detections.sort();
+    joins.sort();
+    let false_dead = |loss: f64| {
+        let mut sim = start(
+            base_seed ^ 0x5eed,
+            n,
+            &config,
+            NetConfig::lan(),
+            Duration::from_millis(10),
+        );
+        sim.run_until(Duration::from_secs(60), |sim| converged(sim, &all));
+        sim.take_events();
+        sim.set_net(NetConfig {
+            loss,
+            ..NetConfig::lan()
+        });
+        let mut verdicts = 0;
+        sim.run_for(Duration::from_secs(600), |sim| {
+            verdicts += failed_verdicts(&sim.take_events()).len();
+        });
+        verdicts
+    };
+    Figures {
+        n,
+        detection_p50: percentile(&detections, 0.5),
+        detection_p99: percentile(&detections, 0.99),
+        undetected,
+        false_dead_5: false_dead(0.05),
+        false_dead_10: false_dead(0.10),
+        join_p50: percentile(&joins, 0.5),
+        join_max: joins.last().copied().unwrap_or_default(),
+        bytes_per_node_per_second: bytes.iter().sum::<f64>() / bytes.len().max(1) as f64,
+    }
+}

@@ -5,6 +5,11 @@
 //! configuration and our `Endpoint`, and measures them from this process in
 //! the same run: 256-byte requests and responses with 1 and 64 in flight,
 //! and datagram round trips. Both processes use a `current_thread` runtime.
+//!
+//! `clustron-bench membership` runs the SWIM core on the deterministic
+//! simulator (LAN latency 0.2-2 ms) at N = 10, 50 and 100 with default
+//! settings. `CLUSTRON_BENCH_TRIALS` sets the crash/join trials per size
+//! (default 10).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -68,6 +73,7 @@ fn main() -> Result<()> {
         .build()?;
     match args.first().map(String::as_str) {
         Some("transport") => runtime.block_on(transport_suite()),
+        Some("membership") => membership_suite(),
         Some("transport-server") => {
             let stack = Stack::parse(args.get(1).context("stack")?)?;
             let dir = PathBuf::from(args.get(2).context("cert dir")?);
@@ -84,7 +90,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("certs") => write_certs(Path::new(args.get(1).context("dir")?)),
-        _ => bail!("usage: clustron-bench transport"),
+        _ => bail!("usage: clustron-bench transport|membership"),
     }
 }
 
@@ -381,4 +387,49 @@ fn print_table(rows: &[Row]) {
             row.datagrams
         );
     }
+}
+
+fn membership_suite() -> Result<()> {
+    let trials = std::env::var("CLUSTRON_BENCH_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(10);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!();
+    println!(
+        "membership: simulator, default Config::lan(), {trials} crash and join trials per size"
+    );
+    println!(
+        "{:>5} {:>15} {:>15} {:>11} {:>13} {:>14} {:>13} {:>13} {:>14}",
+        "N",
+        "detect p50 ms",
+        "detect p99 ms",
+        "undetected",
+        "false dead 5%",
+        "false dead 10%",
+        "join p50 ms",
+        "join max ms",
+        "bytes/s/node"
+    );
+    for n in [10, 50, 100] {
+        let started = Instant::now();
+        let f = clustron_tests::swim::measure(n, trials, 0xC1u64 << 32 | n as u64);
+        println!(
+            "{:>5} {:>15.0} {:>15.0} {:>11} {:>13} {:>14} {:>13.0} {:>13.0} {:>14.0}",
+            f.n,
+            ms(f.detection_p50),
+            ms(f.detection_p99),
+            f.undetected,
+            f.false_dead_5,
+            f.false_dead_10,
+            ms(f.join_p50),
+            ms(f.join_max),
+            f.bytes_per_node_per_second
+        );
+        eprintln!(
+            "  (N = {n} took {:.1} s of real time)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }

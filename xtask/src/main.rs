@@ -1,5 +1,8 @@
 //! Repository chores, run as `cargo xtask <command>`:
 //!
+//! - `cluster [--nodes N]`: a local cluster on 127.0.0.1 in this process, with
+//!   generated certificates and the default configuration; prints the members
+//!   and every change until Ctrl-C, then leaves gracefully.
 //! - `ci`: `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`,
 //!   then the whole test suite. This is what `.ci/run` runs.
 //! - `bench [transport]`: builds `clustron-bench` in release mode and runs it;
@@ -14,6 +17,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use clustron_transport::{CertRequest, CertificateAuthority, ClientRole};
 
+mod cluster;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "Clustron repository chores")]
 struct Cli {
@@ -23,11 +28,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// A local cluster on 127.0.0.1 until Ctrl-C (default configuration).
+    Cluster {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Where the CA and node certificates live (created on first use).
+        #[arg(long, default_value = "target/dev-cluster")]
+        dir: PathBuf,
+        /// UDP port of the first node; the others follow. 0 picks free ports.
+        #[arg(long, default_value_t = 7401)]
+        port: u16,
+    },
     /// Format check, clippy with warnings denied, and every test.
     Ci,
     /// Release-mode benchmarks; prints a table per suite.
     Bench {
-        /// Which suites: `transport` (default: all).
+        /// Which suites: `transport`, `membership` (default: all).
         suites: Vec<String>,
     },
     /// Writes a CA, node certificates n1..nN and an admin client certificate.
@@ -42,6 +59,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Cluster { nodes, dir, port } => cluster::run(nodes, &dir, port),
         Cmd::Ci => ci(),
         Cmd::Bench { suites } => bench(&suites),
         Cmd::Certs { dir, nodes } => certs(&dir, nodes),
@@ -83,7 +101,7 @@ fn ci() -> Result<()> {
     cargo(&["test", "--workspace"])
 }
 
-const SUITES: &[&str] = &["transport"];
+const SUITES: &[&str] = &["transport", "membership"];
 
 fn bench(suites: &[String]) -> Result<()> {
     let suites: Vec<&str> = if suites.is_empty() {
