@@ -175,7 +175,7 @@ impl<R: Serialize> Reply<R> {
 
 /// A successful answer; one larger than `max_frame` becomes a rejection.
 fn ok_frame<R: Serialize>(response: &R, max_frame: usize) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(64);
+    let mut buf = Vec::with_capacity(1 + frame::framed_len(response));
     buf.push(Status::Ok as u8);
     match frame::encode_frame(&mut buf, response, max_frame) {
         Ok(()) => buf,
@@ -602,6 +602,12 @@ impl Endpoint {
         self.inner.events.subscribe()
     }
 
+    /// QUIC-level statistics of the cached connection to `addr` (packets,
+    /// frames, path RTT), for diagnostics and benchmarks.
+    pub fn connection_stats(&self, addr: SocketAddr) -> Option<quinn::ConnectionStats> {
+        self.inner.conns.get(&addr).map(|conn| conn.stats())
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> TransportStats {
         let s = &self.inner.stats;
@@ -659,7 +665,7 @@ impl<P: Protocol> Channel<P> {
     ) -> Result<P::Response, Error> {
         let inner = &self.endpoint.inner;
         let max = inner.config.max_frame_size;
-        let mut buf = Vec::with_capacity(64);
+        let mut buf = Vec::with_capacity(frame::framed_len(request) + HEADER_LEN);
         buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
         frame::encode_frame(&mut buf, request, max)?;
         let after = inner.config.request_timeout;
@@ -688,14 +694,14 @@ impl<P: Protocol> Channel<P> {
             };
             inner.stats.received(body.len() + 1);
             let result = match Status::from_u8(status) {
-                Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(body)?),
+                Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(&body)?),
                 Some(Status::UnknownChannel) => Err(Error::UnknownChannel {
                     addr: to,
                     channel: P::CHANNEL,
                 }),
                 Some(Status::Rejected) => Err(Error::Rejected {
                     addr: to,
-                    reason: frame::decode_body::<String>(body)?,
+                    reason: frame::decode_body::<String>(&body)?,
                 }),
                 None => Err(FrameError::Malformed(format!("unknown status {status}")).into()),
             };
@@ -717,7 +723,7 @@ impl<P: Protocol> Channel<P> {
     /// without waiting for an acknowledgement.
     pub async fn send(&self, to: SocketAddr, message: &P::Message) -> Result<(), Error> {
         let inner = &self.endpoint.inner;
-        let mut buf = Vec::with_capacity(64);
+        let mut buf = Vec::with_capacity(frame::framed_len(message) + HEADER_LEN);
         buf.extend_from_slice(&frame::header(StreamKind::Message, P::CHANNEL));
         frame::encode_frame(&mut buf, message, inner.config.max_frame_size)?;
         let after = inner.config.request_timeout;
@@ -957,7 +963,7 @@ impl Inner {
                         match &route {
                             Err(status) => Ok(Err(*status)),
                             Ok(route) => route
-                                .request(peer.clone(), body, max)
+                                .request(peer.clone(), &body, max)
                                 .map(Ok)
                                 .map_err(ReadFailure::from),
                         }
@@ -1023,7 +1029,7 @@ impl Inner {
                 self.stats.received(HEADER_LEN + body.len());
                 match &route {
                     Ok(route) => route
-                        .message(peer.clone(), body, Delivery::Reliable)
+                        .message(peer.clone(), &body, Delivery::Reliable)
                         .map_err(ReadFailure::from),
                     Err(_) => Ok(None),
                 }

@@ -108,6 +108,12 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     Ok(())
 }
 
+/// Bytes `value` takes as a frame (length prefix included), to size buffers
+/// once instead of growing them.
+pub fn framed_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    LENGTH_PREFIX + postcard::experimental::serialized_size(value).unwrap_or(0)
+}
+
 /// Checks a length prefix against `max`; returns the body length.
 pub fn check_length(prefix: [u8; LENGTH_PREFIX], max: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(prefix) as usize;

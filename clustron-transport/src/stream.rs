@@ -1,5 +1,6 @@
 //! Framed QUIC streams: reading and writing length-prefixed postcard frames.
 
+use bytes::Bytes;
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -53,21 +54,28 @@ const READ_AHEAD: usize = 16 * 1024;
 
 /// A buffered reader of fixed prefixes and frames on one receive stream.
 ///
-/// Reads whole chunks (usually a request arrives in one), so a request costs
-/// one or two stream reads instead of one per field.
+/// Reads whole chunks (usually a request arrives in one) and hands out
+/// frames as slices of the chunk without copying; only an item that spans
+/// chunks is gathered in a spill buffer.
 #[derive(Debug)]
 pub(crate) struct Reader {
     recv: RecvStream,
-    buf: Vec<u8>,
+    /// Unread bytes of the current chunk, while `spilling` is false.
+    chunk: Bytes,
+    /// Gathered bytes, from `pos`, while `spilling` is true.
+    spill: Vec<u8>,
     pos: usize,
+    spilling: bool,
 }
 
 impl Reader {
     pub(crate) fn new(recv: RecvStream) -> Self {
         Self {
             recv,
-            buf: Vec::new(),
+            chunk: Bytes::new(),
+            spill: Vec::new(),
             pos: 0,
+            spilling: false,
         }
     }
 
@@ -75,24 +83,54 @@ impl Reader {
         &mut self.recv
     }
 
-    fn available(&self) -> usize {
-        self.buf.len() - self.pos
+    fn unread(&self) -> &[u8] {
+        if self.spilling {
+            &self.spill[self.pos..]
+        } else {
+            &self.chunk
+        }
+    }
+
+    /// Takes `n` buffered bytes (the caller checked they are there).
+    fn take(&mut self, n: usize) -> Bytes {
+        if !self.spilling {
+            return self.chunk.split_to(n);
+        }
+        let out = Bytes::copy_from_slice(&self.spill[self.pos..self.pos + n]);
+        self.pos += n;
+        if self.pos == self.spill.len() {
+            self.spill.clear();
+            self.pos = 0;
+            self.spilling = false;
+        }
+        out
     }
 
     /// Buffers at least `want` unread bytes; `Ok(false)` if the stream
     /// finished first.
     async fn fill(&mut self, want: usize) -> Result<bool, ReadFailure> {
-        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        while self.available() < want {
-            let limit = (want - self.available()).max(READ_AHEAD);
-            match self.recv.read_chunk(limit, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+        while self.unread().len() < want {
+            let limit = (want - self.unread().len()).max(READ_AHEAD);
+            let chunk = match self.recv.read_chunk(limit, true).await {
+                Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) => return Ok(false),
                 Err(e) => return Err(read_error(e)),
+            };
+            if !self.spilling && self.chunk.is_empty() {
+                self.chunk = chunk;
+                continue;
             }
+            if !self.spilling {
+                self.spill.clear();
+                self.pos = 0;
+                self.spill.extend_from_slice(&self.chunk);
+                self.chunk = Bytes::new();
+                self.spilling = true;
+            } else if self.pos > 0 && self.pos >= self.spill.len() / 2 {
+                self.spill.drain(..self.pos);
+                self.pos = 0;
+            }
+            self.spill.extend_from_slice(&chunk);
         }
         Ok(true)
     }
@@ -100,15 +138,14 @@ impl Reader {
     /// Reads `N` bytes; `Ok(None)` if the stream finished cleanly before any.
     pub(crate) async fn fixed<const N: usize>(&mut self) -> Result<Option<[u8; N]>, ReadFailure> {
         if !self.fill(N).await? {
-            return if self.available() == 0 {
+            return if self.unread().is_empty() {
                 Ok(None)
             } else {
                 Err(FrameError::Truncated.into())
             };
         }
         let mut out = [0u8; N];
-        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
-        self.pos += N;
+        out.copy_from_slice(&self.take(N));
         Ok(Some(out))
     }
 
@@ -117,10 +154,9 @@ impl Reader {
     /// receive stream dropped before its end makes quinn send STOP_SENDING,
     /// one more frame per request.
     pub(crate) async fn expect_end(&mut self) -> Result<(), ReadFailure> {
-        if self.available() > 0 {
-            return Err(
-                FrameError::Malformed(format!("{} trailing bytes", self.available())).into(),
-            );
+        if !self.unread().is_empty() {
+            let n = self.unread().len();
+            return Err(FrameError::Malformed(format!("{n} trailing bytes")).into());
         }
         match self.recv.read_chunk(READ_AHEAD, true).await {
             Ok(None) => Ok(()),
@@ -134,7 +170,7 @@ impl Reader {
     /// Reads one frame and returns its body; `Ok(None)` if the stream
     /// finished cleanly before it. The length is checked against `max`
     /// before anything is buffered for the body.
-    pub(crate) async fn frame(&mut self, max: usize) -> Result<Option<&[u8]>, ReadFailure> {
+    pub(crate) async fn frame(&mut self, max: usize) -> Result<Option<Bytes>, ReadFailure> {
         let Some(prefix) = self.fixed::<LENGTH_PREFIX>().await? else {
             return Ok(None);
         };
@@ -142,9 +178,7 @@ impl Reader {
         if !self.fill(len).await? {
             return Err(FrameError::Truncated.into());
         }
-        let body = &self.buf[self.pos..self.pos + len];
-        self.pos += len;
-        Ok(Some(body))
+        Ok(Some(self.take(len)))
     }
 }
 
@@ -202,7 +236,7 @@ impl FrameReceiver {
     /// error; no further frames can be read.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let result = match self.reader.frame(self.max).await {
-            Ok(Some(body)) => frame::decode_body(body).map(Some),
+            Ok(Some(body)) => frame::decode_body(&body).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(FrameError::from(e)),
         };
