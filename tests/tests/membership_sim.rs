@@ -19,6 +19,17 @@ fn lossy(loss: f64) -> NetConfig {
     }
 }
 
+/// `n` nodes joined through node 0 and converged (every node sees all alive).
+fn converged_cluster(seed: u64, n: usize, net: NetConfig) -> (swim::Cluster, Vec<usize>) {
+    let mut sim = swim::start(seed, n, &Config::lan(), net, Duration::from_millis(5));
+    let all: Vec<usize> = (0..n).collect();
+    assert!(
+        sim.run_until(Duration::from_secs(45), |sim| swim::converged(sim, &all)),
+        "{n} nodes did not converge"
+    );
+    (sim, all)
+}
+
 #[test]
 fn a_hundred_nodes_join_through_one_seed_and_converge() {
     run_seeds(
@@ -52,10 +63,7 @@ fn a_crashed_node_is_declared_dead_by_every_live_node() {
         "a_crashed_node_is_declared_dead_by_every_live_node",
         6,
         |seed| {
-            let config = Config::lan();
-            let mut sim = swim::start(seed, 20, &config, lossy(0.01), Duration::from_millis(5));
-            let all: Vec<usize> = (0..20).collect();
-            assert!(sim.run_until(Duration::from_secs(45), |sim| swim::converged(sim, &all)));
+            let (mut sim, all) = converged_cluster(seed, 20, lossy(0.01));
             let victim = 1 + sim.rng().usize(..19);
             let times = swim::detection_times(&mut sim, victim, Duration::from_secs(30))
                 .unwrap_or_else(|| panic!("n{victim} was not declared dead by every live node"));
@@ -80,11 +88,8 @@ fn ten_virtual_minutes_at_ten_percent_loss_give_no_dead_verdict() {
         "ten_virtual_minutes_at_ten_percent_loss_give_no_dead_verdict",
         2,
         |seed| {
-            let config = Config::lan();
             let n = 30;
-            let mut sim = swim::start(seed, n, &config, NetConfig::lan(), Duration::from_millis(5));
-            let all: Vec<usize> = (0..n).collect();
-            assert!(sim.run_until(Duration::from_secs(45), |sim| swim::converged(sim, &all)));
+            let (mut sim, _) = converged_cluster(seed, n, NetConfig::lan());
             sim.take_events();
             sim.set_net(lossy(0.10));
             let mut false_verdicts = Vec::new();
@@ -107,9 +112,7 @@ fn a_slow_node_does_not_get_healthy_nodes_declared_dead() {
         |seed| {
             let config = Config::lan();
             let n = 12;
-            let mut sim = swim::start(seed, n, &config, NetConfig::lan(), Duration::from_millis(5));
-            let all: Vec<usize> = (0..n).collect();
-            assert!(sim.run_until(Duration::from_secs(45), |sim| swim::converged(sim, &all)));
+            let (mut sim, _) = converged_cluster(seed, n, NetConfig::lan());
             sim.take_events();
             let slow = 3;
             // Every message to and from the slow node takes 2× the probe timeout.
@@ -135,11 +138,8 @@ fn a_slow_node_does_not_get_healthy_nodes_declared_dead() {
 #[test]
 fn a_partition_heals_and_views_converge() {
     run_seeds("a_partition_heals_and_views_converge", 4, |seed| {
-        let config = Config::lan();
         let n = 10;
-        let mut sim = swim::start(seed, n, &config, NetConfig::lan(), Duration::from_millis(5));
-        let all: Vec<usize> = (0..n).collect();
-        assert!(sim.run_until(Duration::from_secs(45), |sim| swim::converged(sim, &all)));
+        let (mut sim, all) = converged_cluster(seed, n, NetConfig::lan());
         let (left, right): (Vec<usize>, Vec<usize>) = all.iter().partition(|i| **i < 4);
         sim.partition(&[&left, &right]);
         assert!(
@@ -166,11 +166,8 @@ fn a_partition_heals_and_views_converge() {
 #[test]
 fn a_graceful_leave_is_seen_as_left_not_failed() {
     run_seeds("a_graceful_leave_is_seen_as_left_not_failed", 4, |seed| {
-        let config = Config::lan();
         let n = 10;
-        let mut sim = swim::start(seed, n, &config, lossy(0.05), Duration::from_millis(5));
-        let all: Vec<usize> = (0..n).collect();
-        assert!(sim.run_until(Duration::from_secs(45), |sim| swim::converged(sim, &all)));
+        let (mut sim, all) = converged_cluster(seed, n, lossy(0.05));
         sim.take_events();
         let leaver = 5;
         sim.with_node(leaver, |node, now| node.core_mut().leave(now));

@@ -896,15 +896,27 @@ impl Core {
         self.declare_dead(now, name, incarnation);
     }
 
-    fn declare_dead(&mut self, now: Instant, name: NodeName, incarnation: Incarnation) {
-        let Some(entry) = self.members.get_mut(&name) else {
-            return;
-        };
-        entry.member.state = MemberState::Dead;
+    /// Moves a known member to `state` at `incarnation`, ending any
+    /// suspicion; returns its new record.
+    fn transition(
+        &mut self,
+        now: Instant,
+        name: &NodeName,
+        state: MemberState,
+        incarnation: Incarnation,
+    ) -> Option<Member> {
+        let entry = self.members.get_mut(name)?;
+        entry.member.state = state;
         entry.member.incarnation = incarnation;
         entry.suspicion = None;
         entry.since = now;
-        let member = entry.member.clone();
+        Some(entry.member.clone())
+    }
+
+    fn declare_dead(&mut self, now: Instant, name: NodeName, incarnation: Incarnation) {
+        let Some(member) = self.transition(now, &name, MemberState::Dead, incarnation) else {
+            return;
+        };
         self.broadcasts.push(Gossip::Dead {
             name,
             incarnation,
@@ -926,11 +938,9 @@ impl Core {
         if incarnation < entry.member.incarnation || entry.member.state == MemberState::Left {
             return;
         }
-        entry.member.state = MemberState::Left;
-        entry.member.incarnation = incarnation;
-        entry.suspicion = None;
-        entry.since = now;
-        let member = entry.member.clone();
+        let Some(member) = self.transition(now, &name, MemberState::Left, incarnation) else {
+            return;
+        };
         self.broadcasts.push(Gossip::Left { name, incarnation });
         self.event(MemberEvent::Left(member));
     }
