@@ -45,6 +45,9 @@ pub struct Options {
     pub tags: BTreeMap<String, String>,
     /// How long [`Membership::start`] waits for a seed to answer.
     pub join_timeout: Duration,
+    /// Changes buffered per subscriber; one that falls further behind is
+    /// told how many it missed ([`Notification::Lagged`]).
+    pub event_buffer: usize,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             voter: true,
             tags: BTreeMap::new(),
             join_timeout: Duration::from_secs(10),
+            event_buffer: 1024,
         }
     }
 }
@@ -126,7 +130,7 @@ impl Membership {
         let mut core = Core::new(config, me, fastrand::u64(..), Instant::now());
         let (joined_tx, joined_rx) = oneshot::channel();
         let (commands, command_rx) = mpsc::channel(64);
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(options.event_buffer.max(1));
         core.join(Instant::now(), &options.seeds);
         let driver = Driver {
             core,

@@ -232,3 +232,35 @@ async fn a_restarted_node_rejoins_with_a_higher_incarnation() {
     .await;
     assert!(again.local().await.unwrap().incarnation.0 > 0);
 }
+
+#[tokio::test]
+async fn a_lagging_subscriber_is_told_it_lagged() {
+    let pki = Pki::new();
+    let a = pki.endpoint("a", any_port());
+    let options = Options {
+        event_buffer: 1,
+        ..Options::default()
+    };
+    let first = Membership::start(&a, options).await.unwrap();
+    let mut slow = first.subscribe();
+    let mut others = Vec::new();
+    for name in ["b", "c", "d"] {
+        let endpoint = pki.endpoint(name, any_port());
+        let membership = Membership::start(&endpoint, seeds(vec![a.local_addr()]))
+            .await
+            .unwrap();
+        others.push((endpoint, membership));
+    }
+    eventually("a sees four alive", || async {
+        first.health().await.map(|h| h.alive == 4).unwrap_or(false)
+    })
+    .await;
+    let mut lagged = false;
+    while let Ok(Some(note)) = tokio::time::timeout(Duration::from_millis(500), slow.recv()).await {
+        lagged |= matches!(note, clustron_membership::Notification::Lagged(n) if n > 0);
+    }
+    assert!(
+        lagged,
+        "three joins into a one-event buffer were not reported as lag"
+    );
+}
