@@ -539,6 +539,14 @@ async fn oversized_undecodable_and_garbage_frames_end_only_their_own_stream() {
     .unwrap();
     let request_header = frame::header(frame::StreamKind::Request, Echo::CHANNEL);
 
+    // A long-lived stream on the same connection, opened before the abuse:
+    // it must keep working through all of it.
+    let (mut live_send, mut live_recv) = conn.open_bi().await.unwrap();
+    let mut opening = frame::header(frame::StreamKind::Stream, Echo::CHANNEL).to_vec();
+    frame::encode_frame(&mut opening, &Note("before".into()), 1024).unwrap();
+    live_send.write_all(&opening).await.unwrap();
+    assert_eq!(read_note(&mut live_recv).await, Note("before!".into()));
+
     // A length prefix of 4 GiB: refused before anything is allocated.
     let mut oversized = request_header.to_vec();
     oversized.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -575,6 +583,12 @@ async fn oversized_undecodable_and_garbage_frames_end_only_their_own_stream() {
         let _ = conn.send_datagram(bytes.into());
     }
 
+    // The long-lived stream still answers.
+    let mut later = Vec::new();
+    frame::encode_frame(&mut later, &Note("after".into()), 1024).unwrap();
+    live_send.write_all(&later).await.unwrap();
+    assert_eq!(read_note(&mut live_recv).await, Note("after!".into()));
+
     // The same connection, and the server, still work.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut good = request_header.to_vec();
@@ -606,6 +620,21 @@ async fn oversized_undecodable_and_garbage_frames_end_only_their_own_stream() {
 
     let other = pki.node("other");
     assert_eq!(request(&other, server.local_addr(), 3).await.unwrap().id, 3);
+}
+
+/// Reads one `Note` frame from a raw stream, however the bytes are split.
+async fn read_note(recv: &mut quinn::RecvStream) -> Note {
+    let mut buf = Vec::new();
+    loop {
+        if let Some((note, _)) = frame::decode_frame::<Note>(&buf, 1024).unwrap() {
+            return note;
+        }
+        let chunk = timeout(DEADLINE, recv.read_chunk(1024, true))
+            .await
+            .unwrap()
+            .unwrap();
+        buf.extend_from_slice(&chunk.expect("stream ended").bytes);
+    }
 }
 
 fn xorshift(state: &mut u64) -> u64 {
