@@ -91,6 +91,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("certs") => write_certs(Path::new(args.get(1).context("dir")?)),
+        // For instruction counts under callgrind: `transport-count ours|bare
+        // CERT_DIR ADDR N` sends N requests, 64 in flight, and exits.
+        Some("transport-count") => {
+            let stack = Stack::parse(args.get(1).context("stack")?)?;
+            let dir = PathBuf::from(args.get(2).context("cert dir")?);
+            let addr: SocketAddr = args.get(3).context("server address")?.parse()?;
+            let count: usize = args.get(4).context("count")?.parse()?;
+            runtime.block_on(count_requests(stack, &dir, addr, count))
+        }
         _ => bail!("usage: clustron-bench transport|membership"),
     }
 }
@@ -348,6 +357,64 @@ struct Row {
     datagrams: f64,
 }
 
+/// A client of either stack, with what must stay alive beside it.
+struct Connected {
+    client: Client,
+    /// Our stack's inbox, for datagram echoes.
+    inbox: Option<Inbox<Echo>>,
+    /// Our stack's endpoint.
+    endpoint: Option<Endpoint>,
+}
+
+async fn connect(stack: Stack, dir: &Path, addr: SocketAddr) -> Result<Connected> {
+    let identity = identity(dir, "client")?;
+    Ok(match stack {
+        Stack::Ours => {
+            let endpoint = Endpoint::bind(config(), identity)?;
+            let inbox = endpoint.register::<Echo>()?;
+            Connected {
+                client: Client::Ours(endpoint.channel::<Echo>(), addr),
+                inbox: Some(inbox),
+                endpoint: Some(endpoint),
+            }
+        }
+        Stack::Bare => {
+            let mut client = tls::client_config(&identity, tls::ALPN_PEER)?;
+            client.transport_config(std::sync::Arc::new(quinn::TransportConfig::default()));
+            let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            endpoint.set_default_client_config(client);
+            let conn = endpoint.connect(addr, "clustron")?.await?;
+            Connected {
+                client: Client::Bare(conn),
+                inbox: None,
+                endpoint: None,
+            }
+        }
+    })
+}
+
+async fn count_requests(stack: Stack, dir: &Path, addr: SocketAddr, count: usize) -> Result<()> {
+    let Connected { client, endpoint: _keep, .. } = connect(stack, dir, addr).await?;
+    let per_task = count / 64;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let payload = ByteBuf::from(vec![0xab; PAYLOAD]);
+                for _ in 0..per_task {
+                    client.request(&payload).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    println!("{} requests", per_task * 64);
+    Ok(())
+}
+
 async fn measure(stack: Stack, dir: &Path) -> Result<Row> {
     let (server, addr) = start_server(stack, dir)?;
     measure_against(stack, dir, addr, Some(server.0.id())).await
@@ -359,26 +426,11 @@ async fn measure_against(
     addr: SocketAddr,
     server: Option<u32>,
 ) -> Result<Row> {
-    let identity = identity(dir, "client")?;
-    let (client, mut inbox, _keep) = match stack {
-        Stack::Ours => {
-            let endpoint = Endpoint::bind(config(), identity)?;
-            let inbox = endpoint.register::<Echo>()?;
-            (
-                Client::Ours(endpoint.channel::<Echo>(), addr),
-                Some(inbox),
-                Some(endpoint),
-            )
-        }
-        Stack::Bare => {
-            let mut client = tls::client_config(&identity, tls::ALPN_PEER)?;
-            client.transport_config(std::sync::Arc::new(quinn::TransportConfig::default()));
-            let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            endpoint.set_default_client_config(client);
-            let conn = endpoint.connect(addr, "clustron")?.await?;
-            (Client::Bare(conn), None, None)
-        }
-    };
+    let Connected {
+        client,
+        mut inbox,
+        endpoint: _keep,
+    } = connect(stack, dir, addr).await?;
     let row = Row {
         stack,
         one: requests(&client, 1, server).await?,
