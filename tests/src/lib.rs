@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod election;
 pub mod sim;
 pub mod swim;
 
@@ -139,7 +140,10 @@ mod tests {
                 "clustron-election",
                 &["clustron-transport", "clustron-membership"],
             ),
-            ("xtask", &["clustron-dkv", "clustron-transport", "clustron-tests"]),
+            (
+                "xtask",
+                &["clustron-dkv", "clustron-transport", "clustron-tests"],
+            ),
             ("clustron-client", &["clustron-transport"]),
         ]);
         assert_eq!(layering_violations(&good), Vec::<String>::new());

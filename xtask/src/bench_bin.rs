@@ -394,7 +394,11 @@ async fn connect(stack: Stack, dir: &Path, addr: SocketAddr) -> Result<Connected
 }
 
 async fn count_requests(stack: Stack, dir: &Path, addr: SocketAddr, count: usize) -> Result<()> {
-    let Connected { client, endpoint: _keep, .. } = connect(stack, dir, addr).await?;
+    let Connected {
+        client,
+        endpoint: _keep,
+        ..
+    } = connect(stack, dir, addr).await?;
     let per_task = count / 64;
     let tasks: Vec<_> = (0..64)
         .map(|_| {

@@ -1,0 +1,1367 @@
+//! The sans-IO election core: bully candidate choice made safe by majority
+//! leases.
+//!
+//! ```text
+//!             handle_message(now, from, Message) ─┐
+//!             handle_timeout(now) ────────────────┤
+//!   set_view(now, peers) / set_summary(bytes) ────┤
+//!   step_down / transfer_to / add_voter / remove_voter
+//!                                                 ▼
+//!                                          ┌──────────────┐
+//!                                          │     Core     │── poll_timeout() → next deadline
+//!                                          └──────────────┘
+//!                                                 │ poll_output(), in order
+//!      Output::Persist(Promise) / PersistVoters ◄─┤  (write durably first ...)
+//!      Output::Send { to, msg }                 ◄─┤  (... then send)
+//!      Output::Elected / SteppedDown            ◄─┤
+//!      Output::Leader / LeaderLost / VotersChanged
+//! ```
+//!
+//! Calling protocol: after any input, drain [`Core::poll_output`] until
+//! `None`, performing each output *in order* (a `Persist` must be durable
+//! before any later `Send` leaves: that is what makes a grant a promise),
+//! then sleep until [`Core::poll_timeout`] and call [`Core::handle_timeout`].
+//! Time is an argument and the RNG is seeded, so a run replays exactly.
+//!
+//! The rules (see `DESIGN.md`, "Election"):
+//!
+//! - **Candidate.** Only the highest-priority live voter in this node's view
+//!   campaigns (equal priorities: the smallest name wins), and only when it
+//!   knows no leader. The view only chooses who asks; authority comes from
+//!   grants by a majority of the configured voter set. A leader whose
+//!   announcements stopped is skipped in the choice until heard from again,
+//!   so failover does not wait for membership to declare it dead; no node
+//!   campaigns before its first view.
+//! - **Voter.** A voter grants epoch `e` to at most one candidate: only if
+//!   `e` is above every epoch it promised (or equal to its current promise
+//!   to the same holder: a renewal), not below the newest epoch it has seen,
+//!   and only while it holds no unexpired, unreleased promise to another
+//!   holder. The promise lasts `L` on the voter's clock from its answer and
+//!   is persisted before the grant is sent.
+//! - **Leader.** The lease won by a request sent at `s` lasts until
+//!   `s + L·(1 − ρ) − ε` on the leader's clock ([`lease`]), once a majority
+//!   granted that same request. The leader renews every `renew_interval`,
+//!   announces itself to everyone it knows, and steps down on its own when
+//!   the lease end passes without a completed renewal.
+//! - **Handover.** A follower that outranks the leader by priority answers
+//!   its announcements with a `Claim`. A leader that has received claims
+//!   from a live voter of strictly higher priority for `handover_delay`
+//!   stops believing it leads, releases its own promise,
+//!   then sends `Release` to the voters and the successor; voters drop their
+//!   promise to it and the successor campaigns at once. Equal priorities never
+//!   move leadership, a node must claim without a break for
+//!   `handover_delay`, and nodes that saw a leader hand over to a chosen
+//!   successor (`transfer_to`, `step_down`) do not claim leadership from it:
+//!   a healthy cluster does not flap.
+//! - **Fencing.** Every message carries an epoch; anything older than the
+//!   newest epoch this node has seen is refused or ignored.
+
+pub mod lease;
+pub mod message;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clustron_membership::{Member, NodeName};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::storage::{Persisted, Promise, VoterRecord};
+use crate::voters::{Epoch, Voter, VoterSet};
+pub use message::Message;
+
+/// A live member as the election sees it (from the membership view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name.
+    pub name: NodeName,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Election priority: higher is preferred.
+    pub priority: u32,
+    /// Whether membership says it is a voter. It still needs to be in the
+    /// configured voter set to campaign or to count.
+    pub voter: bool,
+}
+
+impl From<&Member> for Peer {
+    fn from(member: &Member) -> Self {
+        Self {
+            name: member.name.clone(),
+            addr: member.addr,
+            priority: member.priority,
+            voter: member.voter,
+        }
+    }
+}
+
+/// What the core asks of its driver, drained with [`Core::poll_output`].
+///
+/// Outputs must be performed in the order they come: a `Persist` (or
+/// `PersistVoters`) must be durable before any `Send` after it leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Durably store this promise (fsync) before performing later outputs.
+    Persist(Promise),
+    /// Durably store this voter record before performing later outputs.
+    PersistVoters(VoterRecord),
+    /// Send `msg` to `to` (a request/response stream or a datagram: the
+    /// protocol tolerates loss, duplication and reordering).
+    Send {
+        /// Destination.
+        to: SocketAddr,
+        /// The message.
+        msg: Message,
+    },
+    /// This node won `epoch`: it holds a valid lease now ([`Core::lease`]).
+    /// A leader may report it again with a higher epoch when it had to move
+    /// to a fresh epoch (a voter had seen a newer one): the fencing token
+    /// changed.
+    /// `summaries` are the granting majority's summaries (this node's
+    /// included if it is a voter), so the layer above can adopt the most
+    /// up-to-date state before it serves.
+    Elected {
+        /// The epoch won.
+        epoch: Epoch,
+        /// (voter, summary) for each grant of the winning request.
+        summaries: Vec<(NodeName, Vec<u8>)>,
+    },
+    /// This node stopped being the leader of `epoch` (lease ran out,
+    /// handover, step-down, or a newer leader appeared).
+    SteppedDown {
+        /// The epoch given up.
+        epoch: Epoch,
+    },
+    /// The leader this node knows of changed (this node included).
+    Leader {
+        /// The leader.
+        name: NodeName,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// This node no longer knows a leader (announcements timed out, the
+    /// leader left the view, released, or this node stepped down).
+    LeaderLost,
+    /// A voter-set change took effect here.
+    VotersChanged(VoterSet),
+}
+
+/// A view entry.
+#[derive(Debug, Clone)]
+struct Seen {
+    peer: Peer,
+}
+
+/// This node's promise as a voter.
+#[derive(Debug, Clone)]
+struct Held {
+    epoch: Epoch,
+    holder: NodeName,
+    expires: Instant,
+    /// The holder gave it up: it no longer blocks others, and is not renewed.
+    released: bool,
+}
+
+/// One lease request this node sent (campaign or renewal).
+#[derive(Debug, Clone)]
+struct Request {
+    epoch: Epoch,
+    sent: Instant,
+    grants: BTreeMap<NodeName, Vec<u8>>,
+    pending: Option<VoterSet>,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    Follower,
+    Candidate {
+        epoch: Epoch,
+        retry_at: Instant,
+        /// A voter promised `epoch` (or more) elsewhere: ask for a new one.
+        bump: bool,
+    },
+    Leader {
+        epoch: Epoch,
+        lease_end: Instant,
+        next_renew: Instant,
+        /// The epoch renewals ask for: above `epoch` once a voter said it
+        /// has seen a newer one (it would fence us off), so the leader moves
+        /// itself to a fresh epoch instead of being ignored.
+        asking: Epoch,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    name: NodeName,
+    epoch: Epoch,
+    /// `None` for ourselves.
+    deadline: Option<Instant>,
+}
+
+/// A voter-set change the leader is driving.
+#[derive(Debug, Clone)]
+struct Change {
+    set: VoterSet,
+    accepted: BTreeSet<NodeName>,
+}
+
+/// Why a vote was refused.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    retry_after: Option<Duration>,
+}
+
+/// The election state machine of one node. See the module docs for the
+/// calling protocol and the rules.
+#[derive(Debug)]
+pub struct Core {
+    config: Config,
+    rng: fastrand::Rng,
+    me: NodeName,
+    priority: u32,
+    voters: VoterRecord,
+    view: BTreeMap<NodeName, Seen>,
+    /// No campaign before the first view: a node alone would elect itself
+    /// as the candidate.
+    has_view: bool,
+    /// Leaders whose announcements timed out: not live for the candidate
+    /// choice until heard from again or seen re-entering the view, so the
+    /// next candidate need not wait for membership to notice a crash.
+    silent: BTreeSet<NodeName>,
+    summary: Vec<u8>,
+    promise: Option<Held>,
+    epoch_seen: Epoch,
+    /// The newest epoch of a leader this node knows (announced or won).
+    /// Announcements are compared with it, not with promised epochs: a
+    /// candidate's failed campaign must not make it deaf to a live leader.
+    leader_epoch: Epoch,
+    /// The last release heard: a late announcement of that leader for that
+    /// epoch (reordered behind the release) must not bring it back.
+    released: Option<(NodeName, Epoch)>,
+    role: Role,
+    requests: BTreeMap<u64, Request>,
+    next_seq: u64,
+    leader: Option<Known>,
+    hold_off_until: Option<Instant>,
+    /// We handed leadership to this node: we do not claim it back from it.
+    deferred_to: Option<NodeName>,
+    /// Leader only: higher-priority voters claiming leadership, with the
+    /// first and the last claim of the current streak.
+    contenders: BTreeMap<NodeName, (Instant, Instant)>,
+    successor_until: Option<Instant>,
+    change: Option<Change>,
+    outputs: VecDeque<Output>,
+}
+
+impl Core {
+    /// A node named `me` with election `priority`. `voters` is the initial
+    /// configured voter set; `recovered` is what storage kept
+    /// ([`crate::Storage::load`], empty for a new node).
+    ///
+    /// A recovered promise is honoured for a full `L` from `now`: the
+    /// monotonic clock restarted with the process, so the time already spent
+    /// is unknown, and assuming none was spent can only make the promise
+    /// last longer than it did, never shorter (a safe over-approximation).
+    pub fn new(
+        config: Config,
+        me: NodeName,
+        priority: u32,
+        voters: VoterSet,
+        recovered: Persisted,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let promise = recovered.promise.map(|p| Held {
+            epoch: p.epoch,
+            holder: p.holder,
+            expires: now + config.lease_duration.max(p.duration),
+            released: false,
+        });
+        let voters = match recovered.voters {
+            Some(record) if record.committed.version >= voters.version => record,
+            _ => VoterRecord {
+                committed: voters,
+                pending: None,
+            },
+        };
+        Self {
+            epoch_seen: promise.as_ref().map(|p| p.epoch).unwrap_or_default(),
+            leader_epoch: Epoch::default(),
+            released: None,
+            config,
+            rng: fastrand::Rng::with_seed(seed),
+            me,
+            priority,
+            voters,
+            view: BTreeMap::new(),
+            has_view: false,
+            silent: BTreeSet::new(),
+            summary: Vec::new(),
+            promise,
+            role: Role::Follower,
+            requests: BTreeMap::new(),
+            next_seq: 0,
+            leader: None,
+            hold_off_until: None,
+            deferred_to: None,
+            contenders: BTreeMap::new(),
+            successor_until: None,
+            change: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    // ----- queries -------------------------------------------------------
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.me
+    }
+
+    /// The lease this node holds as leader: its epoch and until when it is
+    /// valid, by this node's own clock. Check the instant against the clock
+    /// before acting on it; the core steps down at that instant on its own.
+    pub fn lease(&self) -> Option<(Epoch, Instant)> {
+        match &self.role {
+            Role::Leader {
+                epoch, lease_end, ..
+            } => Some((*epoch, *lease_end)),
+            _ => None,
+        }
+    }
+
+    /// Whether this node holds a valid lease at `now`.
+    pub fn is_leader(&self, now: Instant) -> bool {
+        self.lease().is_some_and(|(_, end)| now < end)
+    }
+
+    /// The leader this node knows of (itself included) and its epoch.
+    pub fn leader(&self) -> Option<(NodeName, Epoch)> {
+        self.leader.as_ref().map(|k| (k.name.clone(), k.epoch))
+    }
+
+    /// The newest epoch this node has seen: the fencing threshold.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch_seen
+    }
+
+    /// The decided voter set this node uses.
+    pub fn voters(&self) -> &VoterSet {
+        &self.voters.committed
+    }
+
+    /// Whether this node campaigns right now.
+    pub fn is_campaigning(&self) -> bool {
+        matches!(self.role, Role::Candidate { .. })
+    }
+
+    /// The live voter this node considers the candidate: the highest
+    /// priority, ties broken by the smallest name.
+    pub fn candidate(&self) -> Option<NodeName> {
+        let me = self
+            .voters
+            .committed
+            .contains(&self.me)
+            .then_some((self.priority, &self.me));
+        self.view
+            .values()
+            .filter(|s| {
+                s.peer.voter
+                    && self.voters.committed.contains(&s.peer.name)
+                    && !self.silent.contains(&s.peer.name)
+            })
+            .map(|s| (s.peer.priority, &s.peer.name))
+            .chain(me)
+            .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
+                Some(b) if !outranks(c, b) => Some(b),
+                _ => Some(c),
+            })
+            .map(|(_, name)| name.clone())
+    }
+
+    // ----- commands --------------------------------------------------------
+
+    /// Replaces the membership view: the live members (this node may be
+    /// left out). A leader that leaves the view is forgotten (its lease is
+    /// still enforced by the voters).
+    pub fn set_view(&mut self, now: Instant, live: Vec<Peer>) {
+        let mut view = BTreeMap::new();
+        for peer in live {
+            if peer.name == self.me {
+                continue;
+            }
+            view.insert(peer.name.clone(), Seen { peer });
+        }
+        self.view = view;
+        if !self.has_view {
+            // Listen for one renewal interval before campaigning, so a node
+            // that (re)starts next to a leader hears it first.
+            self.has_view = true;
+            self.hold_off_until = Some(now + self.config.renew_interval);
+        }
+        let view = &self.view;
+        self.silent.retain(|name| view.contains_key(name));
+        let gone = self
+            .leader
+            .as_ref()
+            .is_some_and(|k| k.name != self.me && !self.view.contains_key(&k.name));
+        if gone {
+            self.forget_leader();
+        }
+        self.tick(now);
+    }
+
+    /// Sets the summary (opaque bytes from the layer above, e.g. the last
+    /// log position) that this node's grants carry from now on.
+    pub fn set_summary(&mut self, summary: Vec<u8>) {
+        let mut summary = summary;
+        summary.truncate(self.config.max_summary_len);
+        self.summary = summary;
+    }
+
+    /// Gives up leadership: hands over to the best other live voter in the
+    /// view (if any) and stays out of the race for `handover_delay`.
+    ///
+    /// Fails with [`Error::NotLeader`], changing nothing, unless leader.
+    pub fn step_down(&mut self, now: Instant) -> Result<(), Error> {
+        self.expire(now);
+        if !matches!(self.role, Role::Leader { .. }) {
+            return Err(self.not_leader());
+        }
+        let successor = self
+            .view
+            .values()
+            .filter(|s| s.peer.voter && self.voters.committed.contains(&s.peer.name))
+            .map(|s| (s.peer.priority, &s.peer.name))
+            .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
+                Some(b) if !outranks(c, b) => Some(b),
+                _ => Some(c),
+            })
+            .map(|(_, name)| name.clone());
+        self.hand_over(now, successor, true);
+        self.tick(now);
+        Ok(())
+    }
+
+    /// Hands leadership to `name`, a live voter, through the same path as a
+    /// priority handover.
+    ///
+    /// Fails, changing nothing, with [`Error::NotLeader`] unless leader, or
+    /// [`Error::NotALiveVoter`] if `name` is not a voter in the view.
+    pub fn transfer_to(&mut self, now: Instant, name: &NodeName) -> Result<(), Error> {
+        self.expire(now);
+        if !matches!(self.role, Role::Leader { .. }) {
+            return Err(self.not_leader());
+        }
+        let live_voter = self.voters.committed.contains(name)
+            && self.view.get(name).is_some_and(|s| s.peer.voter);
+        if !live_voter {
+            return Err(Error::NotALiveVoter(name.clone()));
+        }
+        self.hand_over(now, Some(name.clone()), true);
+        self.tick(now);
+        Ok(())
+    }
+
+    /// Adds one voter. Takes effect once a majority of the current set has
+    /// durably accepted it ([`Output::VotersChanged`]).
+    ///
+    /// Fails, changing nothing, with [`Error::NotLeader`],
+    /// [`Error::ChangeInProgress`] or [`Error::AlreadyVoter`].
+    pub fn add_voter(&mut self, now: Instant, voter: Voter) -> Result<(), Error> {
+        self.check_change(now)?;
+        if self.voters.committed.contains(&voter.name) {
+            return Err(Error::AlreadyVoter(voter.name));
+        }
+        let set = self.voters.committed.with(voter);
+        self.start_change(now, set);
+        self.tick(now);
+        Ok(())
+    }
+
+    /// Removes one voter (not the leader itself: transfer first). Takes
+    /// effect once a majority of the current set has durably accepted it.
+    ///
+    /// Fails, changing nothing, with [`Error::NotLeader`],
+    /// [`Error::ChangeInProgress`], [`Error::NotAVoter`] or
+    /// [`Error::RemovingLeader`].
+    pub fn remove_voter(&mut self, now: Instant, name: &NodeName) -> Result<(), Error> {
+        self.check_change(now)?;
+        if !self.voters.committed.contains(name) {
+            return Err(Error::NotAVoter(name.clone()));
+        }
+        if *name == self.me {
+            return Err(Error::RemovingLeader);
+        }
+        let set = self.voters.committed.without(name);
+        self.start_change(now, set);
+        self.tick(now);
+        Ok(())
+    }
+
+    // ----- sans-IO plumbing ------------------------------------------------
+
+    /// The next output, if any. Drain after every input and perform in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        match &self.role {
+            Role::Follower => {}
+            Role::Candidate { retry_at, .. } => at(*retry_at),
+            Role::Leader {
+                lease_end,
+                next_renew,
+                ..
+            } => {
+                at(*lease_end);
+                at(*next_renew);
+            }
+        }
+        if let Some(deadline) = self.leader.as_ref().and_then(|k| k.deadline) {
+            at(deadline);
+        }
+        if let Some(t) = self.hold_off_until {
+            at(t);
+        }
+        if let Some(t) = self.successor_until {
+            at(t);
+        }
+        next
+    }
+
+    /// Handles every deadline that has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+    }
+
+    /// Handles one message from `from`, whose claimed sender name the driver
+    /// has checked against its certificate.
+    pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        self.expire(now);
+        match msg {
+            Message::Request {
+                epoch,
+                from: candidate,
+                seq,
+            } => match self.hear_from(&candidate).vote(now, epoch, &candidate) {
+                Ok(()) => {
+                    let msg = Message::Grant {
+                        epoch,
+                        from: self.me.clone(),
+                        seq,
+                        summary: self.summary.clone(),
+                        pending: self.voters.pending.clone(),
+                    };
+                    self.send(from, msg);
+                }
+                Err(refusal) => {
+                    let msg = Message::Reject {
+                        epoch,
+                        from: self.me.clone(),
+                        seq,
+                        promised: self.epoch_seen,
+                        holder: self.promise.as_ref().map(|p| p.holder.clone()),
+                        retry_after: refusal.retry_after,
+                    };
+                    self.send(from, msg);
+                }
+            },
+            Message::Grant {
+                epoch,
+                from: voter,
+                seq,
+                summary,
+                pending,
+            } => self.handle_grant(now, epoch, voter, seq, summary, pending),
+            Message::Reject {
+                epoch,
+                seq,
+                promised,
+                holder,
+                retry_after,
+                ..
+            } => self.handle_reject(now, epoch, seq, promised, holder, retry_after),
+            Message::Announce {
+                epoch,
+                leader,
+                voters,
+            } => self.handle_announce(now, from, epoch, leader, voters),
+            Message::Claim {
+                epoch,
+                from: claimant,
+            } => self.handle_claim(now, epoch, claimant),
+            Message::Release {
+                epoch,
+                from: holder,
+                to,
+                chosen,
+            } => self.handle_release(now, epoch, holder, to, chosen),
+            Message::ProposeVoters {
+                epoch,
+                from: leader,
+                voters,
+            } => self.handle_propose(from, epoch, leader, voters),
+            Message::VotersAccepted {
+                epoch,
+                from: voter,
+                version,
+            } => self.handle_accepted(now, epoch, voter, version),
+        }
+        self.tick(now);
+    }
+
+    // ----- voter side --------------------------------------------------------
+
+    /// The voter rules (module docs). On a grant, the promise is recorded and
+    /// `Output::Persist` queued before the caller queues the grant.
+    fn vote(&mut self, now: Instant, epoch: Epoch, candidate: &NodeName) -> Result<(), Refusal> {
+        let refuse = Refusal { retry_after: None };
+        let voter = self.voters.committed.contains(&self.me)
+            || self
+                .voters
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.contains(&self.me));
+        // Liveness, not safety: a candidate that membership cannot reach
+        // both ways would only collect promises it never hears back.
+        let reachable = *candidate == self.me || self.view.contains_key(candidate);
+        if !voter || !reachable || epoch < self.epoch_seen {
+            return Err(refuse);
+        }
+        if let Some(p) = &self.promise {
+            if p.holder != *candidate {
+                if epoch <= p.epoch {
+                    return Err(refuse);
+                }
+                if !p.released && now < p.expires {
+                    return Err(Refusal {
+                        retry_after: Some(p.expires - now),
+                    });
+                }
+            } else if epoch < p.epoch || (epoch == p.epoch && p.released) {
+                return Err(refuse);
+            }
+        }
+        self.promise = Some(Held {
+            epoch,
+            holder: candidate.clone(),
+            expires: now + self.config.lease_duration,
+            released: false,
+        });
+        self.epoch_seen = self.epoch_seen.max(epoch);
+        self.outputs.push_back(Output::Persist(Promise {
+            epoch,
+            holder: candidate.clone(),
+            duration: self.config.lease_duration,
+        }));
+        Ok(())
+    }
+
+    fn handle_release(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        holder: NodeName,
+        to: Option<NodeName>,
+        chosen: bool,
+    ) {
+        self.released = Some((holder.clone(), epoch));
+        if let Some(p) = self.promise.as_mut() {
+            if p.epoch == epoch && p.holder == holder {
+                p.released = true;
+            }
+        }
+        if self
+            .leader
+            .as_ref()
+            .is_some_and(|k| k.name == holder && k.epoch == epoch)
+        {
+            self.forget_leader();
+        }
+        self.epoch_seen = self.epoch_seen.max(epoch);
+        // The old leader chose its successor: respect the choice, do not
+        // claim leadership from it (a node that restarts later will).
+        if chosen && to.as_ref().is_some_and(|t| *t != self.me) {
+            self.deferred_to = to.clone();
+        }
+        if to.as_ref() == Some(&self.me) && self.voters.committed.contains(&self.me) {
+            self.successor_until = Some(now + self.config.lease_duration);
+            if let Role::Candidate { retry_at, .. } = &mut self.role {
+                *retry_at = now;
+            }
+        }
+    }
+
+    fn handle_announce(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        epoch: Epoch,
+        leader: NodeName,
+        voters: VoterSet,
+    ) {
+        if epoch < self.leader_epoch || leader == self.me {
+            return; // fenced: older than the newest leader we know
+        }
+        if self
+            .released
+            .as_ref()
+            .is_some_and(|(name, e)| *name == leader && epoch <= *e)
+        {
+            return; // it released this epoch already
+        }
+        if !self.view.contains_key(&leader) {
+            return; // not live in our view: do not cling to it
+        }
+        self.silent.remove(&leader);
+        self.leader_epoch = epoch;
+        self.epoch_seen = self.epoch_seen.max(epoch);
+        if voters.version > self.voters.committed.version {
+            self.adopt_voters(voters);
+        }
+        match &self.role {
+            Role::Leader { .. } => self.lapse(),
+            // A live leader: stop campaigning (it hands over if we outrank it).
+            Role::Candidate { .. } => self.role = Role::Follower,
+            _ => {}
+        }
+        self.successor_until = None;
+        let changed = self
+            .leader
+            .as_ref()
+            .is_none_or(|k| k.name != leader || k.epoch != epoch);
+        self.leader = Some(Known {
+            name: leader.clone(),
+            epoch,
+            deadline: Some(now + self.config.leader_timeout),
+        });
+        if self.deferred_to.as_ref().is_some_and(|d| *d != leader) {
+            self.deferred_to = None;
+        }
+        let leader_priority = self.view.get(&leader).map(|s| s.peer.priority);
+        let claim = self.voters.committed.contains(&self.me)
+            && leader_priority.is_some_and(|p| self.priority > p)
+            && self.deferred_to.is_none()
+            && self.hold_off_until.is_none();
+        if claim {
+            let msg = Message::Claim {
+                epoch,
+                from: self.me.clone(),
+            };
+            self.send(from, msg);
+        }
+        if changed {
+            self.outputs.push_back(Output::Leader {
+                name: leader,
+                epoch,
+            });
+        }
+    }
+
+    fn handle_propose(&mut self, from: SocketAddr, epoch: Epoch, leader: NodeName, set: VoterSet) {
+        if epoch < self.epoch_seen {
+            return;
+        }
+        // Only the leader we promised this epoch to may change the set; a
+        // node being added holds no promise yet and accepts any leader.
+        let from_our_leader = self
+            .promise
+            .as_ref()
+            .is_some_and(|p| p.epoch == epoch && p.holder == leader);
+        let joining = !self.voters.committed.contains(&self.me) && set.contains(&self.me);
+        if !from_our_leader && !joining {
+            return;
+        }
+        let version = set.version;
+        if version == self.voters.committed.version + 1 {
+            if self.voters.pending.as_ref() != Some(&set) {
+                self.voters.pending = Some(set);
+                self.outputs
+                    .push_back(Output::PersistVoters(self.voters.clone()));
+            }
+        } else if version > self.voters.committed.version {
+            return; // we missed a change; the leader's announcements bring it
+        }
+        let msg = Message::VotersAccepted {
+            epoch,
+            from: self.me.clone(),
+            version,
+        };
+        self.send(from, msg);
+    }
+
+    fn adopt_voters(&mut self, set: VoterSet) {
+        if self
+            .voters
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version <= set.version)
+        {
+            self.voters.pending = None;
+        }
+        self.voters.committed = set.clone();
+        self.outputs
+            .push_back(Output::PersistVoters(self.voters.clone()));
+        self.outputs.push_back(Output::VotersChanged(set));
+    }
+
+    // ----- candidate and leader side -------------------------------------------
+
+    /// Everything time-driven, in dependency order. Runs after every input.
+    fn tick(&mut self, now: Instant) {
+        self.expire(now);
+        if self
+            .leader
+            .as_ref()
+            .and_then(|k| k.deadline)
+            .is_some_and(|d| now >= d)
+        {
+            if let Some(known) = &self.leader {
+                self.silent.insert(known.name.clone());
+            }
+            self.forget_leader();
+        }
+        if self.hold_off_until.is_some_and(|t| now >= t) {
+            self.hold_off_until = None;
+        }
+        if self.successor_until.is_some_and(|t| now >= t) {
+            self.successor_until = None;
+        }
+        let lease_duration = self.config.lease_duration;
+        self.requests
+            .retain(|_, r| now.saturating_duration_since(r.sent) < lease_duration);
+        match self.role.clone() {
+            Role::Leader {
+                next_renew, asking, ..
+            } => {
+                if now >= next_renew {
+                    if let Role::Leader { next_renew, .. } = &mut self.role {
+                        *next_renew = now + self.config.renew_interval;
+                    }
+                    self.send_request(now, asking);
+                    self.announce();
+                    self.send_proposal();
+                    if let Some(successor) = self.priority_successor(now) {
+                        tracing::debug!(me = %self.me, %successor, "handing over to a higher-priority voter");
+                        self.hand_over(now, Some(successor), false);
+                    }
+                }
+            }
+            Role::Candidate {
+                epoch,
+                retry_at,
+                bump,
+            } => {
+                if !self.may_campaign() {
+                    self.role = Role::Follower;
+                } else if now >= retry_at {
+                    let epoch = if bump || self.epoch_seen > epoch {
+                        self.epoch_seen.max(epoch).next()
+                    } else {
+                        epoch
+                    };
+                    self.campaign(now, epoch);
+                }
+            }
+            Role::Follower => {
+                if self.may_campaign() {
+                    let epoch = self.epoch_seen.next();
+                    tracing::debug!(me = %self.me, %epoch, "campaigning");
+                    self.campaign(now, epoch);
+                }
+            }
+        }
+    }
+
+    /// Steps down if the lease end has passed.
+    fn expire(&mut self, now: Instant) {
+        if let Role::Leader { lease_end, .. } = self.role {
+            if now >= lease_end {
+                tracing::debug!(me = %self.me, "lease ran out; stepping down");
+                self.lapse();
+            }
+        }
+    }
+
+    /// Stops leading (no release: the lease simply is no longer believed).
+    fn lapse(&mut self) {
+        if let Role::Leader { epoch, .. } = self.role {
+            self.role = Role::Follower;
+            self.requests.clear();
+            self.outputs.push_back(Output::SteppedDown { epoch });
+            self.forget_leader();
+        }
+    }
+
+    fn forget_leader(&mut self) {
+        if self.leader.take().is_some() {
+            self.outputs.push_back(Output::LeaderLost);
+        }
+    }
+
+    fn may_campaign(&self) -> bool {
+        if !self.has_view
+            || !self.voters.committed.contains(&self.me)
+            || self.hold_off_until.is_some()
+        {
+            return false;
+        }
+        if self.successor_until.is_some() {
+            return true;
+        }
+        self.leader.is_none() && self.candidate().as_ref() == Some(&self.me)
+    }
+
+    /// Asks every voter for `epoch`; schedules the next attempt.
+    fn campaign(&mut self, now: Instant, epoch: Epoch) {
+        let jitter = 0.75 + 0.5 * self.rng.f64();
+        let mut retry_at = now + self.config.campaign_retry.mul_f64(jitter);
+        self.role = Role::Candidate {
+            epoch,
+            retry_at,
+            bump: false,
+        };
+        if let Some(wait) = self.send_request(now, epoch) {
+            retry_at = retry_at.min(now + wait + Duration::from_millis(1));
+            if let Role::Candidate { retry_at: r, .. } = &mut self.role {
+                *r = retry_at;
+            }
+        }
+    }
+
+    /// Sends one lease request for `epoch` to every voter, voting for
+    /// ourselves first (its `Persist` precedes the requests). Returns when
+    /// our own blocking promise runs out, if our own vote was refused.
+    fn send_request(&mut self, now: Instant, epoch: Epoch) -> Option<Duration> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut request = Request {
+            epoch,
+            sent: now,
+            grants: BTreeMap::new(),
+            pending: self.voters.pending.clone(),
+        };
+        let me = self.me.clone();
+        let mut wait = None;
+        if self.voters.committed.contains(&me) {
+            match self.vote(now, epoch, &me) {
+                Ok(()) => {
+                    request.grants.insert(me.clone(), self.summary.clone());
+                }
+                Err(refusal) => wait = refusal.retry_after,
+            }
+        }
+        self.requests.insert(seq, request);
+        let targets: Vec<SocketAddr> = self
+            .voters
+            .committed
+            .voters()
+            .iter()
+            .filter(|v| v.name != me)
+            .map(|v| v.addr)
+            .collect();
+        for to in targets {
+            self.send(
+                to,
+                Message::Request {
+                    epoch,
+                    from: me.clone(),
+                    seq,
+                },
+            );
+        }
+        self.check_majority(now, seq);
+        wait
+    }
+
+    fn handle_grant(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        voter: NodeName,
+        seq: u64,
+        summary: Vec<u8>,
+        pending: Option<VoterSet>,
+    ) {
+        if !self.voters.committed.contains(&voter) {
+            return;
+        }
+        let Some(request) = self.requests.get_mut(&seq) else {
+            return;
+        };
+        if request.epoch != epoch {
+            return;
+        }
+        request.grants.insert(voter, summary);
+        if let Some(p) = pending {
+            if request
+                .pending
+                .as_ref()
+                .is_none_or(|r| r.version < p.version)
+            {
+                request.pending = Some(p);
+            }
+        }
+        self.check_majority(now, seq);
+    }
+
+    fn handle_reject(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        seq: u64,
+        promised: Epoch,
+        holder: Option<NodeName>,
+        retry_after: Option<Duration>,
+    ) {
+        self.epoch_seen = self.epoch_seen.max(promised);
+        let ours = self.requests.get(&seq).is_some_and(|r| r.epoch == epoch);
+        let me = self.me.clone();
+        let epoch_seen = self.epoch_seen;
+        if let Role::Leader { asking, .. } = &mut self.role {
+            if ours && *asking == epoch && promised > *asking {
+                *asking = epoch_seen.next();
+            }
+        }
+        if let Role::Candidate {
+            epoch: mine,
+            retry_at,
+            bump,
+        } = &mut self.role
+        {
+            if !ours || *mine != epoch {
+                return;
+            }
+            if promised > *mine || (promised == *mine && holder.as_ref() != Some(&me)) {
+                *bump = true;
+            }
+            if let Some(wait) = retry_after {
+                *retry_at = (*retry_at).min(now + wait + Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Acts on a request that may have reached a majority: wins the
+    /// election, or extends the lease.
+    fn check_majority(&mut self, now: Instant, seq: u64) {
+        let Some(request) = self.requests.get(&seq) else {
+            return;
+        };
+        if request.grants.len() < self.voters.committed.majority() {
+            return;
+        }
+        // Counted from the *send* of this request: see `lease`.
+        let end = lease::leader_lease_end(
+            request.sent,
+            self.config.lease_duration,
+            self.config.max_drift,
+            self.config.lease_margin,
+        );
+        let request = request.clone();
+        self.requests.retain(|s, _| *s > seq);
+        match &mut self.role {
+            Role::Leader {
+                epoch, lease_end, ..
+            } if *epoch == request.epoch => {
+                *lease_end = (*lease_end).max(end);
+            }
+            Role::Leader {
+                epoch,
+                lease_end,
+                asking,
+                ..
+            } if *asking == request.epoch && request.epoch > *epoch => {
+                // Re-elected at a fresh epoch: the fencing token moves.
+                *epoch = request.epoch;
+                *lease_end = (*lease_end).max(end);
+                let epoch = request.epoch;
+                self.epoch_seen = self.epoch_seen.max(epoch);
+                self.leader_epoch = self.leader_epoch.max(epoch);
+                self.leader = Some(Known {
+                    name: self.me.clone(),
+                    epoch,
+                    deadline: None,
+                });
+                self.outputs.push_back(Output::Leader {
+                    name: self.me.clone(),
+                    epoch,
+                });
+                self.outputs.push_back(Output::Elected {
+                    epoch,
+                    summaries: request.grants.into_iter().collect(),
+                });
+                self.announce();
+            }
+            Role::Candidate { epoch, .. } if *epoch == request.epoch && end > now => {
+                let epoch = *epoch;
+                self.become_leader(now, epoch, end, request);
+            }
+            _ => {}
+        }
+    }
+
+    fn become_leader(&mut self, now: Instant, epoch: Epoch, lease_end: Instant, request: Request) {
+        tracing::debug!(me = %self.me, %epoch, "elected");
+        self.role = Role::Leader {
+            epoch,
+            lease_end,
+            next_renew: request.sent + self.config.renew_interval,
+            asking: epoch,
+        };
+        self.contenders.clear();
+        self.successor_until = None;
+        self.epoch_seen = self.epoch_seen.max(epoch);
+        self.leader_epoch = self.leader_epoch.max(epoch);
+        self.leader = Some(Known {
+            name: self.me.clone(),
+            epoch,
+            deadline: None,
+        });
+        self.outputs.push_back(Output::Leader {
+            name: self.me.clone(),
+            epoch,
+        });
+        self.outputs.push_back(Output::Elected {
+            epoch,
+            summaries: request.grants.into_iter().collect(),
+        });
+        self.announce();
+        // A change some voter accepted may have been decided by the last
+        // leader: finish it before anything else.
+        let pending = request
+            .pending
+            .filter(|p| p.version == self.voters.committed.version + 1);
+        if let Some(set) = pending {
+            self.start_change(now, set);
+        }
+    }
+
+    fn announce(&mut self) {
+        let Role::Leader { epoch, .. } = self.role else {
+            return;
+        };
+        let mut targets: BTreeSet<SocketAddr> = self.view.values().map(|s| s.peer.addr).collect();
+        targets.extend(
+            self.voters
+                .committed
+                .voters()
+                .iter()
+                .filter(|v| v.name != self.me)
+                .map(|v| v.addr),
+        );
+        let msg = Message::Announce {
+            epoch,
+            leader: self.me.clone(),
+            voters: self.voters.committed.clone(),
+        };
+        for to in targets {
+            self.send(to, msg.clone());
+        }
+    }
+
+    /// Once some voter of strictly higher priority, still in the view, has
+    /// claimed without a break for `handover_delay` (hysteresis), the best
+    /// of all current claimants: leadership moves once, to the top.
+    fn priority_successor(&mut self, now: Instant) -> Option<NodeName> {
+        let timeout = self.config.leader_timeout;
+        let view = &self.view;
+        let voters = &self.voters.committed;
+        let priority = self.priority;
+        self.contenders.retain(|name, (_, last)| {
+            now.saturating_duration_since(*last) <= timeout
+                && voters.contains(name)
+                && view
+                    .get(name)
+                    .is_some_and(|s| s.peer.voter && s.peer.priority > priority)
+        });
+        let delay = self.config.handover_delay;
+        let qualified = self
+            .contenders
+            .values()
+            .any(|(first, _)| now.saturating_duration_since(*first) >= delay);
+        if !qualified {
+            return None;
+        }
+        self.contenders
+            .keys()
+            .filter_map(|name| self.view.get(name))
+            .map(|s| (s.peer.priority, &s.peer.name))
+            .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
+                Some(b) if !outranks(c, b) => Some(b),
+                _ => Some(c),
+            })
+            .map(|(_, name)| name.clone())
+    }
+
+    fn handle_claim(&mut self, now: Instant, epoch: Epoch, claimant: NodeName) {
+        let Role::Leader { epoch: mine, .. } = self.role else {
+            return;
+        };
+        let outranks_me = self
+            .view
+            .get(&claimant)
+            .is_some_and(|s| s.peer.priority > self.priority);
+        if epoch == mine && outranks_me {
+            let streak = self.contenders.entry(claimant).or_insert((now, now));
+            streak.1 = now;
+        }
+    }
+
+    /// The handover: stop believing we lead, release our own promise, and
+    /// only then tell the voters and the successor.
+    fn hand_over(&mut self, now: Instant, successor: Option<NodeName>, chosen: bool) {
+        let Role::Leader { epoch, .. } = self.role else {
+            return;
+        };
+        // 1. No longer the leader: from here on nothing acts on the lease.
+        self.lapse();
+        // 2. Release our own promise to ourselves.
+        if let Some(p) = self.promise.as_mut() {
+            if p.holder == self.me && p.epoch == epoch {
+                p.released = true;
+            }
+        }
+        // 3. Tell everyone who may hold a promise to us, and the successor.
+        let mut targets: BTreeSet<SocketAddr> = self
+            .voters
+            .committed
+            .voters()
+            .iter()
+            .filter(|v| v.name != self.me)
+            .map(|v| v.addr)
+            .collect();
+        if let Some(name) = &successor {
+            if let Some(seen) = self.view.get(name) {
+                targets.insert(seen.peer.addr);
+            }
+        }
+        self.deferred_to = successor.clone().filter(|_| chosen);
+        self.contenders.clear();
+        let msg = Message::Release {
+            epoch,
+            from: self.me.clone(),
+            to: successor,
+            chosen,
+        };
+        for to in targets {
+            self.send(to, msg.clone());
+        }
+        self.change = None;
+        self.hold_off_until = Some(now + self.config.handover_delay);
+    }
+
+    /// `name` is alive after all: it counts for the candidate choice again.
+    fn hear_from(&mut self, name: &NodeName) -> &mut Self {
+        self.silent.remove(name);
+        self
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            leader: self.leader.as_ref().map(|k| k.name.clone()),
+        }
+    }
+
+    // ----- voter-set changes ---------------------------------------------------
+
+    fn check_change(&mut self, now: Instant) -> Result<(), Error> {
+        self.expire(now);
+        if !matches!(self.role, Role::Leader { .. }) {
+            return Err(self.not_leader());
+        }
+        if self.change.is_some() {
+            return Err(Error::ChangeInProgress);
+        }
+        Ok(())
+    }
+
+    /// Proposes `set` (one voter more or less, version + 1): it takes effect
+    /// once a majority of the *current* set has durably accepted it, so any
+    /// later leader's granting majority (of either set) includes a voter
+    /// that has it.
+    fn start_change(&mut self, now: Instant, set: VoterSet) {
+        self.voters.pending = Some(set.clone());
+        self.outputs
+            .push_back(Output::PersistVoters(self.voters.clone()));
+        let mut accepted = BTreeSet::new();
+        if self.voters.committed.contains(&self.me) {
+            accepted.insert(self.me.clone());
+        }
+        self.change = Some(Change { set, accepted });
+        self.send_proposal();
+        self.check_change_done(now);
+    }
+
+    fn send_proposal(&mut self) {
+        let (Some(change), Role::Leader { epoch, .. }) = (&self.change, &self.role) else {
+            return;
+        };
+        let msg = Message::ProposeVoters {
+            epoch: *epoch,
+            from: self.me.clone(),
+            voters: change.set.clone(),
+        };
+        let targets: BTreeSet<SocketAddr> = self
+            .voters
+            .committed
+            .voters()
+            .iter()
+            .chain(change.set.voters())
+            .filter(|v| v.name != self.me)
+            .map(|v| v.addr)
+            .collect();
+        for to in targets {
+            self.send(to, msg.clone());
+        }
+    }
+
+    fn handle_accepted(&mut self, now: Instant, epoch: Epoch, voter: NodeName, version: u64) {
+        let Role::Leader { epoch: mine, .. } = self.role else {
+            return;
+        };
+        let Some(change) = self.change.as_mut() else {
+            return;
+        };
+        if epoch != mine || version != change.set.version {
+            return;
+        }
+        if self.voters.committed.contains(&voter) {
+            change.accepted.insert(voter);
+        }
+        self.check_change_done(now);
+    }
+
+    fn check_change_done(&mut self, _now: Instant) {
+        let Some(change) = &self.change else {
+            return;
+        };
+        if change.accepted.len() < self.voters.committed.majority() {
+            return;
+        }
+        let set = change.set.clone();
+        self.change = None;
+        tracing::debug!(me = %self.me, version = set.version, "voter set changed");
+        self.adopt_voters(set);
+        self.announce();
+    }
+
+    fn send(&mut self, to: SocketAddr, msg: Message) {
+        self.outputs.push_back(Output::Send { to, msg });
+    }
+}
+
+/// Whether candidate `a` (priority, name) ranks above `b`: higher priority,
+/// or equal priority and a smaller name.
+fn outranks(a: (u32, &NodeName), b: (u32, &NodeName)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,421 @@
+//! Unit tests of the election core: exact output sequences and the lease
+//! arithmetic, driven by hand.
+
+use super::*;
+use crate::storage::Persisted;
+
+fn name(i: usize) -> NodeName {
+    NodeName::new(format!("n{i}")).unwrap()
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i as u8 + 1], 7000))
+}
+
+fn index(to: SocketAddr) -> usize {
+    match to {
+        SocketAddr::V4(v4) => v4.ip().octets()[3] as usize - 1,
+        SocketAddr::V6(_) => unreachable!(),
+    }
+}
+
+fn voters(n: usize) -> VoterSet {
+    VoterSet::new((0..n).map(|i| Voter {
+        name: name(i),
+        addr: addr(i),
+    }))
+}
+
+fn peers(live: &[usize]) -> Vec<Peer> {
+    live.iter()
+        .map(|&i| Peer {
+            name: name(i),
+            addr: addr(i),
+            priority: 100 - i as u32,
+            voter: true,
+        })
+        .collect()
+}
+
+fn core(i: usize, n: usize, now: Instant) -> Core {
+    Core::new(
+        Config::lan(),
+        name(i),
+        100 - i as u32,
+        voters(n),
+        Persisted::default(),
+        i as u64,
+        now,
+    )
+}
+
+fn drain(core: &mut Core) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+/// Delivers every send among `cores` (instantly, at `now`) until quiet;
+/// returns every non-send output by node.
+fn settle(cores: &mut [Core], now: Instant) -> Vec<(usize, Output)> {
+    let mut others = Vec::new();
+    loop {
+        let mut sends = Vec::new();
+        for (i, core) in cores.iter_mut().enumerate() {
+            for output in drain(core) {
+                match output {
+                    Output::Send { to, msg } => sends.push((i, to, msg)),
+                    other => others.push((i, other)),
+                }
+            }
+        }
+        if sends.is_empty() {
+            return others;
+        }
+        for (from, to, msg) in sends {
+            let to = index(to);
+            if to < cores.len() {
+                cores[to].handle_message(now, addr(from), msg);
+            }
+        }
+    }
+}
+
+/// Lets the first-view listening period pass, then settles at that time.
+fn elect(cores: &mut [Core], now: Instant) -> (Instant, Vec<(usize, Output)>) {
+    let t = now + Config::lan().renew_interval;
+    for c in cores.iter_mut() {
+        c.handle_timeout(t);
+    }
+    (t, settle(cores, t))
+}
+
+#[test]
+fn the_leader_lease_counts_from_the_send_minus_drift_and_margin() {
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    // (lease, drift, margin, expected share)
+    for (lease, drift, margin, share) in [
+        (ms(600), 1e-3, ms(20), Duration::from_micros(579_400)),
+        (ms(600), 0.0, ms(0), ms(600)),
+        (ms(1000), 1e-2, ms(50), ms(940)),
+        (ms(10), 1e-3, ms(20), Duration::ZERO),
+    ] {
+        assert_eq!(lease::leader_lease(lease, drift, margin), share);
+        assert_eq!(lease::leader_lease_end(t, lease, drift, margin), t + share);
+        // Counting from the send, the leader's belief ends before the
+        // earliest voter's promise (which starts at or after the send) even
+        // if the voter's clock runs fast and the leader's slow.
+        let voter_true = lease.as_secs_f64() / (1.0 + drift);
+        let leader_true = share.as_secs_f64() / (1.0 - drift);
+        assert!(leader_true <= voter_true, "{lease:?} {drift} {margin:?}");
+    }
+}
+
+#[test]
+fn a_lease_counted_from_the_reply_would_outlast_the_voters_promise() {
+    // The classic mistake, as arithmetic: with a reply delayed by `d`, a
+    // lease counted from the reply ends `d` after one counted from the send,
+    // beyond the voter's promise once d exceeds the margin.
+    let t = Instant::now();
+    let config = Config::lan();
+    let voter_answered = t; // earliest possible answer: at the send
+    let voter_expiry = voter_answered + config.lease_duration;
+    let delay = Duration::from_millis(100);
+    let from_send = lease::leader_lease_end(
+        t,
+        config.lease_duration,
+        config.max_drift,
+        config.lease_margin,
+    );
+    let from_reply = lease::leader_lease_end(
+        t + delay,
+        config.lease_duration,
+        config.max_drift,
+        config.lease_margin,
+    );
+    assert!(from_send < voter_expiry);
+    assert!(from_reply > voter_expiry);
+}
+
+#[test]
+fn majority_is_a_strict_majority() {
+    for (n, m) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)] {
+        assert_eq!(lease::majority(n), m, "{n} voters");
+    }
+}
+
+#[test]
+fn the_highest_priority_voter_is_elected_and_others_learn_it() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    for (i, c) in cores.iter_mut().enumerate() {
+        c.set_summary(vec![i as u8]);
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    let (now, events) = elect(&mut cores, now);
+    let elected: Vec<_> = events
+        .iter()
+        .filter_map(|(i, o)| match o {
+            Output::Elected { epoch, summaries } => Some((*i, *epoch, summaries.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(elected.len(), 1, "{events:?}");
+    let (winner, epoch, summaries) = &elected[0];
+    assert_eq!(*winner, 0);
+    assert_eq!(*epoch, Epoch(1));
+    assert!(summaries.contains(&(name(0), vec![0])));
+    assert!(summaries.len() >= 2);
+    for c in &cores {
+        assert_eq!(c.leader(), Some((name(0), Epoch(1))));
+    }
+    assert!(cores[0].is_leader(now));
+    assert!(!cores[1].is_leader(now));
+}
+
+#[test]
+fn a_voter_persists_its_promise_before_sending_the_grant() {
+    let now = Instant::now();
+    let mut voter = core(1, 3, now);
+    voter.set_view(now, peers(&[0, 1, 2]));
+    voter.handle_message(
+        now,
+        addr(0),
+        Message::Request {
+            epoch: Epoch(1),
+            from: name(0),
+            seq: 7,
+        },
+    );
+    let outputs = drain(&mut voter);
+    assert_eq!(
+        outputs,
+        vec![
+            Output::Persist(Promise {
+                epoch: Epoch(1),
+                holder: name(0),
+                duration: Config::lan().lease_duration,
+            }),
+            Output::Send {
+                to: addr(0),
+                msg: Message::Grant {
+                    epoch: Epoch(1),
+                    from: name(1),
+                    seq: 7,
+                    summary: Vec::new(),
+                    pending: None,
+                },
+            },
+        ]
+    );
+}
+
+fn request(voter: &mut Core, now: Instant, epoch: u64, from: usize) -> bool {
+    voter.handle_message(
+        now,
+        addr(from),
+        Message::Request {
+            epoch: Epoch(epoch),
+            from: name(from),
+            seq: 0,
+        },
+    );
+    drain(voter).iter().any(|o| {
+        matches!(
+            o,
+            Output::Send {
+                msg: Message::Grant { .. },
+                ..
+            }
+        )
+    })
+}
+
+#[test]
+fn a_voter_grants_an_epoch_to_one_candidate_only_while_its_promise_runs() {
+    let now = Instant::now();
+    let lease = Config::lan().lease_duration;
+    let mut voter = core(2, 3, now);
+    voter.set_view(now, peers(&[0, 1, 2]));
+    assert!(request(&mut voter, now, 1, 0));
+    // Same epoch, another candidate: never, even after expiry.
+    assert!(!request(&mut voter, now, 1, 1));
+    assert!(!request(&mut voter, now + lease * 2, 1, 1));
+    // Higher epoch, another candidate, promise still running: no.
+    assert!(!request(&mut voter, now + lease / 2, 2, 1));
+    // Renewal by the holder: yes.
+    assert!(request(&mut voter, now + lease / 2, 1, 0));
+    // The renewal restarted the promise.
+    assert!(!request(&mut voter, now + lease, 2, 1));
+    // Once it ran out: yes, and older epochs are fenced from then on.
+    assert!(request(&mut voter, now + lease / 2 + lease, 2, 1));
+    assert!(!request(&mut voter, now + lease * 3, 1, 0));
+}
+
+#[test]
+fn a_restarted_voter_refuses_another_holder_for_a_full_lease() {
+    let now = Instant::now();
+    let lease = Config::lan().lease_duration;
+    let mut storage = crate::MemStorage::new();
+    let mut voter = core(2, 3, now);
+    voter.set_view(now, peers(&[0, 1, 2]));
+    assert!(request(&mut voter, now, 1, 0));
+    storage.write_promise(&Promise {
+        epoch: Epoch(1),
+        holder: name(0),
+        duration: lease,
+    });
+    storage.sync();
+    // Restart long after (the old clock is gone): the promise counts from
+    // the restart.
+    let restart = now + lease * 10;
+    let recovered = crate::Storage::load(&storage).unwrap();
+    let mut voter = Core::new(Config::lan(), name(2), 98, voters(3), recovered, 9, restart);
+    voter.set_view(restart, peers(&[0, 1, 2]));
+    assert_eq!(voter.epoch(), Epoch(1));
+    assert!(!request(
+        &mut voter,
+        restart + lease - Duration::from_millis(1),
+        2,
+        1
+    ));
+    assert!(request(&mut voter, restart + lease, 2, 1));
+    // Without its storage it would have granted at once: what the
+    // simulation test with forgetful voters catches.
+    let mut forgetful = Core::new(
+        Config::lan(),
+        name(2),
+        98,
+        voters(3),
+        Persisted::default(),
+        9,
+        restart,
+    );
+    forgetful.set_view(restart, peers(&[0, 1, 2]));
+    assert!(request(&mut forgetful, restart, 1, 1));
+}
+
+#[test]
+fn a_leader_steps_down_on_its_own_when_renewals_fail() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    let (now, _) = elect(&mut cores, now);
+    let (epoch, end) = cores[0].lease().unwrap();
+    // No more messages reach anyone: only timeouts.
+    let mut leader = cores.swap_remove(0);
+    let mut t = now;
+    while let Some(next) = leader.poll_timeout() {
+        if next > end + Duration::from_secs(1) {
+            break;
+        }
+        t = next;
+        leader.handle_timeout(t);
+        let outputs = drain(&mut leader);
+        if outputs.contains(&Output::SteppedDown { epoch }) {
+            break;
+        }
+    }
+    assert_eq!(t, end, "stepped down exactly at the lease end");
+    assert!(leader.lease().is_none());
+}
+
+#[test]
+fn messages_older_than_the_newest_epoch_are_fenced() {
+    let now = Instant::now();
+    let mut node = core(2, 3, now);
+    node.set_view(now, peers(&[0, 1]));
+    let announce = |epoch, leader| Message::Announce {
+        epoch: Epoch(epoch),
+        leader: name(leader),
+        voters: voters(3),
+    };
+    node.handle_message(now, addr(1), announce(5, 1));
+    assert_eq!(node.leader(), Some((name(1), Epoch(5))));
+    node.handle_message(now, addr(0), announce(4, 0));
+    assert_eq!(node.leader(), Some((name(1), Epoch(5))));
+    assert!(!request(&mut node, now, 4, 0));
+    assert_eq!(node.epoch(), Epoch(5));
+}
+
+#[test]
+fn a_handover_releases_before_the_successor_campaigns() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    // n0 is away: n1 leads.
+    for c in cores.iter_mut().skip(1) {
+        c.set_view(now, peers(&[1, 2]));
+    }
+    let (now, _) = elect(&mut cores, now);
+    assert!(cores[1].lease().is_some());
+    // n0 comes back; after the handover delay n1 hands over at a renewal.
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    settle(&mut cores, now);
+    assert!(cores[1].lease().is_some(), "no takeover before the delay");
+    let later = now + Config::lan().handover_delay + Config::lan().renew_interval;
+    // Keep the lease alive meanwhile.
+    let mut t = now;
+    while t < later {
+        t += Config::lan().renew_interval;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        let events = settle(&mut cores, t);
+        if events
+            .iter()
+            .any(|(i, o)| *i == 0 && matches!(o, Output::Elected { .. }))
+        {
+            let stepped = events
+                .iter()
+                .position(|(i, o)| *i == 1 && matches!(o, Output::SteppedDown { .. }));
+            let elected = events
+                .iter()
+                .position(|(i, o)| *i == 0 && matches!(o, Output::Elected { .. }));
+            assert!(stepped < elected, "{events:?}");
+            assert!(cores[1].lease().is_none());
+            assert_eq!(cores[0].lease().map(|(e, _)| e), Some(Epoch(2)));
+            return;
+        }
+    }
+    panic!("no handover");
+}
+
+#[test]
+fn transfer_to_and_step_down_need_leadership() {
+    let now = Instant::now();
+    let mut node = core(0, 3, now);
+    assert!(matches!(node.step_down(now), Err(Error::NotLeader { .. })));
+    assert!(matches!(
+        node.transfer_to(now, &name(1)),
+        Err(Error::NotLeader { .. })
+    ));
+    assert!(matches!(
+        node.add_voter(
+            now,
+            Voter {
+                name: name(3),
+                addr: addr(3)
+            }
+        ),
+        Err(Error::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn bad_bytes_never_panic_the_decoder() {
+    let mut rng = fastrand::Rng::with_seed(1);
+    for len in 0..200 {
+        let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        let _ = Message::decode(&bytes);
+    }
+    let msg = Message::Release {
+        epoch: Epoch(3),
+        from: name(0),
+        to: Some(name(1)),
+        chosen: false,
+    };
+    assert_eq!(Message::decode(&msg.encode()).unwrap(), msg);
+}

@@ -1,0 +1,90 @@
+//! Leader election for Clustron: the bully rule chooses the candidate (the
+//! highest-priority live voter), majority leases make it safe.
+//!
+//! What it owns: epochs, voters' promises, the leader's lease, fencing,
+//! handover to a returning higher-priority voter, and one-at-a-time changes
+//! of the voter set. What it does not: failure detection (it takes the
+//! membership view as an input, [`Core::set_view`]), networking, clocks and
+//! disks: [`Core`] is a sans-IO state machine; a driver performs its
+//! [`Output`]s in order (persist, then send) and feeds it time.
+//!
+//! The rules and their safety argument are in [`core`]; the lease arithmetic
+//! is in [`core::lease`]; timing defaults and their reasoning on
+//! [`Config::lan`].
+//!
+//! # Example
+//!
+//! Three voters driven by hand: `a` (highest priority) campaigns, `b` and `c`
+//! grant, and `a` is elected with the majority's summaries.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::{Duration, Instant};
+//!
+//! use clustron_election::{Config, Core, Message, NodeName, Output, Peer, Persisted, Voter, VoterSet};
+//!
+//! let names = ["a", "b", "c"];
+//! let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16));
+//! let name = |i: usize| NodeName::new(names[i]).unwrap();
+//! let voters = VoterSet::new((0..3).map(|i| Voter { name: name(i), addr: addr(i) }));
+//! let peers: Vec<Peer> = (0..3)
+//!     .map(|i| Peer { name: name(i), addr: addr(i), priority: 10 - i as u32, voter: true })
+//!     .collect();
+//! let now = Instant::now();
+//! let mut cores: Vec<Core> = (0..3)
+//!     .map(|i| {
+//!         let mut core = Core::new(Config::lan(), name(i), 10 - i as u32, voters.clone(),
+//!             Persisted::default(), i as u64, now);
+//!         core.set_summary(vec![i as u8]);
+//!         core
+//!     })
+//!     .collect();
+//! for core in &mut cores {
+//!     core.set_view(now, peers.clone());
+//! }
+//! // A node listens for one renewal interval after its first view.
+//! let now = now + Config::lan().renew_interval;
+//! for core in &mut cores {
+//!     core.handle_timeout(now);
+//! }
+//! // Deliver messages until nothing is left (a perfect network).
+//! let mut elected = None;
+//! let mut queue: Vec<(usize, SocketAddr, Message)> = Vec::new();
+//! loop {
+//!     for (i, core) in cores.iter_mut().enumerate() {
+//!         while let Some(output) = core.poll_output() {
+//!             match output {
+//!                 // A real driver fsyncs here, before the sends that follow.
+//!                 Output::Persist(_) | Output::PersistVoters(_) => {}
+//!                 Output::Send { to, msg } => queue.push((i, to, msg)),
+//!                 Output::Elected { epoch, summaries } => elected = Some((i, epoch, summaries)),
+//!                 _ => {}
+//!             }
+//!         }
+//!     }
+//!     let Some((from, to, msg)) = queue.pop() else { break };
+//!     let to = (to.port() - 7000) as usize;
+//!     cores[to].handle_message(now + Duration::from_millis(1), addr(from), msg);
+//! }
+//! let (winner, epoch, summaries) = elected.expect("a is elected");
+//! assert_eq!(winner, 0);
+//! assert!(summaries.len() >= 2);
+//! assert_eq!(cores[0].lease().map(|(e, _)| e), Some(epoch));
+//! assert_eq!(cores[1].leader(), Some((name(0), epoch)));
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod storage;
+pub mod voters;
+
+pub use self::core::{Core, Message, Output, Peer};
+pub use clustron_membership::NodeName;
+pub use config::{Config, ConfigError};
+pub use error::Error;
+pub use storage::{MemStorage, Persisted, Promise, Storage, VoterRecord};
+pub use voters::{Epoch, Voter, VoterSet};

@@ -1,0 +1,96 @@
+//! Epochs and the configured voter set.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use clustron_membership::NodeName;
+use serde::{Deserialize, Serialize};
+
+/// A leadership term. Epochs only grow; each one has at most one leader, and
+/// it is the fencing token: receivers reject anything older than the newest
+/// epoch they have seen.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The epoch after this one.
+    pub fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One member of the voter set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Voter {
+    /// Its name (from its certificate).
+    pub name: NodeName,
+    /// Where to send it requests.
+    pub addr: SocketAddr,
+}
+
+/// The configured voter set, versioned: a change raises the version by one
+/// and adds or removes exactly one voter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VoterSet {
+    /// Raised by one per change; the initial set has version 0.
+    pub version: u64,
+    /// The voters, sorted by name, no duplicates.
+    voters: Vec<Voter>,
+}
+
+impl VoterSet {
+    /// The initial set (version 0); duplicates by name are dropped.
+    pub fn new(voters: impl IntoIterator<Item = Voter>) -> Self {
+        let mut voters: Vec<Voter> = voters.into_iter().collect();
+        voters.sort_by(|a, b| a.name.cmp(&b.name));
+        voters.dedup_by(|a, b| a.name == b.name);
+        Self { version: 0, voters }
+    }
+
+    /// The voters, sorted by name.
+    pub fn voters(&self) -> &[Voter] {
+        &self.voters
+    }
+
+    /// Whether `name` is a voter.
+    pub fn contains(&self, name: &NodeName) -> bool {
+        self.voters.iter().any(|v| v.name == *name)
+    }
+
+    /// Number of voters.
+    pub fn len(&self) -> usize {
+        self.voters.len()
+    }
+
+    /// Whether the set is empty (then nobody can lead).
+    pub fn is_empty(&self) -> bool {
+        self.voters.is_empty()
+    }
+
+    /// Grants needed for a decision: a strict majority.
+    pub fn majority(&self) -> usize {
+        crate::core::lease::majority(self.voters.len())
+    }
+
+    /// This set with `voter` added, one version up.
+    pub fn with(&self, voter: Voter) -> Self {
+        let mut next = Self::new(self.voters.iter().cloned().chain([voter]));
+        next.version = self.version + 1;
+        next
+    }
+
+    /// This set without `name`, one version up.
+    pub fn without(&self, name: &NodeName) -> Self {
+        let mut next = Self::new(self.voters.iter().filter(|v| v.name != *name).cloned());
+        next.version = self.version + 1;
+        next
+    }
+}
