@@ -78,6 +78,7 @@
 
 pub mod config;
 pub mod core;
+mod driver;
 pub mod error;
 pub mod storage;
 pub mod voters;
@@ -85,6 +86,7 @@ pub mod voters;
 pub use self::core::{Core, Message, Output, Peer};
 pub use clustron_membership::NodeName;
 pub use config::{Config, ConfigError};
+pub use driver::{DriverError, Elect, Election, FileStorage, LeadershipEvent, Options};
 pub use error::Error;
 pub use storage::{MemStorage, Persisted, Promise, Storage, VoterRecord};
 pub use voters::{Epoch, Voter, VoterSet};

@@ -487,3 +487,94 @@ impl Cluster {
         known.then_some(leader)
     }
 }
+
+/// Figures for `cargo xtask bench election` (simulator part).
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Leader crash → a new leader holding a valid lease, over the trials.
+    pub failover: Vec<Duration>,
+    /// `transfer_to` → the successor holds a valid lease.
+    pub handover: Vec<Duration>,
+    /// Leaders elected (any node, any epoch) over `quiet` at 10% loss after
+    /// the first settled, with no crash; the goal is zero.
+    pub elections_under_loss: usize,
+    /// Of those, how many moved leadership to another node.
+    pub changes_under_loss: usize,
+    /// Virtual time of the lossy run.
+    pub quiet: Duration,
+}
+
+/// Measures failover, handover and stability under loss with defaults, five
+/// voters, over `trials` seeds from `base_seed`.
+pub fn measure(trials: u64, base_seed: u64) -> Figures {
+    let config = Config::lan();
+    let lease = config.lease_duration;
+    let mut figures = Figures {
+        failover: Vec::new(),
+        handover: Vec::new(),
+        elections_under_loss: 0,
+        changes_under_loss: 0,
+        quiet: Duration::from_secs(600),
+    };
+    for trial in 0..trials {
+        let seed = base_seed.wrapping_add(trial);
+        let mut cluster = Cluster::new(seed, 5, 5, config.clone(), NetConfig::lan());
+        if !cluster.run_until(lease * 4, |c| c.settled_leader() == Some(0)) {
+            continue;
+        }
+        let offset = Duration::from_micros(cluster.sim.rng().u64(0..1_000_000));
+        cluster.run_for(Duration::from_secs(1) + offset);
+        cluster.crash(0);
+        let crashed = cluster.sim.elapsed();
+        if cluster.run_until(lease * 4, |c| c.leader().is_some()) {
+            figures.failover.push(cluster.sim.elapsed() - crashed);
+        }
+
+        let mut cluster = Cluster::new(seed ^ 0x4a4d, 5, 5, config.clone(), NetConfig::lan());
+        if !cluster.run_until(lease * 4, |c| c.settled_leader() == Some(0)) {
+            continue;
+        }
+        cluster.run_for(Duration::from_millis(500) + offset);
+        let target = name(1 + (trial as usize % 4));
+        let transferred = cluster
+            .sim
+            .with_node(0, |node, now| node.core_mut().transfer_to(now, &target));
+        if matches!(transferred, Some(Ok(()))) {
+            let started = cluster.sim.elapsed();
+            let want = 1 + (trial as usize % 4);
+            if cluster.run_until(lease * 4, |c| c.leader().map(|l| l.0) == Some(want)) {
+                figures.handover.push(cluster.sim.elapsed() - started);
+            }
+        }
+    }
+    let lossy = NetConfig {
+        loss: 0.10,
+        ..NetConfig::lan()
+    };
+    let mut cluster = Cluster::new(base_seed ^ 0x10, 5, 5, config, lossy);
+    cluster.run_until(lease * 10, |c| c.settled_leader() == Some(0));
+    cluster.sim.take_events();
+    let mut last = Some(0);
+    let quiet = figures.quiet;
+    let (mut elections, mut changes) = (0, 0);
+    let step = Duration::from_secs(1);
+    let mut run = Duration::ZERO;
+    while run < quiet {
+        cluster.run_for(step);
+        run += step;
+        for (_, node, output) in cluster.sim.take_events() {
+            if matches!(output, Output::Elected { .. }) {
+                elections += 1;
+                if last != Some(node) {
+                    changes += 1;
+                    last = Some(node);
+                }
+            }
+        }
+    }
+    figures.elections_under_loss = elections;
+    figures.changes_under_loss = changes;
+    figures.failover.sort();
+    figures.handover.sort();
+    figures
+}

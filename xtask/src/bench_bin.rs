@@ -10,6 +10,11 @@
 //! simulator (LAN latency 0.2-2 ms) at N = 10, 50 and 100 with default
 //! settings. `CLUSTRON_BENCH_TRIALS` sets the crash/join trials per size
 //! (default 10).
+//!
+//! `clustron-bench election` measures failover, cooperative handover and
+//! stability under loss on the simulator (5 voters, `Config::lan()`), then
+//! failover and handover on a local 5-node cluster (3 voters) over real
+//! transports and membership in this process.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -75,6 +80,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("transport") => runtime.block_on(transport_suite()),
         Some("membership") => membership_suite(),
+        Some("election") => runtime.block_on(election_suite()),
         Some("transport-server") => {
             let stack = Stack::parse(args.get(1).context("stack")?)?;
             let dir = PathBuf::from(args.get(2).context("cert dir")?);
@@ -100,7 +106,7 @@ fn main() -> Result<()> {
             let count: usize = args.get(4).context("count")?.parse()?;
             runtime.block_on(count_requests(stack, &dir, addr, count))
         }
-        _ => bail!("usage: clustron-bench transport|membership"),
+        _ => bail!("usage: clustron-bench transport|membership|election"),
     }
 }
 
@@ -592,5 +598,61 @@ fn membership_suite() -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
+    Ok(())
+}
+
+async fn election_suite() -> Result<()> {
+    use clustron_tests::local::{failover, handover, LocalCluster};
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |v: &[Duration], q: f64| ms(clustron_tests::swim::percentile(v, q));
+    let trials: u64 = std::env::var("CLUSTRON_BENCH_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(200);
+    let sim = clustron_tests::election::measure(trials, 0xE1EC);
+    println!();
+    println!("election: simulator, 5 voters, Config::lan() (lease 600 ms), {trials} seeds");
+    println!(
+        "  failover (leader crash -> new leader with a valid lease): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} runs)",
+        pct(&sim.failover, 0.5),
+        pct(&sim.failover, 0.99),
+        sim.failover.last().map_or(0.0, |d| ms(*d)),
+        sim.failover.len()
+    );
+    println!(
+        "  cooperative handover (transfer_to -> successor holds a lease): p50 {:.1} ms, max {:.1} ms ({} runs)",
+        pct(&sim.handover, 0.5),
+        sim.handover.last().map_or(0.0, |d| ms(*d)),
+        sim.handover.len()
+    );
+    println!(
+        "  {} virtual minutes at 10% loss, no crash: {} leadership changes ({} elections incl. epoch bumps by the same leader)",
+        sim.quiet.as_secs() / 60,
+        sim.changes_under_loss,
+        sim.elections_under_loss
+    );
+    let rounds = 5;
+    let (mut failovers, mut handovers) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let cluster = LocalCluster::start(5, 3, clustron_election::Config::lan()).await?;
+        failovers.push(failover(&cluster).await?);
+        cluster.stop().await;
+        let cluster = LocalCluster::start(5, 3, clustron_election::Config::lan()).await?;
+        handovers.push(handover(&cluster, 1).await?);
+        cluster.stop().await;
+    }
+    failovers.sort();
+    handovers.sort();
+    println!("election: real transports and membership, 5 nodes (3 voters) in one process on 127.0.0.1, {rounds} rounds");
+    println!(
+        "  failover (kill leader -> another node holds a valid lease): p50 {:.0} ms, max {:.0} ms",
+        pct(&failovers, 0.5),
+        failovers.last().map_or(0.0, |d| ms(*d))
+    );
+    println!(
+        "  cooperative handover: p50 {:.1} ms, max {:.1} ms",
+        pct(&handovers, 0.5),
+        handovers.last().map_or(0.0, |d| ms(*d))
+    );
     Ok(())
 }

@@ -44,7 +44,7 @@ enum Cmd {
     Ci,
     /// Release-mode benchmarks; prints a table per suite.
     Bench {
-        /// Which suites: `transport`, `membership` (default: all).
+        /// Which suites: `transport`, `membership`, `election` (default: all).
         suites: Vec<String>,
     },
     /// Writes a CA, node certificates n1..nN and an admin client certificate.
@@ -101,7 +101,7 @@ fn ci() -> Result<()> {
     cargo(&["test", "--workspace"])
 }
 
-const SUITES: &[&str] = &["transport", "membership"];
+const SUITES: &[&str] = &["transport", "membership", "election"];
 
 fn bench(suites: &[String]) -> Result<()> {
     let suites: Vec<&str> = if suites.is_empty() {

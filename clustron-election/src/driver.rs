@@ -1,0 +1,448 @@
+//! The tokio driver: joins the election core to the transport, membership,
+//! durable storage and real time.
+//!
+//! One task owns the [`Core`]; it selects over incoming election messages,
+//! membership changes (which feed the view), the core's next deadline and API
+//! commands. Outputs are carried out in order: a promise is written and
+//! fsynced before any message queued after it leaves.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clustron_membership::{MemberState, Membership, NodeName, Notification};
+use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::core::{Core, Message, Output, Peer};
+use crate::error::Error;
+use crate::storage::{Persisted, Promise, Storage, VoterRecord};
+use crate::voters::{Epoch, Voter, VoterSet};
+
+/// The election protocol on the transport's `ELECTION` channel.
+#[derive(Debug)]
+pub struct Elect;
+
+impl Protocol for Elect {
+    const CHANNEL: ChannelId = ChannelId::ELECTION;
+    type Request = ();
+    type Response = ();
+    type Message = Message;
+}
+
+/// Promises and voter sets in files, each replaced atomically (write a
+/// temporary file, fsync it, rename it over the old one, fsync the folder).
+#[derive(Debug, Clone)]
+pub struct FileStorage {
+    dir: PathBuf,
+}
+
+impl FileStorage {
+    /// Storage in `dir`, created if missing.
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is corrupted ({e}); refusing to guess a promise",
+                        path.display()
+                    ),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+        postcard::to_allocvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+}
+
+impl Storage for FileStorage {
+    type Error = io::Error;
+
+    fn save_promise(&mut self, promise: &Promise) -> io::Result<()> {
+        self.replace("promise", &Self::encode(promise)?)
+    }
+
+    fn save_voters(&mut self, voters: &VoterRecord) -> io::Result<()> {
+        self.replace("voters", &Self::encode(voters)?)
+    }
+
+    fn load(&self) -> io::Result<Persisted> {
+        Ok(Persisted {
+            promise: self.read("promise")?,
+            voters: self.read("voters")?,
+        })
+    }
+}
+
+/// How to start the election on a node.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lease timing.
+    pub config: Config,
+    /// The initial configured voter set (later changes are persisted).
+    pub voters: VoterSet,
+    /// Where promises and voter sets are kept.
+    pub data_dir: PathBuf,
+}
+
+/// A leadership change, as delivered to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeadershipEvent {
+    /// This node won `epoch`; `summaries` come from the granting majority.
+    Elected {
+        /// The epoch won.
+        epoch: Epoch,
+        /// (voter, summary) of each grant.
+        summaries: Vec<(NodeName, Vec<u8>)>,
+    },
+    /// This node stopped leading `epoch`.
+    SteppedDown {
+        /// The epoch given up.
+        epoch: Epoch,
+    },
+    /// The leader this node knows of changed.
+    Leader {
+        /// The leader.
+        name: NodeName,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// No leader is known.
+    LeaderLost,
+    /// The voter set changed.
+    VotersChanged(VoterSet),
+}
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    leader: Option<(NodeName, Epoch)>,
+    lease: Option<(Epoch, Instant)>,
+}
+
+enum Command {
+    StepDown(oneshot::Sender<Result<(), Error>>),
+    TransferTo(NodeName, oneshot::Sender<Result<(), Error>>),
+    AddVoter(Voter, oneshot::Sender<Result<(), Error>>),
+    RemoveVoter(NodeName, oneshot::Sender<Result<(), Error>>),
+    SetSummary(Vec<u8>),
+    Freeze(Duration, oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Errors starting or driving the election.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The core refused the command (see [`Error`]).
+    #[error(transparent)]
+    Refused(#[from] Error),
+    /// Durable storage failed: nothing was promised.
+    #[error("election storage: {0}")]
+    Storage(#[from] io::Error),
+    /// The transport refused (e.g. the channel is taken).
+    #[error(transparent)]
+    Transport(#[from] clustron_transport::Error),
+    /// Membership failed.
+    #[error(transparent)]
+    Membership(#[from] clustron_membership::Error),
+    /// The election task has stopped.
+    #[error("election has stopped")]
+    Stopped,
+}
+
+/// A running election: the handle to its driver task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Election {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<LeadershipEvent>,
+    state: watch::Receiver<State>,
+}
+
+impl Election {
+    /// Starts the election beside `membership` on `endpoint`.
+    pub async fn start(
+        endpoint: &Endpoint,
+        membership: &Membership,
+        options: Options,
+    ) -> Result<Self, DriverError> {
+        let storage = FileStorage::open(&options.data_dir)?;
+        let recovered = storage.load()?;
+        let local = membership.local().await?;
+        let inbox = endpoint.register::<Elect>()?;
+        let core = Core::new(
+            options.config,
+            local.name.clone(),
+            local.priority,
+            options.voters,
+            recovered,
+            fastrand::u64(..),
+            Instant::now(),
+        );
+        let (commands, command_rx) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(256);
+        let (state_tx, state) = watch::channel(State::default());
+        let driver = Driver {
+            core,
+            storage,
+            inbox,
+            channel: endpoint.channel::<Elect>(),
+            membership: membership.clone(),
+            changes: membership.subscribe(),
+            commands: command_rx,
+            events: events.clone(),
+            state: state_tx,
+        };
+        tokio::spawn(driver.run());
+        Ok(Self {
+            commands,
+            events,
+            state,
+        })
+    }
+
+    /// The leader this node knows of, with its epoch.
+    pub fn leader(&self) -> Option<(NodeName, Epoch)> {
+        self.state.borrow().leader.clone()
+    }
+
+    /// On the leader: its epoch and until when its lease is valid, by this
+    /// node's clock; `None` if it holds no lease valid now.
+    pub fn lease(&self) -> Option<(Epoch, Instant)> {
+        let lease = self.state.borrow().lease;
+        lease.filter(|(_, until)| Instant::now() < *until)
+    }
+
+    /// Leadership changes as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<LeadershipEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(command(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Gives up leadership (on the leader).
+    pub async fn step_down(&self) -> Result<(), DriverError> {
+        Ok(self.ask(Command::StepDown).await??)
+    }
+
+    /// Hands leadership to `name` (on the leader), without a timeout gap.
+    pub async fn transfer_to(&self, name: &NodeName) -> Result<(), DriverError> {
+        Ok(self
+            .ask(|tx| Command::TransferTo(name.clone(), tx))
+            .await??)
+    }
+
+    /// Adds a voter (on the leader), once a majority of the old set agrees.
+    pub async fn add_voter(&self, voter: Voter) -> Result<(), DriverError> {
+        Ok(self.ask(|tx| Command::AddVoter(voter, tx)).await??)
+    }
+
+    /// Removes a voter (on the leader), once a majority of the old set agrees.
+    pub async fn remove_voter(&self, name: &NodeName) -> Result<(), DriverError> {
+        Ok(self
+            .ask(|tx| Command::RemoveVoter(name.clone(), tx))
+            .await??)
+    }
+
+    /// Sets the opaque summary carried by this node's future grants.
+    pub async fn set_summary(&self, summary: Vec<u8>) -> Result<(), DriverError> {
+        self.commands
+            .send(Command::SetSummary(summary))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    /// Stops the driver task for `pause`, as if the process were stopped
+    /// (`SIGSTOP`): for fault tests.
+    #[doc(hidden)]
+    pub async fn freeze_for(&self, pause: Duration) -> Result<(), DriverError> {
+        self.ask(|tx| Command::Freeze(pause, tx)).await
+    }
+
+    /// Stops at once, without telling anyone.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+}
+
+struct Driver {
+    core: Core,
+    storage: FileStorage,
+    inbox: Inbox<Elect>,
+    channel: Channel<Elect>,
+    membership: Membership,
+    changes: clustron_membership::Subscription,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<LeadershipEvent>,
+    state: watch::Sender<State>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        self.refresh_view().await;
+        loop {
+            if let Err(e) = self.drain() {
+                tracing::error!(error = %e, "election storage failed; stopping the election on this node");
+                return;
+            }
+            let deadline = self
+                .core
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                item = self.inbox.recv() => match item {
+                    Some(Inbound::Message { from, message, .. }) => {
+                        self.core.handle_message(Instant::now(), from.addr, message);
+                    }
+                    Some(Inbound::Request { reply, .. }) => reply.reject("election takes no requests"),
+                    Some(Inbound::Stream { .. }) => {}
+                    None => return,
+                },
+                change = self.changes.recv() => match change {
+                    Some(Notification::Event(_) | Notification::Lagged(_)) => self.refresh_view().await,
+                    None => return,
+                },
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    self.core.handle_timeout(Instant::now());
+                }
+                command = self.commands.recv() => match command {
+                    None => return,
+                    Some(command) => {
+                        if !self.command(command).await {
+                            return;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Feeds the live members (alive or suspect) to the core.
+    async fn refresh_view(&mut self) {
+        let Ok(members) = self.membership.members().await else {
+            return;
+        };
+        let live: Vec<Peer> = members
+            .iter()
+            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .map(Peer::from)
+            .collect();
+        self.core.set_view(Instant::now(), live);
+    }
+
+    /// Carries out a command; false to stop.
+    async fn command(&mut self, command: Command) -> bool {
+        let now = Instant::now();
+        match command {
+            Command::StepDown(tx) => {
+                let _ = tx.send(self.core.step_down(now));
+            }
+            Command::TransferTo(name, tx) => {
+                let _ = tx.send(self.core.transfer_to(now, &name));
+            }
+            Command::AddVoter(voter, tx) => {
+                let _ = tx.send(self.core.add_voter(now, voter));
+            }
+            Command::RemoveVoter(name, tx) => {
+                let _ = tx.send(self.core.remove_voter(now, &name));
+            }
+            Command::SetSummary(summary) => self.core.set_summary(summary),
+            Command::Freeze(pause, tx) => {
+                let _ = tx.send(());
+                // This task handles nothing meanwhile: no timers, no
+                // messages, no membership changes, like a stopped process.
+                tokio::time::sleep(pause).await;
+            }
+            Command::Shutdown(tx) => {
+                let _ = tx.send(());
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Performs the core's outputs in order.
+    fn drain(&mut self) -> io::Result<()> {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Persist(promise) => self.storage.save_promise(&promise)?,
+                Output::PersistVoters(record) => self.storage.save_voters(&record)?,
+                Output::Send { to, msg } => self.send(to, msg),
+                Output::Elected { epoch, summaries } => {
+                    tracing::info!(%epoch, "elected");
+                    let _ = self
+                        .events
+                        .send(LeadershipEvent::Elected { epoch, summaries });
+                }
+                Output::SteppedDown { epoch } => {
+                    tracing::info!(%epoch, "stepped down");
+                    let _ = self.events.send(LeadershipEvent::SteppedDown { epoch });
+                }
+                Output::Leader { name, epoch } => {
+                    let _ = self.events.send(LeadershipEvent::Leader { name, epoch });
+                }
+                Output::LeaderLost => {
+                    let _ = self.events.send(LeadershipEvent::LeaderLost);
+                }
+                Output::VotersChanged(set) => {
+                    let _ = self.events.send(LeadershipEvent::VotersChanged(set));
+                }
+            }
+        }
+        let state = State {
+            leader: self.core.leader(),
+            lease: self.core.lease(),
+        };
+        self.state.send_replace(state);
+        Ok(())
+    }
+
+    fn send(&self, to: SocketAddr, msg: Message) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let sent = match channel.send_datagram(to, &msg).await {
+                Err(clustron_transport::Error::DatagramTooLarge { .. }) => {
+                    channel.send(to, &msg).await
+                }
+                other => other,
+            };
+            if let Err(e) = sent {
+                tracing::debug!(%to, error = %e, "election send failed");
+            }
+        });
+    }
+}

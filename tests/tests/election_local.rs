@@ -1,0 +1,116 @@
+//! Election over real transports and membership on 127.0.0.1: five nodes
+//! (three voters), a killed leader, a frozen leader, and a transfer.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clustron_election::{Config, DriverError, Error};
+use clustron_tests::local::{eventually, name, LocalCluster};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Samples every node's lease each millisecond and counts the instants at
+/// which two nodes both held a valid lease (all nodes share this clock).
+fn watch_leases(cluster: &LocalCluster) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let elections: Vec<_> = cluster.nodes.iter().map(|n| n.election.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (stop2, overlaps2) = (stop.clone(), overlaps.clone());
+    tokio::spawn(async move {
+        while !stop2.load(Ordering::Relaxed) {
+            if elections.iter().filter(|e| e.lease().is_some()).count() > 1 {
+                overlaps2.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    (stop, overlaps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_highest_priority_voter_leads_and_a_killed_leader_is_replaced() {
+    let cluster = LocalCluster::start(5, 3, Config::lan()).await.unwrap();
+    let all: Vec<usize> = (0..5).collect();
+    let first_epoch = cluster.follow(&all, &name(1)).unwrap();
+    assert_eq!(cluster.lease_holders(), vec![0]);
+
+    tracing::info!("n1 dies without a word: n2 takes over with a higher epoch");
+    cluster.nodes[0].kill().await;
+    let rest: Vec<usize> = (1..5).collect();
+    eventually(DEADLINE, || async {
+        cluster
+            .follow(&rest, &name(2))
+            .is_some_and(|epoch| epoch > first_epoch)
+    })
+    .await
+    .unwrap();
+    assert_eq!(cluster.lease_holders(), vec![1]);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_steps_down_without_ever_overlapping_its_successor() {
+    let cluster = LocalCluster::start(5, 3, Config::lan()).await.unwrap();
+    let all: Vec<usize> = (0..5).collect();
+    let first_epoch = cluster.follow(&all, &name(1)).unwrap();
+    let (stop, overlaps) = watch_leases(&cluster);
+
+    tracing::info!("n1's election task stops for three lease durations");
+    let lease = Config::lan().lease_duration;
+    cluster.nodes[0]
+        .election
+        .freeze_for(lease * 3)
+        .await
+        .unwrap();
+    let others: Vec<usize> = (1..5).collect();
+    eventually(DEADLINE, || async {
+        cluster
+            .follow(&others, &name(2))
+            .is_some_and(|epoch| epoch > first_epoch)
+    })
+    .await
+    .unwrap();
+
+    tracing::info!("n1 wakes up as a follower, then takes its place back by handover");
+    eventually(DEADLINE, || async {
+        cluster
+            .follow(&all, &name(1))
+            .is_some_and(|epoch| epoch > first_epoch)
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(
+        overlaps.load(Ordering::Relaxed),
+        0,
+        "two nodes held a valid lease at once"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_moves_leadership_without_waiting_for_a_timeout() {
+    let cluster = LocalCluster::start(5, 3, Config::lan()).await.unwrap();
+    let (stop, overlaps) = watch_leases(&cluster);
+    clustron_tests::local::handover(&cluster, 2).await.unwrap();
+    let all: Vec<usize> = (0..5).collect();
+    eventually(DEADLINE, || async {
+        cluster.follow(&all, &name(3)).is_some()
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(
+        overlaps.load(Ordering::Relaxed),
+        0,
+        "two nodes held a valid lease at once"
+    );
+    assert!(matches!(
+        cluster.nodes[1].election.step_down().await,
+        Err(DriverError::Refused(Error::NotLeader { .. }))
+    ));
+    cluster.stop().await;
+}
