@@ -446,3 +446,41 @@ impl Driver {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn promise(epoch: u64) -> Promise {
+        Promise {
+            epoch: Epoch(epoch),
+            holder: NodeName::new("n1").unwrap(),
+            duration: Duration::from_millis(600),
+        }
+    }
+
+    #[test]
+    fn file_storage_keeps_the_newest_promise_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        assert_eq!(storage.load().unwrap(), Persisted::default());
+        storage.save_promise(&promise(3)).unwrap();
+        storage.save_promise(&promise(4)).unwrap();
+        let reopened = FileStorage::open(dir.path()).unwrap();
+        assert_eq!(reopened.load().unwrap().promise, Some(promise(4)));
+        assert!(!dir.path().join("promise.tmp").exists());
+    }
+
+    #[test]
+    fn a_corrupted_promise_file_is_refused_not_guessed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage.save_promise(&promise(3)).unwrap();
+        std::fs::write(dir.path().join("promise"), [0xff, 0xff, 0xff]).unwrap();
+        let err = storage.load().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("corrupted"), "{err}");
+    }
+}

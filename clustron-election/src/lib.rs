@@ -8,6 +8,13 @@
 //! disks: [`Core`] is a sans-IO state machine; a driver performs its
 //! [`Output`]s in order (persist, then send) and feeds it time.
 //!
+//! [`Election`] is that driver for a node: one tokio task owning the core,
+//! fed by the node's [`clustron_membership::Membership`] view and the
+//! transport's `ELECTION` channel, persisting promises with [`FileStorage`]
+//! (fsync + atomic replace) before any grant leaves. Its handle gives
+//! `leader()`, `lease()`, `subscribe()`, `step_down()`, `transfer_to()`,
+//! `set_summary()` and voter changes.
+//!
 //! The rules and their safety argument are in [`core`]; the lease arithmetic
 //! is in [`core::lease`]; timing defaults and their reasoning on
 //! [`Config::lan`].

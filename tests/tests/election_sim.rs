@@ -420,3 +420,81 @@ fn a_voter_added_by_the_leader_votes_after_a_majority_accepted_it() {
         },
     );
 }
+
+#[test]
+fn a_removed_voter_no_longer_counts_towards_a_majority() {
+    run_seeds(
+        "a_removed_voter_no_longer_counts_towards_a_majority",
+        4,
+        |seed| {
+            let config = Config::lan();
+            let mut cluster = Cluster::new(seed, 5, 5, config.clone(), NetConfig::lan());
+            assert!(cluster.run_until(lease(&config), |c| c.settled_leader() == Some(0)));
+            cluster
+                .sim
+                .with_node(0, |node, now| node.core_mut().remove_voter(now, &name(4)))
+                .unwrap()
+                .unwrap();
+            assert!(
+                cluster.run_until(Duration::from_secs(1), |c| {
+                    (0..5).all(|id| {
+                        c.sim
+                            .node(id)
+                            .is_some_and(|n| !n.core().voters().contains(&name(4)))
+                    })
+                }),
+                "not every node learnt of the removal"
+            );
+            tracing::info!("n0 and n3 crash: n1, n2 (and the ex-voter n4) are 2 of 4 voters");
+            cluster.crash(0);
+            cluster.crash(3);
+            cluster.refresh_views();
+            assert!(
+                !cluster.run_until(lease(&config) * 3, |c| c.leader().is_some()),
+                "a removed voter still counted towards a majority"
+            );
+            cluster.restart(3, Disk::Kept);
+            cluster.refresh_views();
+            assert!(cluster.run_until(lease(&config) * 4, |c| c.leader().map(|l| l.0) == Some(1)));
+        },
+    );
+}
+
+#[test]
+fn a_leader_that_crashes_during_a_voter_change_leaves_one_agreed_set() {
+    run_seeds(
+        "a_leader_that_crashes_during_a_voter_change_leaves_one_agreed_set",
+        8,
+        |seed| {
+            let config = Config::lan();
+            let mut cluster = Cluster::new(seed, 5, 3, config.clone(), NetConfig::lan());
+            assert!(cluster.run_until(lease(&config), |c| c.settled_leader() == Some(0)));
+            let voter = Voter {
+                name: name(3),
+                addr: addr(3),
+            };
+            cluster
+                .sim
+                .with_node(0, |node, now| node.core_mut().add_voter(now, voter))
+                .unwrap()
+                .unwrap();
+            // Crash somewhere between "proposed" and "everyone knows".
+            let delay = Duration::from_micros(cluster.sim.rng().u64(0..3_000));
+            cluster.run_for(delay);
+            cluster.crash(0);
+            cluster.refresh_views();
+            assert!(
+                cluster.run_until(lease(&config) * 4, |c| c.leader().is_some()),
+                "no leader after the crash"
+            );
+            cluster.run_for(Duration::from_secs(2));
+            let sets: Vec<_> = (1..5)
+                .filter_map(|id| cluster.sim.node(id).map(|n| n.core().voters().clone()))
+                .collect();
+            assert!(
+                sets.windows(2).all(|w| w[0] == w[1]),
+                "the surviving nodes disagree on the voter set: {sets:?}"
+            );
+        },
+    );
+}
