@@ -1,10 +1,13 @@
-//! `cargo xtask cluster`: a local cluster in one process, for trying things.
+//! `cargo xtask cluster`: a local cluster in one process, for trying things:
+//! transport, membership and election per node (the first three vote), with
+//! the member table and every membership and leadership change printed.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clustron_election::{Election, LeadershipEvent, Voter, VoterSet};
 use clustron_membership::{Membership, Notification, Options};
 use clustron_transport::{
     CertRequest, CertificateAuthority, Endpoint, TlsIdentity, TransportConfig,
@@ -44,8 +47,6 @@ fn certificates(dir: &Path, nodes: usize) -> Result<()> {
 async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
     certificates(dir, nodes)?;
     let mut endpoints = Vec::new();
-    let mut members = Vec::new();
-    let mut seed: Option<SocketAddr> = None;
     for i in 1..=nodes {
         let name = format!("n{i}");
         let identity = TlsIdentity::from_files(
@@ -57,19 +58,42 @@ async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
         let endpoint = Endpoint::bind(TransportConfig::new(listen), identity)
             .with_context(|| format!("starting {name} on {listen}"))?;
+        println!("{name} listening on {}", endpoint.local_addr());
+        endpoints.push(endpoint);
+    }
+    // The first three nodes (or all, if fewer) vote; the rest follow.
+    let voting = nodes.min(3);
+    let voters = VoterSet::new(endpoints[..voting].iter().map(|e| Voter {
+        name: e.identity().name.clone(),
+        addr: e.local_addr(),
+    }));
+    let seed = endpoints[0].local_addr();
+    let mut members = Vec::new();
+    let mut elections = Vec::new();
+    for (index, endpoint) in endpoints.iter().enumerate() {
         let options = Options {
-            seeds: seed.into_iter().collect(),
-            priority: (nodes - i) as u32,
+            seeds: if index == 0 { vec![] } else { vec![seed] },
+            priority: (nodes - index) as u32,
+            voter: index < voting,
             ..Options::default()
         };
-        let membership = Membership::start(&endpoint, options).await?;
-        println!("{name} listening on {}", endpoint.local_addr());
-        seed.get_or_insert(endpoint.local_addr());
-        endpoints.push(endpoint);
+        let membership = Membership::start(endpoint, options).await?;
+        let election = Election::start(
+            endpoint,
+            &membership,
+            clustron_election::Options {
+                config: clustron_election::Config::lan(),
+                voters: voters.clone(),
+                data_dir: dir.join("data").join(endpoint.identity().name.as_str()),
+            },
+        )
+        .await?;
         members.push(membership);
+        elections.push(election);
     }
     let first = &members[0];
     let mut changes = first.subscribe();
+    let mut leadership = elections[0].subscribe();
     println!();
     println!(
         "{:<6} {:<22} {:<8} {:>8} {:>5}",
@@ -98,9 +122,18 @@ async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
                 Some(Notification::Lagged(n)) => println!("(missed {n} changes)"),
                 None => break,
             },
+            event = leadership.recv() => match event {
+                Ok(LeadershipEvent::Leader { name, epoch }) => println!("leader: {name} (epoch {})", epoch.0),
+                Ok(LeadershipEvent::LeaderLost) => println!("no leader known"),
+                Ok(_) => {}
+                Err(_) => {}
+            },
         }
     }
     println!("leaving...");
+    for election in &elections {
+        election.shutdown().await;
+    }
     for membership in members.iter().rev() {
         let _ = tokio::time::timeout(Duration::from_secs(3), membership.leave()).await;
     }
