@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod election;
+pub mod events;
 pub mod local;
 pub mod sim;
 pub mod swim;
