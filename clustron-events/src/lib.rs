@@ -3,9 +3,11 @@
 //! What it owns: cluster-wide **user events** (topic + payload) published on
 //! any node and delivered to every live member at least once, in per-origin
 //! order, without duplicates, with a Lamport time, and caught up from a
-//! bounded buffer after a partition ([`core`], sans-IO). Typed membership and
-//! leadership events, local subscriptions and the client topology stream are
-//! built on top (see the crate's issue; not all of it is here yet).
+//! bounded buffer after a partition ([`core`], sans-IO); typed [`Event`]s
+//! (membership, leadership, user) with filtered local subscriptions that are
+//! told when they lag; and the **topology stream** for clients: a snapshot
+//! with a version, then deltas with increasing versions, resumable by version
+//! ([`EventBus::watch_topology`]). [`EventBus`] drives it all in one tokio task.
 //!
 //! # Example
 //!
@@ -41,4 +43,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bus;
 pub mod core;
+
+pub use bus::{
+    BusError, Event, EventBus, Events, Filter, Received, Subscription, Topology, TopologyChange,
+    TopologyUpdate, TopologyWatch,
+};

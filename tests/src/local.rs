@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clustron_election::{Config, Election, Epoch, NodeName, Options, Voter, VoterSet};
+use clustron_events::EventBus;
 use clustron_membership::{Membership, Options as MembershipOptions};
 use clustron_transport::{
     CertRequest, CertificateAuthority, Endpoint, TlsIdentity, TransportConfig,
@@ -24,11 +25,14 @@ pub struct Node {
     pub membership: Membership,
     /// Its election.
     pub election: Election,
+    /// Its event bus.
+    pub bus: EventBus,
 }
 
 impl Node {
     /// Stops the node without a word to anyone, like `kill -9`.
     pub async fn kill(&self) {
+        self.bus.shutdown().await;
         self.election.shutdown().await;
         self.membership.shutdown().await;
         self.endpoint.close().await;
@@ -87,11 +91,19 @@ impl LocalCluster {
                 data_dir: dir.path().join(format!("n{i}")),
             };
             let election = Election::start(&endpoint, &membership, options).await?;
+            let bus = EventBus::start(
+                &endpoint,
+                &membership,
+                Some(&election),
+                clustron_events::core::Config::default(),
+            )
+            .await?;
             nodes.push(Node {
                 name: name(i),
                 endpoint,
                 membership,
                 election,
+                bus,
             });
         }
         let cluster = Self { nodes, _dir: dir };
