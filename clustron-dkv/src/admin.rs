@@ -1,0 +1,180 @@
+//! The admin HTTP server: `/healthz`, `/readyz` and `/metrics` (Prometheus
+//! text format).
+//!
+//! Three fixed GET endpoints do not need an HTTP framework: requests are read
+//! up to 8 KiB with a 5 s timeout, answered, and the connection is closed.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clustron_membership::MemberState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+/// Serves the admin endpoints on `addr` in the background.
+pub async fn serve(addr: SocketAddr, node: Node) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("admin listener on {addr}"))?;
+    tracing::info!(%addr, "admin HTTP");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+                else {
+                    return;
+                };
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let (status, body) = answer(&node, path).await;
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn answer(node: &Node, path: &str) -> (&'static str, String) {
+    match path {
+        "/healthz" => ("200 OK", "ok\n".into()),
+        "/readyz" => {
+            let leader = node.election.borrow().as_ref().and_then(|e| e.leader());
+            match leader {
+                Some((name, epoch)) => (
+                    "200 OK",
+                    format!("ready: leader {name} epoch {}\n", epoch.0),
+                ),
+                None => (
+                    "503 Service Unavailable",
+                    "not ready: no leader known\n".into(),
+                ),
+            }
+        }
+        "/metrics" => ("200 OK", metrics(node).await),
+        _ => (
+            "404 Not Found",
+            "try /healthz, /readyz or /metrics\n".into(),
+        ),
+    }
+}
+
+async fn metrics(node: &Node) -> String {
+    let mut out = String::new();
+    let members = node.membership.members().await.unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP clustron_members Members by state, as this node sees them."
+    );
+    let _ = writeln!(out, "# TYPE clustron_members gauge");
+    for state in [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Dead,
+        MemberState::Left,
+    ] {
+        let count = members.iter().filter(|m| m.state == state).count();
+        let _ = writeln!(out, "clustron_members{{state=\"{state}\"}} {count}");
+    }
+    let election = node.election.borrow().clone();
+    let (epoch, is_leader) = match &election {
+        Some(e) => (
+            e.leader().map_or(0, |l| l.1 .0),
+            u8::from(e.lease().is_some()),
+        ),
+        None => (0, 0),
+    };
+    let _ = writeln!(
+        out,
+        "# HELP clustron_leader_epoch Epoch of the leader this node knows (0: none)."
+    );
+    let _ = writeln!(out, "# TYPE clustron_leader_epoch gauge");
+    let _ = writeln!(out, "clustron_leader_epoch {epoch}");
+    let _ = writeln!(
+        out,
+        "# HELP clustron_is_leader 1 while this node holds a valid lease."
+    );
+    let _ = writeln!(out, "# TYPE clustron_is_leader gauge");
+    let _ = writeln!(out, "clustron_is_leader {is_leader}");
+    let _ = writeln!(
+        out,
+        "# HELP clustron_leadership_changes_total Leaders seen since start."
+    );
+    let _ = writeln!(out, "# TYPE clustron_leadership_changes_total counter");
+    let changes = node.leadership_changes.load(Ordering::Relaxed);
+    let _ = writeln!(out, "clustron_leadership_changes_total {changes}");
+    if let Ok(health) = node.membership.health().await {
+        let _ = writeln!(
+            out,
+            "# HELP clustron_local_health Lifeguard local health score (0 is healthy)."
+        );
+        let _ = writeln!(out, "# TYPE clustron_local_health gauge");
+        let _ = writeln!(out, "clustron_local_health {}", health.local_health);
+        let _ = writeln!(
+            out,
+            "# HELP clustron_probe_rtt_seconds Smoothed probe round trip per peer."
+        );
+        let _ = writeln!(out, "# TYPE clustron_probe_rtt_seconds gauge");
+        for (peer, rtt) in &health.round_trips {
+            let _ = writeln!(
+                out,
+                "clustron_probe_rtt_seconds{{peer=\"{peer}\"}} {:.6}",
+                rtt.as_secs_f64()
+            );
+        }
+    }
+    let stats = node.endpoint.stats();
+    for (name, help, value) in [
+        (
+            "clustron_messages_sent_total",
+            "Frames and datagrams sent.",
+            stats.messages_sent,
+        ),
+        (
+            "clustron_messages_received_total",
+            "Frames and datagrams received.",
+            stats.messages_received,
+        ),
+        (
+            "clustron_bytes_sent_total",
+            "Bytes sent in frames and datagrams.",
+            stats.bytes_sent,
+        ),
+        (
+            "clustron_bytes_received_total",
+            "Bytes received in frames and datagrams.",
+            stats.bytes_received,
+        ),
+        (
+            "clustron_connections_refused_total",
+            "Handshakes refused.",
+            stats.connections_refused,
+        ),
+        (
+            "clustron_transport_errors_total",
+            "Streams ended for bad input.",
+            stats.stream_errors,
+        ),
+        (
+            "clustron_datagrams_dropped_total",
+            "Datagrams dropped.",
+            stats.datagrams_dropped,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}

@@ -1,0 +1,246 @@
+//! Node configuration: a TOML file, `CLUSTRON_*` environment variables and
+//! command-line flags, in rising precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `clustron-dkv run` needs, as read from a TOML file. Every key
+/// is optional here; [`NodeConfig::resolve`] checks that the required ones
+/// are set once flags and environment are applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Node name; must match the certificate's.
+    pub name: Option<String>,
+    /// UDP address for peers and clients.
+    pub listen: Option<SocketAddr>,
+    /// Members to join through.
+    pub seeds: Option<Vec<SocketAddr>>,
+    /// Names of the voters.
+    pub voters: Option<Vec<String>>,
+    /// Election priority.
+    pub priority: Option<u32>,
+    /// Where durable state lives.
+    pub data_dir: Option<PathBuf>,
+    /// The cluster CA certificate.
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate.
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key.
+    pub key_file: Option<PathBuf>,
+    /// HTTP admin address (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_listen: Option<SocketAddr>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`; the error names the file and the bad key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A complete, checked node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Node name (must match the certificate).
+    pub name: String,
+    /// UDP address for peers and clients.
+    pub listen: SocketAddr,
+    /// Members to join through (empty: form a cluster).
+    pub seeds: Vec<SocketAddr>,
+    /// Names of the voters.
+    pub voters: Vec<String>,
+    /// Election priority.
+    pub priority: u32,
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// CA certificate.
+    pub ca_file: PathBuf,
+    /// Node certificate.
+    pub cert_file: PathBuf,
+    /// Node private key.
+    pub key_file: PathBuf,
+    /// HTTP admin address, if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// A refused configuration, naming the key and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {why}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The file is not valid TOML for a node, e.g. an unknown key.
+    #[error("invalid config {path}: {why}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        why: String,
+    },
+    /// A required key is missing everywhere.
+    #[error("missing `{0}`: set it with --{flag}, CLUSTRON_{env} or `{0} = ...` in the config file", flag = .0.replace('_', "-"), env = .0.to_uppercase())]
+    Missing(&'static str),
+    /// A value is out of range or malformed.
+    #[error("invalid `{key}` = {value:?}: {why}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl NodeConfig {
+    /// Merges `flags` (flags and environment, already merged by clap) over
+    /// `file`, and checks the result.
+    pub fn resolve(flags: FileConfig, file: FileConfig) -> Result<Self, ConfigError> {
+        let name = flags
+            .name
+            .or(file.name)
+            .ok_or(ConfigError::Missing("name"))?;
+        if clustron_transport::PeerName::new(&name).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "name",
+                value: name,
+                why: "1-64 characters from A-Z a-z 0-9 . _ -".into(),
+            });
+        }
+        let log_format = match flags.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    value: other.into(),
+                    why: "expected `text` or `json`".into(),
+                })
+            }
+        };
+        let voters = flags.voters.or(file.voters).unwrap_or_default();
+        if let Some(bad) = voters
+            .iter()
+            .find(|v| clustron_transport::PeerName::new(v).is_err())
+        {
+            return Err(ConfigError::Invalid {
+                key: "voters",
+                value: bad.clone(),
+                why: "not a valid node name".into(),
+            });
+        }
+        Ok(Self {
+            listen: flags
+                .listen
+                .or(file.listen)
+                .ok_or(ConfigError::Missing("listen"))?,
+            seeds: flags.seeds.or(file.seeds).unwrap_or_default(),
+            voters,
+            priority: flags.priority.or(file.priority).unwrap_or(0),
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .ok_or(ConfigError::Missing("data_dir"))?,
+            ca_file: flags
+                .ca_file
+                .or(file.ca_file)
+                .ok_or(ConfigError::Missing("ca_file"))?,
+            cert_file: flags
+                .cert_file
+                .or(file.cert_file)
+                .ok_or(ConfigError::Missing("cert_file"))?,
+            key_file: flags
+                .key_file
+                .or(file.key_file)
+                .ok_or(ConfigError::Missing("key_file"))?,
+            admin_listen: flags.admin_listen.or(file.admin_listen),
+            log_format,
+            name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> FileConfig {
+        FileConfig {
+            name: Some("n1".into()),
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+            ca_file: Some("ca.pem".into()),
+            cert_file: Some("n1.pem".into()),
+            key_file: Some("n1.key".into()),
+            ..FileConfig::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = FileConfig {
+            priority: Some(9),
+            ..FileConfig::default()
+        };
+        let file = FileConfig {
+            priority: Some(1),
+            ..full()
+        };
+        assert_eq!(NodeConfig::resolve(flags, file).unwrap().priority, 9);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_by_name() {
+        let err = toml::from_str::<FileConfig>("name = \"n1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn missing_and_bad_values_are_named() {
+        let err = NodeConfig::resolve(FileConfig::default(), FileConfig::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "missing `name`: set it with --name, CLUSTRON_NAME or `name = ...` in the config file"
+        );
+        let bad = FileConfig {
+            log_format: Some("xml".into()),
+            ..full()
+        };
+        let err = NodeConfig::resolve(FileConfig::default(), bad).unwrap_err();
+        assert!(err.to_string().contains("log_format"), "{err}");
+        let bad = FileConfig {
+            name: Some("no spaces".into()),
+            ..full()
+        };
+        assert!(NodeConfig::resolve(FileConfig::default(), bad).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! Clustron DKV node: the `clustron-dkv` binary's building blocks.
+//!
+//! Today a node runs the platform layers (transport, membership, election,
+//! event bus) with an admin HTTP port; the replicated key-value store comes
+//! next. What it owns: configuration (TOML + `CLUSTRON_*` + flags), starting
+//! and stopping a node, the admin endpoints, and `dev` clusters.
+//!
+//! # Example
+//!
+//! ```
+//! use clustron_dkv::config::{FileConfig, NodeConfig};
+//!
+//! let file: FileConfig = toml::from_str(r#"
+//!     name = "n1"
+//!     listen = "127.0.0.1:7401"
+//!     data_dir = "/var/lib/clustron"
+//!     ca_file = "ca.pem"
+//!     cert_file = "n1.pem"
+//!     key_file = "n1.key"
+//! "#).unwrap();
+//! let flags = FileConfig { priority: Some(10), ..FileConfig::default() };
+//! let config = NodeConfig::resolve(flags, file).unwrap();
+//! assert_eq!((config.name.as_str(), config.priority), ("n1", 10));
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod admin;
+pub mod config;
+pub mod node;
