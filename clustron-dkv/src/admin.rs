@@ -26,12 +26,26 @@ pub async fn serve(addr: SocketAddr, node: Node) -> Result<()> {
         while let Ok((mut stream, _)) = listener.accept().await {
             let node = node.clone();
             tokio::spawn(async move {
+                // Read the whole head (up to 8 KiB): closing a socket with
+                // unread bytes makes the kernel reset the connection, and
+                // the client would lose our answer.
                 let mut buf = vec![0u8; 8192];
-                let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
-                else {
-                    return;
+                let mut n = 0;
+                let read_head = async {
+                    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => return false,
+                            Ok(read) => n += read,
+                        }
+                    }
+                    true
                 };
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(5), read_head).await,
+                    Ok(true)
+                ) {
+                    return;
+                }
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
                 let (status, body) = answer(&node, path).await;
@@ -40,6 +54,7 @@ pub async fn serve(addr: SocketAddr, node: Node) -> Result<()> {
                     body.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
             });
         }
     });

@@ -5,9 +5,13 @@
 //! next. What it owns: configuration (TOML + `CLUSTRON_*` + flags), starting
 //! and stopping a node, the admin endpoints, and `dev` clusters.
 //!
+//! Without the default `server` feature the crate is just [`proto`], the
+//! client protocol types that `clustron-client` builds on.
+//!
 //! # Example
 //!
 //! ```
+//! # #[cfg(feature = "server")] {
 //! use clustron_dkv::config::{FileConfig, NodeConfig};
 //!
 //! let file: FileConfig = toml::from_str(r#"
@@ -21,11 +25,18 @@
 //! let flags = FileConfig { priority: Some(10), ..FileConfig::default() };
 //! let config = NodeConfig::resolve(flags, file).unwrap();
 //! assert_eq!((config.name.as_str(), config.priority), ("n1", 10));
+//! # }
 //! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "server")]
 mod admin;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod node;
+pub mod proto;
+#[cfg(feature = "server")]
+mod serve;

@@ -120,6 +120,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         }
         let _ = election_tx.send(Some(election));
     });
+    crate::serve::start(&node).context("serving clients")?;
     if let Some(addr) = config.admin_listen {
         admin::serve(addr, node.clone()).await?;
     }

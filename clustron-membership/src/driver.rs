@@ -131,6 +131,7 @@ impl Membership {
         let (joined_tx, joined_rx) = oneshot::channel();
         let (commands, command_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(options.event_buffer.max(1));
+        let last_error = std::sync::Arc::new(std::sync::Mutex::new(None));
         core.join(Instant::now(), &options.seeds);
         let driver = Driver {
             core,
@@ -140,6 +141,7 @@ impl Membership {
             events: events.clone(),
             joined: Some(joined_tx),
             leave_waiters: Vec::new(),
+            last_error: last_error.clone(),
         };
         tokio::spawn(driver.run());
         let membership = Self {
@@ -156,9 +158,11 @@ impl Membership {
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => {
                 membership.shutdown().await;
+                let last_error = last_error.lock().ok().and_then(|e| e.clone());
                 Err(Error::JoinTimeout {
                     seeds: options.seeds,
                     after: options.join_timeout,
+                    last_error,
                 })
             }
         }
@@ -234,6 +238,8 @@ struct Driver {
     events: broadcast::Sender<MemberEvent>,
     joined: Option<oneshot::Sender<Result<(), Error>>>,
     leave_waiters: Vec<oneshot::Sender<()>>,
+    /// The last send error, for a join that times out to say why.
+    last_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Driver {
@@ -308,6 +314,7 @@ impl Driver {
             match output {
                 Output::Send { to, msg, reliable } => {
                     let channel = self.channel.clone();
+                    let last_error = self.last_error.clone();
                     tokio::spawn(async move {
                         let sent = if reliable {
                             channel.send(to, &msg).await
@@ -316,6 +323,9 @@ impl Driver {
                         };
                         if let Err(e) = sent {
                             tracing::debug!(%to, error = %e, "membership send failed");
+                            if let Ok(mut last) = last_error.lock() {
+                                *last = Some(e.to_string());
+                            }
                         }
                     });
                 }

@@ -22,13 +22,16 @@ pub enum Error {
         /// Its reason.
         reason: String,
     },
-    /// No seed answered in time. Retry later or check the seed list.
-    #[error("no seed of {seeds:?} answered within {after:?}")]
+    /// No seed answered in time. Retry later or check the seed list (and
+    /// `last_error`: a refused handshake means the certificates are wrong).
+    #[error("no seed of {seeds:?} answered within {after:?}{}", last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
     JoinTimeout {
         /// The seeds tried.
         seeds: Vec<SocketAddr>,
         /// How long we waited.
         after: Duration,
+        /// The last transport error seen while trying, if any.
+        last_error: Option<String>,
     },
     /// The membership task has stopped (after leave or shutdown).
     #[error("membership has stopped")]

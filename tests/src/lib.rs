@@ -32,8 +32,12 @@ pub const LAYERS: &[&str] = &[
 /// depend on them (xtask runs the simulator's measurements).
 pub const TOOLS: &[&str] = &["xtask", "clustron-tests"];
 
-/// What `clustron-client` may depend on.
-pub const CLIENT_MAY_USE: &[&str] = &["clustron-transport"];
+/// What `clustron-client` may depend on: the transport, and `clustron-dkv`
+/// without its `server` feature (the protocol types only).
+pub const CLIENT_MAY_USE: &[&str] = &["clustron-transport", "clustron-dkv"];
+
+/// Suffix marking a dependency on `clustron-dkv` with its server compiled in.
+pub const WITH_SERVER: &str = "[server]";
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -77,9 +81,23 @@ pub fn workspace_edges() -> Result<BTreeMap<String, Vec<String>>> {
             .as_array()
             .context("no dependencies array")?
             .iter()
-            .filter_map(|d| d["name"].as_str())
-            .filter(|d| names.iter().any(|n| n == d))
-            .map(String::from)
+            .filter(|d| {
+                d["name"]
+                    .as_str()
+                    .is_some_and(|d| names.iter().any(|n| n == d))
+            })
+            .filter_map(|d| {
+                let name = d["name"].as_str()?;
+                let server = d["uses_default_features"].as_bool() == Some(true)
+                    || d["features"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|f| f.as_str() == Some("server")));
+                Some(if name == "clustron-dkv" && server {
+                    format!("{name}{WITH_SERVER}")
+                } else {
+                    name.to_owned()
+                })
+            })
             .collect();
         edges.insert(name.to_owned(), deps);
     }
@@ -91,14 +109,15 @@ pub fn layering_violations(edges: &BTreeMap<String, Vec<String>>) -> Vec<String>
     let level = |name: &str| LAYERS.iter().position(|l| *l == name);
     let mut violations = Vec::new();
     for (from, deps) in edges {
-        for to in deps {
+        for dep in deps {
+            let to = dep.strip_suffix(WITH_SERVER).unwrap_or(dep);
             let why = if TOOLS.contains(&from.as_str()) {
                 None
-            } else if TOOLS.contains(&to.as_str()) {
+            } else if TOOLS.contains(&to) {
                 Some("only a tool crate may depend on a tool crate")
             } else if from == "clustron-client" {
-                (!CLIENT_MAY_USE.contains(&to.as_str()))
-                    .then_some("the client may use only the transport (and DKV protocol types)")
+                (!CLIENT_MAY_USE.contains(&to) || dep.ends_with(WITH_SERVER))
+                    .then_some("the client may use only the transport and DKV protocol types (no `server` feature)")
             } else {
                 match (level(from), level(to)) {
                     (Some(a), Some(b)) if b < a => None,
@@ -108,7 +127,7 @@ pub fn layering_violations(edges: &BTreeMap<String, Vec<String>>) -> Vec<String>
                 }
             };
             if let Some(why) = why {
-                violations.push(format!("{from} -> {to}: {why}"));
+                violations.push(format!("{from} -> {dep}: {why}"));
             }
         }
     }
@@ -129,7 +148,9 @@ mod tests {
     fn an_upward_edge_is_a_violation() {
         let bad = edges(&[("clustron-transport", &["clustron-membership"])]);
         assert_eq!(layering_violations(&bad).len(), 1);
-        let bad = edges(&[("clustron-client", &["clustron-dkv"])]);
+        let bad = edges(&[("clustron-client", &["clustron-dkv[server]"])]);
+        assert_eq!(layering_violations(&bad).len(), 1);
+        let bad = edges(&[("clustron-client", &["clustron-membership"])]);
         assert_eq!(layering_violations(&bad).len(), 1);
         let bad = edges(&[("clustron-dkv", &["xtask"])]);
         assert_eq!(layering_violations(&bad).len(), 1);
@@ -146,7 +167,7 @@ mod tests {
                 "xtask",
                 &["clustron-dkv", "clustron-transport", "clustron-tests"],
             ),
-            ("clustron-client", &["clustron-transport"]),
+            ("clustron-client", &["clustron-transport", "clustron-dkv"]),
         ]);
         assert_eq!(layering_violations(&good), Vec::<String>::new());
     }

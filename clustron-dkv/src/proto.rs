@@ -1,0 +1,145 @@
+//! The client protocol: what `clustron-client` and a node say to each other
+//! on the transport's `CLIENT` channel (ALPN `clustron-client/1`).
+//!
+//! Requests get one response; `WatchTopology` and `Subscribe` open a stream on
+//! which the node sends [`StreamItem`]s until the client drops it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use clustron_transport::{ChannelId, Protocol};
+use serde::{Deserialize, Serialize};
+
+/// The client protocol on [`ChannelId::CLIENT`].
+#[derive(Debug)]
+pub struct ClientProtocol;
+
+impl Protocol for ClientProtocol {
+    const CHANNEL: ChannelId = ChannelId::CLIENT;
+    const ACCEPTS_CLIENTS: bool = true;
+    type Request = Request;
+    type Response = Response;
+    type Message = ();
+}
+
+/// A member as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Node name.
+    pub name: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `alive`, `suspect`, `dead` or `left`.
+    pub state: String,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Election priority.
+    pub priority: u32,
+    /// Incarnation.
+    pub incarnation: u64,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The cluster at one topology version of the answering node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyInfo {
+    /// The answering node's topology version.
+    pub version: u64,
+    /// Which node answered (versions are per node).
+    pub node: String,
+    /// Every known member.
+    pub members: Vec<MemberInfo>,
+    /// Leader name and epoch, if known.
+    pub leader: Option<(String, u64)>,
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The current topology.
+    Topology,
+    /// Publish a user event.
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The topology.
+    Topology(TopologyInfo),
+    /// The event was published with this origin and sequence number.
+    Published {
+        /// The publishing node.
+        origin: String,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The request failed; the reason says why.
+    Error(String),
+}
+
+/// First frame a client sends on a stream it opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamRequest {
+    /// Topology updates; resume after `from` (a version of node `node`).
+    WatchTopology {
+        /// Resume point: (node name, version), if any.
+        from: Option<(String, u64)>,
+    },
+    /// User events of `topic`.
+    Subscribe {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// A change to the topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A member's record changed.
+    Member(MemberInfo),
+    /// The leader changed.
+    Leader(Option<(String, u64)>),
+}
+
+/// What a node sends on a client stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamItem {
+    /// The whole topology; `fresh` when a resume could not be honoured.
+    Snapshot {
+        /// The topology.
+        topology: TopologyInfo,
+        /// True when it replaces a resume.
+        fresh: bool,
+    },
+    /// One change, taking the node's topology to `version`.
+    Delta {
+        /// The version after the change.
+        version: u64,
+        /// The change.
+        change: Change,
+    },
+    /// A user event.
+    Event {
+        /// Publisher.
+        origin: String,
+        /// Its sequence number.
+        seq: u64,
+        /// Lamport time.
+        lamport: u64,
+        /// Topic.
+        topic: String,
+        /// Payload.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The stream could not be served.
+    Error(String),
+}
