@@ -247,6 +247,7 @@ fn dev(nodes: usize, dir: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut seed: Option<SocketAddr> = None;
+    let mut children_addrs = Vec::new();
     for i in 1..=nodes {
         let name = format!("n{i}");
         let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
@@ -275,8 +276,19 @@ fn dev(nodes: usize, dir: &Path) -> Result<()> {
             .with_context(|| format!("starting {name}"))?;
         println!("{name}: {listen} (admin http://{admin}/metrics)");
         seed.get_or_insert(listen);
+        children_addrs.push(listen);
         children.push(child);
     }
+    let endpoints: Vec<String> = children_addrs.iter().map(|a| a.to_string()).collect();
+    println!();
+    println!("look at it with:");
+    println!(
+        "  cargo run -q -p clustron-client --bin clustron -- --endpoints {} --ca-file {} --cert-file {} --key-file {} members",
+        endpoints.join(","),
+        dir.join("ca.pem").display(),
+        dir.join("admin.pem").display(),
+        dir.join("admin.key").display()
+    );
     println!(
         "certificates and data in {}; Ctrl-C stops the cluster",
         dir.display()
