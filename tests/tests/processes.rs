@@ -113,6 +113,17 @@ fn certs(dir: &Path, names: &[&str]) {
 fn start(dir: &Path, name: &str, priority: u32, seed: Option<SocketAddr>) -> (Proc, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port_udp()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port_tcp()));
+    start_on(dir, name, priority, seed, listen, admin)
+}
+
+fn start_on(
+    dir: &Path,
+    name: &str,
+    priority: u32,
+    seed: Option<SocketAddr>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> (Proc, SocketAddr) {
     let mut command = dkv();
     command
         .arg("run")
@@ -342,6 +353,74 @@ fn three_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left
     assert!(exited.success(), "SIGTERM exit status: {exited}");
     eventually("n2 sees n3 left", || {
         metric(n2.admin, "clustron_members{state=\"left\"}") == Some(1)
+    });
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn incarnation(dir: &Path, endpoints: &[SocketAddr], name: &str) -> Option<(String, u64)> {
+    let members = json({
+        let mut c = clustron(dir, endpoints);
+        c.args(["members", "--json"]);
+        c
+    })?;
+    let m = members.as_array()?.iter().find(|m| m["name"] == name)?;
+    Some((m["state"].as_str()?.to_owned(), m["incarnation"].as_u64()?))
+}
+
+#[test]
+fn a_stopped_leader_is_replaced_and_comes_back_as_a_follower_and_a_restarted_node_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), &["n1", "n2", "n3"]);
+    let (n1, seed) = start(dir.path(), "n1", 300, None);
+    let (n2, n2_addr) = start(dir.path(), "n2", 200, Some(seed));
+    let n3_listen = SocketAddr::from(([127, 0, 0, 1], free_port_udp()));
+    let n3_admin = SocketAddr::from(([127, 0, 0, 1], free_port_tcp()));
+    let (n3, _) = start_on(dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
+    eventually("all three follow n1", || {
+        [&n1, &n2, &n3]
+            .iter()
+            .all(|p| leader_of(p.admin).is_some_and(|(name, _)| name == "n1"))
+    });
+    let (_, first_epoch) = leader_of(n2.admin).unwrap();
+
+    // SIGSTOP of the leader for longer than its lease.
+    signal(&n1.child, "-STOP");
+    eventually("n2 and n3 elect n2", || {
+        [&n2, &n3].iter().all(|p| {
+            leader_of(p.admin).is_some_and(|(name, epoch)| name == "n2" && epoch > first_epoch)
+        })
+    });
+    signal(&n1.child, "-CONT");
+    // Its first word after waking: not a leader (its lease ran out while
+    // stopped), and it follows n2 until it takes over again by handover.
+    eventually("n1 answers again", || get(n1.admin, "/healthz").is_some());
+    assert_eq!(
+        metric(n1.admin, "clustron_is_leader"),
+        Some(0),
+        "a woken leader still claimed its lease"
+    );
+    eventually("n1 follows a newer leader", || {
+        leader_of(n1.admin).is_some_and(|(_, epoch)| epoch > first_epoch)
+    });
+
+    // kill -9 of n3, then a restart under its name, port and data.
+    let endpoints = [seed, n2_addr];
+    let (_, before) = incarnation(dir.path(), &endpoints, "n3").unwrap();
+    drop(n3);
+    eventually("n2 sees n3 dead", || {
+        incarnation(dir.path(), &endpoints, "n3").is_some_and(|(state, _)| state == "dead")
+    });
+    let (_n3, _) = start_on(dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
+    eventually("n3 is alive again with a higher incarnation", || {
+        incarnation(dir.path(), &endpoints, "n3")
+            .is_some_and(|(state, inc)| state == "alive" && inc > before)
     });
 }
 
