@@ -222,16 +222,19 @@ fn json(mut command: Command) -> Option<serde_json::Value> {
 }
 
 #[test]
-fn three_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left() {
+fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left() {
     let dir = tempfile::tempdir().unwrap();
-    certs(dir.path(), &["n1", "n2", "n3"]);
+    certs(dir.path(), &["n1", "n2", "n3", "n4", "n5"]);
     let (n1, seed) = start(dir.path(), "n1", 300, None);
     let (n2, n2_addr) = start(dir.path(), "n2", 200, Some(seed));
     let (mut n3, n3_addr) = start(dir.path(), "n3", 100, Some(seed));
+    // Two learners: members that follow but never vote.
+    let (n4, _) = start(dir.path(), "n4", 0, Some(seed));
+    let (n5, _) = start(dir.path(), "n5", 0, Some(seed));
     let endpoints = [seed, n2_addr, n3_addr];
 
-    eventually("all three are ready with leader n1", || {
-        [&n1, &n2, &n3]
+    eventually("all five are ready with leader n1", || {
+        [&n1, &n2, &n3, &n4, &n5]
             .iter()
             .all(|p| leader_of(p.admin).is_some_and(|(name, _)| name == "n1"))
     });
@@ -249,10 +252,10 @@ fn three_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left
     })
     .expect("clustron members --json");
     let members = members.as_array().unwrap();
-    assert_eq!(members.len(), 3);
+    assert_eq!(members.len(), 5);
     for m in members {
         assert_eq!(m["state"], "alive");
-        assert_eq!(m["voter"], true);
+        assert_eq!(m["voter"], m["name"] != "n4" && m["name"] != "n5");
         assert_eq!(m["leader"], m["name"] == "n1");
     }
 
@@ -291,13 +294,13 @@ fn three_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left
 
     // kill -9 of the leader.
     drop(n1);
-    eventually("n2 and n3 follow n2 with a higher epoch", || {
-        [&n2, &n3].iter().all(|p| {
+    eventually("n2..n5 follow n2 with a higher epoch", || {
+        [&n2, &n3, &n4, &n5].iter().all(|p| {
             leader_of(p.admin).is_some_and(|(name, epoch)| name == "n2" && epoch > first_epoch)
         })
     });
-    eventually("n2 and n3 see n1 dead", || {
-        [&n2, &n3]
+    eventually("n2..n5 see n1 dead", || {
+        [&n2, &n3, &n4, &n5]
             .iter()
             .all(|p| metric(p.admin, "clustron_members{state=\"dead\"}") == Some(1))
     });
