@@ -434,13 +434,7 @@ impl Driver {
     fn send(&self, to: SocketAddr, msg: Message) {
         let channel = self.channel.clone();
         tokio::spawn(async move {
-            let sent = match channel.send_datagram(to, &msg).await {
-                Err(clustron_transport::Error::DatagramTooLarge { .. }) => {
-                    channel.send(to, &msg).await
-                }
-                other => other,
-            };
-            if let Err(e) = sent {
+            if let Err(e) = channel.send_datagram_or_stream(to, &msg).await {
                 tracing::debug!(%to, error = %e, "election send failed");
             }
         });

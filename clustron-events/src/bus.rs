@@ -452,12 +452,9 @@ impl Driver {
                     tokio::spawn(async move {
                         let sent = match &msg {
                             Message::Events(_) => channel.send(to, &msg).await,
-                            Message::Digest { .. } => match channel.send_datagram(to, &msg).await {
-                                Err(clustron_transport::Error::DatagramTooLarge { .. }) => {
-                                    channel.send(to, &msg).await
-                                }
-                                other => other,
-                            },
+                            Message::Digest { .. } => {
+                                channel.send_datagram_or_stream(to, &msg).await
+                            }
                         };
                         if let Err(e) = sent {
                             tracing::debug!(%to, error = %e, "event send failed");

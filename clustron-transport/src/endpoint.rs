@@ -782,6 +782,20 @@ impl<P: Protocol> Channel<P> {
         }
     }
 
+    /// Sends `message` as a datagram when it fits the path, else on a
+    /// one-way stream: for protocols that tolerate loss but have the odd
+    /// large message.
+    pub async fn send_datagram_or_stream(
+        &self,
+        to: SocketAddr,
+        message: &P::Message,
+    ) -> Result<(), Error> {
+        match self.send_datagram(to, message).await {
+            Err(Error::DatagramTooLarge { .. }) => self.send(to, message).await,
+            other => other,
+        }
+    }
+
     /// Opens a long-lived stream of frames to `to`; the remote's inbox gets
     /// [`Inbound::Stream`].
     pub async fn open_stream(&self, to: SocketAddr) -> Result<FramedStream, Error> {

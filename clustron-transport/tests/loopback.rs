@@ -217,6 +217,13 @@ async fn messages_datagrams_and_streams_arrive_with_the_senders_identity() {
         channel.send_datagram(b.local_addr(), &too_big).await,
         Err(Error::DatagramTooLarge { .. })
     ));
+    // The fallback sends it on a stream instead.
+    channel
+        .send_datagram_or_stream(b.local_addr(), &too_big)
+        .await
+        .unwrap();
+    let got = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
+    assert_eq!(got, ("alpha".into(), too_big, Delivery::Reliable));
 }
 
 #[tokio::test]

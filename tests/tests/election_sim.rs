@@ -377,25 +377,31 @@ fn a_returning_higher_priority_voter_takes_over_by_handover_without_a_gap() {
     );
 }
 
+/// Five nodes, three voters (nodes 3 and 4 learn), node 0 leading and just
+/// asked to add node 3 as a voter.
+fn learner_3_being_added(seed: u64) -> (Config, Cluster) {
+    let config = Config::lan();
+    let mut cluster = Cluster::new(seed, 5, 3, config.clone(), NetConfig::lan());
+    assert!(cluster.run_until(lease(&config), |c| c.settled_leader() == Some(0)));
+    let voter = Voter {
+        name: name(3),
+        addr: addr(3),
+    };
+    cluster
+        .sim
+        .with_node(0, |node, now| node.core_mut().add_voter(now, voter))
+        .unwrap()
+        .unwrap();
+    (config, cluster)
+}
+
 #[test]
 fn a_voter_added_by_the_leader_votes_after_a_majority_accepted_it() {
     run_seeds(
         "a_voter_added_by_the_leader_votes_after_a_majority_accepted_it",
         4,
         |seed| {
-            let config = Config::lan();
-            // Five nodes, three voters; nodes 3 and 4 are learners.
-            let mut cluster = Cluster::new(seed, 5, 3, config.clone(), NetConfig::lan());
-            assert!(cluster.run_until(lease(&config), |c| c.settled_leader() == Some(0)));
-            let voter = Voter {
-                name: name(3),
-                addr: addr(3),
-            };
-            cluster
-                .sim
-                .with_node(0, |node, now| node.core_mut().add_voter(now, voter))
-                .unwrap()
-                .unwrap();
+            let (config, mut cluster) = learner_3_being_added(seed);
             assert!(cluster.run_until(Duration::from_secs(1), |c| {
                 (0..5).all(|id| {
                     c.sim
@@ -466,18 +472,7 @@ fn a_leader_that_crashes_during_a_voter_change_leaves_one_agreed_set() {
         "a_leader_that_crashes_during_a_voter_change_leaves_one_agreed_set",
         8,
         |seed| {
-            let config = Config::lan();
-            let mut cluster = Cluster::new(seed, 5, 3, config.clone(), NetConfig::lan());
-            assert!(cluster.run_until(lease(&config), |c| c.settled_leader() == Some(0)));
-            let voter = Voter {
-                name: name(3),
-                addr: addr(3),
-            };
-            cluster
-                .sim
-                .with_node(0, |node, now| node.core_mut().add_voter(now, voter))
-                .unwrap()
-                .unwrap();
+            let (config, mut cluster) = learner_3_being_added(seed);
             // Crash somewhere between "proposed" and "everyone knows".
             let delay = Duration::from_micros(cluster.sim.rng().u64(0..3_000));
             cluster.run_for(delay);
