@@ -1,15 +1,20 @@
-//! Real `clustron-dkv` processes on 127.0.0.1, looked at through the admin
-//! HTTP port and the `clustron` CLI: three voters form a cluster and elect
-//! the highest priority; a user event published on one node reaches a
-//! subscriber on another; `kill -9` of the leader gives a new leader with a
-//! higher epoch and the dead node is seen `dead` by every node and by a
-//! watching client; SIGTERM is seen as `left`; a node with a certificate from
-//! another CA cannot join and says why. Conditions are awaited with deadlines.
+//! Real `clustron-dkv` processes, looked at through the admin HTTP port and
+//! the `clustron` CLI. On 127.0.0.1: five nodes (three voters) form a
+//! cluster and elect the highest priority; a user event published on one
+//! node reaches subscribers on all the others; `kill -9` of a learner and
+//! then of the leader is seen `dead` by every node and by a watching client,
+//! and the second gives a new leader with a higher epoch; a node with a
+//! certificate from another CA cannot join and says why; SIGTERM is seen as
+//! `left`; a leader stopped past its lease is replaced and comes back as a
+//! follower; a restarted node rejoins. In network namespaces the test
+//! creates and removes: a leader cut off from the majority steps down, the
+//! majority elects, and the cluster heals. Conditions are awaited with
+//! deadlines.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,6 +86,13 @@ fn free_port_tcp() -> u16 {
 }
 
 fn certs(dir: &Path, names: &[&str]) {
+    let loopback = vec![IpAddr::from([127, 0, 0, 1]); names.len()];
+    certs_for(dir, names, &loopback);
+}
+
+/// A CA, the admin client certificate, and one node certificate per name
+/// with the matching address in its IP SANs.
+fn certs_for(dir: &Path, names: &[&str], ips: &[IpAddr]) {
     let status = dkv()
         .args(["certs", "init", "--out"])
         .arg(dir)
@@ -97,9 +109,9 @@ fn certs(dir: &Path, names: &[&str]) {
         .status()
         .unwrap();
     assert!(status.success());
-    for name in names {
+    for (name, ip) in names.iter().zip(ips) {
         let status = dkv()
-            .args(["certs", "node", name, "--ip", "127.0.0.1", "--ca"])
+            .args(["certs", "node", name, "--ip", &ip.to_string(), "--ca"])
             .arg(dir)
             .arg("--out")
             .arg(dir)
@@ -124,7 +136,35 @@ fn start_on(
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> (Proc, SocketAddr) {
-    let mut command = dkv();
+    launch(None, dir, name, priority, seed, listen, admin)
+}
+
+/// Starts `clustron-dkv run` for `name`, inside network namespace `netns`
+/// if given. Its log goes to `DIR/NAME.log` (a pipe nobody reads would fill
+/// and stall the node).
+fn launch(
+    netns: Option<&str>,
+    dir: &Path,
+    name: &str,
+    priority: u32,
+    seed: Option<SocketAddr>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> (Proc, SocketAddr) {
+    let mut command = match netns {
+        // `ip netns exec` execs the binary: the child's pid is the node's.
+        Some(netns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns]).arg(binary("clustron-dkv"));
+            c
+        }
+        None => dkv(),
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
     command
         .arg("run")
         .args(["--name", name, "--voters", "n1,n2,n3"])
@@ -144,7 +184,7 @@ fn start_on(
         .arg("--key-file")
         .arg(dir.join(format!("{name}.key")))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(log);
     if let Some(seed) = seed {
         command.args(["--seeds", &seed.to_string()]);
     }
@@ -229,8 +269,8 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     let (n2, n2_addr) = start(dir.path(), "n2", 200, Some(seed));
     let (mut n3, n3_addr) = start(dir.path(), "n3", 100, Some(seed));
     // Two learners: members that follow but never vote.
-    let (n4, _) = start(dir.path(), "n4", 0, Some(seed));
-    let (n5, _) = start(dir.path(), "n5", 0, Some(seed));
+    let (n4, n4_addr) = start(dir.path(), "n4", 0, Some(seed));
+    let (n5, n5_addr) = start(dir.path(), "n5", 0, Some(seed));
     let endpoints = [seed, n2_addr, n3_addr];
 
     eventually("all five are ready with leader n1", || {
@@ -259,26 +299,40 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
         assert_eq!(m["leader"], m["name"] == "n1");
     }
 
-    // A user event published through n2 reaches a subscriber on n3.
-    let mut subscriber = clustron(dir.path(), &[n3_addr])
-        .args(["events", "subscribe", "deploys"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = spawn_line_reader(subscriber.stdout.take().unwrap());
-    eventually("the event reaches the subscriber", || {
+    // A user event published through n2 reaches subscribers on every other
+    // node. Subscribing is asynchronous, so the publisher repeats (a new
+    // sequence number each time) until every subscriber has printed one.
+    let mut subscribers = Vec::new();
+    for addr in [seed, n3_addr, n4_addr, n5_addr] {
+        let mut child = clustron(dir.path(), &[addr])
+            .args(["events", "subscribe", "deploys"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = spawn_line_reader(child.stdout.take().unwrap());
+        subscribers.push((child, lines, false));
+    }
+    eventually("the event reaches subscribers on n1, n3, n4 and n5", || {
         let published = clustron(dir.path(), &[n2_addr])
             .args(["events", "publish", "deploys", "v42"])
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(published.success());
-        lines
-            .recv_timeout(Duration::from_millis(500))
-            .is_ok_and(|line| line.contains("deploys") && line.contains("v42"))
+        for (_, lines, got) in &mut subscribers {
+            while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+                // "TOPIC ORIGIN#SEQ PAYLOAD", published on n2.
+                assert!(line.starts_with("deploys n2#"), "unexpected line {line:?}");
+                assert!(line.ends_with(" v42"), "unexpected line {line:?}");
+                *got = true;
+            }
+        }
+        subscribers.iter().all(|(_, _, got)| *got)
     });
-    let _ = subscriber.kill();
-    let _ = subscriber.wait();
+    for (mut child, _, _) in subscribers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     // A client watching the topology through n1, which is about to die.
     let mut watcher = clustron(dir.path(), &endpoints)
@@ -292,17 +346,36 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
         .unwrap()
         .contains("snapshot"));
 
+    // kill -9 of a non-leader.
+    drop(n5);
+    eventually("n1..n4 see n5 dead", || {
+        [&n1, &n2, &n3, &n4]
+            .iter()
+            .all(|p| metric(p.admin, "clustron_members{state=\"dead\"}") == Some(1))
+    });
+    eventually("the watching client sees n5 dead", || {
+        watch_lines
+            .recv_timeout(Duration::from_millis(500))
+            .is_ok_and(|line| line.contains("\"member\":\"n5\"") && line.contains("\"dead\""))
+    });
+    assert!(
+        [&n1, &n2, &n3, &n4]
+            .iter()
+            .all(|p| leader_of(p.admin) == Some(("n1".into(), first_epoch))),
+        "losing a learner changed the leader"
+    );
+
     // kill -9 of the leader.
     drop(n1);
-    eventually("n2..n5 follow n2 with a higher epoch", || {
-        [&n2, &n3, &n4, &n5].iter().all(|p| {
+    eventually("n2..n4 follow n2 with a higher epoch", || {
+        [&n2, &n3, &n4].iter().all(|p| {
             leader_of(p.admin).is_some_and(|(name, epoch)| name == "n2" && epoch > first_epoch)
         })
     });
-    eventually("n2..n5 see n1 dead", || {
-        [&n2, &n3, &n4, &n5]
+    eventually("n2..n4 see n1 and n5 dead", || {
+        [&n2, &n3, &n4]
             .iter()
-            .all(|p| metric(p.admin, "clustron_members{state=\"dead\"}") == Some(1))
+            .all(|p| metric(p.admin, "clustron_members{state=\"dead\"}") == Some(2))
     });
     eventually("the watching client sees n1 dead", || {
         watch_lines
@@ -322,7 +395,7 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     })
     .expect("clustron status --json");
     assert_eq!(status["leader"], "n2");
-    assert_eq!(status["members"]["dead"], 1);
+    assert_eq!(status["members"]["dead"], 2);
 
     // A node with a certificate from another CA cannot join, and says why.
     let foreign = tempfile::tempdir().unwrap();
@@ -333,14 +406,7 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
         !exited.success(),
         "a node with a foreign certificate joined"
     );
-    let mut stderr = String::new();
-    intruder
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = std::fs::read_to_string(foreign.path().join("n4.log")).unwrap();
     assert!(
         stderr.contains("not signed by this cluster's CA") || stderr.contains("refused"),
         "the intruder did not say why: {stderr}"
@@ -442,4 +508,252 @@ fn spawn_line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Rece
         }
     });
     rx
+}
+
+/// Hosts of our own: one network namespace per node, all cabled to a bridge
+/// that lives in a namespace of its own (so the machine's firewall, Docker's
+/// FORWARD policy among it, never sees their traffic), plus a veth from this
+/// namespace to the bridge so the test reaches every node's admin and client
+/// ports whatever the partition. A partition is a pair of blackhole routes:
+/// packets between the two nodes are dropped at the sender, silently for the
+/// node (quinn ignores the send error and the peer just goes quiet), while
+/// both stay reachable from here. Everything is removed on drop, and stale
+/// leftovers of a run that was killed are removed on the next.
+struct Lab {
+    prefix: String,
+    subnet: [u8; 3],
+    nodes: usize,
+}
+
+/// Runs `ip ARGS`, failing the test with its stderr.
+fn ip_cmd(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Lab {
+    /// `None` when this process may not create network namespaces (not root).
+    fn create(nodes: usize) -> Option<Lab> {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let root = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
+        if !root {
+            return None;
+        }
+        Self::remove_stale();
+        let pid = std::process::id();
+        let lab = Lab {
+            prefix: format!("clt{pid}"),
+            // 10.213.X.0/24, X from the pid so two runs do not meet.
+            subnet: [10, 213, (pid % 250) as u8 + 1],
+            nodes,
+        };
+        let sw = lab.switch();
+        ip_cmd(&["netns", "add", &sw]);
+        ip_cmd(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip_cmd(&["-n", &sw, "link", "set", "br0", "up"]);
+        // This namespace's port on the bridge: address .254.
+        let host = format!("{}h", lab.prefix);
+        ip_cmd(&["link", "add", &host, "type", "veth", "peer", "name", "p0"]);
+        ip_cmd(&["link", "set", "p0", "netns", &sw]);
+        ip_cmd(&["-n", &sw, "link", "set", "p0", "master", "br0", "up"]);
+        ip_cmd(&[
+            "addr",
+            "add",
+            &format!("{}/24", lab.addr(254)),
+            "dev",
+            &host,
+        ]);
+        ip_cmd(&["link", "set", &host, "up"]);
+        for i in 1..=nodes {
+            let ns = lab.ns(i);
+            let port = format!("p{i}");
+            ip_cmd(&["netns", "add", &ns]);
+            ip_cmd(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ]);
+            ip_cmd(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+            let cidr = format!("{}/24", lab.addr(i as u8));
+            ip_cmd(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
+            ip_cmd(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip_cmd(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        Some(lab)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// The namespace of node `i` (1-based).
+    fn ns(&self, i: usize) -> String {
+        format!("{}-n{i}", self.prefix)
+    }
+
+    fn addr(&self, host: u8) -> IpAddr {
+        let [a, b, c] = self.subnet;
+        IpAddr::from([a, b, c, host])
+    }
+
+    /// Drops all traffic between nodes `a` and `b`, both ways.
+    fn cut(&self, a: usize, b: usize) {
+        self.route("add", a, b);
+        self.route("add", b, a);
+    }
+
+    /// Undoes `cut`.
+    fn heal(&self, a: usize, b: usize) {
+        self.route("del", a, b);
+        self.route("del", b, a);
+    }
+
+    fn route(&self, verb: &str, from: usize, to: usize) {
+        let target = format!("{}/32", self.addr(to as u8));
+        ip_cmd(&["-n", &self.ns(from), "route", verb, "blackhole", &target]);
+    }
+
+    /// Removes namespaces left by runs whose process is gone.
+    fn remove_stale() {
+        let output = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(rest) = name.strip_prefix("clt") else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or("");
+            if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+                let _ = Command::new("ip")
+                    .args(["link", "del", &format!("clt{pid}h")])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veths in it, and their peers.
+        for i in 1..=self.nodes {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch()])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}h", self.prefix)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether the node at `admin` says it holds a valid lease.
+fn holds_lease(admin: SocketAddr) -> bool {
+    metric(admin, "clustron_is_leader") == Some(1)
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_the_majority_elects_and_the_cluster_heals() {
+    let Some(lab) = Lab::create(3) else {
+        eprintln!("skipped: network namespaces need root (CI runs as root)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["n1", "n2", "n3"];
+    let ips: Vec<IpAddr> = (1..=3).map(|i| lab.addr(i)).collect();
+    certs_for(dir.path(), &names, &ips);
+    // Each node has its own address, so all use the same ports.
+    let listen = |i: usize| SocketAddr::new(ips[i - 1], 7000);
+    let admin = |i: usize| SocketAddr::new(ips[i - 1], 8000);
+    let seed = listen(1);
+    let nodes: Vec<Proc> = [300, 200, 100]
+        .into_iter()
+        .enumerate()
+        .map(|(k, priority)| {
+            let i = k + 1;
+            let seed = (i != 1).then_some(seed);
+            let ns = lab.ns(i);
+            launch(
+                Some(&ns),
+                dir.path(),
+                names[k],
+                priority,
+                seed,
+                listen(i),
+                admin(i),
+            )
+            .0
+        })
+        .collect();
+    let [n1, n2, n3] = [&nodes[0], &nodes[1], &nodes[2]];
+    eventually("all three follow n1", || {
+        nodes
+            .iter()
+            .all(|p| leader_of(p.admin).is_some_and(|(name, _)| name == "n1"))
+    });
+    let (_, first_epoch) = leader_of(n2.admin).unwrap();
+
+    // Never two lease holders at once: n1 holds it before and after a look
+    // at n2 only if both held it at the same moment.
+    let one_leader = || {
+        let before = holds_lease(n1.admin);
+        let other = holds_lease(n2.admin) || holds_lease(n3.admin);
+        let after = holds_lease(n1.admin);
+        assert!(!(before && other && after), "two nodes held the lease");
+    };
+
+    // Partition {n1} | {n2, n3}: the leader is the minority.
+    lab.cut(1, 2);
+    lab.cut(1, 3);
+    eventually("n2 and n3 elect n2 with a higher epoch", || {
+        one_leader();
+        [n2, n3].iter().all(|p| {
+            leader_of(p.admin).is_some_and(|(name, epoch)| name == "n2" && epoch > first_epoch)
+        })
+    });
+    eventually("n1, alone, knows no leader and holds no lease", || {
+        one_leader();
+        get(n1.admin, "/readyz").is_some_and(|(status, _)| status == 503) && !holds_lease(n1.admin)
+    });
+    // A client on the minority side is told so.
+    let status = json({
+        let mut c = clustron(dir.path(), &[listen(1)]);
+        c.args(["status", "--json"]);
+        c
+    })
+    .expect("clustron status --json through n1");
+    assert_eq!(status["leader"], serde_json::Value::Null, "{status}");
+    eventually("both sides see the other dead", || {
+        metric(n1.admin, "clustron_members{state=\"dead\"}") == Some(2)
+            && [n2, n3]
+                .iter()
+                .all(|p| metric(p.admin, "clustron_members{state=\"dead\"}") == Some(1))
+    });
+    assert!(!holds_lease(n1.admin), "the minority side took a lease");
+
+    // Heal: one leader, known to all, and every member alive in every view.
+    lab.heal(1, 2);
+    lab.heal(1, 3);
+    eventually("the cluster heals", || {
+        one_leader();
+        let views: Vec<_> = nodes.iter().map(|p| leader_of(p.admin)).collect();
+        views[0].is_some()
+            && views.iter().all(|v| *v == views[0])
+            && nodes
+                .iter()
+                .all(|p| metric(p.admin, "clustron_members{state=\"alive\"}") == Some(3))
+    });
+    let (_, healed_epoch) = leader_of(n1.admin).unwrap();
+    assert!(healed_epoch > first_epoch);
 }
