@@ -4,9 +4,12 @@
 //!   generated certificates and the default configuration; prints the members
 //!   and every change until Ctrl-C, then leaves gracefully.
 //! - `ci`: `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`,
-//!   then the whole test suite. This is what `.ci/run` runs.
-//! - `bench [transport]`: builds `clustron-bench` in release mode and runs it;
-//!   it prints a table.
+//!   release builds of `clustron-dkv` and `clustron`, then the whole test
+//!   suite, whose process tests run those release binaries
+//!   (`CLUSTRON_BIN_DIR`). This is what `.ci/run` runs.
+//! - `bench [transport|membership|election|node]`: builds `clustron-bench`
+//!   and `clustron-dkv` in release mode and runs the suites; each prints a
+//!   table.
 //! - `certs DIR [--nodes N]`: writes a CA, N node certificates and an admin client
 //!   certificate into DIR, for trying things by hand.
 
@@ -18,6 +21,7 @@ use clap::{Parser, Subcommand};
 use clustron_transport::{CertRequest, CertificateAuthority, ClientRole};
 
 mod cluster;
+mod node_bench;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Clustron repository chores")]
@@ -44,7 +48,7 @@ enum Cmd {
     Ci,
     /// Release-mode benchmarks; prints a table per suite.
     Bench {
-        /// Which suites: `transport`, `membership`, `election` (default: all).
+        /// Which suites: `transport`, `membership`, `election`, `node` (default: all).
         suites: Vec<String>,
     },
     /// Writes a CA, node certificates n1..nN and an admin client certificate.
@@ -75,9 +79,18 @@ fn root() -> PathBuf {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(cargo)
+    run_cargo(args, None)
+}
+
+/// Runs cargo from the workspace root, with `CLUSTRON_BIN_DIR` if given.
+fn run_cargo(args: &[&str], bin_dir: Option<&Path>) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    if let Some(dir) = bin_dir {
+        command.env("CLUSTRON_BIN_DIR", dir);
+    }
+    let status = command
         .args(args)
         .current_dir(root())
         .status()
@@ -98,10 +111,25 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    cargo(&["test", "--workspace"])
+    // The process tests run release binaries, as users do.
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "clustron-dkv",
+        "-p",
+        "clustron-client",
+        "--bins",
+    ])?;
+    let bins = root().join("target/release");
+    eprintln!(
+        "$ CLUSTRON_BIN_DIR={} cargo test --workspace",
+        bins.display()
+    );
+    run_cargo(&["test", "--workspace"], Some(&bins))
 }
 
-const SUITES: &[&str] = &["transport", "membership", "election"];
+const SUITES: &[&str] = &["transport", "membership", "election", "node"];
 
 fn bench(suites: &[String]) -> Result<()> {
     let suites: Vec<&str> = if suites.is_empty() {
@@ -125,9 +153,17 @@ fn bench(suites: &[String]) -> Result<()> {
         "xtask",
         "--bin",
         "clustron-bench",
+        "-p",
+        "clustron-dkv",
+        "--bin",
+        "clustron-dkv",
     ])?;
     let binary = root().join("target/release/clustron-bench");
     for suite in suites {
+        if suite == "node" {
+            node_bench::run(&root().join("target/release/clustron-dkv"))?;
+            continue;
+        }
         let status = Command::new(&binary)
             .arg(suite)
             .status()
