@@ -40,3 +40,5 @@ pub mod node;
 pub mod proto;
 #[cfg(feature = "server")]
 mod serve;
+#[cfg(feature = "server")]
+pub mod wal;

@@ -1,0 +1,369 @@
+//! Write-ahead log tests: round trips across segments, truncation and
+//! compaction surviving reopen, torn tails cut, corruption refused, garbage
+//! never panicking, and a crash model checked by proptest.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn entry(epoch: u64, index: u64, len: usize) -> Entry {
+    Entry {
+        epoch,
+        index,
+        payload: (0..len).map(|i| (i as u64 * 31 + index) as u8).collect(),
+    }
+}
+
+fn small() -> WalOptions {
+    WalOptions {
+        segment_bytes: 300,
+        ..WalOptions::default()
+    }
+}
+
+fn reopen(dir: &Path, options: WalOptions) -> (Wal, Recovered) {
+    Wal::open(dir, options).unwrap()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Size of one record on disk.
+fn record_len(e: &Entry) -> u64 {
+    (FRAME_LEN + BODY_FIXED + e.payload.len()) as u64
+}
+
+#[test]
+fn entries_survive_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    let entries: Vec<Entry> = (1..=40).map(|i| entry(1 + i / 10, i, 20)).collect();
+    for batch in entries.chunks(7) {
+        wal.append(batch).unwrap();
+        wal.sync().unwrap();
+    }
+    assert!(wal.segment_count() > 3, "{} segments", wal.segment_count());
+    assert_eq!(wal.last_index(), 40);
+    drop(wal);
+    let (wal, recovered) = reopen(dir.path(), small());
+    assert_eq!(recovered.entries, entries);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+    assert_eq!((wal.first_index(), wal.last_index()), (1, 40));
+}
+
+#[test]
+fn appends_must_continue_the_log_and_respect_the_payload_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        max_payload: 100,
+        ..WalOptions::default()
+    };
+    let (mut wal, _) = reopen(dir.path(), options);
+    wal.append(&[entry(1, 1, 1)]).unwrap();
+    let gap = wal.append(&[entry(1, 3, 1)]).unwrap_err();
+    assert!(gap.to_string().contains("expected 2"), "{gap}");
+    let big = wal.append(&[entry(1, 2, 101)]).unwrap_err();
+    assert!(big.to_string().contains("over the limit"), "{big}");
+    assert_eq!(wal.last_index(), 1);
+}
+
+#[test]
+fn truncation_within_and_across_segments_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    let mut model: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
+    wal.append(&model).unwrap();
+    wal.sync().unwrap();
+    let before = wal.segment_count();
+
+    // Within the active segment.
+    wal.truncate_from(29).unwrap();
+    model.truncate(28);
+    // Across segments: several files go.
+    wal.truncate_from(9).unwrap();
+    model.truncate(8);
+    assert!(wal.segment_count() < before);
+    assert_eq!(wal.last_index(), 8);
+    // A new leader's entries replace the old suffix.
+    let replacement: Vec<Entry> = (9..=12).map(|i| entry(2, i, 5)).collect();
+    wal.append(&replacement).unwrap();
+    wal.sync().unwrap();
+    model.extend(replacement);
+    // Truncating past the end is nothing.
+    wal.truncate_from(100).unwrap();
+    drop(wal);
+
+    let (wal, recovered) = reopen(dir.path(), small());
+    assert_eq!(recovered.entries, model);
+    assert_eq!(wal.last_index(), 12);
+}
+
+#[test]
+fn truncating_everything_keeps_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    wal.append(&[entry(1, 1, 1), entry(1, 2, 1)]).unwrap();
+    wal.truncate_from(1).unwrap();
+    assert_eq!(wal.last_index(), 0);
+    wal.append(&[entry(2, 1, 3)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovered) = reopen(dir.path(), small());
+    assert_eq!(recovered.entries, vec![entry(2, 1, 3)]);
+}
+
+#[test]
+fn compaction_deletes_covered_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    let files = segments(dir.path()).len();
+    wal.compact_to(15).unwrap();
+    let first = wal.first_index();
+    assert!(first > 1 && first <= 16, "first index {first}");
+    assert!(segments(dir.path()).len() < files);
+    let cut = wal.truncate_from(first - 1).unwrap_err();
+    assert!(cut.to_string().contains("compacted"), "{cut}");
+    // Compacting everything keeps the active segment and the position.
+    wal.compact_to(1000).unwrap();
+    assert_eq!(wal.last_index(), 30);
+    wal.append(&[entry(1, 31, 1)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, recovered) = reopen(dir.path(), small());
+    assert_eq!(recovered.entries.first().unwrap().index, wal.first_index());
+    assert_eq!(recovered.entries.last().unwrap(), &entry(1, 31, 1));
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+    let synced: Vec<Entry> = (1..=5).map(|i| entry(1, i, 50)).collect();
+    wal.append(&synced).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // The crash left the first 30 bytes of a sixth record.
+    let path = segments(dir.path()).pop().unwrap();
+    let mut partial = Vec::new();
+    {
+        let scratch = tempfile::tempdir().unwrap();
+        let (mut w, _) = reopen(scratch.path(), WalOptions::default());
+        w.append(&[entry(1, 1, 50)]).unwrap();
+        w.sync().unwrap();
+        let bytes = std::fs::read(segments(scratch.path()).pop().unwrap()).unwrap();
+        partial.extend_from_slice(&bytes[HEADER_LEN as usize..HEADER_LEN as usize + 30]);
+    }
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(&partial).unwrap();
+    drop(file);
+
+    let (mut wal, recovered) = reopen(dir.path(), WalOptions::default());
+    assert_eq!(recovered.entries, synced);
+    assert_eq!(recovered.torn_tail_bytes, 30);
+    wal.append(&[entry(1, 6, 1)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovered) = reopen(dir.path(), WalOptions::default());
+    assert_eq!(recovered.entries.len(), 6);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+}
+
+#[test]
+fn an_unwritten_sector_inside_an_unsynced_batch_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+    let synced: Vec<Entry> = (1..=2).map(|i| entry(1, i, 10)).collect();
+    wal.append(&synced).unwrap();
+    wal.sync().unwrap();
+    // An unsynced batch of big records; the crash kept one page in the
+    // middle of it from the disk, while later pages made it.
+    let batch: Vec<Entry> = (3..=8).map(|i| entry(1, i, 700)).collect();
+    wal.append(&batch).unwrap();
+    drop(wal);
+    let path = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let hole = 1024;
+    bytes[hole..hole + 512].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (wal, recovered) = reopen(dir.path(), WalOptions::default());
+    let kept = recovered.entries.len();
+    assert!(kept >= 2, "lost synced entries");
+    assert!(kept < 8, "kept a record that lost a sector");
+    assert_eq!(recovered.entries[..], [synced, batch].concat()[..kept]);
+    assert_eq!(wal.last_index(), kept as u64);
+}
+
+#[test]
+fn corruption_in_the_middle_is_refused_and_nothing_is_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+    let entries: Vec<Entry> = (1..=10).map(|i| entry(1, i, 40)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let path = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A bit flip in the payload of the fourth record.
+    let fourth = HEADER_LEN + 3 * record_len(&entries[0]);
+    bytes[fourth as usize + 30] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let error = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    match &error {
+        WalError::Corrupt { offset, reason, .. } => {
+            assert_eq!(*offset, fourth);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    assert!(error.to_string().contains("restore"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was changed");
+}
+
+#[test]
+fn damage_in_a_closed_segment_is_corruption_even_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let first = segments(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&first, &bytes).unwrap();
+    let error = Wal::open(dir.path(), small()).unwrap_err();
+    assert!(matches!(error, WalError::Corrupt { .. }), "{error}");
+}
+
+#[test]
+fn a_missing_segment_or_a_foreign_file_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let mut files = segments(dir.path());
+    std::fs::remove_file(files.remove(1)).unwrap();
+    let error = Wal::open(dir.path(), small()).unwrap_err();
+    assert!(error.to_string().contains("expected"), "{error}");
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join(format!("{:020}.wal", 1)), b"hello world").unwrap();
+    let error = Wal::open(other.path(), small()).unwrap_err();
+    assert!(error.to_string().contains("not a clustron"), "{error}");
+
+    let future = tempfile::tempdir().unwrap();
+    std::fs::write(future.path().join(format!("{:020}.wal", 1)), b"CLWAL\x09").unwrap();
+    let error = Wal::open(future.path(), small()).unwrap_err();
+    assert!(error.to_string().contains("format version 9"), "{error}");
+}
+
+#[test]
+fn a_crash_while_creating_a_segment_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    let entries: Vec<Entry> = (1..=12).map(|i| entry(1, i, 20)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // The next segment's file exists with half a header.
+    std::fs::write(dir.path().join(format!("{:020}.wal", 13)), b"CLW").unwrap();
+    let (mut wal, recovered) = reopen(dir.path(), small());
+    assert_eq!(recovered.entries, entries);
+    wal.append(&[entry(1, 13, 1)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    assert_eq!(reopen(dir.path(), small()).1.entries.len(), 13);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A crash cuts the file anywhere after the last sync: every synced
+    /// entry comes back, and exactly the whole records before the cut.
+    #[test]
+    fn a_crash_anywhere_after_the_last_sync_keeps_every_synced_entry(
+        batches in proptest::collection::vec(
+            (proptest::collection::vec(0usize..300, 1..6), any::<bool>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+        let mut all = Vec::new();
+        let mut synced_len = HEADER_LEN;
+        let mut len = HEADER_LEN;
+        for (sizes, sync) in &batches {
+            let start = all.len() as u64 + 1;
+            let batch: Vec<Entry> = sizes
+                .iter()
+                .enumerate()
+                .map(|(k, n)| entry(1, start + k as u64, *n))
+                .collect();
+            wal.append(&batch).unwrap();
+            len += batch.iter().map(record_len).sum::<u64>();
+            all.extend(batch);
+            if *sync {
+                wal.sync().unwrap();
+                synced_len = len;
+            }
+        }
+        drop(wal);
+        let path = segments(dir.path()).pop().unwrap();
+        let at = synced_len + cut.index((len - synced_len + 1) as usize) as u64;
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(at).unwrap();
+
+        let (_, recovered) = reopen(dir.path(), WalOptions::default());
+        let mut end = HEADER_LEN;
+        let whole = all.iter().take_while(|e| { end += record_len(e); end <= at }).count();
+        prop_assert_eq!(&recovered.entries[..], &all[..whole]);
+    }
+
+    /// Garbage after the synced records is a torn tail: cut, nothing lost.
+    #[test]
+    fn garbage_after_the_last_record_is_cut(garbage in proptest::collection::vec(1u8..=255, 1..2000)) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+        let entries: Vec<Entry> = (1..=3).map(|i| entry(1, i, 10)).collect();
+        wal.append(&entries).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segments(dir.path()).pop().unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&garbage).unwrap();
+        drop(file);
+        let (_, recovered) = reopen(dir.path(), WalOptions::default());
+        prop_assert_eq!(recovered.entries, entries);
+    }
+
+    /// Any bytes at all as a segment: an error or a log, never a panic.
+    #[test]
+    fn any_file_opens_or_fails_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..600), header in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut content = Vec::new();
+        if header {
+            content.extend_from_slice(MAGIC);
+            content.push(VERSION);
+        }
+        content.extend_from_slice(&bytes);
+        std::fs::write(dir.path().join(format!("{:020}.wal", 1)), &content).unwrap();
+        let _ = Wal::open(dir.path(), WalOptions::default());
+    }
+}
