@@ -36,6 +36,9 @@ mod admin;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod core;
+pub mod kv;
+#[cfg(feature = "server")]
 pub mod node;
 pub mod proto;
 #[cfg(feature = "server")]

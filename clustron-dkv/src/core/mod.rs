@@ -1,0 +1,7 @@
+//! The node's sans-IO protocol logic: deterministic, no clock, no I/O, no
+//! randomness; the driver feeds it time and messages and performs its
+//! outputs.
+//!
+//! - [`mvcc`]: the replicated state machine, a multi-version key-value store.
+
+pub mod mvcc;

@@ -1,0 +1,684 @@
+//! The replicated state machine: a multi-version key-value store.
+//!
+//! Every replica applies the same committed [`Command`]s in log order and
+//! gets the same state, results and watch events: the store is a pure
+//! function of its commands (no clock, no randomness, ordered maps only).
+//!
+//! - Each key keeps its versions; a write transaction that changes anything
+//!   takes the next revision, so any past revision can be read until it is
+//!   compacted ([`Command::Compact`]).
+//! - Transactions are etcd's: compares, then the `success` or `failure`
+//!   operations, all at one revision; later operations see earlier ones'
+//!   writes; a key may be written once per transaction.
+//! - Leases are granted with an id and a TTL chosen by the leader; the
+//!   leader decides expiry and proposes [`Command::LeaseRevoke`], so expiry
+//!   is a committed, replicated decision and every replica deletes the same
+//!   keys at the same revision.
+//! - [`Store::events_since`] rebuilds the changes to a range from any
+//!   revision after the compaction point, so a watch resumes after a
+//!   failover from the last revision it saw.
+//!
+//! # Example
+//!
+//! ```
+//! use clustron_dkv::core::mvcc::{Command, Store};
+//! use clustron_dkv::kv::{KeyRange, PutRequest, RangeRequest};
+//!
+//! let mut store = Store::default();
+//! let put = |value: &[u8]| Command::Put(PutRequest {
+//!     key: b"k".to_vec(), value: value.to_vec(), lease: None, prev_kv: false,
+//! });
+//! store.apply(put(b"one"));
+//! let applied = store.apply(put(b"two"));
+//! assert_eq!(applied.revision, 2);
+//! assert_eq!(applied.events.len(), 1);
+//!
+//! // Read as of revision 1.
+//! let old = store.range(&RangeRequest {
+//!     range: KeyRange::Key(b"k".to_vec()), revision: 1, limit: 0,
+//!     keys_only: false, count_only: false,
+//! }).unwrap();
+//! assert_eq!(old.kvs[0].value, b"one");
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::{
+    Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResponse, Event, EventKind, KeyRange,
+    KeyValue, KvError, LeaseId, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseOp, Txn, TxnResponse,
+};
+
+/// A replicated command: the payload of a log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set a key.
+    Put(PutRequest),
+    /// Delete keys.
+    Delete(DeleteRequest),
+    /// A transaction.
+    Txn(Txn),
+    /// Create a lease.
+    LeaseGrant {
+        /// Its id (chosen by the proposer; refused if taken).
+        id: LeaseId,
+        /// Its time to live, for the leader's expiry clock.
+        ttl_ms: u64,
+    },
+    /// End a lease and delete its keys (a client's revoke, or expiry).
+    LeaseRevoke {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// Forget versions older than this revision.
+    Compact {
+        /// The new compaction point.
+        revision: u64,
+    },
+}
+
+/// What a command returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A put's answer.
+    Put(PutResponse),
+    /// A delete's answer.
+    Delete(DeleteResponse),
+    /// A transaction's answer.
+    Txn(TxnResponse),
+    /// The lease exists now.
+    LeaseGranted,
+    /// The lease is gone, and this many keys with it.
+    LeaseRevoked {
+        /// Keys deleted.
+        deleted: u64,
+    },
+    /// The store is compacted up to the revision.
+    Compacted,
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The store's revision after the command.
+    pub revision: u64,
+    /// Its answer, or why it was refused (nothing changed then).
+    pub outcome: Result<Outcome, KvError>,
+    /// The changes it made, in order, for watchers.
+    pub events: Vec<Event>,
+}
+
+/// Size limits, checked identically on every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Longest key.
+    pub max_key: usize,
+    /// Longest value.
+    pub max_value: usize,
+    /// Most operations in one transaction (compares count too).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    /// 4 KiB keys, 1 MiB values, 128 operations per transaction (etcd:
+    /// 1.5 MiB per request, 128 operations).
+    fn default() -> Self {
+        Self {
+            max_key: 4096,
+            max_value: 1024 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Version {
+    mod_revision: u64,
+    /// Order of the change within its revision (a transaction's writes).
+    sub: u32,
+    create_revision: u64,
+    version: u64,
+    /// `None`: a tombstone (the key was deleted at `mod_revision`).
+    #[serde(with = "serde_bytes")]
+    value: Option<Vec<u8>>,
+    lease: Option<LeaseId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    ttl_ms: u64,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+/// The multi-version store. [`Store::apply`] is the only way to change it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Store {
+    revision: u64,
+    compacted: u64,
+    /// Each key's versions, oldest first.
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    leases: BTreeMap<LeaseId, Lease>,
+    limits: Limits,
+    /// Bytes of keys and values held, all versions.
+    bytes: u64,
+}
+
+/// A write transaction in progress: the revision it will take and the
+/// events it made.
+struct Writer {
+    revision: u64,
+    events: Vec<Event>,
+}
+
+impl Store {
+    /// An empty store with these limits.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// The revision of the last change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Versions at or before this revision may be gone (0: none compacted).
+    pub fn compacted(&self) -> u64 {
+        self.compacted
+    }
+
+    /// Bytes of keys and values held, all versions counted.
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Live leases and their TTLs, for the leader's expiry clock.
+    pub fn leases(&self) -> impl Iterator<Item = (LeaseId, u64)> + '_ {
+        self.leases.iter().map(|(id, l)| (*id, l.ttl_ms))
+    }
+
+    /// Keys currently attached to `lease`.
+    pub fn lease_keys(&self, lease: LeaseId) -> Option<impl Iterator<Item = &[u8]> + '_> {
+        self.leases
+            .get(&lease)
+            .map(|l| l.keys.iter().map(Vec::as_slice))
+    }
+
+    /// Applies one committed command.
+    pub fn apply(&mut self, command: Command) -> Applied {
+        let mut writer = Writer {
+            revision: self.revision + 1,
+            events: Vec::new(),
+        };
+        let outcome = self.check(&command).and_then(|()| match command {
+            Command::Put(put) => self.put(&mut writer, put).map(Outcome::Put),
+            Command::Delete(delete) => Ok(Outcome::Delete(self.delete(&mut writer, &delete))),
+            Command::Txn(txn) => self.txn(&mut writer, txn).map(Outcome::Txn),
+            Command::LeaseGrant { id, ttl_ms } => {
+                if self.leases.contains_key(&id) {
+                    return Err(KvError::LeaseExists(id));
+                }
+                self.leases.insert(
+                    id,
+                    Lease {
+                        ttl_ms,
+                        keys: BTreeSet::new(),
+                    },
+                );
+                Ok(Outcome::LeaseGranted)
+            }
+            Command::LeaseRevoke { id } => {
+                let lease = self.leases.remove(&id).ok_or(KvError::LeaseNotFound(id))?;
+                let mut deleted = 0;
+                for key in lease.keys {
+                    deleted += self.delete_key(&mut writer, &key, false).is_some() as u64;
+                }
+                Ok(Outcome::LeaseRevoked { deleted })
+            }
+            Command::Compact { revision } => {
+                self.compact(revision)?;
+                Ok(Outcome::Compacted)
+            }
+        });
+        if !writer.events.is_empty() {
+            self.revision = writer.revision;
+        }
+        Applied {
+            revision: self.revision,
+            outcome,
+            events: writer.events,
+        }
+    }
+
+    /// Refuses, before any change, what would break a limit or fail halfway.
+    fn check(&self, command: &Command) -> Result<(), KvError> {
+        let limits = self.limits;
+        let key = |k: &[u8]| {
+            if k.is_empty() || k.len() > limits.max_key {
+                Err(KvError::KeyTooLarge {
+                    len: k.len(),
+                    max: limits.max_key,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let put = |p: &PutRequest| {
+            key(&p.key)?;
+            if p.value.len() > limits.max_value {
+                return Err(KvError::ValueTooLarge {
+                    len: p.value.len(),
+                    max: limits.max_value,
+                });
+            }
+            match p.lease {
+                Some(id) if !self.leases.contains_key(&id) => Err(KvError::LeaseNotFound(id)),
+                _ => Ok(()),
+            }
+        };
+        match command {
+            Command::Put(p) => put(p),
+            Command::Txn(txn) => {
+                let ops = txn.compare.len() + txn.success.len().max(txn.failure.len());
+                if ops > limits.max_txn_ops {
+                    return Err(KvError::TooManyOps {
+                        ops,
+                        max: limits.max_txn_ops,
+                    });
+                }
+                for branch in [&txn.success, &txn.failure] {
+                    let mut written: Vec<KeyRange> = Vec::new();
+                    for op in branch {
+                        let range = match op {
+                            RequestOp::Put(p) => {
+                                put(p)?;
+                                KeyRange::Key(p.key.clone())
+                            }
+                            RequestOp::Delete(d) => d.range.clone(),
+                            RequestOp::Range(r) => {
+                                self.check_revision(r.revision)?;
+                                continue;
+                            }
+                        };
+                        if written.iter().any(|w| ranges_overlap(w, &range)) {
+                            return Err(KvError::DuplicateKey);
+                        }
+                        written.push(range);
+                    }
+                }
+                Ok(())
+            }
+            Command::Compact { revision } if *revision > self.revision => {
+                Err(KvError::FutureRevision {
+                    requested: *revision,
+                    current: self.revision,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_revision(&self, revision: u64) -> Result<(), KvError> {
+        if revision > self.revision {
+            return Err(KvError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        if revision != 0 && revision < self.compacted {
+            return Err(KvError::Compacted {
+                requested: revision,
+                compacted: self.compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads keys as of `request.revision` (0: now).
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.check_revision(request.revision)?;
+        let at = if request.revision == 0 {
+            self.revision
+        } else {
+            request.revision
+        };
+        Ok(self.read_at(request, at))
+    }
+
+    fn read_at(&self, request: &RangeRequest, at: u64) -> RangeResponse {
+        let mut response = RangeResponse {
+            kvs: Vec::new(),
+            count: 0,
+            more: false,
+        };
+        for (key, versions) in self.keys_in(&request.range) {
+            let Some(mut kv) = visible(key, versions, at) else {
+                continue;
+            };
+            response.count += 1;
+            if request.count_only {
+                continue;
+            }
+            if request.limit != 0 && response.kvs.len() as u64 >= request.limit {
+                response.more = true;
+                continue;
+            }
+            if request.keys_only {
+                kv.value.clear();
+            }
+            response.kvs.push(kv);
+        }
+        response
+    }
+
+    /// The changes to `range` at revisions from `start` on, in order, as a
+    /// watch that last saw `start - 1` needs them. Fails if `start` is at or
+    /// before the compaction point (changes may be missing).
+    pub fn events_since(&self, range: &KeyRange, start: u64) -> Result<Vec<Event>, KvError> {
+        if start <= self.compacted {
+            return Err(KvError::Compacted {
+                requested: start,
+                compacted: self.compacted,
+            });
+        }
+        let mut events: Vec<(u64, u32, Event)> = Vec::new();
+        for (key, versions) in self.keys_in(range) {
+            for (i, v) in versions.iter().enumerate() {
+                if v.mod_revision < start {
+                    continue;
+                }
+                let prev_kv = i.checked_sub(1).and_then(|p| kv_of(key, &versions[p]));
+                let event = match kv_of(key, v) {
+                    Some(kv) => Event {
+                        kind: EventKind::Put,
+                        kv,
+                        prev_kv,
+                    },
+                    None => Event {
+                        kind: EventKind::Delete,
+                        kv: tombstone_kv(key, v.mod_revision),
+                        prev_kv,
+                    },
+                };
+                events.push((v.mod_revision, v.sub, event));
+            }
+        }
+        events.sort_by_key(|(rev, sub, _)| (*rev, *sub));
+        Ok(events.into_iter().map(|(_, _, e)| e).collect())
+    }
+
+    /// The whole state, to ship or store as a snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        // Invariant: the store is plain data; postcard cannot fail on it.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// A store from [`Store::snapshot`] bytes.
+    pub fn restore(bytes: &[u8]) -> Result<Store, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    fn keys_in<'a>(
+        &'a self,
+        range: &'a KeyRange,
+    ) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Vec<Version>)> + 'a> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        match range {
+            KeyRange::Key(k) => Box::new(self.keys.get_key_value(k).into_iter()),
+            KeyRange::Prefix(p) => Box::new(
+                self.keys
+                    .range::<Vec<u8>, _>((Included(p), Unbounded))
+                    .take_while(move |(k, _)| k.starts_with(p)),
+            ),
+            KeyRange::Range { start, end } if end.is_empty() => {
+                Box::new(self.keys.range::<Vec<u8>, _>((Included(start), Unbounded)))
+            }
+            KeyRange::Range { start, end } if start < end => Box::new(
+                self.keys
+                    .range::<Vec<u8>, _>((Included(start), Excluded(end))),
+            ),
+            KeyRange::Range { .. } => Box::new(std::iter::empty()),
+        }
+    }
+
+    fn current(&self, key: &[u8]) -> Option<&Version> {
+        self.keys
+            .get(key)
+            .and_then(|v| v.last())
+            .filter(|v| v.value.is_some())
+    }
+
+    fn put(&mut self, writer: &mut Writer, put: PutRequest) -> Result<PutResponse, KvError> {
+        let prev = self.current(&put.key).cloned();
+        let prev_kv = prev.as_ref().and_then(|v| kv_of(&put.key, v));
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (writer.revision, 1),
+        };
+        if let Some(old) = prev.as_ref().and_then(|p| p.lease) {
+            if let Some(lease) = self.leases.get_mut(&old) {
+                lease.keys.remove(&put.key);
+            }
+        }
+        if let Some(id) = put.lease {
+            let lease = self.leases.get_mut(&id).ok_or(KvError::LeaseNotFound(id))?;
+            lease.keys.insert(put.key.clone());
+        }
+        let new = Version {
+            mod_revision: writer.revision,
+            sub: writer.events.len() as u32,
+            create_revision,
+            version,
+            value: Some(put.value),
+            lease: put.lease,
+        };
+        let kv = kv_of(&put.key, &new);
+        self.bytes += (put.key.len() + new.value.as_ref().map_or(0, Vec::len)) as u64;
+        self.keys.entry(put.key.clone()).or_default().push(new);
+        if let Some(kv) = kv {
+            writer.events.push(Event {
+                kind: EventKind::Put,
+                kv,
+                prev_kv: prev_kv.clone(),
+            });
+        }
+        Ok(PutResponse {
+            prev_kv: if put.prev_kv { prev_kv } else { None },
+        })
+    }
+
+    fn delete(&mut self, writer: &mut Writer, delete: &DeleteRequest) -> DeleteResponse {
+        let live: Vec<Vec<u8>> = self
+            .keys_in(&delete.range)
+            .filter(|(_, v)| v.last().is_some_and(|v| v.value.is_some()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut response = DeleteResponse {
+            deleted: 0,
+            prev_kvs: Vec::new(),
+        };
+        for key in live {
+            if let Some(prev) = self.delete_key(writer, &key, true) {
+                response.deleted += 1;
+                if delete.prev_kv {
+                    response.prev_kvs.push(prev);
+                }
+            }
+        }
+        response
+    }
+
+    /// Deletes one live key; its previous key-value if it was live.
+    fn delete_key(&mut self, writer: &mut Writer, key: &[u8], detach: bool) -> Option<KeyValue> {
+        let prev = self.current(key)?.clone();
+        let prev_kv = kv_of(key, &prev);
+        if detach {
+            if let Some(lease) = prev.lease.and_then(|id| self.leases.get_mut(&id)) {
+                lease.keys.remove(key);
+            }
+        }
+        self.bytes += key.len() as u64;
+        self.keys.entry(key.to_vec()).or_default().push(Version {
+            mod_revision: writer.revision,
+            sub: writer.events.len() as u32,
+            create_revision: 0,
+            version: 0,
+            value: None,
+            lease: None,
+        });
+        writer.events.push(Event {
+            kind: EventKind::Delete,
+            kv: tombstone_kv(key, writer.revision),
+            prev_kv: prev_kv.clone(),
+        });
+        prev_kv
+    }
+
+    fn txn(&mut self, writer: &mut Writer, txn: Txn) -> Result<TxnResponse, KvError> {
+        let succeeded = txn.compare.iter().all(|c| self.holds(c));
+        let branch = if succeeded { txn.success } else { txn.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(match op {
+                // Reads in a transaction see its earlier writes.
+                RequestOp::Range(r) if r.revision == 0 => {
+                    ResponseOp::Range(self.read_at(&r, writer.revision))
+                }
+                RequestOp::Range(r) => ResponseOp::Range(self.range(&r)?),
+                RequestOp::Put(p) => ResponseOp::Put(self.put(writer, p)?),
+                RequestOp::Delete(d) => ResponseOp::Delete(self.delete(writer, &d)),
+            });
+        }
+        let revision = if writer.events.is_empty() {
+            self.revision
+        } else {
+            writer.revision
+        };
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+            revision,
+        })
+    }
+
+    fn holds(&self, compare: &Compare) -> bool {
+        let current = self.current(&compare.key);
+        let ord = match (&compare.target, current) {
+            (CompareTarget::Value(_), None) => return false,
+            (CompareTarget::Value(v), Some(c)) => {
+                c.value.as_deref().unwrap_or_default().cmp(v.as_slice())
+            }
+            (CompareTarget::Version(n), c) => c.map_or(0, |c| c.version).cmp(n),
+            (CompareTarget::CreateRevision(n), c) => c.map_or(0, |c| c.create_revision).cmp(n),
+            (CompareTarget::ModRevision(n), c) => c.map_or(0, |c| c.mod_revision).cmp(n),
+            (CompareTarget::Lease(l), c) => c.and_then(|c| c.lease).cmp(l),
+        };
+        match compare.op {
+            CompareOp::Equal => ord.is_eq(),
+            CompareOp::NotEqual => ord.is_ne(),
+            CompareOp::Greater => ord.is_gt(),
+            CompareOp::Less => ord.is_lt(),
+        }
+    }
+
+    fn compact(&mut self, revision: u64) -> Result<(), KvError> {
+        if revision <= self.compacted {
+            return Err(KvError::Compacted {
+                requested: revision,
+                compacted: self.compacted,
+            });
+        }
+        let mut freed = 0u64;
+        self.keys.retain(|key, versions| {
+            // Keep the version visible at `revision` and everything after.
+            let keep_from = versions
+                .iter()
+                .rposition(|v| v.mod_revision <= revision)
+                .map(|i| {
+                    if versions[i].value.is_none() {
+                        i + 1
+                    } else {
+                        i
+                    }
+                })
+                .unwrap_or(0);
+            for v in versions.drain(..keep_from) {
+                freed += (key.len() + v.value.as_ref().map_or(0, Vec::len)) as u64;
+            }
+            !versions.is_empty()
+        });
+        self.bytes -= freed;
+        self.compacted = revision;
+        Ok(())
+    }
+}
+
+/// Whether two ranges share a key.
+fn ranges_overlap(a: &KeyRange, b: &KeyRange) -> bool {
+    // [start, end) with None as +infinity.
+    fn bounds(r: &KeyRange) -> (Vec<u8>, Option<Vec<u8>>) {
+        match r {
+            KeyRange::Key(k) => {
+                let mut end = k.clone();
+                end.push(0);
+                (k.clone(), Some(end))
+            }
+            KeyRange::Prefix(p) => (p.clone(), prefix_end(p)),
+            KeyRange::Range { start, end } => {
+                (start.clone(), (!end.is_empty()).then(|| end.clone()))
+            }
+        }
+    }
+    let (a0, a1) = bounds(a);
+    let (b0, b1) = bounds(b);
+    let before = |start: &Vec<u8>, end: &Option<Vec<u8>>| end.as_ref().is_some_and(|e| e <= start);
+    !(before(&b0, &a1) || before(&a0, &b1))
+}
+
+/// The first key after every key starting with `prefix` (`None`: no such
+/// key, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The key-value visible at revision `at`, if the key existed then.
+fn visible(key: &[u8], versions: &[Version], at: u64) -> Option<KeyValue> {
+    let v = versions.iter().rev().find(|v| v.mod_revision <= at)?;
+    kv_of(key, v)
+}
+
+fn kv_of(key: &[u8], v: &Version) -> Option<KeyValue> {
+    Some(KeyValue {
+        key: key.to_vec(),
+        value: v.value.clone()?,
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+        lease: v.lease,
+    })
+}
+
+fn tombstone_kv(key: &[u8], revision: u64) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
+        value: Vec::new(),
+        create_revision: 0,
+        mod_revision: revision,
+        version: 0,
+        lease: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

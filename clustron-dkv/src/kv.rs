@@ -1,0 +1,351 @@
+//! Key-value data types shared by nodes and clients: keys and values with
+//! their revisions, range/put/delete requests, etcd-style transactions
+//! (compare / then / else), watch events and leases.
+//!
+//! Revisions are the store's logical clock: every write transaction that
+//! changes something takes the next revision, and every key records the
+//! revision that created it and the one that last changed it. A key's
+//! `version` counts its changes since it was (re)created.
+//!
+//! # Example
+//!
+//! A compare-and-swap, as a client builds it:
+//!
+//! ```
+//! use clustron_dkv::kv::{Compare, CompareOp, CompareTarget, RequestOp, Txn};
+//!
+//! let txn = Txn {
+//!     compare: vec![Compare {
+//!         key: b"config".to_vec(),
+//!         target: CompareTarget::ModRevision(42),
+//!         op: CompareOp::Equal,
+//!     }],
+//!     success: vec![RequestOp::put(b"config", b"v2")],
+//!     failure: vec![RequestOp::get(b"config")],
+//! };
+//! assert_eq!(txn.compare.len(), 1);
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// A lease: keys attached to it are deleted when it expires or is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LeaseId(pub u64);
+
+/// A key with its value and history counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key (after its last delete).
+    pub create_revision: u64,
+    /// Revision of the write that last changed it.
+    pub mod_revision: u64,
+    /// Changes since creation: 1 when created.
+    pub version: u64,
+    /// The lease it is attached to, if any.
+    pub lease: Option<LeaseId>,
+}
+
+/// Which keys a request touches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    /// Exactly this key.
+    Key(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Every key starting with these bytes.
+    Prefix(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Keys in `[start, end)`; an empty `end` means no upper bound.
+    Range {
+        /// First key (inclusive).
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        /// End key (exclusive), empty for none.
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+    },
+}
+
+impl KeyRange {
+    /// Whether `key` is in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Key(k) => k.as_slice() == key,
+            KeyRange::Prefix(p) => key.starts_with(p),
+            KeyRange::Range { start, end } => {
+                key >= start.as_slice() && (end.is_empty() || key < end.as_slice())
+            }
+        }
+    }
+
+    /// The smallest key of the range.
+    pub fn start(&self) -> &[u8] {
+        match self {
+            KeyRange::Key(k) | KeyRange::Prefix(k) => k,
+            KeyRange::Range { start, .. } => start,
+        }
+    }
+}
+
+/// Read keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    /// Which keys.
+    pub range: KeyRange,
+    /// Read as of this revision (0: the current one).
+    pub revision: u64,
+    /// At most this many keys (0: no limit); `more` tells if some were left.
+    pub limit: u64,
+    /// Leave values out.
+    pub keys_only: bool,
+    /// Only count.
+    pub count_only: bool,
+}
+
+/// Keys read, as of a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    /// The keys, in key order (empty when `count_only`).
+    pub kvs: Vec<KeyValue>,
+    /// How many keys the range holds, ignoring `limit`.
+    pub count: u64,
+    /// Whether `limit` left keys out.
+    pub more: bool,
+}
+
+/// Set a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Attach the key to this lease (which must exist).
+    pub lease: Option<LeaseId>,
+    /// Return the previous key-value.
+    pub prev_kv: bool,
+}
+
+/// A key set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// The previous key-value, if asked for and there was one.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Delete keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// Which keys.
+    pub range: KeyRange,
+    /// Return the deleted key-values.
+    pub prev_kv: bool,
+}
+
+/// Keys deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    /// How many keys were deleted.
+    pub deleted: u64,
+    /// Their last key-values, if asked for.
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// What a [`Compare`] looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value's bytes.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The key's version (0 when absent).
+    Version(u64),
+    /// The key's create revision (0 when absent).
+    CreateRevision(u64),
+    /// The key's mod revision (0 when absent).
+    ModRevision(u64),
+    /// The key's lease (`None` when absent or unattached).
+    Lease(Option<LeaseId>),
+}
+
+/// How a [`Compare`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    /// `==`
+    Equal,
+    /// `!=`
+    NotEqual,
+    /// The key's side is greater.
+    Greater,
+    /// The key's side is less.
+    Less,
+}
+
+/// One condition of a [`Txn`]: the key's `target` field `op` the given one.
+/// An absent key compares with version, revisions 0, empty value... except
+/// `Value`, which is false for an absent key whatever the op (etcd's rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The field and the value to compare it with.
+    pub target: CompareTarget,
+    /// The comparison.
+    pub op: CompareOp,
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOp {
+    /// Read.
+    Range(RangeRequest),
+    /// Write.
+    Put(PutRequest),
+    /// Delete.
+    Delete(DeleteRequest),
+}
+
+impl RequestOp {
+    /// Read one key at the current revision.
+    pub fn get(key: &[u8]) -> Self {
+        RequestOp::Range(RangeRequest {
+            range: KeyRange::Key(key.to_vec()),
+            revision: 0,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+        })
+    }
+
+    /// Set a key, no lease, no previous value.
+    pub fn put(key: &[u8], value: &[u8]) -> Self {
+        RequestOp::Put(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease: None,
+            prev_kv: false,
+        })
+    }
+
+    /// Delete one key.
+    pub fn delete(key: &[u8]) -> Self {
+        RequestOp::Delete(DeleteRequest {
+            range: KeyRange::Key(key.to_vec()),
+            prev_kv: false,
+        })
+    }
+}
+
+/// The answer to one [`RequestOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseOp {
+    /// Keys read.
+    Range(RangeResponse),
+    /// A key set.
+    Put(PutResponse),
+    /// Keys deleted.
+    Delete(DeleteResponse),
+}
+
+/// A transaction: if every compare holds, `success` runs, else `failure`;
+/// all of it atomically, at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Txn {
+    /// The conditions (all must hold).
+    pub compare: Vec<Compare>,
+    /// Run when they do.
+    pub success: Vec<RequestOp>,
+    /// Run when one does not.
+    pub failure: Vec<RequestOp>,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// Whether the compares held (so `success` ran).
+    pub succeeded: bool,
+    /// One answer per operation of the branch that ran.
+    pub responses: Vec<ResponseOp>,
+    /// The store's revision after it.
+    pub revision: u64,
+}
+
+/// A change to a key, as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key-value after the change (for a delete: the key, an empty
+    /// value, and the revision of the delete as `mod_revision`).
+    pub kv: KeyValue,
+    /// The key-value before it, if the key existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// The kind of an [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The key was created or changed.
+    Put,
+    /// The key was deleted (by a request, or its lease ended).
+    Delete,
+}
+
+/// Why the store refused a request. Deterministic: every replica refuses
+/// the same command the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvError {
+    /// The key is empty or longer than the limit.
+    #[error("key of {len} bytes is not allowed (1 to {max} bytes)")]
+    KeyTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than the limit.
+    #[error("value of {len} bytes is over the limit of {max} bytes")]
+    ValueTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A transaction with too many operations.
+    #[error("transaction with {ops} operations is over the limit of {max}")]
+    TooManyOps {
+        /// How many.
+        ops: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The revision asked for has been compacted away.
+    #[error("revision {requested} is compacted (oldest readable: {compacted} + 1)")]
+    Compacted {
+        /// What was asked for.
+        requested: u64,
+        /// The compaction point.
+        compacted: u64,
+    },
+    /// The revision asked for is in the future.
+    #[error("revision {requested} is ahead of the store ({current})")]
+    FutureRevision {
+        /// What was asked for.
+        requested: u64,
+        /// The store's revision.
+        current: u64,
+    },
+    /// No such lease.
+    #[error("lease {0:?} not found")]
+    LeaseNotFound(LeaseId),
+    /// A lease with this id already exists.
+    #[error("lease {0:?} already exists")]
+    LeaseExists(LeaseId),
+    /// A transaction that writes the same key twice.
+    #[error("a transaction may write a key only once")]
+    DuplicateKey,
+}
