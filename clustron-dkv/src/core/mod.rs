@@ -3,5 +3,7 @@
 //! outputs.
 //!
 //! - [`mvcc`]: the replicated state machine, a multi-version key-value store.
+//! - [`watch`]: which watchers get which changes, from which revision.
 
 pub mod mvcc;
+pub mod watch;
