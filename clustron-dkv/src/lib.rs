@@ -36,6 +36,8 @@ mod admin;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod core;
+#[cfg(feature = "server")]
 pub mod node;
 pub mod proto;
 #[cfg(feature = "server")]
