@@ -1,0 +1,1321 @@
+//! The replicated log: a sans-IO state machine that replicates opaque
+//! entries from the election's leader to the voters and learners, and
+//! decides when an entry is committed.
+//!
+//! What it owns: the log (`(epoch, index)`-tagged entries), the view change
+//! of a new leader (adopt the most up-to-date log among the granting
+//! majority before serving), pipelined and batched replication with
+//! retransmission, the commit rule, and fencing by epoch. What it does not:
+//! choosing the leader (the election core does, and the driver passes its
+//! outputs in: [`Replica::fence`], [`Replica::become_leader`],
+//! [`Replica::follow`], [`Replica::step_down`]), the disk (it asks for
+//! writes and syncs as [`Output`]s), networking and clocks.
+//!
+//! # Calling protocol
+//!
+//! After any input (a message, a timeout, a command), drain
+//! [`Replica::poll_output`] until `None` and perform each output **in
+//! order**: `SaveEpoch`, `Truncate` and `Append` write to the log's storage,
+//! `Sync` makes every write before it durable (fsync), and only then may the
+//! `Send`s after it leave. An ack, a fetch reply and a summary therefore
+//! only ever describe durable entries. Then sleep until
+//! [`Replica::poll_timeout`] and call [`Replica::handle_timeout`].
+//!
+//! Proposals and messages that arrive between two drains share one write
+//! and one `Sync` (group commit): outputs are built when the queue is
+//! drained, not when the input arrives.
+//!
+//! # Rules and why they are safe
+//!
+//! 1. **Fencing.** The replica keeps the newest epoch it has seen
+//!    ([`Replica::epoch`]), raised by [`Replica::fence`] (the election
+//!    persisted a promise for that epoch), by leaders' messages and by
+//!    [`Replica::follow`], and persisted (`SaveEpoch`) before any ack that
+//!    follows. Appends from an older epoch are ignored. So once a voter
+//!    granted epoch `e`, no leader of an older epoch can count its ack
+//!    again, even across a restart.
+//! 2. **View change.** Each grant of the election carries the voter's
+//!    [`Summary`] (`(last_epoch, last_index)` of its *durable* log). An entry
+//!    committed in an older epoch is durable on a majority that acked before
+//!    fencing, and every granting majority intersects it, so the most
+//!    up-to-date log among the grants (by `(last_epoch, last_index)`, as in
+//!    Raft's election restriction) holds every committed entry. A new leader
+//!    whose own log is behind fetches the missing suffix from that voter
+//!    (truncating its own conflicting entries), then appends a no-op entry of
+//!    its epoch; only then does it accept [`Replica::propose`].
+//! 3. **Log matching.** An append carries `(prev_index, prev_epoch)`; a
+//!    replica accepts it only if its entry at `prev_index` has that epoch,
+//!    and drops its suffix from the first entry whose epoch differs. A
+//!    leader's log only grows within its epoch, so entries with the same
+//!    `(epoch, index)` are identical everywhere, with identical prefixes.
+//! 4. **Commit.** The leader commits index `n` once a majority of the
+//!    **voters** (itself included, after its own `Sync`) hold `n` durably
+//!    and the entry at `n` is of the leader's own epoch (Raft §5.4.2: an
+//!    older entry is committed only indirectly). Learners receive the log
+//!    but never count. Followers learn the commit index from the leader,
+//!    capped by what they verified to match it.
+//!
+//! Voter changes are not handled here: the voter set is fixed at
+//! construction (changes go through the election crate and are future work).
+//! Snapshots and log compaction are not implemented yet: the whole log stays
+//! in memory.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use clustron_election::NodeName;
+use serde::{Deserialize, Serialize};
+
+/// What an entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A new leader's first entry of its epoch: it lets the leader commit
+    /// the entries it adopted (rule 4). Carries no payload; the state
+    /// machine skips it.
+    Noop,
+    /// A proposal: the payload is the layer above's, opaque here.
+    Data,
+}
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    /// The epoch of the leader that created it.
+    pub epoch: u64,
+    /// Its position, from 1.
+    pub index: u64,
+    /// No-op or data.
+    pub kind: EntryKind,
+    /// Opaque bytes of the layer above (empty for a no-op).
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl Entry {
+    /// Rough wire size, for batching.
+    fn size(&self) -> usize {
+        self.payload.len() + 24
+    }
+}
+
+/// The position of a log's last entry, as the election's grants carry it
+/// (rule 2). Ordered by `(last_epoch, last_index)`: the greater is the more
+/// up-to-date log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Summary {
+    /// Epoch of the last entry (0 for an empty log).
+    pub last_epoch: u64,
+    /// Index of the last entry (0 for an empty log).
+    pub last_index: u64,
+}
+
+impl Summary {
+    /// Encoded length: two big-endian `u64`s.
+    pub const LEN: usize = 16;
+
+    /// The bytes to hand to the election's `set_summary`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(Self::LEN);
+        bytes.extend_from_slice(&self.last_epoch.to_be_bytes());
+        bytes.extend_from_slice(&self.last_index.to_be_bytes());
+        bytes
+    }
+
+    /// Reads bytes from [`Summary::encode`]; `None` if they are not exactly
+    /// that (a summary from another layer or a corrupt one counts as absent).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let epoch: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        let index: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
+        (bytes.len() == Self::LEN).then(|| Self {
+            last_epoch: u64::from_be_bytes(epoch),
+            last_index: u64::from_be_bytes(index),
+        })
+    }
+}
+
+/// The replication protocol's messages. Every message carries the sender's
+/// view of the epoch; the sender's identity is the transport's (the `from`
+/// address of [`Replica::handle_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Leader → replica: entries after `prev_index` (none for a heartbeat)
+    /// and the leader's commit index.
+    Append {
+        /// The leader's epoch.
+        epoch: u64,
+        /// Index of the entry just before `entries`.
+        prev_index: u64,
+        /// Epoch of that entry (0 if `prev_index` is 0).
+        prev_epoch: u64,
+        /// At most [`Config::max_batch_entries`] consecutive entries.
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        commit: u64,
+    },
+    /// Replica → leader: "my durable log matches yours up to `match_index`".
+    Ack {
+        /// The leader's epoch being acknowledged.
+        epoch: u64,
+        /// Highest index known to match the leader's log, durably.
+        match_index: u64,
+    },
+    /// Replica → leader: "my entry at `prev_index` is missing or of another
+    /// epoch"; `hint` is an index below which the leader should retry.
+    Nack {
+        /// The leader's epoch.
+        epoch: u64,
+        /// The rejected `prev_index`.
+        prev_index: u64,
+        /// Retry from `hint + 1`: the replica's last index if its log is
+        /// shorter, else the index before its first entry of the
+        /// conflicting epoch.
+        hint: u64,
+    },
+    /// New leader → the voter with the most up-to-date log: "send me your
+    /// entries from `from_index` to `upto`".
+    Fetch {
+        /// The new leader's epoch.
+        epoch: u64,
+        /// First index wanted.
+        from_index: u64,
+        /// Last index wanted (the voter's summary).
+        upto: u64,
+    },
+    /// Answer to [`Message::Fetch`].
+    FetchReply {
+        /// The epoch of the fetch.
+        epoch: u64,
+        /// Index of the first entry in `entries`.
+        from_index: u64,
+        /// At most [`Config::max_batch_entries`] entries.
+        entries: Vec<Entry>,
+        /// The sender's last index, capped at the fetch's `upto`.
+        last_index: u64,
+    },
+}
+
+impl Message {
+    /// The epoch the message carries.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Self::Append { epoch, .. }
+            | Self::Ack { epoch, .. }
+            | Self::Nack { epoch, .. }
+            | Self::Fetch { epoch, .. }
+            | Self::FetchReply { epoch, .. } => *epoch,
+        }
+    }
+}
+
+/// What the replica asks of its driver, drained with
+/// [`Replica::poll_output`] and performed in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write the newest epoch seen (the fence) to storage.
+    SaveEpoch(u64),
+    /// Remove every stored entry with index `from` or above.
+    Truncate {
+        /// First index removed.
+        from: u64,
+    },
+    /// Write these entries after the last stored one (they are consecutive
+    /// and follow it).
+    Append(Vec<Entry>),
+    /// Make every write above durable before performing any later output.
+    Sync,
+    /// Send `msg` to `to` (loss, duplication and reordering are tolerated).
+    Send {
+        /// Destination.
+        to: SocketAddr,
+        /// The message.
+        msg: Message,
+    },
+    /// Entries up to `upto` are committed: apply them in order (read them
+    /// with [`Replica::entries`]). Only grows, and never exceeds the durable
+    /// log.
+    Committed {
+        /// Highest committed index.
+        upto: u64,
+    },
+    /// The durable log's [`Summary`] changed: pass these bytes to the
+    /// election's `set_summary` so the next grants carry them.
+    Summary(Vec<u8>),
+    /// This new leader could not fetch the up-to-date log from the voter
+    /// that has it for [`Config::fetch_timeout`] (it may be down): the driver
+    /// should step the election down, so another leader (or this one, with
+    /// fresh summaries) can take over. The replica keeps trying meanwhile.
+    CannotLead {
+        /// The epoch given up.
+        epoch: u64,
+    },
+}
+
+/// What storage kept for a restarting replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The last epoch saved with [`Output::SaveEpoch`] (0 if none).
+    pub epoch: u64,
+    /// The stored entries, consecutive from index 1.
+    pub entries: Vec<Entry>,
+}
+
+/// Why [`Replica::propose`] refused. A refusal changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node does not lead: propose at `leader` (if known) instead.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of: its name and address.
+        leader: Option<(NodeName, SocketAddr)>,
+    },
+    /// This node was elected for `epoch` but is still catching up on the log
+    /// (rule 2): retry shortly.
+    #[error("leader of epoch {epoch} is catching up")]
+    NotReady {
+        /// The epoch it leads.
+        epoch: u64,
+    },
+    /// The payload is larger than [`Config::max_payload_len`].
+    #[error("payload of {len} bytes is above the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// A configuration the replica cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The in-flight window must hold at least one batch.
+    #[error("max_inflight_entries {inflight} is below max_batch_entries {batch}")]
+    WindowBelowBatch {
+        /// The window.
+        inflight: usize,
+        /// The batch.
+        batch: usize,
+    },
+    /// Timers must be positive.
+    #[error("{name} must be positive")]
+    ZeroDuration {
+        /// Which one.
+        name: &'static str,
+    },
+    /// A payload must fit in a batch.
+    #[error("max_payload_len {payload} is above max_batch_bytes {batch}")]
+    PayloadAboveBatch {
+        /// The payload limit.
+        payload: usize,
+        /// The batch limit.
+        batch: usize,
+    },
+}
+
+/// How the replica is tuned. [`Config::lan`] gives the defaults and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Most entries in one append or fetch reply. Bigger batches mean fewer
+    /// messages and syncs per entry under load.
+    pub max_batch_entries: NonZeroUsize,
+    /// Most payload bytes in one append or fetch reply (one entry is always
+    /// sent even if larger). Keep it well below the transport's frame limit.
+    pub max_batch_bytes: usize,
+    /// Pipelining bound: most entries sent to one replica and not yet
+    /// acknowledged. At least `max_batch_entries`.
+    pub max_inflight_entries: NonZeroUsize,
+    /// The leader sends every replica something (entries or a heartbeat
+    /// carrying the commit index) at least this often.
+    pub heartbeat_interval: Duration,
+    /// Entries unacknowledged for this long are sent again, from the first
+    /// one the replica has not acknowledged. Also the fetch retry interval.
+    pub retransmit_timeout: Duration,
+    /// A new leader that cannot fetch the up-to-date log for this long
+    /// reports [`Output::CannotLead`].
+    pub fetch_timeout: Duration,
+    /// Largest payload [`Replica::propose`] accepts, in bytes.
+    pub max_payload_len: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::lan()
+    }
+}
+
+impl Config {
+    /// LAN defaults:
+    ///
+    /// - batches of 256 entries or 1 MiB: one fsync covers a whole batch
+    ///   (group commit), and 1 MiB is a quarter of the transport's 4 MiB
+    ///   frame limit;
+    /// - 1024 entries in flight per replica: four batches pipelined, enough
+    ///   to cover a LAN round trip plus a follower fsync at high rates while
+    ///   bounding what a slow follower costs the leader;
+    /// - heartbeat 50 ms: a follower learns the commit index within one
+    ///   heartbeat when traffic stops (an idle leader sends 20 small
+    ///   messages per second per replica);
+    /// - retransmit after 100 ms: far above a LAN round trip plus an fsync
+    ///   (a few ms), so it fires on loss, not on slowness;
+    /// - fetch timeout 1 s: ten fetch retries; the voter with the up-to-date
+    ///   log is then presumed down (election failover is ~0.6 s);
+    /// - payloads up to 512 KiB.
+    pub fn lan() -> Self {
+        Self {
+            max_batch_entries: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            max_batch_bytes: 1 << 20,
+            max_inflight_entries: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            heartbeat_interval: Duration::from_millis(50),
+            retransmit_timeout: Duration::from_millis(100),
+            fetch_timeout: Duration::from_secs(1),
+            max_payload_len: 512 << 10,
+        }
+    }
+
+    /// Checks the values, returning the configuration or the first problem.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if self.max_inflight_entries < self.max_batch_entries {
+            return Err(ConfigError::WindowBelowBatch {
+                inflight: self.max_inflight_entries.get(),
+                batch: self.max_batch_entries.get(),
+            });
+        }
+        for (name, d) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("retransmit_timeout", self.retransmit_timeout),
+            ("fetch_timeout", self.fetch_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration { name });
+            }
+        }
+        if self.max_payload_len > self.max_batch_bytes {
+            return Err(ConfigError::PayloadAboveBatch {
+                payload: self.max_payload_len,
+                batch: self.max_batch_bytes,
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// The leader's view of one replica.
+#[derive(Debug, Clone)]
+struct Progress {
+    addr: SocketAddr,
+    /// Next index to send.
+    next: u64,
+    /// Highest index the replica acknowledged as durable and matching.
+    matched: u64,
+    /// The commit index last sent to it.
+    commit_sent: u64,
+    /// When anything was last sent to it.
+    last_send: Option<Instant>,
+    /// Since when entries sent to it have been waiting for an ack.
+    waiting_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    /// Replicates whatever the leader of `epoch` sends.
+    Follower {
+        leader: Option<(NodeName, SocketAddr)>,
+        /// The epoch `matched` refers to.
+        epoch: u64,
+        /// Highest index verified to match that leader's log.
+        matched: u64,
+    },
+    /// Elected, fetching the up-to-date log from `source` (rule 2).
+    Fetching {
+        epoch: u64,
+        source: SocketAddr,
+        next_from: u64,
+        upto: u64,
+        retry_at: Instant,
+        give_up_at: Option<Instant>,
+    },
+    /// Elected and serving.
+    Leader {
+        epoch: u64,
+        peers: BTreeMap<NodeName, Progress>,
+    },
+}
+
+/// The replicated log of one node. See the module docs for the calling
+/// protocol and the rules.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    me: NodeName,
+    voters: BTreeMap<NodeName, SocketAddr>,
+    learners: BTreeMap<NodeName, SocketAddr>,
+    /// Entry `i` is at `log[i - 1]`.
+    log: Vec<Entry>,
+    /// The newest epoch seen: the fence (rule 1).
+    epoch: u64,
+    saved_epoch: u64,
+    commit: u64,
+    reported_commit: u64,
+    /// The last index written to storage (synced at the end of each flush).
+    persisted_last: u64,
+    /// First index changed in memory since the last flush.
+    dirty_from: Option<u64>,
+    reported_summary: Option<Summary>,
+    role: Role,
+    now: Instant,
+    /// Follower: the leader to acknowledge at the next flush.
+    pending_ack: Option<SocketAddr>,
+    /// Sends that must wait for the next sync.
+    pending_sends: Vec<(SocketAddr, Message)>,
+    outputs: VecDeque<Output>,
+}
+
+impl Replica {
+    /// A replica named `me` among `voters` (every voter, `me` included if it
+    /// is one) and `learners`, starting from what storage kept.
+    ///
+    /// Recovered entries are trusted to be consecutive from index 1 (the
+    /// storage layer checks its own integrity); anything after the first gap
+    /// is dropped. The commit index starts at 0 and is learned again from
+    /// the leader.
+    pub fn new(
+        config: Config,
+        me: NodeName,
+        voters: impl IntoIterator<Item = (NodeName, SocketAddr)>,
+        learners: impl IntoIterator<Item = (NodeName, SocketAddr)>,
+        recovered: Recovered,
+        now: Instant,
+    ) -> Self {
+        let mut log = recovered.entries;
+        let gap = log
+            .iter()
+            .enumerate()
+            .position(|(i, e)| e.index != i as u64 + 1);
+        if let Some(gap) = gap {
+            log.truncate(gap);
+        }
+        let last = log.len() as u64;
+        let epoch = recovered
+            .epoch
+            .max(log.last().map(|e| e.epoch).unwrap_or(0));
+        Self {
+            config,
+            me,
+            voters: voters.into_iter().collect(),
+            learners: learners.into_iter().collect(),
+            log,
+            epoch,
+            saved_epoch: recovered.epoch,
+            commit: 0,
+            reported_commit: 0,
+            persisted_last: last,
+            dirty_from: None,
+            reported_summary: None,
+            role: Role::Follower {
+                leader: None,
+                epoch,
+                matched: 0,
+            },
+            now,
+            pending_ack: None,
+            pending_sends: Vec::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    // ----- queries ---------------------------------------------------------
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.me
+    }
+
+    /// The newest epoch seen (the fence).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The epoch this node leads and serves proposals in, if it does (a
+    /// leader still catching up is not counted).
+    pub fn leading(&self) -> Option<u64> {
+        match self.role {
+            Role::Leader { epoch, .. } => Some(epoch),
+            _ => None,
+        }
+    }
+
+    /// The leader this node knows of (`None` when it leads itself or knows
+    /// none).
+    pub fn leader(&self) -> Option<(NodeName, SocketAddr)> {
+        match &self.role {
+            Role::Follower { leader, .. } => leader.clone(),
+            _ => None,
+        }
+    }
+
+    /// The commit index (reported or about to be reported).
+    pub fn commit_index(&self) -> u64 {
+        self.commit
+    }
+
+    /// The index of the last entry in memory (durable once the pending
+    /// outputs are performed).
+    pub fn last_index(&self) -> u64 {
+        self.log.len() as u64
+    }
+
+    /// The entry at `index`, if present.
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        index
+            .checked_sub(1)
+            .and_then(|i| self.log.get(usize::try_from(i).ok()?))
+    }
+
+    /// The entries from `from` to `to`, both included, as far as present.
+    pub fn entries(&self, from: u64, to: u64) -> &[Entry] {
+        let len = self.log.len();
+        let start = (from.max(1) - 1).min(len as u64) as usize;
+        let end = to.min(len as u64) as usize;
+        self.log.get(start..end.max(start)).unwrap_or(&[])
+    }
+
+    /// The summary of the current log.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            last_epoch: self.log.last().map(|e| e.epoch).unwrap_or(0),
+            last_index: self.last_index(),
+        }
+    }
+
+    // ----- commands from the election --------------------------------------
+
+    /// This node persisted a promise for `epoch`: from now on, refuse
+    /// appends and acks from older epochs. A leader of an older epoch stops
+    /// leading.
+    pub fn fence(&mut self, epoch: u64) {
+        self.raise_epoch(epoch);
+    }
+
+    /// The election made this node leader of `epoch`; `summaries` are the
+    /// granting voters' summaries. Ignored if `epoch` is older than the
+    /// fence or already led.
+    ///
+    /// If a granting voter has a more up-to-date log than this node, the
+    /// replica first fetches it from that voter; otherwise it appends its
+    /// no-op and serves at once ([`Replica::leading`]).
+    pub fn become_leader(&mut self, now: Instant, epoch: u64, summaries: Vec<(NodeName, Vec<u8>)>) {
+        self.now = now;
+        if epoch < self.epoch {
+            return;
+        }
+        match self.role {
+            Role::Leader { epoch: e, .. } | Role::Fetching { epoch: e, .. } if e == epoch => return,
+            _ => {}
+        }
+        self.raise_epoch(epoch);
+        let mine = self.summary();
+        let best = summaries
+            .iter()
+            .filter(|(name, _)| *name != self.me)
+            .filter_map(|(name, bytes)| Some((Summary::decode(bytes)?, self.voters.get(name)?)))
+            .max_by_key(|(summary, _)| *summary);
+        match best {
+            Some((summary, &source)) if summary > mine => {
+                self.role = Role::Fetching {
+                    epoch,
+                    source,
+                    next_from: self.commit + 1,
+                    upto: summary.last_index,
+                    retry_at: now,
+                    give_up_at: Some(now + self.config.fetch_timeout),
+                };
+            }
+            _ => self.start_leading(epoch),
+        }
+    }
+
+    /// The election says `leader` (at `addr`) leads `epoch`. Raises the
+    /// fence to `epoch`; a node that led an older epoch stops.
+    pub fn follow(&mut self, now: Instant, leader: NodeName, addr: SocketAddr, epoch: u64) {
+        self.now = now;
+        if leader == self.me || epoch < self.epoch {
+            return;
+        }
+        self.raise_epoch(epoch);
+        match &mut self.role {
+            Role::Follower {
+                leader: known,
+                epoch: followed,
+                matched,
+            } => {
+                if *followed != epoch {
+                    *followed = epoch;
+                    *matched = 0;
+                }
+                *known = Some((leader, addr));
+            }
+            // Leading `epoch` ourselves while the election names another
+            // leader of it cannot happen; keep leading until told to stop.
+            _ => {}
+        }
+    }
+
+    /// The election stopped this node leading `epoch`: stop leading it (or
+    /// any older epoch). Proposals not yet committed may still commit under
+    /// the next leader, or be dropped.
+    pub fn step_down(&mut self, epoch: u64) {
+        let led = match self.role {
+            Role::Leader { epoch: e, .. } | Role::Fetching { epoch: e, .. } => e,
+            Role::Follower { .. } => return,
+        };
+        if led <= epoch {
+            self.role = Role::Follower {
+                leader: None,
+                epoch: led,
+                matched: 0,
+            };
+        }
+    }
+
+    /// The election no longer knows a leader: forget the hint.
+    pub fn forget_leader(&mut self) {
+        if let Role::Follower { leader, .. } = &mut self.role {
+            *leader = None;
+        }
+    }
+
+    /// Adds (or moves) a learner: it receives the log but never counts for
+    /// commit. Every node should be told, so a future leader knows it.
+    pub fn add_learner(&mut self, name: NodeName, addr: SocketAddr) {
+        if self.voters.contains_key(&name) || name == self.me {
+            return;
+        }
+        self.learners.insert(name.clone(), addr);
+        let next = self.last_index() + 1;
+        if let Role::Leader { peers, .. } = &mut self.role {
+            peers.insert(name, Progress::new(addr, next));
+        }
+    }
+
+    /// Removes a learner: the leader stops replicating to it.
+    pub fn remove_learner(&mut self, name: &NodeName) {
+        self.learners.remove(name);
+        if let Role::Leader { peers, .. } = &mut self.role {
+            if !self.voters.contains_key(name) {
+                peers.remove(name);
+            }
+        }
+    }
+
+    /// Appends `payload` as a new entry and returns its index. It is
+    /// committed once [`Output::Committed`] reaches that index *and* the
+    /// entry there is still this one (a leader that loses its epoch may see
+    /// it replaced).
+    ///
+    /// Fails, changing nothing, with [`ProposeError::NotLeader`],
+    /// [`ProposeError::NotReady`] or [`ProposeError::TooLarge`].
+    pub fn propose(&mut self, now: Instant, payload: Vec<u8>) -> Result<u64, ProposeError> {
+        self.now = now;
+        let epoch = match &self.role {
+            Role::Leader { epoch, .. } => *epoch,
+            Role::Fetching { epoch, .. } => return Err(ProposeError::NotReady { epoch: *epoch }),
+            Role::Follower { leader, .. } => {
+                return Err(ProposeError::NotLeader {
+                    leader: leader.clone(),
+                })
+            }
+        };
+        if payload.len() > self.config.max_payload_len {
+            return Err(ProposeError::TooLarge {
+                len: payload.len(),
+                max: self.config.max_payload_len,
+            });
+        }
+        Ok(self.append_local(epoch, EntryKind::Data, payload))
+    }
+
+    // ----- sans-IO plumbing -------------------------------------------------
+
+    /// The next output, if any. Drain after every input and perform in
+    /// order (see the module docs).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if self.outputs.is_empty() {
+            self.flush();
+        }
+        self.outputs.pop_front()
+    }
+
+    /// When [`Replica::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.role {
+            Role::Follower { .. } => None,
+            Role::Fetching {
+                retry_at,
+                give_up_at,
+                ..
+            } => Some(give_up_at.map_or(*retry_at, |g| g.min(*retry_at))),
+            Role::Leader { peers, .. } => peers
+                .values()
+                .flat_map(|p| {
+                    [
+                        p.last_send.map(|t| t + self.config.heartbeat_interval),
+                        p.waiting_since.map(|t| t + self.config.retransmit_timeout),
+                    ]
+                })
+                .flatten()
+                .min(),
+        }
+    }
+
+    /// Handles every deadline that has passed: heartbeats, retransmissions,
+    /// fetch retries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let retransmit = self.config.retransmit_timeout;
+        match &mut self.role {
+            Role::Follower { .. } => {}
+            Role::Fetching {
+                epoch, give_up_at, ..
+            } => {
+                if give_up_at.is_some_and(|t| now >= t) {
+                    *give_up_at = None;
+                    self.outputs.push_back(Output::CannotLead { epoch: *epoch });
+                }
+            }
+            Role::Leader { peers, .. } => {
+                for p in peers.values_mut() {
+                    if p.waiting_since.is_some_and(|t| now >= t + retransmit) {
+                        // Something was lost: resend from the first entry the
+                        // replica has not acknowledged.
+                        p.next = p.matched + 1;
+                        p.waiting_since = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one message from `from` (the transport's authenticated
+    /// address of the sender).
+    pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        self.now = now;
+        match msg {
+            Message::Append {
+                epoch,
+                prev_index,
+                prev_epoch,
+                entries,
+                commit,
+            } => self.on_append(from, epoch, prev_index, prev_epoch, entries, commit),
+            Message::Ack { epoch, match_index } => self.on_ack(from, epoch, match_index),
+            Message::Nack {
+                epoch,
+                prev_index,
+                hint,
+            } => self.on_nack(from, epoch, prev_index, hint),
+            Message::Fetch {
+                epoch,
+                from_index,
+                upto,
+            } => self.on_fetch(from, epoch, from_index, upto),
+            Message::FetchReply {
+                epoch,
+                from_index,
+                entries,
+                last_index,
+            } => self.on_fetch_reply(from, epoch, from_index, entries, last_index),
+        }
+    }
+
+    // ----- message handlers --------------------------------------------------
+
+    fn on_append(
+        &mut self,
+        from: SocketAddr,
+        epoch: u64,
+        prev_index: u64,
+        prev_epoch: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+    ) {
+        // Only a voter leads, and never with an epoch below the fence.
+        let Some(leader) = self.voter_at(from) else {
+            return;
+        };
+        if epoch < self.epoch || leader == self.me || !well_formed(epoch, prev_index, &entries) {
+            return;
+        }
+        self.raise_epoch(epoch);
+        let Role::Follower {
+            leader: known,
+            epoch: followed,
+            matched,
+        } = &mut self.role
+        else {
+            // We lead `epoch` ourselves: no other node can.
+            return;
+        };
+        if *followed != epoch {
+            *followed = epoch;
+            *matched = 0;
+        }
+        *known = Some((leader, from));
+        let prev_ok = prev_index == 0
+            || self
+                .log
+                .get(prev_index as usize - 1)
+                .is_some_and(|e| e.epoch == prev_epoch);
+        if !prev_ok {
+            let hint = self.backup_hint(prev_index);
+            self.pending_sends.push((
+                from,
+                Message::Nack {
+                    epoch,
+                    prev_index,
+                    hint,
+                },
+            ));
+            return;
+        }
+        let count = entries.len() as u64;
+        if !self.splice(prev_index + 1, entries) {
+            return;
+        }
+        let Role::Follower { matched, .. } = &mut self.role else {
+            return;
+        };
+        *matched = (*matched).max(prev_index + count);
+        self.commit = self.commit.max(commit.min(*matched));
+        self.pending_ack = Some(from);
+    }
+
+    fn on_ack(&mut self, from: SocketAddr, epoch: u64, match_index: u64) {
+        let now = self.now;
+        let last = self.last_index();
+        let Some(p) = self.progress_at(from, epoch) else {
+            return;
+        };
+        if match_index <= p.matched || match_index > last {
+            return;
+        }
+        p.matched = match_index;
+        p.next = p.next.max(match_index + 1);
+        p.waiting_since = (p.matched + 1 < p.next).then_some(now);
+    }
+
+    fn on_nack(&mut self, from: SocketAddr, epoch: u64, prev_index: u64, hint: u64) {
+        let Some(p) = self.progress_at(from, epoch) else {
+            return;
+        };
+        if prev_index < p.matched || prev_index >= p.next {
+            return; // stale: a later ack or nack already moved past it
+        }
+        p.next = (p.matched + 1).max(p.next.min(hint + 1).min(prev_index));
+        p.waiting_since = None;
+    }
+
+    fn on_fetch(&mut self, from: SocketAddr, epoch: u64, from_index: u64, upto: u64) {
+        if epoch < self.epoch || from_index == 0 {
+            return;
+        }
+        let last_index = upto.min(self.last_index());
+        let entries = self.batch(from_index, last_index);
+        self.pending_sends.push((
+            from,
+            Message::FetchReply {
+                epoch,
+                from_index,
+                entries,
+                last_index,
+            },
+        ));
+    }
+
+    fn on_fetch_reply(
+        &mut self,
+        from: SocketAddr,
+        epoch: u64,
+        from_index: u64,
+        entries: Vec<Entry>,
+        last_index: u64,
+    ) {
+        let fetch_timeout = self.config.fetch_timeout;
+        let Role::Fetching {
+            epoch: fetching,
+            source,
+            next_from,
+            upto,
+            retry_at,
+            give_up_at,
+        } = &mut self.role
+        else {
+            return;
+        };
+        if epoch != *fetching || from != *source || from_index != *next_from {
+            return; // stale or duplicate
+        }
+        if !well_formed(epoch, from_index - 1, &entries) {
+            return;
+        }
+        let count = entries.len() as u64;
+        let end = last_index.min(*upto);
+        *next_from += count;
+        *retry_at = self.now;
+        if give_up_at.is_some() {
+            *give_up_at = Some(self.now + fetch_timeout);
+        }
+        let done = count == 0 || *next_from > end;
+        let next_from = *next_from;
+        if !self.splice(from_index, entries) {
+            return;
+        }
+        if done {
+            // The source's log ends at `next_from - 1`; anything we hold past
+            // it is not committed (the source holds every committed entry).
+            let end = next_from - 1;
+            if self.last_index() > end && end >= self.commit {
+                self.truncate_from(end + 1);
+            }
+            self.start_leading(epoch);
+        }
+    }
+
+    // ----- internals ---------------------------------------------------------
+
+    fn raise_epoch(&mut self, epoch: u64) {
+        if epoch <= self.epoch {
+            return;
+        }
+        self.epoch = epoch;
+        match self.role {
+            Role::Leader { epoch: led, .. } | Role::Fetching { epoch: led, .. } if led < epoch => {
+                self.role = Role::Follower {
+                    leader: None,
+                    epoch,
+                    matched: 0,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    fn start_leading(&mut self, epoch: u64) {
+        let next = self.last_index() + 1;
+        let peers = self
+            .voters
+            .iter()
+            .chain(&self.learners)
+            .filter(|(name, _)| **name != self.me)
+            .map(|(name, &addr)| (name.clone(), Progress::new(addr, next)))
+            .collect();
+        self.role = Role::Leader { epoch, peers };
+        self.append_local(epoch, EntryKind::Noop, Vec::new());
+    }
+
+    fn append_local(&mut self, epoch: u64, kind: EntryKind, payload: Vec<u8>) -> u64 {
+        let index = self.last_index() + 1;
+        self.log.push(Entry {
+            epoch,
+            index,
+            kind,
+            payload,
+        });
+        self.mark_dirty(index);
+        index
+    }
+
+    fn mark_dirty(&mut self, index: u64) {
+        self.dirty_from = Some(self.dirty_from.map_or(index, |d| d.min(index)));
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        self.log.truncate(index as usize - 1);
+        self.mark_dirty(index);
+    }
+
+    /// Writes `entries` (numbered from `first`) into the log, dropping our
+    /// suffix from the first entry whose epoch differs. Refuses (returns
+    /// false) rather than drop a committed entry: that would be a protocol
+    /// violation by the sender.
+    fn splice(&mut self, first: u64, entries: Vec<Entry>) -> bool {
+        for entry in entries {
+            let index = entry.index;
+            debug_assert!(index >= first);
+            if let Some(mine) = self.entry(index) {
+                if mine.epoch == entry.epoch {
+                    continue;
+                }
+                if index <= self.commit {
+                    return false;
+                }
+                self.truncate_from(index);
+            }
+            self.log.push(entry);
+            self.mark_dirty(index);
+        }
+        true
+    }
+
+    /// Where a leader should retry after our entry at `prev_index` did not
+    /// match: our last index if we are shorter, else the index before our
+    /// first entry of the conflicting epoch (never below the commit index).
+    fn backup_hint(&self, prev_index: u64) -> u64 {
+        let last = self.last_index();
+        if prev_index > last {
+            return last;
+        }
+        let Some(conflict) = self.entry(prev_index).map(|e| e.epoch) else {
+            return last;
+        };
+        let mut first = prev_index;
+        while first > 1 && self.entry(first - 1).is_some_and(|e| e.epoch == conflict) {
+            first -= 1;
+        }
+        (first - 1).max(self.commit)
+    }
+
+    /// Entries from `from` to at most `to`, within the batch limits (at least
+    /// one entry if any is in range).
+    fn batch(&self, from: u64, to: u64) -> Vec<Entry> {
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for entry in self.entries(from, to) {
+            if out.len() >= self.config.max_batch_entries.get()
+                || (!out.is_empty() && bytes + entry.size() > self.config.max_batch_bytes)
+            {
+                break;
+            }
+            bytes += entry.size();
+            out.push(entry.clone());
+        }
+        out
+    }
+
+    fn voter_at(&self, addr: SocketAddr) -> Option<NodeName> {
+        self.voters
+            .iter()
+            .find(|(_, &a)| a == addr)
+            .map(|(name, _)| name.clone())
+    }
+
+    fn progress_at(&mut self, from: SocketAddr, epoch: u64) -> Option<&mut Progress> {
+        match &mut self.role {
+            Role::Leader { epoch: led, peers } if *led == epoch => {
+                peers.values_mut().find(|p| p.addr == from)
+            }
+            _ => None,
+        }
+    }
+
+    /// Builds the outputs for everything that changed since the last drain:
+    /// writes, one sync, then what depends on durability (summary, commit,
+    /// acks, replies, replication).
+    fn flush(&mut self) {
+        let mut wrote = false;
+        if self.epoch > self.saved_epoch {
+            self.saved_epoch = self.epoch;
+            self.outputs.push_back(Output::SaveEpoch(self.epoch));
+            wrote = true;
+        }
+        if let Some(from) = self.dirty_from.take() {
+            if from <= self.persisted_last {
+                self.outputs.push_back(Output::Truncate { from });
+            }
+            let start = (from - 1) as usize;
+            if let Some(new) = self.log.get(start..).filter(|n| !n.is_empty()) {
+                self.outputs.push_back(Output::Append(new.to_vec()));
+            }
+            self.persisted_last = self.last_index();
+            wrote = true;
+        }
+        if wrote {
+            self.outputs.push_back(Output::Sync);
+        }
+        // Everything in memory is durable from here on.
+        let summary = self.summary();
+        if self.reported_summary != Some(summary) {
+            self.reported_summary = Some(summary);
+            self.outputs.push_back(Output::Summary(summary.encode()));
+        }
+        self.advance_commit();
+        let commit = self.commit.min(self.persisted_last);
+        if commit > self.reported_commit {
+            self.reported_commit = commit;
+            self.outputs.push_back(Output::Committed { upto: commit });
+        }
+        if let Some(to) = self.pending_ack.take() {
+            if let Role::Follower { epoch, matched, .. } = self.role {
+                self.pending_sends.push((
+                    to,
+                    Message::Ack {
+                        epoch,
+                        match_index: matched,
+                    },
+                ));
+            }
+        }
+        for (to, msg) in std::mem::take(&mut self.pending_sends) {
+            self.outputs.push_back(Output::Send { to, msg });
+        }
+        self.fetch();
+        self.replicate();
+    }
+
+    /// Leader: the highest index held durably by a majority of the voters,
+    /// if its entry is of our epoch (rule 4).
+    fn advance_commit(&mut self) {
+        let Role::Leader { epoch, peers } = &self.role else {
+            return;
+        };
+        let mut held: Vec<u64> = peers
+            .iter()
+            .filter(|(name, _)| self.voters.contains_key(*name))
+            .map(|(_, p)| p.matched)
+            .collect();
+        if self.voters.contains_key(&self.me) {
+            held.push(self.persisted_last);
+        }
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        let majority = self.voters.len() / 2 + 1;
+        let Some(&n) = held.get(majority - 1) else {
+            return;
+        };
+        if n > self.commit && self.entry(n).is_some_and(|e| e.epoch == *epoch) {
+            self.commit = n;
+        }
+    }
+
+    /// New leader catching up: (re)send the fetch when due.
+    fn fetch(&mut self) {
+        let now = self.now;
+        let retransmit = self.config.retransmit_timeout;
+        if let Role::Fetching {
+            epoch,
+            source,
+            next_from,
+            upto,
+            retry_at,
+            ..
+        } = &mut self.role
+        {
+            if now >= *retry_at {
+                *retry_at = now + retransmit;
+                self.outputs.push_back(Output::Send {
+                    to: *source,
+                    msg: Message::Fetch {
+                        epoch: *epoch,
+                        from_index: *next_from,
+                        upto: *upto,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Leader: send every replica what it lacks, within its window, and a
+    /// heartbeat to those that are due one.
+    fn replicate(&mut self) {
+        let now = self.now;
+        let last = self.last_index();
+        let commit = self.commit;
+        let window = self.config.max_inflight_entries.get() as u64;
+        let heartbeat = self.config.heartbeat_interval;
+        let Role::Leader { epoch, peers } = &self.role else {
+            return;
+        };
+        let epoch = *epoch;
+        let mut sends = Vec::new();
+        let mut updated = Vec::new();
+        for (name, p) in peers {
+            let mut p = p.clone();
+            let mut sent = false;
+            while p.next <= last {
+                let inflight = p.next - 1 - p.matched.min(p.next - 1);
+                if inflight >= window {
+                    break;
+                }
+                let upto = last.min(p.next - 1 + (window - inflight));
+                let entries = self.batch(p.next, upto);
+                if entries.is_empty() {
+                    break;
+                }
+                let prev_index = p.next - 1;
+                p.next += entries.len() as u64;
+                sends.push((
+                    p.addr,
+                    Message::Append {
+                        epoch,
+                        prev_index,
+                        prev_epoch: self.epoch_at(prev_index),
+                        entries,
+                        commit,
+                    },
+                ));
+                sent = true;
+                p.waiting_since.get_or_insert(now);
+            }
+            let due = p.last_send.is_none_or(|t| now >= t + heartbeat);
+            if !sent && (p.commit_sent < commit || due) {
+                sends.push((
+                    p.addr,
+                    Message::Append {
+                        epoch,
+                        prev_index: p.matched,
+                        prev_epoch: self.epoch_at(p.matched),
+                        entries: Vec::new(),
+                        commit,
+                    },
+                ));
+                sent = true;
+            }
+            if sent {
+                p.last_send = Some(now);
+                p.commit_sent = commit;
+                updated.push((name.clone(), p));
+            }
+        }
+        if let Role::Leader { peers, .. } = &mut self.role {
+            for (name, p) in updated {
+                peers.insert(name, p);
+            }
+        }
+        for (to, msg) in sends {
+            self.outputs.push_back(Output::Send { to, msg });
+        }
+    }
+
+    fn epoch_at(&self, index: u64) -> u64 {
+        self.entry(index).map(|e| e.epoch).unwrap_or(0)
+    }
+}
+
+impl Progress {
+    fn new(addr: SocketAddr, next: u64) -> Self {
+        Self {
+            addr,
+            next,
+            matched: 0,
+            commit_sent: 0,
+            last_send: None,
+            waiting_since: None,
+        }
+    }
+}
+
+/// Entries of a message are consecutive from `prev_index + 1` and none is
+/// newer than the message's epoch (bytes from the network are checked, never
+/// trusted).
+fn well_formed(epoch: u64, prev_index: u64, entries: &[Entry]) -> bool {
+    entries
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.index == prev_index + 1 + i as u64 && e.epoch <= epoch && e.epoch > 0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,546 @@
+//! Unit tests of the replicated log: exact output sequences for the basic
+//! cases, driven by hand.
+
+use super::*;
+
+fn name(i: usize) -> NodeName {
+    NodeName::new(format!("n{i}")).unwrap()
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i as u8 + 1], 7000))
+}
+
+fn voters(n: usize) -> Vec<(NodeName, SocketAddr)> {
+    (0..n).map(|i| (name(i), addr(i))).collect()
+}
+
+fn entry(epoch: u64, index: u64) -> Entry {
+    Entry {
+        epoch,
+        index,
+        kind: EntryKind::Data,
+        payload: vec![index as u8],
+    }
+}
+
+fn noop(epoch: u64, index: u64) -> Entry {
+    Entry {
+        epoch,
+        index,
+        kind: EntryKind::Noop,
+        payload: Vec::new(),
+    }
+}
+
+fn summary(last_epoch: u64, last_index: u64) -> Output {
+    Output::Summary(
+        Summary {
+            last_epoch,
+            last_index,
+        }
+        .encode(),
+    )
+}
+
+fn send(to: usize, msg: Message) -> Output {
+    Output::Send { to: addr(to), msg }
+}
+
+fn append(epoch: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> Message {
+    Message::Append {
+        epoch,
+        prev_index: prev.0,
+        prev_epoch: prev.1,
+        entries,
+        commit,
+    }
+}
+
+fn replica(i: usize, n: usize, log: Vec<Entry>, now: Instant) -> Replica {
+    let epoch = log.last().map(|e| e.epoch).unwrap_or(0);
+    let mut replica = Replica::new(
+        Config::lan(),
+        name(i),
+        voters(n),
+        [],
+        Recovered {
+            epoch,
+            entries: log,
+        },
+        now,
+    );
+    drain(&mut replica); // the initial summary
+    replica
+}
+
+fn drain(replica: &mut Replica) -> Vec<Output> {
+    std::iter::from_fn(|| replica.poll_output()).collect()
+}
+
+#[test]
+fn a_new_leader_with_the_longest_log_appends_a_noop_syncs_then_sends() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.fence(1);
+    leader.become_leader(now, 1, vec![(name(1), Summary::default().encode())]);
+    assert_eq!(
+        drain(&mut leader),
+        vec![
+            Output::SaveEpoch(1),
+            Output::Append(vec![noop(1, 1)]),
+            Output::Sync,
+            summary(1, 1),
+            send(1, append(1, (0, 0), vec![noop(1, 1)], 0)),
+            send(2, append(1, (0, 0), vec![noop(1, 1)], 0)),
+        ]
+    );
+    assert_eq!(leader.leading(), Some(1));
+}
+
+#[test]
+fn a_follower_acks_only_after_its_sync_and_the_leader_commits_on_a_majority() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    let mut follower = replica(1, 3, vec![], now);
+    follower.handle_message(now, addr(0), append(1, (0, 0), vec![noop(1, 1)], 0));
+    assert_eq!(
+        drain(&mut follower),
+        vec![
+            Output::SaveEpoch(1),
+            Output::Append(vec![noop(1, 1)]),
+            Output::Sync,
+            summary(1, 1),
+            send(
+                0,
+                Message::Ack {
+                    epoch: 1,
+                    match_index: 1
+                }
+            ),
+        ]
+    );
+    assert_eq!(follower.leader(), Some((name(0), addr(0))));
+    leader.handle_message(
+        now,
+        addr(1),
+        Message::Ack {
+            epoch: 1,
+            match_index: 1,
+        },
+    );
+    assert_eq!(
+        drain(&mut leader),
+        vec![
+            Output::Committed { upto: 1 },
+            send(1, append(1, (1, 1), vec![], 1)),
+            send(2, append(1, (0, 0), vec![], 1)),
+        ]
+    );
+    follower_learns_the_commit_index(&mut follower, now);
+}
+
+/// The follower learns the commit index from a heartbeat.
+fn follower_learns_the_commit_index(follower: &mut Replica, now: Instant) {
+    follower.handle_message(now, addr(0), append(1, (1, 1), vec![], 1));
+    assert_eq!(
+        drain(follower),
+        vec![
+            Output::Committed { upto: 1 },
+            send(
+                0,
+                Message::Ack {
+                    epoch: 1,
+                    match_index: 1
+                }
+            ),
+        ]
+    );
+}
+
+#[test]
+fn proposals_between_two_drains_share_one_write_one_sync_and_one_append_each() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    assert_eq!(leader.propose(now, vec![2]), Ok(2));
+    assert_eq!(leader.propose(now, vec![3]), Ok(3));
+    // Pipelined: entry 1 is not acknowledged yet, 2 and 3 go anyway.
+    assert_eq!(
+        drain(&mut leader),
+        vec![
+            Output::Append(vec![entry(1, 2), entry(1, 3)]),
+            Output::Sync,
+            summary(1, 3),
+            send(1, append(1, (1, 1), vec![entry(1, 2), entry(1, 3)], 0)),
+            send(2, append(1, (1, 1), vec![entry(1, 2), entry(1, 3)], 0)),
+        ]
+    );
+}
+
+#[test]
+fn a_follower_truncates_a_conflicting_suffix_before_appending() {
+    let now = Instant::now();
+    let mut follower = replica(1, 3, vec![entry(1, 1), entry(1, 2), entry(1, 3)], now);
+    follower.handle_message(now, addr(0), append(2, (1, 1), vec![noop(2, 2)], 1));
+    assert_eq!(
+        drain(&mut follower),
+        vec![
+            Output::SaveEpoch(2),
+            Output::Truncate { from: 2 },
+            Output::Append(vec![noop(2, 2)]),
+            Output::Sync,
+            summary(2, 2),
+            Output::Committed { upto: 1 },
+            send(
+                0,
+                Message::Ack {
+                    epoch: 2,
+                    match_index: 2
+                }
+            ),
+        ]
+    );
+    assert_eq!(follower.entries(1, 9), &[entry(1, 1), noop(2, 2)]);
+}
+
+#[test]
+fn a_duplicate_append_changes_nothing_and_is_acked_again() {
+    let now = Instant::now();
+    let mut follower = replica(1, 3, vec![entry(1, 1), entry(1, 2)], now);
+    follower.handle_message(now, addr(0), append(1, (0, 0), vec![entry(1, 1)], 0));
+    assert_eq!(
+        drain(&mut follower),
+        vec![send(
+            0,
+            Message::Ack {
+                epoch: 1,
+                match_index: 1
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_nack_hint_lets_the_leader_back_up_in_one_round_trip() {
+    let now = Instant::now();
+    let mut follower = replica(1, 3, vec![entry(1, 1)], now);
+    follower.handle_message(now, addr(0), append(2, (5, 1), vec![noop(2, 6)], 0));
+    let nack = Message::Nack {
+        epoch: 2,
+        prev_index: 5,
+        hint: 1,
+    };
+    assert_eq!(
+        drain(&mut follower),
+        vec![Output::SaveEpoch(2), Output::Sync, send(0, nack.clone())]
+    );
+
+    let old: Vec<Entry> = (1..=5).map(|i| entry(1, i)).collect();
+    let mut leader = replica(0, 3, old.clone(), now);
+    leader.become_leader(now, 2, vec![]);
+    let first = drain(&mut leader);
+    assert!(first.contains(&send(1, append(2, (5, 1), vec![noop(2, 6)], 0))));
+    leader.handle_message(now, addr(1), nack);
+    let mut resend = old[1..].to_vec();
+    resend.push(noop(2, 6));
+    assert_eq!(
+        drain(&mut leader),
+        vec![send(1, append(2, (1, 1), resend, 0))]
+    );
+}
+
+#[test]
+fn a_fenced_replica_ignores_appends_from_an_older_epoch_and_a_fenced_leader_stops() {
+    let now = Instant::now();
+    let mut follower = replica(1, 3, vec![], now);
+    follower.fence(3);
+    assert_eq!(
+        drain(&mut follower),
+        vec![Output::SaveEpoch(3), Output::Sync]
+    );
+    follower.handle_message(now, addr(0), append(2, (0, 0), vec![noop(2, 1)], 0));
+    assert_eq!(drain(&mut follower), vec![]);
+    assert_eq!(follower.last_index(), 0);
+
+    let mut leader = replica(0, 3, vec![], now);
+    leader.become_leader(now, 2, vec![]);
+    drain(&mut leader);
+    leader.fence(3);
+    assert_eq!(leader.leading(), None);
+    assert_eq!(
+        leader.propose(now, vec![1]),
+        Err(ProposeError::NotLeader { leader: None })
+    );
+    // Acks for the old epoch no longer count.
+    leader.handle_message(
+        now,
+        addr(1),
+        Message::Ack {
+            epoch: 2,
+            match_index: 1,
+        },
+    );
+    assert_eq!(drain(&mut leader), vec![Output::SaveEpoch(3), Output::Sync]);
+    assert_eq!(leader.commit_index(), 0);
+}
+
+#[test]
+fn the_fence_survives_a_restart_through_the_saved_epoch() {
+    let now = Instant::now();
+    let follower = Replica::new(
+        Config::lan(),
+        name(1),
+        voters(3),
+        [],
+        Recovered {
+            epoch: 3,
+            entries: vec![],
+        },
+        now,
+    );
+    let mut follower = follower;
+    drain(&mut follower);
+    follower.handle_message(now, addr(0), append(2, (0, 0), vec![noop(2, 1)], 0));
+    assert_eq!(drain(&mut follower), vec![]);
+}
+
+#[test]
+fn a_new_leader_adopts_the_longer_log_of_a_granting_voter_before_serving() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![entry(1, 1), noop(1, 2)], now);
+    let voter_log = vec![entry(1, 1), entry(2, 2), entry(2, 3)];
+    let mut voter = replica(1, 3, voter_log.clone(), now);
+    leader.fence(3);
+    leader.become_leader(
+        now,
+        3,
+        vec![
+            (
+                name(0),
+                Summary {
+                    last_epoch: 1,
+                    last_index: 2,
+                }
+                .encode(),
+            ),
+            (
+                name(1),
+                Summary {
+                    last_epoch: 2,
+                    last_index: 3,
+                }
+                .encode(),
+            ),
+        ],
+    );
+    let fetch = Message::Fetch {
+        epoch: 3,
+        from_index: 1,
+        upto: 3,
+    };
+    assert_eq!(
+        drain(&mut leader),
+        vec![Output::SaveEpoch(3), Output::Sync, send(1, fetch.clone())]
+    );
+    assert_eq!(
+        leader.propose(now, vec![9]),
+        Err(ProposeError::NotReady { epoch: 3 })
+    );
+    voter.fence(3);
+    drain(&mut voter);
+    voter.handle_message(now, addr(0), fetch);
+    let reply = Message::FetchReply {
+        epoch: 3,
+        from_index: 1,
+        entries: voter_log.clone(),
+        last_index: 3,
+    };
+    assert_eq!(drain(&mut voter), vec![send(0, reply.clone())]);
+    leader.handle_message(now, addr(1), reply);
+    assert_eq!(
+        drain(&mut leader),
+        vec![
+            Output::Truncate { from: 2 },
+            Output::Append(vec![entry(2, 2), entry(2, 3), noop(3, 4)]),
+            Output::Sync,
+            summary(3, 4),
+            send(1, append(3, (3, 2), vec![noop(3, 4)], 0)),
+            send(2, append(3, (3, 2), vec![noop(3, 4)], 0)),
+        ]
+    );
+    assert_eq!(leader.leading(), Some(3));
+    assert_eq!(leader.propose(now, vec![9]), Ok(5));
+}
+
+#[test]
+fn a_leader_commits_older_entries_only_through_an_entry_of_its_own_epoch() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![entry(1, 1), entry(1, 2)], now);
+    leader.become_leader(now, 2, vec![]);
+    drain(&mut leader);
+    // A majority (leader + n1) holds index 2, of epoch 1: not enough.
+    leader.handle_message(
+        now,
+        addr(1),
+        Message::Ack {
+            epoch: 2,
+            match_index: 2,
+        },
+    );
+    assert!(!drain(&mut leader)
+        .iter()
+        .any(|o| matches!(o, Output::Committed { .. })));
+    leader.handle_message(
+        now,
+        addr(1),
+        Message::Ack {
+            epoch: 2,
+            match_index: 3,
+        },
+    );
+    assert_eq!(drain(&mut leader)[0], Output::Committed { upto: 3 });
+}
+
+#[test]
+fn learners_receive_entries_but_never_count_for_commit() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.add_learner(name(3), addr(3));
+    leader.become_leader(now, 1, vec![]);
+    let out = drain(&mut leader);
+    assert!(out.contains(&send(3, append(1, (0, 0), vec![noop(1, 1)], 0))));
+    leader.handle_message(
+        now,
+        addr(3),
+        Message::Ack {
+            epoch: 1,
+            match_index: 1,
+        },
+    );
+    assert!(!drain(&mut leader)
+        .iter()
+        .any(|o| matches!(o, Output::Committed { .. })));
+    leader.remove_learner(&name(3));
+    leader.handle_message(
+        now,
+        addr(2),
+        Message::Ack {
+            epoch: 1,
+            match_index: 1,
+        },
+    );
+    assert_eq!(drain(&mut leader)[0], Output::Committed { upto: 1 });
+}
+
+#[test]
+fn unacknowledged_entries_are_sent_again_after_the_retransmit_timeout() {
+    let now = Instant::now();
+    let config = Config::lan();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    assert_eq!(leader.poll_timeout(), Some(now + config.heartbeat_interval));
+    // A heartbeat first: nothing acknowledged yet, nothing resent.
+    let beat = now + config.heartbeat_interval;
+    leader.handle_timeout(beat);
+    assert_eq!(
+        drain(&mut leader),
+        vec![
+            send(1, append(1, (0, 0), vec![], 0)),
+            send(2, append(1, (0, 0), vec![], 0)),
+        ]
+    );
+    let late = now + config.retransmit_timeout;
+    assert_eq!(leader.poll_timeout(), Some(late));
+    leader.handle_timeout(late);
+    assert_eq!(
+        drain(&mut leader),
+        vec![
+            send(1, append(1, (0, 0), vec![noop(1, 1)], 0)),
+            send(2, append(1, (0, 0), vec![noop(1, 1)], 0)),
+        ]
+    );
+}
+
+#[test]
+fn a_leader_that_cannot_fetch_reports_it_cannot_lead() {
+    let now = Instant::now();
+    let config = Config::lan();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.become_leader(
+        now,
+        1,
+        vec![(
+            name(1),
+            Summary {
+                last_epoch: 1,
+                last_index: 4,
+            }
+            .encode(),
+        )],
+    );
+    drain(&mut leader);
+    let mut t = now;
+    let mut gave_up = false;
+    while let Some(next) = leader.poll_timeout() {
+        if next > now + config.fetch_timeout * 2 {
+            break;
+        }
+        t = next;
+        leader.handle_timeout(t);
+        gave_up |= drain(&mut leader).contains(&Output::CannotLead { epoch: 1 });
+        if gave_up {
+            break;
+        }
+    }
+    assert!(gave_up);
+    assert_eq!(t, now + config.fetch_timeout);
+}
+
+#[test]
+fn messages_with_malformed_entries_are_ignored() {
+    let now = Instant::now();
+    let mut follower = replica(1, 3, vec![], now);
+    // Index 3 after prev 0, and an entry newer than the message's epoch.
+    follower.handle_message(now, addr(0), append(1, (0, 0), vec![entry(1, 3)], 0));
+    follower.handle_message(now, addr(0), append(1, (0, 0), vec![entry(2, 1)], 0));
+    // Not from a voter.
+    follower.handle_message(now, addr(7), append(1, (0, 0), vec![entry(1, 1)], 0));
+    assert_eq!(drain(&mut follower), vec![]);
+}
+
+#[test]
+fn summaries_round_trip_and_order_by_epoch_then_index() {
+    let s = Summary {
+        last_epoch: 7,
+        last_index: 3,
+    };
+    assert_eq!(Summary::decode(&s.encode()), Some(s));
+    assert_eq!(Summary::decode(&[1, 2, 3]), None);
+    assert!(
+        Summary {
+            last_epoch: 8,
+            last_index: 1
+        } > s
+    );
+}
+
+#[test]
+fn the_default_config_is_valid_and_a_window_below_a_batch_is_not() {
+    assert!(Config::lan().validate().is_ok());
+    let bad = Config {
+        max_inflight_entries: NonZeroUsize::new(1).unwrap(),
+        ..Config::lan()
+    };
+    assert_eq!(
+        bad.validate(),
+        Err(ConfigError::WindowBelowBatch {
+            inflight: 1,
+            batch: 256
+        })
+    );
+}
