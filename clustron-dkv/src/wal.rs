@@ -10,7 +10,7 @@
 //! ```text
 //! u32 LE  body length
 //! u32 LE  CRC-32 of the body
-//! body:   u64 LE epoch, u64 LE index, payload bytes
+//! body:   u64 LE epoch, u64 LE index, u8 kind (0 no-op, 1 data), payload
 //! ```
 //!
 //! Entries are contiguous (each index one above the last) across segments,
@@ -37,12 +37,12 @@
 //! # Example
 //!
 //! ```
-//! use clustron_dkv::wal::{Entry, Wal, WalOptions};
+//! use clustron_dkv::wal::{Entry, EntryKind, Wal, WalOptions};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).unwrap();
 //! assert!(recovered.entries.is_empty());
-//! wal.append(&[Entry { epoch: 1, index: 1, payload: b"put a=1".to_vec() }]).unwrap();
+//! wal.append(&[Entry { epoch: 1, index: 1, kind: EntryKind::Data, payload: b"put a=1".to_vec() }]).unwrap();
 //! wal.sync().unwrap();
 //! drop(wal);
 //!
@@ -55,25 +55,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+pub use crate::core::replication::{Entry, EntryKind};
+
 /// File magic and format version at the start of every segment.
 const MAGIC: &[u8; 5] = b"CLWAL";
 const VERSION: u8 = 1;
 const HEADER_LEN: u64 = 6;
 /// Record framing: body length and checksum.
 const FRAME_LEN: usize = 8;
-/// Epoch and index at the start of a body.
-const BODY_FIXED: usize = 16;
-
-/// One log entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The epoch of the leader that appended it.
-    pub epoch: u64,
-    /// Its position in the log, from 1.
-    pub index: u64,
-    /// Opaque bytes (the state machine's command).
-    pub payload: Vec<u8>,
-}
+/// Epoch, index and kind at the start of a body.
+const BODY_FIXED: usize = 17;
 
 /// Tuning of a [`Wal`].
 #[derive(Debug, Clone)]
@@ -258,6 +249,7 @@ impl Wal {
             let mut hasher = crc32fast::Hasher::new();
             hasher.update(&entry.epoch.to_le_bytes());
             hasher.update(&entry.index.to_le_bytes());
+            hasher.update(&[kind_byte(entry.kind)]);
             hasher.update(&entry.payload);
             let crc = hasher.finalize();
             let path = self.active_segment().path.clone();
@@ -267,6 +259,7 @@ impl Wal {
                 w.write_all(&crc.to_le_bytes())?;
                 w.write_all(&entry.epoch.to_le_bytes())?;
                 w.write_all(&entry.index.to_le_bytes())?;
+                w.write_all(&[kind_byte(entry.kind)])?;
                 w.write_all(&entry.payload)
             })()
             .map_err(io_err(&path))?;
@@ -373,6 +366,13 @@ impl Wal {
     }
 }
 
+fn kind_byte(kind: EntryKind) -> u8 {
+    match kind {
+        EntryKind::Noop => 0,
+        EntryKind::Data => 1,
+    }
+}
+
 fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("{first_index:020}.wal"))
 }
@@ -447,10 +447,16 @@ fn parse(bytes: &[u8], offset: usize, max_payload: usize) -> Parsed {
     let mut index = [0u8; 8];
     epoch.copy_from_slice(&body[..8]);
     index.copy_from_slice(&body[8..16]);
+    let kind = match body[16] {
+        0 => EntryKind::Noop,
+        1 => EntryKind::Data,
+        other => return Parsed::Bad(format!("unknown entry kind {other}")),
+    };
     Parsed::Entry(
         Entry {
             epoch: u64::from_le_bytes(epoch),
             index: u64::from_le_bytes(index),
+            kind,
             payload: body[BODY_FIXED..].to_vec(),
         },
         FRAME_LEN + body_len,

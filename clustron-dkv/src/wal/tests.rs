@@ -14,6 +14,11 @@ fn entry(epoch: u64, index: u64, len: usize) -> Entry {
     Entry {
         epoch,
         index,
+        kind: if len == 0 {
+            EntryKind::Noop
+        } else {
+            EntryKind::Data
+        },
         payload: (0..len).map(|i| (i as u64 * 31 + index) as u8).collect(),
     }
 }
