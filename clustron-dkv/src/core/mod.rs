@@ -5,6 +5,7 @@
 //! - [`replication`]: the replicated log under the store.
 //! - [`mvcc`]: the replicated state machine, a multi-version key-value store.
 //! - [`watch`]: which watchers get which changes, from which revision.
+//! - [`server`]: all of the above as one node's key-value server.
 //! - [`leases`]: the leader's lease clock: expiry becomes a proposed revoke.
 //!
 //! How the replica sits between the election core and its driver:
@@ -33,6 +34,7 @@
 pub mod leases;
 pub mod mvcc;
 pub mod replication;
+pub mod server;
 pub mod watch;
 
 pub use replication::{

@@ -122,12 +122,14 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 4 KiB keys, 1 MiB values, 128 operations per transaction (etcd:
-    /// 1.5 MiB per request, 128 operations).
+    /// 4 KiB keys, 512 KiB values (a put must fit in one log entry, whose
+    /// default limit is 512 KiB too: see the replication `Config::lan`), 128
+    /// operations per transaction (etcd: 1.5 MiB per request, 128
+    /// operations).
     fn default() -> Self {
         Self {
             max_key: 4096,
-            max_value: 1024 * 1024,
+            max_value: 512 * 1024,
             max_txn_ops: 128,
         }
     }

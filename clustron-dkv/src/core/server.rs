@@ -1,0 +1,606 @@
+//! The key-value server of one node, sans-IO: the replicated log, the store
+//! it feeds, watches and the leader's lease clock, behind one API shape.
+//!
+//! Writes (put, delete, transactions, lease grants and revocations,
+//! compaction) are proposed to the log by the leader and answered once
+//! committed and applied, with the store's result. Reads are either
+//! **serializable** (any node, from its applied state, possibly stale) or
+//! **linearizable** (the leader only, while its election lease is valid and
+//! once an entry of its own epoch is committed, after it has applied
+//! everything committed when the read arrived). The lease makes the
+//! linearizable read local: no round trip to a quorum, because no other
+//! node can lead (or commit) while this one's lease runs (DESIGN rules 2–3).
+//!
+//! # Calling protocol
+//!
+//! As for [`Replica`]: after any input, drain [`Server::poll_output`] and
+//! perform the outputs **in order**. [`ServerOutput::Log`] carries the
+//! replica's writes, syncs and sends; replies and watch deliveries come
+//! after the `Sync` that made their entries durable, so performing in order
+//! never acknowledges a write before it is on disk. Call
+//! [`Server::handle_timeout`] at [`Server::poll_timeout`].
+//!
+//! # Example
+//!
+//! A single voter: it leads, commits alone, and answers a put then a read.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::{Duration, Instant};
+//! use clustron_dkv::core::server::{ClientOp, Reply, Server, ServerConfig, ServerOutput};
+//! use clustron_dkv::core::{mvcc::Command, Recovered};
+//! use clustron_dkv::kv::{PutRequest, RequestOp};
+//! use clustron_election::NodeName;
+//!
+//! let me = NodeName::new("n1").unwrap();
+//! let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+//! let now = Instant::now();
+//! let mut server = Server::new(ServerConfig::default(), me.clone(), [(me, addr)], [],
+//!     Recovered::default(), now).unwrap();
+//! server.elected(now, 1, vec![], now + Duration::from_secs(1));
+//! while server.poll_output().is_some() {}
+//!
+//! let put = Command::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), lease: None, prev_kv: false });
+//! server.request(now, 7, ClientOp::Write(put));
+//! let mut replies = Vec::new();
+//! while let Some(output) = server.poll_output() {
+//!     if let ServerOutput::Reply { id, result } = output { replies.push((id, result)); }
+//! }
+//! assert!(matches!(replies[..], [(7, Ok(Reply::Put(_)))]));
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use clustron_election::NodeName;
+
+use super::leases::LeaseClock;
+use super::mvcc::{Command, Limits, Outcome, Store};
+use super::replication::{
+    Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
+    Recovered, Replica,
+};
+use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
+use crate::kv::{
+    DeleteResponse, KvError, LeaseId, PutResponse, RangeRequest, RangeResponse, TxnResponse,
+};
+
+/// A client request's id, chosen by the driver; replies carry it.
+pub type RequestId = u64;
+
+/// How the server is tuned.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// The replicated log's tuning.
+    pub log: LogConfig,
+    /// The store's size limits.
+    pub limits: Limits,
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Read keys.
+    Read {
+        /// What to read.
+        request: RangeRequest,
+        /// Linearizable (leader, lease, up to date) or serializable (this
+        /// node's applied state).
+        linearizable: bool,
+    },
+    /// A write, through the log. A [`Command::LeaseGrant`] with id 0 gets
+    /// an id chosen by the leader.
+    Write(Command),
+    /// Renew a lease (leader only).
+    KeepAlive(LeaseId),
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Keys read, and the revision they were read at.
+    Range(RangeResponse, u64),
+    /// A put done, at the revision.
+    Put(PutResponse, u64),
+    /// A delete done, at the revision.
+    Delete(DeleteResponse, u64),
+    /// A transaction done.
+    Txn(TxnResponse),
+    /// A lease granted.
+    LeaseGranted {
+        /// Its id.
+        id: LeaseId,
+        /// Its TTL in milliseconds.
+        ttl_ms: u64,
+    },
+    /// A lease revoked and its keys deleted.
+    LeaseRevoked {
+        /// How many keys went with it.
+        deleted: u64,
+    },
+    /// A lease renewed; it now lives this long unless renewed again.
+    KeptAlive {
+        /// Its TTL in milliseconds.
+        ttl_ms: u64,
+    },
+    /// The store is compacted.
+    Compacted,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    /// This node cannot serve it: ask the leader (if known).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<(NodeName, SocketAddr)>,
+    },
+    /// The leader is catching up or its lease is not (yet) valid: retry.
+    #[error("leader not ready: {0}")]
+    NotReady(&'static str),
+    /// The write's log entry was replaced by another leader's: it was not
+    /// applied and will not be. Safe to retry.
+    #[error("the write was lost in a leader change and not applied; retry")]
+    Lost,
+    /// The request is larger than the log accepts.
+    #[error("request of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        /// Its encoded size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The store refused it.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// What the server asks of its driver, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerOutput {
+    /// A replicated log output: write, sync, send, summary, cannot-lead.
+    Log(LogOutput),
+    /// The answer to a request.
+    Reply {
+        /// The request.
+        id: RequestId,
+        /// Its result.
+        result: Result<Reply, ServerError>,
+    },
+    /// Events for a watcher.
+    Watch(Delivery),
+    /// A watcher ended by the server (its history was compacted).
+    WatchCancelled(Cancelled),
+}
+
+/// A write waiting for its entry to commit.
+#[derive(Debug)]
+struct PendingWrite {
+    id: RequestId,
+    epoch: u64,
+}
+
+/// The key-value server of one node.
+#[derive(Debug)]
+pub struct Server {
+    replica: Replica,
+    store: Store,
+    hub: WatchHub,
+    leases: LeaseClock,
+    /// Highest log index applied to the store.
+    applied: u64,
+    /// Writes by log index.
+    writes: BTreeMap<u64, PendingWrite>,
+    /// Linearizable reads waiting for `applied` to reach their index.
+    reads: Vec<(u64, RequestId, RangeRequest)>,
+    /// The election lease: (epoch, valid until).
+    lease: Option<(u64, Instant)>,
+    /// Whether this leader's own no-op is applied: its commit index then
+    /// covers everything any earlier leader committed.
+    own_epoch_committed: bool,
+    /// Counter for lease ids the leader picks.
+    next_lease: u64,
+    outputs: VecDeque<ServerOutput>,
+    now: Instant,
+}
+
+impl Server {
+    /// A server over the log that storage kept. The store starts empty and
+    /// is rebuilt by applying the log as commits are learned again.
+    pub fn new(
+        config: ServerConfig,
+        me: NodeName,
+        voters: impl IntoIterator<Item = (NodeName, SocketAddr)>,
+        learners: impl IntoIterator<Item = (NodeName, SocketAddr)>,
+        recovered: Recovered,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let log = config.log.validate()?;
+        Ok(Self {
+            replica: Replica::new(log, me, voters, learners, recovered, now),
+            store: Store::new(config.limits),
+            hub: WatchHub::default(),
+            leases: LeaseClock::default(),
+            applied: 0,
+            writes: BTreeMap::new(),
+            reads: Vec::new(),
+            lease: None,
+            own_epoch_committed: false,
+            next_lease: 0,
+            outputs: VecDeque::new(),
+            now,
+        })
+    }
+
+    /// The store, to read (serializable) or export.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The replicated log.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Highest log index applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    // ----- from the election ------------------------------------------------
+
+    /// The election persisted a promise for `epoch`.
+    pub fn fence(&mut self, epoch: u64) {
+        self.replica.fence(epoch);
+    }
+
+    /// This node won `epoch`, with the granting majority's summaries and a
+    /// lease valid until `lease_until`.
+    pub fn elected(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        summaries: Vec<(NodeName, Vec<u8>)>,
+        lease_until: Instant,
+    ) {
+        self.now = now;
+        self.replica.become_leader(now, epoch, summaries);
+        self.lease = Some((epoch, lease_until));
+        self.own_epoch_committed = false;
+        self.leases.become_leader(now, self.store.leases());
+    }
+
+    /// The election renewed this leader's lease.
+    pub fn lease_renewed(&mut self, epoch: u64, until: Instant) {
+        if self.lease.is_some_and(|(e, _)| e == epoch) {
+            self.lease = Some((epoch, until));
+        }
+    }
+
+    /// Another node leads `epoch`.
+    pub fn follow(&mut self, now: Instant, leader: NodeName, addr: SocketAddr, epoch: u64) {
+        self.now = now;
+        self.replica.follow(now, leader, addr, epoch);
+        self.lost_leadership();
+    }
+
+    /// This node stopped leading `epoch`.
+    pub fn step_down(&mut self, epoch: u64) {
+        self.replica.step_down(epoch);
+        self.lost_leadership();
+    }
+
+    /// No leader is known.
+    pub fn forget_leader(&mut self) {
+        self.replica.forget_leader();
+        self.lost_leadership();
+    }
+
+    fn lost_leadership(&mut self) {
+        if self.replica.leading().is_none() {
+            self.lease = None;
+            self.own_epoch_committed = false;
+            self.leases.step_down();
+            // Reads waiting on this node's lease cannot be answered.
+            let leader = self.replica.leader();
+            for (_, id, _) in std::mem::take(&mut self.reads) {
+                self.outputs.push_back(ServerOutput::Reply {
+                    id,
+                    result: Err(ServerError::NotLeader {
+                        leader: leader.clone(),
+                    }),
+                });
+            }
+        }
+    }
+
+    // ----- from the network and the clock -----------------------------------
+
+    /// A replication message from a peer.
+    pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        self.now = now;
+        self.replica.handle_message(now, from, msg);
+    }
+
+    /// The deadline from [`Server::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.replica.handle_timeout(now);
+        for id in self.leases.poll_expired(now) {
+            // Expiry is a committed decision: propose the revoke. If it is
+            // refused or lost, the clock is told to retry.
+            let payload = encode(&Command::LeaseRevoke { id });
+            if self.replica.propose(now, payload).is_err() {
+                self.leases.retry(now, id);
+            }
+        }
+    }
+
+    /// When to call [`Server::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.replica.poll_timeout(), self.leases.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- from clients ------------------------------------------------------
+
+    /// A client request; its reply comes as [`ServerOutput::Reply`].
+    pub fn request(&mut self, now: Instant, id: RequestId, op: ClientOp) {
+        self.now = now;
+        let immediate = match op {
+            ClientOp::Read {
+                request,
+                linearizable: false,
+            } => Some(self.read(&request)),
+            ClientOp::Read {
+                request,
+                linearizable: true,
+            } => match self.read_index(now) {
+                Err(e) => Some(Err(e)),
+                Ok(index) if index <= self.applied => Some(self.read(&request)),
+                Ok(index) => {
+                    self.reads.push((index, id, request));
+                    None
+                }
+            },
+            ClientOp::KeepAlive(lease) => Some(self.keep_alive(now, lease)),
+            ClientOp::Write(command) => self.write(now, id, command).err().map(Err),
+        };
+        if let Some(result) = immediate {
+            self.outputs.push_back(ServerOutput::Reply { id, result });
+        }
+    }
+
+    fn read(&self, request: &RangeRequest) -> Result<Reply, ServerError> {
+        let response = self.store.range(request)?;
+        let revision = if request.revision == 0 {
+            self.store.revision()
+        } else {
+            request.revision
+        };
+        Ok(Reply::Range(response, revision))
+    }
+
+    /// The commit index a linearizable read must wait for, if this node may
+    /// serve one now.
+    fn read_index(&self, now: Instant) -> Result<u64, ServerError> {
+        let Some(epoch) = self.replica.leading() else {
+            return Err(ServerError::NotLeader {
+                leader: self.replica.leader(),
+            });
+        };
+        match self.lease {
+            Some((e, until)) if e == epoch && now < until => {}
+            _ => return Err(ServerError::NotReady("the leader's lease is not valid")),
+        }
+        // Until an entry of its own epoch commits, a leader's commit index
+        // may be behind what its predecessor committed.
+        if !self.own_epoch_committed {
+            return Err(ServerError::NotReady(
+                "the leader's first entry is not committed yet",
+            ));
+        }
+        Ok(self.replica.commit_index())
+    }
+
+    fn keep_alive(&mut self, now: Instant, lease: LeaseId) -> Result<Reply, ServerError> {
+        if self.replica.leading().is_none() {
+            return Err(ServerError::NotLeader {
+                leader: self.replica.leader(),
+            });
+        }
+        match self.leases.keep_alive(now, lease) {
+            Some(ttl) => Ok(Reply::KeptAlive {
+                ttl_ms: ttl.as_millis() as u64,
+            }),
+            None => Err(KvError::LeaseNotFound(lease).into()),
+        }
+    }
+
+    fn write(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        mut command: Command,
+    ) -> Result<(), ServerError> {
+        let epoch = match self.replica.leading() {
+            Some(epoch) => epoch,
+            None => {
+                return Err(ServerError::NotLeader {
+                    leader: self.replica.leader(),
+                })
+            }
+        };
+        if let Command::LeaseGrant { id: lease, .. } = &mut command {
+            if lease.0 == 0 {
+                // Unique across leaders: the epoch in the high bits.
+                self.next_lease += 1;
+                *lease = LeaseId(epoch << 32 | (self.next_lease & 0xffff_ffff));
+            }
+        }
+        let payload = encode(&command);
+        match self.replica.propose(now, payload) {
+            Ok(index) => {
+                self.writes.insert(index, PendingWrite { id, epoch });
+                Ok(())
+            }
+            Err(ProposeError::NotLeader { leader }) => Err(ServerError::NotLeader { leader }),
+            Err(ProposeError::NotReady { .. }) => Err(ServerError::NotReady(
+                "the leader is catching up on the log",
+            )),
+            Err(ProposeError::TooLarge { len, max }) => Err(ServerError::TooLarge { len, max }),
+        }
+    }
+
+    // ----- watches -------------------------------------------------------------
+
+    /// Adds a watcher. One starting in the past gets its history from
+    /// [`Server::catch_up_watchers`].
+    pub fn watch(&mut self, request: WatchRequest) -> WatchId {
+        self.hub.watch(request, &self.store)
+    }
+
+    /// Removes a watcher.
+    pub fn cancel_watch(&mut self, id: WatchId) -> bool {
+        self.hub.cancel(id)
+    }
+
+    /// A watcher's stream could not take a delivery starting at
+    /// `next_revision`; it is fed from history again.
+    pub fn watch_fell_behind(&mut self, id: WatchId, next_revision: u64) {
+        self.hub.fall_behind(id, next_revision);
+    }
+
+    /// Feeds watchers that are behind their next chunk of history.
+    pub fn catch_up_watchers(&mut self) {
+        for delivery in self.hub.catch_up(&self.store) {
+            self.outputs.push_back(ServerOutput::Watch(delivery));
+        }
+        while let Some(c) = self.hub.poll_cancelled() {
+            self.outputs.push_back(ServerOutput::WatchCancelled(c));
+        }
+    }
+
+    /// (watchers, of which behind).
+    pub fn watch_counts(&self) -> (usize, usize) {
+        self.hub.counts()
+    }
+
+    // ----- outputs ----------------------------------------------------------------
+
+    /// The next output, in the order it must be performed.
+    pub fn poll_output(&mut self) -> Option<ServerOutput> {
+        loop {
+            if let Some(output) = self.outputs.pop_front() {
+                return Some(output);
+            }
+            match self.replica.poll_output()? {
+                LogOutput::Committed { upto } => {
+                    // Forwarded first, then what applying it produced: the
+                    // replies follow the Sync before it in order.
+                    self.outputs
+                        .push_back(ServerOutput::Log(LogOutput::Committed { upto }));
+                    self.apply_to(upto);
+                }
+                other => return Some(ServerOutput::Log(other)),
+            }
+        }
+    }
+
+    fn apply_to(&mut self, upto: u64) {
+        while self.applied < upto {
+            let index = self.applied + 1;
+            let Some(entry) = self.replica.entry(index).cloned() else {
+                break;
+            };
+            self.applied = index;
+            // A write proposed here is the entry only if the entry is of the
+            // epoch it was proposed in (same (epoch, index), same entry);
+            // otherwise a newer leader replaced it, and it never applies.
+            let mine = match self.writes.remove(&index) {
+                Some(p) if p.epoch == entry.epoch && entry.kind == EntryKind::Data => Some(p),
+                Some(p) => {
+                    self.reply(p.id, Err(ServerError::Lost));
+                    None
+                }
+                None => None,
+            };
+            match entry.kind {
+                EntryKind::Noop => {
+                    if self.replica.leading() == Some(entry.epoch) {
+                        self.own_epoch_committed = true;
+                    }
+                }
+                EntryKind::Data => {
+                    let result = self.apply_data(&entry.payload);
+                    if let Some(p) = mine {
+                        self.reply(p.id, result);
+                    }
+                }
+            }
+        }
+        // Reads whose index is now applied.
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= self.applied);
+        self.reads = waiting;
+        for (_, id, request) in ready {
+            let result = self.read(&request);
+            self.reply(id, result);
+        }
+    }
+
+    fn apply_data(&mut self, payload: &[u8]) -> Result<Reply, ServerError> {
+        let Ok(command) = postcard::from_bytes::<Command>(payload) else {
+            // Every replica decodes the same bytes the same way.
+            return Err(ServerError::NotReady("undecodable command in the log"));
+        };
+        let grant = match &command {
+            Command::LeaseGrant { id, ttl_ms } => Some((*id, *ttl_ms)),
+            _ => None,
+        };
+        let revoke = match &command {
+            Command::LeaseRevoke { id } => Some(*id),
+            _ => None,
+        };
+        let applied = self.store.apply(command);
+        for delivery in self.hub.on_applied(applied.revision, &applied.events) {
+            self.outputs.push_back(ServerOutput::Watch(delivery));
+        }
+        let revision = applied.revision;
+        let outcome = applied.outcome?;
+        if let Some((id, ttl_ms)) = grant {
+            self.leases.granted(self.now, id, ttl_ms);
+        }
+        if let Some(id) = revoke {
+            self.leases.revoked(id);
+        }
+        Ok(match outcome {
+            Outcome::Put(r) => Reply::Put(r, revision),
+            Outcome::Delete(r) => Reply::Delete(r, revision),
+            Outcome::Txn(r) => Reply::Txn(r),
+            Outcome::LeaseGranted => {
+                let (id, ttl_ms) = grant.unwrap_or((LeaseId(0), 0));
+                Reply::LeaseGranted { id, ttl_ms }
+            }
+            Outcome::LeaseRevoked { deleted } => Reply::LeaseRevoked { deleted },
+            Outcome::Compacted => Reply::Compacted,
+        })
+    }
+
+    fn reply(&mut self, id: RequestId, result: Result<Reply, ServerError>) {
+        self.outputs.push_back(ServerOutput::Reply { id, result });
+    }
+}
+
+fn encode(command: &Command) -> Vec<u8> {
+    // Invariant: a command is plain data; postcard cannot fail on it.
+    postcard::to_allocvec(command).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

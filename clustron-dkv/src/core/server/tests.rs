@@ -1,0 +1,373 @@
+//! Server tests on a hand-driven three-node network: writes answered after
+//! commit and durable, linearizable reads only where they are safe, lease
+//! expiry as a replicated revoke, watches on followers, and writes lost to a
+//! leader change answered as lost.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use super::*;
+use crate::kv::{EventKind, KeyRange, PutRequest};
+
+struct Net {
+    servers: Vec<Server>,
+    addrs: Vec<SocketAddr>,
+    names: Vec<NodeName>,
+    now: Instant,
+    /// (to, from, message)
+    queue: Vec<(usize, SocketAddr, Message)>,
+    /// Nodes cut off from everyone.
+    cut: Vec<bool>,
+    replies: Vec<(usize, RequestId, Result<Reply, ServerError>)>,
+    watched: Vec<(usize, Delivery)>,
+    /// Each node's outputs in order, as (is a sync, reply id).
+    trace: Vec<Vec<(bool, Option<RequestId>)>>,
+}
+
+impl Net {
+    fn new() -> Self {
+        let names: Vec<NodeName> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| NodeName::new(*n).unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = (0..3)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 7000 + i)))
+            .collect();
+        let now = Instant::now();
+        let voters: Vec<_> = names.iter().cloned().zip(addrs.iter().copied()).collect();
+        let servers = names
+            .iter()
+            .map(|n| {
+                Server::new(
+                    ServerConfig::default(),
+                    n.clone(),
+                    voters.clone(),
+                    [],
+                    Recovered::default(),
+                    now,
+                )
+                .unwrap()
+            })
+            .collect();
+        Self {
+            servers,
+            addrs,
+            names,
+            now,
+            queue: Vec::new(),
+            cut: vec![false; 3],
+            replies: Vec::new(),
+            watched: Vec::new(),
+            trace: vec![Vec::new(); 3],
+        }
+    }
+
+    /// `leader` wins `epoch` (with everyone's summaries), the others follow.
+    fn elect(&mut self, leader: usize, epoch: u64) {
+        let summaries: Vec<(NodeName, Vec<u8>)> = (0..3)
+            .filter(|i| !self.cut[*i] || *i == leader)
+            .map(|i| {
+                (
+                    self.names[i].clone(),
+                    self.servers[i].replica().summary().encode(),
+                )
+            })
+            .collect();
+        for i in 0..3 {
+            if i != leader && !self.cut[i] {
+                self.servers[i].fence(epoch);
+            }
+        }
+        let now = self.now;
+        self.servers[leader].fence(epoch);
+        self.servers[leader].elected(now, epoch, summaries, now + Duration::from_secs(3600));
+        for i in 0..3 {
+            if i != leader && !self.cut[i] {
+                let (name, addr) = (self.names[leader].clone(), self.addrs[leader]);
+                self.servers[i].follow(now, name, addr, epoch);
+            }
+        }
+        self.settle();
+    }
+
+    /// Performs outputs and delivers messages until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            for i in 0..3 {
+                while let Some(output) = self.servers[i].poll_output() {
+                    moved = true;
+                    match output {
+                        ServerOutput::Log(LogOutput::Send { to, msg }) => {
+                            let to = self.addrs.iter().position(|a| *a == to).unwrap();
+                            if !self.cut[i] && !self.cut[to] {
+                                self.queue.push((to, self.addrs[i], msg));
+                            }
+                        }
+                        ServerOutput::Log(LogOutput::Sync) => self.trace[i].push((true, None)),
+                        ServerOutput::Log(_) => {}
+                        ServerOutput::Reply { id, result } => {
+                            self.trace[i].push((false, Some(id)));
+                            self.replies.push((i, id, result));
+                        }
+                        ServerOutput::Watch(d) => self.watched.push((i, d)),
+                        ServerOutput::WatchCancelled(_) => {}
+                    }
+                }
+            }
+            for (to, from, msg) in std::mem::take(&mut self.queue) {
+                moved = true;
+                let now = self.now;
+                self.servers[to].handle_message(now, from, msg);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network never settled");
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        let now = self.now;
+        for s in &mut self.servers {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+        }
+        self.settle();
+    }
+
+    fn request(&mut self, node: usize, id: RequestId, op: ClientOp) {
+        let now = self.now;
+        self.servers[node].request(now, id, op);
+        self.settle();
+    }
+
+    fn reply(&self, id: RequestId) -> &Result<Reply, ServerError> {
+        &self.replies.iter().find(|r| r.1 == id).unwrap().2
+    }
+}
+
+fn put(key: &str, value: &str) -> ClientOp {
+    ClientOp::Write(Command::Put(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        lease: None,
+        prev_kv: false,
+    }))
+}
+
+fn get(key: &str, linearizable: bool) -> ClientOp {
+    ClientOp::Read {
+        request: RangeRequest {
+            range: KeyRange::Key(key.into()),
+            revision: 0,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+        },
+        linearizable,
+    }
+}
+
+fn value(result: &Result<Reply, ServerError>) -> Option<Vec<u8>> {
+    match result {
+        Ok(Reply::Range(r, _)) => r.kvs.first().map(|kv| kv.value.clone()),
+        other => panic!("not a read: {other:?}"),
+    }
+}
+
+#[test]
+fn a_write_is_answered_after_commit_and_its_sync_and_read_everywhere() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("k", "v"));
+    assert!(
+        matches!(net.reply(1), Ok(Reply::Put(_, 1))),
+        "{:?}",
+        net.reply(1)
+    );
+    // The reply came after a sync on the leader.
+    let at = net.trace[0].iter().position(|t| t.1 == Some(1)).unwrap();
+    assert!(
+        net.trace[0][..at].iter().any(|t| t.0),
+        "replied before any sync"
+    );
+
+    net.request(0, 2, get("k", true));
+    assert_eq!(value(net.reply(2)), Some(b"v".to_vec()));
+    // Followers apply once the leader tells them the commit index.
+    net.advance(Duration::from_millis(100));
+    net.request(1, 3, get("k", false));
+    assert_eq!(value(net.reply(3)), Some(b"v".to_vec()));
+    // A follower neither writes nor serves linearizable reads; it names the
+    // leader.
+    net.request(1, 4, put("k", "w"));
+    net.request(1, 5, get("k", true));
+    for id in [4, 5] {
+        match net.reply(id) {
+            Err(ServerError::NotLeader {
+                leader: Some((name, _)),
+            }) => assert_eq!(name.as_str(), "n1"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn linearizable_reads_wait_for_the_leaders_own_first_entry() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("k", "v1"));
+    // n2 wins epoch 2 but its followers are cut off before its no-op
+    // commits: its commit index may be behind, so it must not answer.
+    net.cut[2] = true;
+    net.cut[0] = true;
+    net.elect(1, 2);
+    net.request(1, 2, get("k", true));
+    assert!(
+        matches!(net.reply(2), Err(ServerError::NotReady(_))),
+        "{:?}",
+        net.reply(2)
+    );
+    net.cut[2] = false;
+    let (name, addr) = (net.names[1].clone(), net.addrs[1]);
+    let now = net.now;
+    net.servers[2].fence(2);
+    net.servers[2].follow(now, name, addr, 2);
+    for _ in 0..3 {
+        net.advance(Duration::from_millis(100));
+    }
+    net.request(1, 3, get("k", true));
+    assert_eq!(value(net.reply(3)), Some(b"v1".to_vec()));
+}
+
+#[test]
+fn linearizable_reads_need_a_valid_lease() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("k", "v"));
+    // The lease ran out (the election did not renew it).
+    let now = net.now;
+    net.servers[0].lease_renewed(1, now);
+    net.request(0, 2, get("k", true));
+    assert!(matches!(net.reply(2), Err(ServerError::NotReady(_))));
+    // Serializable reads still work.
+    net.request(0, 3, get("k", false));
+    assert_eq!(value(net.reply(3)), Some(b"v".to_vec()));
+    net.servers[0].lease_renewed(1, now + Duration::from_secs(10));
+    net.request(0, 4, get("k", true));
+    assert_eq!(value(net.reply(4)), Some(b"v".to_vec()));
+}
+
+#[test]
+fn an_expired_lease_is_revoked_through_the_log_and_its_keys_go_everywhere() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let watch = net.servers[2].watch(WatchRequest::new(KeyRange::Prefix(b"svc/".to_vec())));
+    net.request(
+        0,
+        1,
+        ClientOp::Write(Command::LeaseGrant {
+            id: LeaseId(0),
+            ttl_ms: 1000,
+        }),
+    );
+    let Ok(Reply::LeaseGranted {
+        id: lease,
+        ttl_ms: 1000,
+    }) = net.reply(1).clone()
+    else {
+        panic!("{:?}", net.reply(1))
+    };
+    assert_ne!(lease, LeaseId(0));
+    net.request(
+        0,
+        2,
+        ClientOp::Write(Command::Put(PutRequest {
+            key: b"svc/a".to_vec(),
+            value: b"up".to_vec(),
+            lease: Some(lease),
+            prev_kv: false,
+        })),
+    );
+    assert!(net.reply(2).is_ok());
+    // Kept alive at 800 ms: still there at 1.5 s.
+    net.advance(Duration::from_millis(800));
+    net.request(0, 3, ClientOp::KeepAlive(lease));
+    assert_eq!(net.reply(3), &Ok(Reply::KeptAlive { ttl_ms: 1000 }));
+    net.request(1, 4, ClientOp::KeepAlive(lease));
+    assert!(matches!(net.reply(4), Err(ServerError::NotLeader { .. })));
+    for _ in 0..7 {
+        net.advance(Duration::from_millis(100));
+    }
+    net.request(0, 5, get("svc/a", true));
+    assert_eq!(value(net.reply(5)), Some(b"up".to_vec()));
+    // Not kept alive: gone after its TTL, on every node, and the follower's
+    // watcher saw the put then the delete.
+    for _ in 0..5 {
+        net.advance(Duration::from_millis(100));
+    }
+    net.advance(Duration::from_millis(100));
+    for node in 0..3 {
+        let id = 10 + node as u64;
+        net.request(node, id, get("svc/a", false));
+        assert_eq!(value(net.reply(id)), None, "node {node}");
+    }
+    let kinds: Vec<EventKind> = net
+        .watched
+        .iter()
+        .filter(|(node, d)| *node == 2 && d.id == watch)
+        .flat_map(|(_, d)| d.events.iter().map(|e| e.kind))
+        .collect();
+    assert_eq!(kinds, [EventKind::Put, EventKind::Delete]);
+    net.request(0, 20, ClientOp::KeepAlive(lease));
+    assert!(matches!(
+        net.reply(20),
+        Err(ServerError::Kv(KvError::LeaseNotFound(_)))
+    ));
+}
+
+#[test]
+fn a_write_replaced_by_a_newer_leader_is_answered_lost() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("a", "1"));
+    assert!(net.reply(1).is_ok());
+    // n1 is cut off; its write cannot commit.
+    net.cut[0] = true;
+    net.request(0, 2, put("a", "from-the-old-leader"));
+    assert!(net.replies.iter().all(|r| r.1 != 2));
+    // n2 is elected by n2 and n3 and writes at the same index.
+    net.elect(1, 2);
+    net.request(1, 3, put("a", "from-the-new-leader"));
+    assert!(net.reply(3).is_ok());
+    // n1 comes back and follows: its write is answered lost, never applied.
+    net.cut[0] = false;
+    let (name, addr) = (net.names[1].clone(), net.addrs[1]);
+    let now = net.now;
+    net.servers[0].fence(2);
+    net.servers[0].follow(now, name, addr, 2);
+    for _ in 0..5 {
+        net.advance(Duration::from_millis(100));
+    }
+    assert_eq!(net.reply(2), &Err(ServerError::Lost));
+    net.request(0, 4, get("a", false));
+    assert_eq!(value(net.reply(4)), Some(b"from-the-new-leader".to_vec()));
+}
+
+#[test]
+fn refused_commands_are_answered_with_the_store_error_on_every_path() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("", "empty key"));
+    assert!(matches!(
+        net.reply(1),
+        Err(ServerError::Kv(KvError::KeyTooLarge { .. }))
+    ));
+    let big = "x".repeat(2 << 20);
+    net.request(0, 2, put("k", &big));
+    assert!(matches!(net.reply(2), Err(ServerError::TooLarge { .. })));
+}
