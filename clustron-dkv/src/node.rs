@@ -95,6 +95,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             config: clustron_election::Config::lan(),
             voters: set,
             data_dir,
+            hook: None,
         };
         let election = match Election::start(&endpoint, &membership, options).await {
             Ok(election) => election,

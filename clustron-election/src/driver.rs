@@ -99,8 +99,27 @@ impl Storage for FileStorage {
     }
 }
 
+/// The layer above's part in a promise (DESIGN rules 1 and 4), for a
+/// replicated log beside the election.
+///
+/// A summary set with [`Election::set_summary`] reaches the election task
+/// later than the log changes, so a grant could carry a summary older than
+/// what the voter had acknowledged to the previous leader: the new leader
+/// might then miss a committed entry. The hook closes that gap: it runs in
+/// the election task after the promise is durable and before the grant
+/// leaves, and the grant carries what it returns.
+pub trait PromiseHook: Send + Sync + 'static {
+    /// A promise for `epoch` is durable and its grant is about to leave.
+    /// From now on the layer above must refuse to acknowledge anything from
+    /// an older epoch; it returns the summary of what it holds durably now.
+    /// Both must happen atomically with respect to its acknowledgements
+    /// (one lock around "set the fence, read the summary" here and around
+    /// "update the summary, check the fence, acknowledge" there).
+    fn promised(&self, epoch: Epoch) -> Vec<u8>;
+}
+
 /// How to start the election on a node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Lease timing.
     pub config: Config,
@@ -108,6 +127,19 @@ pub struct Options {
     pub voters: VoterSet,
     /// Where promises and voter sets are kept.
     pub data_dir: PathBuf,
+    /// Called on every promise, if set (see [`PromiseHook`]).
+    pub hook: Option<std::sync::Arc<dyn PromiseHook>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("config", &self.config)
+            .field("voters", &self.voters)
+            .field("data_dir", &self.data_dir)
+            .field("hook", &self.hook.as_ref().map(|_| "set"))
+            .finish()
+    }
 }
 
 /// A leadership change, as delivered to subscribers.
@@ -216,6 +248,7 @@ impl Election {
             commands: command_rx,
             events: events.clone(),
             state: state_tx,
+            hook: options.hook,
         };
         tokio::spawn(driver.run());
         Ok(Self {
@@ -309,6 +342,7 @@ struct Driver {
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<LeadershipEvent>,
     state: watch::Sender<State>,
+    hook: Option<std::sync::Arc<dyn PromiseHook>>,
 }
 
 impl Driver {
@@ -397,11 +431,29 @@ impl Driver {
 
     /// Performs the core's outputs in order.
     fn drain(&mut self) -> io::Result<()> {
+        // The hook's summary for the promise just made durable.
+        let mut fresh: Option<(Epoch, Vec<u8>)> = None;
         while let Some(output) = self.core.poll_output() {
             match output {
-                Output::Persist(promise) => self.storage.save_promise(&promise)?,
+                Output::Persist(promise) => {
+                    self.storage.save_promise(&promise)?;
+                    if let Some(hook) = &self.hook {
+                        let summary = hook.promised(promise.epoch);
+                        self.core.set_summary(summary.clone());
+                        fresh = Some((promise.epoch, summary));
+                    }
+                }
                 Output::PersistVoters(record) => self.storage.save_voters(&record)?,
-                Output::Send { to, msg } => self.send(to, msg),
+                Output::Send { to, mut msg } => {
+                    if let (Message::Grant { epoch, summary, .. }, Some((promised, now))) =
+                        (&mut msg, &fresh)
+                    {
+                        if epoch == promised {
+                            summary.clone_from(now);
+                        }
+                    }
+                    self.send(to, msg);
+                }
                 Output::Elected { epoch, summaries } => {
                     tracing::info!(%epoch, "elected");
                     let _ = self

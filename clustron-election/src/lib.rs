@@ -93,7 +93,9 @@ pub mod voters;
 pub use self::core::{Core, Message, Output, Peer};
 pub use clustron_membership::NodeName;
 pub use config::{Config, ConfigError};
-pub use driver::{DriverError, Elect, Election, FileStorage, LeadershipEvent, Options};
+pub use driver::{
+    DriverError, Elect, Election, FileStorage, LeadershipEvent, Options, PromiseHook,
+};
 pub use error::Error;
 pub use storage::{MemStorage, Persisted, Promise, Storage, VoterRecord};
 pub use voters::{Epoch, Voter, VoterSet};

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
-use clustron_election::{Config, Election, Epoch, NodeName, Options, Voter, VoterSet};
+use clustron_election::{Config, Election, Epoch, NodeName, Options, PromiseHook, Voter, VoterSet};
 use clustron_events::EventBus;
 use clustron_membership::{Membership, Options as MembershipOptions};
 use clustron_transport::{
@@ -57,6 +57,17 @@ impl LocalCluster {
     /// Starts `n` nodes with `voters` voters and waits until every node
     /// follows `n1`.
     pub async fn start(n: usize, voters: usize, config: Config) -> Result<Self> {
+        Self::start_with_hooks(n, voters, config, |_| None).await
+    }
+
+    /// As [`LocalCluster::start`], with node `i`'s election given
+    /// `hook(i)` as its [`PromiseHook`].
+    pub async fn start_with_hooks(
+        n: usize,
+        voters: usize,
+        config: Config,
+        hook: impl Fn(usize) -> Option<std::sync::Arc<dyn PromiseHook>>,
+    ) -> Result<Self> {
         let ca = CertificateAuthority::generate("local cluster")?;
         let dir = tempfile::tempdir()?;
         let mut endpoints = Vec::new();
@@ -89,6 +100,7 @@ impl LocalCluster {
                 config: config.clone(),
                 voters: set.clone(),
                 data_dir: dir.path().join(format!("n{i}")),
+                hook: hook(i),
             };
             let election = Election::start(&endpoint, &membership, options).await?;
             let bus = EventBus::start(

@@ -114,3 +114,55 @@ async fn a_transfer_moves_leadership_without_waiting_for_a_timeout() {
     ));
     cluster.stop().await;
 }
+
+/// Records the epochs it was called for, and answers "nI@EPOCH".
+struct RecordingHook {
+    node: usize,
+    promised: std::sync::Mutex<Vec<u64>>,
+}
+
+impl clustron_election::PromiseHook for RecordingHook {
+    fn promised(&self, epoch: clustron_election::Epoch) -> Vec<u8> {
+        self.promised.lock().unwrap().push(epoch.0);
+        format!("n{}@{}", self.node, epoch.0).into_bytes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_carry_the_summary_the_promise_hook_returns() {
+    let hooks: Vec<Arc<RecordingHook>> = (1..=3)
+        .map(|node| {
+            Arc::new(RecordingHook {
+                node,
+                promised: Default::default(),
+            })
+        })
+        .collect();
+    let cluster = LocalCluster::start_with_hooks(3, 3, Config::lan(), |i| {
+        Some(hooks[i - 1].clone() as Arc<dyn clustron_election::PromiseHook>)
+    })
+    .await
+    .unwrap();
+    let mut events = cluster.nodes[1].election.subscribe();
+    cluster.nodes[0].kill().await;
+    let (epoch, summaries) = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Ok(clustron_election::LeadershipEvent::Elected { epoch, summaries }) =
+                events.recv().await
+            {
+                return (epoch, summaries);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // n3's grant carries what n3's hook answered for this very epoch, and
+    // the hook ran for it.
+    let from_n3 = summaries
+        .iter()
+        .find(|(name, _)| name.as_str() == "n3")
+        .map(|(_, s)| String::from_utf8(s.clone()).unwrap());
+    assert_eq!(from_n3, Some(format!("n3@{}", epoch.0)));
+    assert!(hooks[2].promised.lock().unwrap().contains(&epoch.0));
+    cluster.stop().await;
+}

@@ -85,6 +85,7 @@ async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
                 config: clustron_election::Config::lan(),
                 voters: voters.clone(),
                 data_dir: dir.join("data").join(endpoint.identity().name.as_str()),
+                hook: None,
             },
         )
         .await?;
