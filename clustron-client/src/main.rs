@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use clustron_client::kv::{
+    EventKind, KeyRange, KeyValue, LeaseId, PutRequest, RangeRequest, WatchRequest,
+};
 use clustron_client::{Change, Client, StreamItem, TopologyInfo};
 use clustron_transport::TlsIdentity;
 use serde_json::json;
@@ -58,6 +61,184 @@ enum Cmd {
         #[command(subcommand)]
         command: EventsCmd,
     },
+    /// The replicated key-value store.
+    Kv {
+        #[command(subcommand)]
+        command: KvCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Set KEY to VALUE (UTF-8); prints the revision.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// Attach to this lease (it goes when the lease ends).
+        #[arg(long)]
+        lease: Option<u64>,
+    },
+    /// Print KEY (or every key under it with --prefix).
+    Get {
+        /// Key or prefix.
+        key: String,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Read from the answering node's state (may be stale) instead of
+        /// the leader's.
+        #[arg(long)]
+        serializable: bool,
+        /// Read as of this revision.
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+        /// JSON array of objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete KEY (or every key under it with --prefix); prints the count.
+    Del {
+        /// Key or prefix.
+        key: String,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Print changes to KEY (or under it) as they happen, one line each.
+    Watch {
+        /// Key or prefix.
+        key: String,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// From this revision (default: changes from now on).
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant a lease of TTL seconds; prints its id.
+    Grant {
+        /// Time to live, in seconds.
+        ttl: u64,
+    },
+    /// Renew a lease once; prints its TTL.
+    KeepAlive {
+        /// Lease id.
+        lease: u64,
+    },
+    /// End a lease and delete its keys.
+    Revoke {
+        /// Lease id.
+        lease: u64,
+    },
+}
+
+fn key_range(key: String, prefix: bool) -> KeyRange {
+    if prefix {
+        KeyRange::Prefix(key.into_bytes())
+    } else {
+        KeyRange::Key(key.into_bytes())
+    }
+}
+
+fn kv_json(kv: &KeyValue) -> serde_json::Value {
+    json!({
+        "key": String::from_utf8_lossy(&kv.key), "value": String::from_utf8_lossy(&kv.value),
+        "create_revision": kv.create_revision, "mod_revision": kv.mod_revision,
+        "version": kv.version, "lease": kv.lease.map(|l| l.0),
+    })
+}
+
+async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
+    match command {
+        KvCmd::Put { key, value, lease } => {
+            let (_, revision) = client
+                .put_with(PutRequest {
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
+                    lease: lease.map(LeaseId),
+                    prev_kv: false,
+                })
+                .await?;
+            println!("OK revision {revision}");
+        }
+        KvCmd::Get {
+            key,
+            prefix,
+            serializable,
+            rev,
+            json,
+        } => {
+            let request = RangeRequest {
+                range: key_range(key, prefix),
+                revision: rev,
+                limit: 0,
+                keys_only: false,
+                count_only: false,
+            };
+            let (response, _) = client.range(request, !serializable).await?;
+            if json {
+                let rows: Vec<_> = response.kvs.iter().map(kv_json).collect();
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                for kv in &response.kvs {
+                    println!(
+                        "{}={}",
+                        String::from_utf8_lossy(&kv.key),
+                        String::from_utf8_lossy(&kv.value)
+                    );
+                }
+            }
+        }
+        KvCmd::Del { key, prefix } => {
+            println!("{}", client.delete(key_range(key, prefix)).await?);
+        }
+        KvCmd::Watch {
+            key,
+            prefix,
+            rev,
+            json,
+        } => {
+            let mut request = WatchRequest::new(key_range(key, prefix));
+            request.start_revision = rev;
+            let mut watch = client.watch(request).await?;
+            loop {
+                for event in watch.next().await? {
+                    let kind = match event.kind {
+                        EventKind::Put => "PUT",
+                        EventKind::Delete => "DELETE",
+                    };
+                    if json {
+                        println!("{}", json!({ "type": kind, "kv": kv_json(&event.kv) }));
+                    } else {
+                        println!(
+                            "{kind} {}={} (revision {})",
+                            String::from_utf8_lossy(&event.kv.key),
+                            String::from_utf8_lossy(&event.kv.value),
+                            event.kv.mod_revision
+                        );
+                    }
+                }
+            }
+        }
+        KvCmd::Grant { ttl } => {
+            let id = client.grant(std::time::Duration::from_secs(ttl)).await?;
+            println!("{}", id.0);
+        }
+        KvCmd::KeepAlive { lease } => {
+            let ttl = client.keep_alive(LeaseId(lease)).await?;
+            println!("TTL {}s", ttl.as_secs());
+        }
+        KvCmd::Revoke { lease } => {
+            let deleted = client.revoke(LeaseId(lease)).await?;
+            println!("revoked; {deleted} keys deleted");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -186,10 +367,14 @@ async fn run(cli: Cli) -> Result<()> {
                         Some((name, epoch)) => println!("v{version}: leader {name} epoch {epoch}"),
                         None => println!("v{version}: no leader"),
                     },
-                    StreamItem::Event { .. } | StreamItem::Error(_) => {}
+                    StreamItem::Event { .. }
+                    | StreamItem::Error(_)
+                    | StreamItem::KvEvents(_)
+                    | StreamItem::WatchCancelled(_) => {}
                 }
             }
         }
+        Cmd::Kv { command } => kv_command(&client, command).await?,
         Cmd::Events {
             command: EventsCmd::Publish { topic, payload },
         } => {
@@ -240,5 +425,7 @@ fn item_json(item: &StreamItem) -> serde_json::Value {
             origin, seq, topic, ..
         } => json!({ "event": topic, "origin": origin, "seq": seq }),
         StreamItem::Error(reason) => json!({ "error": reason }),
+        StreamItem::KvEvents(events) => json!({ "kv_events": events.len() }),
+        StreamItem::WatchCancelled(reason) => json!({ "watch_cancelled": reason.to_string() }),
     }
 }

@@ -349,3 +349,130 @@ pub enum KvError {
     #[error("a transaction may write a key only once")]
     DuplicateKey,
 }
+
+/// A successful answer from a node's key-value server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvReply {
+    /// Keys read, and the revision they were read at.
+    Range(RangeResponse, u64),
+    /// A put done, at the revision.
+    Put(PutResponse, u64),
+    /// A delete done, at the revision.
+    Delete(DeleteResponse, u64),
+    /// A transaction done.
+    Txn(TxnResponse),
+    /// A lease granted.
+    LeaseGranted {
+        /// Its id.
+        id: LeaseId,
+        /// Its TTL in milliseconds.
+        ttl_ms: u64,
+    },
+    /// A lease revoked and its keys deleted.
+    LeaseRevoked {
+        /// How many keys went with it.
+        deleted: u64,
+    },
+    /// A lease renewed; it now lives this long unless renewed again.
+    KeptAlive {
+        /// Its TTL in milliseconds.
+        ttl_ms: u64,
+    },
+    /// The store is compacted.
+    Compacted,
+}
+
+/// A key-value request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvRequest {
+    /// Read keys: linearizable (the leader answers, up to date) or
+    /// serializable (any node, from what it has applied).
+    Range {
+        /// What to read.
+        request: RangeRequest,
+        /// Linearizable or serializable.
+        linearizable: bool,
+    },
+    /// Set a key.
+    Put(PutRequest),
+    /// Delete keys.
+    Delete(DeleteRequest),
+    /// A transaction.
+    Txn(Txn),
+    /// Create a lease; id 0 lets the leader choose one.
+    LeaseGrant {
+        /// The id wanted, or 0.
+        id: LeaseId,
+        /// Time to live in milliseconds.
+        ttl_ms: u64,
+    },
+    /// End a lease and delete its keys.
+    LeaseRevoke(LeaseId),
+    /// Renew a lease.
+    KeepAlive(LeaseId),
+    /// Forget history before a revision.
+    Compact(u64),
+}
+
+/// Why a key-value request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvFailure {
+    /// This node cannot serve it; the leader (name, address) if known.
+    #[error("{}", match leader {
+        Some((name, addr)) => format!("not the leader; the leader is {name} at {addr}"),
+        None => "no leader known (is a majority of the voters up and connected?)".to_owned(),
+    })]
+    NotLeader {
+        /// The leader.
+        leader: Option<(String, std::net::SocketAddr)>,
+    },
+    /// Try again shortly (no leader yet, or it is catching up).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The write was lost in a leader change and not applied: safe to retry.
+    #[error("the write was lost in a leader change and not applied; retry")]
+    Lost,
+    /// The write was proposed but not seen committed in time: it may or may
+    /// not be applied (read before retrying a non-idempotent write).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The request is too large.
+    #[error("request of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The store refused it.
+    #[error(transparent)]
+    Refused(#[from] KvError),
+}
+
+/// What a client asks to watch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// Which keys.
+    pub range: KeyRange,
+    /// First revision wanted (0: changes after the current one).
+    pub start_revision: u64,
+    /// Include each change's previous key-value.
+    pub prev_kv: bool,
+    /// Leave out puts.
+    pub no_put: bool,
+    /// Leave out deletes.
+    pub no_delete: bool,
+}
+
+impl WatchRequest {
+    /// Changes to `range` from now on, without previous values.
+    pub fn new(range: KeyRange) -> Self {
+        Self {
+            range,
+            start_revision: 0,
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+        }
+    }
+}

@@ -39,6 +39,8 @@ pub mod config;
 pub mod core;
 pub mod kv;
 #[cfg(feature = "server")]
+pub mod kv_driver;
+#[cfg(feature = "server")]
 pub mod node;
 pub mod proto;
 #[cfg(feature = "server")]

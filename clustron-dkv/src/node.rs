@@ -1,5 +1,5 @@
-//! A running node: transport, membership, election and event bus, the admin
-//! HTTP server, and a graceful stop.
+//! A running node: transport, membership, election, event bus and the
+//! key-value server, the admin HTTP server, and a graceful stop.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,8 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::NodeConfig;
+use crate::core::server::ServerConfig;
+use crate::kv_driver::{Fence, Kv};
 
 /// The parts of a running node the admin server and the stop sequence use.
 #[derive(Clone)]
@@ -27,6 +29,8 @@ pub struct Node {
     pub election: watch::Receiver<Option<Election>>,
     /// The event bus, started with the election.
     pub bus: watch::Receiver<Option<EventBus>>,
+    /// The key-value server, started with the election.
+    pub kv: watch::Receiver<Option<Kv>>,
     /// Leadership changes seen since start.
     pub leadership_changes: Arc<AtomicU64>,
 }
@@ -61,12 +65,14 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
 
     let (election_tx, election) = watch::channel(None);
     let (bus_tx, bus) = watch::channel(None);
+    let (kv_tx, kv) = watch::channel(None);
     let leadership_changes = Arc::new(AtomicU64::new(0));
     let node = Node {
         endpoint: endpoint.clone(),
         membership: membership.clone(),
         election,
         bus,
+        kv,
         leadership_changes: leadership_changes.clone(),
     };
     let voters: Vec<NodeName> = config
@@ -75,6 +81,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         .filter_map(|v| NodeName::new(v).ok())
         .collect();
     let data_dir = config.data_dir.join("election");
+    let kv_dir = config.data_dir.join("kv");
     tokio::spawn(async move {
         // The election needs every voter's address: wait for membership to
         // know them all (alive or not).
@@ -91,11 +98,19 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        let voter_addrs: Vec<(NodeName, std::net::SocketAddr)> = set
+            .voters()
+            .iter()
+            .map(|v| (v.name.clone(), v.addr))
+            .collect();
+        // The key-value log's fence, shared with the election (a grant
+        // carries the log's durable summary as of the promise).
+        let fence = Fence::default();
         let options = clustron_election::Options {
             config: clustron_election::Config::lan(),
             voters: set,
             data_dir,
-            hook: None,
+            hook: Some(Arc::new(fence.clone())),
         };
         let election = match Election::start(&endpoint, &membership, options).await {
             Ok(election) => election,
@@ -118,6 +133,22 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
                 let _ = bus_tx.send(Some(bus));
             }
             Err(e) => tracing::error!(error = %e, "cannot start the event bus"),
+        }
+        match Kv::start(
+            &endpoint,
+            &membership,
+            &election,
+            fence,
+            voter_addrs,
+            &kv_dir,
+            ServerConfig::default(),
+        )
+        .await
+        {
+            Ok(kv) => {
+                let _ = kv_tx.send(Some(kv));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the key-value store"),
         }
         let _ = election_tx.send(Some(election));
     });

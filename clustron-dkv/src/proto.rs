@@ -1,14 +1,17 @@
 //! The client protocol: what `clustron-client` and a node say to each other
 //! on the transport's `CLIENT` channel (ALPN `clustron-client/1`).
 //!
-//! Requests get one response; `WatchTopology` and `Subscribe` open a stream on
-//! which the node sends [`StreamItem`]s until the client drops it.
+//! Requests get one response; `WatchTopology`, `Subscribe` and `Watch` open a
+//! stream on which the node sends [`StreamItem`]s until the client drops it.
+//! Key-value requests and answers are the types of [`crate::kv`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use clustron_transport::{ChannelId, Protocol};
 use serde::{Deserialize, Serialize};
+
+use crate::kv::{Event as KvEvent, KvError, KvFailure, KvReply, KvRequest, WatchRequest};
 
 /// The client protocol on [`ChannelId::CLIENT`].
 #[derive(Debug)]
@@ -67,6 +70,8 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// A key-value request.
+    Kv(KvRequest),
 }
 
 /// A node's answer.
@@ -83,6 +88,8 @@ pub enum Response {
     },
     /// The request failed; the reason says why.
     Error(String),
+    /// A key-value answer.
+    Kv(Result<KvReply, KvFailure>),
 }
 
 /// First frame a client sends on a stream it opens.
@@ -98,6 +105,8 @@ pub enum StreamRequest {
         /// The topic.
         topic: String,
     },
+    /// Changes to keys.
+    Watch(WatchRequest),
 }
 
 /// A change to the topology.
@@ -140,6 +149,11 @@ pub enum StreamItem {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// Key changes of one or more whole revisions, in order.
+    KvEvents(Vec<KvEvent>),
+    /// The watch ended: its next revision was compacted (re-read, then
+    /// watch from the current revision).
+    WatchCancelled(KvError),
     /// The stream could not be served.
     Error(String),
 }

@@ -7,6 +7,12 @@ use clustron_events::{
 use clustron_membership::Member;
 use clustron_transport::{FramedStream, Inbound};
 
+use std::time::Duration;
+
+use crate::core::mvcc::Command;
+use crate::core::server::{ClientOp, ServerError};
+use crate::kv::{KvFailure, KvReply, KvRequest, WatchRequest};
+use crate::kv_driver::{Kv, WatchItem};
 use crate::node::Node;
 use crate::proto::{
     Change, ClientProtocol, MemberInfo, Request, Response, StreamItem, StreamRequest, TopologyInfo,
@@ -19,40 +25,71 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
     tokio::spawn(async move {
         while let Some(item) = inbox.recv().await {
             let bus = node.bus.borrow().clone();
+            let kv = node.kv.borrow().clone();
             let me = node.membership.name().to_string();
             match item {
                 Inbound::Request { request, reply, .. } => {
                     tokio::spawn(async move {
-                        let response = match bus {
-                            None => {
+                        let response = match (request, bus) {
+                            (Request::Kv(op), _) => Response::Kv(kv_answer(kv, op).await),
+                            (_, None) => {
                                 Response::Error("node not ready: the event bus is starting".into())
                             }
-                            Some(bus) => answer(&bus, &me, request).await,
+                            (request, Some(bus)) => answer(&bus, &me, request).await,
                         };
                         reply.send(&response);
                     });
                 }
                 Inbound::Stream { stream, .. } => {
-                    tokio::spawn(async move {
-                        match bus {
-                            None => {
-                                let mut stream = stream;
-                                let _ = stream
-                                    .send(&StreamItem::Error(
-                                        "node not ready: the event bus is starting".into(),
-                                    ))
-                                    .await;
-                                stream.finish();
-                            }
-                            Some(bus) => serve_stream(bus, me, stream).await,
-                        }
-                    });
+                    tokio::spawn(serve_stream(bus, kv, me, stream));
                 }
                 Inbound::Message { .. } => {}
             }
         }
     });
     Ok(())
+}
+
+/// How long a node waits for a write to commit before telling the client
+/// the outcome is unknown.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFailure> {
+    let Some(kv) = kv else {
+        return Err(KvFailure::Unavailable(
+            "the key-value store is starting (waiting for the voters)".into(),
+        ));
+    };
+    let op = match request {
+        KvRequest::Range {
+            request,
+            linearizable,
+        } => ClientOp::Read {
+            request,
+            linearizable,
+        },
+        KvRequest::Put(put) => ClientOp::Write(Command::Put(put)),
+        KvRequest::Delete(delete) => ClientOp::Write(Command::Delete(delete)),
+        KvRequest::Txn(txn) => ClientOp::Write(Command::Txn(txn)),
+        KvRequest::LeaseGrant { id, ttl_ms } => ClientOp::Write(Command::LeaseGrant { id, ttl_ms }),
+        KvRequest::LeaseRevoke(id) => ClientOp::Write(Command::LeaseRevoke { id }),
+        KvRequest::KeepAlive(id) => ClientOp::KeepAlive(id),
+        KvRequest::Compact(revision) => ClientOp::Write(Command::Compact { revision }),
+    };
+    match tokio::time::timeout(COMMIT_TIMEOUT, kv.request(op)).await {
+        Err(_) => Err(KvFailure::Unknown(format!(
+            "no commit within {COMMIT_TIMEOUT:?}; the write may or may not be applied"
+        ))),
+        Ok(result) => result.map_err(|e| match e {
+            ServerError::NotLeader { leader } => KvFailure::NotLeader {
+                leader: leader.map(|(name, addr)| (name.to_string(), addr)),
+            },
+            ServerError::NotReady(why) => KvFailure::Unavailable(why.into()),
+            ServerError::Lost => KvFailure::Lost,
+            ServerError::TooLarge { len, max } => KvFailure::TooLarge { len, max },
+            ServerError::Kv(e) => KvFailure::Refused(e),
+        }),
+    }
 }
 
 async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
@@ -68,15 +105,29 @@ async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
             },
             Err(e) => Response::Error(e.to_string()),
         },
+        Request::Kv(_) => Response::Error("key-value requests are answered elsewhere".into()),
     }
 }
 
-async fn serve_stream(bus: EventBus, me: String, mut stream: FramedStream) {
+async fn serve_stream(bus: Option<EventBus>, kv: Option<Kv>, me: String, mut stream: FramedStream) {
     let request = match stream.recv::<StreamRequest>().await {
         Ok(Some(request)) => request,
         _ => return,
     };
+    if let StreamRequest::Watch(request) = request {
+        return serve_watch(kv, request, stream).await;
+    }
+    let Some(bus) = bus else {
+        let _ = stream
+            .send(&StreamItem::Error(
+                "node not ready: the event bus is starting".into(),
+            ))
+            .await;
+        stream.finish();
+        return;
+    };
     match request {
+        StreamRequest::Watch(_) => {}
         StreamRequest::WatchTopology { from } => {
             // A resume point from another node cannot be honoured here.
             let resumed_elsewhere = from.as_ref().is_some_and(|(node, _)| *node != me);
@@ -124,6 +175,33 @@ async fn serve_stream(bus: EventBus, me: String, mut stream: FramedStream) {
             }
         }
     }
+}
+
+/// Forwards a key-value watch to the client until either side ends it.
+async fn serve_watch(kv: Option<Kv>, request: WatchRequest, mut stream: FramedStream) {
+    let watch = match kv {
+        Some(kv) => kv.watch(request).await,
+        None => None,
+    };
+    let Some(mut watch) = watch else {
+        let _ = stream
+            .send(&StreamItem::Error(
+                "node not ready: the key-value store is starting".into(),
+            ))
+            .await;
+        stream.finish();
+        return;
+    };
+    while let Some(item) = watch.recv().await {
+        let (item, last) = match item {
+            WatchItem::Events(events) => (StreamItem::KvEvents(events), false),
+            WatchItem::Cancelled(reason) => (StreamItem::WatchCancelled(reason), true),
+        };
+        if stream.send(&item).await.is_err() || last {
+            break;
+        }
+    }
+    stream.finish();
 }
 
 /// A member as clients see it.

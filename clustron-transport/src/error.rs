@@ -121,6 +121,32 @@ pub enum Error {
     Closed,
 }
 
+impl Error {
+    /// Whether the call certainly never reached the remote's handler (no
+    /// connection, refused before the call, rejected unprocessed), so that
+    /// retrying a non-idempotent request elsewhere cannot apply it twice.
+    /// `false` when the remote may have processed it (a lost connection or a
+    /// request timeout).
+    pub fn nothing_processed(&self) -> bool {
+        match self {
+            Error::Timeout { what, .. } => *what == "connect",
+            Error::Config(_)
+            | Error::Cert(_)
+            | Error::Bind { .. }
+            | Error::Handshake { .. }
+            | Error::Refused { .. }
+            | Error::Unreachable { .. }
+            | Error::Backoff { .. }
+            | Error::UnknownChannel { .. }
+            | Error::Rejected { .. }
+            | Error::DatagramTooLarge { .. }
+            | Error::ChannelTaken(_)
+            | Error::Closed => true,
+            Error::ConnectionLost { .. } | Error::Frame(_) => false,
+        }
+    }
+}
+
 /// Why a frame or a stream was refused by the codec.
 ///
 /// Each variant maps to a QUIC stream error code (see [`crate::codes`]) so the

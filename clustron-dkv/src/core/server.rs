@@ -46,7 +46,7 @@
 //! while let Some(output) = server.poll_output() {
 //!     if let ServerOutput::Reply { id, result } = output { replies.push((id, result)); }
 //! }
-//! assert!(matches!(replies[..], [(7, Ok(Reply::Put(_)))]));
+//! assert!(matches!(replies[..], [(7, Ok(Reply::Put(_, 1)))]));
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
@@ -62,9 +62,7 @@ use super::replication::{
     Recovered, Replica,
 };
 use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
-use crate::kv::{
-    DeleteResponse, KvError, LeaseId, PutResponse, RangeRequest, RangeResponse, TxnResponse,
-};
+use crate::kv::{KvError, LeaseId, RangeRequest};
 
 /// A client request's id, chosen by the driver; replies carry it.
 pub type RequestId = u64;
@@ -96,37 +94,8 @@ pub enum ClientOp {
     KeepAlive(LeaseId),
 }
 
-/// A successful answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// Keys read, and the revision they were read at.
-    Range(RangeResponse, u64),
-    /// A put done, at the revision.
-    Put(PutResponse, u64),
-    /// A delete done, at the revision.
-    Delete(DeleteResponse, u64),
-    /// A transaction done.
-    Txn(TxnResponse),
-    /// A lease granted.
-    LeaseGranted {
-        /// Its id.
-        id: LeaseId,
-        /// Its TTL in milliseconds.
-        ttl_ms: u64,
-    },
-    /// A lease revoked and its keys deleted.
-    LeaseRevoked {
-        /// How many keys went with it.
-        deleted: u64,
-    },
-    /// A lease renewed; it now lives this long unless renewed again.
-    KeptAlive {
-        /// Its TTL in milliseconds.
-        ttl_ms: u64,
-    },
-    /// The store is compacted.
-    Compacted,
-}
+/// A successful answer (the client protocol's type).
+pub use crate::kv::KvReply as Reply;
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +171,8 @@ pub struct Server {
     own_epoch_committed: bool,
     /// Counter for lease ids the leader picks.
     next_lease: u64,
+    /// The learners the replica sends the log to.
+    learners: BTreeMap<NodeName, SocketAddr>,
     outputs: VecDeque<ServerOutput>,
     now: Instant,
 }
@@ -218,8 +189,9 @@ impl Server {
         now: Instant,
     ) -> Result<Self, ConfigError> {
         let log = config.log.validate()?;
+        let learners: BTreeMap<NodeName, SocketAddr> = learners.into_iter().collect();
         Ok(Self {
-            replica: Replica::new(log, me, voters, learners, recovered, now),
+            replica: Replica::new(log, me, voters, learners.clone(), recovered, now),
             store: Store::new(config.limits),
             hub: WatchHub::default(),
             leases: LeaseClock::default(),
@@ -229,6 +201,7 @@ impl Server {
             lease: None,
             own_epoch_committed: false,
             next_lease: 0,
+            learners,
             outputs: VecDeque::new(),
             now,
         })
@@ -312,6 +285,29 @@ impl Server {
                         leader: leader.clone(),
                     }),
                 });
+            }
+        }
+    }
+
+    /// The non-voting members that should receive the log (alive ones, as
+    /// membership sees them); the replica starts or stops sending to the
+    /// difference.
+    pub fn set_learners(&mut self, learners: impl IntoIterator<Item = (NodeName, SocketAddr)>) {
+        let wanted: BTreeMap<NodeName, SocketAddr> = learners.into_iter().collect();
+        let gone: Vec<NodeName> = self
+            .learners
+            .iter()
+            .filter(|(name, addr)| wanted.get(*name) != Some(*addr))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.replica.remove_learner(&name);
+            self.learners.remove(&name);
+        }
+        for (name, addr) in wanted {
+            if !self.learners.contains_key(&name) {
+                self.replica.add_learner(name.clone(), addr);
+                self.learners.insert(name, addr);
             }
         }
     }

@@ -41,39 +41,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::mvcc::Store;
-use crate::kv::{Event, EventKind, KeyRange, KvError};
+use crate::kv::{Event, EventKind, KvError};
 
 /// A watcher's id on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WatchId(pub u64);
 
-/// What a client asks to watch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchRequest {
-    /// Which keys.
-    pub range: KeyRange,
-    /// First revision wanted (0: changes after the current one).
-    pub start_revision: u64,
-    /// Include each change's previous key-value.
-    pub prev_kv: bool,
-    /// Leave out puts.
-    pub no_put: bool,
-    /// Leave out deletes.
-    pub no_delete: bool,
-}
-
-impl WatchRequest {
-    /// Changes to `range` from now on, without previous values.
-    pub fn new(range: KeyRange) -> Self {
-        Self {
-            range,
-            start_revision: 0,
-            prev_kv: false,
-            no_put: false,
-            no_delete: false,
-        }
-    }
-}
+pub use crate::kv::WatchRequest;
 
 /// Events for one watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::core::mvcc::Command;
-use crate::kv::{DeleteRequest, PutRequest, RequestOp, Txn};
+use crate::kv::{DeleteRequest, KeyRange, PutRequest, RequestOp, Txn};
 
 fn put(key: &str, value: &str) -> Command {
     Command::Put(PutRequest {

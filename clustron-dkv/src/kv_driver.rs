@@ -1,0 +1,501 @@
+//! The tokio driver of the key-value server: one task owns the sans-IO
+//! [`Server`], performs its outputs in order (the write-ahead log, fsync,
+//! the `DKV` transport channel, replies, watch streams) and feeds it the
+//! election's decisions, replication messages, client requests and time.
+//!
+//! The fence shared with the election ([`Fence`], a
+//! [`clustron_election::PromiseHook`]) is what makes a new leader's view
+//! change safe on real threads: the election task sets the fence and reads
+//! the durable summary under one lock, and this task updates the summary
+//! after each fsync and checks the fence under the same lock before any
+//! acknowledgement leaves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clustron_election::{Election, Epoch, LeadershipEvent, NodeName, PromiseHook};
+use clustron_membership::{MemberState, Membership, Notification};
+use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::core::server::{
+    ClientOp, Reply, RequestId, Server, ServerConfig, ServerError, ServerOutput,
+};
+use crate::core::watch::{WatchId, WatchRequest};
+use crate::core::{Entry, Message, Output as LogOutput, Recovered, Summary};
+use crate::kv::{Event, KvError};
+use crate::wal::{Wal, WalOptions};
+
+/// The replication protocol on the transport's `DKV` channel.
+#[derive(Debug)]
+pub struct Replication;
+
+impl Protocol for Replication {
+    const CHANNEL: ChannelId = ChannelId::DKV;
+    type Request = ();
+    type Response = ();
+    type Message = Message;
+}
+
+#[derive(Debug, Default)]
+struct FenceState {
+    /// Newest epoch the election promised.
+    epoch: u64,
+    /// Summary of the durable log, encoded.
+    summary: Vec<u8>,
+}
+
+/// The fence and durable summary shared by the election (through
+/// [`PromiseHook`]) and the key-value driver.
+#[derive(Debug, Default, Clone)]
+pub struct Fence(Arc<Mutex<FenceState>>);
+
+impl PromiseHook for Fence {
+    fn promised(&self, epoch: Epoch) -> Vec<u8> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.epoch = state.epoch.max(epoch.0);
+        state.summary.clone()
+    }
+}
+
+impl Fence {
+    /// Records the durable summary and returns the fence, atomically.
+    fn durable(&self, summary: &Summary) -> u64 {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.summary = summary.encode();
+        state.epoch
+    }
+
+    fn epoch(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).epoch
+    }
+}
+
+/// What a watcher's stream receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    /// Changes, whole revisions, in order.
+    Events(Vec<Event>),
+    /// The watch ended (its next revision was compacted).
+    Cancelled(KvError),
+}
+
+/// How deep a watcher's queue is before it falls back to history.
+const WATCH_QUEUE: usize = 256;
+
+enum Command {
+    Request(ClientOp, oneshot::Sender<Result<Reply, ServerError>>),
+    Watch(WatchRequest, oneshot::Sender<mpsc::Receiver<WatchItem>>),
+}
+
+/// Handle to a node's key-value server. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    commands: mpsc::Sender<Command>,
+}
+
+/// Why the key-value server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The write-ahead log or the epoch file.
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    /// The epoch file.
+    #[error("log epoch file {path}: {source}")]
+    Epoch {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The transport channel.
+    #[error(transparent)]
+    Transport(#[from] clustron_transport::Error),
+    /// Bad replication settings.
+    #[error(transparent)]
+    Config(#[from] crate::core::ConfigError),
+}
+
+impl Kv {
+    /// Starts the server: recovers the log from `data_dir`, then replicates
+    /// among `voters` (and the alive non-voters of `membership`, as
+    /// learners), led by `election`'s leader. `fence` must be the hook the
+    /// election was started with.
+    pub async fn start(
+        endpoint: &Endpoint,
+        membership: &Membership,
+        election: &Election,
+        fence: Fence,
+        voters: Vec<(NodeName, SocketAddr)>,
+        data_dir: &Path,
+        config: ServerConfig,
+    ) -> Result<Kv, StartError> {
+        let (wal, recovered) = Wal::open(&data_dir.join("wal"), WalOptions::default())?;
+        if recovered.torn_tail_bytes > 0 {
+            tracing::warn!(
+                bytes = recovered.torn_tail_bytes,
+                "cut a torn tail off the write-ahead log"
+            );
+        }
+        let epoch_path = data_dir.join("log-epoch");
+        let epoch = read_epoch(&epoch_path)?;
+        let last = recovered.entries.last().map(|e| (e.epoch, e.index));
+        let me = membership.name().clone();
+        let inbox = endpoint.register::<Replication>()?;
+        let server = Server::new(
+            config,
+            me.clone(),
+            voters.clone(),
+            [],
+            Recovered {
+                epoch,
+                entries: recovered.entries,
+            },
+            Instant::now(),
+        )?;
+        let written = Summary {
+            last_epoch: last.map_or(0, |l| l.0),
+            last_index: last.map_or(0, |l| l.1),
+        };
+        fence.durable(&written);
+        let (commands, command_rx) = mpsc::channel(1024);
+        let driver = Driver {
+            server,
+            wal,
+            epoch_path,
+            fence,
+            fenced: epoch,
+            written,
+            me,
+            voters,
+            inbox,
+            channel: endpoint.channel::<Replication>(),
+            election: election.clone(),
+            leadership: election.subscribe(),
+            membership: membership.clone(),
+            changes: membership.subscribe(),
+            commands: command_rx,
+            pending: HashMap::new(),
+            next_id: 0,
+            watchers: HashMap::new(),
+        };
+        tokio::spawn(driver.run());
+        Ok(Kv { commands })
+    }
+
+    /// Runs one client operation.
+    pub async fn request(&self, op: ClientOp) -> Result<Reply, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || ServerError::NotReady("the key-value server has stopped");
+        self.commands
+            .send(Command::Request(op, tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Starts a watch; its changes arrive on the receiver until it is
+    /// dropped.
+    pub async fn watch(&self, request: WatchRequest) -> Option<mpsc::Receiver<WatchItem>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Watch(request, tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+fn read_epoch(path: &Path) -> Result<u64, StartError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes: [u8; 8] = bytes.try_into().map_err(|_| StartError::Epoch {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not 8 bytes"),
+            })?;
+            Ok(u64::from_le_bytes(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(StartError::Epoch {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes the epoch durably: temporary file, fsync, rename, fsync folder.
+fn write_epoch(path: &Path, epoch: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&epoch.to_le_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+struct Watcher {
+    tx: mpsc::Sender<WatchItem>,
+}
+
+struct Driver {
+    server: Server,
+    wal: Wal,
+    epoch_path: PathBuf,
+    fence: Fence,
+    /// The fence last passed to the server.
+    fenced: u64,
+    /// The log as written (durable after the next sync).
+    written: Summary,
+    me: NodeName,
+    voters: Vec<(NodeName, SocketAddr)>,
+    inbox: Inbox<Replication>,
+    channel: Channel<Replication>,
+    election: Election,
+    leadership: broadcast::Receiver<LeadershipEvent>,
+    membership: Membership,
+    changes: clustron_membership::Subscription,
+    commands: mpsc::Receiver<Command>,
+    pending: HashMap<RequestId, oneshot::Sender<Result<Reply, ServerError>>>,
+    next_id: RequestId,
+    watchers: HashMap<WatchId, Watcher>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        self.refresh_learners().await;
+        self.sync_leadership();
+        let mut catch_up = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            if let Err(e) = self.drain() {
+                tracing::error!(error = %e, "write-ahead log failed; stopping the key-value server on this node");
+                for (_, tx) in self.pending.drain() {
+                    let _ = tx.send(Err(ServerError::NotReady("the write-ahead log failed")));
+                }
+                return;
+            }
+            let deadline = self
+                .server
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                item = self.inbox.recv() => match item {
+                    Some(Inbound::Message { from, message, .. }) => {
+                        self.apply_fence();
+                        self.server.handle_message(Instant::now(), from.addr, message);
+                    }
+                    Some(Inbound::Request { reply, .. }) => reply.reject("replication takes no requests"),
+                    Some(Inbound::Stream { .. }) => {}
+                    None => return,
+                },
+                event = self.leadership.recv() => match event {
+                    Ok(event) => self.leadership_event(event),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.sync_leadership(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                change = self.changes.recv() => match change {
+                    Some(Notification::Event(_) | Notification::Lagged(_)) => self.refresh_learners().await,
+                    None => return,
+                },
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    self.apply_fence();
+                    self.server.handle_timeout(Instant::now());
+                }
+                _ = catch_up.tick(), if self.server.watch_counts().1 > 0 => {
+                    self.server.catch_up_watchers();
+                }
+            }
+        }
+    }
+
+    /// Passes a fence the election raised on to the server.
+    fn apply_fence(&mut self) {
+        let epoch = self.fence.epoch();
+        if epoch > self.fenced {
+            self.fenced = epoch;
+            self.server.fence(epoch);
+        }
+    }
+
+    fn renew_lease(&mut self) {
+        if let Some((epoch, until)) = self.election.lease() {
+            self.server.lease_renewed(epoch.0, until);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Request(op, reply) => {
+                self.renew_lease();
+                self.next_id += 1;
+                let id = self.next_id;
+                self.pending.insert(id, reply);
+                self.server.request(Instant::now(), id, op);
+            }
+            Command::Watch(request, reply) => {
+                let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+                let id = self.server.watch(request);
+                self.watchers.insert(id, Watcher { tx });
+                let _ = reply.send(rx);
+                self.server.catch_up_watchers();
+            }
+        }
+    }
+
+    fn address_of(&self, name: &NodeName) -> Option<SocketAddr> {
+        self.voters.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    fn leadership_event(&mut self, event: LeadershipEvent) {
+        let now = Instant::now();
+        self.apply_fence();
+        match event {
+            LeadershipEvent::Elected { epoch, summaries } => {
+                let until = self
+                    .election
+                    .lease()
+                    .filter(|(e, _)| *e == epoch)
+                    .map_or(now, |(_, until)| until);
+                self.server.elected(now, epoch.0, summaries, until);
+            }
+            LeadershipEvent::Leader { name, epoch } if name != self.me => {
+                if let Some(addr) = self.address_of(&name) {
+                    self.server.follow(now, name, addr, epoch.0);
+                }
+            }
+            LeadershipEvent::Leader { .. } | LeadershipEvent::VotersChanged(_) => {}
+            LeadershipEvent::SteppedDown { epoch } => self.server.step_down(epoch.0),
+            LeadershipEvent::LeaderLost => self.server.forget_leader(),
+        }
+    }
+
+    /// Catches up with the election after missed events.
+    fn sync_leadership(&mut self) {
+        match self.election.leader() {
+            Some((name, epoch)) if name != self.me => {
+                if let Some(addr) = self.address_of(&name) {
+                    self.server.follow(Instant::now(), name, addr, epoch.0);
+                }
+            }
+            Some(_) => {}
+            None => self.server.forget_leader(),
+        }
+    }
+
+    /// Alive non-voters receive the log as learners.
+    async fn refresh_learners(&mut self) {
+        let Ok(members) = self.membership.members().await else {
+            return;
+        };
+        let learners: Vec<(NodeName, SocketAddr)> = members
+            .into_iter()
+            .filter(|m| m.state == MemberState::Alive && m.name != self.me)
+            .filter(|m| self.voters.iter().all(|(v, _)| *v != m.name))
+            .map(|m| (m.name, m.addr))
+            .collect();
+        self.server.set_learners(learners);
+    }
+
+    /// Performs the server's outputs in order.
+    fn drain(&mut self) -> Result<(), crate::wal::WalError> {
+        while let Some(output) = self.server.poll_output() {
+            match output {
+                ServerOutput::Log(LogOutput::SaveEpoch(epoch)) => {
+                    write_epoch(&self.epoch_path, epoch).map_err(|source| {
+                        crate::wal::WalError::Io {
+                            path: self.epoch_path.clone(),
+                            source,
+                        }
+                    })?;
+                }
+                ServerOutput::Log(LogOutput::Truncate { from }) => {
+                    self.wal.truncate_from(from)?;
+                    let last = from.saturating_sub(1);
+                    self.written = Summary {
+                        last_epoch: self.server.replica().entry(last).map_or(0, |e| e.epoch),
+                        last_index: last,
+                    };
+                }
+                ServerOutput::Log(LogOutput::Append(entries)) => {
+                    self.wal.append(&entries)?;
+                    if let Some(Entry { epoch, index, .. }) = entries.last() {
+                        self.written = Summary {
+                            last_epoch: *epoch,
+                            last_index: *index,
+                        };
+                    }
+                }
+                ServerOutput::Log(LogOutput::Sync) => {
+                    self.wal.sync()?;
+                    let fence = self.fence.durable(&self.written);
+                    if fence > self.fenced {
+                        self.fenced = fence;
+                        self.server.fence(fence);
+                    }
+                }
+                ServerOutput::Log(LogOutput::Send { to, msg }) => {
+                    // Nothing from an epoch the election has since promised
+                    // away leaves (see the module docs).
+                    if msg.epoch() < self.fence.epoch() {
+                        continue;
+                    }
+                    let channel = self.channel.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = channel.send(to, &msg).await {
+                            tracing::debug!(%to, error = %e, "replication send failed");
+                        }
+                    });
+                }
+                ServerOutput::Log(LogOutput::Summary(summary)) => {
+                    let election = self.election.clone();
+                    tokio::spawn(async move {
+                        let _ = election.set_summary(summary).await;
+                    });
+                }
+                ServerOutput::Log(LogOutput::CannotLead { epoch }) => {
+                    tracing::warn!(epoch, "cannot fetch the up-to-date log; stepping down");
+                    let election = self.election.clone();
+                    tokio::spawn(async move {
+                        let _ = election.step_down().await;
+                    });
+                }
+                ServerOutput::Log(LogOutput::Committed { .. }) => {}
+                ServerOutput::Reply { id, result } => {
+                    if let Some(tx) = self.pending.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                ServerOutput::Watch(delivery) => {
+                    let Some(w) = self.watchers.get(&delivery.id) else {
+                        self.server.cancel_watch(delivery.id);
+                        continue;
+                    };
+                    let first = delivery.events.first().map_or(0, |e| e.kv.mod_revision);
+                    match w.tx.try_send(WatchItem::Events(delivery.events)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.server.watch_fell_behind(delivery.id, first);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.watchers.remove(&delivery.id);
+                            self.server.cancel_watch(delivery.id);
+                        }
+                    }
+                }
+                ServerOutput::WatchCancelled(cancelled) => {
+                    if let Some(w) = self.watchers.remove(&cancelled.id) {
+                        let _ = w.tx.try_send(WatchItem::Cancelled(cancelled.reason));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
