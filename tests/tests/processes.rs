@@ -267,6 +267,39 @@ fn json(mut command: Command) -> Option<serde_json::Value> {
     serde_json::from_slice(&output.stdout).ok()
 }
 
+/// `clustron kv put KEY VALUE` through `endpoints`; whether it succeeded.
+fn kv_put(dir: &Path, endpoints: &[SocketAddr], key: &str, value: &str) -> bool {
+    clustron(dir, endpoints)
+        .args(["kv", "put", key, value])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// `clustron kv get KEY --json` through `endpoints` (linearizable unless
+/// `serializable`): the value, `Some(None)` if absent, `None` on failure.
+fn kv_get(
+    dir: &Path,
+    endpoints: &[SocketAddr],
+    key: &str,
+    serializable: bool,
+) -> Option<Option<String>> {
+    let mut command = clustron(dir, endpoints);
+    command.args(["kv", "get", key, "--json"]);
+    if serializable {
+        command.arg("--serializable");
+    }
+    command.stderr(Stdio::null());
+    let rows = json(command)?;
+    Some(
+        rows.as_array()?
+            .first()
+            .map(|kv| kv["value"].as_str().unwrap_or("").to_owned()),
+    )
+}
+
 #[test]
 fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left() {
     let dir = tempfile::tempdir().unwrap();
@@ -340,6 +373,30 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
         let _ = child.wait();
     }
 
+    // The key-value store: a write through a follower is redirected to the
+    // leader; a linearizable read sees it at once; a learner applies it.
+    assert!(kv_put(dir.path(), &[n3_addr], "config/mode", "blue"));
+    assert_eq!(
+        kv_get(dir.path(), &endpoints, "config/mode", false),
+        Some(Some("blue".into()))
+    );
+    eventually("the learner n4 applied the write", || {
+        kv_get(dir.path(), &[n4_addr], "config/mode", true) == Some(Some("blue".into()))
+    });
+    // A key watcher through n3, which outlives the leader.
+    let mut key_watcher = clustron(dir.path(), &[n3_addr, n2_addr])
+        .args(["kv", "watch", "config/", "--prefix"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let key_lines = spawn_line_reader(key_watcher.stdout.take().unwrap());
+    eventually("the key watcher sees a new write", || {
+        assert!(kv_put(dir.path(), &endpoints, "config/tick", "1"));
+        key_lines
+            .recv_timeout(Duration::from_millis(500))
+            .is_ok_and(|line| line.starts_with("PUT config/tick=1"))
+    });
+
     // A client watching the topology through n1, which is about to die.
     let mut watcher = clustron(dir.path(), &endpoints)
         .args(["watch", "--json"])
@@ -394,6 +451,20 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     });
     let _ = watcher.kill();
     let _ = watcher.wait();
+    // The store survived its leader: the value is there, a write goes to n2,
+    // and the key watcher saw it without a gap.
+    assert_eq!(
+        kv_get(dir.path(), &endpoints, "config/mode", false),
+        Some(Some("blue".into()))
+    );
+    assert!(kv_put(dir.path(), &endpoints, "config/mode", "green"));
+    eventually("the key watcher sees the write after the failover", || {
+        key_lines
+            .recv_timeout(Duration::from_millis(500))
+            .is_ok_and(|line| line.starts_with("PUT config/mode=green"))
+    });
+    let _ = key_watcher.kill();
+    let _ = key_watcher.wait();
     let status = json({
         let mut c = clustron(dir.path(), &endpoints);
         c.args(["status", "--json"]);
@@ -747,6 +818,13 @@ fn a_partitioned_leader_steps_down_the_majority_elects_and_the_cluster_heals() {
                 .all(|p| metric(p.admin, "clustron_members{state=\"dead\"}") == Some(1))
     });
     assert!(!holds_lease(n1.admin), "the minority side took a lease");
+    // The majority side writes; the minority side cannot.
+    assert!(kv_put(dir.path(), &[listen(2)], "partition", "majority"));
+    let minority = clustron(dir.path(), &[listen(1)])
+        .args(["kv", "put", "partition", "minority"])
+        .output()
+        .unwrap();
+    assert!(!minority.status.success(), "the minority side took a write");
 
     // Heal: one leader, known to all, and every member alive in every view.
     lab.heal(1, 2);
@@ -762,4 +840,8 @@ fn a_partitioned_leader_steps_down_the_majority_elects_and_the_cluster_heals() {
     });
     let (_, healed_epoch) = leader_of(n1.admin).unwrap();
     assert!(healed_epoch > first_epoch);
+    // n1 caught up with the majority's write, and only that one.
+    eventually("n1 applied the majority's write", || {
+        kv_get(dir.path(), &[listen(1)], "partition", true) == Some(Some("majority".into()))
+    });
 }
