@@ -83,6 +83,9 @@ pub enum WatchItem {
     Cancelled(KvError),
 }
 
+/// Most queued inputs taken before acting on them at once.
+const BATCH: usize = 512;
+
 /// How deep a watcher's queue is before it falls back to history.
 const WATCH_QUEUE: usize = 256;
 
@@ -283,12 +286,16 @@ impl Driver {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 item = self.inbox.recv() => match item {
-                    Some(Inbound::Message { from, message, .. }) => {
+                    Some(item) => {
                         self.apply_fence();
-                        self.server.handle_message(Instant::now(), from.addr, message);
+                        self.inbound(item);
+                        // Everything already queued shares one write and
+                        // one fsync (group commit).
+                        for _ in 0..BATCH {
+                            let Some(item) = self.inbox.try_recv() else { break };
+                            self.inbound(item);
+                        }
                     }
-                    Some(Inbound::Request { reply, .. }) => reply.reject("replication takes no requests"),
-                    Some(Inbound::Stream { .. }) => {}
                     None => return,
                 },
                 event = self.leadership.recv() => match event {
@@ -301,7 +308,13 @@ impl Driver {
                     None => return,
                 },
                 command = self.commands.recv() => match command {
-                    Some(command) => self.command(command),
+                    Some(command) => {
+                        self.command(command);
+                        for _ in 0..BATCH {
+                            let Ok(command) = self.commands.try_recv() else { break };
+                            self.command(command);
+                        }
+                    }
                     None => return,
                 },
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
@@ -312,6 +325,17 @@ impl Driver {
                     self.server.catch_up_watchers();
                 }
             }
+        }
+    }
+
+    fn inbound(&mut self, item: Inbound<Replication>) {
+        match item {
+            Inbound::Message { from, message, .. } => {
+                self.server
+                    .handle_message(Instant::now(), from.addr, message);
+            }
+            Inbound::Request { reply, .. } => reply.reject("replication takes no requests"),
+            Inbound::Stream { .. } => {}
         }
     }
 

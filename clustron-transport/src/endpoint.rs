@@ -205,6 +205,12 @@ impl<P: Protocol> Inbox<P> {
     pub async fn recv(&mut self) -> Option<Inbound<P>> {
         self.rx.recv().await
     }
+
+    /// The next inbound item if one is already waiting: lets an actor take
+    /// everything queued before it acts once (batching, group commit).
+    pub fn try_recv(&mut self) -> Option<Inbound<P>> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// Something worth knowing about connections.

@@ -7,7 +7,7 @@
 //!   release builds of `clustron-dkv` and `clustron`, then the whole test
 //!   suite, whose process tests run those release binaries
 //!   (`CLUSTRON_BIN_DIR`). This is what `.ci/run` runs.
-//! - `bench [transport|membership|election|node]`: builds `clustron-bench`
+//! - `bench [transport|membership|election|node|kv]`: builds `clustron-bench`
 //!   and `clustron-dkv` in release mode and runs the suites; each prints a
 //!   table.
 //! - `certs DIR [--nodes N]`: writes a CA, N node certificates and an admin client
@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use clustron_transport::{CertRequest, CertificateAuthority, ClientRole};
 
 mod cluster;
+mod kv_bench;
 mod node_bench;
 
 #[derive(Parser)]
@@ -48,7 +49,8 @@ enum Cmd {
     Ci,
     /// Release-mode benchmarks; prints a table per suite.
     Bench {
-        /// Which suites: `transport`, `membership`, `election`, `node` (default: all).
+        /// Which suites: `transport`, `membership`, `election`, `node`, `kv`
+        /// (default: all).
         suites: Vec<String>,
     },
     /// Writes a CA, node certificates n1..nN and an admin client certificate.
@@ -129,7 +131,7 @@ fn ci() -> Result<()> {
     run_cargo(&["test", "--workspace"], Some(&bins))
 }
 
-const SUITES: &[&str] = &["transport", "membership", "election", "node"];
+const SUITES: &[&str] = &["transport", "membership", "election", "node", "kv"];
 
 fn bench(suites: &[String]) -> Result<()> {
     let suites: Vec<&str> = if suites.is_empty() {
@@ -162,6 +164,10 @@ fn bench(suites: &[String]) -> Result<()> {
     for suite in suites {
         if suite == "node" {
             node_bench::run(&root().join("target/release/clustron-dkv"))?;
+            continue;
+        }
+        if suite == "kv" {
+            kv_bench::run(&root().join("target/release/clustron-dkv"))?;
             continue;
         }
         let status = Command::new(&binary)

@@ -77,7 +77,7 @@ pub fn run(binary: &Path) -> Result<()> {
 }
 
 /// A `dev` process, interrupted (a clean stop of its nodes) when dropped.
-struct Dev(Child);
+pub struct Dev(Child);
 
 impl Drop for Dev {
     fn drop(&mut self) {
@@ -96,10 +96,22 @@ impl Drop for Dev {
     }
 }
 
-fn one_round(binary: &Path, dir: &Path) -> Result<Round> {
-    let start = Instant::now();
+/// A started `clustron-dkv dev`: its process, and each node's client
+/// address and admin address, in node order.
+pub struct DevCluster {
+    /// The `dev` process; dropping it stops the cluster.
+    pub dev: Dev,
+    /// Each node's address for peers and clients.
+    pub listen: Vec<SocketAddr>,
+    /// Each node's admin HTTP address.
+    pub admins: Vec<SocketAddr>,
+}
+
+/// Starts `clustron-dkv dev` with `nodes` nodes in `dir` and returns once
+/// every node's `/readyz` answers 200.
+pub fn start_dev(binary: &Path, dir: &Path, nodes: usize) -> Result<DevCluster> {
     let mut child = Command::new(binary)
-        .args(["dev", "--nodes", &NODES.to_string(), "--dir"])
+        .args(["dev", "--nodes", &nodes.to_string(), "--dir"])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -108,13 +120,14 @@ fn one_round(binary: &Path, dir: &Path) -> Result<Round> {
     let stdout = child.stdout.take().context("dev stdout")?;
     let dev = Dev(child);
     // "nI: LISTEN (admin http://ADMIN/metrics)", one line per node.
-    let mut admins = Vec::new();
+    let (mut listen, mut admins) = (Vec::new(), Vec::new());
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    while admins.len() < NODES {
+    while admins.len() < nodes {
         let line = lines.next().context("dev exited early")??;
-        if let Some(rest) = line.split("admin http://").nth(1) {
-            let addr: SocketAddr = rest.trim_end_matches("/metrics)").parse()?;
-            admins.push(addr);
+        if let Some((head, rest)) = line.split_once(" (admin http://") {
+            let addr = head.split_whitespace().nth(1).context("listen address")?;
+            listen.push(addr.parse()?);
+            admins.push(rest.trim_end_matches("/metrics)").parse()?);
         }
     }
     // Keep draining dev's stdout so it never blocks on a full pipe.
@@ -124,6 +137,16 @@ fn one_round(binary: &Path, dir: &Path) -> Result<Round> {
             .iter()
             .all(|a| get(*a, "/readyz").is_some_and(|(s, _)| s == 200))
     })?;
+    Ok(DevCluster {
+        dev,
+        listen,
+        admins,
+    })
+}
+
+fn one_round(binary: &Path, dir: &Path) -> Result<Round> {
+    let start = Instant::now();
+    let DevCluster { dev, admins, .. } = start_dev(binary, dir, NODES)?;
     let ready = start.elapsed();
 
     let leader = leader(admins[0]).context("no leader after ready")?;
