@@ -131,17 +131,6 @@ fn certs_for(dir: &Path, names: &[&str], ips: &[IpAddr]) {
 fn start(dir: &Path, name: &str, priority: u32, seed: Option<SocketAddr>) -> (Proc, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port_udp()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port_tcp()));
-    start_on(dir, name, priority, seed, listen, admin)
-}
-
-fn start_on(
-    dir: &Path,
-    name: &str,
-    priority: u32,
-    seed: Option<SocketAddr>,
-    listen: SocketAddr,
-    admin: SocketAddr,
-) -> (Proc, SocketAddr) {
     launch(None, dir, name, priority, seed, listen, admin)
 }
 
@@ -528,7 +517,7 @@ fn a_stopped_leader_is_replaced_and_comes_back_as_a_follower_and_a_restarted_nod
     let (n2, n2_addr) = start(dir.path(), "n2", 200, Some(seed));
     let n3_listen = SocketAddr::from(([127, 0, 0, 1], free_port_udp()));
     let n3_admin = SocketAddr::from(([127, 0, 0, 1], free_port_tcp()));
-    let (n3, _) = start_on(dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
+    let (n3, _) = launch(None, dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
     eventually("all three follow n1", || {
         [&n1, &n2, &n3]
             .iter()
@@ -563,7 +552,7 @@ fn a_stopped_leader_is_replaced_and_comes_back_as_a_follower_and_a_restarted_nod
     eventually("n2 sees n3 dead", || {
         incarnation(dir.path(), &endpoints, "n3").is_some_and(|(state, _)| state == "dead")
     });
-    let (_n3, _) = start_on(dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
+    let (_n3, _) = launch(None, dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
     eventually("n3 is alive again with a higher incarnation", || {
         incarnation(dir.path(), &endpoints, "n3")
             .is_some_and(|(state, inc)| state == "alive" && inc > before)
