@@ -68,12 +68,29 @@ use crate::kv::{KvError, LeaseId, RangeRequest};
 pub type RequestId = u64;
 
 /// How the server is tuned.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The replicated log's tuning.
     pub log: LogConfig,
     /// The store's size limits.
     pub limits: Limits,
+    /// History kept: once the store is this many revisions past its
+    /// compaction point and half as many again, the leader proposes a
+    /// compaction to `revision - retain_revisions` (0: never). Watches and
+    /// past reads reach back this far.
+    pub retain_revisions: u64,
+}
+
+impl Default for ServerConfig {
+    /// LAN log timing, default limits, 100,000 revisions of history (a
+    /// watcher that was away for a burst of 100k writes still resumes).
+    fn default() -> Self {
+        Self {
+            log: LogConfig::default(),
+            limits: Limits::default(),
+            retain_revisions: 100_000,
+        }
+    }
 }
 
 /// What a client asks.
@@ -173,6 +190,9 @@ pub struct Server {
     next_lease: u64,
     /// The learners the replica sends the log to.
     learners: BTreeMap<NodeName, SocketAddr>,
+    retain_revisions: u64,
+    /// A compaction this leader proposed and has not seen applied.
+    compacting: Option<u64>,
     outputs: VecDeque<ServerOutput>,
     now: Instant,
 }
@@ -202,6 +222,8 @@ impl Server {
             own_epoch_committed: false,
             next_lease: 0,
             learners,
+            retain_revisions: config.retain_revisions,
+            compacting: None,
             outputs: VecDeque::new(),
             now,
         })
@@ -275,6 +297,7 @@ impl Server {
         if self.replica.leading().is_none() {
             self.lease = None;
             self.own_epoch_committed = false;
+            self.compacting = None;
             self.leases.step_down();
             // Reads waiting on this node's lease cannot be answered.
             let leader = self.replica.leader();
@@ -539,6 +562,7 @@ impl Server {
                 }
             }
         }
+        self.maybe_compact();
         // Reads whose index is now applied.
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
             .into_iter()
@@ -547,6 +571,30 @@ impl Server {
         for (_, id, request) in ready {
             let result = self.read(&request);
             self.reply(id, result);
+        }
+    }
+
+    /// On the leader: proposes a compaction once history exceeds
+    /// `retain_revisions` by half again (one at a time).
+    fn maybe_compact(&mut self) {
+        let retain = self.retain_revisions;
+        if retain == 0 || self.replica.leading().is_none() || !self.own_epoch_committed {
+            return;
+        }
+        if self
+            .compacting
+            .is_some_and(|target| self.store.compacted() < target)
+        {
+            return;
+        }
+        let (revision, compacted) = (self.store.revision(), self.store.compacted());
+        if revision.saturating_sub(compacted) < retain + retain / 2 {
+            return;
+        }
+        let target = revision - retain;
+        let payload = encode(&Command::Compact { revision: target });
+        if self.replica.propose(self.now, payload).is_ok() {
+            self.compacting = Some(target);
         }
     }
 

@@ -27,6 +27,10 @@ struct Net {
 
 impl Net {
     fn new() -> Self {
+        Self::with(ServerConfig::default())
+    }
+
+    fn with(config: ServerConfig) -> Self {
         let names: Vec<NodeName> = ["n1", "n2", "n3"]
             .iter()
             .map(|n| NodeName::new(*n).unwrap())
@@ -40,7 +44,7 @@ impl Net {
             .iter()
             .map(|n| {
                 Server::new(
-                    ServerConfig::default(),
+                    config.clone(),
                     n.clone(),
                     voters.clone(),
                     [],
@@ -370,4 +374,53 @@ fn refused_commands_are_answered_with_the_store_error_on_every_path() {
     let big = "x".repeat(2 << 20);
     net.request(0, 2, put("k", &big));
     assert!(matches!(net.reply(2), Err(ServerError::TooLarge { .. })));
+}
+
+#[test]
+fn the_leader_compacts_history_beyond_what_it_retains_on_every_replica() {
+    let mut net = Net::with(ServerConfig {
+        retain_revisions: 10,
+        ..ServerConfig::default()
+    });
+    net.elect(0, 1);
+    for i in 0..14 {
+        net.request(0, i, put("k", &i.to_string()));
+    }
+    assert!(net.servers.iter().all(|s| s.store().compacted() == 0));
+    // The 15th revision crosses retain + retain/2.
+    net.request(0, 100, put("k", "15"));
+    net.advance(Duration::from_millis(100));
+    for s in &net.servers {
+        assert_eq!(s.store().compacted(), 5, "{}", s.replica().name());
+    }
+    // History within the retained window is still readable.
+    let mut old = RangeRequest {
+        range: KeyRange::Key(b"k".to_vec()),
+        revision: 5,
+        limit: 0,
+        keys_only: false,
+        count_only: false,
+    };
+    net.request(
+        1,
+        101,
+        ClientOp::Read {
+            request: old.clone(),
+            linearizable: false,
+        },
+    );
+    assert_eq!(value(net.reply(101)), Some(b"4".to_vec()));
+    old.revision = 4;
+    net.request(
+        1,
+        102,
+        ClientOp::Read {
+            request: old,
+            linearizable: false,
+        },
+    );
+    assert!(matches!(
+        net.reply(102),
+        Err(ServerError::Kv(KvError::Compacted { .. }))
+    ));
 }
