@@ -191,5 +191,75 @@ async fn metrics(node: &Node) -> String {
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {value}");
     }
+    let kv = node.kv.borrow().clone();
+    if let Some(kv) = kv {
+        let s = kv.stats();
+        for (name, kind, help, value) in [
+            (
+                "clustron_kv_revision",
+                "gauge",
+                "Store revision applied here.",
+                s.revision,
+            ),
+            (
+                "clustron_kv_compacted_revision",
+                "gauge",
+                "Store compaction point.",
+                s.compacted,
+            ),
+            (
+                "clustron_kv_applied_index",
+                "gauge",
+                "Log index applied here.",
+                s.applied,
+            ),
+            (
+                "clustron_kv_commit_index",
+                "gauge",
+                "Log commit index known here.",
+                s.commit,
+            ),
+            (
+                "clustron_kv_log_last_index",
+                "gauge",
+                "Last log index held here.",
+                s.log_last,
+            ),
+            (
+                "clustron_kv_store_bytes",
+                "gauge",
+                "Keys and values held, all versions.",
+                s.store_bytes,
+            ),
+            (
+                "clustron_kv_watchers",
+                "gauge",
+                "Watchers on this node.",
+                s.watchers,
+            ),
+            (
+                "clustron_kv_watchers_behind",
+                "gauge",
+                "Watchers fed from history.",
+                s.watchers_behind,
+            ),
+            (
+                "clustron_kv_wal_syncs_total",
+                "counter",
+                "Write-ahead log fsyncs.",
+                s.syncs,
+            ),
+            (
+                "clustron_kv_wal_segments",
+                "gauge",
+                "Write-ahead log segment files.",
+                s.wal_segments,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     out
 }

@@ -83,6 +83,31 @@ pub enum WatchItem {
     Cancelled(KvError),
 }
 
+/// Figures of a node's key-value server, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvStats {
+    /// Store revision applied here.
+    pub revision: u64,
+    /// Store compaction point.
+    pub compacted: u64,
+    /// Log index applied.
+    pub applied: u64,
+    /// Log commit index known here.
+    pub commit: u64,
+    /// Last log index held here.
+    pub log_last: u64,
+    /// Bytes of keys and values, all versions.
+    pub store_bytes: u64,
+    /// Watchers on this node.
+    pub watchers: u64,
+    /// Of which fed from history.
+    pub watchers_behind: u64,
+    /// Write-ahead log fsyncs since start.
+    pub syncs: u64,
+    /// Write-ahead log segment files.
+    pub wal_segments: u64,
+}
+
 /// Most queued inputs taken before acting on them at once.
 const BATCH: usize = 512;
 
@@ -98,6 +123,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Kv {
     commands: mpsc::Sender<Command>,
+    stats: tokio::sync::watch::Receiver<KvStats>,
 }
 
 /// Why the key-value server could not start.
@@ -165,6 +191,7 @@ impl Kv {
         };
         fence.durable(&written);
         let (commands, command_rx) = mpsc::channel(1024);
+        let (stats_tx, stats) = tokio::sync::watch::channel(KvStats::default());
         let driver = Driver {
             server,
             wal,
@@ -184,9 +211,16 @@ impl Kv {
             pending: HashMap::new(),
             next_id: 0,
             watchers: HashMap::new(),
+            stats: stats_tx,
+            syncs: 0,
         };
         tokio::spawn(driver.run());
-        Ok(Kv { commands })
+        Ok(Kv { commands, stats })
+    }
+
+    /// The server's current figures.
+    pub fn stats(&self) -> KvStats {
+        *self.stats.borrow()
     }
 
     /// Runs one client operation.
@@ -265,6 +299,8 @@ struct Driver {
     pending: HashMap<RequestId, oneshot::Sender<Result<Reply, ServerError>>>,
     next_id: RequestId,
     watchers: HashMap<WatchId, Watcher>,
+    stats: tokio::sync::watch::Sender<KvStats>,
+    syncs: u64,
 }
 
 impl Driver {
@@ -458,6 +494,7 @@ impl Driver {
                 }
                 ServerOutput::Log(LogOutput::Sync) => {
                     self.wal.sync()?;
+                    self.syncs += 1;
                     let fence = self.fence.durable(&self.written);
                     if fence > self.fenced {
                         self.fenced = fence;
@@ -520,6 +557,20 @@ impl Driver {
                 }
             }
         }
+        let store = self.server.store();
+        let (watchers, behind) = self.server.watch_counts();
+        self.stats.send_replace(KvStats {
+            revision: store.revision(),
+            compacted: store.compacted(),
+            applied: self.server.applied(),
+            commit: self.server.replica().commit_index(),
+            log_last: self.server.replica().last_index(),
+            store_bytes: store.size_bytes(),
+            watchers: watchers as u64,
+            watchers_behind: behind as u64,
+            syncs: self.syncs,
+            wal_segments: self.wal.segment_count() as u64,
+        });
         Ok(())
     }
 }

@@ -372,6 +372,10 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     eventually("the learner n4 applied the write", || {
         kv_get(dir.path(), &[n4_addr], "config/mode", true) == Some(Some("blue".into()))
     });
+    // And says so on its admin port.
+    assert!(metric(n4.admin, "clustron_kv_revision").is_some_and(|r| r >= 1));
+    assert!(metric(n4.admin, "clustron_kv_applied_index").is_some_and(|i| i >= 2));
+    assert!(metric(n1.admin, "clustron_kv_wal_syncs_total").is_some_and(|n| n >= 1));
     // A key watcher through n3, which outlives the leader.
     let mut key_watcher = clustron(dir.path(), &[n3_addr, n2_addr])
         .args(["kv", "watch", "config/", "--prefix"])
