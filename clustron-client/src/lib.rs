@@ -8,7 +8,8 @@
 //! [`Client::get`], [`Client::put`], [`Client::delete`], [`Client::range`],
 //! [`Client::txn`], leases ([`Client::grant`], [`Client::keep_alive`],
 //! [`Client::revoke`]) and [`Client::watch`] (resumes after a failover from
-//! the next revision, so no change is missed or repeated). Requests go to
+//! the next revision, so no change is missed or repeated), and locks with
+//! fencing tokens ([`Client::lock`]). Requests go to
 //! the leader: a node that is not the leader names it and the client
 //! follows.
 //!
@@ -31,6 +32,10 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod lock;
+
+pub use lock::Lock;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

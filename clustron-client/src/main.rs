@@ -135,6 +135,19 @@ enum KvCmd {
         /// Lease id.
         lease: u64,
     },
+    /// Run COMMAND while holding the lock NAME (waiting for it first); the
+    /// fencing token is in `CLUSTRON_LOCK_TOKEN`. Exits with its status.
+    Lock {
+        /// Lock name.
+        name: String,
+        /// Lease TTL in seconds: how long the lock outlives this process if
+        /// it dies without releasing it.
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn key_range(key: String, prefix: bool) -> KeyRange {
@@ -236,6 +249,21 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
         KvCmd::Revoke { lease } => {
             let deleted = client.revoke(LeaseId(lease)).await?;
             println!("revoked; {deleted} keys deleted");
+        }
+        KvCmd::Lock { name, ttl, command } => {
+            let lock = client
+                .lock(&name, std::time::Duration::from_secs(ttl.max(1)))
+                .await?;
+            let status = tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .env("CLUSTRON_LOCK_TOKEN", lock.token().to_string())
+                .status()
+                .await
+                .with_context(|| format!("running {}", command[0]))?;
+            lock.unlock().await?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
+            }
         }
     }
     Ok(())

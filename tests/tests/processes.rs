@@ -376,6 +376,40 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     assert!(metric(n4.admin, "clustron_kv_revision").is_some_and(|r| r >= 1));
     assert!(metric(n4.admin, "clustron_kv_applied_index").is_some_and(|i| i >= 2));
     assert!(metric(n1.admin, "clustron_kv_wal_syncs_total").is_some_and(|n| n >= 1));
+    // Three clients contend for one lock: the critical sections never
+    // overlap, and the fencing tokens grow from holder to holder.
+    let journal = dir.path().join("journal");
+    let section = format!(
+        "echo \"start $CLUSTRON_LOCK_TOKEN\" >> {0}; sleep 0.2; echo \"end $CLUSTRON_LOCK_TOKEN\" >> {0}",
+        journal.display()
+    );
+    let lockers: Vec<Child> = [seed, n2_addr, n3_addr]
+        .iter()
+        .map(|addr| {
+            clustron(dir.path(), &[*addr])
+                .args(["kv", "lock", "deploy", "--", "sh", "-c", &section])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut locker in lockers {
+        assert!(locker.wait().unwrap().success(), "a locker failed");
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let mut last_token = 0;
+    for pair in lines.chunks(2) {
+        let token: u64 = pair[0].strip_prefix("start ").unwrap().parse().unwrap();
+        assert_eq!(pair[1], format!("end {token}"), "overlapping holders: {lines:?}");
+        assert!(token > last_token, "fencing tokens did not grow: {lines:?}");
+        last_token = token;
+    }
+
     // A key watcher through n3, which outlives the leader.
     let mut key_watcher = clustron(dir.path(), &[n3_addr, n2_addr])
         .args(["kv", "watch", "config/", "--prefix"])
