@@ -405,7 +405,11 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     let mut last_token = 0;
     for pair in lines.chunks(2) {
         let token: u64 = pair[0].strip_prefix("start ").unwrap().parse().unwrap();
-        assert_eq!(pair[1], format!("end {token}"), "overlapping holders: {lines:?}");
+        assert_eq!(
+            pair[1],
+            format!("end {token}"),
+            "overlapping holders: {lines:?}"
+        );
         assert!(token > last_token, "fencing tokens did not grow: {lines:?}");
         last_token = token;
     }
@@ -548,7 +552,7 @@ fn incarnation(dir: &Path, endpoints: &[SocketAddr], name: &str) -> Option<(Stri
 }
 
 #[test]
-fn a_stopped_leader_is_replaced_and_comes_back_as_a_follower_and_a_restarted_node_rejoins() {
+fn a_stopped_leader_is_replaced_and_comes_back_as_a_follower_and_restarts_lose_no_write() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path(), &["n1", "n2", "n3"]);
     let (n1, seed) = start(dir.path(), "n1", 300, None);
@@ -585,16 +589,49 @@ fn a_stopped_leader_is_replaced_and_comes_back_as_a_follower_and_a_restarted_nod
 
     // kill -9 of n3, then a restart under its name, port and data.
     let endpoints = [seed, n2_addr];
+    assert!(kv_put(dir.path(), &endpoints, "durable/before", "1"));
     let (_, before) = incarnation(dir.path(), &endpoints, "n3").unwrap();
     drop(n3);
     eventually("n2 sees n3 dead", || {
         incarnation(dir.path(), &endpoints, "n3").is_some_and(|(state, _)| state == "dead")
     });
-    let (_n3, _) = launch(None, dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
+    // Written while n3 is down: it must catch up.
+    assert!(kv_put(dir.path(), &endpoints, "durable/while-down", "2"));
+    let (n3, _) = launch(None, dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
     eventually("n3 is alive again with a higher incarnation", || {
         incarnation(dir.path(), &endpoints, "n3")
             .is_some_and(|(state, inc)| state == "alive" && inc > before)
     });
+    eventually(
+        "the restarted n3 has what was written before and while it was down",
+        || {
+            kv_get(dir.path(), &[n3_listen], "durable/before", true) == Some(Some("1".into()))
+                && kv_get(dir.path(), &[n3_listen], "durable/while-down", true)
+                    == Some(Some("2".into()))
+        },
+    );
+
+    // kill -9 of every node at once, then a restart of all: every
+    // acknowledged write comes back from the write-ahead logs.
+    assert!(kv_put(dir.path(), &endpoints, "durable/last", "3"));
+    let (n1_admin, n2_admin) = (n1.admin, n2.admin);
+    drop((n1, n2, n3));
+    let (_n1, _) = launch(None, dir.path(), "n1", 300, None, seed, n1_admin);
+    let (_n2, _) = launch(None, dir.path(), "n2", 200, Some(seed), n2_addr, n2_admin);
+    let (_n3, _) = launch(None, dir.path(), "n3", 100, Some(seed), n3_listen, n3_admin);
+    let all = [seed, n2_addr, n3_listen];
+    eventually(
+        "the restarted cluster serves every acknowledged write",
+        || {
+            ["before", "while-down", "last"]
+                .iter()
+                .zip(["1", "2", "3"])
+                .all(|(key, value)| {
+                    kv_get(dir.path(), &all, &format!("durable/{key}"), false)
+                        == Some(Some(value.into()))
+                })
+        },
+    );
 }
 
 /// Reads lines from a child's stdout on a thread; the receiver gets them.
