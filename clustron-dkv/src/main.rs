@@ -289,6 +289,15 @@ fn dev(nodes: usize, dir: &Path) -> Result<()> {
         dir.join("admin.pem").display(),
         dir.join("admin.key").display()
     );
+    println!("or set the environment once and use the key-value store:");
+    println!(
+        "  export CLUSTRON_ENDPOINTS={} CLUSTRON_CA_FILE={} CLUSTRON_CERT_FILE={} CLUSTRON_KEY_FILE={}",
+        endpoints.join(","),
+        dir.join("ca.pem").display(),
+        dir.join("admin.pem").display(),
+        dir.join("admin.key").display()
+    );
+    println!("  cargo run -q -p clustron-client --bin clustron -- kv put greeting hello");
     println!(
         "certificates and data in {}; Ctrl-C stops the cluster",
         dir.display()
