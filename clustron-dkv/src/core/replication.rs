@@ -412,6 +412,10 @@ struct Progress {
     next: u64,
     /// Highest index the replica acknowledged as durable and matching.
     matched: u64,
+    /// Entries up to here are assumed present (not in flight) without an
+    /// ack: a new leader's optimistic start, or a nack's hint. The window
+    /// counts entries sent after `max(matched, assumed)`.
+    assumed: u64,
     /// The commit index last sent to it.
     commit_sent: u64,
     /// When anything was last sent to it.
@@ -790,9 +794,9 @@ impl Replica {
             Role::Leader { peers, .. } => {
                 for p in peers.values_mut() {
                     if p.waiting_since.is_some_and(|t| now >= t + retransmit) {
-                        // Something was lost: resend from the first entry the
-                        // replica has not acknowledged.
-                        p.next = p.matched + 1;
+                        // Something was lost: resend what we sent after the
+                        // last acknowledged (or assumed) entry.
+                        p.next = p.matched.max(p.assumed) + 1;
                         p.waiting_since = None;
                     }
                 }
@@ -916,6 +920,7 @@ impl Replica {
             return; // stale: a later ack or nack already moved past it
         }
         p.next = (p.matched + 1).max(p.next.min(hint + 1).min(prev_index));
+        p.assumed = p.next - 1;
         p.waiting_since = None;
     }
 
@@ -1235,7 +1240,7 @@ impl Replica {
             let mut p = p.clone();
             let mut sent = false;
             while p.next <= last {
-                let inflight = p.next - 1 - p.matched.min(p.next - 1);
+                let inflight = (p.next - 1).saturating_sub(p.matched.max(p.assumed));
                 if inflight >= window {
                     break;
                 }
@@ -1300,6 +1305,7 @@ impl Progress {
             addr,
             next,
             matched: 0,
+            assumed: next - 1,
             commit_sent: 0,
             last_send: None,
             waiting_since: None,

@@ -1,0 +1,303 @@
+//! DKV replicated-log scenarios on the deterministic simulator, election and
+//! log together on every node, over many seeds. Safety invariants (one
+//! leader per epoch, no committed entry ever lost or changed, commit never
+//! regresses nor exceeds the durable log, a crash never loses a synced
+//! committed entry) are checked after every step by
+//! [`clustron_tests::replication::Cluster`]; each scenario ends by healing
+//! everything and checking that all replicas converge on one log holding
+//! every committed value once.
+//!
+//! Seeds: `CLUSTRON_SEED=s` replays one; `CLUSTRON_SEEDS=n` runs n per test.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use clustron_election::Config as ElectionConfig;
+use clustron_tests::replication::{value_id, Cluster, LogLoss};
+use clustron_tests::sim::{run_seeds, NetConfig};
+
+/// Loss, duplication, and jitter wide enough to reorder most messages.
+fn rough() -> NetConfig {
+    NetConfig {
+        latency_min: Duration::from_micros(200),
+        latency_max: Duration::from_millis(8),
+        loss: 0.03,
+        duplicate: 0.03,
+    }
+}
+
+fn lease() -> Duration {
+    ElectionConfig::lan().lease_duration
+}
+
+/// Long enough for a handover back to node 0 and a full catch-up.
+fn convergence_limit() -> Duration {
+    ElectionConfig::lan().handover_delay + lease() * 10
+}
+
+fn elect(cluster: &mut Cluster) {
+    assert!(
+        cluster.run_until(lease() * 3, |c| c.leader().is_some()),
+        "no leader (seed {})",
+        cluster.sim.seed()
+    );
+}
+
+#[test]
+fn a_healthy_cluster_commits_every_proposal_and_all_replicas_converge() {
+    run_seeds(
+        "a_healthy_cluster_commits_every_proposal_and_all_replicas_converge",
+        6,
+        |seed| {
+            let mut cluster = Cluster::new(seed, 5, 4, rough());
+            tracing::info!("four voters and a learner elect node 0");
+            elect(&mut cluster);
+            assert_eq!(cluster.leader(), Some(0));
+            tracing::info!("three seconds of proposals every 1-5 ms on a rough network");
+            cluster.run_with_client(Duration::from_secs(3), 5);
+            let (committed, proposed) =
+                cluster.heal_and_check_convergence(convergence_limit(), LogLoss::Kept);
+            assert_eq!(cluster.invariants.elections, 1, "leadership moved");
+            assert_eq!(committed, proposed, "an accepted proposal was dropped");
+            assert!(proposed > 500, "only {proposed} proposals");
+        },
+    );
+}
+
+#[test]
+fn a_crashed_leader_is_replaced_and_no_committed_entry_is_lost() {
+    run_seeds(
+        "a_crashed_leader_is_replaced_and_no_committed_entry_is_lost",
+        8,
+        |seed| {
+            let mut cluster = Cluster::new(seed, 5, 5, rough());
+            elect(&mut cluster);
+            cluster.run_with_client(Duration::from_secs(1), 4);
+            let committed_before = cluster.invariants.committed.len();
+            tracing::info!("the leader crashes mid-traffic and loses its unsynced writes");
+            cluster.crash(0);
+            assert!(cluster.run_until(lease() * 3, |c| c.leader().is_some_and(|l| l != 0)));
+            cluster.run_with_client(Duration::from_secs(1), 4);
+            assert!(cluster.invariants.committed.len() > committed_before);
+            tracing::info!("node 0 comes back and catches up");
+            cluster.restart(0, LogLoss::UnsyncedLost);
+            cluster.heal_and_check_convergence(convergence_limit(), LogLoss::UnsyncedLost);
+        },
+    );
+}
+
+#[test]
+fn a_leader_in_a_minority_partition_commits_nothing_and_its_entries_are_replaced() {
+    run_seeds(
+        "a_leader_in_a_minority_partition_commits_nothing_and_its_entries_are_replaced",
+        8,
+        |seed| {
+            let mut cluster = Cluster::new(seed, 5, 5, rough());
+            elect(&mut cluster);
+            cluster.run_with_client(Duration::from_millis(500), 4);
+            tracing::info!("the leader and one follower are cut off from the other three");
+            cluster.partition(&[&[0, 1], &[2, 3, 4]]);
+            cluster.refresh_views();
+            let mut stranded = Vec::new();
+            for _ in 0..20 {
+                if cluster.sim.node(0).unwrap().replica().leading().is_some() {
+                    // Propose at the old leader directly while it still
+                    // believes it leads.
+                    let before = cluster.client.proposed.len();
+                    cluster.propose();
+                    if let Some((&id, &(node, _, _))) = cluster.client.proposed.iter().next_back() {
+                        if node == 0 && cluster.client.proposed.len() > before {
+                            stranded.push(id);
+                        }
+                    }
+                }
+                cluster.run_for(Duration::from_millis(10));
+            }
+            tracing::info!("the majority elects and commits its own entries");
+            assert!(cluster.run_until(lease() * 4, |c| c.leader().is_some_and(|l| l >= 2)));
+            cluster.run_with_client(Duration::from_secs(1), 4);
+            tracing::info!("healed: the minority's entries are replaced, never committed");
+            cluster.heal_and_check_convergence(convergence_limit(), LogLoss::Kept);
+            let committed: Vec<u64> = cluster
+                .invariants
+                .committed
+                .values()
+                .filter_map(|e| value_id(&e.payload))
+                .collect();
+            for id in stranded {
+                assert!(
+                    !committed.contains(&id),
+                    "value {id} proposed in the minority was committed (seed {seed})"
+                );
+            }
+        },
+    );
+}
+
+#[test]
+fn a_paused_leader_cut_off_with_pending_entries_never_commits_them_after_its_lease() {
+    run_seeds(
+        "a_paused_leader_cut_off_with_pending_entries_never_commits_them_after_its_lease",
+        10,
+        |seed| {
+            let mut cluster = Cluster::new(seed, 3, 3, rough());
+            elect(&mut cluster);
+            cluster.run_with_client(Duration::from_millis(300), 4);
+            tracing::info!("the leader takes proposals that only one follower receives");
+            cluster.block(0, 2);
+            cluster.block(1, 0);
+            for _ in 0..10 {
+                cluster.propose();
+                cluster.run_for(Duration::from_millis(3));
+            }
+            tracing::info!("SIGSTOP the leader; the others elect and commit other values");
+            cluster.pause(0);
+            cluster.heal();
+            cluster.refresh_views();
+            assert!(cluster.run_until(lease() * 4, |c| c.leader().is_some_and(|l| l != 0)));
+            cluster.run_with_client(Duration::from_millis(500), 4);
+            tracing::info!("SIGCONT: its queued acks and stale appends must commit nothing new");
+            cluster.resume(0);
+            cluster.run_with_client(Duration::from_millis(500), 4);
+            cluster.heal_and_check_convergence(convergence_limit(), LogLoss::Kept);
+        },
+    );
+}
+
+#[test]
+fn learners_replicate_but_never_count_towards_the_majority() {
+    run_seeds(
+        "learners_replicate_but_never_count_towards_the_majority",
+        6,
+        |seed| {
+            let mut cluster = Cluster::new(seed, 5, 3, rough());
+            elect(&mut cluster);
+            cluster.run_with_client(Duration::from_millis(500), 4);
+            tracing::info!("two of three voters crash: two learners cannot stand in");
+            cluster.crash(1);
+            cluster.crash(2);
+            cluster.refresh_views();
+            let committed = cluster.invariants.committed.len();
+            cluster.run_with_client(Duration::from_millis(300), 4);
+            let after = cluster.invariants.committed.len();
+            // What was in flight when they crashed may still commit; nothing
+            // proposed later can.
+            cluster.run_with_client(Duration::from_millis(300), 4);
+            assert_eq!(
+                cluster.invariants.committed.len(),
+                after,
+                "commits without a majority of voters (had {committed})"
+            );
+            tracing::info!("the voters return; learners and voters converge");
+            cluster.restart(1, LogLoss::UnsyncedLost);
+            cluster.restart(2, LogLoss::UnsyncedLost);
+            cluster.heal_and_check_convergence(convergence_limit(), LogLoss::Kept);
+        },
+    );
+}
+
+#[test]
+fn a_follower_far_behind_catches_up_through_the_bounded_pipeline() {
+    run_seeds(
+        "a_follower_far_behind_catches_up_through_the_bounded_pipeline",
+        4,
+        |seed| {
+            let mut cluster = Cluster::new(seed, 3, 3, rough());
+            elect(&mut cluster);
+            tracing::info!("node 2 is cut off while thousands of entries commit");
+            cluster.partition(&[&[0, 1], &[2]]);
+            cluster.refresh_views();
+            for _ in 0..3000 {
+                cluster.propose();
+                cluster.run_for(Duration::from_micros(300));
+            }
+            assert!(cluster.invariants.committed.len() > 2000);
+            cluster.heal_and_check_convergence(convergence_limit(), LogLoss::Kept);
+        },
+    );
+}
+
+/// Random faults with a client proposing throughout, then quiet: the
+/// invariants hold at every step, and everything converges afterwards.
+fn chaos(seed: u64, loss: Option<LogLoss>) {
+    let n = 5;
+    let mut cluster = Cluster::new(seed, n, 5, rough());
+    let rho = ElectionConfig::lan().max_drift;
+    for id in 0..n {
+        let rate = 1.0 + rho * (2.0 * cluster.sim.rng().f64() - 1.0);
+        cluster.set_drift(id, rate);
+    }
+    let pick_loss = |cluster: &mut Cluster| {
+        loss.unwrap_or_else(|| match cluster.sim.rng().u8(..3) {
+            0 => LogLoss::Kept,
+            1 => LogLoss::UnsyncedLost,
+            _ => LogLoss::Torn,
+        })
+    };
+    tracing::info!("random faults for a while, the client proposing throughout");
+    for _ in 0..25 {
+        let pick = cluster.sim.rng().usize(..n);
+        match cluster.sim.rng().u8(..9) {
+            0 => cluster.crash(pick),
+            1 => {
+                let loss = pick_loss(&mut cluster);
+                cluster.restart(pick, loss);
+            }
+            2 => {
+                if cluster.is_up(pick) {
+                    cluster.pause(pick);
+                } else {
+                    cluster.resume(pick);
+                }
+            }
+            3 => {
+                let mut nodes: Vec<usize> = (0..n).collect();
+                cluster.sim.rng().shuffle(&mut nodes);
+                let cut = cluster.sim.rng().usize(1..n);
+                let (left, right) = nodes.split_at(cut);
+                cluster.partition(&[left, right]);
+            }
+            4 => {
+                if let Some(leader) = cluster.leader() {
+                    let other = (leader + 1) % n;
+                    cluster.partition(&[&[leader, other]]);
+                }
+            }
+            5 => {
+                let other = cluster.sim.rng().usize(..n);
+                if other != pick {
+                    cluster.block(pick, other);
+                }
+            }
+            6 => cluster.heal(),
+            _ => {}
+        }
+        if cluster.sim.rng().bool() {
+            cluster.refresh_views();
+        }
+        let wait = Duration::from_millis(cluster.sim.rng().u64(50..800));
+        cluster.run_with_client(wait, 8);
+    }
+    tracing::info!("faults stop: everything converges and holds every committed value");
+    let loss = pick_loss(&mut cluster);
+    cluster.heal_and_check_convergence(convergence_limit(), loss);
+}
+
+#[test]
+fn random_crashes_pauses_partitions_loss_and_drift_never_lose_a_committed_entry() {
+    run_seeds(
+        "random_crashes_pauses_partitions_loss_and_drift_never_lose_a_committed_entry",
+        12,
+        |seed| chaos(seed, None),
+    );
+}
+
+#[test]
+fn crashes_that_tear_unsynced_log_writes_never_lose_a_committed_entry() {
+    run_seeds(
+        "crashes_that_tear_unsynced_log_writes_never_lose_a_committed_entry",
+        8,
+        |seed| chaos(seed, Some(LogLoss::Torn)),
+    );
+}
