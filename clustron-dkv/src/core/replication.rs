@@ -189,7 +189,7 @@ pub enum Message {
         epoch: u64,
         /// Index of the first entry in `entries`.
         from_index: u64,
-        /// At most [`Config::max_batch_entries`] entries.
+        /// At most [`Config::max_batch_bytes`] of entries.
         entries: Vec<Entry>,
         /// The sender's last index, capped at the fetch's `upto`.
         last_index: u64,
@@ -320,10 +320,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
-    /// Most entries in one append or fetch reply. Bigger batches mean fewer
-    /// messages and syncs per entry under load.
+    /// Most entries in one append. Bigger batches mean fewer messages and
+    /// syncs per entry under load. (A fetch reply is bounded by
+    /// `max_batch_bytes` only: it is not pipelined.)
     pub max_batch_entries: NonZeroUsize,
-    /// Most payload bytes in one append or fetch reply (one entry is always
+    /// Most bytes in one append or fetch reply (one entry is always
     /// sent even if larger). Keep it well below the transport's frame limit.
     pub max_batch_bytes: usize,
     /// Pipelining bound: most entries sent to one replica and not yet
@@ -929,7 +930,9 @@ impl Replica {
             return;
         }
         let last_index = upto.min(self.last_index());
-        let entries = self.batch(from_index, last_index);
+        // A fetch is one round trip per reply, not pipelined: bound it by
+        // bytes only, so a new leader far behind catches up in few trips.
+        let entries = self.batch(from_index, last_index, usize::MAX);
         self.pending_sends.push((
             from,
             Message::FetchReply {
@@ -1086,11 +1089,11 @@ impl Replica {
 
     /// Entries from `from` to at most `to`, within the batch limits (at least
     /// one entry if any is in range).
-    fn batch(&self, from: u64, to: u64) -> Vec<Entry> {
+    fn batch(&self, from: u64, to: u64, max_entries: usize) -> Vec<Entry> {
         let mut bytes = 0;
         let mut out = Vec::new();
         for entry in self.entries(from, to) {
-            if out.len() >= self.config.max_batch_entries.get()
+            if out.len() >= max_entries
                 || (!out.is_empty() && bytes + entry.size() > self.config.max_batch_bytes)
             {
                 break;
@@ -1245,7 +1248,7 @@ impl Replica {
                     break;
                 }
                 let upto = last.min(p.next - 1 + (window - inflight));
-                let entries = self.batch(p.next, upto);
+                let entries = self.batch(p.next, upto, self.config.max_batch_entries.get());
                 if entries.is_empty() {
                     break;
                 }
