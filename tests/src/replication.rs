@@ -837,6 +837,42 @@ impl Cluster {
         }
     }
 
+    /// Runs until `cond` holds, checked (with the invariants) after every
+    /// single step, or `limit`: for faults that must strike at an exact
+    /// moment.
+    pub fn run_until_step(
+        &mut self,
+        limit: Duration,
+        mut cond: impl FnMut(&Sim<DkvNode>) -> bool,
+    ) -> bool {
+        let invariants = &mut self.invariants;
+        self.sim.run_until(limit, |sim| {
+            invariants.check(sim);
+            cond(sim)
+        })
+    }
+
+    /// Proposes `value` at node `id` directly; its index if accepted.
+    pub fn propose_at(&mut self, id: NodeId) -> Option<u64> {
+        let value = self.client.next_id;
+        self.client.next_id += 1;
+        let result = self.sim.with_node(id, |node, now| {
+            let epoch = node.replica().leading().unwrap_or(0);
+            node.propose(now, value.to_le_bytes().to_vec())
+                .map(|index| (epoch, index))
+        });
+        match result {
+            Some(Ok((epoch, index))) => {
+                self.client.proposed.insert(value, (id, epoch, index));
+                Some(index)
+            }
+            _ => {
+                self.client.refused += 1;
+                None
+            }
+        }
+    }
+
     /// The running node serving proposals in the newest epoch.
     pub fn leader(&self) -> Option<NodeId> {
         (0..self.sim.len())
