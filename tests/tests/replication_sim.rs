@@ -220,6 +220,65 @@ fn a_follower_far_behind_catches_up_through_the_bounded_pipeline() {
     );
 }
 
+/// Fencing keeps the log safe even when the lease does not: node 0's clock
+/// runs at half speed (far outside the election's drift bound), so after a
+/// pause it still believes in its lease while the others have elected node
+/// 1. Its appends reach node 2 before node 1's do; node 2 promised the newer
+/// epoch, so it must refuse them, or node 0 commits an entry that node 1
+/// then overwrites.
+#[test]
+fn a_leader_whose_clock_breaks_the_drift_bound_is_fenced_off_by_the_promised_epoch() {
+    run_seeds(
+        "a_leader_whose_clock_breaks_the_drift_bound_is_fenced_off_by_the_promised_epoch",
+        10,
+        |seed| {
+            let mut cluster = Cluster::new(seed, 3, 3, NetConfig::lan());
+            elect(&mut cluster);
+            assert_eq!(cluster.leader(), Some(0));
+            cluster.run_with_client(Duration::from_millis(200), 10);
+            tracing::info!("node 0's clock slows to half speed; SIGSTOP it");
+            cluster.set_drift(0, 0.5);
+            cluster.pause(0);
+            // Nodes 0 and 1 do not hear each other: node 2 is the one
+            // voter both reach, and node 0 learns of epoch 2 only from it.
+            cluster.block(0, 1);
+            cluster.block(1, 0);
+            // Node 1's messages are slow: node 2 promises it epoch 2 well
+            // before node 1's appends tell node 2's log about that epoch.
+            cluster.sim.set_extra_delay(1, Duration::from_millis(30));
+            cluster.refresh_views();
+            let elected = cluster.run_until_step(lease() * 4, |sim| {
+                sim.node(1).is_some_and(|n| n.replica().leading().is_some())
+            });
+            assert!(elected, "node 1 did not lead");
+            tracing::info!("SIGCONT at once: node 0 still believes it leads and appends");
+            cluster.resume(0);
+            let mut stale = Vec::new();
+            for _ in 0..5 {
+                if let Some(index) = cluster.propose_at(0) {
+                    stale.push(index);
+                }
+                cluster.run_for(Duration::from_millis(2));
+            }
+            assert!(
+                !stale.is_empty(),
+                "node 0 stopped leading: the race was not set up"
+            );
+            cluster.run_with_client(Duration::from_millis(500), 10);
+            cluster.set_drift(0, 1.0);
+            cluster.sim.set_extra_delay(1, Duration::ZERO);
+            cluster.heal_and_check_convergence(convergence_limit(), LogLoss::Kept);
+            let node0_epoch = 1;
+            for (index, entry) in &cluster.invariants.committed {
+                assert!(
+                    !(stale.contains(index) && entry.epoch == node0_epoch),
+                    "node 0 committed entry {index} after the voters moved on (seed {seed})"
+                );
+            }
+        },
+    );
+}
+
 /// Raft's figure 8, forced: an entry of an old epoch that a later leader
 /// re-replicated to a majority must not count as committed before an entry
 /// of that leader's own epoch does, or a leader with a newer conflicting
