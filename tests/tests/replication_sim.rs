@@ -222,10 +222,10 @@ fn a_follower_far_behind_catches_up_through_the_bounded_pipeline() {
 
 /// Fencing keeps the log safe even when the lease does not: node 0's clock
 /// runs at half speed (far outside the election's drift bound), so after a
-/// pause it still believes in its lease while the others have elected node
-/// 1. Its appends reach node 2 before node 1's do; node 2 promised the newer
-/// epoch, so it must refuse them, or node 0 commits an entry that node 1
-/// then overwrites.
+/// pause it still believes in its lease while the others have elected
+/// node 1. Its appends reach node 2 before node 1's do; node 2 promised the
+/// newer epoch, so it must refuse them, or node 0 commits an entry that
+/// node 1 then overwrites.
 #[test]
 fn a_leader_whose_clock_breaks_the_drift_bound_is_fenced_off_by_the_promised_epoch() {
     run_seeds(

@@ -652,21 +652,19 @@ impl Replica {
             return;
         }
         self.raise_epoch(epoch);
-        match &mut self.role {
-            Role::Follower {
-                leader: known,
-                epoch: followed,
-                matched,
-            } => {
-                if *followed != epoch {
-                    *followed = epoch;
-                    *matched = 0;
-                }
-                *known = Some((leader, addr));
+        // Leading `epoch` ourselves while the election names another leader
+        // of it cannot happen; a leader keeps leading until told to stop.
+        if let Role::Follower {
+            leader: known,
+            epoch: followed,
+            matched,
+        } = &mut self.role
+        {
+            if *followed != epoch {
+                *followed = epoch;
+                *matched = 0;
             }
-            // Leading `epoch` ourselves while the election names another
-            // leader of it cannot happen; keep leading until told to stop.
-            _ => {}
+            *known = Some((leader, addr));
         }
     }
 
