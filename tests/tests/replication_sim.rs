@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -357,7 +358,7 @@ fn an_old_entry_on_a_majority_is_not_committed_before_an_entry_of_the_leaders_ep
 
 /// Random faults with a client proposing throughout, then quiet: the
 /// invariants hold at every step, and everything converges afterwards.
-fn chaos(seed: u64, loss: Option<LogLoss>, log: LogConfig) {
+fn chaos(seed: u64, loss: Option<LogLoss>, log: LogConfig, totals: &RefCell<Totals>) {
     let n = 5;
     let setup = NodeSetup {
         election: ElectionConfig::lan(),
@@ -424,24 +425,57 @@ fn chaos(seed: u64, loss: Option<LogLoss>, log: LogConfig) {
     }
     tracing::info!("faults stop: everything converges and holds every committed value");
     let loss = pick_loss(&mut cluster);
-    cluster.heal_and_check_convergence(convergence_limit(), loss);
+    let (committed, proposed) = cluster.heal_and_check_convergence(convergence_limit(), loss);
+    let mut totals = totals.borrow_mut();
+    totals.seeds += 1;
+    totals.committed += committed;
+    totals.proposed += proposed;
+    totals.elections += cluster.invariants.elections;
+    totals.gave_up += cluster.invariants.gave_up;
+}
+
+/// What the chaos runs did, summed over seeds, printed so a run shows that
+/// the faults did not simply stop all progress.
+#[derive(Debug, Default)]
+struct Totals {
+    seeds: usize,
+    committed: usize,
+    proposed: usize,
+    elections: usize,
+    gave_up: usize,
+}
+
+fn run_chaos(test_name: &str, default_count: u64, loss: Option<LogLoss>, log: LogConfig) {
+    let totals = RefCell::new(Totals::default());
+    run_seeds(test_name, default_count, |seed| {
+        chaos(seed, loss, log.clone(), &totals)
+    });
+    let totals = totals.into_inner();
+    eprintln!(
+        "{test_name}: {} seeds, {} of {} proposed values committed, {} elections won, \
+         {} new leaders gave up fetching",
+        totals.seeds, totals.committed, totals.proposed, totals.elections, totals.gave_up
+    );
+    assert!(totals.committed > 0);
 }
 
 #[test]
 fn random_crashes_pauses_partitions_loss_and_drift_never_lose_a_committed_entry() {
-    run_seeds(
+    run_chaos(
         "random_crashes_pauses_partitions_loss_and_drift_never_lose_a_committed_entry",
         12,
-        |seed| chaos(seed, None, LogConfig::lan()),
+        None,
+        LogConfig::lan(),
     );
 }
 
 #[test]
 fn crashes_that_tear_unsynced_log_writes_never_lose_a_committed_entry() {
-    run_seeds(
+    run_chaos(
         "crashes_that_tear_unsynced_log_writes_never_lose_a_committed_entry",
         8,
-        |seed| chaos(seed, Some(LogLoss::Torn), LogConfig::lan()),
+        Some(LogLoss::Torn),
+        LogConfig::lan(),
     );
 }
 
@@ -453,9 +487,10 @@ fn one_entry_batches_and_a_tiny_window_never_lose_a_committed_entry() {
     let mut log = LogConfig::lan();
     log.max_batch_entries = NonZeroUsize::MIN;
     log.max_inflight_entries = NonZeroUsize::new(3).unwrap();
-    run_seeds(
+    run_chaos(
         "one_entry_batches_and_a_tiny_window_never_lose_a_committed_entry",
         8,
-        |seed| chaos(seed, None, log.clone()),
+        None,
+        log,
     );
 }
