@@ -9,6 +9,7 @@
 pub mod election;
 pub mod events;
 pub mod local;
+pub mod replication;
 pub mod sim;
 pub mod swim;
 

@@ -11,7 +11,7 @@
 //! How the replica sits between the election core and its driver:
 //!
 //! ```text
-//!  election core (outside)                       driver (tokio, or the simulator)
+//!  election core (outside)                       driver (async task, or the simulator)
 //!  ───────────────────────                       ────────────────────────────────
 //!  Persist(promise)        ──► replica.fence(epoch)
 //!  Elected{epoch, summaries}──► replica.become_leader(now, epoch, summaries)
@@ -30,6 +30,11 @@
 //!                                                    ▼
 //!  Summary(bytes) ──► election.set_summary(bytes);  CannotLead ──► election.step_down(now)
 //! ```
+//!
+//! The crate documentation (`clustron_dkv`) has a doc-tested example of the
+//! replicated log: three replicas driven by hand, one proposal committed
+//! everywhere. (It lives there because a core file may not mention the
+//! clock, even in a doc example.)
 
 pub mod leases;
 pub mod mvcc;

@@ -189,7 +189,7 @@ pub enum Message {
         epoch: u64,
         /// Index of the first entry in `entries`.
         from_index: u64,
-        /// At most [`Config::max_batch_entries`] entries.
+        /// At most [`Config::max_batch_bytes`] of entries.
         entries: Vec<Entry>,
         /// The sender's last index, capped at the fetch's `upto`.
         last_index: u64,
@@ -320,10 +320,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
-    /// Most entries in one append or fetch reply. Bigger batches mean fewer
-    /// messages and syncs per entry under load.
+    /// Most entries in one append. Bigger batches mean fewer messages and
+    /// syncs per entry under load. (A fetch reply is bounded by
+    /// `max_batch_bytes` only: it is not pipelined.)
     pub max_batch_entries: NonZeroUsize,
-    /// Most payload bytes in one append or fetch reply (one entry is always
+    /// Most bytes in one append or fetch reply (one entry is always
     /// sent even if larger). Keep it well below the transport's frame limit.
     pub max_batch_bytes: usize,
     /// Pipelining bound: most entries sent to one replica and not yet
@@ -412,6 +413,10 @@ struct Progress {
     next: u64,
     /// Highest index the replica acknowledged as durable and matching.
     matched: u64,
+    /// Entries up to here are assumed present (not in flight) without an
+    /// ack: a new leader's optimistic start, or a nack's hint. The window
+    /// counts entries sent after `max(matched, assumed)`.
+    assumed: u64,
     /// The commit index last sent to it.
     commit_sent: u64,
     /// When anything was last sent to it.
@@ -647,21 +652,19 @@ impl Replica {
             return;
         }
         self.raise_epoch(epoch);
-        match &mut self.role {
-            Role::Follower {
-                leader: known,
-                epoch: followed,
-                matched,
-            } => {
-                if *followed != epoch {
-                    *followed = epoch;
-                    *matched = 0;
-                }
-                *known = Some((leader, addr));
+        // Leading `epoch` ourselves while the election names another leader
+        // of it cannot happen; a leader keeps leading until told to stop.
+        if let Role::Follower {
+            leader: known,
+            epoch: followed,
+            matched,
+        } = &mut self.role
+        {
+            if *followed != epoch {
+                *followed = epoch;
+                *matched = 0;
             }
-            // Leading `epoch` ourselves while the election names another
-            // leader of it cannot happen; keep leading until told to stop.
-            _ => {}
+            *known = Some((leader, addr));
         }
     }
 
@@ -790,9 +793,9 @@ impl Replica {
             Role::Leader { peers, .. } => {
                 for p in peers.values_mut() {
                     if p.waiting_since.is_some_and(|t| now >= t + retransmit) {
-                        // Something was lost: resend from the first entry the
-                        // replica has not acknowledged.
-                        p.next = p.matched + 1;
+                        // Something was lost: resend what we sent after the
+                        // last acknowledged (or assumed) entry.
+                        p.next = p.matched.max(p.assumed) + 1;
                         p.waiting_since = None;
                     }
                 }
@@ -916,6 +919,7 @@ impl Replica {
             return; // stale: a later ack or nack already moved past it
         }
         p.next = (p.matched + 1).max(p.next.min(hint + 1).min(prev_index));
+        p.assumed = p.next - 1;
         p.waiting_since = None;
     }
 
@@ -924,7 +928,9 @@ impl Replica {
             return;
         }
         let last_index = upto.min(self.last_index());
-        let entries = self.batch(from_index, last_index);
+        // A fetch is one round trip per reply, not pipelined: bound it by
+        // bytes only, so a new leader far behind catches up in few trips.
+        let entries = self.batch(from_index, last_index, usize::MAX);
         self.pending_sends.push((
             from,
             Message::FetchReply {
@@ -1081,11 +1087,11 @@ impl Replica {
 
     /// Entries from `from` to at most `to`, within the batch limits (at least
     /// one entry if any is in range).
-    fn batch(&self, from: u64, to: u64) -> Vec<Entry> {
+    fn batch(&self, from: u64, to: u64, max_entries: usize) -> Vec<Entry> {
         let mut bytes = 0;
         let mut out = Vec::new();
         for entry in self.entries(from, to) {
-            if out.len() >= self.config.max_batch_entries.get()
+            if out.len() >= max_entries
                 || (!out.is_empty() && bytes + entry.size() > self.config.max_batch_bytes)
             {
                 break;
@@ -1235,12 +1241,12 @@ impl Replica {
             let mut p = p.clone();
             let mut sent = false;
             while p.next <= last {
-                let inflight = p.next - 1 - p.matched.min(p.next - 1);
+                let inflight = (p.next - 1).saturating_sub(p.matched.max(p.assumed));
                 if inflight >= window {
                     break;
                 }
                 let upto = last.min(p.next - 1 + (window - inflight));
-                let entries = self.batch(p.next, upto);
+                let entries = self.batch(p.next, upto, self.config.max_batch_entries.get());
                 if entries.is_empty() {
                     break;
                 }
@@ -1300,6 +1306,7 @@ impl Progress {
             addr,
             next,
             matched: 0,
+            assumed: next - 1,
             commit_sent: 0,
             last_send: None,
             waiting_since: None,

@@ -1,0 +1,981 @@
+//! The DKV replicated log on the simulator, combined with the election core
+//! on each node: the adapter [`DkvNode`] (election [`Core`] + log
+//! [`Replica`], with disks that lose unsynced writes), a cluster wrapper with
+//! a membership oracle and a client that proposes unique values, and the
+//! safety invariants checked after every step.
+//!
+//! ```text
+//!  election Core ── Persist(promise) ──► replica.fence(epoch)      (promise synced before any send)
+//!                ── Elected{epoch, summaries} ──► replica.become_leader
+//!                ── Leader{name, epoch} ──► replica.follow;  SteppedDown ──► replica.step_down
+//!  Replica ── Summary(bytes) ──► election.set_summary;  CannotLead ──► election.step_down
+//!          ── SaveEpoch/Truncate/Append ──► LogDisk (unsynced) ── Sync ──► durable
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clustron_dkv::core::{
+    Config as LogConfig, Entry, EntryKind, Message as LogMessage, Output as LogOutput,
+};
+use clustron_dkv::core::{Recovered, Replica};
+use clustron_election::{
+    Config as ElectionConfig, Core, Epoch, MemStorage, Message as ElectionMessage, NodeName,
+    Output as ElectionOutput, Peer, Storage, Voter, VoterSet,
+};
+
+use crate::election::{addr, name, priority};
+use crate::sim::{Actor, NetConfig, NodeId, Sim, Transmit};
+
+/// A message of either protocol.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// Election traffic.
+    Election(ElectionMessage),
+    /// Replication traffic.
+    Log(LogMessage),
+}
+
+/// What a [`DkvNode`] reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An election output other than persist and send.
+    Election(ElectionOutput),
+    /// The replica reported entries committed: `entries` are the newly
+    /// committed ones, read from its log at that moment.
+    Committed {
+        /// The node's incarnation (restarts start again from 0).
+        incarnation: u64,
+        /// The previous commit index reported by this incarnation.
+        previous: u64,
+        /// Entries `previous + 1 ..= upto`.
+        entries: Vec<Entry>,
+    },
+    /// The replica gave up catching up as a new leader.
+    CannotLead(u64),
+}
+
+/// One write to the log's disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogWrite {
+    /// The fence.
+    SaveEpoch(u64),
+    /// Remove entries from this index on.
+    Truncate(u64),
+    /// Entries after the last one.
+    Append(Vec<Entry>),
+}
+
+/// The log's disk: writes land in an unsynced list, a sync applies them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogDisk {
+    synced: Recovered,
+    unsynced: Vec<LogWrite>,
+}
+
+/// What survives a crash of the log's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLoss {
+    /// Every write, synced or not, reached the disk.
+    Kept,
+    /// Only synced writes.
+    UnsyncedLost,
+    /// The synced writes and a random prefix of the unsynced ones (the OS
+    /// flushed some of them, in order).
+    Torn,
+}
+
+impl LogDisk {
+    /// Records a write, not yet durable.
+    pub fn write(&mut self, write: LogWrite) {
+        self.unsynced.push(write);
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&mut self) {
+        for write in std::mem::take(&mut self.unsynced) {
+            apply(&mut self.synced, write);
+        }
+    }
+
+    /// What is durable.
+    pub fn synced(&self) -> &Recovered {
+        &self.synced
+    }
+
+    /// The disk a restarted process finds, keeping the first `keep` unsynced
+    /// writes.
+    pub fn after_crash(&self, keep: usize) -> LogDisk {
+        let mut state = self.synced.clone();
+        for write in self.unsynced.iter().take(keep) {
+            apply(&mut state, write.clone());
+        }
+        LogDisk {
+            synced: state,
+            unsynced: Vec::new(),
+        }
+    }
+
+    /// How many writes are not synced.
+    pub fn unsynced_len(&self) -> usize {
+        self.unsynced.len()
+    }
+}
+
+/// Applies one write; panics if the core asked for an impossible one (an
+/// append that does not follow the last entry).
+fn apply(state: &mut Recovered, write: LogWrite) {
+    match write {
+        LogWrite::SaveEpoch(epoch) => state.epoch = epoch,
+        LogWrite::Truncate(from) => state.entries.truncate(from.saturating_sub(1) as usize),
+        LogWrite::Append(entries) => {
+            for entry in entries {
+                assert_eq!(
+                    entry.index,
+                    state.entries.len() as u64 + 1,
+                    "an append that does not follow the last stored entry"
+                );
+                state.entries.push(entry);
+            }
+        }
+    }
+}
+
+/// One node: the election core and the log replica, wired as a driver
+/// would, with a promise store and a log disk that can lose unsynced data.
+#[derive(Debug)]
+pub struct DkvNode {
+    me: NodeName,
+    incarnation: u64,
+    election: Core,
+    promises: MemStorage,
+    replica: Replica,
+    disk: LogDisk,
+    peers: BTreeMap<NodeName, SocketAddr>,
+    reported_commit: u64,
+    now: Instant,
+    transmits: VecDeque<Transmit<Msg>>,
+    events: VecDeque<Event>,
+}
+
+/// Everything a node is built from.
+#[derive(Debug, Clone)]
+pub struct NodeSetup {
+    /// Election tuning.
+    pub election: ElectionConfig,
+    /// Log tuning.
+    pub log: LogConfig,
+    /// Voters (indices `0..voters`).
+    pub voters: usize,
+    /// All nodes; those from `voters` on are learners.
+    pub nodes: usize,
+}
+
+impl NodeSetup {
+    fn voter_set(&self) -> VoterSet {
+        VoterSet::new((0..self.voters).map(|i| Voter {
+            name: name(i),
+            addr: addr(i),
+        }))
+    }
+}
+
+impl DkvNode {
+    /// Node `id` starting from `promises` and `disk` at local time `now`.
+    pub fn new(
+        setup: &NodeSetup,
+        id: NodeId,
+        incarnation: u64,
+        promises: MemStorage,
+        disk: LogDisk,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let recovered = match promises.load() {
+            Ok(recovered) => recovered,
+            Err(never) => match never {},
+        };
+        let fence = recovered.promise.as_ref().map(|p| p.epoch.0).unwrap_or(0);
+        let election = Core::new(
+            setup.election.clone(),
+            name(id),
+            priority(id),
+            setup.voter_set(),
+            recovered,
+            seed,
+            now,
+        );
+        let voters = (0..setup.voters).map(|i| (name(i), addr(i)));
+        let learners = (setup.voters..setup.nodes).map(|i| (name(i), addr(i)));
+        let mut replica = Replica::new(
+            setup.log.clone(),
+            name(id),
+            voters,
+            learners,
+            disk.synced().clone(),
+            now,
+        );
+        // The promise store is the election's; what it promised fences the
+        // log too after a restart.
+        replica.fence(fence);
+        let mut node = Self {
+            me: name(id),
+            incarnation,
+            election,
+            promises,
+            replica,
+            disk,
+            peers: (0..setup.nodes).map(|i| (name(i), addr(i))).collect(),
+            reported_commit: 0,
+            now,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        node.pump();
+        node
+    }
+
+    /// The election core.
+    pub fn election(&self) -> &Core {
+        &self.election
+    }
+
+    /// The election core, for commands.
+    pub fn election_mut(&mut self) -> &mut Core {
+        &mut self.election
+    }
+
+    /// The log replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Proposes `payload` at local time `now`.
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        payload: Vec<u8>,
+    ) -> Result<u64, clustron_dkv::core::ProposeError> {
+        self.now = now;
+        let result = self.replica.propose(now, payload);
+        self.pump();
+        result
+    }
+
+    /// The log disk.
+    pub fn disk(&self) -> &LogDisk {
+        &self.disk
+    }
+
+    /// The highest commit index this incarnation reported.
+    pub fn reported_commit(&self) -> u64 {
+        self.reported_commit
+    }
+
+    /// Performs both cores' outputs, in order, until neither has any: the
+    /// driver's loop.
+    fn pump(&mut self) {
+        let now = self.now;
+        loop {
+            let mut busy = false;
+            while let Some(output) = self.election.poll_output() {
+                busy = true;
+                match output {
+                    ElectionOutput::Persist(promise) => {
+                        self.promises.write_promise(&promise);
+                        // Fence at once: nothing this node does from here on
+                        // may serve an older epoch.
+                        self.replica.fence(promise.epoch.0);
+                    }
+                    ElectionOutput::PersistVoters(record) => self.promises.write_voters(&record),
+                    ElectionOutput::Send { to, msg } => {
+                        self.promises.sync();
+                        self.transmits.push_back(Transmit {
+                            to,
+                            msg: Msg::Election(msg),
+                            reliable: false,
+                        });
+                    }
+                    ElectionOutput::Elected { epoch, summaries } => {
+                        self.replica.become_leader(now, epoch.0, summaries.clone());
+                        self.events
+                            .push_back(Event::Election(ElectionOutput::Elected {
+                                epoch,
+                                summaries,
+                            }));
+                    }
+                    ElectionOutput::SteppedDown { epoch } => {
+                        self.replica.step_down(epoch.0);
+                        self.events
+                            .push_back(Event::Election(ElectionOutput::SteppedDown { epoch }));
+                    }
+                    ElectionOutput::Leader { name, epoch } => {
+                        if let Some(&at) = self.peers.get(&name) {
+                            self.replica.follow(now, name.clone(), at, epoch.0);
+                        }
+                        self.events
+                            .push_back(Event::Election(ElectionOutput::Leader { name, epoch }));
+                    }
+                    ElectionOutput::LeaderLost => {
+                        self.replica.forget_leader();
+                        self.events
+                            .push_back(Event::Election(ElectionOutput::LeaderLost));
+                    }
+                    other => self.events.push_back(Event::Election(other)),
+                }
+            }
+            while let Some(output) = self.replica.poll_output() {
+                busy = true;
+                match output {
+                    LogOutput::SaveEpoch(epoch) => self.disk.write(LogWrite::SaveEpoch(epoch)),
+                    LogOutput::Truncate { from } => self.disk.write(LogWrite::Truncate(from)),
+                    LogOutput::Append(entries) => self.disk.write(LogWrite::Append(entries)),
+                    LogOutput::Sync => self.disk.sync(),
+                    LogOutput::Send { to, msg } => {
+                        // The core only sends after a Sync; a write still
+                        // pending here would be a core bug.
+                        assert_eq!(
+                            self.disk.unsynced_len(),
+                            0,
+                            "{} sends before syncing its log",
+                            self.me
+                        );
+                        self.transmits.push_back(Transmit {
+                            to,
+                            msg: Msg::Log(msg),
+                            reliable: false,
+                        });
+                    }
+                    LogOutput::Committed { upto } => {
+                        assert!(
+                            upto > self.reported_commit,
+                            "{} reported commit {upto} after {}",
+                            self.me,
+                            self.reported_commit
+                        );
+                        let entries = self
+                            .replica
+                            .entries(self.reported_commit + 1, upto)
+                            .to_vec();
+                        assert_eq!(entries.len() as u64, upto - self.reported_commit);
+                        self.events.push_back(Event::Committed {
+                            incarnation: self.incarnation,
+                            previous: self.reported_commit,
+                            entries,
+                        });
+                        self.reported_commit = upto;
+                    }
+                    LogOutput::Summary(bytes) => self.election.set_summary(bytes),
+                    LogOutput::CannotLead { epoch } => {
+                        // Not leading any more is fine: nothing to hand over.
+                        let _ = self.election.step_down(now);
+                        self.events.push_back(Event::CannotLead(epoch));
+                    }
+                }
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+}
+
+impl Actor for DkvNode {
+    type Message = Msg;
+    type Event = Event;
+
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Msg) {
+        self.now = now;
+        match msg {
+            Msg::Election(msg) => self.election.handle_message(now, from, msg),
+            Msg::Log(msg) => self.replica.handle_message(now, from, msg),
+        }
+        self.pump();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.election.poll_timeout().is_some_and(|t| t <= now) {
+            self.election.handle_timeout(now);
+        }
+        if self.replica.poll_timeout().is_some_and(|t| t <= now) {
+            self.replica.handle_timeout(now);
+        }
+        self.pump();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit<Msg>> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match (self.election.poll_timeout(), self.replica.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn wire_size(msg: &Msg) -> usize {
+        let body = match msg {
+            Msg::Election(m) => m.encoded_len(),
+            Msg::Log(m) => postcard::to_allocvec(m).map(|b| b.len()).unwrap_or(0),
+        };
+        body + crate::swim::DATAGRAM_OVERHEAD
+    }
+}
+
+/// The safety invariants, checked after every step, one function each.
+#[derive(Debug, Default)]
+pub struct Invariants {
+    /// Every entry any node reported committed, by index.
+    pub committed: BTreeMap<u64, Entry>,
+    /// Highest commit reported per node and incarnation.
+    reported: BTreeMap<NodeId, (u64, u64)>,
+    /// Which node led (served proposals in) each epoch.
+    leaders: BTreeMap<u64, NodeId>,
+    /// Elections won, over the run.
+    pub elections: usize,
+    /// `CannotLead` reports, over the run.
+    pub gave_up: usize,
+    checks: u64,
+}
+
+impl Invariants {
+    /// Runs every check on the current state.
+    pub fn check(&mut self, sim: &mut Sim<DkvNode>) {
+        self.record_commits_and_check_they_never_change(sim);
+        self.check_one_leader_per_epoch(sim);
+        self.check_commit_never_exceeds_the_durable_log(sim);
+        self.checks += 1;
+        if self.checks % 256 == 0 {
+            self.check_committed_prefixes_agree(sim);
+        }
+    }
+
+    /// Every committed entry any node reports agrees with what every other
+    /// node reported at that index (no committed entry is lost or changed),
+    /// and a node's commit index never regresses within an incarnation.
+    pub fn record_commits_and_check_they_never_change(&mut self, sim: &mut Sim<DkvNode>) {
+        for (_, id, event) in sim.take_events() {
+            match event {
+                Event::Committed {
+                    incarnation,
+                    previous,
+                    entries,
+                } => {
+                    let last = self.reported.entry(id).or_insert((incarnation, 0));
+                    if last.0 != incarnation {
+                        *last = (incarnation, 0);
+                    }
+                    assert_eq!(
+                        last.1,
+                        previous,
+                        "node {id} commit went from {} to {previous}.. (seed {})",
+                        last.1,
+                        sim.seed()
+                    );
+                    for entry in entries {
+                        last.1 = entry.index;
+                        match self.committed.get(&entry.index) {
+                            Some(known) => assert_eq!(
+                                known,
+                                &entry,
+                                "node {id} committed a different entry at index {} (seed {})",
+                                entry.index,
+                                sim.seed()
+                            ),
+                            None => {
+                                self.committed.insert(entry.index, entry);
+                            }
+                        }
+                    }
+                }
+                Event::Election(ElectionOutput::Elected { .. }) => self.elections += 1,
+                Event::CannotLead(_) => self.gave_up += 1,
+                Event::Election(_) => {}
+            }
+        }
+    }
+
+    /// Never two nodes serving proposals in the same epoch.
+    pub fn check_one_leader_per_epoch(&mut self, sim: &Sim<DkvNode>) {
+        for id in 0..sim.len() {
+            let Some(epoch) = sim.node(id).and_then(|n| n.replica().leading()) else {
+                continue;
+            };
+            let first = *self.leaders.entry(epoch).or_insert(id);
+            assert_eq!(
+                first,
+                id,
+                "nodes {first} and {id} both led epoch {epoch} (seed {})",
+                sim.seed()
+            );
+        }
+    }
+
+    /// A node's reported commit index never exceeds its durable log.
+    pub fn check_commit_never_exceeds_the_durable_log(&mut self, sim: &Sim<DkvNode>) {
+        for id in 0..sim.len() {
+            let Some(node) = sim.node(id) else { continue };
+            let durable = node.disk().synced().entries.len() as u64;
+            assert!(
+                node.reported_commit() <= durable,
+                "node {id} reported commit {} with {durable} durable entries (seed {})",
+                node.reported_commit(),
+                sim.seed()
+            );
+        }
+    }
+
+    /// Every running node's log, up to its commit index, and its durable
+    /// log, up to its reported commit, hold exactly the committed entries.
+    pub fn check_committed_prefixes_agree(&self, sim: &Sim<DkvNode>) {
+        for id in 0..sim.len() {
+            let Some(node) = sim.node(id) else { continue };
+            let replica = node.replica();
+            for entry in replica.entries(1, replica.commit_index()) {
+                if let Some(known) = self.committed.get(&entry.index) {
+                    assert_eq!(
+                        known,
+                        entry,
+                        "node {id}'s committed prefix differs at {} (seed {})",
+                        entry.index,
+                        sim.seed()
+                    );
+                }
+            }
+            let durable = &node.disk().synced().entries;
+            for entry in durable.iter().take(node.reported_commit() as usize) {
+                assert_eq!(
+                    self.committed.get(&entry.index),
+                    Some(entry),
+                    "node {id}'s durable committed prefix differs at {} (seed {})",
+                    entry.index,
+                    sim.seed()
+                );
+            }
+        }
+    }
+}
+
+/// The client: proposes unique values at whichever node leads.
+#[derive(Debug, Default)]
+pub struct Client {
+    next_id: u64,
+    /// Value id → (node, epoch, index) of each accepted proposal.
+    pub proposed: BTreeMap<u64, (NodeId, u64, u64)>,
+    /// Proposals refused (no leader, leader catching up).
+    pub refused: u64,
+}
+
+/// The value id a payload carries.
+pub fn value_id(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(payload.try_into().ok()?))
+}
+
+/// A simulated DKV cluster: election and log on every node, the first
+/// `voters` nodes voters and the rest learners. Views come from an oracle,
+/// as in [`crate::election::Cluster`].
+pub struct Cluster {
+    /// The simulator.
+    pub sim: Sim<DkvNode>,
+    /// How nodes are built.
+    pub setup: NodeSetup,
+    /// Invariants, checked after every step.
+    pub invariants: Invariants,
+    /// The client and what it proposed.
+    pub client: Client,
+    drift: Vec<f64>,
+    paused: BTreeSet<NodeId>,
+    groups: Vec<Vec<NodeId>>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    crashed: BTreeMap<NodeId, (MemStorage, LogDisk)>,
+    incarnations: Vec<u64>,
+}
+
+impl Cluster {
+    /// `nodes` nodes, the first `voters` of them voters.
+    pub fn new(seed: u64, nodes: usize, voters: usize, net: NetConfig) -> Self {
+        Self::with_config(
+            seed,
+            NodeSetup {
+                election: ElectionConfig::lan(),
+                log: LogConfig::lan(),
+                voters,
+                nodes,
+            },
+            net,
+        )
+    }
+
+    /// A cluster built from `setup`.
+    pub fn with_config(seed: u64, setup: NodeSetup, net: NetConfig) -> Self {
+        let mut sim = Sim::new(seed, net);
+        for id in 0..setup.nodes {
+            let seed = sim.rng().u64(..);
+            let node = DkvNode::new(
+                &setup,
+                id,
+                0,
+                MemStorage::new(),
+                LogDisk::default(),
+                seed,
+                sim.now(),
+            );
+            sim.add_node(addr(id), node);
+        }
+        let n = setup.nodes;
+        let mut cluster = Self {
+            sim,
+            setup,
+            invariants: Invariants::default(),
+            client: Client::default(),
+            drift: vec![1.0; n],
+            paused: BTreeSet::new(),
+            groups: Vec::new(),
+            blocked: BTreeSet::new(),
+            crashed: BTreeMap::new(),
+            incarnations: vec![0; n],
+        };
+        cluster.refresh_views();
+        cluster
+    }
+
+    fn reachable(&self, a: NodeId, b: NodeId) -> bool {
+        let group = |id: NodeId| {
+            self.groups
+                .iter()
+                .position(|g| g.contains(&id))
+                .map_or(0, |p| p + 1)
+        };
+        group(a) == group(b) && !self.blocked.contains(&(a, b)) && !self.blocked.contains(&(b, a))
+    }
+
+    /// Whether node `id` runs (not crashed, not paused).
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.sim.is_up(id) && !self.paused.contains(&id)
+    }
+
+    /// Gives every running node the view membership would settle on.
+    pub fn refresh_views(&mut self) {
+        for id in 0..self.sim.len() {
+            if !self.is_up(id) {
+                continue;
+            }
+            let live: Vec<Peer> = (0..self.sim.len())
+                .filter(|&j| j != id && self.is_up(j) && self.reachable(id, j))
+                .map(|j| Peer {
+                    name: name(j),
+                    addr: addr(j),
+                    priority: priority(j),
+                    voter: j < self.setup.voters,
+                })
+                .collect();
+            self.sim
+                .with_node(id, |node, now| node.election_mut().set_view(now, live));
+        }
+    }
+
+    /// Splits the network; views are not refreshed.
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        self.groups = groups.iter().map(|g| g.to_vec()).collect();
+        self.sim.partition(groups);
+    }
+
+    /// Drops messages from `from` to `to`.
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+        self.sim.block(from, to);
+    }
+
+    /// Removes partitions and blocks.
+    pub fn heal(&mut self) {
+        self.groups.clear();
+        self.blocked.clear();
+        self.sim.heal();
+    }
+
+    /// Kills node `id`, keeping its disks.
+    pub fn crash(&mut self, id: NodeId) {
+        self.paused.remove(&id);
+        if let Some(node) = self.sim.crash(id) {
+            self.crashed.insert(id, (node.promises, node.disk));
+        }
+    }
+
+    /// Restarts node `id` from what its disks kept after `loss`, and checks
+    /// that the log it recovers still holds every committed entry its synced
+    /// log held.
+    pub fn restart(&mut self, id: NodeId, loss: LogLoss) {
+        if self.sim.node(id).is_some() {
+            self.crash(id);
+        }
+        let (promises, disk) = self
+            .crashed
+            .remove(&id)
+            .unwrap_or((MemStorage::new(), LogDisk::default()));
+        let keep = match loss {
+            LogLoss::Kept => usize::MAX,
+            LogLoss::UnsyncedLost => 0,
+            LogLoss::Torn => self.sim.rng().usize(..=disk.unsynced_len()),
+        };
+        let promises = promises.after_crash(loss == LogLoss::Kept);
+        let recovered = disk.after_crash(keep);
+        for (i, entry) in disk.synced().entries.iter().enumerate() {
+            if self.invariants.committed.get(&entry.index) == Some(entry) {
+                assert_eq!(
+                    recovered.synced().entries.get(i),
+                    Some(entry),
+                    "node {id} lost committed entry {} it had synced, in a crash (seed {})",
+                    entry.index,
+                    self.sim.seed()
+                );
+            }
+        }
+        self.incarnations[id] += 1;
+        let seed = self.sim.rng().u64(..);
+        let node = DkvNode::new(
+            &self.setup,
+            id,
+            self.incarnations[id],
+            promises,
+            recovered,
+            seed,
+            self.sim.local_now(id),
+        );
+        self.sim.restart(id, node);
+    }
+
+    /// Freezes node `id` (like SIGSTOP).
+    pub fn pause(&mut self, id: NodeId) {
+        if self.sim.node(id).is_some() {
+            self.paused.insert(id);
+            self.sim.pause(id);
+        }
+    }
+
+    /// Unfreezes node `id`.
+    pub fn resume(&mut self, id: NodeId) {
+        self.paused.remove(&id);
+        self.sim.resume(id);
+    }
+
+    /// Sets node `id`'s clock rate.
+    pub fn set_drift(&mut self, id: NodeId, rate: f64) {
+        self.drift[id] = rate;
+        self.sim.set_drift(id, rate);
+    }
+
+    /// Runs for `d`, checking the invariants after every step.
+    pub fn run_for(&mut self, d: Duration) {
+        let invariants = &mut self.invariants;
+        self.sim.run_for(d, |sim| invariants.check(sim));
+    }
+
+    /// Runs for `d` while the client proposes a value every 1 to `gap_ms`
+    /// milliseconds at whichever running node leads.
+    pub fn run_with_client(&mut self, d: Duration, gap_ms: u64) {
+        let end = self.sim.elapsed() + d;
+        while self.sim.elapsed() < end {
+            let gap = Duration::from_micros(self.sim.rng().u64(1000..=gap_ms.max(1) * 1000));
+            let gap = gap.min(end - self.sim.elapsed());
+            self.run_for(gap);
+            self.propose();
+        }
+    }
+
+    /// Proposes the next value at the running node that leads the newest
+    /// epoch, if any.
+    pub fn propose(&mut self) -> Option<u64> {
+        let leader = (0..self.sim.len())
+            .filter(|&id| self.is_up(id))
+            .filter_map(|id| Some((self.sim.node(id)?.replica().leading()?, id)))
+            .max()
+            .map(|(_, id)| id);
+        let Some(leader) = leader else {
+            self.client.refused += 1;
+            return None;
+        };
+        let id = self.client.next_id;
+        self.client.next_id += 1;
+        let result = self.sim.with_node(leader, |node, now| {
+            let epoch = node.replica().leading().unwrap_or(0);
+            node.propose(now, id.to_le_bytes().to_vec())
+                .map(|index| (epoch, index))
+        });
+        match result {
+            Some(Ok((epoch, index))) => {
+                self.client.proposed.insert(id, (leader, epoch, index));
+                Some(id)
+            }
+            _ => {
+                self.client.refused += 1;
+                None
+            }
+        }
+    }
+
+    /// Runs until `cond` or `limit`, checking the invariants after every
+    /// step.
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&Self) -> bool) -> bool {
+        let deadline = self.sim.elapsed() + limit;
+        let step = Duration::from_millis(5);
+        loop {
+            if cond(self) {
+                return true;
+            }
+            let now = self.sim.elapsed();
+            if now >= deadline {
+                return false;
+            }
+            self.run_for(step.min(deadline - now));
+        }
+    }
+
+    /// Runs until `cond` holds, checked (with the invariants) after every
+    /// single step, or `limit`: for faults that must strike at an exact
+    /// moment.
+    pub fn run_until_step(
+        &mut self,
+        limit: Duration,
+        mut cond: impl FnMut(&Sim<DkvNode>) -> bool,
+    ) -> bool {
+        let invariants = &mut self.invariants;
+        self.sim.run_until(limit, |sim| {
+            invariants.check(sim);
+            cond(sim)
+        })
+    }
+
+    /// Proposes `value` at node `id` directly; its index if accepted.
+    pub fn propose_at(&mut self, id: NodeId) -> Option<u64> {
+        let value = self.client.next_id;
+        self.client.next_id += 1;
+        let result = self.sim.with_node(id, |node, now| {
+            let epoch = node.replica().leading().unwrap_or(0);
+            node.propose(now, value.to_le_bytes().to_vec())
+                .map(|index| (epoch, index))
+        });
+        match result {
+            Some(Ok((epoch, index))) => {
+                self.client.proposed.insert(value, (id, epoch, index));
+                Some(index)
+            }
+            _ => {
+                self.client.refused += 1;
+                None
+            }
+        }
+    }
+
+    /// The running node serving proposals in the newest epoch.
+    pub fn leader(&self) -> Option<NodeId> {
+        (0..self.sim.len())
+            .filter(|&id| self.is_up(id))
+            .filter_map(|id| Some((self.sim.node(id)?.replica().leading()?, id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// Every node runs, a leader serves, and every node's log equals the
+    /// leader's, all of it committed everywhere.
+    pub fn converged(&self) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let Some(reference) = self.sim.node(leader).map(|n| n.replica()) else {
+            return false;
+        };
+        let last = reference.last_index();
+        reference.commit_index() == last
+            && (0..self.sim.len()).all(|id| {
+                self.is_up(id)
+                    && self.sim.node(id).is_some_and(|n| {
+                        let r = n.replica();
+                        r.commit_index() == last
+                            && r.last_index() == last
+                            && r.entries(1, last) == reference.entries(1, last)
+                    })
+            })
+    }
+
+    /// Stops every fault (heal, resume, restart what crashed with `loss`),
+    /// waits for convergence within `limit`, and checks the final log: it
+    /// holds every entry ever reported committed, at its index, and no value
+    /// twice. Returns (values committed, values proposed).
+    pub fn heal_and_check_convergence(&mut self, limit: Duration, loss: LogLoss) -> (usize, usize) {
+        self.heal();
+        for id in 0..self.sim.len() {
+            if self.sim.node(id).is_none() {
+                self.restart(id, loss);
+            }
+            self.resume(id);
+        }
+        self.refresh_views();
+        let converged = self.run_until(limit, |c| c.converged());
+        if !converged {
+            let states: Vec<String> = (0..self.sim.len())
+                .map(|id| match self.sim.node(id) {
+                    Some(n) => format!(
+                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?}",
+                        n.replica().leading(),
+                        n.replica().epoch(),
+                        n.replica().last_index(),
+                        n.replica().commit_index(),
+                        n.election().leader()
+                    ),
+                    None => format!("node {id}: down"),
+                })
+                .collect();
+            panic!(
+                "no convergence within {limit:?} of the faults stopping (seed {}):\n{}",
+                self.sim.seed(),
+                states.join("\n")
+            );
+        }
+        self.run_for(Duration::from_millis(1));
+        self.invariants.check_committed_prefixes_agree(&self.sim);
+        let leader = self.leader().unwrap_or(0);
+        let Some(node) = self.sim.node(leader) else {
+            panic!("the leader vanished");
+        };
+        let log = node.replica().entries(1, node.replica().last_index());
+        for (index, entry) in &self.invariants.committed {
+            assert_eq!(
+                log.get(*index as usize - 1),
+                Some(entry),
+                "committed entry {index} is not in the final log (seed {})",
+                self.sim.seed()
+            );
+        }
+        let mut values = BTreeSet::new();
+        for entry in log.iter().filter(|e| e.kind == EntryKind::Data) {
+            let id = value_id(&entry.payload).unwrap_or(u64::MAX);
+            assert!(
+                values.insert(id),
+                "value {id} is in the log twice (seed {})",
+                self.sim.seed()
+            );
+            assert!(
+                self.client.proposed.contains_key(&id),
+                "value {id} was never proposed (seed {})",
+                self.sim.seed()
+            );
+        }
+        (values.len(), self.client.proposed.len())
+    }
+
+    /// The epoch the election core of node `id` leads, if any.
+    pub fn lease_epoch(&self, id: NodeId) -> Option<Epoch> {
+        self.sim
+            .node(id)?
+            .election()
+            .lease()
+            .map(|(epoch, _)| epoch)
+    }
+}
