@@ -308,6 +308,7 @@ impl Driver {
         self.refresh_learners().await;
         self.sync_leadership();
         let mut catch_up = tokio::time::interval(Duration::from_millis(20));
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             if let Err(e) = self.drain() {
                 tracing::error!(error = %e, "write-ahead log failed; stopping the key-value server on this node");
@@ -360,6 +361,7 @@ impl Driver {
                 _ = catch_up.tick(), if self.server.watch_counts().1 > 0 => {
                     self.server.catch_up_watchers();
                 }
+                _ = sweep.tick() => self.drop_closed_watchers(),
             }
         }
     }
@@ -372,6 +374,21 @@ impl Driver {
             }
             Inbound::Request { reply, .. } => reply.reject("replication takes no requests"),
             Inbound::Stream { .. } => {}
+        }
+    }
+
+    /// Forgets watchers whose stream has gone (a quiet key would otherwise
+    /// keep them until its next change).
+    fn drop_closed_watchers(&mut self) {
+        let closed: Vec<WatchId> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.tx.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closed {
+            self.watchers.remove(&id);
+            self.server.cancel_watch(id);
         }
     }
 

@@ -192,16 +192,26 @@ async fn serve_watch(kv: Option<Kv>, request: WatchRequest, mut stream: FramedSt
         stream.finish();
         return;
     };
-    while let Some(item) = watch.recv().await {
-        let (item, last) = match item {
-            WatchItem::Events(events) => (StreamItem::KvEvents(events), false),
-            WatchItem::Cancelled(reason) => (StreamItem::WatchCancelled(reason), true),
-        };
-        if stream.send(&item).await.is_err() || last {
-            break;
+    // The client sends nothing after its request: its side ending (it
+    // dropped the watch) or failing ends the watch at once, not at the next
+    // change.
+    let (mut tx, mut rx) = stream.split();
+    loop {
+        tokio::select! {
+            item = watch.recv() => {
+                let Some(item) = item else { break };
+                let (item, last) = match item {
+                    WatchItem::Events(events) => (StreamItem::KvEvents(events), false),
+                    WatchItem::Cancelled(reason) => (StreamItem::WatchCancelled(reason), true),
+                };
+                if tx.send(&item).await.is_err() || last {
+                    break;
+                }
+            }
+            _ = rx.recv::<StreamRequest>() => break,
         }
     }
-    stream.finish();
+    tx.finish();
 }
 
 /// A member as clients see it.

@@ -496,6 +496,9 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     });
     let _ = key_watcher.kill();
     let _ = key_watcher.wait();
+    eventually("n3 forgets the watcher of the killed client", || {
+        metric(n3.admin, "clustron_kv_watchers") == Some(0)
+    });
     let status = json({
         let mut c = clustron(dir.path(), &endpoints);
         c.args(["status", "--json"]);
