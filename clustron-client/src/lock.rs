@@ -1,5 +1,6 @@
-//! Distributed locks as a recipe over leases, transactions and watches (the
-//! etcd `concurrency` way), with a fencing token.
+//! Distributed locks and leader elections as recipes over leases,
+//! transactions and watches (the etcd `concurrency` way), with a fencing
+//! token.
 //!
 //! To lock `NAME`, a client grants itself a lease (kept alive in the
 //! background while the lock is held), creates the key
@@ -8,6 +9,10 @@
 //! key just before its own until that one is deleted (released, or its
 //! holder's lease expired), then looks again. Waiters queue in create order,
 //! so the lock is fair and each release wakes one waiter.
+//!
+//! An election is the same queue under `_election/NAME/`, each key holding
+//! its candidate's value: the leader is the candidate with the lowest create
+//! revision, and anyone can read who it is ([`Client::leader`]).
 //!
 //! The holder's key's create revision is the **fencing token**: it only
 //! grows from one holder to the next, so a resource that remembers the
@@ -65,6 +70,50 @@ impl Client {
     /// Waits until this client holds the lock `name`; the lock lives while
     /// this process keeps its lease alive (`ttl` after the last keep-alive).
     pub async fn lock(&self, name: &str, ttl: Duration) -> Result<Lock, ClientError> {
+        self.queue(format!("_lock/{name}/"), Vec::new(), ttl).await
+    }
+
+    /// Waits until this client leads the election `name`, announcing
+    /// `value` (e.g. its address); leadership lasts as for [`Client::lock`],
+    /// and [`Lock::unlock`] resigns.
+    pub async fn campaign(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Lock, ClientError> {
+        self.queue(format!("_election/{name}/"), value.to_vec(), ttl)
+            .await
+    }
+
+    /// The current leader of the election `name`: its value and fencing
+    /// token, or `None` if nobody campaigns.
+    pub async fn leader(&self, name: &str) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
+        let (candidates, _) = self
+            .range(
+                RangeRequest {
+                    range: KeyRange::Prefix(format!("_election/{name}/").into_bytes()),
+                    revision: 0,
+                    limit: 0,
+                    keys_only: false,
+                    count_only: false,
+                },
+                true,
+            )
+            .await?;
+        Ok(candidates
+            .kvs
+            .into_iter()
+            .min_by_key(|kv| kv.create_revision)
+            .map(|kv| (kv.value, kv.create_revision)))
+    }
+
+    async fn queue(
+        &self,
+        prefix: String,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Lock, ClientError> {
         let lease = self.grant(ttl).await?;
         let keep_alive = {
             let client = self.clone();
@@ -78,7 +127,7 @@ impl Client {
                 }
             })
         };
-        match self.acquire(name, lease).await {
+        match self.acquire(prefix.into_bytes(), value, lease).await {
             Ok((key, revision)) => Ok(Lock {
                 client: self.clone(),
                 key,
@@ -94,8 +143,12 @@ impl Client {
         }
     }
 
-    async fn acquire(&self, name: &str, lease: LeaseId) -> Result<(Vec<u8>, u64), ClientError> {
-        let prefix = format!("_lock/{name}/").into_bytes();
+    async fn acquire(
+        &self,
+        prefix: Vec<u8>,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<(Vec<u8>, u64), ClientError> {
         let key = [prefix.as_slice(), format!("{:016x}", lease.0).as_bytes()].concat();
         // Create the key if it is not there yet (a retried request must not
         // move it to the back of the queue), and read it back either way.
@@ -109,7 +162,7 @@ impl Client {
                 success: vec![
                     RequestOp::Put(PutRequest {
                         key: key.clone(),
-                        value: Vec::new(),
+                        value,
                         lease: Some(lease),
                         prev_kv: false,
                     }),

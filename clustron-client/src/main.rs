@@ -148,6 +148,41 @@ enum KvCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run COMMAND while leading the election NAME as VALUE (waiting to be
+    /// elected first); the fencing token is in `CLUSTRON_LOCK_TOKEN`.
+    Campaign {
+        /// Election name.
+        name: String,
+        /// What this candidate announces (e.g. its address).
+        value: String,
+        /// Lease TTL in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the value of the election NAME's leader (nothing if none).
+    Leader {
+        /// Election name.
+        name: String,
+    },
+}
+
+/// Runs `command` while `lock` is held, then releases it; exits with the
+/// command's status.
+async fn run_holding(lock: clustron_client::Lock, command: &[String]) -> Result<()> {
+    let status = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("CLUSTRON_LOCK_TOKEN", lock.token().to_string())
+        .status()
+        .await
+        .with_context(|| format!("running {}", command[0]))?;
+    lock.unlock().await?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
 }
 
 fn key_range(key: String, prefix: bool) -> KeyRange {
@@ -251,18 +286,22 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
             println!("revoked; {deleted} keys deleted");
         }
         KvCmd::Lock { name, ttl, command } => {
-            let lock = client
-                .lock(&name, std::time::Duration::from_secs(ttl.max(1)))
-                .await?;
-            let status = tokio::process::Command::new(&command[0])
-                .args(&command[1..])
-                .env("CLUSTRON_LOCK_TOKEN", lock.token().to_string())
-                .status()
-                .await
-                .with_context(|| format!("running {}", command[0]))?;
-            lock.unlock().await?;
-            if !status.success() {
-                std::process::exit(status.code().unwrap_or(1));
+            let ttl = std::time::Duration::from_secs(ttl.max(1));
+            run_holding(client.lock(&name, ttl).await?, &command).await?;
+        }
+        KvCmd::Campaign {
+            name,
+            value,
+            ttl,
+            command,
+        } => {
+            let ttl = std::time::Duration::from_secs(ttl.max(1));
+            let leadership = client.campaign(&name, value.as_bytes(), ttl).await?;
+            run_holding(leadership, &command).await?;
+        }
+        KvCmd::Leader { name } => {
+            if let Some((value, _)) = client.leader(&name).await? {
+                println!("{}", String::from_utf8_lossy(&value));
             }
         }
     }

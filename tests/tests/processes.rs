@@ -414,6 +414,59 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
         last_token = token;
     }
 
+    // Leader election among clients: the first candidate leads until it
+    // resigns, while the second waits its turn.
+    let leader_of_election = || -> Option<String> {
+        let output = clustron(dir.path(), &endpoints)
+            .args(["kv", "leader", "scheduler"])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let candidate = |addr: SocketAddr, value: &str, release: &Path| {
+        let hold = format!("while [ ! -e {} ]; do sleep 0.05; done", release.display());
+        clustron(dir.path(), &[addr])
+            .args([
+                "kv",
+                "campaign",
+                "scheduler",
+                value,
+                "--",
+                "sh",
+                "-c",
+                &hold,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (release_a, release_b) = (dir.path().join("release-a"), dir.path().join("release-b"));
+    let mut a = candidate(seed, "node-a", &release_a);
+    eventually("node-a leads", || {
+        leader_of_election().as_deref() == Some("node-a")
+    });
+    let mut b = candidate(n2_addr, "node-b", &release_b);
+    eventually("node-b is queued", || {
+        json({
+            let mut c = clustron(dir.path(), &endpoints);
+            c.args(["kv", "get", "_election/scheduler/", "--prefix", "--json"]);
+            c
+        })
+        .is_some_and(|rows| rows.as_array().is_some_and(|r| r.len() == 2))
+    });
+    assert_eq!(leader_of_election().as_deref(), Some("node-a"));
+    std::fs::write(&release_a, b"").unwrap();
+    assert!(a.wait().unwrap().success());
+    eventually("node-b leads after node-a resigned", || {
+        leader_of_election().as_deref() == Some("node-b")
+    });
+    std::fs::write(&release_b, b"").unwrap();
+    assert!(b.wait().unwrap().success());
+    assert_eq!(leader_of_election().as_deref(), Some(""));
+
     // A key watcher through n3, which outlives the leader.
     let mut key_watcher = clustron(dir.path(), &[n3_addr, n2_addr])
         .args(["kv", "watch", "config/", "--prefix"])
