@@ -85,6 +85,8 @@ pub struct Client {
     channel: Channel<ClientProtocol>,
     endpoints: Arc<Vec<SocketAddr>>,
     current: Arc<AtomicUsize>,
+    /// The key-value leader last named by a node: requests go there first.
+    leader: Arc<std::sync::Mutex<Option<SocketAddr>>>,
     _endpoint: Endpoint,
 }
 
@@ -106,6 +108,7 @@ impl Client {
             channel: endpoint.channel::<ClientProtocol>(),
             endpoints: Arc::new(endpoints),
             current: Arc::new(AtomicUsize::new(0)),
+            leader: Arc::new(std::sync::Mutex::new(None)),
             _endpoint: endpoint,
         })
     }
@@ -203,8 +206,20 @@ impl Client {
     /// outcome is unknown ([`KvFailure::Unknown`]).
     pub async fn kv(&self, request: KvRequest) -> Result<KvReply, ClientError> {
         let read_only = matches!(request, KvRequest::Range { .. });
+        // Serializable reads are for any node: no need to go to the leader.
+        let any_node = matches!(
+            request,
+            KvRequest::Range {
+                linearizable: false,
+                ..
+            }
+        );
         let deadline = Instant::now() + KV_RETRY_FOR;
-        let mut target: Option<SocketAddr> = None;
+        let mut target: Option<SocketAddr> = if any_node {
+            None
+        } else {
+            *self.leader.lock().unwrap_or_else(|e| e.into_inner())
+        };
         let mut pause = Duration::from_millis(20);
         let wrapped = Request::Kv(request);
         loop {
@@ -246,6 +261,7 @@ impl Client {
                     leader: Some((_, addr)),
                 }))) if target != Some(addr) => {
                     target = Some(addr);
+                    *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
                     continue;
                 }
                 Ok(Response::Kv(Err(
@@ -264,6 +280,7 @@ impl Client {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
             target = None;
+            *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
