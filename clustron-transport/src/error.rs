@@ -224,3 +224,37 @@ pub enum CertError {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_failures_before_the_remote_handler_count_as_nothing_processed() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let timeout = |what| Error::Timeout {
+            what,
+            addr,
+            after: Duration::from_secs(1),
+        };
+        assert!(timeout("connect").nothing_processed());
+        assert!(!timeout("request").nothing_processed());
+        let lost = Error::ConnectionLost {
+            addr,
+            reason: "reset".into(),
+        };
+        assert!(!lost.nothing_processed());
+        let unreachable = Error::Unreachable {
+            addr,
+            reason: "no route".into(),
+        };
+        assert!(unreachable.nothing_processed());
+        assert!(Error::Backoff {
+            addr,
+            retry_in: Duration::from_millis(50)
+        }
+        .nothing_processed());
+    }
+}
