@@ -213,6 +213,7 @@ impl Kv {
             watchers: HashMap::new(),
             stats: stats_tx,
             syncs: 0,
+            elected: None,
         };
         tokio::spawn(driver.run());
         Ok(Kv { commands, stats })
@@ -301,6 +302,8 @@ struct Driver {
     watchers: HashMap<WatchId, Watcher>,
     stats: tokio::sync::watch::Sender<KvStats>,
     syncs: u64,
+    /// The epoch the server was last told this node won.
+    elected: Option<u64>,
 }
 
 impl Driver {
@@ -441,6 +444,7 @@ impl Driver {
                     .filter(|(e, _)| *e == epoch)
                     .map_or(now, |(_, until)| until);
                 self.server.elected(now, epoch.0, summaries, until);
+                self.elected = Some(epoch.0);
             }
             LeadershipEvent::Leader { name, epoch } if name != self.me => {
                 if let Some(addr) = self.address_of(&name) {
@@ -460,6 +464,16 @@ impl Driver {
                 if let Some(addr) = self.address_of(&name) {
                     self.server.follow(Instant::now(), name, addr, epoch.0);
                 }
+            }
+            // This node leads, but the grants' summaries that a new leader
+            // must adopt are gone with the missed event: lead again through
+            // a fresh election rather than guess.
+            Some((_, epoch)) if self.elected != Some(epoch.0) => {
+                tracing::info!("leading without the log's view change; stepping down to redo it");
+                let election = self.election.clone();
+                tokio::spawn(async move {
+                    let _ = election.step_down().await;
+                });
             }
             Some(_) => {}
             None => self.server.forget_leader(),
