@@ -157,21 +157,18 @@ impl Kv {
         endpoint: &Endpoint,
         membership: &Membership,
         election: &Election,
-        fence: Fence,
+        store: OpenStore,
         voters: Vec<(NodeName, SocketAddr)>,
-        data_dir: &Path,
         config: ServerConfig,
     ) -> Result<Kv, StartError> {
-        let (wal, recovered) = Wal::open(&data_dir.join("wal"), WalOptions::default())?;
-        if recovered.torn_tail_bytes > 0 {
-            tracing::warn!(
-                bytes = recovered.torn_tail_bytes,
-                "cut a torn tail off the write-ahead log"
-            );
-        }
-        let epoch_path = data_dir.join("log-epoch");
-        let epoch = read_epoch(&epoch_path)?;
-        let last = recovered.entries.last().map(|e| (e.epoch, e.index));
+        let OpenStore {
+            wal,
+            entries,
+            epoch,
+            epoch_path,
+            written,
+            fence,
+        } = store;
         let me = membership.name().clone();
         let inbox = endpoint.register::<Replication>()?;
         let server = Server::new(
@@ -179,17 +176,9 @@ impl Kv {
             me.clone(),
             voters.clone(),
             [],
-            Recovered {
-                epoch,
-                entries: recovered.entries,
-            },
+            Recovered { epoch, entries },
             Instant::now(),
         )?;
-        let written = Summary {
-            last_epoch: last.map_or(0, |l| l.0),
-            last_index: last.map_or(0, |l| l.1),
-        };
-        fence.durable(&written);
         let (commands, command_rx) = mpsc::channel(1024);
         let (stats_tx, stats) = tokio::sync::watch::channel(KvStats::default());
         let driver = Driver {
@@ -241,6 +230,61 @@ impl Kv {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Watch(request, tx)).await.ok()?;
         rx.await.ok()
+    }
+}
+
+/// A node's key-value storage, opened before the election starts: the
+/// election's grants must carry the log's durable summary from the very
+/// first promise (an empty one would hide this voter's entries from a new
+/// leader), and its fence starts at the saved epoch.
+#[derive(Debug)]
+pub struct OpenStore {
+    wal: Wal,
+    entries: Vec<Entry>,
+    epoch: u64,
+    epoch_path: PathBuf,
+    written: Summary,
+    fence: Fence,
+}
+
+impl OpenStore {
+    /// Opens (or creates) the write-ahead log and epoch file in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<OpenStore, StartError> {
+        let (wal, recovered) = Wal::open(&data_dir.join("wal"), WalOptions::default())?;
+        if recovered.torn_tail_bytes > 0 {
+            tracing::warn!(
+                bytes = recovered.torn_tail_bytes,
+                "cut a torn tail off the write-ahead log"
+            );
+        }
+        let epoch_path = data_dir.join("log-epoch");
+        let epoch = read_epoch(&epoch_path)?;
+        let written = recovered
+            .entries
+            .last()
+            .map_or(Summary::default(), |e| Summary {
+                last_epoch: e.epoch,
+                last_index: e.index,
+            });
+        let fence = Fence::default();
+        {
+            let mut state = fence.0.lock().unwrap_or_else(|e| e.into_inner());
+            state.epoch = epoch;
+            state.summary = written.encode();
+        }
+        Ok(OpenStore {
+            wal,
+            entries: recovered.entries,
+            epoch,
+            epoch_path,
+            written,
+            fence,
+        })
+    }
+
+    /// The hook to start the election with.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 }
 
@@ -545,12 +589,10 @@ impl Driver {
                         }
                     });
                 }
-                ServerOutput::Log(LogOutput::Summary(summary)) => {
-                    let election = self.election.clone();
-                    tokio::spawn(async move {
-                        let _ = election.set_summary(summary).await;
-                    });
-                }
+                // The election gets the summary from the fence at each
+                // promise (always current); an asynchronous `set_summary`
+                // could arrive after a newer one and regress it.
+                ServerOutput::Log(LogOutput::Summary(_)) => {}
                 ServerOutput::Log(LogOutput::CannotLead { epoch }) => {
                     tracing::warn!(epoch, "cannot fetch the up-to-date log; stepping down");
                     let election = self.election.clone();

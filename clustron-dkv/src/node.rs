@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::admin;
 use crate::config::NodeConfig;
 use crate::core::server::ServerConfig;
-use crate::kv_driver::{Fence, Kv};
+use crate::kv_driver::{Kv, OpenStore};
 
 /// The parts of a running node the admin server and the stop sequence use.
 #[derive(Clone)]
@@ -103,14 +103,20 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             .iter()
             .map(|v| (v.name.clone(), v.addr))
             .collect();
-        // The key-value log's fence, shared with the election (a grant
-        // carries the log's durable summary as of the promise).
-        let fence = Fence::default();
+        // The key-value log, opened first: its fence goes to the election
+        // (a grant carries the log's durable summary as of the promise).
+        let store = match OpenStore::open(&kv_dir) {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the key-value store");
+                return;
+            }
+        };
         let options = clustron_election::Options {
             config: clustron_election::Config::lan(),
             voters: set,
             data_dir,
-            hook: Some(Arc::new(fence.clone())),
+            hook: Some(Arc::new(store.fence())),
         };
         let election = match Election::start(&endpoint, &membership, options).await {
             Ok(election) => election,
@@ -138,9 +144,8 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             &endpoint,
             &membership,
             &election,
-            fence,
+            store,
             voter_addrs,
-            &kv_dir,
             ServerConfig::default(),
         )
         .await
