@@ -430,8 +430,8 @@ impl Actor for DkvNode {
 }
 
 /// Steps one cluster may take: about 80 times what the largest scenario
-/// needs (about 60 000), so
-/// a livelock or a message storm fails the test instead of hanging it.
+/// needs (about 60 000), so a livelock or a message storm fails the test
+/// instead of hanging it.
 pub const MAX_STEPS: u64 = 5_000_000;
 
 /// The safety invariants, checked after every step, one function each.
