@@ -429,6 +429,11 @@ impl Actor for DkvNode {
     }
 }
 
+/// Steps one cluster may take: about 80 times what the largest scenario
+/// needs (about 60 000), so a livelock or a message storm fails the test
+/// instead of hanging it.
+pub const MAX_STEPS: u64 = 5_000_000;
+
 /// The safety invariants, checked after every step, one function each.
 #[derive(Debug, Default)]
 pub struct Invariants {
@@ -452,6 +457,11 @@ impl Invariants {
         self.check_one_leader_per_epoch(sim);
         self.check_commit_never_exceeds_the_durable_log(sim);
         self.checks += 1;
+        assert!(
+            self.checks <= MAX_STEPS,
+            "more than {MAX_STEPS} steps: a message storm or a livelock (seed {})",
+            sim.seed()
+        );
         if self.checks % 256 == 0 {
             self.check_committed_prefixes_agree(sim);
         }
