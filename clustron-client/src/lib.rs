@@ -75,8 +75,8 @@ pub enum ClientError {
     Kv(#[from] KvFailure),
 }
 
-/// How long a key-value request keeps retrying while no leader can serve it
-/// (an election takes well under a second).
+/// How long a key-value request keeps retrying while no leader can serve it,
+/// by default (an election takes well under a second).
 const KV_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// A client of a Clustron cluster. Cheap to clone.
@@ -87,6 +87,8 @@ pub struct Client {
     current: Arc<AtomicUsize>,
     /// The key-value leader last named by a node: requests go there first.
     leader: Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    /// How long a key-value request retries while no leader can serve it.
+    retry_for: Duration,
     _endpoint: Endpoint,
 }
 
@@ -109,8 +111,16 @@ impl Client {
             endpoints: Arc::new(endpoints),
             current: Arc::new(AtomicUsize::new(0)),
             leader: Arc::new(std::sync::Mutex::new(None)),
+            retry_for: KV_RETRY_FOR,
             _endpoint: endpoint,
         })
+    }
+
+    /// How long key-value requests keep retrying while no leader can serve
+    /// them (default 10 s): a script that prefers failing fast sets less.
+    pub fn with_retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
     }
 
     /// Endpoints in the order to try them: the current one first.
@@ -214,7 +224,7 @@ impl Client {
                 ..
             }
         );
-        let deadline = Instant::now() + KV_RETRY_FOR;
+        let deadline = Instant::now() + self.retry_for;
         let mut target: Option<SocketAddr> = if any_node {
             None
         } else {

@@ -32,6 +32,10 @@ struct Cli {
     /// Client private key.
     #[arg(long, env = "CLUSTRON_KEY_FILE")]
     key_file: PathBuf,
+    /// How long key-value commands keep retrying while no leader can serve
+    /// them (an election, a partition), in seconds.
+    #[arg(long, env = "CLUSTRON_TIMEOUT", default_value_t = 10.0)]
+    timeout: f64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -337,9 +341,15 @@ fn leader_name(topology: &TopologyInfo) -> Option<&str> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    anyhow::ensure!(
+        cli.timeout.is_finite() && cli.timeout >= 0.0,
+        "--timeout must be a number of seconds, not {}",
+        cli.timeout
+    );
     let identity = TlsIdentity::from_files(&cli.ca_file, &cli.cert_file, &cli.key_file)
         .context("loading the client certificate")?;
-    let client = Client::new(cli.endpoints, identity)?;
+    let client = Client::new(cli.endpoints, identity)?
+        .with_retry_for(std::time::Duration::from_secs_f64(cli.timeout));
     match cli.command {
         Cmd::Members { json } => {
             let topology = client.topology().await?;

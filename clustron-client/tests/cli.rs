@@ -38,3 +38,22 @@ fn missing_endpoints_and_certificates_are_named() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
+
+#[test]
+fn a_negative_timeout_is_refused_by_name() {
+    let output = Command::new(BIN)
+        .args(["--endpoints", "127.0.0.1:1", "--timeout=-1"])
+        .args(["--ca-file", "/nonexistent/ca.pem"])
+        .args([
+            "--cert-file",
+            "/nonexistent/c.pem",
+            "--key-file",
+            "/nonexistent/c.key",
+        ])
+        .args(["kv", "get", "k"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("--timeout"), "{err}");
+}

@@ -941,7 +941,7 @@ fn a_partitioned_leader_steps_down_the_majority_elects_and_the_cluster_heals() {
     // The majority side writes; the minority side cannot.
     assert!(kv_put(dir.path(), &[listen(2)], "partition", "majority"));
     let minority = clustron(dir.path(), &[listen(1)])
-        .args(["kv", "put", "partition", "minority"])
+        .args(["--timeout", "2", "kv", "put", "partition", "minority"])
         .output()
         .unwrap();
     assert!(!minority.status.success(), "the minority side took a write");
