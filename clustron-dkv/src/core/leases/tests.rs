@@ -56,3 +56,14 @@ fn followers_keep_no_time_and_a_new_leader_restarts_every_lease() {
     assert_eq!(c.poll_timeout(), None);
     assert!(c.poll_expired(t0 + ms(10_000)).is_empty());
 }
+
+#[test]
+fn an_absurd_ttl_does_not_overflow_the_clock() {
+    let t0 = Instant::now();
+    let mut c = LeaseClock::default();
+    c.become_leader(t0, [(LeaseId(1), u64::MAX)]);
+    c.granted(t0, LeaseId(2), u64::MAX);
+    assert!(c.keep_alive(t0, LeaseId(2)).is_some());
+    assert!(c.poll_expired(t0 + ms(1000)).is_empty());
+    assert!(c.time_to_live(t0, LeaseId(1)).is_some());
+}

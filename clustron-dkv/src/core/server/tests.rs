@@ -424,3 +424,114 @@ fn the_leader_compacts_history_beyond_what_it_retains_on_every_replica() {
         Err(ServerError::Kv(KvError::Compacted { .. }))
     ));
 }
+
+mod any_request {
+    //! Any sequence of client requests, however malformed (empty or huge
+    //! keys, huge values, future or compacted revisions, reversed ranges,
+    //! unknown leases, oversized transactions), gets exactly one answer each
+    //! and never panics the server.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::kv::{Compare, CompareOp, CompareTarget, DeleteRequest, RequestOp, Txn};
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..8),
+            1 => (0usize..3).prop_map(|k| vec![b'k'; [0, 4097, 600 * 1024][k]]),
+        ]
+    }
+
+    fn range() -> impl Strategy<Value = KeyRange> {
+        prop_oneof![
+            bytes().prop_map(KeyRange::Key),
+            bytes().prop_map(KeyRange::Prefix),
+            (bytes(), bytes()).prop_map(|(start, end)| KeyRange::Range { start, end }),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = ClientOp> {
+        let rev = prop_oneof![Just(0u64), 0u64..50, Just(u64::MAX)];
+        prop_oneof![
+            (range(), rev.clone(), any::<u64>(), any::<bool>()).prop_map(
+                |(range, revision, limit, linearizable)| {
+                    ClientOp::Read {
+                        request: RangeRequest {
+                            range,
+                            revision,
+                            limit,
+                            keys_only: false,
+                            count_only: false,
+                        },
+                        linearizable,
+                    }
+                }
+            ),
+            (bytes(), bytes(), proptest::option::of(0u64..4)).prop_map(|(key, value, lease)| {
+                ClientOp::Write(Command::Put(PutRequest {
+                    key,
+                    value,
+                    lease: lease.map(LeaseId),
+                    prev_kv: true,
+                }))
+            }),
+            range().prop_map(|range| ClientOp::Write(Command::Delete(DeleteRequest {
+                range,
+                prev_kv: true
+            }))),
+            (bytes(), rev.clone(), 0usize..200).prop_map(|(key, r, n)| ClientOp::Write(
+                Command::Txn(Txn {
+                    compare: vec![Compare {
+                        key: key.clone(),
+                        target: CompareTarget::ModRevision(r),
+                        op: CompareOp::Greater
+                    }],
+                    success: (0..n)
+                        .map(|i| RequestOp::put(&[key.as_slice(), &[i as u8]].concat(), b"v"))
+                        .collect(),
+                    failure: vec![RequestOp::delete(&key)],
+                })
+            )),
+            (0u64..4, any::<u64>()).prop_map(|(id, ttl_ms)| ClientOp::Write(Command::LeaseGrant {
+                id: LeaseId(id),
+                ttl_ms
+            })),
+            (0u64..4).prop_map(|id| ClientOp::Write(Command::LeaseRevoke { id: LeaseId(id) })),
+            (0u64..4).prop_map(|id| ClientOp::KeepAlive(LeaseId(id))),
+            rev.prop_map(|revision| ClientOp::Write(Command::Compact { revision })),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn every_request_gets_one_answer_and_nothing_panics(ops in proptest::collection::vec(op(), 1..40)) {
+            let me = NodeName::new("n1").unwrap();
+            let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+            let mut now = Instant::now();
+            let mut server = Server::new(
+                ServerConfig { retain_revisions: 5, ..ServerConfig::default() },
+                me.clone(), [(me, addr)], [], Recovered::default(), now,
+            ).unwrap();
+            server.elected(now, 1, vec![], now + Duration::from_secs(3600));
+            while server.poll_output().is_some() {}
+            let mut answered = std::collections::BTreeMap::new();
+            for (id, op) in ops.into_iter().enumerate() {
+                now += Duration::from_millis(10);
+                server.request(now, id as u64, op);
+                if server.poll_timeout().is_some_and(|t| t <= now) {
+                    server.handle_timeout(now);
+                }
+                while let Some(output) = server.poll_output() {
+                    if let ServerOutput::Reply { id, .. } = output {
+                        *answered.entry(id).or_insert(0) += 1;
+                    }
+                }
+                prop_assert_eq!(answered.get(&(id as u64)), Some(&1), "request {} not answered once", id);
+            }
+            prop_assert!(answered.values().all(|n| *n == 1));
+        }
+    }
+}
