@@ -34,6 +34,11 @@ pub struct FileConfig {
     pub admin_listen: Option<SocketAddr>,
     /// `text` or `json`.
     pub log_format: Option<String>,
+    /// Revisions of key-value history kept before the leader compacts
+    /// (0: never compact).
+    pub retain_revisions: Option<u64>,
+    /// Largest value a key may hold, in bytes (1 to 524,288).
+    pub max_value_bytes: Option<usize>,
 }
 
 impl FileConfig {
@@ -84,7 +89,15 @@ pub struct NodeConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Key-value history kept (revisions; 0: never compact).
+    pub retain_revisions: u64,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
 }
+
+/// The most a value may be: one log entry (512 KiB) less room for the key
+/// and the command's encoding.
+pub const MAX_VALUE_LIMIT: usize = 512 * 1024;
 
 /// A refused configuration, naming the key and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,6 +160,17 @@ impl NodeConfig {
                 })
             }
         };
+        let max_value_bytes = flags
+            .max_value_bytes
+            .or(file.max_value_bytes)
+            .unwrap_or(MAX_VALUE_LIMIT - 8 * 1024);
+        if !(1..=MAX_VALUE_LIMIT).contains(&max_value_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "max_value_bytes",
+                value: max_value_bytes.to_string(),
+                why: format!("expected 1 to {MAX_VALUE_LIMIT}"),
+            });
+        }
         let voters = flags.voters.or(file.voters).unwrap_or_default();
         if let Some(bad) = voters
             .iter()
@@ -184,6 +208,11 @@ impl NodeConfig {
                 .ok_or(ConfigError::Missing("key_file"))?,
             admin_listen: flags.admin_listen.or(file.admin_listen),
             log_format,
+            retain_revisions: flags
+                .retain_revisions
+                .or(file.retain_revisions)
+                .unwrap_or(100_000),
+            max_value_bytes,
             name,
         })
     }
@@ -242,5 +271,27 @@ mod tests {
             ..full()
         };
         assert!(NodeConfig::resolve(FileConfig::default(), bad).is_err());
+        let bad = FileConfig {
+            max_value_bytes: Some(10 << 20),
+            ..full()
+        };
+        let err = NodeConfig::resolve(FileConfig::default(), bad).unwrap_err();
+        assert!(err.to_string().contains("max_value_bytes"), "{err}");
+    }
+
+    #[test]
+    fn key_value_settings_have_defaults_and_read_from_the_file() {
+        let config = NodeConfig::resolve(FileConfig::default(), full()).unwrap();
+        assert_eq!(config.retain_revisions, 100_000);
+        assert!(config.max_value_bytes < MAX_VALUE_LIMIT);
+        let file: FileConfig =
+            toml::from_str("retain_revisions = 0\nmax_value_bytes = 1024\n").unwrap();
+        let file = FileConfig {
+            retain_revisions: file.retain_revisions,
+            max_value_bytes: file.max_value_bytes,
+            ..full()
+        };
+        let config = NodeConfig::resolve(FileConfig::default(), file).unwrap();
+        assert_eq!((config.retain_revisions, config.max_value_bytes), (0, 1024));
     }
 }

@@ -115,6 +115,12 @@ struct RunArgs {
     /// text or json.
     #[arg(long, env = "CLUSTRON_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Revisions of key-value history kept before compaction (0: never).
+    #[arg(long, env = "CLUSTRON_RETAIN_REVISIONS")]
+    retain_revisions: Option<u64>,
+    /// Largest value a key may hold, in bytes.
+    #[arg(long, env = "CLUSTRON_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -181,6 +187,8 @@ fn run(args: RunArgs) -> Result<()> {
         key_file: args.key_file,
         admin_listen: args.admin_listen,
         log_format: args.log_format,
+        retain_revisions: args.retain_revisions,
+        max_value_bytes: args.max_value_bytes,
     };
     let config = NodeConfig::resolve(flags, file)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

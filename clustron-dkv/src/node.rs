@@ -82,6 +82,14 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         .collect();
     let data_dir = config.data_dir.join("election");
     let kv_dir = config.data_dir.join("kv");
+    let kv_config = ServerConfig {
+        retain_revisions: config.retain_revisions,
+        limits: crate::core::mvcc::Limits {
+            max_value: config.max_value_bytes,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
     tokio::spawn(async move {
         // The election needs every voter's address: wait for membership to
         // know them all (alive or not).
@@ -146,7 +154,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             &election,
             store,
             voter_addrs,
-            ServerConfig::default(),
+            kv_config,
         )
         .await
         {
