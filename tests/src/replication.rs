@@ -602,8 +602,6 @@ pub struct Cluster {
     pub client: Client,
     drift: Vec<f64>,
     paused: BTreeSet<NodeId>,
-    groups: Vec<Vec<NodeId>>,
-    blocked: BTreeSet<(NodeId, NodeId)>,
     crashed: BTreeMap<NodeId, (MemStorage, LogDisk)>,
     incarnations: Vec<u64>,
 }
@@ -647,23 +645,11 @@ impl Cluster {
             client: Client::default(),
             drift: vec![1.0; n],
             paused: BTreeSet::new(),
-            groups: Vec::new(),
-            blocked: BTreeSet::new(),
             crashed: BTreeMap::new(),
             incarnations: vec![0; n],
         };
         cluster.refresh_views();
         cluster
-    }
-
-    fn reachable(&self, a: NodeId, b: NodeId) -> bool {
-        let group = |id: NodeId| {
-            self.groups
-                .iter()
-                .position(|g| g.contains(&id))
-                .map_or(0, |p| p + 1)
-        };
-        group(a) == group(b) && !self.blocked.contains(&(a, b)) && !self.blocked.contains(&(b, a))
     }
 
     /// Whether node `id` runs (not crashed, not paused).
@@ -678,7 +664,7 @@ impl Cluster {
                 continue;
             }
             let live: Vec<Peer> = (0..self.sim.len())
-                .filter(|&j| j != id && self.is_up(j) && self.reachable(id, j))
+                .filter(|&j| j != id && self.is_up(j) && self.sim.reachable(id, j))
                 .map(|j| Peer {
                     name: name(j),
                     addr: addr(j),
@@ -693,20 +679,16 @@ impl Cluster {
 
     /// Splits the network; views are not refreshed.
     pub fn partition(&mut self, groups: &[&[NodeId]]) {
-        self.groups = groups.iter().map(|g| g.to_vec()).collect();
         self.sim.partition(groups);
     }
 
     /// Drops messages from `from` to `to`.
     pub fn block(&mut self, from: NodeId, to: NodeId) {
-        self.blocked.insert((from, to));
         self.sim.block(from, to);
     }
 
     /// Removes partitions and blocks.
     pub fn heal(&mut self) {
-        self.groups.clear();
-        self.blocked.clear();
         self.sim.heal();
     }
 

@@ -720,3 +720,18 @@ fn a_hundred_nodes_run_ten_virtual_minutes() {
     // 6000 ticks to 3 peers; the last tick's pongs are in flight.
     assert_eq!(max_pongs, 3 * 5_999);
 }
+
+#[test]
+fn reachable_means_both_ways_through_partitions_and_blocks() {
+    let mut sim = cluster(11, 4, NetConfig::lan());
+    assert!(sim.reachable(0, 3));
+    sim.partition(&[&[0, 1]]);
+    assert!(sim.reachable(0, 1) && sim.reachable(2, 3));
+    assert!(!sim.reachable(1, 2));
+    sim.heal();
+    sim.block(2, 3);
+    assert!(!sim.reachable(2, 3) && !sim.reachable(3, 2));
+    assert!(sim.reachable(0, 2));
+    sim.heal();
+    assert!(sim.reachable(2, 3));
+}

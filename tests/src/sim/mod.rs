@@ -528,6 +528,14 @@ impl<A: Actor> Sim<A> {
         self.blocked.insert((from, to));
     }
 
+    /// Whether messages pass both ways between `a` and `b` (same partition
+    /// group, no block either way): what a membership view would settle on.
+    pub fn reachable(&self, a: NodeId, b: NodeId) -> bool {
+        self.nodes[a].group == self.nodes[b].group
+            && !self.blocked.contains(&(a, b))
+            && !self.blocked.contains(&(b, a))
+    }
+
     /// Removes all partitions and blocks.
     pub fn heal(&mut self) {
         tracing::debug!(elapsed = ?self.elapsed(), "heal");
