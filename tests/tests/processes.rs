@@ -99,32 +99,26 @@ fn certs(dir: &Path, names: &[&str]) {
 /// A CA, the admin client certificate, and one node certificate per name
 /// with the matching address in its IP SANs.
 fn certs_for(dir: &Path, names: &[&str], ips: &[IpAddr]) {
-    let status = dkv()
-        .args(["certs", "init", "--out"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = dkv()
-        .args(["certs", "client", "admin", "--role", "admin", "--ca"])
-        .arg(dir)
-        .arg("--out")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    for (name, ip) in names.iter().zip(ips) {
-        let status = dkv()
-            .args(["certs", "node", name, "--ip", &ip.to_string(), "--ca"])
-            .arg(dir)
+    /// `clustron-dkv certs ARGS --ca DIR --out DIR` (or `--out DIR` alone
+    /// for `init`), which must succeed.
+    fn certs(dir: &Path, args: &[&str]) {
+        let mut command = dkv();
+        command.arg("certs").args(args);
+        if args[0] != "init" {
+            command.arg("--ca").arg(dir);
+        }
+        let status = command
             .arg("--out")
             .arg(dir)
             .stdout(Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success());
+        assert!(status.success(), "clustron-dkv certs {args:?}");
+    }
+    certs(dir, &["init"]);
+    certs(dir, &["client", "admin", "--role", "admin"]);
+    for (name, ip) in names.iter().zip(ips) {
+        certs(dir, &["node", name, "--ip", &ip.to_string()]);
     }
 }
 

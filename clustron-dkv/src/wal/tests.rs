@@ -44,6 +44,13 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Writes `entries` to a new log in `dir`, syncs and closes it.
+fn write_synced(dir: &Path, options: WalOptions, entries: &[Entry]) {
+    let (mut wal, _) = reopen(dir, options);
+    wal.append(entries).unwrap();
+    wal.sync().unwrap();
+}
+
 /// Size of one record on disk.
 fn record_len(e: &Entry) -> u64 {
     (FRAME_LEN + BODY_FIXED + e.payload.len()) as u64
@@ -156,11 +163,8 @@ fn compaction_deletes_covered_segments_only() {
 #[test]
 fn a_torn_tail_is_cut_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
     let synced: Vec<Entry> = (1..=5).map(|i| entry(1, i, 50)).collect();
-    wal.append(&synced).unwrap();
-    wal.sync().unwrap();
-    drop(wal);
+    write_synced(dir.path(), WalOptions::default(), &synced);
     // The crash left the first 30 bytes of a sixth record.
     let path = segments(dir.path()).pop().unwrap();
     let mut partial = Vec::new();
@@ -216,11 +220,8 @@ fn an_unwritten_sector_inside_an_unsynced_batch_is_a_torn_tail() {
 #[test]
 fn corruption_in_the_middle_is_refused_and_nothing_is_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
     let entries: Vec<Entry> = (1..=10).map(|i| entry(1, i, 40)).collect();
-    wal.append(&entries).unwrap();
-    wal.sync().unwrap();
-    drop(wal);
+    write_synced(dir.path(), WalOptions::default(), &entries);
     let path = segments(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     // A bit flip in the payload of the fourth record.
@@ -243,11 +244,8 @@ fn corruption_in_the_middle_is_refused_and_nothing_is_changed() {
 #[test]
 fn damage_in_a_closed_segment_is_corruption_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = reopen(dir.path(), small());
     let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
-    wal.append(&entries).unwrap();
-    wal.sync().unwrap();
-    drop(wal);
+    write_synced(dir.path(), small(), &entries);
     let first = segments(dir.path()).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
     let last = bytes.len() - 1;
@@ -260,11 +258,8 @@ fn damage_in_a_closed_segment_is_corruption_even_at_its_end() {
 #[test]
 fn a_missing_segment_or_a_foreign_file_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = reopen(dir.path(), small());
     let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
-    wal.append(&entries).unwrap();
-    wal.sync().unwrap();
-    drop(wal);
+    write_synced(dir.path(), small(), &entries);
     let mut files = segments(dir.path());
     std::fs::remove_file(files.remove(1)).unwrap();
     let error = Wal::open(dir.path(), small()).unwrap_err();
@@ -284,11 +279,8 @@ fn a_missing_segment_or_a_foreign_file_is_refused_with_a_reason() {
 #[test]
 fn a_crash_while_creating_a_segment_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = reopen(dir.path(), small());
     let entries: Vec<Entry> = (1..=12).map(|i| entry(1, i, 20)).collect();
-    wal.append(&entries).unwrap();
-    wal.sync().unwrap();
-    drop(wal);
+    write_synced(dir.path(), small(), &entries);
     // The next segment's file exists with half a header.
     std::fs::write(dir.path().join(format!("{:020}.wal", 13)), b"CLW").unwrap();
     let (mut wal, recovered) = reopen(dir.path(), small());
