@@ -244,7 +244,15 @@ impl Client {
         // A session that expired while idle is replaced once; a write that
         // may have been delivered in it is not sent again in another.
         for _ in 0..2 {
-            let session = self.session().await?;
+            let session = match self.session().await {
+                Ok(session) => session,
+                // A role that may not write may not open a session either:
+                // the write itself, refused, names what was denied.
+                Err(ClientError::Kv(KvFailure::PermissionDenied { .. })) => {
+                    return self.call(&request, None).await.0
+                }
+                Err(e) => return Err(e),
+            };
             let seq = session.begin();
             let (result, maybe_delivered) = self.call(&request, Some((&session, seq))).await;
             session.end(seq);
@@ -490,6 +498,15 @@ impl Client {
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, ClientError> {
         match self.kv(KvRequest::Txn(txn)).await? {
             KvReply::Txn(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Forgets history before `revision` (admin role only): reads and
+    /// watches can no longer reach back past it.
+    pub async fn compact(&self, revision: u64) -> Result<(), ClientError> {
+        match self.kv(KvRequest::Compact(revision)).await? {
+            KvReply::Compacted => Ok(()),
             other => Err(unexpected(other)),
         }
     }
