@@ -482,6 +482,15 @@ impl Server {
             return;
         }
         let immediate = match op {
+            // The store is rebuilt from the log as commits are learned: until
+            // this node has learned one since it started, it would answer
+            // from an empty store.
+            ClientOp::Read {
+                linearizable: false,
+                ..
+            } if self.applied == 0 => Some(Err(ServerError::NotReady(
+                "this node has not learned what is committed since it started",
+            ))),
             ClientOp::Read {
                 request,
                 linearizable: false,

@@ -760,3 +760,50 @@ fn a_replica_whose_state_differs_from_the_leaders_finds_out_at_the_next_checkpoi
     net.request(2, 100, get("a", false));
     assert!(matches!(net.reply(100), Err(ServerError::NotReady(_))));
 }
+
+#[test]
+fn a_restarted_node_refuses_serializable_reads_until_it_has_learned_what_is_committed() {
+    // The outside check: before a leader existed, a restarted node answered
+    // `0 keys at revision 0` although its log held thousands of entries.
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("k", "v"));
+    net.advance(Duration::from_millis(100));
+    let log: Vec<_> = (1..=net.servers[1].replica().last_index())
+        .map(|i| net.servers[1].replica().entry(i).unwrap().clone())
+        .collect();
+    assert!(log.len() >= 2);
+    let voters: Vec<_> = net
+        .names
+        .iter()
+        .cloned()
+        .zip(net.addrs.iter().copied())
+        .collect();
+    let recovered = Recovered {
+        epoch: 1,
+        entries: log,
+    };
+    let now = net.now;
+    net.servers[1] = Server::new(
+        ServerConfig::default(),
+        net.names[1].clone(),
+        voters,
+        [],
+        recovered,
+        now,
+    )
+    .unwrap();
+    net.request(1, 2, get("k", false));
+    assert!(
+        matches!(net.reply(2), Err(ServerError::NotReady(_))),
+        "{:?}",
+        net.reply(2)
+    );
+    // Once it follows a leader and learns the commit index, it answers.
+    let (name, addr) = (net.names[0].clone(), net.addrs[0]);
+    net.servers[1].follow(now, name, addr, 1);
+    net.request(0, 3, put("k2", "v2"));
+    net.advance(Duration::from_millis(100));
+    net.request(1, 4, get("k", false));
+    assert_eq!(value(net.reply(4)), Some(b"v".to_vec()));
+}
