@@ -336,7 +336,7 @@ pub fn check_with_budget(
             .iter()
             .filter(|&&i| history[i].outcome == Outcome::Unknown)
             .count();
-        let operations = key_operations(history, &indices);
+        let (operations, unread) = key_operations(history, &indices);
         match search(&operations, max_steps_per_key) {
             SearchResult::Linearizable { steps } => report.steps += steps,
             SearchResult::OutOfBudget { steps } => {
@@ -348,7 +348,7 @@ pub fn check_with_budget(
             SearchResult::NotLinearizable { deepest } => {
                 return Err(Violation::NotLinearizable {
                     key: key.to_owned(),
-                    explanation: explain(history, &operations, &deepest),
+                    explanation: explain(history, &operations, unread, &deepest),
                 })
             }
         }
@@ -444,10 +444,13 @@ struct KeyOperation {
     completed: Option<u64>,
 }
 
-/// The search's view of one key. Unknown reads are left out: they change no
-/// state and any answer is accepted, so they can always go last.
-fn key_operations(history: &[Operation], indices: &[usize]) -> Vec<KeyOperation> {
-    indices
+/// The search's view of one key: its operations, and the value that stands
+/// for every written value nobody observes (see [`unread_values_merged`]).
+///
+/// Unknown reads are left out: they change no state and any answer is
+/// accepted, so they can always go last.
+fn key_operations(history: &[Operation], indices: &[usize]) -> (Vec<KeyOperation>, Value) {
+    let operations: Vec<KeyOperation> = indices
         .iter()
         .filter_map(|&index| {
             let operation = &history[index];
@@ -465,7 +468,48 @@ fn key_operations(history: &[Operation], indices: &[usize]) -> Vec<KeyOperation>
                 completed,
             })
         })
-        .collect()
+        .collect();
+    unread_values_merged(operations)
+}
+
+/// Replaces every written value that no operation observes — no read
+/// returns it, no CAS expects it — by one value `unread`, also observed by
+/// nobody; returns the operations and `unread`.
+///
+/// This changes no verdict: the model only ever compares the state for
+/// equality with observed values (a read's answer, a CAS's expectation), so
+/// states holding two unobserved values behave identically from then on.
+/// What it buys: unknown writes of unobserved values become identical
+/// calls, i.e. twins under rule 4 of [`search`], instead of a pool of
+/// distinct ways to make the register "anything but X" whose every subset
+/// the search would otherwise try.
+fn unread_values_merged(mut operations: Vec<KeyOperation>) -> (Vec<KeyOperation>, Value) {
+    let mut observed = HashSet::new();
+    for operation in &operations {
+        if let Some(Ret::Get(Some(value))) = operation.ret {
+            observed.insert(value);
+        }
+        if let Call::Cas {
+            expect: Some(value),
+            ..
+        } = operation.call
+        {
+            observed.insert(value);
+        }
+    }
+    // Some value nobody observes: there are fewer observed values than u64s.
+    let unread = (0..=u64::MAX)
+        .rev()
+        .find(|value| !observed.contains(value))
+        .expect("fewer observed values than u64s");
+    for operation in &mut operations {
+        if let Call::Put(value) | Call::Cas { new: value, .. } = &mut operation.call {
+            if !observed.contains(value) {
+                *value = unread;
+            }
+        }
+    }
+    (operations, unread)
 }
 
 /// The sequential model: one register, `None` = absent.
@@ -1039,7 +1083,16 @@ const EXPLAIN_PREFIX_TAIL: usize = 12;
 const EXPLAIN_CANDIDATES: usize = 16;
 
 /// A human-readable account of the deepest dead end.
-fn explain(history: &[Operation], operations: &[KeyOperation], dead_end: &DeadEnd) -> String {
+fn explain(
+    history: &[Operation],
+    operations: &[KeyOperation],
+    unread: Value,
+    dead_end: &DeadEnd,
+) -> String {
+    let describe_state = |state: State| match state {
+        Some(value) if value == unread => "a value nobody reads".to_owned(),
+        state => describe_state(state),
+    };
     let mut text = String::new();
     let prefix = &dead_end.prefix;
     let _ = writeln!(
@@ -1074,10 +1127,12 @@ fn explain(history: &[Operation], operations: &[KeyOperation], dead_end: &DeadEn
     for &candidate in dead_end.candidates.iter().take(EXPLAIN_CANDIDATES) {
         let operation = &operations[candidate as usize];
         let why = match step(dead_end.state, &operation.call, operation.ret.as_ref()) {
-            None => format!(
-                "the register would answer {:?}",
-                model(dead_end.state, &operation.call).0
-            ),
+            None => match model(dead_end.state, &operation.call).0 {
+                Ret::Get(value) => format!("the register would answer {}", describe_state(value)),
+                Ret::Cas(swapped) => format!("the CAS would return {swapped}"),
+                // Invariant: validated puts and deletes match any state.
+                Ret::Put | Ret::Delete => unreachable!("puts and deletes always apply"),
+            },
             Some(_) => "placing it here leads only to dead ends".to_owned(),
         };
         let _ = writeln!(text, "  {}  ({why})", describe(history, operation.index));
@@ -1167,7 +1222,7 @@ mod tests {
             ok(1, Call::Put(1), Ret::Put, 0, 10),
             ok(2, Call::Get, Ret::Get(Some(1)), 5, 15),
         ];
-        let operations = key_operations(&history, &[0, 1]);
+        let (operations, _) = key_operations(&history, &[0, 1]);
         let mut list = EventList::new(&operations);
         let order = |list: &EventList| {
             let mut node = list.first();
