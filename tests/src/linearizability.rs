@@ -579,9 +579,10 @@ const HEAD: u32 = 0;
 
 impl EventList {
     fn new(operations: &[KeyOperation]) -> Self {
-        // Sort key: (time, +infinity flag, calls before returns at the same
-        // time, operation). Calls first makes ops that touch at one instant
-        // concurrent, the lenient reading of equal timestamps.
+        // Sort key: ((at +infinity, time), is a return, operation). Unknown
+        // returns sort after every finite time; calls before returns at one
+        // instant make operations that touch there concurrent, the lenient
+        // reading of equal timestamps.
         let mut events: Vec<((bool, u64), bool, u32)> = Vec::with_capacity(2 * operations.len());
         for (i, operation) in operations.iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 operations per key");
