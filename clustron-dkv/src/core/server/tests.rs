@@ -782,6 +782,7 @@ fn a_restarted_node_refuses_serializable_reads_until_it_has_learned_what_is_comm
     let recovered = Recovered {
         epoch: 1,
         entries: log,
+        ..Recovered::default()
     };
     let now = net.now;
     net.servers[1] = Server::new(
