@@ -122,7 +122,7 @@ impl Snapshots {
                 files.push((index, path));
             }
         }
-        files.sort_by(|a, b| b.0.cmp(&a.0));
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
         Ok(files)
     }
 
@@ -291,7 +291,7 @@ mod tests {
         let snaps = Snapshots::open(dir.path()).unwrap();
         assert_eq!(snaps.load().unwrap(), None);
         for i in 1..=4u64 {
-            snaps.save(meta(i * 10), &vec![i as u8; 100]).unwrap();
+            snaps.save(meta(i * 10), &[i as u8; 100]).unwrap();
         }
         let loaded = snaps.load().unwrap().unwrap();
         assert_eq!(loaded.meta, meta(40));
