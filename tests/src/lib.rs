@@ -1,7 +1,8 @@
 //! Workspace integration, simulation and fault tests for Clustron.
 //!
 //! The library part holds helpers shared by the test files in `tests/tests/`:
-//! the workspace layering rules, read from `cargo metadata`.
+//! the workspace layering rules, read from `cargo metadata`, and the helpers
+//! that run real node processes (`procs`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -9,6 +10,7 @@
 pub mod election;
 pub mod events;
 pub mod local;
+pub mod procs;
 pub mod replication;
 pub mod sim;
 pub mod swim;
