@@ -755,13 +755,18 @@ impl ProcCluster {
         }
     }
 
-    /// The leader as the first running, unstopped node that knows one says;
-    /// `None` if none knows one.
+    /// The running, unstopped node that says it holds the lease (the one
+    /// with the newest epoch if, for a moment, an old leader still says so
+    /// too), with its epoch; `None` if none does. Other nodes' views of the
+    /// leader may lag (a node restarted a moment ago), so they are not used.
     pub fn leader(&self) -> Option<(usize, u64)> {
         (0..self.len())
-            .filter(|&i| self.is_up(i))
-            .find_map(|i| leader_of(self.admin(i)))
-            .and_then(|(name, epoch)| Some((self.index_of(&name)?, epoch)))
+            .filter(|&i| self.is_up(i) && holds_lease(self.admin(i)))
+            .filter_map(|i| {
+                let (name, epoch) = leader_of(self.admin(i))?;
+                (name == self.name(i)).then_some((i, epoch))
+            })
+            .max_by_key(|&(_, epoch)| epoch)
     }
 
     /// The leader every running node agrees on, once they all do; `None`
