@@ -720,7 +720,7 @@ impl ProcCluster {
 
     /// Splits the nodes into `side` and the rest: every link across is cut.
     pub fn partition(&mut self, side: &[usize]) {
-        for a in side.to_vec() {
+        for &a in side {
             for b in (0..self.len()).filter(|b| !side.contains(b)) {
                 self.cut(a, b);
             }
