@@ -5,10 +5,11 @@ use clustron_events::{
     Event, EventBus, Filter, Received, Topology, TopologyChange, TopologyUpdate,
 };
 use clustron_membership::Member;
-use clustron_transport::{FramedStream, Inbound};
+use clustron_transport::{FramedStream, Inbound, PeerKind};
 
 use std::time::Duration;
 
+use crate::access::{self, Access};
 use crate::core::mvcc::Command;
 use crate::core::server::{ClientOp, ServerError};
 use crate::kv::{KvFailure, KvReply, KvRequest, WatchRequest};
@@ -28,7 +29,20 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
             let kv = node.kv.borrow().clone();
             let me = node.membership.name().to_string();
             match item {
-                Inbound::Request { request, reply, .. } => {
+                Inbound::Request {
+                    request,
+                    reply,
+                    from,
+                } => {
+                    // Every request is authorised by the caller's role first.
+                    if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
+                        let response = match request {
+                            Request::Kv(_) => Response::Kv(Err(denied)),
+                            _ => Response::Error(denied.to_string()),
+                        };
+                        reply.send(&response);
+                        continue;
+                    }
                     tokio::spawn(async move {
                         let response = match (request, bus) {
                             (Request::Kv(op), _) => Response::Kv(kv_answer(kv, op).await),
@@ -40,8 +54,8 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
                         reply.send(&response);
                     });
                 }
-                Inbound::Stream { stream, .. } => {
-                    tokio::spawn(serve_stream(bus, kv, me, stream));
+                Inbound::Stream { stream, from } => {
+                    tokio::spawn(serve_stream(bus, kv, me, from.identity.kind, stream));
                 }
                 Inbound::Message { .. } => {}
             }
@@ -60,21 +74,9 @@ async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFail
             "the key-value store is starting (waiting for the voters)".into(),
         ));
     };
-    let op = match request {
-        KvRequest::Range {
-            request,
-            linearizable,
-        } => ClientOp::Read {
-            request,
-            linearizable,
-        },
-        KvRequest::Put(put) => ClientOp::Write(Command::Put(put)),
-        KvRequest::Delete(delete) => ClientOp::Write(Command::Delete(delete)),
-        KvRequest::Txn(txn) => ClientOp::Write(Command::Txn(txn)),
-        KvRequest::LeaseGrant { id, ttl_ms } => ClientOp::Write(Command::LeaseGrant { id, ttl_ms }),
-        KvRequest::LeaseRevoke(id) => ClientOp::Write(Command::LeaseRevoke { id }),
-        KvRequest::KeepAlive(id) => ClientOp::KeepAlive(id),
-        KvRequest::Compact(revision) => ClientOp::Write(Command::Compact { revision }),
+    let op = match client_op(request) {
+        Ok(op) => op,
+        Err(failure) => return Err(failure),
     };
     match tokio::time::timeout(COMMIT_TIMEOUT, kv.request(op)).await {
         Err(_) => Err(KvFailure::Unknown(format!(
@@ -86,10 +88,58 @@ async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFail
             },
             ServerError::NotReady(why) => KvFailure::Unavailable(why.into()),
             ServerError::Lost => KvFailure::Lost,
+            ServerError::LeaderChanged => KvFailure::LeaderChanged,
             ServerError::TooLarge { len, max } => KvFailure::TooLarge { len, max },
             ServerError::Kv(e) => KvFailure::Refused(e),
         }),
     }
+}
+
+/// The server operation a client request asks for.
+fn client_op(request: KvRequest) -> Result<ClientOp, KvFailure> {
+    Ok(match request {
+        KvRequest::Range {
+            request,
+            linearizable,
+        } => ClientOp::Read {
+            request,
+            linearizable,
+        },
+        KvRequest::KeepAlive(id) => ClientOp::KeepAlive(id),
+        KvRequest::OpenSession { ttl_ms } => ClientOp::OpenSession { ttl_ms },
+        KvRequest::SessionKeepAlive(id) => ClientOp::SessionKeepAlive(id),
+        KvRequest::InSession {
+            session,
+            seq,
+            acked,
+            request,
+        } => ClientOp::SessionWrite {
+            session,
+            seq,
+            acked,
+            command: write_command(*request)?,
+        },
+        write => ClientOp::Write(write_command(write)?),
+    })
+}
+
+/// The replicated command of a write request.
+fn write_command(request: KvRequest) -> Result<Command, KvFailure> {
+    Ok(match request {
+        KvRequest::Put(put) => Command::Put(put),
+        KvRequest::Delete(delete) => Command::Delete(delete),
+        KvRequest::Txn(txn) => Command::Txn(txn),
+        KvRequest::LeaseGrant { id, ttl_ms } => Command::LeaseGrant { id, ttl_ms },
+        KvRequest::LeaseRevoke(id) => Command::LeaseRevoke { id },
+        KvRequest::Compact(revision) => Command::Compact { revision },
+        KvRequest::Range { .. }
+        | KvRequest::KeepAlive(_)
+        | KvRequest::OpenSession { .. }
+        | KvRequest::SessionKeepAlive(_)
+        | KvRequest::InSession { .. } => {
+            return Err(KvFailure::Refused(crate::kv::KvError::NotInSession))
+        }
+    })
 }
 
 async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
@@ -109,11 +159,22 @@ async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
     }
 }
 
-async fn serve_stream(bus: Option<EventBus>, kv: Option<Kv>, me: String, mut stream: FramedStream) {
+async fn serve_stream(
+    bus: Option<EventBus>,
+    kv: Option<Kv>,
+    me: String,
+    caller: PeerKind,
+    mut stream: FramedStream,
+) {
     let request = match stream.recv::<StreamRequest>().await {
         Ok(Some(request)) => request,
         _ => return,
     };
+    if let Err(denied) = access::check(caller, Access::of_stream(&request)) {
+        let _ = stream.send(&StreamItem::Error(denied.to_string())).await;
+        stream.finish();
+        return;
+    }
     if let StreamRequest::Watch(request) = request {
         return serve_watch(kv, request, stream).await;
     }

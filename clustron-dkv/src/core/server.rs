@@ -56,13 +56,13 @@ use std::time::Instant;
 use clustron_election::NodeName;
 
 use super::leases::LeaseClock;
-use super::mvcc::{Command, Limits, Outcome, Store};
+use super::mvcc::{check_limits, Command, Limits, Outcome, Store};
 use super::replication::{
     Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
     Recovered, Replica,
 };
 use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
-use crate::kv::{KvError, LeaseId, RangeRequest};
+use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
 
 /// A client request's id, chosen by the driver; replies carry it.
 pub type RequestId = u64;
@@ -72,13 +72,20 @@ pub type RequestId = u64;
 pub struct ServerConfig {
     /// The replicated log's tuning.
     pub log: LogConfig,
-    /// The store's size limits.
+    /// Size limits for writes, checked by the leader before it proposes
+    /// (so a node's own setting never makes replicas apply an entry
+    /// differently: every replica applies with the protocol's limits,
+    /// [`Limits::default`]).
     pub limits: Limits,
     /// History kept: once the store is this many revisions past its
     /// compaction point and half as many again, the leader proposes a
     /// compaction to `revision - retain_revisions` (0: never). Watches and
     /// past reads reach back this far.
     pub retain_revisions: u64,
+    /// The leader proposes a checkpoint of its state digest every this many
+    /// applied entries, which every replica compares with its own (0:
+    /// never).
+    pub checkpoint_every: u64,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +96,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             limits: Limits::default(),
             retain_revisions: 100_000,
+            checkpoint_every: 10_000,
         }
     }
 }
@@ -109,6 +117,25 @@ pub enum ClientOp {
     Write(Command),
     /// Renew a lease (leader only).
     KeepAlive(LeaseId),
+    /// Open a client session (through the log); the leader picks its id.
+    OpenSession {
+        /// How long it lives without a write or keep-alive, in ms.
+        ttl_ms: u64,
+    },
+    /// Renew a session (leader only).
+    SessionKeepAlive(SessionId),
+    /// A write in a session: applied exactly once however often it is
+    /// sent; a repeat gets the first result ([`super::session`]).
+    SessionWrite {
+        /// The session.
+        session: SessionId,
+        /// The write's number in the session (the same on every retry).
+        seq: u64,
+        /// The client was answered for every write numbered below this.
+        acked: u64,
+        /// The write.
+        command: Command,
+    },
 }
 
 /// A successful answer (the client protocol's type).
@@ -130,6 +157,10 @@ pub enum ServerError {
     /// applied and will not be. Safe to retry.
     #[error("the write was lost in a leader change and not applied; retry")]
     Lost,
+    /// This node stopped leading before the write committed: it may or may
+    /// not apply. Safe to retry only in its session, with its number.
+    #[error("the leader changed before the write committed; outcome unknown")]
+    LeaderChanged,
     /// The request is larger than the log accepts.
     #[error("request of {len} bytes is over the limit of {max}")]
     TooLarge {
@@ -161,6 +192,23 @@ pub enum ServerOutput {
     WatchCancelled(Cancelled),
 }
 
+/// A replica whose state differs from the leader's at the same log index:
+/// they applied the same entries differently. The node must not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Divergence {
+    /// The log index compared.
+    pub index: u64,
+    /// This replica's digest there.
+    pub ours: u32,
+    /// The leader's.
+    pub leaders: u32,
+}
+
+/// How many (index, digest) pairs a replica keeps to compare checkpoints
+/// with: a checkpoint is applied within the log's pipeline depth of the
+/// index it names.
+const DIGESTS_KEPT: usize = 4096;
+
 /// A write waiting for its entry to commit.
 #[derive(Debug)]
 struct PendingWrite {
@@ -175,6 +223,8 @@ pub struct Server {
     store: Store,
     hub: WatchHub,
     leases: LeaseClock,
+    /// The leader's clock for client sessions.
+    session_clock: LeaseClock<SessionId>,
     /// Highest log index applied to the store.
     applied: u64,
     /// Writes by log index.
@@ -191,6 +241,16 @@ pub struct Server {
     /// The learners the replica sends the log to.
     learners: BTreeMap<NodeName, SocketAddr>,
     retain_revisions: u64,
+    /// The limits this node admits writes with, as leader.
+    admission: Limits,
+    checkpoint_every: u64,
+    /// Digest of every change applied so far (see [`Server::digest`]).
+    digest: u32,
+    /// (applied index, digest) of the last applied entries, to compare with
+    /// the leader's checkpoints.
+    digests: VecDeque<(u64, u32)>,
+    /// The first checkpoint this replica disagreed with.
+    diverged: Option<Divergence>,
     /// A compaction this leader proposed and has not seen applied.
     compacting: Option<u64>,
     outputs: VecDeque<ServerOutput>,
@@ -212,9 +272,15 @@ impl Server {
         let learners: BTreeMap<NodeName, SocketAddr> = learners.into_iter().collect();
         Ok(Self {
             replica: Replica::new(log, me, voters, learners.clone(), recovered, now),
-            store: Store::new(config.limits),
+            store: Store::new(Limits::default()),
+            admission: config.limits,
+            checkpoint_every: config.checkpoint_every,
+            digest: 0,
+            digests: VecDeque::new(),
+            diverged: None,
             hub: WatchHub::default(),
             leases: LeaseClock::default(),
+            session_clock: LeaseClock::default(),
             applied: 0,
             writes: BTreeMap::new(),
             reads: Vec::new(),
@@ -244,6 +310,18 @@ impl Server {
         self.applied
     }
 
+    /// A digest (CRC-32) of every change applied so far, in order: replicas
+    /// that applied the same entries the same way have the same digest at
+    /// the same index (etcd's HashKV, kept incrementally).
+    pub fn digest(&self) -> u32 {
+        self.digest
+    }
+
+    /// Whether this replica found its state differs from the leader's.
+    pub fn diverged(&self) -> Option<Divergence> {
+        self.diverged
+    }
+
     // ----- from the election ------------------------------------------------
 
     /// The election persisted a promise for `epoch`.
@@ -265,6 +343,8 @@ impl Server {
         self.lease = Some((epoch, lease_until));
         self.own_epoch_committed = false;
         self.leases.become_leader(now, self.store.leases());
+        self.session_clock
+            .become_leader(now, self.store.sessions().ttls());
     }
 
     /// The election renewed this leader's lease.
@@ -299,6 +379,17 @@ impl Server {
             self.own_epoch_committed = false;
             self.compacting = None;
             self.leases.step_down();
+            self.session_clock.step_down();
+            // Writes waiting to commit may still commit under the next
+            // leader, or not: their clients are told at once (to retry in
+            // their sessions) rather than left waiting for a verdict this
+            // node may learn late, e.g. cut off in a minority.
+            for (_, write) in std::mem::take(&mut self.writes) {
+                self.outputs.push_back(ServerOutput::Reply {
+                    id: write.id,
+                    result: Err(ServerError::LeaderChanged),
+                });
+            }
             // Reads waiting on this node's lease cannot be answered.
             let leader = self.replica.leader();
             for (_, id, _) in std::mem::take(&mut self.reads) {
@@ -355,14 +446,24 @@ impl Server {
                 self.leases.retry(now, id);
             }
         }
+        for id in self.session_clock.poll_expired(now) {
+            let payload = encode(&Command::CloseSession { id });
+            if self.replica.propose(now, payload).is_err() {
+                self.session_clock.retry(now, id);
+            }
+        }
     }
 
     /// When to call [`Server::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.replica.poll_timeout(), self.leases.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.replica.poll_timeout(),
+            self.leases.poll_timeout(),
+            self.session_clock.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ----- from clients ------------------------------------------------------
@@ -370,7 +471,26 @@ impl Server {
     /// A client request; its reply comes as [`ServerOutput::Reply`].
     pub fn request(&mut self, now: Instant, id: RequestId, op: ClientOp) {
         self.now = now;
+        if self.diverged.is_some() {
+            let refused = Err(ServerError::NotReady(
+                "this replica's state differs from the leader's",
+            ));
+            self.outputs.push_back(ServerOutput::Reply {
+                id,
+                result: refused,
+            });
+            return;
+        }
         let immediate = match op {
+            // The store is rebuilt from the log as commits are learned: until
+            // this node has learned one since it started, it would answer
+            // from an empty store.
+            ClientOp::Read {
+                linearizable: false,
+                ..
+            } if self.applied == 0 => Some(Err(ServerError::NotReady(
+                "this node has not learned what is committed since it started",
+            ))),
             ClientOp::Read {
                 request,
                 linearizable: false,
@@ -387,7 +507,28 @@ impl Server {
                 }
             },
             ClientOp::KeepAlive(lease) => Some(self.keep_alive(now, lease)),
-            ClientOp::Write(command) => self.write(now, id, command).err().map(Err),
+            ClientOp::SessionKeepAlive(session) => Some(self.session_keep_alive(now, session)),
+            ClientOp::Write(command) => match command {
+                // Session commands are the server's own: never a client's.
+                Command::OpenSession { .. }
+                | Command::CloseSession { .. }
+                | Command::Checkpoint { .. }
+                | Command::InSession { .. } => Some(Err(KvError::NotInSession.into())),
+                command => self.write(now, id, command).err().map(Err),
+            },
+            ClientOp::OpenSession { ttl_ms } => {
+                let command = Command::OpenSession {
+                    id: SessionId(0),
+                    ttl_ms,
+                };
+                self.write(now, id, command).err().map(Err)
+            }
+            ClientOp::SessionWrite {
+                session,
+                seq,
+                acked,
+                command,
+            } => self.session_write(now, id, session, seq, acked, command),
         };
         if let Some(result) = immediate {
             self.outputs.push_back(ServerOutput::Reply { id, result });
@@ -440,6 +581,59 @@ impl Server {
         }
     }
 
+    fn session_keep_alive(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+    ) -> Result<Reply, ServerError> {
+        if self.replica.leading().is_none() {
+            return Err(ServerError::NotLeader {
+                leader: self.replica.leader(),
+            });
+        }
+        match self.session_clock.keep_alive(now, session) {
+            Some(ttl) => Ok(Reply::KeptAlive {
+                ttl_ms: ttl.as_millis() as u64,
+            }),
+            None => Err(KvError::SessionExpired(session).into()),
+        }
+    }
+
+    /// A write in a session. A repeat whose result this leader has applied
+    /// is answered from it at once; anything else is proposed, and applying
+    /// it decides (identically on every replica) whether it is new.
+    fn session_write(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        session: SessionId,
+        seq: u64,
+        acked: u64,
+        command: Command,
+    ) -> Option<Result<Reply, ServerError>> {
+        if let Command::OpenSession { .. }
+        | Command::CloseSession { .. }
+        | Command::Checkpoint { .. }
+        | Command::InSession { .. } = command
+        {
+            return Some(Err(KvError::NotInSession.into()));
+        }
+        if self.replica.leading().is_some() {
+            // Writes keep their session alive.
+            self.session_clock.keep_alive(now, session);
+            if let Some((revision, outcome)) = self.store.sessions().recorded(session, seq) {
+                return Some(reply_of(*revision, outcome.clone()));
+            }
+        }
+        let command = Command::InSession {
+            session,
+            seq,
+            acked,
+            command: Box::new(command),
+        };
+        self.write(now, id, command).err().map(Err)
+    }
+
     fn write(
         &mut self,
         now: Instant,
@@ -454,12 +648,26 @@ impl Server {
                 })
             }
         };
-        if let Command::LeaseGrant { id: lease, .. } = &mut command {
-            if lease.0 == 0 {
-                // Unique across leaders: the epoch in the high bits.
-                self.next_lease += 1;
-                *lease = LeaseId(epoch << 32 | (self.next_lease & 0xffff_ffff));
+        // Decided once, here, before proposing: never by each replica
+        // against its own settings.
+        check_limits(&command, &self.admission)?;
+        // Ids the leader picks are unique across leaders: the epoch in the
+        // high bits.
+        let mut fresh_id = || {
+            self.next_lease += 1;
+            epoch << 32 | (self.next_lease & 0xffff_ffff)
+        };
+        match &mut command {
+            Command::LeaseGrant { id: lease, .. } if lease.0 == 0 => *lease = LeaseId(fresh_id()),
+            Command::InSession { command, .. } => {
+                if let Command::LeaseGrant { id: lease, .. } = command.as_mut() {
+                    if lease.0 == 0 {
+                        *lease = LeaseId(fresh_id());
+                    }
+                }
             }
+            Command::OpenSession { id: session, .. } => *session = SessionId(fresh_id()),
+            _ => {}
         }
         let payload = encode(&command);
         match self.replica.propose(now, payload) {
@@ -561,6 +769,11 @@ impl Server {
                     }
                 }
             }
+            if self.digests.len() == DIGESTS_KEPT {
+                self.digests.pop_front();
+            }
+            self.digests.push_back((index, self.digest));
+            self.maybe_checkpoint();
         }
         self.maybe_compact();
         // Reads whose index is now applied.
@@ -571,6 +784,40 @@ impl Server {
         for (_, id, request) in ready {
             let result = self.read(&request);
             self.reply(id, result);
+        }
+    }
+
+    /// On the leader: proposes its digest every `checkpoint_every` entries.
+    fn maybe_checkpoint(&mut self) {
+        let every = self.checkpoint_every;
+        if every == 0 || self.applied % every != 0 || self.replica.leading().is_none() {
+            return;
+        }
+        let payload = encode(&Command::Checkpoint {
+            index: self.applied,
+            digest: self.digest,
+        });
+        // Best effort: a checkpoint refused now is simply skipped.
+        let _ = self.replica.propose(self.now, payload);
+    }
+
+    /// A checkpoint from the leader: compare with this replica's digest at
+    /// the same index, if still known.
+    fn compare_checkpoint(&mut self, index: u64, leaders: u32) {
+        let ours = self
+            .digests
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == index)
+            .map(|(_, d)| *d);
+        if let Some(ours) = ours.filter(|ours| *ours != leaders) {
+            if self.diverged.is_none() {
+                self.diverged = Some(Divergence {
+                    index,
+                    ours,
+                    leaders,
+                });
+            }
         }
     }
 
@@ -603,42 +850,82 @@ impl Server {
             // Every replica decodes the same bytes the same way.
             return Err(ServerError::NotReady("undecodable command in the log"));
         };
-        let grant = match &command {
-            Command::LeaseGrant { id, ttl_ms } => Some((*id, *ttl_ms)),
-            _ => None,
-        };
-        let revoke = match &command {
+        let revoke = match command.inner() {
             Command::LeaseRevoke { id } => Some(*id),
             _ => None,
         };
+        let closed = match command {
+            Command::CloseSession { id } => Some(id),
+            _ => None,
+        };
+        if let Command::Checkpoint { index, digest } = command {
+            self.compare_checkpoint(index, digest);
+        }
         let applied = self.store.apply(command);
-        for delivery in self.hub.on_applied(applied.revision, &applied.events) {
-            self.outputs.push_back(ServerOutput::Watch(delivery));
-        }
-        let revision = applied.revision;
-        let outcome = applied.outcome?;
-        if let Some((id, ttl_ms)) = grant {
-            self.leases.granted(self.now, id, ttl_ms);
-        }
-        if let Some(id) = revoke {
-            self.leases.revoked(id);
-        }
-        Ok(match outcome {
-            Outcome::Put(r) => Reply::Put(r, revision),
-            Outcome::Delete(r) => Reply::Delete(r, revision),
-            Outcome::Txn(r) => Reply::Txn(r),
-            Outcome::LeaseGranted => {
-                let (id, ttl_ms) = grant.unwrap_or((LeaseId(0), 0));
-                Reply::LeaseGranted { id, ttl_ms }
+        if !applied.events.is_empty() {
+            self.digest = fold_digest(self.digest, applied.revision, &applied.events);
+            for delivery in self.hub.on_applied(applied.revision, &applied.events) {
+                self.outputs.push_back(ServerOutput::Watch(delivery));
             }
-            Outcome::LeaseRevoked { deleted } => Reply::LeaseRevoked { deleted },
-            Outcome::Compacted => Reply::Compacted,
-        })
+        }
+        // The leader's clocks follow what applied (a repeated session write
+        // re-reports its first outcome: tracking it again is harmless).
+        match &applied.outcome {
+            Ok(Outcome::LeaseGranted { id, ttl_ms }) => self.leases.granted(self.now, *id, *ttl_ms),
+            Ok(Outcome::LeaseRevoked { .. }) => {
+                if let Some(id) = revoke {
+                    self.leases.revoked(id);
+                }
+            }
+            Ok(Outcome::SessionOpened { id, ttl_ms }) => {
+                self.session_clock.granted(self.now, *id, *ttl_ms)
+            }
+            _ => {}
+        }
+        if let Some(id) = closed {
+            self.session_clock.revoked(id);
+        }
+        reply_of(applied.revision, applied.outcome)
     }
 
     fn reply(&mut self, id: RequestId, result: Result<Reply, ServerError>) {
         self.outputs.push_back(ServerOutput::Reply { id, result });
     }
+}
+
+/// The client's answer for an applied command's outcome.
+fn reply_of(revision: u64, outcome: Result<Outcome, KvError>) -> Result<Reply, ServerError> {
+    Ok(match outcome? {
+        Outcome::Put(r) => Reply::Put(r, revision),
+        Outcome::Delete(r) => Reply::Delete(r, revision),
+        Outcome::Txn(r) => Reply::Txn(r),
+        Outcome::LeaseGranted { id, ttl_ms } => Reply::LeaseGranted { id, ttl_ms },
+        Outcome::LeaseRevoked { deleted } => Reply::LeaseRevoked { deleted },
+        Outcome::Compacted => Reply::Compacted,
+        Outcome::SessionOpened { id, ttl_ms } => Reply::SessionOpened { id, ttl_ms },
+        Outcome::SessionClosed => Reply::SessionClosed,
+        // Nobody waits on a checkpoint; its reply is never sent.
+        Outcome::Checkpoint => Reply::Compacted,
+    })
+}
+
+/// The digest after a change at `revision` made `events`.
+fn fold_digest(digest: u32, revision: u64, events: &[crate::kv::Event]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(digest);
+    h.update(&revision.to_le_bytes());
+    for e in events {
+        let kv = &e.kv;
+        h.update(&[e.kind as u8]);
+        h.update(&(kv.key.len() as u64).to_le_bytes());
+        h.update(&kv.key);
+        h.update(&(kv.value.len() as u64).to_le_bytes());
+        h.update(&kv.value);
+        for n in [kv.create_revision, kv.mod_revision, kv.version] {
+            h.update(&n.to_le_bytes());
+        }
+        h.update(&kv.lease.map_or(0, |l| l.0).to_le_bytes());
+    }
+    h.finalize()
 }
 
 fn encode(command: &Command) -> Vec<u8> {
