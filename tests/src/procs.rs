@@ -136,16 +136,16 @@ pub struct NodeSpec {
     pub listen: SocketAddr,
     /// Its admin HTTP address.
     pub admin: SocketAddr,
-    /// The node to join through, if any.
-    pub seed: Option<SocketAddr>,
+    /// The nodes to join through (none: it forms a cluster of its own).
+    pub seeds: Vec<SocketAddr>,
     /// The network namespace to run it in, if any.
     pub netns: Option<String>,
 }
 
 impl NodeSpec {
     /// Starts `clustron-dkv run` as specified, its data in `DIR/NAME` and
-    /// its log appended to `DIR/NAME.log` (a pipe nobody reads would fill
-    /// and stall the node).
+    /// its log (stdout and stderr) appended to `DIR/NAME.log` (a pipe
+    /// nobody reads would fill and stall the node).
     pub fn spawn(&self, dir: &Path) -> Proc {
         let mut command = match &self.netns {
             // `ip netns exec` execs the binary: the child's pid is the node's.
@@ -180,10 +180,11 @@ impl NodeSpec {
             .arg(dir.join(format!("{name}.pem")))
             .arg("--key-file")
             .arg(dir.join(format!("{name}.key")))
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().expect("the log file's handle clones"))
             .stderr(log);
-        if let Some(seed) = self.seed {
-            command.args(["--seeds", &seed.to_string()]);
+        if !self.seeds.is_empty() {
+            let seeds: Vec<String> = self.seeds.iter().map(SocketAddr::to_string).collect();
+            command.args(["--seeds", &seeds.join(",")]);
         }
         Proc {
             child: command.spawn().expect("clustron-dkv run starts"),
@@ -222,7 +223,7 @@ pub fn launch(
         voters: "n1,n2,n3".to_owned(),
         listen,
         admin,
-        seed,
+        seeds: seed.into_iter().collect(),
         netns: netns.map(str::to_owned),
     };
     (spec.spawn(dir), listen)
@@ -562,7 +563,9 @@ pub struct ProcCluster {
 }
 
 impl ProcCluster {
-    /// Starts `n` nodes (names `n1..`, priorities `100·(n+1−i)`, seed `n1`),
+    /// Starts `n` nodes (names `n1..`, priorities `100·(n+1−i)`, each with
+    /// every other node as a seed, as a deployment would list them, so that
+    /// a restarted node rejoins at once whichever nodes are up),
     /// inside a fresh [`Lab`] if `lab`, without waiting for them.
     /// `None` if `lab` was asked and this process may not create one.
     pub fn start(n: usize, lab: bool) -> Option<ProcCluster> {
@@ -590,7 +593,6 @@ impl ProcCluster {
             .collect();
         let ips: Vec<IpAddr> = addresses.iter().map(|(l, _)| l.ip()).collect();
         certs_for(dir.path(), &name_refs, &ips);
-        let seed = addresses[0].0;
         let slots = (1..=n)
             .map(|i| {
                 let spec = NodeSpec {
@@ -599,7 +601,12 @@ impl ProcCluster {
                     voters: voters.clone(),
                     listen: addresses[i - 1].0,
                     admin: addresses[i - 1].1,
-                    seed: (i != 1).then_some(seed),
+                    seeds: addresses
+                        .iter()
+                        .enumerate()
+                        .filter(|&(k, _)| k != i - 1)
+                        .map(|(_, (listen, _))| *listen)
+                        .collect(),
                     netns: lab.as_ref().map(|lab| lab.ns(i)),
                 };
                 let proc = Some(spec.spawn(dir.path()));

@@ -37,6 +37,8 @@
 //! - `CLUSTRON_NEMESIS_NODES`: cluster sizes, used in turn (default `3,5`);
 //! - `CLUSTRON_NEMESIS_CLIENTS` / `CLUSTRON_NEMESIS_SET_CLIENTS`: register
 //!   and set clients (default 8 and 2);
+//! - `CLUSTRON_NEMESIS_KEEP`: when set, passing runs keep their directory
+//!   too (failing runs always do);
 //! - `CLUSTRON_SEED`: the first run's seed (printed; each further run adds
 //!   one). The seed fixes the nemesis's and the clients' choices, not the
 //!   processes' timing, so a replay repeats the schedule, not the history.
@@ -67,9 +69,10 @@ const KEYS: usize = 5;
 /// The key holding the set workload's elements, comma-separated.
 const SET_KEY: &str = "nemesis/set";
 
-/// Longest a single client operation may take (the client retries for 10 s
-/// while no leader can serve, and a frozen node's connection takes 3 s to be
-/// given up) before it counts as a hang.
+/// Longest a single client operation may take before it counts as a hang:
+/// the client retries for 10 s while no leader can serve, plus the attempt
+/// under way then (a frozen node's connection is given up after the
+/// client's idle timeout), with room to spare.
 const OP_DEADLINE: Duration = Duration::from_secs(30);
 
 fn register_key(k: usize) -> String {
@@ -350,6 +353,8 @@ struct RunResult {
     /// (leader fault, client) pairs with no successful write after the
     /// fault, before the next one or the run's end.
     no_failover: usize,
+    /// The longest time no client completed a write, and when it began.
+    write_gap: (Duration, u64),
     leader_faults: usize,
     set: String,
     checked: String,
@@ -363,8 +368,8 @@ impl std::fmt::Display for RunResult {
         write!(
             f,
             "{} on {} nodes, seed {}: {} ops, unknown {:.2}%, {} hangs, CAS {} won / {} lost; \
-             {} leader faults, failover {} (+{} with no write before the next fault or the end); \
-             set: {}; history: {}",
+             {} leader faults, failover {} (+{} with no write before the next fault or the end), \
+             longest time without a write {:.2} s from {:.2} s; set: {}; history: {}",
             self.scenario.name(),
             self.nodes,
             self.seed,
@@ -376,6 +381,8 @@ impl std::fmt::Display for RunResult {
             self.leader_faults,
             percentiles(&failovers),
             self.no_failover,
+            self.write_gap.0.as_secs_f64(),
+            self.write_gap.1 as f64 / 1e9,
             self.set,
             self.checked,
         )?;
@@ -438,15 +445,16 @@ struct ClientLog {
 }
 
 /// How the history records a failed call: a read changes nothing, so it
-/// simply failed; a write failed for sure only when the client says it was
-/// never processed (refused, no leader, lost in a leader change, never
-/// reached a node), else its outcome is unknown.
+/// simply failed; a write failed for sure when the client says so (refused,
+/// no leader, lost in a leader change, never reached a node), and its
+/// outcome is unknown when the client says it may be applied (`Unknown`,
+/// `LeaderChanged`) or a transport error may have followed its delivery.
 fn classify(call: &Call, error: &ClientError) -> Outcome {
     if matches!(call, Call::Get) {
         return Outcome::Failed;
     }
     match error {
-        ClientError::Kv(KvFailure::Unknown(_)) => Outcome::Unknown,
+        ClientError::Kv(KvFailure::Unknown(_) | KvFailure::LeaderChanged) => Outcome::Unknown,
         ClientError::Kv(_) | ClientError::Refused(_) | ClientError::NoEndpoints => Outcome::Failed,
         ClientError::Unavailable(e) | ClientError::Transport(e) if e.nothing_processed() => {
             Outcome::Failed
@@ -781,7 +789,8 @@ fn nemesis(
             Instant::now() + Duration::from_millis(rng.u64(500..1500)),
             stop_at,
         );
-        if Instant::now() >= stop_at {
+        // A fault needs time to be seen before the run ends.
+        if Instant::now() + Duration::from_secs(1) >= stop_at {
             break;
         }
         let Some(fault) = choose(cluster, scenario, rng) else {
@@ -840,6 +849,26 @@ fn nemesis(
         });
     }
     events
+}
+
+/// The longest stretch of the run (`end` ns long) in which no client
+/// completed a successful write: (its length, when it began).
+fn longest_write_gap(logs: &[ClientLog], end: u64) -> (Duration, u64) {
+    let mut completions: Vec<u64> = logs
+        .iter()
+        .flat_map(|log| log.writes.iter().map(|&(_, completed)| completed))
+        .filter(|&completed| completed <= end)
+        .collect();
+    completions.sort_unstable();
+    let mut previous = 0;
+    let mut longest = (0, 0);
+    for at in completions.into_iter().chain([end]) {
+        if at - previous > longest.0 {
+            longest = (at - previous, previous);
+        }
+        previous = at;
+    }
+    (Duration::from_nanos(longest.0), longest.1)
 }
 
 /// Client-observed failover times: for each fault that hit the leader and
@@ -1049,7 +1078,7 @@ fn run(
             "nodes' logs and data kept in {}",
             cluster.dir().display()
         ));
-    } else {
+    } else if std::env::var_os("CLUSTRON_NEMESIS_KEEP").is_none() {
         cluster.clean_up_on_drop();
     }
     Some(RunResult {
@@ -1065,6 +1094,7 @@ fn run(
         ),
         failovers,
         no_failover: missed,
+        write_gap: longest_write_gap(&logs, settings.duration.as_nanos() as u64),
         leader_faults: events.iter().filter(|e| e.hit_leader).count(),
         set,
         checked,
