@@ -1,9 +1,10 @@
 //! Workspace integration, simulation and fault tests for Clustron.
 //!
 //! The library part holds helpers shared by the test files in `tests/tests/`:
-//! the workspace layering rules, read from `cargo metadata`, and
+//! the workspace layering rules, read from `cargo metadata`;
 //! [`linearizability`], a checker for key-value histories recorded by clients
-//! (simulated or real processes).
+//! (simulated or real processes); and [`procs`], which runs real node
+//! processes.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@ pub mod election;
 pub mod events;
 pub mod linearizability;
 pub mod local;
+pub mod procs;
 pub mod replication;
 pub mod sim;
 pub mod swim;
