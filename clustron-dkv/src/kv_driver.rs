@@ -524,11 +524,33 @@ impl Driver {
         }
     }
 
-    /// Alive non-voters receive the log as learners.
+    /// Alive non-voters receive the log as learners; voters are sent to at
+    /// the address membership gives (a voter that was down when this node
+    /// started had none).
     async fn refresh_learners(&mut self) {
         let Ok(members) = self.membership.members().await else {
             return;
         };
+        for member in members.iter().filter(|m| m.name != self.me) {
+            let Some(known) = self
+                .voters
+                .iter_mut()
+                .find(|(name, _)| *name == member.name)
+            else {
+                continue;
+            };
+            if known.1 != member.addr {
+                known.1 = member.addr;
+                self.server.set_voter_addr(&member.name, member.addr);
+                // The leader's address is the clients' redirect hint.
+                if let Some((leader, epoch)) = self.election.leader() {
+                    if leader == member.name {
+                        self.server
+                            .follow(Instant::now(), leader, member.addr, epoch.0);
+                    }
+                }
+            }
+        }
         let learners: Vec<(NodeName, SocketAddr)> = members
             .into_iter()
             .filter(|m| m.state == MemberState::Alive && m.name != self.me)
@@ -580,6 +602,10 @@ impl Driver {
                     // Nothing from an epoch the election has since promised
                     // away leaves (see the module docs).
                     if msg.epoch() < self.fence.epoch() {
+                        continue;
+                    }
+                    // A voter not heard of yet: nowhere to send.
+                    if to.ip().is_unspecified() || to.port() == 0 {
                         continue;
                     }
                     let channel = self.channel.clone();

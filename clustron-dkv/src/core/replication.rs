@@ -692,6 +692,21 @@ impl Replica {
         }
     }
 
+    /// Voter `name` is at `addr` (membership learned where it is: a voter
+    /// that was down when this node started has no address until then).
+    /// Only where to send changes, not who votes.
+    pub fn set_voter_addr(&mut self, name: &NodeName, addr: SocketAddr) {
+        let Some(known) = self.voters.get_mut(name) else {
+            return;
+        };
+        *known = addr;
+        if let Role::Leader { peers, .. } = &mut self.role {
+            if let Some(progress) = peers.get_mut(name) {
+                progress.addr = addr;
+            }
+        }
+    }
+
     /// Adds (or moves) a learner: it receives the log but never counts for
     /// commit. Every node should be told, so a future leader knows it.
     pub fn add_learner(&mut self, name: NodeName, addr: SocketAddr) {
