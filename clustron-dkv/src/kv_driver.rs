@@ -124,6 +124,7 @@ enum Command {
 pub struct Kv {
     commands: mpsc::Sender<Command>,
     stats: tokio::sync::watch::Receiver<KvStats>,
+    stopped: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Why the key-value server could not start.
@@ -181,6 +182,7 @@ impl Kv {
         )?;
         let (commands, command_rx) = mpsc::channel(1024);
         let (stats_tx, stats) = tokio::sync::watch::channel(KvStats::default());
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(None);
         let driver = Driver {
             server,
             wal,
@@ -201,11 +203,16 @@ impl Kv {
             next_id: 0,
             watchers: HashMap::new(),
             stats: stats_tx,
+            stopped: stopped_tx,
             syncs: 0,
             elected: None,
         };
         tokio::spawn(driver.run());
-        Ok(Kv { commands, stats })
+        Ok(Kv {
+            commands,
+            stats,
+            stopped,
+        })
     }
 
     /// The server's current figures.
@@ -213,10 +220,22 @@ impl Kv {
         *self.stats.borrow()
     }
 
+    /// Why the server stopped (its write-ahead log failed), if it did. A
+    /// stopped server has withdrawn this node from the election: it neither
+    /// leads nor votes, and every request fails as unavailable, which sends
+    /// clients to another node.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.borrow().clone()
+    }
+
     /// Runs one client operation.
     pub async fn request(&self, op: ClientOp) -> Result<Reply, ServerError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || ServerError::NotReady("the key-value server has stopped");
+        let stopped = || {
+            ServerError::NotReady(
+                "this node's key-value store has stopped (see its /readyz); try another node",
+            )
+        };
         self.commands
             .send(Command::Request(op, tx))
             .await
@@ -345,6 +364,7 @@ struct Driver {
     next_id: RequestId,
     watchers: HashMap<WatchId, Watcher>,
     stats: tokio::sync::watch::Sender<KvStats>,
+    stopped: tokio::sync::watch::Sender<Option<String>>,
     syncs: u64,
     /// The epoch the server was last told this node won.
     elected: Option<u64>,
@@ -358,10 +378,7 @@ impl Driver {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             if let Err(e) = self.drain() {
-                tracing::error!(error = %e, "write-ahead log failed; stopping the key-value server on this node");
-                for (_, tx) in self.pending.drain() {
-                    let _ = tx.send(Err(ServerError::NotReady("the write-ahead log failed")));
-                }
+                self.stop(e).await;
                 return;
             }
             let deadline = self
@@ -410,6 +427,28 @@ impl Driver {
                 }
                 _ = sweep.tick() => self.drop_closed_watchers(),
             }
+        }
+    }
+
+    /// The write-ahead log failed: nothing more can be made durable, so
+    /// this node may neither acknowledge, nor lead, nor vote (its grants
+    /// would promise a log it cannot keep). It withdraws from the election
+    /// (a leader hands over at once, so another node takes over within
+    /// about one lease), says why on `/readyz` and `/metrics`, and every
+    /// request from now on fails as unavailable (clients move to another
+    /// node). Whatever the failed output was followed by (replies, sends)
+    /// was never performed: nothing undurable was acknowledged.
+    async fn stop(&mut self, error: crate::wal::WalError) {
+        let reason = format!("the key-value store stopped: write-ahead log failed: {error}");
+        tracing::error!(%reason, "stepping down, no longer voting or serving on this node");
+        self.stopped.send_replace(Some(reason.clone()));
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(ServerError::NotReady(
+                "this node's write-ahead log failed; try another node",
+            )));
+        }
+        if let Err(e) = self.election.withdraw(reason).await {
+            tracing::error!(error = %e, "cannot withdraw from the election");
         }
     }
 
