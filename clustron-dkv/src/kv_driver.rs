@@ -27,7 +27,7 @@ use crate::core::server::{
 use crate::core::watch::{WatchId, WatchRequest};
 use crate::core::{Entry, Message, Output as LogOutput, Recovered, Summary};
 use crate::kv::{Event, KvError};
-use crate::wal::{Wal, WalOptions};
+use crate::wal::{HighWaterMark, Wal, WalOptions};
 
 /// The replication protocol on the transport's `DKV` channel.
 #[derive(Debug)]
@@ -164,6 +164,8 @@ impl Kv {
     ) -> Result<Kv, StartError> {
         let OpenStore {
             wal,
+            mark,
+            lost,
             entries,
             epoch,
             epoch_path,
@@ -186,6 +188,9 @@ impl Kv {
         let driver = Driver {
             server,
             wal,
+            mark,
+            lost,
+            caught_up: false,
             epoch_path,
             fence,
             fenced: epoch,
@@ -259,6 +264,9 @@ impl Kv {
 #[derive(Debug)]
 pub struct OpenStore {
     wal: Wal,
+    mark: HighWaterMark,
+    /// The high-water mark, when the log opened below it.
+    lost: Option<Summary>,
     entries: Vec<Entry>,
     epoch: u64,
     epoch_path: PathBuf,
@@ -267,9 +275,11 @@ pub struct OpenStore {
 }
 
 impl OpenStore {
-    /// Opens (or creates) the write-ahead log and epoch file in `data_dir`.
+    /// Opens (or creates) the write-ahead log, its high-water mark and the
+    /// epoch file in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<OpenStore, StartError> {
-        let (wal, recovered) = Wal::open(&data_dir.join("wal"), WalOptions::default())?;
+        let wal_dir = data_dir.join("wal");
+        let (wal, recovered) = Wal::open(&wal_dir, WalOptions::default())?;
         if recovered.torn_tail_bytes > 0 {
             tracing::warn!(
                 bytes = recovered.torn_tail_bytes,
@@ -285,6 +295,22 @@ impl OpenStore {
                 last_epoch: e.epoch,
                 last_index: e.index,
             });
+        let mark_path = data_dir.join("wal-mark");
+        let mark = HighWaterMark::open(&mark_path, written)?;
+        let lost = mark.lost(written).then(|| mark.mark());
+        if let Some(mark) = lost {
+            tracing::error!(
+                log_epoch = written.last_epoch,
+                log_index = written.last_index,
+                mark_epoch = mark.last_epoch,
+                mark_index = mark.last_index,
+                wal = %wal_dir.display(),
+                "the write-ahead log lost entries this node had acknowledged; not voting or \
+                 leading until caught up from the other nodes (if every node lost them, delete \
+                 {} to accept the loss)",
+                mark_path.display()
+            );
+        }
         let fence = Fence::default();
         {
             let mut state = fence.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -293,6 +319,8 @@ impl OpenStore {
         }
         Ok(OpenStore {
             wal,
+            mark,
+            lost,
             entries: recovered.entries,
             epoch,
             epoch_path,
@@ -304,6 +332,21 @@ impl OpenStore {
     /// The hook to start the election with.
     pub fn fence(&self) -> Fence {
         self.fence.clone()
+    }
+
+    /// Why this node must start withdrawn from the election, if it must:
+    /// its log opened below its high-water mark, so it lost entries it had
+    /// acknowledged, and a grant would understate what it promised (a new
+    /// leader could then miss a committed entry). The key-value server
+    /// rejoins the election once it has caught up past the mark.
+    pub fn lost_tail(&self) -> Option<String> {
+        let mark = self.lost?;
+        Some(format!(
+            "lost acknowledged log entries: the write-ahead log ends at epoch {} index {} but \
+             this node had made epoch {} index {} durable; not voting or leading until caught \
+             up from the other nodes",
+            self.written.last_epoch, self.written.last_index, mark.last_epoch, mark.last_index
+        ))
     }
 }
 
@@ -345,6 +388,13 @@ struct Watcher {
 struct Driver {
     server: Server,
     wal: Wal,
+    /// Raised after every sync; see [`crate::wal::mark`].
+    mark: HighWaterMark,
+    /// The mark this node must catch up to before it votes again.
+    lost: Option<Summary>,
+    /// Caught up past the mark: rejoin the election (from the loop, in
+    /// order with a later withdrawal, never after it).
+    caught_up: bool,
     epoch_path: PathBuf,
     fence: Fence,
     /// The fence last passed to the server.
@@ -380,6 +430,11 @@ impl Driver {
             if let Err(e) = self.drain() {
                 self.stop(e).await;
                 return;
+            }
+            if std::mem::take(&mut self.caught_up) {
+                if let Err(e) = self.election.rejoin().await {
+                    tracing::error!(error = %e, "cannot rejoin the election");
+                }
             }
             let deadline = self
                 .server
@@ -425,7 +480,14 @@ impl Driver {
                 _ = catch_up.tick(), if self.server.watch_counts().1 > 0 => {
                     self.server.catch_up_watchers();
                 }
-                _ = sweep.tick() => self.drop_closed_watchers(),
+                _ = sweep.tick() => {
+                    self.drop_closed_watchers();
+                    // The mark's fsync, at most once a second.
+                    if let Err(e) = self.mark.sync() {
+                        self.stop(e).await;
+                        return;
+                    }
+                }
             }
         }
     }
@@ -612,12 +674,19 @@ impl Driver {
                     })?;
                 }
                 ServerOutput::Log(LogOutput::Truncate { from }) => {
-                    self.wal.truncate_from(from)?;
                     let last = from.saturating_sub(1);
-                    self.written = Summary {
+                    let kept = Summary {
                         last_epoch: self.server.replica().entry(last).map_or(0, |e| e.epoch),
                         last_index: last,
                     };
+                    // The cut entries were never committed (a leader
+                    // replaces only those): the mark comes down first,
+                    // durably, unless it still guards entries lost earlier.
+                    if self.lost.is_none() {
+                        self.mark.lower(kept)?;
+                    }
+                    self.wal.truncate_from(from)?;
+                    self.written = kept;
                 }
                 ServerOutput::Log(LogOutput::Append(entries)) => {
                     self.wal.append(&entries)?;
@@ -631,6 +700,16 @@ impl Driver {
                 ServerOutput::Log(LogOutput::Sync) => {
                     self.wal.sync()?;
                     self.syncs += 1;
+                    self.mark.advance(self.written)?;
+                    if self.lost.is_some_and(|mark| self.written >= mark) {
+                        self.lost = None;
+                        tracing::info!(
+                            epoch = self.written.last_epoch,
+                            index = self.written.last_index,
+                            "caught up past the high-water mark; voting again"
+                        );
+                        self.caught_up = true;
+                    }
                     let fence = self.fence.durable(&self.written);
                     if fence > self.fenced {
                         self.fenced = fence;

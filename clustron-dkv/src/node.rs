@@ -107,7 +107,9 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         voters,
         data_dir: config.data_dir.join("election"),
         hook: Some(Arc::new(store.fence())),
-        withdrawn: None,
+        // A log that lost acknowledged entries must not vote or lead until
+        // it has caught up (the key-value server rejoins then).
+        withdrawn: store.lost_tail(),
     };
     let election = Election::start(&endpoint, &membership, options)
         .await
