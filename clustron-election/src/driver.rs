@@ -482,6 +482,8 @@ impl Driver {
                     tracing::info!("voting and leading again");
                     self.core.rejoin(now);
                     self.publish_withdrawal().await;
+                    let withdrawn = self.withdrawn.clone();
+                    self.state.send_modify(|s| s.withdrawn = withdrawn);
                 }
                 let _ = tx.send(());
             }
@@ -507,6 +509,10 @@ impl Driver {
         self.core.withdraw(Instant::now());
         self.withdrawn = Some(reason);
         self.publish_withdrawal().await;
+        // Seen by `withdrawn()` at once; the rest of the state (the lease
+        // given up) follows when the outputs are performed, next.
+        let withdrawn = self.withdrawn.clone();
+        self.state.send_modify(|s| s.withdrawn = withdrawn);
     }
 
     /// Storage failed: whatever was queued after the failed write must not

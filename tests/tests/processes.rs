@@ -8,8 +8,12 @@
 //! `left`; a leader stopped past its lease is replaced and comes back as a
 //! follower; a restarted node rejoins. In network namespaces the test
 //! creates and removes: a leader cut off from the majority steps down, the
-//! majority elects, and the cluster heals. Conditions are awaited with
-//! deadlines.
+//! majority elects, and the cluster heals. A node that cannot do its job
+//! steps aside: two of three voters elect (and after a full restart with
+//! one down); a node whose store cannot open exits non-zero; a leader whose
+//! log's disk fills hands over and clients move on; a node that lost its
+//! log's tail does not vote until it caught up, and nothing acknowledged is
+//! lost. Conditions are awaited with deadlines.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
