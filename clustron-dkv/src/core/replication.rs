@@ -699,11 +699,15 @@ impl Replica {
         let Some(known) = self.voters.get_mut(name) else {
             return;
         };
-        *known = addr;
-        if let Role::Leader { peers, .. } = &mut self.role {
-            if let Some(progress) = peers.get_mut(name) {
-                progress.addr = addr;
+        let old = std::mem::replace(known, addr);
+        match &mut self.role {
+            Role::Leader { peers, .. } => {
+                if let Some(progress) = peers.get_mut(name) {
+                    progress.addr = addr;
+                }
             }
+            Role::Fetching { source, .. } if *source == old => *source = addr,
+            _ => {}
         }
     }
 
