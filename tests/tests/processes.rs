@@ -1152,6 +1152,13 @@ fn a_leader_whose_write_ahead_log_fails_steps_aside_and_clients_move_on() {
         leader_of(n2.admin).is_some_and(|(name, _)| name != "n1")
     });
     assert_eq!(metric(n1.admin, "clustron_is_leader"), Some(0));
+    // Any node may answer a serializable read: the client leaves n1, listed
+    // first, at its first refusal.
+    assert_eq!(
+        kv_get(dir.path(), &endpoints, "before", true),
+        Some(Some("1".into())),
+        "a serializable read stayed on the stopped node"
+    );
     for i in 0..10 {
         assert!(
             kv_put(dir.path(), &endpoints, &format!("after/{i}"), "v"),
