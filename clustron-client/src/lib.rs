@@ -164,7 +164,12 @@ impl Client {
         self
     }
 
+    /// Sends a (non key-value) request to the endpoints in turn. Only a
+    /// read, or a failure that proves nothing was processed, moves on to
+    /// the next endpoint: publishing an event twice through two nodes would
+    /// deliver it twice.
     async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let idempotent = matches!(request, Request::Topology);
         let mut last = None;
         for (index, addr) in self.shared.order() {
             match self.shared.channel.request(addr, &request).await {
@@ -173,9 +178,15 @@ impl Client {
                     self.shared.current.store(index, Ordering::Relaxed);
                     return Ok(response);
                 }
-                Err(e) => {
+                Err(e) if idempotent || e.nothing_processed() => {
                     self.shared.suspect(addr);
                     last = Some(e)
+                }
+                Err(e) => {
+                    self.shared.suspect(addr);
+                    return Err(ClientError::Kv(KvFailure::Unknown(format!(
+                        "the connection to {addr} failed after the request was sent: {e}"
+                    ))));
                 }
             }
         }
@@ -244,7 +255,15 @@ impl Client {
         // A session that expired while idle is replaced once; a write that
         // may have been delivered in it is not sent again in another.
         for _ in 0..2 {
-            let session = self.session().await?;
+            let session = match self.session().await {
+                Ok(session) => session,
+                // A role that may not write may not open a session either:
+                // the write itself, refused, names what was denied.
+                Err(ClientError::Kv(KvFailure::PermissionDenied { .. })) => {
+                    return self.call(&request, None).await.0
+                }
+                Err(e) => return Err(e),
+            };
             let seq = session.begin();
             let (result, maybe_delivered) = self.call(&request, Some((&session, seq))).await;
             session.end(seq);
@@ -509,6 +528,15 @@ impl Client {
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, ClientError> {
         match self.kv(KvRequest::Txn(txn)).await? {
             KvReply::Txn(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Forgets history before `revision` (admin role only): reads and
+    /// watches can no longer reach back past it.
+    pub async fn compact(&self, revision: u64) -> Result<(), ClientError> {
+        match self.kv(KvRequest::Compact(revision)).await? {
+            KvReply::Compacted => Ok(()),
             other => Err(unexpected(other)),
         }
     }

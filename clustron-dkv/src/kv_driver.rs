@@ -22,7 +22,7 @@ use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol}
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::core::server::{
-    ClientOp, Reply, RequestId, Server, ServerConfig, ServerError, ServerOutput,
+    ClientOp, Divergence, Reply, RequestId, Server, ServerConfig, ServerError, ServerOutput,
 };
 use crate::core::watch::{WatchId, WatchRequest};
 use crate::core::{Entry, Message, Output as LogOutput, Recovered, Summary};
@@ -106,6 +106,8 @@ pub struct KvStats {
     pub syncs: u64,
     /// Write-ahead log segment files.
     pub wal_segments: u64,
+    /// Set when this replica found its state differs from the leader's.
+    pub diverged: Option<Divergence>,
 }
 
 /// Most queued inputs taken before acting on them at once.
@@ -179,7 +181,11 @@ impl Kv {
             me.clone(),
             voters.clone(),
             [],
-            Recovered { epoch, entries },
+            Recovered {
+                epoch,
+                snapshot: Default::default(),
+                entries,
+            },
             Instant::now(),
         )?;
         let (commands, command_rx) = mpsc::channel(1024);
@@ -745,6 +751,13 @@ impl Driver {
                     });
                 }
                 ServerOutput::Log(LogOutput::Committed { .. }) => {}
+                // This driver never compacts its log (snapshots are not
+                // wired into it yet), so no replica is ever asked to pull
+                // one and no install resets the log.
+                ServerOutput::Log(LogOutput::PullSnapshot { from, index }) => {
+                    tracing::warn!(%from, index, "a peer asks this node to pull a snapshot, which this version cannot do");
+                }
+                ServerOutput::Log(LogOutput::ResetLog { .. }) => {}
                 ServerOutput::Reply { id, result } => {
                     if let Some(tx) = self.pending.remove(&id) {
                         let _ = tx.send(result);
@@ -774,6 +787,13 @@ impl Driver {
                 }
             }
         }
+        let diverged = self.server.diverged();
+        if diverged.is_some() && self.stats.borrow().diverged.is_none() {
+            tracing::error!(
+                divergence = ?diverged,
+                "this replica's state differs from the leader's at the same log index; it refuses to serve: restore its data from its peers"
+            );
+        }
         let store = self.server.store();
         let (watchers, behind) = self.server.watch_counts();
         self.stats.send_replace(KvStats {
@@ -787,6 +807,7 @@ impl Driver {
             watchers_behind: behind as u64,
             syncs: self.syncs,
             wal_segments: self.wal.segment_count() as u64,
+            diverged,
         });
         Ok(())
     }

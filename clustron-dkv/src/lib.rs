@@ -89,6 +89,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "server")]
+pub mod access;
+#[cfg(feature = "server")]
 mod admin;
 #[cfg(feature = "server")]
 pub mod config;
@@ -102,5 +104,7 @@ pub mod node;
 pub mod proto;
 #[cfg(feature = "server")]
 mod serve;
+#[cfg(feature = "server")]
+pub mod snapshot;
 #[cfg(feature = "server")]
 pub mod wal;

@@ -56,10 +56,10 @@ use std::time::Instant;
 use clustron_election::NodeName;
 
 use super::leases::LeaseClock;
-use super::mvcc::{Command, Limits, Outcome, Store};
+use super::mvcc::{check_limits, Command, Limits, Outcome, Store};
 use super::replication::{
     Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
-    Recovered, Replica,
+    Recovered, Replica, SnapshotMeta,
 };
 use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
 use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
@@ -72,13 +72,20 @@ pub type RequestId = u64;
 pub struct ServerConfig {
     /// The replicated log's tuning.
     pub log: LogConfig,
-    /// The store's size limits.
+    /// Size limits for writes, checked by the leader before it proposes
+    /// (so a node's own setting never makes replicas apply an entry
+    /// differently: every replica applies with the protocol's limits,
+    /// [`Limits::default`]).
     pub limits: Limits,
     /// History kept: once the store is this many revisions past its
     /// compaction point and half as many again, the leader proposes a
     /// compaction to `revision - retain_revisions` (0: never). Watches and
     /// past reads reach back this far.
     pub retain_revisions: u64,
+    /// The leader proposes a checkpoint of its state digest every this many
+    /// applied entries, which every replica compares with its own (0:
+    /// never).
+    pub checkpoint_every: u64,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +96,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             limits: Limits::default(),
             retain_revisions: 100_000,
+            checkpoint_every: 10_000,
         }
     }
 }
@@ -184,6 +192,46 @@ pub enum ServerOutput {
     WatchCancelled(Cancelled),
 }
 
+/// The state machine as a snapshot holds it: the store (with its sessions)
+/// and the digest of every change that made it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MachineState {
+    /// The digest at the snapshot's index (see [`Server::digest`]).
+    pub digest: u32,
+    /// The store.
+    pub store: Store,
+}
+
+impl MachineState {
+    /// The bytes of a snapshot file's state.
+    pub fn encode(&self) -> Vec<u8> {
+        // Invariant: plain data; postcard cannot fail on it.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Reads [`MachineState::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// A replica whose state differs from the leader's at the same log index:
+/// they applied the same entries differently. The node must not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Divergence {
+    /// The log index compared.
+    pub index: u64,
+    /// This replica's digest there.
+    pub ours: u32,
+    /// The leader's.
+    pub leaders: u32,
+}
+
+/// How many (index, digest) pairs a replica keeps to compare checkpoints
+/// with: a checkpoint is applied within the log's pipeline depth of the
+/// index it names.
+const DIGESTS_KEPT: usize = 4096;
+
 /// A write waiting for its entry to commit.
 #[derive(Debug)]
 struct PendingWrite {
@@ -216,6 +264,16 @@ pub struct Server {
     /// The learners the replica sends the log to.
     learners: BTreeMap<NodeName, SocketAddr>,
     retain_revisions: u64,
+    /// The limits this node admits writes with, as leader.
+    admission: Limits,
+    checkpoint_every: u64,
+    /// Digest of every change applied so far (see [`Server::digest`]).
+    digest: u32,
+    /// (applied index, digest) of the last applied entries, to compare with
+    /// the leader's checkpoints.
+    digests: VecDeque<(u64, u32)>,
+    /// The first checkpoint this replica disagreed with.
+    diverged: Option<Divergence>,
     /// A compaction this leader proposed and has not seen applied.
     compacting: Option<u64>,
     outputs: VecDeque<ServerOutput>,
@@ -237,7 +295,12 @@ impl Server {
         let learners: BTreeMap<NodeName, SocketAddr> = learners.into_iter().collect();
         Ok(Self {
             replica: Replica::new(log, me, voters, learners.clone(), recovered, now),
-            store: Store::new(config.limits),
+            store: Store::new(Limits::default()),
+            admission: config.limits,
+            checkpoint_every: config.checkpoint_every,
+            digest: 0,
+            digests: VecDeque::new(),
+            diverged: None,
             hub: WatchHub::default(),
             leases: LeaseClock::default(),
             session_clock: LeaseClock::default(),
@@ -268,6 +331,76 @@ impl Server {
     /// Highest log index applied.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    // ----- snapshots -------------------------------------------------------
+
+    /// The state machine at the applied index, and what it covers: a
+    /// consistent copy taken between two inputs, to serialise and write
+    /// elsewhere while this server goes on.
+    pub fn snapshot(&self) -> (SnapshotMeta, MachineState) {
+        let base = self.replica.snapshot();
+        let epoch = match self.replica.entry(self.applied) {
+            Some(entry) => entry.epoch,
+            None => base.epoch,
+        };
+        let meta = SnapshotMeta {
+            index: self.applied,
+            epoch,
+        };
+        let state = MachineState {
+            digest: self.digest,
+            store: self.store.clone(),
+        };
+        (meta, state)
+    }
+
+    /// A snapshot covering `upto` is durable: the log forgets the entries it
+    /// covers (only committed and applied ones).
+    pub fn compact_log(&mut self, upto: u64) {
+        self.replica.compact(upto.min(self.applied));
+    }
+
+    /// At start, before any input: the state machine is `state`, restored
+    /// from the snapshot the [`Recovered`] log continues after.
+    pub fn restore(&mut self, state: MachineState) {
+        self.store = state.store;
+        self.digest = state.digest;
+        self.applied = self.replica.snapshot().index;
+    }
+
+    /// A snapshot covering `meta`, pulled from a peer after
+    /// [`LogOutput::PullSnapshot`], is durable: the state machine becomes
+    /// `state` and the log continues after it. False (nothing changed) if
+    /// it is not ahead of what this node has committed.
+    pub fn install_snapshot(
+        &mut self,
+        now: Instant,
+        meta: SnapshotMeta,
+        state: MachineState,
+    ) -> bool {
+        self.now = now;
+        if meta.index <= self.applied || !self.replica.install_snapshot(now, meta) {
+            return false;
+        }
+        self.store = state.store;
+        self.digest = state.digest;
+        self.applied = meta.index;
+        self.digests.clear();
+        self.hub.fall_behind_all();
+        true
+    }
+
+    /// A digest (CRC-32) of every change applied so far, in order: replicas
+    /// that applied the same entries the same way have the same digest at
+    /// the same index (etcd's HashKV, kept incrementally).
+    pub fn digest(&self) -> u32 {
+        self.digest
+    }
+
+    /// Whether this replica found its state differs from the leader's.
+    pub fn diverged(&self) -> Option<Divergence> {
+        self.diverged
     }
 
     // ----- from the election ------------------------------------------------
@@ -424,7 +557,26 @@ impl Server {
     /// A client request; its reply comes as [`ServerOutput::Reply`].
     pub fn request(&mut self, now: Instant, id: RequestId, op: ClientOp) {
         self.now = now;
+        if self.diverged.is_some() {
+            let refused = Err(ServerError::NotReady(
+                "this replica's state differs from the leader's",
+            ));
+            self.outputs.push_back(ServerOutput::Reply {
+                id,
+                result: refused,
+            });
+            return;
+        }
         let immediate = match op {
+            // The store is rebuilt from the log as commits are learned: until
+            // this node has learned one since it started, it would answer
+            // from an empty store.
+            ClientOp::Read {
+                linearizable: false,
+                ..
+            } if self.applied == 0 => Some(Err(ServerError::NotReady(
+                "this node has not learned what is committed since it started",
+            ))),
             ClientOp::Read {
                 request,
                 linearizable: false,
@@ -446,6 +598,7 @@ impl Server {
                 // Session commands are the server's own: never a client's.
                 Command::OpenSession { .. }
                 | Command::CloseSession { .. }
+                | Command::Checkpoint { .. }
                 | Command::InSession { .. } => Some(Err(KvError::NotInSession.into())),
                 command => self.write(now, id, command).err().map(Err),
             },
@@ -546,6 +699,7 @@ impl Server {
     ) -> Option<Result<Reply, ServerError>> {
         if let Command::OpenSession { .. }
         | Command::CloseSession { .. }
+        | Command::Checkpoint { .. }
         | Command::InSession { .. } = command
         {
             return Some(Err(KvError::NotInSession.into()));
@@ -580,6 +734,9 @@ impl Server {
                 })
             }
         };
+        // Decided once, here, before proposing: never by each replica
+        // against its own settings.
+        check_limits(&command, &self.admission)?;
         // Ids the leader picks are unique across leaders: the epoch in the
         // high bits.
         let mut fresh_id = || {
@@ -698,6 +855,11 @@ impl Server {
                     }
                 }
             }
+            if self.digests.len() == DIGESTS_KEPT {
+                self.digests.pop_front();
+            }
+            self.digests.push_back((index, self.digest));
+            self.maybe_checkpoint();
         }
         self.maybe_compact();
         // Reads whose index is now applied.
@@ -708,6 +870,40 @@ impl Server {
         for (_, id, request) in ready {
             let result = self.read(&request);
             self.reply(id, result);
+        }
+    }
+
+    /// On the leader: proposes its digest every `checkpoint_every` entries.
+    fn maybe_checkpoint(&mut self) {
+        let every = self.checkpoint_every;
+        if every == 0 || self.applied % every != 0 || self.replica.leading().is_none() {
+            return;
+        }
+        let payload = encode(&Command::Checkpoint {
+            index: self.applied,
+            digest: self.digest,
+        });
+        // Best effort: a checkpoint refused now is simply skipped.
+        let _ = self.replica.propose(self.now, payload);
+    }
+
+    /// A checkpoint from the leader: compare with this replica's digest at
+    /// the same index, if still known.
+    fn compare_checkpoint(&mut self, index: u64, leaders: u32) {
+        let ours = self
+            .digests
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == index)
+            .map(|(_, d)| *d);
+        if let Some(ours) = ours.filter(|ours| *ours != leaders) {
+            if self.diverged.is_none() {
+                self.diverged = Some(Divergence {
+                    index,
+                    ours,
+                    leaders,
+                });
+            }
         }
     }
 
@@ -748,8 +944,12 @@ impl Server {
             Command::CloseSession { id } => Some(id),
             _ => None,
         };
+        if let Command::Checkpoint { index, digest } = command {
+            self.compare_checkpoint(index, digest);
+        }
         let applied = self.store.apply(command);
         if !applied.events.is_empty() {
+            self.digest = fold_digest(self.digest, applied.revision, &applied.events);
             for delivery in self.hub.on_applied(applied.revision, &applied.events) {
                 self.outputs.push_back(ServerOutput::Watch(delivery));
             }
@@ -790,7 +990,28 @@ fn reply_of(revision: u64, outcome: Result<Outcome, KvError>) -> Result<Reply, S
         Outcome::Compacted => Reply::Compacted,
         Outcome::SessionOpened { id, ttl_ms } => Reply::SessionOpened { id, ttl_ms },
         Outcome::SessionClosed => Reply::SessionClosed,
+        // Nobody waits on a checkpoint; its reply is never sent.
+        Outcome::Checkpoint => Reply::Compacted,
     })
+}
+
+/// The digest after a change at `revision` made `events`.
+fn fold_digest(digest: u32, revision: u64, events: &[crate::kv::Event]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(digest);
+    h.update(&revision.to_le_bytes());
+    for e in events {
+        let kv = &e.kv;
+        h.update(&[e.kind as u8]);
+        h.update(&(kv.key.len() as u64).to_le_bytes());
+        h.update(&kv.key);
+        h.update(&(kv.value.len() as u64).to_le_bytes());
+        h.update(&kv.value);
+        for n in [kv.create_revision, kv.mod_revision, kv.version] {
+            h.update(&n.to_le_bytes());
+        }
+        h.update(&kv.lease.map_or(0, |l| l.0).to_le_bytes());
+    }
+    h.finalize()
 }
 
 fn encode(command: &Command) -> Vec<u8> {
