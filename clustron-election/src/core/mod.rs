@@ -509,6 +509,9 @@ impl Core {
         }
         tracing::debug!(me = %self.me, "rejoined the election");
         self.withdrawn = false;
+        // A handover made while withdrawing was not a choice to defer: a
+        // rejoined node of higher priority takes over as any returning one.
+        self.deferred_to = None;
         self.tick(now);
     }
 

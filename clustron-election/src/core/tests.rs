@@ -575,6 +575,23 @@ fn a_withdrawn_leader_hands_over_and_the_next_voter_leads_at_once() {
     settle(&mut cores, t);
     assert!(cores[1].is_leader(t), "n1 did not take over at once");
     assert!(!cores[0].is_leader(t));
+
+    // Repaired and rejoined, n0 takes its place back by the usual handover
+    // (its own handover was no choice to defer to n1).
+    let mut t = t;
+    cores[0].rejoin(t);
+    for c in cores.iter_mut() {
+        c.set_view(t, peers(&[0, 1, 2]));
+    }
+    let later = t + Config::lan().handover_delay * 3;
+    while t < later && !cores[0].is_leader(t) {
+        t += Config::lan().renew_interval;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(&mut cores, t);
+    }
+    assert!(cores[0].is_leader(t), "the rejoined n0 never took over");
 }
 
 #[test]
