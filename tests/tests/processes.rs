@@ -11,7 +11,8 @@
 //! majority elects, and the cluster heals. A node that cannot do its job
 //! steps aside: two of three voters elect (and after a full restart with
 //! one down); a node whose store cannot open exits non-zero; a leader whose
-//! log's disk fills hands over and clients move on; a node that lost its
+//! log's disk (or whole disk) fills hands over and clients move on, and it
+//! says why; a node that lost its
 //! log's tail does not vote until it caught up, and nothing acknowledged is
 //! lost. Conditions are awaited with deadlines.
 
@@ -1169,6 +1170,32 @@ fn a_leader_whose_write_ahead_log_fails_steps_aside_and_clients_move_on() {
         kv_get(dir.path(), &endpoints, "big", false).map(|v| v.map(|v| v.len())),
         Some(Some(64 * 1024))
     );
+}
+
+#[test]
+fn a_leader_whose_whole_disk_fills_steps_aside_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // All of n1's data (election promises too) on a file system to fill.
+    let Some(disk) = Tmpfs::mount(&dir.path().join("n1"), "size=4m") else {
+        eprintln!("skipped: mounting needs root (CI runs as root)");
+        return;
+    };
+    certs(dir.path(), &["n1", "n2", "n3"]);
+    let (n1, seed) = start(dir.path(), "n1", 300, None);
+    let (n2, n2_addr) = start(dir.path(), "n2", 200, Some(seed));
+    let (n3, n3_addr) = start(dir.path(), "n3", 100, Some(seed));
+    eventually("all three follow n1", || follow_all(&[&n1, &n2, &n3], "n1"));
+    let endpoints = [seed, n2_addr, n3_addr];
+
+    // The leader's next promise (its own renewal vote) cannot be saved.
+    disk.fill();
+    eventually("n1 withdraws and says why", || {
+        metric(n1.admin, "clustron_election_withdrawn") == Some(1)
+            && not_ready_because(n1.admin, "failed")
+            && metric(n1.admin, "clustron_is_leader") == Some(0)
+    });
+    eventually("another node leads", || follow_all(&[&n2, &n3], "n2"));
+    assert!(kv_put(dir.path(), &endpoints, "after", "1"));
 }
 
 #[test]
