@@ -12,9 +12,9 @@
 //! steps aside: two of three voters elect (and after a full restart with
 //! one down); a node whose store cannot open exits non-zero; a leader whose
 //! log's disk (or whole disk) fills hands over and clients move on, and it
-//! says why; a node that lost its
-//! log's tail does not vote until it caught up, and nothing acknowledged is
-//! lost. Conditions are awaited with deadlines.
+//! says why; a node that lost its log's tail does not vote until it caught
+//! up, and nothing acknowledged is lost. Conditions are awaited with
+//! deadlines.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
