@@ -121,6 +121,10 @@ struct RunArgs {
     /// Largest value a key may hold, in bytes.
     #[arg(long, env = "CLUSTRON_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
+    /// Snapshot the store every this many log entries and forget the log
+    /// before it (default 10,000; 0: never).
+    #[arg(long, env = "CLUSTRON_SNAPSHOT_ENTRIES")]
+    snapshot_entries: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -189,6 +193,7 @@ fn run(args: RunArgs) -> Result<()> {
         log_format: args.log_format,
         retain_revisions: args.retain_revisions,
         max_value_bytes: args.max_value_bytes,
+        snapshot_entries: args.snapshot_entries,
     };
     let config = NodeConfig::resolve(flags, file)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
