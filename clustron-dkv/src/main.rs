@@ -23,7 +23,7 @@ enum Cmd {
         command: CertsCmd,
     },
     /// Run a node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a local cluster on 127.0.0.1 in the foreground (Ctrl-C stops it).
     Dev {
         /// How many nodes.
@@ -130,7 +130,7 @@ struct RunArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Certs { command } => certs(command),
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Dev { nodes, dir } => dev(nodes, &dir),
     }
 }
