@@ -429,7 +429,6 @@ impl Client {
                             // It stopped leading: find the next leader
                             // through the others, not by asking it again.
                             self.shared.set_leader(None);
-                            target = None;
                             self.shared.suspect(addr);
                         }
                         last = ClientError::Kv(failure);
