@@ -32,6 +32,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LeaseId(pub u64);
 
+/// A client session: the unit of exactly-once writes. Registered through
+/// the log, it remembers the result of each write sent in it, so a write
+/// retried with the same sequence number is answered with its first result
+/// and never applied twice (Raft dissertation, section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
 /// A key with its value and history counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
@@ -348,6 +355,38 @@ pub enum KvError {
     /// A transaction that writes the same key twice.
     #[error("a transaction may write a key only once")]
     DuplicateKey,
+    /// The session is unknown: it expired (its client was silent for its
+    /// TTL) or never existed. A write retried in it may or may not have been
+    /// applied before it expired.
+    #[error("session {0:?} has expired or does not exist")]
+    SessionExpired(SessionId),
+    /// The session has too many writes whose answers the client has not
+    /// acknowledged; nothing was applied. Retry once earlier ones are
+    /// answered.
+    #[error("session has {unacknowledged} unacknowledged writes (at most {max})")]
+    SessionBusy {
+        /// Writes sent and not acknowledged.
+        unacknowledged: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// This write's sequence number is below what the client said it has
+    /// already been answered for: a stale duplicate, not applied again.
+    #[error("write {seq} of the session was answered already; not applied again")]
+    AlreadyAnswered {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A session command where it cannot be: inside a session write, or
+    /// as a plain write.
+    #[error("session commands cannot be nested or sent as plain writes")]
+    NotInSession,
+    /// Too many sessions are open; nothing was applied.
+    #[error("too many open sessions (at most {max})")]
+    TooManySessions {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A successful answer from a node's key-value server.
@@ -380,6 +419,16 @@ pub enum KvReply {
     },
     /// The store is compacted.
     Compacted,
+    /// A session opened.
+    SessionOpened {
+        /// Its id.
+        id: SessionId,
+        /// Its TTL in milliseconds: it expires after this long without a
+        /// write or keep-alive.
+        ttl_ms: u64,
+    },
+    /// A session closed (by expiry).
+    SessionClosed,
 }
 
 /// A key-value request from a client.
@@ -412,6 +461,27 @@ pub enum KvRequest {
     KeepAlive(LeaseId),
     /// Forget history before a revision.
     Compact(u64),
+    /// Open a session for exactly-once writes ([`SessionId`]).
+    OpenSession {
+        /// How long it lives without a write or keep-alive, in
+        /// milliseconds.
+        ttl_ms: u64,
+    },
+    /// Renew a session (leader only).
+    SessionKeepAlive(SessionId),
+    /// A write in a session: exactly once however often it is sent.
+    InSession {
+        /// The session.
+        session: SessionId,
+        /// This write's number in the session: from 1, one per write, the
+        /// same on every retry.
+        seq: u64,
+        /// Every write numbered below this has been answered to the client,
+        /// so the node may forget those answers.
+        acked: u64,
+        /// The write (put, delete, transaction, lease grant or revoke).
+        request: Box<KvRequest>,
+    },
 }
 
 /// Why a key-value request failed.
@@ -447,6 +517,21 @@ pub enum KvFailure {
     /// The store refused it.
     #[error(transparent)]
     Refused(#[from] KvError),
+    /// The node stopped leading before the write committed: it may or may
+    /// not be applied. Retrying it in the same session (same sequence
+    /// number) is safe and gives its one result.
+    #[error(
+        "the leader changed before the write committed; outcome unknown (retry in its session)"
+    )]
+    LeaderChanged,
+    /// The caller's certificate role does not allow the operation.
+    #[error("permission denied: role {role} may not {operation}")]
+    PermissionDenied {
+        /// The caller's role.
+        role: String,
+        /// What it tried.
+        operation: String,
+    },
 }
 
 /// What a client asks to watch.

@@ -60,21 +60,9 @@ async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFail
             "the key-value store is starting (waiting for the voters)".into(),
         ));
     };
-    let op = match request {
-        KvRequest::Range {
-            request,
-            linearizable,
-        } => ClientOp::Read {
-            request,
-            linearizable,
-        },
-        KvRequest::Put(put) => ClientOp::Write(Command::Put(put)),
-        KvRequest::Delete(delete) => ClientOp::Write(Command::Delete(delete)),
-        KvRequest::Txn(txn) => ClientOp::Write(Command::Txn(txn)),
-        KvRequest::LeaseGrant { id, ttl_ms } => ClientOp::Write(Command::LeaseGrant { id, ttl_ms }),
-        KvRequest::LeaseRevoke(id) => ClientOp::Write(Command::LeaseRevoke { id }),
-        KvRequest::KeepAlive(id) => ClientOp::KeepAlive(id),
-        KvRequest::Compact(revision) => ClientOp::Write(Command::Compact { revision }),
+    let op = match client_op(request) {
+        Ok(op) => op,
+        Err(failure) => return Err(failure),
     };
     match tokio::time::timeout(COMMIT_TIMEOUT, kv.request(op)).await {
         Err(_) => Err(KvFailure::Unknown(format!(
@@ -86,10 +74,58 @@ async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFail
             },
             ServerError::NotReady(why) => KvFailure::Unavailable(why.into()),
             ServerError::Lost => KvFailure::Lost,
+            ServerError::LeaderChanged => KvFailure::LeaderChanged,
             ServerError::TooLarge { len, max } => KvFailure::TooLarge { len, max },
             ServerError::Kv(e) => KvFailure::Refused(e),
         }),
     }
+}
+
+/// The server operation a client request asks for.
+fn client_op(request: KvRequest) -> Result<ClientOp, KvFailure> {
+    Ok(match request {
+        KvRequest::Range {
+            request,
+            linearizable,
+        } => ClientOp::Read {
+            request,
+            linearizable,
+        },
+        KvRequest::KeepAlive(id) => ClientOp::KeepAlive(id),
+        KvRequest::OpenSession { ttl_ms } => ClientOp::OpenSession { ttl_ms },
+        KvRequest::SessionKeepAlive(id) => ClientOp::SessionKeepAlive(id),
+        KvRequest::InSession {
+            session,
+            seq,
+            acked,
+            request,
+        } => ClientOp::SessionWrite {
+            session,
+            seq,
+            acked,
+            command: write_command(*request)?,
+        },
+        write => ClientOp::Write(write_command(write)?),
+    })
+}
+
+/// The replicated command of a write request.
+fn write_command(request: KvRequest) -> Result<Command, KvFailure> {
+    Ok(match request {
+        KvRequest::Put(put) => Command::Put(put),
+        KvRequest::Delete(delete) => Command::Delete(delete),
+        KvRequest::Txn(txn) => Command::Txn(txn),
+        KvRequest::LeaseGrant { id, ttl_ms } => Command::LeaseGrant { id, ttl_ms },
+        KvRequest::LeaseRevoke(id) => Command::LeaseRevoke { id },
+        KvRequest::Compact(revision) => Command::Compact { revision },
+        KvRequest::Range { .. }
+        | KvRequest::KeepAlive(_)
+        | KvRequest::OpenSession { .. }
+        | KvRequest::SessionKeepAlive(_)
+        | KvRequest::InSession { .. } => {
+            return Err(KvFailure::Refused(crate::kv::KvError::NotInSession))
+        }
+    })
 }
 
 async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {

@@ -42,24 +42,34 @@ struct Tracked {
 }
 
 /// Lease deadlines on the leader. Empty on followers.
-#[derive(Debug, Default)]
-pub struct LeaseClock {
-    leases: BTreeMap<LeaseId, Tracked>,
+///
+/// Generic over the id so that client sessions, which expire the same way
+/// (see [`super::session`]), use the same clock.
+#[derive(Debug)]
+pub struct LeaseClock<Id = LeaseId> {
+    leases: BTreeMap<Id, Tracked>,
     /// (deadline, lease), to find the next expiry quickly.
-    by_deadline: BTreeSet<(Instant, LeaseId)>,
+    by_deadline: BTreeSet<(Instant, Id)>,
     /// Expired leases whose revocation was proposed and not yet applied.
-    revoking: BTreeSet<LeaseId>,
+    revoking: BTreeSet<Id>,
     leader: bool,
 }
 
-impl LeaseClock {
+impl<Id> Default for LeaseClock<Id> {
+    fn default() -> Self {
+        Self {
+            leases: BTreeMap::new(),
+            by_deadline: BTreeSet::new(),
+            revoking: BTreeSet::new(),
+            leader: false,
+        }
+    }
+}
+
+impl<Id: Copy + Ord> LeaseClock<Id> {
     /// This node became the leader: every lease in the store starts afresh
     /// with its full TTL from `now`.
-    pub fn become_leader(
-        &mut self,
-        now: Instant,
-        leases: impl IntoIterator<Item = (LeaseId, u64)>,
-    ) {
+    pub fn become_leader(&mut self, now: Instant, leases: impl IntoIterator<Item = (Id, u64)>) {
         self.clear();
         self.leader = true;
         for (id, ttl_ms) in leases {
@@ -74,14 +84,14 @@ impl LeaseClock {
     }
 
     /// A grant was applied (on the leader: its clock starts now).
-    pub fn granted(&mut self, now: Instant, id: LeaseId, ttl_ms: u64) {
+    pub fn granted(&mut self, now: Instant, id: Id, ttl_ms: u64) {
         if self.leader {
             self.track(now, id, Duration::from_millis(ttl_ms));
         }
     }
 
     /// A revoke was applied (by a client or by expiry).
-    pub fn revoked(&mut self, id: LeaseId) {
+    pub fn revoked(&mut self, id: Id) {
         if let Some(t) = self.leases.remove(&id) {
             self.by_deadline.remove(&(t.deadline, id));
         }
@@ -91,7 +101,7 @@ impl LeaseClock {
     /// A keep-alive: the lease's deadline moves to `now + ttl`. Returns the
     /// TTL, or `None` if the lease is unknown, already expiring, or this
     /// node is not the leader.
-    pub fn keep_alive(&mut self, now: Instant, id: LeaseId) -> Option<Duration> {
+    pub fn keep_alive(&mut self, now: Instant, id: Id) -> Option<Duration> {
         if self.revoking.contains(&id) {
             return None;
         }
@@ -103,7 +113,7 @@ impl LeaseClock {
     }
 
     /// Time left on a lease, as the leader counts it.
-    pub fn time_to_live(&self, now: Instant, id: LeaseId) -> Option<Duration> {
+    pub fn time_to_live(&self, now: Instant, id: Id) -> Option<Duration> {
         self.leases
             .get(&id)
             .map(|t| t.deadline.saturating_duration_since(now))
@@ -111,7 +121,7 @@ impl LeaseClock {
 
     /// Leases whose deadline has passed and whose revocation the caller must
     /// now propose; each is returned once (until [`LeaseClock::retry`]).
-    pub fn poll_expired(&mut self, now: Instant) -> Vec<LeaseId> {
+    pub fn poll_expired(&mut self, now: Instant) -> Vec<Id> {
         let mut expired = Vec::new();
         while let Some(&(deadline, id)) = self.by_deadline.first() {
             // A lease expires strictly after its deadline.
@@ -127,7 +137,7 @@ impl LeaseClock {
 
     /// A proposed revocation was lost (not committed): propose it again at
     /// the next [`LeaseClock::poll_expired`].
-    pub fn retry(&mut self, now: Instant, id: LeaseId) {
+    pub fn retry(&mut self, now: Instant, id: Id) {
         if self.revoking.remove(&id) && self.leases.contains_key(&id) {
             // Due at once.
             let past = now.checked_sub(Duration::from_nanos(1)).unwrap_or(now);
@@ -143,7 +153,7 @@ impl LeaseClock {
         self.by_deadline.first().map(|(deadline, _)| *deadline)
     }
 
-    fn track(&mut self, now: Instant, id: LeaseId, ttl: Duration) {
+    fn track(&mut self, now: Instant, id: Id, ttl: Duration) {
         if let Some(old) = self.leases.insert(
             id,
             Tracked {

@@ -7,6 +7,7 @@
 //! - [`watch`]: which watchers get which changes, from which revision.
 //! - [`server`]: all of the above as one node's key-value server.
 //! - [`leases`]: the leader's lease clock: expiry becomes a proposed revoke.
+//! - [`session`]: client sessions, so a retried write applies exactly once.
 //!
 //! How the replica sits between the election core and its driver:
 //!
@@ -40,6 +41,7 @@ pub mod leases;
 pub mod mvcc;
 pub mod replication;
 pub mod server;
+pub mod session;
 pub mod watch;
 
 pub use replication::{

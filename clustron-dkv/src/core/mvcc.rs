@@ -45,10 +45,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::session::Sessions;
 use crate::kv::{
     Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResponse, Event, EventKind, KeyRange,
     KeyValue, KvError, LeaseId, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseOp, Txn, TxnResponse,
+    ResponseOp, SessionId, Txn, TxnResponse,
 };
 
 /// A replicated command: the payload of a log entry.
@@ -77,6 +78,39 @@ pub enum Command {
         /// The new compaction point.
         revision: u64,
     },
+    /// Register a client session ([`super::session`]).
+    OpenSession {
+        /// Its id (chosen by the leader).
+        id: SessionId,
+        /// Its time to live, for the leader's expiry clock.
+        ttl_ms: u64,
+    },
+    /// End a session (expiry).
+    CloseSession {
+        /// The session.
+        id: SessionId,
+    },
+    /// A write in a session: applied once, however often it is proposed.
+    InSession {
+        /// The session.
+        session: SessionId,
+        /// The write's number in the session.
+        seq: u64,
+        /// The client was answered for every write numbered below this.
+        acked: u64,
+        /// The write (not itself a session command).
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The command itself, out of its session wrapper.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::InSession { command, .. } => command.inner(),
+            other => other,
+        }
+    }
 }
 
 /// What a command returned.
@@ -89,7 +123,12 @@ pub enum Outcome {
     /// A transaction's answer.
     Txn(TxnResponse),
     /// The lease exists now.
-    LeaseGranted,
+    LeaseGranted {
+        /// Its id.
+        id: LeaseId,
+        /// Its time to live in milliseconds.
+        ttl_ms: u64,
+    },
     /// The lease is gone, and this many keys with it.
     LeaseRevoked {
         /// Keys deleted.
@@ -97,12 +136,22 @@ pub enum Outcome {
     },
     /// The store is compacted up to the revision.
     Compacted,
+    /// The session is open.
+    SessionOpened {
+        /// Its id.
+        id: SessionId,
+        /// Its time to live in milliseconds.
+        ttl_ms: u64,
+    },
+    /// The session is closed.
+    SessionClosed,
 }
 
 /// The result of applying one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// The store's revision after the command.
+    /// The store's revision after the command (for a repeated session
+    /// write: the revision its first application took).
     pub revision: u64,
     /// Its answer, or why it was refused (nothing changed then).
     pub outcome: Result<Outcome, KvError>,
@@ -165,6 +214,8 @@ pub struct Store {
     limits: Limits,
     /// Bytes of keys and values held, all versions.
     bytes: u64,
+    /// Client sessions and their remembered results.
+    sessions: Sessions,
 }
 
 /// A write transaction in progress: the revision it will take and the
@@ -210,8 +261,63 @@ impl Store {
             .map(|l| l.keys.iter().map(Vec::as_slice))
     }
 
+    /// The client sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// Applies one committed command.
     pub fn apply(&mut self, command: Command) -> Applied {
+        let unchanged = |revision, outcome| Applied {
+            revision,
+            outcome,
+            events: Vec::new(),
+        };
+        match command {
+            Command::OpenSession { id, ttl_ms } => {
+                let outcome = self
+                    .sessions
+                    .open(id, ttl_ms)
+                    .map(|()| Outcome::SessionOpened { id, ttl_ms });
+                return unchanged(self.revision, outcome);
+            }
+            Command::CloseSession { id } => {
+                let outcome = match self.sessions.close(id) {
+                    true => Ok(Outcome::SessionClosed),
+                    false => Err(KvError::SessionExpired(id)),
+                };
+                return unchanged(self.revision, outcome);
+            }
+            Command::InSession {
+                session,
+                seq,
+                acked,
+                command,
+            } => {
+                return match self.sessions.begin(session, seq, acked) {
+                    Err(e) => unchanged(self.revision, Err(e)),
+                    Ok(Some((revision, outcome))) => unchanged(revision, outcome),
+                    Ok(None) => {
+                        let applied = match *command {
+                            Command::InSession { .. }
+                            | Command::OpenSession { .. }
+                            | Command::CloseSession { .. } => {
+                                unchanged(self.revision, Err(KvError::NotInSession))
+                            }
+                            command => self.apply(command),
+                        };
+                        self.sessions.record(
+                            session,
+                            seq,
+                            applied.revision,
+                            applied.outcome.clone(),
+                        );
+                        applied
+                    }
+                };
+            }
+            _ => {}
+        }
         let mut writer = Writer {
             revision: self.revision + 1,
             events: Vec::new(),
@@ -231,7 +337,7 @@ impl Store {
                         keys: BTreeSet::new(),
                     },
                 );
-                Ok(Outcome::LeaseGranted)
+                Ok(Outcome::LeaseGranted { id, ttl_ms })
             }
             Command::LeaseRevoke { id } => {
                 let lease = self.leases.remove(&id).ok_or(KvError::LeaseNotFound(id))?;
@@ -245,6 +351,9 @@ impl Store {
                 self.compact(revision)?;
                 Ok(Outcome::Compacted)
             }
+            Command::OpenSession { .. }
+            | Command::CloseSession { .. }
+            | Command::InSession { .. } => Err(KvError::NotInSession),
         });
         if !writer.events.is_empty() {
             self.revision = writer.revision;

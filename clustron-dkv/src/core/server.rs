@@ -62,7 +62,7 @@ use super::replication::{
     Recovered, Replica,
 };
 use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
-use crate::kv::{KvError, LeaseId, RangeRequest};
+use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
 
 /// A client request's id, chosen by the driver; replies carry it.
 pub type RequestId = u64;
@@ -109,6 +109,25 @@ pub enum ClientOp {
     Write(Command),
     /// Renew a lease (leader only).
     KeepAlive(LeaseId),
+    /// Open a client session (through the log); the leader picks its id.
+    OpenSession {
+        /// How long it lives without a write or keep-alive, in ms.
+        ttl_ms: u64,
+    },
+    /// Renew a session (leader only).
+    SessionKeepAlive(SessionId),
+    /// A write in a session: applied exactly once however often it is
+    /// sent; a repeat gets the first result ([`super::session`]).
+    SessionWrite {
+        /// The session.
+        session: SessionId,
+        /// The write's number in the session (the same on every retry).
+        seq: u64,
+        /// The client was answered for every write numbered below this.
+        acked: u64,
+        /// The write.
+        command: Command,
+    },
 }
 
 /// A successful answer (the client protocol's type).
@@ -130,6 +149,10 @@ pub enum ServerError {
     /// applied and will not be. Safe to retry.
     #[error("the write was lost in a leader change and not applied; retry")]
     Lost,
+    /// This node stopped leading before the write committed: it may or may
+    /// not apply. Safe to retry only in its session, with its number.
+    #[error("the leader changed before the write committed; outcome unknown")]
+    LeaderChanged,
     /// The request is larger than the log accepts.
     #[error("request of {len} bytes is over the limit of {max}")]
     TooLarge {
@@ -175,6 +198,8 @@ pub struct Server {
     store: Store,
     hub: WatchHub,
     leases: LeaseClock,
+    /// The leader's clock for client sessions.
+    session_clock: LeaseClock<SessionId>,
     /// Highest log index applied to the store.
     applied: u64,
     /// Writes by log index.
@@ -215,6 +240,7 @@ impl Server {
             store: Store::new(config.limits),
             hub: WatchHub::default(),
             leases: LeaseClock::default(),
+            session_clock: LeaseClock::default(),
             applied: 0,
             writes: BTreeMap::new(),
             reads: Vec::new(),
@@ -265,6 +291,8 @@ impl Server {
         self.lease = Some((epoch, lease_until));
         self.own_epoch_committed = false;
         self.leases.become_leader(now, self.store.leases());
+        self.session_clock
+            .become_leader(now, self.store.sessions().ttls());
     }
 
     /// The election renewed this leader's lease.
@@ -299,6 +327,17 @@ impl Server {
             self.own_epoch_committed = false;
             self.compacting = None;
             self.leases.step_down();
+            self.session_clock.step_down();
+            // Writes waiting to commit may still commit under the next
+            // leader, or not: their clients are told at once (to retry in
+            // their sessions) rather than left waiting for a verdict this
+            // node may learn late, e.g. cut off in a minority.
+            for (_, write) in std::mem::take(&mut self.writes) {
+                self.outputs.push_back(ServerOutput::Reply {
+                    id: write.id,
+                    result: Err(ServerError::LeaderChanged),
+                });
+            }
             // Reads waiting on this node's lease cannot be answered.
             let leader = self.replica.leader();
             for (_, id, _) in std::mem::take(&mut self.reads) {
@@ -355,14 +394,24 @@ impl Server {
                 self.leases.retry(now, id);
             }
         }
+        for id in self.session_clock.poll_expired(now) {
+            let payload = encode(&Command::CloseSession { id });
+            if self.replica.propose(now, payload).is_err() {
+                self.session_clock.retry(now, id);
+            }
+        }
     }
 
     /// When to call [`Server::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.replica.poll_timeout(), self.leases.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.replica.poll_timeout(),
+            self.leases.poll_timeout(),
+            self.session_clock.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ----- from clients ------------------------------------------------------
@@ -387,7 +436,27 @@ impl Server {
                 }
             },
             ClientOp::KeepAlive(lease) => Some(self.keep_alive(now, lease)),
-            ClientOp::Write(command) => self.write(now, id, command).err().map(Err),
+            ClientOp::SessionKeepAlive(session) => Some(self.session_keep_alive(now, session)),
+            ClientOp::Write(command) => match command {
+                // Session commands are the server's own: never a client's.
+                Command::OpenSession { .. }
+                | Command::CloseSession { .. }
+                | Command::InSession { .. } => Some(Err(KvError::NotInSession.into())),
+                command => self.write(now, id, command).err().map(Err),
+            },
+            ClientOp::OpenSession { ttl_ms } => {
+                let command = Command::OpenSession {
+                    id: SessionId(0),
+                    ttl_ms,
+                };
+                self.write(now, id, command).err().map(Err)
+            }
+            ClientOp::SessionWrite {
+                session,
+                seq,
+                acked,
+                command,
+            } => self.session_write(now, id, session, seq, acked, command),
         };
         if let Some(result) = immediate {
             self.outputs.push_back(ServerOutput::Reply { id, result });
@@ -440,6 +509,58 @@ impl Server {
         }
     }
 
+    fn session_keep_alive(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+    ) -> Result<Reply, ServerError> {
+        if self.replica.leading().is_none() {
+            return Err(ServerError::NotLeader {
+                leader: self.replica.leader(),
+            });
+        }
+        match self.session_clock.keep_alive(now, session) {
+            Some(ttl) => Ok(Reply::KeptAlive {
+                ttl_ms: ttl.as_millis() as u64,
+            }),
+            None => Err(KvError::SessionExpired(session).into()),
+        }
+    }
+
+    /// A write in a session. A repeat whose result this leader has applied
+    /// is answered from it at once; anything else is proposed, and applying
+    /// it decides (identically on every replica) whether it is new.
+    fn session_write(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        session: SessionId,
+        seq: u64,
+        acked: u64,
+        command: Command,
+    ) -> Option<Result<Reply, ServerError>> {
+        if let Command::OpenSession { .. }
+        | Command::CloseSession { .. }
+        | Command::InSession { .. } = command
+        {
+            return Some(Err(KvError::NotInSession.into()));
+        }
+        if self.replica.leading().is_some() {
+            // Writes keep their session alive.
+            self.session_clock.keep_alive(now, session);
+            if let Some((revision, outcome)) = self.store.sessions().recorded(session, seq) {
+                return Some(reply_of(*revision, outcome.clone()));
+            }
+        }
+        let command = Command::InSession {
+            session,
+            seq,
+            acked,
+            command: Box::new(command),
+        };
+        self.write(now, id, command).err().map(Err)
+    }
+
     fn write(
         &mut self,
         now: Instant,
@@ -454,12 +575,23 @@ impl Server {
                 })
             }
         };
-        if let Command::LeaseGrant { id: lease, .. } = &mut command {
-            if lease.0 == 0 {
-                // Unique across leaders: the epoch in the high bits.
-                self.next_lease += 1;
-                *lease = LeaseId(epoch << 32 | (self.next_lease & 0xffff_ffff));
+        // Ids the leader picks are unique across leaders: the epoch in the
+        // high bits.
+        let mut fresh_id = || {
+            self.next_lease += 1;
+            epoch << 32 | (self.next_lease & 0xffff_ffff)
+        };
+        match &mut command {
+            Command::LeaseGrant { id: lease, .. } if lease.0 == 0 => *lease = LeaseId(fresh_id()),
+            Command::InSession { command, .. } => {
+                if let Command::LeaseGrant { id: lease, .. } = command.as_mut() {
+                    if lease.0 == 0 {
+                        *lease = LeaseId(fresh_id());
+                    }
+                }
             }
+            Command::OpenSession { id: session, .. } => *session = SessionId(fresh_id()),
+            _ => {}
         }
         let payload = encode(&command);
         match self.replica.propose(now, payload) {
@@ -603,42 +735,57 @@ impl Server {
             // Every replica decodes the same bytes the same way.
             return Err(ServerError::NotReady("undecodable command in the log"));
         };
-        let grant = match &command {
-            Command::LeaseGrant { id, ttl_ms } => Some((*id, *ttl_ms)),
-            _ => None,
-        };
-        let revoke = match &command {
+        let revoke = match command.inner() {
             Command::LeaseRevoke { id } => Some(*id),
             _ => None,
         };
+        let closed = match command {
+            Command::CloseSession { id } => Some(id),
+            _ => None,
+        };
         let applied = self.store.apply(command);
-        for delivery in self.hub.on_applied(applied.revision, &applied.events) {
-            self.outputs.push_back(ServerOutput::Watch(delivery));
-        }
-        let revision = applied.revision;
-        let outcome = applied.outcome?;
-        if let Some((id, ttl_ms)) = grant {
-            self.leases.granted(self.now, id, ttl_ms);
-        }
-        if let Some(id) = revoke {
-            self.leases.revoked(id);
-        }
-        Ok(match outcome {
-            Outcome::Put(r) => Reply::Put(r, revision),
-            Outcome::Delete(r) => Reply::Delete(r, revision),
-            Outcome::Txn(r) => Reply::Txn(r),
-            Outcome::LeaseGranted => {
-                let (id, ttl_ms) = grant.unwrap_or((LeaseId(0), 0));
-                Reply::LeaseGranted { id, ttl_ms }
+        if !applied.events.is_empty() {
+            for delivery in self.hub.on_applied(applied.revision, &applied.events) {
+                self.outputs.push_back(ServerOutput::Watch(delivery));
             }
-            Outcome::LeaseRevoked { deleted } => Reply::LeaseRevoked { deleted },
-            Outcome::Compacted => Reply::Compacted,
-        })
+        }
+        // The leader's clocks follow what applied (a repeated session write
+        // re-reports its first outcome: tracking it again is harmless).
+        match &applied.outcome {
+            Ok(Outcome::LeaseGranted { id, ttl_ms }) => self.leases.granted(self.now, *id, *ttl_ms),
+            Ok(Outcome::LeaseRevoked { .. }) => {
+                if let Some(id) = revoke {
+                    self.leases.revoked(id);
+                }
+            }
+            Ok(Outcome::SessionOpened { id, ttl_ms }) => {
+                self.session_clock.granted(self.now, *id, *ttl_ms)
+            }
+            _ => {}
+        }
+        if let Some(id) = closed {
+            self.session_clock.revoked(id);
+        }
+        reply_of(applied.revision, applied.outcome)
     }
 
     fn reply(&mut self, id: RequestId, result: Result<Reply, ServerError>) {
         self.outputs.push_back(ServerOutput::Reply { id, result });
     }
+}
+
+/// The client's answer for an applied command's outcome.
+fn reply_of(revision: u64, outcome: Result<Outcome, KvError>) -> Result<Reply, ServerError> {
+    Ok(match outcome? {
+        Outcome::Put(r) => Reply::Put(r, revision),
+        Outcome::Delete(r) => Reply::Delete(r, revision),
+        Outcome::Txn(r) => Reply::Txn(r),
+        Outcome::LeaseGranted { id, ttl_ms } => Reply::LeaseGranted { id, ttl_ms },
+        Outcome::LeaseRevoked { deleted } => Reply::LeaseRevoked { deleted },
+        Outcome::Compacted => Reply::Compacted,
+        Outcome::SessionOpened { id, ttl_ms } => Reply::SessionOpened { id, ttl_ms },
+        Outcome::SessionClosed => Reply::SessionClosed,
+    })
 }
 
 fn encode(command: &Command) -> Vec<u8> {

@@ -286,7 +286,13 @@ fn leases_own_their_keys_and_revoking_deletes_them() {
         id: LeaseId(id),
         ttl_ms: 5000,
     };
-    assert_eq!(s.apply(grant(7)).outcome, Ok(Outcome::LeaseGranted));
+    assert_eq!(
+        s.apply(grant(7)).outcome,
+        Ok(Outcome::LeaseGranted {
+            id: LeaseId(7),
+            ttl_ms: 5000
+        })
+    );
     assert_eq!(
         s.apply(grant(7)).outcome,
         Err(KvError::LeaseExists(LeaseId(7)))

@@ -335,7 +335,7 @@ fn an_expired_lease_is_revoked_through_the_log_and_its_keys_go_everywhere() {
 }
 
 #[test]
-fn a_write_replaced_by_a_newer_leader_is_answered_lost() {
+fn a_write_replaced_by_a_newer_leader_is_never_applied_and_its_client_is_told_at_once() {
     let mut net = Net::new();
     net.elect(0, 1);
     net.request(0, 1, put("a", "1"));
@@ -344,6 +344,11 @@ fn a_write_replaced_by_a_newer_leader_is_answered_lost() {
     net.cut[0] = true;
     net.request(0, 2, put("a", "from-the-old-leader"));
     assert!(net.replies.iter().all(|r| r.1 != 2));
+    // Its lease runs out: the client learns at once that the outcome is
+    // unknown (it retries in its session elsewhere).
+    net.servers[0].step_down(1);
+    net.settle();
+    assert_eq!(net.reply(2), &Err(ServerError::LeaderChanged));
     // n2 is elected by n2 and n3 and writes at the same index.
     net.elect(1, 2);
     net.request(1, 3, put("a", "from-the-new-leader"));
@@ -357,7 +362,6 @@ fn a_write_replaced_by_a_newer_leader_is_answered_lost() {
     for _ in 0..5 {
         net.advance(Duration::from_millis(100));
     }
-    assert_eq!(net.reply(2), &Err(ServerError::Lost));
     net.request(0, 4, get("a", false));
     assert_eq!(value(net.reply(4)), Some(b"from-the-new-leader".to_vec()));
 }
@@ -534,4 +538,142 @@ mod any_request {
             prop_assert!(answered.values().all(|n| *n == 1));
         }
     }
+}
+
+fn in_session(session: SessionId, seq: u64, acked: u64, op: ClientOp) -> ClientOp {
+    let ClientOp::Write(command) = op else {
+        panic!("not a write: {op:?}")
+    };
+    ClientOp::SessionWrite {
+        session,
+        seq,
+        acked,
+        command,
+    }
+}
+
+fn open_session(net: &mut Net, node: usize, id: RequestId, ttl_ms: u64) -> SessionId {
+    net.request(node, id, ClientOp::OpenSession { ttl_ms });
+    match net.reply(id) {
+        Ok(Reply::SessionOpened { id, ttl_ms: t }) if *t == ttl_ms => *id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn version(net: &mut Net, node: usize, id: RequestId, key: &str) -> u64 {
+    net.request(node, id, get(key, false));
+    match net.reply(id) {
+        Ok(Reply::Range(r, _)) => r.kvs.first().map_or(0, |kv| kv.version),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_write_retried_in_its_session_at_a_new_leader_is_answered_with_its_first_result() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let session = open_session(&mut net, 0, 1, 60_000);
+    net.request(0, 2, in_session(session, 1, 1, put("probe", "once")));
+    let first = net.reply(2).clone();
+    assert!(matches!(first, Ok(Reply::Put(_, 1))), "{first:?}");
+    // The client never saw that answer (its leader froze) and retries the
+    // same (session, seq) at the next leader, and again at the same one.
+    net.elect(1, 2);
+    net.request(1, 3, in_session(session, 1, 1, put("probe", "once")));
+    assert_eq!(net.reply(3), &first);
+    net.request(1, 4, in_session(session, 1, 1, put("probe", "once")));
+    assert_eq!(net.reply(4), &first);
+    for node in 0..3 {
+        assert_eq!(
+            version(&mut net, node, 10 + node as u64, "probe"),
+            1,
+            "node {node}"
+        );
+    }
+    // The next write acknowledges the first: a late copy of it is refused,
+    // never applied.
+    net.request(1, 5, in_session(session, 2, 2, put("probe", "twice")));
+    assert!(matches!(net.reply(5), Ok(Reply::Put(_, 2))));
+    net.request(1, 6, in_session(session, 1, 1, put("probe", "once")));
+    assert_eq!(
+        net.reply(6),
+        &Err(ServerError::Kv(KvError::AlreadyAnswered { seq: 1 }))
+    );
+    assert_eq!(version(&mut net, 1, 20, "probe"), 2);
+}
+
+#[test]
+fn a_write_retried_without_a_session_applies_twice() {
+    // The shape of the bug sessions fix: the same put sent again after an
+    // unknown outcome is a second write.
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("probe", "once"));
+    net.elect(1, 2);
+    net.request(1, 2, put("probe", "once"));
+    assert_eq!(version(&mut net, 1, 3, "probe"), 2);
+}
+
+#[test]
+fn a_session_write_proposed_twice_before_either_commits_applies_once() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let session = open_session(&mut net, 0, 1, 60_000);
+    // The followers are cut off: both copies wait in the log.
+    net.cut[1] = true;
+    net.cut[2] = true;
+    net.request(0, 2, in_session(session, 1, 1, put("k", "v")));
+    net.request(0, 3, in_session(session, 1, 1, put("k", "v")));
+    assert!(net.replies.iter().all(|r| r.1 != 2 && r.1 != 3));
+    net.cut[1] = false;
+    net.cut[2] = false;
+    for _ in 0..5 {
+        net.advance(Duration::from_millis(100));
+    }
+    assert_eq!(net.reply(2), net.reply(3));
+    assert!(matches!(net.reply(2), Ok(Reply::Put(_, 1))));
+    assert_eq!(version(&mut net, 2, 4, "k"), 1);
+}
+
+#[test]
+fn an_idle_session_expires_through_the_log_and_a_retry_in_it_is_refused_everywhere() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let session = open_session(&mut net, 0, 1, 1000);
+    let kept = open_session(&mut net, 0, 2, 1000);
+    for step in 0..15u64 {
+        net.advance(Duration::from_millis(100));
+        // Writes and keep-alives keep `kept` alive.
+        if step % 5 == 0 {
+            net.request(0, 100 + step, ClientOp::SessionKeepAlive(kept));
+            assert!(matches!(net.reply(100 + step), Ok(Reply::KeptAlive { .. })));
+        }
+    }
+    for node in 0..3 {
+        assert!(
+            !net.servers[node].store().sessions().contains(session),
+            "node {node}"
+        );
+        assert!(
+            net.servers[node].store().sessions().contains(kept),
+            "node {node}"
+        );
+    }
+    net.request(0, 3, in_session(session, 1, 1, put("k", "v")));
+    assert_eq!(
+        net.reply(3),
+        &Err(ServerError::Kv(KvError::SessionExpired(session)))
+    );
+    assert_eq!(version(&mut net, 0, 4, "k"), 0);
+    // A new leader restarts the TTL of every session it finds.
+    net.elect(1, 2);
+    net.advance(Duration::from_millis(900));
+    net.request(1, 5, ClientOp::SessionKeepAlive(kept));
+    assert!(matches!(
+        net.reply(5),
+        Ok(Reply::KeptAlive { ttl_ms: 1000 })
+    ));
+    // Session commands are the server's own.
+    net.request(0, 6, ClientOp::Write(Command::CloseSession { id: kept }));
+    assert_eq!(net.reply(6), &Err(ServerError::Kv(KvError::NotInSession)));
 }
