@@ -1,0 +1,456 @@
+//! One simulated DKV node: the election [`Core`] and the key-value
+//! [`Server`], wired as `clustron-dkv`'s two tokio drivers wire them
+//! (`clustron_election::Election` with the key-value store's promise hook,
+//! and `kv_driver`), on a log disk that loses what was not synced.
+//!
+//! ```text
+//!  election Core ── Persist(promise) ──► promise store (synced) ──► hook: fence = max(fence, epoch),
+//!                │                                                  grant carries the durable summary
+//!                ── Send ──► network (a Grant of that epoch gets the hook's summary)
+//!                ── Elected / Leader / SteppedDown / LeaderLost ──► leadership event queue
+//!  leadership event ──► apply_fence; server.elected(lease) / follow / step_down / forget_leader
+//!  Server ── SaveEpoch ──► epoch file (durable at once)
+//!         ── Truncate / Append ──► LogDisk (unsynced) ── Sync ──► durable; summary := written;
+//!                                                                 server.fence(fence) if raised
+//!         ── Send ──► network, unless its epoch is below the fence
+//!         ── Reply ──► the client that asked (after the Sync before it: outputs run in order)
+//!         ── CannotLead ──► election.step_down
+//! ```
+//!
+//! The two drivers are separate tasks joined by a lock (the fence) and a
+//! broadcast channel (leadership events); here both run in one actor, one
+//! after the other, which is one of the interleavings the real node allows.
+//! The fence reaches the server only where the key-value driver passes it
+//! on (`apply_fence`: before an inbound replication message, a timeout or a
+//! leadership event, and after each sync), never directly from a promise,
+//! exactly as in `kv_driver.rs`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use clustron_dkv::core::server::{
+    ClientOp, RequestId, Server, ServerConfig, ServerOutput,
+};
+use clustron_dkv::core::{Entry, Output as LogOutput, Summary};
+use clustron_election::{
+    Core, Epoch, MemStorage, Message as ElectionMessage, NodeName, Output as ElectionOutput,
+    Storage,
+};
+
+use super::{Event, Msg};
+use crate::election::{name, priority};
+use crate::replication::{LogDisk, LogWrite, NodeSetup};
+use crate::sim::{NodeId, Transmit};
+
+/// The fence and durable summary the election's promise hook and the
+/// key-value driver share (`kv_driver::Fence`).
+#[derive(Debug, Clone, Default)]
+struct Fence {
+    /// Newest epoch the election promised (or the log saved).
+    epoch: u64,
+    /// Summary of the durable log, encoded.
+    summary: Vec<u8>,
+}
+
+/// One node: election, key-value server, promise store and log disk.
+#[derive(Debug)]
+pub struct KvNode {
+    me: NodeName,
+    incarnation: u64,
+    election: Core,
+    promises: MemStorage,
+    server: Server,
+    disk: LogDisk,
+    fence: Fence,
+    /// The fence last passed to the server.
+    fenced: u64,
+    /// The log as written (durable after the next sync).
+    written: Summary,
+    /// The epoch the server was last told this node won.
+    elected: Option<u64>,
+    voters: BTreeMap<NodeName, SocketAddr>,
+    /// Leadership events the election reported and the key-value side has
+    /// not handled yet (the broadcast channel between the two drivers).
+    leadership: VecDeque<ElectionOutput>,
+    /// Client requests waiting for their reply: server id → (client,
+    /// client's request id).
+    pending: BTreeMap<RequestId, (SocketAddr, u64)>,
+    next_id: RequestId,
+    reported_commit: u64,
+    now: Instant,
+    transmits: VecDeque<Transmit<Msg>>,
+    events: VecDeque<Event>,
+}
+
+impl KvNode {
+    /// Node `id` starting from `promises` and `disk` at local time `now`.
+    ///
+    /// # Panics
+    ///
+    /// If `config` is invalid (a test bug).
+    pub fn new(
+        setup: &NodeSetup,
+        config: &ServerConfig,
+        id: NodeId,
+        incarnation: u64,
+        promises: MemStorage,
+        disk: LogDisk,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let persisted = match promises.load() {
+            Ok(persisted) => persisted,
+            Err(never) => match never {},
+        };
+        let election = Core::new(
+            setup.election.clone(),
+            name(id),
+            priority(id),
+            setup.voter_set(),
+            persisted,
+            seed,
+            now,
+        );
+        // `OpenStore::open`: the fence starts at the saved log epoch and
+        // the summary at the recovered log's last entry.
+        let recovered = disk.synced().clone();
+        let written = recovered
+            .entries
+            .last()
+            .map_or(Summary::default(), |e| Summary {
+                last_epoch: e.epoch,
+                last_index: e.index,
+            });
+        let fence = Fence {
+            epoch: recovered.epoch,
+            summary: written.encode(),
+        };
+        let fenced = recovered.epoch;
+        let server = Server::new(
+            config.clone(),
+            name(id),
+            setup.voter_addrs(),
+            setup.learner_addrs(),
+            recovered,
+            now,
+        )
+        .expect("a valid server configuration");
+        let mut node = Self {
+            me: name(id),
+            incarnation,
+            election,
+            promises,
+            server,
+            disk,
+            fence,
+            fenced,
+            written,
+            elected: None,
+            voters: setup.voter_addrs().collect(),
+            leadership: VecDeque::new(),
+            pending: BTreeMap::new(),
+            next_id: 0,
+            reported_commit: 0,
+            now,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        node.pump();
+        node
+    }
+
+    /// The election core.
+    pub fn election(&self) -> &Core {
+        &self.election
+    }
+
+    /// The election core, for commands and views.
+    pub fn election_mut(&mut self) -> &mut Core {
+        &mut self.election
+    }
+
+    /// The key-value server.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The log disk.
+    pub fn disk(&self) -> &LogDisk {
+        &self.disk
+    }
+
+    /// The promise store.
+    pub fn promises(&self) -> &MemStorage {
+        &self.promises
+    }
+
+    /// Takes the node apart after a crash: its promise store and log disk.
+    pub fn into_storage(self) -> (MemStorage, LogDisk) {
+        (self.promises, self.disk)
+    }
+
+    /// The highest commit index this incarnation reported.
+    pub fn reported_commit(&self) -> u64 {
+        self.reported_commit
+    }
+
+    /// An election message arrived.
+    pub(super) fn election_message(&mut self, now: Instant, from: SocketAddr, msg: ElectionMessage) {
+        self.now = now;
+        self.election.handle_message(now, from, msg);
+        self.pump();
+    }
+
+    /// A replication message arrived (the key-value driver's `inbound`).
+    pub(super) fn log_message(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: clustron_dkv::core::Message,
+    ) {
+        self.now = now;
+        self.apply_fence();
+        self.server.handle_message(now, from, msg);
+        self.pump();
+    }
+
+    /// A client request arrived (the driver's `command`: the lease as the
+    /// election holds it now, then the request).
+    pub(super) fn client_request(&mut self, now: Instant, from: SocketAddr, id: u64, op: ClientOp) {
+        self.now = now;
+        if let Some((epoch, until)) = self.election.lease() {
+            self.server.lease_renewed(epoch.0, until);
+        }
+        self.next_id += 1;
+        let request = self.next_id;
+        self.pending.insert(request, (from, id));
+        self.server.request(now, request, op);
+        self.pump();
+    }
+
+    /// Timers: each driver handles its own deadline.
+    pub(super) fn timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.election.poll_timeout().is_some_and(|t| t <= now) {
+            self.election.handle_timeout(now);
+        }
+        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+            self.apply_fence();
+            self.server.handle_timeout(now);
+        }
+        self.pump();
+    }
+
+    /// The earlier of the two drivers' deadlines.
+    pub(super) fn next_timeout(&self) -> Option<Instant> {
+        match (self.election.poll_timeout(), self.server.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(super) fn poll_transmit(&mut self) -> Option<Transmit<Msg>> {
+        self.transmits.pop_front()
+    }
+
+    pub(super) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Performs both drivers' work until neither has any.
+    fn pump(&mut self) {
+        loop {
+            let mut busy = self.drain_election();
+            while let Some(event) = self.leadership.pop_front() {
+                busy = true;
+                self.leadership_event(event);
+                self.drain_server();
+            }
+            busy |= self.drain_server();
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    /// The election driver's `drain`: persist, call the hook, send, and
+    /// publish leadership events.
+    fn drain_election(&mut self) -> bool {
+        let mut busy = false;
+        // The hook's summary for the promise just made durable.
+        let mut fresh: Option<(Epoch, Vec<u8>)> = None;
+        while let Some(output) = self.election.poll_output() {
+            busy = true;
+            match output {
+                ElectionOutput::Persist(promise) => {
+                    self.promises.write_promise(&promise);
+                    self.promises.sync();
+                    // `Fence::promised`: raise the fence, read the summary.
+                    self.fence.epoch = self.fence.epoch.max(promise.epoch.0);
+                    let summary = self.fence.summary.clone();
+                    self.election.set_summary(summary.clone());
+                    fresh = Some((promise.epoch, summary));
+                }
+                ElectionOutput::PersistVoters(record) => {
+                    self.promises.write_voters(&record);
+                    self.promises.sync();
+                }
+                ElectionOutput::Send { to, mut msg } => {
+                    if let (ElectionMessage::Grant { epoch, summary, .. }, Some((promised, now))) =
+                        (&mut msg, &fresh)
+                    {
+                        if epoch == promised {
+                            summary.clone_from(now);
+                        }
+                    }
+                    self.transmits.push_back(Transmit {
+                        to,
+                        msg: Msg::Election(msg),
+                        reliable: false,
+                    });
+                }
+                other => {
+                    self.events.push_back(Event::Election(other.clone()));
+                    self.leadership.push_back(other);
+                }
+            }
+        }
+        busy
+    }
+
+    /// The key-value driver's `leadership_event`.
+    fn leadership_event(&mut self, event: ElectionOutput) {
+        let now = self.now;
+        self.apply_fence();
+        match event {
+            ElectionOutput::Elected { epoch, summaries } => {
+                let until = self
+                    .election
+                    .lease()
+                    .filter(|(e, _)| *e == epoch)
+                    .map_or(now, |(_, until)| until);
+                self.server.elected(now, epoch.0, summaries, until);
+                self.elected = Some(epoch.0);
+            }
+            ElectionOutput::Leader { name, epoch } if name != self.me => {
+                if let Some(&addr) = self.voters.get(&name) {
+                    self.server.follow(now, name, addr, epoch.0);
+                }
+            }
+            ElectionOutput::SteppedDown { epoch } => self.server.step_down(epoch.0),
+            ElectionOutput::LeaderLost => self.server.forget_leader(),
+            _ => {}
+        }
+    }
+
+    /// The key-value driver's `apply_fence`: passes a fence the election
+    /// raised on to the server.
+    fn apply_fence(&mut self) {
+        if self.fence.epoch > self.fenced {
+            self.fenced = self.fence.epoch;
+            self.server.fence(self.fenced);
+        }
+    }
+
+    /// The key-value driver's `drain`: performs the server's outputs in
+    /// order.
+    fn drain_server(&mut self) -> bool {
+        let mut busy = false;
+        let now = self.now;
+        while let Some(output) = self.server.poll_output() {
+            busy = true;
+            match output {
+                ServerOutput::Log(LogOutput::SaveEpoch(epoch)) => self.disk.save_epoch(epoch),
+                ServerOutput::Log(LogOutput::Truncate { from }) => {
+                    self.disk.write(LogWrite::Truncate(from));
+                    let last = from.saturating_sub(1);
+                    self.written = Summary {
+                        last_epoch: self.server.replica().entry(last).map_or(0, |e| e.epoch),
+                        last_index: last,
+                    };
+                }
+                ServerOutput::Log(LogOutput::Append(entries)) => {
+                    if let Some(Entry { epoch, index, .. }) = entries.last() {
+                        self.written = Summary {
+                            last_epoch: *epoch,
+                            last_index: *index,
+                        };
+                    }
+                    self.disk.write(LogWrite::Append(entries));
+                }
+                ServerOutput::Log(LogOutput::Sync) => {
+                    self.disk.sync();
+                    // `Fence::durable`: record the summary, read the fence.
+                    self.fence.summary = self.written.encode();
+                    if self.fence.epoch > self.fenced {
+                        self.fenced = self.fence.epoch;
+                        self.server.fence(self.fenced);
+                    }
+                }
+                ServerOutput::Log(LogOutput::Send { to, msg }) => {
+                    // The core only sends after a Sync; a write still
+                    // pending here would be a core bug.
+                    assert_eq!(
+                        self.disk.unsynced_len(),
+                        0,
+                        "{} sends before syncing its log",
+                        self.me
+                    );
+                    // Nothing from an epoch the election has since promised
+                    // away leaves.
+                    if msg.epoch() < self.fence.epoch {
+                        continue;
+                    }
+                    self.transmits.push_back(Transmit {
+                        to,
+                        msg: Msg::Log(msg),
+                        reliable: false,
+                    });
+                }
+                // The election reads the summary from the fence at each
+                // promise.
+                ServerOutput::Log(LogOutput::Summary(_)) => {}
+                ServerOutput::Log(LogOutput::CannotLead { epoch }) => {
+                    // Not leading any more is fine: nothing to hand over.
+                    let _ = self.election.step_down(now);
+                    self.events.push_back(Event::CannotLead(epoch));
+                }
+                ServerOutput::Log(LogOutput::Committed { upto }) => self.committed(upto),
+                ServerOutput::Reply { id, result } => {
+                    if let Some((to, id)) = self.pending.remove(&id) {
+                        self.transmits.push_back(Transmit {
+                            to,
+                            msg: Msg::Reply { id, result },
+                            reliable: true,
+                        });
+                    }
+                }
+                // No watchers in this simulation.
+                ServerOutput::Watch(_) | ServerOutput::WatchCancelled(_) => {}
+            }
+        }
+        busy
+    }
+
+    fn committed(&mut self, upto: u64) {
+        assert!(
+            upto > self.reported_commit,
+            "{} reported commit {upto} after {}",
+            self.me,
+            self.reported_commit
+        );
+        let entries = self
+            .server
+            .replica()
+            .entries(self.reported_commit + 1, upto)
+            .to_vec();
+        assert_eq!(entries.len() as u64, upto - self.reported_commit);
+        self.events.push_back(Event::Committed {
+            incarnation: self.incarnation,
+            previous: self.reported_commit,
+            entries,
+        });
+        self.reported_commit = upto;
+    }
+}
