@@ -343,9 +343,9 @@ impl SimClient {
         self.session.as_ref().map(|s| s.id)
     }
 
-    /// Whether no operation is in progress.
+    /// Whether no operation is in progress or submitted.
     pub fn is_idle(&self) -> bool {
-        self.op.is_none()
+        self.op.is_none() && self.script.is_empty()
     }
 
     /// Rounds over every node start at node `index` from now on (until an
