@@ -579,8 +579,8 @@ impl Cluster {
     }
 
     /// Splits the nodes into `groups` (nodes not listed form one more
-    /// group); clients still reach every node. Replaces an earlier split;
-    /// views are not refreshed.
+    /// group); clients still reach every node. Replaces an earlier split
+    /// (and dropped answers); views are not refreshed.
     pub fn partition(&mut self, groups: &[&[NodeId]]) {
         self.sim.heal();
         let n = self.nodes();
@@ -594,7 +594,14 @@ impl Cluster {
         }
     }
 
-    /// Removes every partition.
+    /// Drops every answer node `id` sends to client `c` from now on (until
+    /// [`Cluster::heal`]): requests are still processed.
+    pub fn drop_replies(&mut self, id: NodeId, c: usize) {
+        let client = self.nodes() + c;
+        self.sim.block(id, client);
+    }
+
+    /// Removes every partition and dropped link.
     pub fn heal(&mut self) {
         self.sim.heal();
     }

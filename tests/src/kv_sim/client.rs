@@ -348,9 +348,10 @@ impl SimClient {
         self.op.is_none() && self.script.is_empty()
     }
 
-    /// Rounds over every node start at node `index` from now on (until an
-    /// answer or a timeout moves it).
+    /// Forgets the leader it knows; rounds over every node start at node
+    /// `index` from now on (until an answer or a timeout moves it).
     pub fn prefer(&mut self, index: usize) {
+        self.leader = None;
         self.current = index % self.nodes.len();
     }
 
