@@ -229,11 +229,15 @@ pub struct KvSetup {
     /// Whether clients pick random operations from the start (else they
     /// only run what the test submits).
     pub random_clients: bool,
+    /// Whether every fourth client forgets the leader between operations
+    /// (see [`ClientConfig::remember_leader`]).
+    pub fresh_clients: bool,
 }
 
 impl KvSetup {
     /// `nodes` voters with LAN tuning and `clients` random clients with
-    /// [`ClientConfig::new`]`(retry)`.
+    /// [`ClientConfig::new`]`(retry)`, every fourth one forgetting the
+    /// leader between operations.
     pub fn new(nodes: usize, clients: usize, retry: Retry) -> Self {
         Self {
             nodes: NodeSetup {
@@ -246,6 +250,7 @@ impl KvSetup {
             clients,
             client: ClientConfig::new(retry),
             random_clients: true,
+            fresh_clients: true,
         }
     }
 
@@ -507,10 +512,16 @@ impl Cluster {
         let nodes: Vec<SocketAddr> = (0..n).map(addr).collect();
         for c in 0..setup.clients {
             let seed = sim.rng().u64(..);
+            let mut config = setup.client.clone();
+            // Every fourth client starts each operation afresh, like the
+            // CLI: no leader known, a random node first.
+            if setup.fresh_clients && c % 4 == 3 {
+                config.remember_leader = false;
+            }
             let client = SimClient::new(
                 c,
                 nodes.clone(),
-                setup.client.clone(),
+                config,
                 seed,
                 setup.random_clients,
                 sim.now(),

@@ -310,7 +310,7 @@ fn busy_cluster(seed: u64, nodes: usize, net: NetConfig) -> Cluster {
 fn crashes_that_lose_or_tear_unsynced_writes_keep_histories_linearizable() {
     run_linearizable(
         "crashes_that_lose_or_tear_unsynced_writes_keep_histories_linearizable",
-        12,
+        20,
         |seed| {
             let mut cluster = busy_cluster(seed, 5, rough());
             for round in 0..6 {
@@ -341,7 +341,7 @@ fn crashes_that_lose_or_tear_unsynced_writes_keep_histories_linearizable() {
 fn a_paused_leader_resumes_with_late_timers_and_histories_stay_linearizable() {
     run_linearizable(
         "a_paused_leader_resumes_with_late_timers_and_histories_stay_linearizable",
-        12,
+        20,
         |seed| {
             let mut cluster = busy_cluster(seed, 3, NetConfig::lan());
             for round in 0..5 {
@@ -368,7 +368,7 @@ fn a_paused_leader_resumes_with_late_timers_and_histories_stay_linearizable() {
 fn a_leader_cut_off_in_a_minority_then_healed_keeps_histories_linearizable() {
     run_linearizable(
         "a_leader_cut_off_in_a_minority_then_healed_keeps_histories_linearizable",
-        12,
+        20,
         |seed| {
             let mut cluster = busy_cluster(seed, 5, NetConfig::lan());
             for round in 0..4 {
@@ -396,7 +396,7 @@ fn a_leader_cut_off_in_a_minority_then_healed_keeps_histories_linearizable() {
 fn heavy_loss_duplication_and_reordering_keep_histories_linearizable() {
     run_linearizable(
         "heavy_loss_duplication_and_reordering_keep_histories_linearizable",
-        10,
+        15,
         |seed| {
             let net = NetConfig {
                 latency_min: Duration::from_micros(100),
@@ -416,7 +416,7 @@ fn heavy_loss_duplication_and_reordering_keep_histories_linearizable() {
 fn clocks_drifting_within_the_bound_keep_linearizable_reads_safe_across_failovers() {
     run_linearizable(
         "clocks_drifting_within_the_bound_keep_linearizable_reads_safe_across_failovers",
-        10,
+        15,
         |seed| {
             let mut cluster = busy_cluster(seed, 3, rough());
             let rho = ElectionConfig::lan().max_drift;
@@ -547,7 +547,7 @@ fn with_sessions_every_history_under_random_faults_is_linearizable_and_no_acknow
 ) {
     run_linearizable(
         "with_sessions_every_history_under_random_faults_is_linearizable_and_no_acknowledged_write_is_lost",
-        100,
+        200,
         |seed| chaos(seed, Retry::Session),
     );
 }

@@ -65,6 +65,10 @@ pub struct ClientConfig {
     pub session_ttl: Duration,
     /// Also grant, renew, use and revoke leases (on unchecked keys).
     pub lease_ops: bool,
+    /// Start each operation at the leader named last (a long-lived
+    /// `Client`); `false`: at a random node with no leader known, like a
+    /// fresh `clustron` CLI process per command.
+    pub remember_leader: bool,
 }
 
 impl ClientConfig {
@@ -72,7 +76,7 @@ impl ClientConfig {
     /// client's connection gives up after its 3 s idle timeout; shorter
     /// here so that runs stay short), a 5 s budget (the real one is 10 s),
     /// up to 20 ms between operations, 4 keys, 10 s sessions, lease
-    /// operations on.
+    /// operations on, the leader remembered.
     pub fn new(retry: Retry) -> Self {
         Self {
             retry,
@@ -82,6 +86,7 @@ impl ClientConfig {
             keys: 4,
             session_ttl: Duration::from_secs(10),
             lease_ops: true,
+            remember_leader: true,
         }
     }
 }
@@ -543,6 +548,10 @@ impl SimClient {
         };
         let write = command.is_some();
         let opening = write && self.config.retry == Retry::Session && self.session.is_none();
+        if !self.config.remember_leader {
+            self.leader = None;
+            self.current = self.rng.usize(..self.nodes.len());
+        }
         self.op = Some(Op {
             job,
             command,

@@ -18,16 +18,20 @@
 //! ```
 //!
 //! The two drivers are separate tasks joined by a lock (the fence) and a
-//! broadcast channel (leadership events); here both run in one actor, one
-//! after the other, which is one of the interleavings the real node allows.
-//! The fence reaches the server only where the key-value driver passes it
-//! on (`apply_fence`: before an inbound replication message, a timeout or a
-//! leadership event, and after each sync), never directly from a promise,
-//! exactly as in `kv_driver.rs`.
+//! broadcast channel (leadership events); here both run in one actor. The
+//! key-value side usually handles the election's leadership events at
+//! once, but a quarter of the time leaves them queued while it handles
+//! other inputs, as its `select!` may: up to 2 ms, and one time in ten up
+//! to 60 ms, as after a slow fsync (longer than the election's 20 ms lease
+//! margin, so the server's own lease check is what keeps reads safe). The
+//! order is drawn from the node's seeded RNG. The fence reaches the server only where the
+//! key-value driver passes it on (`apply_fence`: before an inbound
+//! replication message, a timeout or a leadership event, and after each
+//! sync), never directly from a promise, exactly as in `kv_driver.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clustron_dkv::core::server::{
     ClientOp, RequestId, Server, ServerConfig, ServerOutput,
@@ -73,6 +77,11 @@ pub struct KvNode {
     /// Leadership events the election reported and the key-value side has
     /// not handled yet (the broadcast channel between the two drivers).
     leadership: VecDeque<ElectionOutput>,
+    /// When the key-value side handles the queued leadership events, if it
+    /// put them off.
+    leadership_at: Option<Instant>,
+    /// Draws the key-value side's order of work.
+    rng: fastrand::Rng,
     /// Client requests waiting for their reply: server id → (client,
     /// client's request id).
     pending: BTreeMap<RequestId, (SocketAddr, u64)>,
@@ -149,6 +158,8 @@ impl KvNode {
             elected: None,
             voters: setup.voter_addrs().collect(),
             leadership: VecDeque::new(),
+            leadership_at: None,
+            rng: fastrand::Rng::with_seed(seed ^ 0x6b76_5f64_7269_7665),
             pending: BTreeMap::new(),
             next_id: 0,
             reported_commit: 0,
@@ -242,12 +253,17 @@ impl KvNode {
         self.pump();
     }
 
-    /// The earlier of the two drivers' deadlines.
+    /// The earliest of the two drivers' deadlines and the put-off
+    /// leadership events.
     pub(super) fn next_timeout(&self) -> Option<Instant> {
-        match (self.election.poll_timeout(), self.server.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.election.poll_timeout(),
+            self.server.poll_timeout(),
+            self.leadership_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub(super) fn poll_transmit(&mut self) -> Option<Transmit<Msg>> {
@@ -262,14 +278,36 @@ impl KvNode {
     fn pump(&mut self) {
         loop {
             let mut busy = self.drain_election();
-            while let Some(event) = self.leadership.pop_front() {
-                busy = true;
-                self.leadership_event(event);
-                self.drain_server();
+            if self.leadership_due() {
+                self.leadership_at = None;
+                while let Some(event) = self.leadership.pop_front() {
+                    busy = true;
+                    self.leadership_event(event);
+                    self.drain_server();
+                }
             }
             busy |= self.drain_server();
             if !busy {
                 break;
+            }
+        }
+    }
+
+    /// Whether the key-value side handles the queued leadership events now:
+    /// when their put-off time has come, or (if not put off yet) three
+    /// times in four (see the module docs).
+    fn leadership_due(&mut self) -> bool {
+        if self.leadership.is_empty() {
+            return false;
+        }
+        match self.leadership_at {
+            Some(at) => at <= self.now,
+            None if self.rng.u8(..4) != 0 => true,
+            None => {
+                let longest = if self.rng.u8(..10) == 0 { 60_000 } else { 2000 };
+                let delay = Duration::from_micros(self.rng.u64(20..=longest));
+                self.leadership_at = Some(self.now + delay);
+                false
             }
         }
     }
