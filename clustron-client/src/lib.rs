@@ -34,9 +34,11 @@
 #![warn(missing_docs)]
 
 mod lock;
+mod session;
 
 pub use lock::Lock;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,12 +46,13 @@ use std::time::{Duration, Instant};
 
 pub use clustron_dkv::kv;
 use clustron_dkv::kv::{
-    DeleteRequest, Event, KeyRange, KeyValue, KvFailure, KvReply, KvRequest, LeaseId, PutRequest,
-    RangeRequest, RangeResponse, Txn, TxnResponse, WatchRequest,
+    DeleteRequest, Event, KeyRange, KeyValue, KvError, KvFailure, KvReply, KvRequest, LeaseId,
+    PutRequest, RangeRequest, RangeResponse, Txn, TxnResponse, WatchRequest,
 };
 pub use clustron_dkv::proto::{Change, MemberInfo, StreamItem, TopologyInfo};
 use clustron_dkv::proto::{ClientProtocol, Request, Response, StreamRequest};
 use clustron_transport::{Channel, Endpoint, FramedStream, TlsIdentity, TransportConfig};
+use session::{Session, SESSION_TTL};
 
 /// What the client can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -79,17 +82,47 @@ pub enum ClientError {
 /// by default (an election takes well under a second).
 const KV_RETRY_FOR: Duration = Duration::from_secs(10);
 
-/// A client of a Clustron cluster. Cheap to clone.
+/// How long an endpoint that failed is tried last.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
+
+/// Longest pause between two rounds of retries.
+const MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// A client of a Clustron cluster. Cheap to clone; clones share one
+/// connection cache and one session.
 #[derive(Debug, Clone)]
 pub struct Client {
-    channel: Channel<ClientProtocol>,
-    endpoints: Arc<Vec<SocketAddr>>,
-    current: Arc<AtomicUsize>,
-    /// The key-value leader last named by a node: requests go there first.
-    leader: Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    shared: Arc<Shared>,
+    /// The session writes go in, opened on the first write.
+    session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
     /// How long a key-value request retries while no leader can serve it.
     retry_for: Duration,
+}
+
+/// What every clone of a client shares, and its background tasks use.
+#[derive(Debug)]
+struct Shared {
+    channel: Channel<ClientProtocol>,
+    endpoints: Vec<SocketAddr>,
+    current: AtomicUsize,
+    /// The key-value leader last named by a node: requests go there first.
+    leader: std::sync::Mutex<Option<SocketAddr>>,
+    /// Endpoints that failed recently, until when: tried last.
+    suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
+    /// The leader as the topology stream reports it, so that a request
+    /// waiting on a leader that is gone moves on at once.
+    leader_moves: tokio::sync::watch::Sender<Option<SocketAddr>>,
+    /// Whether the topology follower runs.
+    following: std::sync::atomic::AtomicBool,
     _endpoint: Endpoint,
+}
+
+/// How one attempt of a request ended, when it got no answer.
+enum Miss {
+    /// The transport failed.
+    Transport(clustron_transport::Error),
+    /// The leader moved elsewhere while waiting: try there.
+    Moved(SocketAddr),
 }
 
 impl Client {
@@ -99,20 +132,28 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
-        // A client must notice a dead node quickly to fail over: QUIC
-        // keep-alives every second, connection given up after 3 s of silence.
+        // A client must notice a dead or frozen node quickly to fail over:
+        // QUIC keep-alives every 250 ms, a connection given up after 1 s of
+        // silence (about the election's lease, after which another node
+        // leads anyway).
         let mut config = TransportConfig::new(SocketAddr::from(([0, 0, 0, 0], 0)));
-        config.keep_alive_interval = std::time::Duration::from_secs(1);
-        config.idle_timeout = std::time::Duration::from_secs(3);
-        config.connect_timeout = std::time::Duration::from_secs(2);
+        config.keep_alive_interval = Duration::from_millis(250);
+        config.idle_timeout = Duration::from_secs(1);
+        config.connect_timeout = Duration::from_secs(2);
         let endpoint = Endpoint::client(config, identity)?;
         Ok(Self {
-            channel: endpoint.channel::<ClientProtocol>(),
-            endpoints: Arc::new(endpoints),
-            current: Arc::new(AtomicUsize::new(0)),
-            leader: Arc::new(std::sync::Mutex::new(None)),
+            shared: Arc::new(Shared {
+                channel: endpoint.channel::<ClientProtocol>(),
+                endpoints,
+                current: AtomicUsize::new(0),
+                leader: std::sync::Mutex::new(None),
+                suspects: std::sync::Mutex::new(HashMap::new()),
+                leader_moves: tokio::sync::watch::channel(None).0,
+                following: std::sync::atomic::AtomicBool::new(false),
+                _endpoint: endpoint,
+            }),
+            session: Arc::default(),
             retry_for: KV_RETRY_FOR,
-            _endpoint: endpoint,
         })
     }
 
@@ -123,25 +164,30 @@ impl Client {
         self
     }
 
-    /// Endpoints in the order to try them: the current one first.
-    fn order(&self) -> Vec<(usize, SocketAddr)> {
-        let start = self.current.load(Ordering::Relaxed);
-        (0..self.endpoints.len())
-            .map(|i| (start + i) % self.endpoints.len())
-            .map(|i| (i, self.endpoints[i]))
-            .collect()
-    }
-
+    /// Sends a (non key-value) request to the endpoints in turn. Only a
+    /// read, or a failure that proves nothing was processed, moves on to
+    /// the next endpoint: publishing an event twice through two nodes would
+    /// deliver it twice.
     async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let idempotent = matches!(request, Request::Topology);
         let mut last = None;
-        for (index, addr) in self.order() {
-            match self.channel.request(addr, &request).await {
+        for (index, addr) in self.shared.order() {
+            match self.shared.channel.request(addr, &request).await {
                 Ok(Response::Error(reason)) => return Err(ClientError::Refused(reason)),
                 Ok(response) => {
-                    self.current.store(index, Ordering::Relaxed);
+                    self.shared.current.store(index, Ordering::Relaxed);
                     return Ok(response);
                 }
-                Err(e) => last = Some(e),
+                Err(e) if idempotent || e.nothing_processed() => {
+                    self.shared.suspect(addr);
+                    last = Some(e)
+                }
+                Err(e) => {
+                    self.shared.suspect(addr);
+                    return Err(ClientError::Kv(KvFailure::Unknown(format!(
+                        "the connection to {addr} failed after the request was sent: {e}"
+                    ))));
+                }
             }
         }
         Err(ClientError::Unavailable(
@@ -176,25 +222,7 @@ impl Client {
     }
 
     async fn open(&self, request: &StreamRequest) -> Result<FramedStream, ClientError> {
-        let mut last = None;
-        for (index, addr) in self.order() {
-            match self.channel.open_stream(addr).await {
-                Ok(mut stream) => match stream.send(request).await {
-                    Ok(()) => {
-                        self.current.store(index, Ordering::Relaxed);
-                        return Ok(stream);
-                    }
-                    Err(e) => last = Some(clustron_transport::Error::Frame(e)),
-                },
-                Err(e) => last = Some(e),
-            }
-            // This endpoint failed: start with the next one next time.
-            self.current
-                .store((index + 1) % self.endpoints.len(), Ordering::Relaxed);
-        }
-        Err(ClientError::Unavailable(
-            last.unwrap_or(clustron_transport::Error::Closed),
-        ))
+        self.shared.open(request).await
     }
 
     /// Follows the topology: a snapshot, then deltas. When the node it
@@ -212,10 +240,100 @@ impl Client {
     /// One key-value request, sent to the leader: a node that is not the
     /// leader names it and the request follows; while no leader can serve
     /// (an election, a leader catching up) it is retried for a few seconds.
-    /// A write whose connection fails after it was sent is not retried: its
-    /// outcome is unknown ([`KvFailure::Unknown`]).
+    ///
+    /// Writes (put, delete, transactions, lease grants and revocations,
+    /// compaction) go in the client's session, numbered, so each is
+    /// retried across failures and leader changes with the same number and
+    /// applies exactly once. A write fails with [`KvFailure::Unknown`] only
+    /// when the retry budget runs out after it may have been delivered, or
+    /// its session expired meanwhile.
     pub async fn kv(&self, request: KvRequest) -> Result<KvReply, ClientError> {
-        let read_only = matches!(request, KvRequest::Range { .. });
+        self.shared.follow_leader();
+        if !is_write(&request) {
+            return self.call(&request, None).await.0;
+        }
+        // A session that expired while idle is replaced once; a write that
+        // may have been delivered in it is not sent again in another.
+        for _ in 0..2 {
+            let session = match self.session().await {
+                Ok(session) => session,
+                // A role that may not write may not open a session either:
+                // the write itself, refused, names what was denied.
+                Err(ClientError::Kv(KvFailure::PermissionDenied { .. })) => {
+                    return self.call(&request, None).await.0
+                }
+                Err(e) => return Err(e),
+            };
+            let seq = session.begin();
+            let (result, maybe_delivered) = self.call(&request, Some((&session, seq))).await;
+            session.end(seq);
+            match result {
+                Err(ClientError::Kv(KvFailure::Refused(KvError::SessionExpired(id))))
+                    if !maybe_delivered =>
+                {
+                    let mut slot = self.session.lock().await;
+                    if slot.as_ref().is_some_and(|s| s.id == id) {
+                        *slot = None;
+                    }
+                }
+                Err(ClientError::Kv(KvFailure::Refused(KvError::SessionExpired(_)))) => {
+                    return Err(ClientError::Kv(KvFailure::Unknown(
+                        "the session expired while the write was retried; it may or may not be applied"
+                            .into(),
+                    )))
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::Kv(KvFailure::Unavailable(
+            "the session expired as soon as it was opened".into(),
+        )))
+    }
+
+    /// The open session, opened now if there is none.
+    async fn session(&self) -> Result<Arc<Session>, ClientError> {
+        let mut slot = self.session.lock().await;
+        if let Some(session) = slot.as_ref() {
+            return Ok(session.clone());
+        }
+        let ttl_ms = SESSION_TTL.as_millis() as u64;
+        let (id, ttl_ms) = match self
+            .call(&KvRequest::OpenSession { ttl_ms }, None)
+            .await
+            .0?
+        {
+            KvReply::SessionOpened { id, ttl_ms } => (id, ttl_ms),
+            other => return Err(unexpected(other)),
+        };
+        let session = Arc::new(Session::new(id));
+        let renewer = Client {
+            shared: self.shared.clone(),
+            session: Arc::default(),
+            retry_for: self.retry_for,
+        };
+        session.keep_alive(Duration::from_millis(ttl_ms), move |id| {
+            let renewer = renewer.clone();
+            async move {
+                !matches!(
+                    renewer.call(&KvRequest::SessionKeepAlive(id), None).await.0,
+                    Err(ClientError::Kv(KvFailure::Refused(
+                        KvError::SessionExpired(_)
+                    )))
+                )
+            }
+        });
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Sends `request` (in `session` as write `seq`, if given) until it is
+    /// answered, refused, or the retry budget runs out. Also says whether
+    /// an attempt may have been delivered without its answer arriving.
+    async fn call(
+        &self,
+        request: &KvRequest,
+        session: Option<(&Arc<Session>, u64)>,
+    ) -> (Result<KvReply, ClientError>, bool) {
         // Serializable reads are for any node: no need to go to the leader.
         let any_node = matches!(
             request,
@@ -225,72 +343,99 @@ impl Client {
             }
         );
         let deadline = Instant::now() + self.retry_for;
-        let mut target: Option<SocketAddr> = if any_node {
-            None
-        } else {
-            *self.leader.lock().unwrap_or_else(|e| e.into_inner())
-        };
+        let mut target: Option<SocketAddr> = if any_node { None } else { self.shared.leader() };
         let mut pause = Duration::from_millis(20);
-        let wrapped = Request::Kv(request);
-        loop {
-            // The leader named by a node, or the endpoints in order.
+        let mut maybe_delivered = false;
+        let mut last = ClientError::Unavailable(clustron_transport::Error::Closed);
+        'rounds: loop {
             let candidates: Vec<(Option<usize>, SocketAddr)> = match target {
                 Some(addr) => vec![(None, addr)],
                 None => self
+                    .shared
                     .order()
                     .into_iter()
                     .map(|(i, a)| (Some(i), a))
                     .collect(),
             };
-            let mut response = Err(ClientError::Unavailable(clustron_transport::Error::Closed));
             for (index, addr) in candidates {
-                match self.channel.request(addr, &wrapped).await {
-                    Ok(answer) => {
-                        if let Some(index) = index {
-                            self.current.store(index, Ordering::Relaxed);
+                let wrapped = Request::Kv(match session {
+                    Some((session, seq)) => KvRequest::InSession {
+                        session: session.id,
+                        seq,
+                        acked: session.acked(),
+                        request: Box::new(request.clone()),
+                    },
+                    None => request.clone(),
+                });
+                let answer = match self.shared.attempt(addr, &wrapped, !any_node).await {
+                    Ok(answer) => answer,
+                    Err(Miss::Moved(leader)) => {
+                        maybe_delivered = true;
+                        target = Some(leader);
+                        continue 'rounds;
+                    }
+                    Err(Miss::Transport(e)) => {
+                        maybe_delivered |= !e.nothing_processed();
+                        self.shared.suspect(addr);
+                        if target == Some(addr) {
+                            self.shared.set_leader(None);
                         }
-                        response = Ok(answer);
-                        break;
+                        last = ClientError::Unavailable(e);
+                        continue;
                     }
-                    // Never reached a node: try the next one.
-                    Err(e) if read_only || e.nothing_processed() => {
-                        response = Err(ClientError::Unavailable(e));
+                };
+                if let Some(index) = index {
+                    self.shared.current.store(index, Ordering::Relaxed);
+                }
+                match answer {
+                    Response::Kv(Ok(reply)) => return (Ok(reply), maybe_delivered),
+                    Response::Kv(Err(KvFailure::NotLeader {
+                        leader: Some((_, leader)),
+                    })) if target != Some(leader) => {
+                        target = Some(leader);
+                        self.shared.set_leader(Some(leader));
+                        continue 'rounds;
                     }
-                    // The node may have proposed the write: do not send it
-                    // again elsewhere.
-                    Err(e) => {
-                        return Err(ClientError::Kv(KvFailure::Unknown(format!(
-                            "the connection to {addr} failed after the write was sent: {e}"
-                        ))))
+                    // Not served, or served and not known to be committed:
+                    // in a session, sending it again is safe.
+                    Response::Kv(Err(
+                        failure @ (KvFailure::NotLeader { .. } | KvFailure::Unavailable(_)),
+                    )) => last = ClientError::Kv(failure),
+                    Response::Kv(Err(
+                        failure @ (KvFailure::LeaderChanged
+                        | KvFailure::Unknown(_)
+                        | KvFailure::Lost),
+                    )) if session.is_some() => {
+                        maybe_delivered |= failure != KvFailure::Lost;
+                        last = ClientError::Kv(failure);
+                    }
+                    Response::Kv(Err(failure)) => {
+                        return (Err(ClientError::Kv(failure)), maybe_delivered)
+                    }
+                    Response::Error(reason) => {
+                        return (Err(ClientError::Refused(reason)), maybe_delivered)
+                    }
+                    other => {
+                        return (
+                            Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+                            maybe_delivered,
+                        )
                     }
                 }
+                break;
             }
-            let retry = match response {
-                Ok(Response::Kv(Ok(reply))) => return Ok(reply),
-                Ok(Response::Kv(Err(KvFailure::NotLeader {
-                    leader: Some((_, addr)),
-                }))) if target != Some(addr) => {
-                    target = Some(addr);
-                    *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
-                    continue;
-                }
-                Ok(Response::Kv(Err(
-                    failure @ (KvFailure::NotLeader { .. } | KvFailure::Unavailable(_)),
-                ))) => ClientError::Kv(failure),
-                Ok(Response::Kv(Err(failure))) => return Err(ClientError::Kv(failure)),
-                Ok(other) => {
-                    return Err(ClientError::Refused(format!("unexpected answer {other:?}")))
-                }
-                Err(e @ ClientError::Unavailable(_)) => e,
-                Err(e) => return Err(e),
-            };
             if Instant::now() + pause > deadline {
-                return Err(retry);
+                if session.is_some() && maybe_delivered {
+                    last = ClientError::Kv(KvFailure::Unknown(format!(
+                        "no answer within {:?}; the write may or may not be applied (last: {last})",
+                        self.retry_for
+                    )));
+                }
+                return (Err(last), maybe_delivered);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-            target = None;
-            *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            pause = (pause * 2).min(MAX_PAUSE);
+            target = if any_node { None } else { self.shared.leader() };
         }
     }
 
@@ -368,6 +513,15 @@ impl Client {
         }
     }
 
+    /// Forgets history before `revision` (admin role only): reads and
+    /// watches can no longer reach back past it.
+    pub async fn compact(&self, revision: u64) -> Result<(), ClientError> {
+        match self.kv(KvRequest::Compact(revision)).await? {
+            KvReply::Compacted => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Grants a lease of `ttl`; returns its id.
     pub async fn grant(&self, ttl: Duration) -> Result<LeaseId, ClientError> {
         match self
@@ -428,6 +582,160 @@ impl Client {
             })
             .await?;
         Ok(EventStream { stream })
+    }
+}
+
+impl Shared {
+    /// Endpoints in the order to try them: the current one first, those
+    /// that failed recently last.
+    fn order(&self) -> Vec<(usize, SocketAddr)> {
+        let start = self.current.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order: Vec<(usize, SocketAddr)> = (0..self.endpoints.len())
+            .map(|i| (start + i) % self.endpoints.len())
+            .map(|i| (i, self.endpoints[i]))
+            .collect();
+        order.sort_by_key(|(_, addr)| suspects.get(addr).is_some_and(|until| *until > now));
+        order
+    }
+
+    /// `addr` failed: try it last for a while.
+    fn suspect(&self, addr: SocketAddr) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, Instant::now() + SUSPECT_FOR);
+    }
+
+    fn leader(&self) -> Option<SocketAddr> {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_leader(&self, leader: Option<SocketAddr>) {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = leader;
+    }
+
+    /// One request to `addr`. One bound for the leader gives up as soon as
+    /// the topology names another leader.
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        for_the_leader: bool,
+    ) -> Result<Response, Miss> {
+        let mut moves = self.leader_moves.subscribe();
+        moves.borrow_and_update();
+        let moved = async {
+            loop {
+                if moves.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                let leader = *moves.borrow_and_update();
+                if let Some(leader) = leader.filter(|l| *l != addr) {
+                    return leader;
+                }
+            }
+        };
+        tokio::select! {
+            answer = self.channel.request(addr, request) => answer.map_err(Miss::Transport),
+            leader = moved, if for_the_leader => Err(Miss::Moved(leader)),
+        }
+    }
+
+    async fn open(&self, request: &StreamRequest) -> Result<FramedStream, ClientError> {
+        let mut last = None;
+        for (index, addr) in self.order() {
+            match self.channel.open_stream(addr).await {
+                Ok(mut stream) => match stream.send(request).await {
+                    Ok(()) => {
+                        self.current.store(index, Ordering::Relaxed);
+                        return Ok(stream);
+                    }
+                    Err(e) => last = Some(clustron_transport::Error::Frame(e)),
+                },
+                Err(e) => last = Some(e),
+            }
+            // This endpoint failed: start with the next one next time.
+            self.suspect(addr);
+            self.current
+                .store((index + 1) % self.endpoints.len(), Ordering::Relaxed);
+        }
+        Err(ClientError::Unavailable(
+            last.unwrap_or(clustron_transport::Error::Closed),
+        ))
+    }
+
+    /// Starts, once, a background task that follows the topology and
+    /// publishes each new leader's address, so that requests waiting on a
+    /// leader that died or froze move to its successor as soon as one is
+    /// elected, instead of waiting out the connection's idle timeout.
+    fn follow_leader(self: &Arc<Self>) {
+        if self.following.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut members: HashMap<String, SocketAddr> = HashMap::new();
+            let mut leader: Option<String> = None;
+            loop {
+                let Some(shared) = weak.upgrade() else { return };
+                let stream = shared
+                    .open(&StreamRequest::WatchTopology { from: None })
+                    .await;
+                drop(shared);
+                let Ok(mut stream) = stream else {
+                    tokio::time::sleep(MAX_PAUSE).await;
+                    continue;
+                };
+                while let Ok(Some(item)) = stream.recv::<StreamItem>().await {
+                    match item {
+                        StreamItem::Snapshot { topology, .. } => {
+                            members = topology
+                                .members
+                                .into_iter()
+                                .map(|m| (m.name, m.addr))
+                                .collect();
+                            leader = topology.leader.map(|(name, _)| name);
+                        }
+                        StreamItem::Delta {
+                            change: Change::Member(m),
+                            ..
+                        } => {
+                            members.insert(m.name, m.addr);
+                        }
+                        StreamItem::Delta {
+                            change: Change::Leader(l),
+                            ..
+                        } => leader = l.map(|(name, _)| name),
+                        _ => continue,
+                    }
+                    let Some(shared) = weak.upgrade() else { return };
+                    let addr = leader.as_ref().and_then(|name| members.get(name)).copied();
+                    if addr.is_some() && *shared.leader_moves.borrow() != addr {
+                        shared.set_leader(addr);
+                        shared.leader_moves.send_replace(addr);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Whether a request changes the store (and so goes in the session).
+fn is_write(request: &KvRequest) -> bool {
+    match request {
+        KvRequest::Put(_)
+        | KvRequest::Delete(_)
+        | KvRequest::Txn(_)
+        | KvRequest::LeaseGrant { .. }
+        | KvRequest::LeaseRevoke(_)
+        | KvRequest::Compact(_) => true,
+        KvRequest::Range { .. }
+        | KvRequest::KeepAlive(_)
+        | KvRequest::OpenSession { .. }
+        | KvRequest::SessionKeepAlive(_)
+        | KvRequest::InSession { .. } => false,
     }
 }
 
@@ -495,11 +803,11 @@ impl KvWatch {
                 // The node went away: resume elsewhere from the next revision.
                 Ok(None) | Err(_) => {
                     self.stream = None;
-                    let failed = self.client.current.load(Ordering::Relaxed);
-                    self.client.current.store(
-                        (failed + 1) % self.client.endpoints.len(),
-                        Ordering::Relaxed,
-                    );
+                    let shared = &self.client.shared;
+                    let failed = shared.current.load(Ordering::Relaxed);
+                    shared
+                        .current
+                        .store((failed + 1) % shared.endpoints.len(), Ordering::Relaxed);
                 }
             }
         }
@@ -551,9 +859,10 @@ impl TopologyWatcher {
                 // The node went away: fail over and resume.
                 Ok(None) | Err(_) => {
                     self.stream = None;
-                    let next = (self.client.current.load(Ordering::Relaxed) + 1)
-                        % self.client.endpoints.len();
-                    self.client.current.store(next, Ordering::Relaxed);
+                    let shared = &self.client.shared;
+                    let next =
+                        (shared.current.load(Ordering::Relaxed) + 1) % shared.endpoints.len();
+                    shared.current.store(next, Ordering::Relaxed);
                 }
             }
         }

@@ -65,6 +65,16 @@ async fn answer(node: &Node, path: &str) -> (&'static str, String) {
     match path {
         "/healthz" => ("200 OK", "ok\n".into()),
         "/readyz" => {
+            let diverged = node.kv.borrow().as_ref().and_then(|kv| kv.stats().diverged);
+            if let Some(d) = diverged {
+                return (
+                    "503 Service Unavailable",
+                    format!(
+                        "not ready: this replica's state differs from the leader's at log index {} (digest {:08x}, leader's {:08x}); restore its data from its peers\n",
+                        d.index, d.ours, d.leaders
+                    ),
+                );
+            }
             let leader = node.election.borrow().as_ref().and_then(|e| e.leader());
             match leader {
                 Some((name, epoch)) => (
@@ -254,6 +264,12 @@ async fn metrics(node: &Node) -> String {
                 "gauge",
                 "Write-ahead log segment files.",
                 s.wal_segments,
+            ),
+            (
+                "clustron_kv_diverged",
+                "gauge",
+                "1 if this replica's state differs from the leader's (it refuses to serve).",
+                s.diverged.is_some() as u64,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

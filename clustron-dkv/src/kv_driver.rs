@@ -22,7 +22,7 @@ use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol}
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::core::server::{
-    ClientOp, Reply, RequestId, Server, ServerConfig, ServerError, ServerOutput,
+    ClientOp, Divergence, Reply, RequestId, Server, ServerConfig, ServerError, ServerOutput,
 };
 use crate::core::watch::{WatchId, WatchRequest};
 use crate::core::{Entry, Message, Output as LogOutput, Recovered, Summary};
@@ -106,6 +106,8 @@ pub struct KvStats {
     pub syncs: u64,
     /// Write-ahead log segment files.
     pub wal_segments: u64,
+    /// Set when this replica found its state differs from the leader's.
+    pub diverged: Option<Divergence>,
 }
 
 /// Most queued inputs taken before acting on them at once.
@@ -630,6 +632,13 @@ impl Driver {
                 }
             }
         }
+        let diverged = self.server.diverged();
+        if diverged.is_some() && self.stats.borrow().diverged.is_none() {
+            tracing::error!(
+                divergence = ?diverged,
+                "this replica's state differs from the leader's at the same log index; it refuses to serve: restore its data from its peers"
+            );
+        }
         let store = self.server.store();
         let (watchers, behind) = self.server.watch_counts();
         self.stats.send_replace(KvStats {
@@ -643,6 +652,7 @@ impl Driver {
             watchers_behind: behind as u64,
             syncs: self.syncs,
             wal_segments: self.wal.segment_count() as u64,
+            diverged,
         });
         Ok(())
     }

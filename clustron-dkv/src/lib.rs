@@ -89,6 +89,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "server")]
+pub mod access;
+#[cfg(feature = "server")]
 mod admin;
 #[cfg(feature = "server")]
 pub mod config;

@@ -5,10 +5,11 @@ use clustron_events::{
     Event, EventBus, Filter, Received, Topology, TopologyChange, TopologyUpdate,
 };
 use clustron_membership::Member;
-use clustron_transport::{FramedStream, Inbound};
+use clustron_transport::{FramedStream, Inbound, PeerKind};
 
 use std::time::Duration;
 
+use crate::access::{self, Access};
 use crate::core::mvcc::Command;
 use crate::core::server::{ClientOp, ServerError};
 use crate::kv::{KvFailure, KvReply, KvRequest, WatchRequest};
@@ -28,7 +29,20 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
             let kv = node.kv.borrow().clone();
             let me = node.membership.name().to_string();
             match item {
-                Inbound::Request { request, reply, .. } => {
+                Inbound::Request {
+                    request,
+                    reply,
+                    from,
+                } => {
+                    // Every request is authorised by the caller's role first.
+                    if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
+                        let response = match request {
+                            Request::Kv(_) => Response::Kv(Err(denied)),
+                            _ => Response::Error(denied.to_string()),
+                        };
+                        reply.send(&response);
+                        continue;
+                    }
                     tokio::spawn(async move {
                         let response = match (request, bus) {
                             (Request::Kv(op), _) => Response::Kv(kv_answer(kv, op).await),
@@ -40,8 +54,8 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
                         reply.send(&response);
                     });
                 }
-                Inbound::Stream { stream, .. } => {
-                    tokio::spawn(serve_stream(bus, kv, me, stream));
+                Inbound::Stream { stream, from } => {
+                    tokio::spawn(serve_stream(bus, kv, me, from.identity.kind, stream));
                 }
                 Inbound::Message { .. } => {}
             }
@@ -145,11 +159,22 @@ async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
     }
 }
 
-async fn serve_stream(bus: Option<EventBus>, kv: Option<Kv>, me: String, mut stream: FramedStream) {
+async fn serve_stream(
+    bus: Option<EventBus>,
+    kv: Option<Kv>,
+    me: String,
+    caller: PeerKind,
+    mut stream: FramedStream,
+) {
     let request = match stream.recv::<StreamRequest>().await {
         Ok(Some(request)) => request,
         _ => return,
     };
+    if let Err(denied) = access::check(caller, Access::of_stream(&request)) {
+        let _ = stream.send(&StreamItem::Error(denied.to_string())).await;
+        stream.finish();
+        return;
+    }
     if let StreamRequest::Watch(request) = request {
         return serve_watch(kv, request, stream).await;
     }

@@ -673,11 +673,34 @@ impl<P: Protocol> Channel<P> {
         let max = inner.config.max_frame_size;
         let mut buf = Vec::with_capacity(frame::framed_len(request) + HEADER_LEN);
         buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
-        frame::encode_frame(&mut buf, request, max)?;
+        frame::encode_frame(&mut buf, request, max).map_err(Error::Encode)?;
         let after = inner.config.request_timeout;
         let exchange = async {
-            let (mut send, recv) = inner.open_bi(to).await?;
-            send.write_all(&buf)
+            // Nothing has left before the stream is open; from then on a
+            // failure may come after the remote processed the request.
+            let (send, recv) = inner.open_bi(to).await?;
+            Self::exchange(inner, to, &buf, send, recv)
+                .await
+                .map_err(Error::after_sending)
+        };
+        timeout(after, exchange).await.map_err(|_| Error::Timeout {
+            what: "request",
+            addr: to,
+            after,
+        })?
+    }
+
+    /// Sends a request on an open stream and reads its response.
+    async fn exchange(
+        inner: &Arc<Inner>,
+        to: SocketAddr,
+        buf: &[u8],
+        mut send: SendStream,
+        recv: RecvStream,
+    ) -> Result<P::Response, Error> {
+        let max = inner.config.max_frame_size;
+        {
+            send.write_all(buf)
                 .await
                 .map_err(|e| write_failure(to, e))?;
             let _ = send.finish();
@@ -716,12 +739,7 @@ impl<P: Protocol> Channel<P> {
                 .await
                 .map_err(|failure| read_failed(to, failure))?;
             result
-        };
-        timeout(after, exchange).await.map_err(|_| Error::Timeout {
-            what: "request",
-            addr: to,
-            after,
-        })?
+        }
     }
 
     /// Sends a one-way message on a new unidirectional stream. Returns once
@@ -731,7 +749,8 @@ impl<P: Protocol> Channel<P> {
         let inner = &self.endpoint.inner;
         let mut buf = Vec::with_capacity(frame::framed_len(message) + HEADER_LEN);
         buf.extend_from_slice(&frame::header(StreamKind::Message, P::CHANNEL));
-        frame::encode_frame(&mut buf, message, inner.config.max_frame_size)?;
+        frame::encode_frame(&mut buf, message, inner.config.max_frame_size)
+            .map_err(Error::Encode)?;
         let after = inner.config.request_timeout;
         let exchange = async {
             let conn = inner.connection(to).await?;

@@ -89,6 +89,10 @@ pub enum Error {
     /// A frame or stream was refused by the codec, locally or remotely.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The message could not be encoded (e.g. it is over the frame size
+    /// limit): refused locally, nothing was sent.
+    #[error("not sent: {0}")]
+    Encode(FrameError),
     /// The remote has no handler for the channel we used.
     #[error("{addr} has no handler for channel {channel}")]
     UnknownChannel {
@@ -141,8 +145,22 @@ impl Error {
             | Error::Rejected { .. }
             | Error::DatagramTooLarge { .. }
             | Error::ChannelTaken(_)
+            | Error::Encode(_)
             | Error::Closed => true,
             Error::ConnectionLost { .. } | Error::Frame(_) => false,
+        }
+    }
+
+    /// The same failure, seen after a request has left: a connection that
+    /// is unreachable or closed now (an idle timeout, say) may well have
+    /// delivered it first, so it counts as lost, not as never sent.
+    pub(crate) fn after_sending(self) -> Error {
+        match self {
+            Error::Unreachable { addr, reason } => Error::ConnectionLost {
+                addr,
+                reason: format!("{reason}, after the request was sent"),
+            },
+            other => other,
         }
     }
 }

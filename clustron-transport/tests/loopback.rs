@@ -661,7 +661,11 @@ async fn frames_above_the_configured_maximum_are_refused_locally() {
         payload: vec![0; DEFAULT_MAX_FRAME + 1],
     };
     match a.channel::<Echo>().request(b.local_addr(), &big).await {
-        Err(Error::Frame(FrameError::TooLarge { max, .. })) => assert_eq!(max, DEFAULT_MAX_FRAME),
+        Err(e @ Error::Encode(FrameError::TooLarge { max, .. })) => {
+            assert_eq!(max, DEFAULT_MAX_FRAME);
+            // Refused before anything left: a definite failure.
+            assert!(e.nothing_processed());
+        }
         other => panic!("expected TooLarge, got {other:?}"),
     }
     let almost = Req {
@@ -855,4 +859,90 @@ async fn a_crashed_peer_restarted_on_the_same_port_resets_stale_connections() {
         }
     }
     restarted.crash();
+}
+
+/// A UDP relay between one client and one server that can go silent, as a
+/// frozen (SIGSTOP) or cut-off peer does: packets are dropped both ways.
+struct Relay {
+    addr: SocketAddr,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn start(server: SocketAddr) -> Relay {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let upstream = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        upstream.connect(server).await.unwrap();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let (down, up, quiet, who) = (
+            socket.clone(),
+            upstream.clone(),
+            silent.clone(),
+            client.clone(),
+        );
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((len, from)) = down.recv_from(&mut buf).await {
+                *who.lock().unwrap() = Some(from);
+                if !quiet.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = up.send(&buf[..len]).await;
+                }
+            }
+        });
+        let (down, quiet) = (socket.clone(), silent.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(len) = upstream.recv(&mut buf).await {
+                let to = *client.lock().unwrap();
+                if let (Some(to), false) = (to, quiet.load(std::sync::atomic::Ordering::Relaxed)) {
+                    let _ = down.send_to(&buf[..len], to).await;
+                }
+            }
+        });
+        Relay {
+            addr: socket.local_addr().unwrap(),
+            silent,
+        }
+    }
+
+    fn go_silent(&self) {
+        self.silent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_peer_falls_silent_after_receiving_it_is_not_called_unprocessed() {
+    // The outside check's bug: a leader froze after it received a write; the
+    // client's idle timeout was taken for "never reached" and the write was
+    // sent again elsewhere, applying it twice.
+    let pki = Pki::new();
+    let server = pki.node("server");
+    let mut inbox = server.register::<Echo>().unwrap();
+    let relay = Relay::start(server.local_addr()).await;
+    let mut client_config = config();
+    client_config.idle_timeout = Duration::from_millis(600);
+    client_config.keep_alive_interval = Duration::from_millis(100);
+    client_config.request_timeout = Duration::from_secs(10);
+    let client = Endpoint::bind(client_config, pki.node_identity("client")).unwrap();
+    let to = relay.addr;
+    let call = tokio::spawn(async move { request(&client, to, 1).await });
+    // The request reaches the handler, which never answers; then the path
+    // goes silent until the client's idle timeout closes the connection.
+    let received = timeout(DEADLINE, inbox.recv()).await.unwrap().unwrap();
+    let Inbound::Request { request, .. } = &received else {
+        panic!("expected a request")
+    };
+    assert_eq!(request.id, 1);
+    relay.go_silent();
+    let error = match timeout(DEADLINE, call).await.unwrap().unwrap() {
+        Err(e) => e,
+        Ok(_) => panic!("answered"),
+    };
+    drop(received);
+    assert!(
+        !error.nothing_processed(),
+        "a request that reached its handler is classed as unprocessed: {error:?}"
+    );
 }

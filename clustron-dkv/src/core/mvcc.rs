@@ -90,6 +90,14 @@ pub enum Command {
         /// The session.
         id: SessionId,
     },
+    /// The leader's digest of the state at an applied index: each replica
+    /// compares it with its own (replica divergence check). Changes nothing.
+    Checkpoint {
+        /// The log index the digest is for.
+        index: u64,
+        /// The digest of the store's changes up to it.
+        digest: u32,
+    },
     /// A write in a session: applied once, however often it is proposed.
     InSession {
         /// The session.
@@ -145,6 +153,8 @@ pub enum Outcome {
     },
     /// The session is closed.
     SessionClosed,
+    /// A checkpoint applied (nothing changed).
+    Checkpoint,
 }
 
 /// The result of applying one command.
@@ -281,6 +291,7 @@ impl Store {
                     .map(|()| Outcome::SessionOpened { id, ttl_ms });
                 return unchanged(self.revision, outcome);
             }
+            Command::Checkpoint { .. } => return unchanged(self.revision, Ok(Outcome::Checkpoint)),
             Command::CloseSession { id } => {
                 let outcome = match self.sessions.close(id) {
                     true => Ok(Outcome::SessionClosed),
@@ -353,6 +364,7 @@ impl Store {
             }
             Command::OpenSession { .. }
             | Command::CloseSession { .. }
+            | Command::Checkpoint { .. }
             | Command::InSession { .. } => Err(KvError::NotInSession),
         });
         if !writer.events.is_empty() {
@@ -367,58 +379,21 @@ impl Store {
 
     /// Refuses, before any change, what would break a limit or fail halfway.
     fn check(&self, command: &Command) -> Result<(), KvError> {
-        let limits = self.limits;
-        let key = |k: &[u8]| {
-            if k.is_empty() || k.len() > limits.max_key {
-                Err(KvError::KeyTooLarge {
-                    len: k.len(),
-                    max: limits.max_key,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        let put = |p: &PutRequest| {
-            key(&p.key)?;
-            if p.value.len() > limits.max_value {
-                return Err(KvError::ValueTooLarge {
-                    len: p.value.len(),
-                    max: limits.max_value,
-                });
-            }
-            match p.lease {
-                Some(id) if !self.leases.contains_key(&id) => Err(KvError::LeaseNotFound(id)),
-                _ => Ok(()),
-            }
+        check_limits(command, &self.limits)?;
+        let lease = |p: &PutRequest| match p.lease {
+            Some(id) if !self.leases.contains_key(&id) => Err(KvError::LeaseNotFound(id)),
+            _ => Ok(()),
         };
         match command {
-            Command::Put(p) => put(p),
+            Command::Put(p) => lease(p),
             Command::Txn(txn) => {
-                let ops = txn.compare.len() + txn.success.len().max(txn.failure.len());
-                if ops > limits.max_txn_ops {
-                    return Err(KvError::TooManyOps {
-                        ops,
-                        max: limits.max_txn_ops,
-                    });
-                }
                 for branch in [&txn.success, &txn.failure] {
-                    let mut written: Vec<KeyRange> = Vec::new();
                     for op in branch {
-                        let range = match op {
-                            RequestOp::Put(p) => {
-                                put(p)?;
-                                KeyRange::Key(p.key.clone())
-                            }
-                            RequestOp::Delete(d) => d.range.clone(),
-                            RequestOp::Range(r) => {
-                                self.check_revision(r.revision)?;
-                                continue;
-                            }
-                        };
-                        if written.iter().any(|w| ranges_overlap(w, &range)) {
-                            return Err(KvError::DuplicateKey);
+                        match op {
+                            RequestOp::Put(p) => lease(p)?,
+                            RequestOp::Range(r) => self.check_revision(r.revision)?,
+                            RequestOp::Delete(_) => {}
                         }
-                        written.push(range);
                     }
                 }
                 Ok(())
@@ -729,6 +704,64 @@ impl Store {
 }
 
 /// Whether two ranges share a key.
+/// Whether `command` keeps within `limits` (sizes, operation counts, one
+/// write per key in a transaction): a pure function of the command, so the
+/// leader can check it before proposing and every replica gets the same
+/// answer at apply time.
+pub fn check_limits(command: &Command, limits: &Limits) -> Result<(), KvError> {
+    let key = |k: &[u8]| {
+        if k.is_empty() || k.len() > limits.max_key {
+            Err(KvError::KeyTooLarge {
+                len: k.len(),
+                max: limits.max_key,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let put = |p: &PutRequest| {
+        key(&p.key)?;
+        if p.value.len() > limits.max_value {
+            return Err(KvError::ValueTooLarge {
+                len: p.value.len(),
+                max: limits.max_value,
+            });
+        }
+        Ok(())
+    };
+    match command.inner() {
+        Command::Put(p) => put(p),
+        Command::Txn(txn) => {
+            let ops = txn.compare.len() + txn.success.len().max(txn.failure.len());
+            if ops > limits.max_txn_ops {
+                return Err(KvError::TooManyOps {
+                    ops,
+                    max: limits.max_txn_ops,
+                });
+            }
+            for branch in [&txn.success, &txn.failure] {
+                let mut written: Vec<KeyRange> = Vec::new();
+                for op in branch {
+                    let range = match op {
+                        RequestOp::Put(p) => {
+                            put(p)?;
+                            KeyRange::Key(p.key.clone())
+                        }
+                        RequestOp::Delete(d) => d.range.clone(),
+                        RequestOp::Range(_) => continue,
+                    };
+                    if written.iter().any(|w| ranges_overlap(w, &range)) {
+                        return Err(KvError::DuplicateKey);
+                    }
+                    written.push(range);
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn ranges_overlap(a: &KeyRange, b: &KeyRange) -> bool {
     // [start, end) with None as +infinity.
     fn bounds(r: &KeyRange) -> (Vec<u8>, Option<Vec<u8>>) {

@@ -56,7 +56,7 @@ use std::time::Instant;
 use clustron_election::NodeName;
 
 use super::leases::LeaseClock;
-use super::mvcc::{Command, Limits, Outcome, Store};
+use super::mvcc::{check_limits, Command, Limits, Outcome, Store};
 use super::replication::{
     Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
     Recovered, Replica,
@@ -72,13 +72,20 @@ pub type RequestId = u64;
 pub struct ServerConfig {
     /// The replicated log's tuning.
     pub log: LogConfig,
-    /// The store's size limits.
+    /// Size limits for writes, checked by the leader before it proposes
+    /// (so a node's own setting never makes replicas apply an entry
+    /// differently: every replica applies with the protocol's limits,
+    /// [`Limits::default`]).
     pub limits: Limits,
     /// History kept: once the store is this many revisions past its
     /// compaction point and half as many again, the leader proposes a
     /// compaction to `revision - retain_revisions` (0: never). Watches and
     /// past reads reach back this far.
     pub retain_revisions: u64,
+    /// The leader proposes a checkpoint of its state digest every this many
+    /// applied entries, which every replica compares with its own (0:
+    /// never).
+    pub checkpoint_every: u64,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +96,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             limits: Limits::default(),
             retain_revisions: 100_000,
+            checkpoint_every: 10_000,
         }
     }
 }
@@ -184,6 +192,23 @@ pub enum ServerOutput {
     WatchCancelled(Cancelled),
 }
 
+/// A replica whose state differs from the leader's at the same log index:
+/// they applied the same entries differently. The node must not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Divergence {
+    /// The log index compared.
+    pub index: u64,
+    /// This replica's digest there.
+    pub ours: u32,
+    /// The leader's.
+    pub leaders: u32,
+}
+
+/// How many (index, digest) pairs a replica keeps to compare checkpoints
+/// with: a checkpoint is applied within the log's pipeline depth of the
+/// index it names.
+const DIGESTS_KEPT: usize = 4096;
+
 /// A write waiting for its entry to commit.
 #[derive(Debug)]
 struct PendingWrite {
@@ -216,6 +241,16 @@ pub struct Server {
     /// The learners the replica sends the log to.
     learners: BTreeMap<NodeName, SocketAddr>,
     retain_revisions: u64,
+    /// The limits this node admits writes with, as leader.
+    admission: Limits,
+    checkpoint_every: u64,
+    /// Digest of every change applied so far (see [`Server::digest`]).
+    digest: u32,
+    /// (applied index, digest) of the last applied entries, to compare with
+    /// the leader's checkpoints.
+    digests: VecDeque<(u64, u32)>,
+    /// The first checkpoint this replica disagreed with.
+    diverged: Option<Divergence>,
     /// A compaction this leader proposed and has not seen applied.
     compacting: Option<u64>,
     outputs: VecDeque<ServerOutput>,
@@ -237,7 +272,12 @@ impl Server {
         let learners: BTreeMap<NodeName, SocketAddr> = learners.into_iter().collect();
         Ok(Self {
             replica: Replica::new(log, me, voters, learners.clone(), recovered, now),
-            store: Store::new(config.limits),
+            store: Store::new(Limits::default()),
+            admission: config.limits,
+            checkpoint_every: config.checkpoint_every,
+            digest: 0,
+            digests: VecDeque::new(),
+            diverged: None,
             hub: WatchHub::default(),
             leases: LeaseClock::default(),
             session_clock: LeaseClock::default(),
@@ -268,6 +308,18 @@ impl Server {
     /// Highest log index applied.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// A digest (CRC-32) of every change applied so far, in order: replicas
+    /// that applied the same entries the same way have the same digest at
+    /// the same index (etcd's HashKV, kept incrementally).
+    pub fn digest(&self) -> u32 {
+        self.digest
+    }
+
+    /// Whether this replica found its state differs from the leader's.
+    pub fn diverged(&self) -> Option<Divergence> {
+        self.diverged
     }
 
     // ----- from the election ------------------------------------------------
@@ -433,7 +485,26 @@ impl Server {
     /// A client request; its reply comes as [`ServerOutput::Reply`].
     pub fn request(&mut self, now: Instant, id: RequestId, op: ClientOp) {
         self.now = now;
+        if self.diverged.is_some() {
+            let refused = Err(ServerError::NotReady(
+                "this replica's state differs from the leader's",
+            ));
+            self.outputs.push_back(ServerOutput::Reply {
+                id,
+                result: refused,
+            });
+            return;
+        }
         let immediate = match op {
+            // The store is rebuilt from the log as commits are learned: until
+            // this node has learned one since it started, it would answer
+            // from an empty store.
+            ClientOp::Read {
+                linearizable: false,
+                ..
+            } if self.applied == 0 => Some(Err(ServerError::NotReady(
+                "this node has not learned what is committed since it started",
+            ))),
             ClientOp::Read {
                 request,
                 linearizable: false,
@@ -455,6 +526,7 @@ impl Server {
                 // Session commands are the server's own: never a client's.
                 Command::OpenSession { .. }
                 | Command::CloseSession { .. }
+                | Command::Checkpoint { .. }
                 | Command::InSession { .. } => Some(Err(KvError::NotInSession.into())),
                 command => self.write(now, id, command).err().map(Err),
             },
@@ -555,6 +627,7 @@ impl Server {
     ) -> Option<Result<Reply, ServerError>> {
         if let Command::OpenSession { .. }
         | Command::CloseSession { .. }
+        | Command::Checkpoint { .. }
         | Command::InSession { .. } = command
         {
             return Some(Err(KvError::NotInSession.into()));
@@ -589,6 +662,9 @@ impl Server {
                 })
             }
         };
+        // Decided once, here, before proposing: never by each replica
+        // against its own settings.
+        check_limits(&command, &self.admission)?;
         // Ids the leader picks are unique across leaders: the epoch in the
         // high bits.
         let mut fresh_id = || {
@@ -707,6 +783,11 @@ impl Server {
                     }
                 }
             }
+            if self.digests.len() == DIGESTS_KEPT {
+                self.digests.pop_front();
+            }
+            self.digests.push_back((index, self.digest));
+            self.maybe_checkpoint();
         }
         self.maybe_compact();
         // Reads whose index is now applied.
@@ -717,6 +798,40 @@ impl Server {
         for (_, id, request) in ready {
             let result = self.read(&request);
             self.reply(id, result);
+        }
+    }
+
+    /// On the leader: proposes its digest every `checkpoint_every` entries.
+    fn maybe_checkpoint(&mut self) {
+        let every = self.checkpoint_every;
+        if every == 0 || self.applied % every != 0 || self.replica.leading().is_none() {
+            return;
+        }
+        let payload = encode(&Command::Checkpoint {
+            index: self.applied,
+            digest: self.digest,
+        });
+        // Best effort: a checkpoint refused now is simply skipped.
+        let _ = self.replica.propose(self.now, payload);
+    }
+
+    /// A checkpoint from the leader: compare with this replica's digest at
+    /// the same index, if still known.
+    fn compare_checkpoint(&mut self, index: u64, leaders: u32) {
+        let ours = self
+            .digests
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == index)
+            .map(|(_, d)| *d);
+        if let Some(ours) = ours.filter(|ours| *ours != leaders) {
+            if self.diverged.is_none() {
+                self.diverged = Some(Divergence {
+                    index,
+                    ours,
+                    leaders,
+                });
+            }
         }
     }
 
@@ -757,8 +872,12 @@ impl Server {
             Command::CloseSession { id } => Some(id),
             _ => None,
         };
+        if let Command::Checkpoint { index, digest } = command {
+            self.compare_checkpoint(index, digest);
+        }
         let applied = self.store.apply(command);
         if !applied.events.is_empty() {
+            self.digest = fold_digest(self.digest, applied.revision, &applied.events);
             for delivery in self.hub.on_applied(applied.revision, &applied.events) {
                 self.outputs.push_back(ServerOutput::Watch(delivery));
             }
@@ -799,7 +918,28 @@ fn reply_of(revision: u64, outcome: Result<Outcome, KvError>) -> Result<Reply, S
         Outcome::Compacted => Reply::Compacted,
         Outcome::SessionOpened { id, ttl_ms } => Reply::SessionOpened { id, ttl_ms },
         Outcome::SessionClosed => Reply::SessionClosed,
+        // Nobody waits on a checkpoint; its reply is never sent.
+        Outcome::Checkpoint => Reply::Compacted,
     })
+}
+
+/// The digest after a change at `revision` made `events`.
+fn fold_digest(digest: u32, revision: u64, events: &[crate::kv::Event]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(digest);
+    h.update(&revision.to_le_bytes());
+    for e in events {
+        let kv = &e.kv;
+        h.update(&[e.kind as u8]);
+        h.update(&(kv.key.len() as u64).to_le_bytes());
+        h.update(&kv.key);
+        h.update(&(kv.value.len() as u64).to_le_bytes());
+        h.update(&kv.value);
+        for n in [kv.create_revision, kv.mod_revision, kv.version] {
+            h.update(&n.to_le_bytes());
+        }
+        h.update(&kv.lease.map_or(0, |l| l.0).to_le_bytes());
+    }
+    h.finalize()
 }
 
 fn encode(command: &Command) -> Vec<u8> {

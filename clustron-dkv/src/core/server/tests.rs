@@ -31,6 +31,11 @@ impl Net {
     }
 
     fn with(config: ServerConfig) -> Self {
+        Self::with_each(|_| config.clone())
+    }
+
+    /// Each node with its own configuration.
+    fn with_each(config: impl Fn(usize) -> ServerConfig) -> Self {
         let names: Vec<NodeName> = ["n1", "n2", "n3"]
             .iter()
             .map(|n| NodeName::new(*n).unwrap())
@@ -42,9 +47,10 @@ impl Net {
         let voters: Vec<_> = names.iter().cloned().zip(addrs.iter().copied()).collect();
         let servers = names
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(i, n)| {
                 Server::new(
-                    config.clone(),
+                    config(i),
                     n.clone(),
                     voters.clone(),
                     [],
@@ -403,7 +409,22 @@ fn refused_commands_are_answered_with_the_store_error_on_every_path() {
     ));
     let big = "x".repeat(2 << 20);
     net.request(0, 2, put("k", &big));
-    assert!(matches!(net.reply(2), Err(ServerError::TooLarge { .. })));
+    assert!(matches!(
+        net.reply(2),
+        Err(ServerError::Kv(KvError::ValueTooLarge { .. }))
+    ));
+    // Values each within the limit, together over the log's entry limit.
+    let half = "x".repeat(400 << 10);
+    let txn = crate::kv::Txn {
+        compare: vec![],
+        success: vec![
+            crate::kv::RequestOp::put(b"a", half.as_bytes()),
+            crate::kv::RequestOp::put(b"b", half.as_bytes()),
+        ],
+        failure: vec![],
+    };
+    net.request(0, 3, ClientOp::Write(Command::Txn(txn)));
+    assert!(matches!(net.reply(3), Err(ServerError::TooLarge { .. })));
 }
 
 #[test]
@@ -702,4 +723,113 @@ fn an_idle_session_expires_through_the_log_and_a_retry_in_it_is_refused_everywhe
     // Session commands are the server's own.
     net.request(0, 6, ClientOp::Write(Command::CloseSession { id: kept }));
     assert_eq!(net.reply(6), &Err(ServerError::Kv(KvError::NotInSession)));
+}
+
+#[test]
+fn a_replica_with_a_smaller_value_limit_applies_what_the_leader_admitted() {
+    // The outside check: `--max-value-bytes 1000` on n3 only; a 5,000-byte
+    // put was acknowledged, applied by n1 and n2 and refused by n3.
+    let mut net = Net::with_each(|i| {
+        let mut config = ServerConfig::default();
+        if i == 2 {
+            config.limits.max_value = 1000;
+        }
+        config
+    });
+    net.elect(0, 1);
+    let big = "x".repeat(5000);
+    net.request(0, 1, put("k", &big));
+    assert!(net.reply(1).is_ok(), "{:?}", net.reply(1));
+    net.advance(Duration::from_millis(100));
+    for node in 0..3 {
+        net.request(node, 10 + node as u64, get("k", false));
+        assert_eq!(
+            value(net.reply(10 + node as u64)).map(|v| v.len()),
+            Some(5000),
+            "node {node}"
+        );
+    }
+    assert_eq!(net.servers[0].digest(), net.servers[2].digest());
+    // Led by n3, the smaller limit is checked before proposing: refused,
+    // nothing proposed, nothing applied anywhere.
+    net.elect(2, 2);
+    net.request(2, 2, put("k2", &big));
+    assert!(matches!(
+        net.reply(2),
+        Err(ServerError::Kv(KvError::ValueTooLarge { max: 1000, .. }))
+    ));
+    net.request(2, 3, put("k3", "small"));
+    assert!(net.reply(3).is_ok());
+}
+
+#[test]
+fn a_replica_whose_state_differs_from_the_leaders_finds_out_at_the_next_checkpoint() {
+    let mut net = Net::with(ServerConfig {
+        checkpoint_every: 4,
+        ..ServerConfig::default()
+    });
+    net.elect(0, 1);
+    net.request(0, 1, put("a", "1"));
+    net.advance(Duration::from_millis(100));
+    // n3's state goes wrong behind the log's back.
+    net.servers[2].digest ^= 1;
+    for i in 0..8 {
+        net.request(0, 10 + i, put("b", "2"));
+    }
+    net.advance(Duration::from_millis(100));
+    assert_eq!(net.servers[0].diverged(), None);
+    assert_eq!(net.servers[1].diverged(), None);
+    let divergence = net.servers[2].diverged().expect("n3 never noticed");
+    assert_ne!(divergence.ours, divergence.leaders);
+    assert_eq!(net.servers[0].digest(), net.servers[1].digest());
+    // It steps aside: it serves nothing from a state known to be wrong.
+    net.request(2, 100, get("a", false));
+    assert!(matches!(net.reply(100), Err(ServerError::NotReady(_))));
+}
+
+#[test]
+fn a_restarted_node_refuses_serializable_reads_until_it_has_learned_what_is_committed() {
+    // The outside check: before a leader existed, a restarted node answered
+    // `0 keys at revision 0` although its log held thousands of entries.
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(0, 1, put("k", "v"));
+    net.advance(Duration::from_millis(100));
+    let log: Vec<_> = (1..=net.servers[1].replica().last_index())
+        .map(|i| net.servers[1].replica().entry(i).unwrap().clone())
+        .collect();
+    assert!(log.len() >= 2);
+    let voters: Vec<_> = net
+        .names
+        .iter()
+        .cloned()
+        .zip(net.addrs.iter().copied())
+        .collect();
+    let recovered = Recovered {
+        epoch: 1,
+        entries: log,
+    };
+    let now = net.now;
+    net.servers[1] = Server::new(
+        ServerConfig::default(),
+        net.names[1].clone(),
+        voters,
+        [],
+        recovered,
+        now,
+    )
+    .unwrap();
+    net.request(1, 2, get("k", false));
+    assert!(
+        matches!(net.reply(2), Err(ServerError::NotReady(_))),
+        "{:?}",
+        net.reply(2)
+    );
+    // Once it follows a leader and learns the commit index, it answers.
+    let (name, addr) = (net.names[0].clone(), net.addrs[0]);
+    net.servers[1].follow(now, name, addr, 1);
+    net.request(0, 3, put("k2", "v2"));
+    net.advance(Duration::from_millis(100));
+    net.request(1, 4, get("k", false));
+    assert_eq!(value(net.reply(4)), Some(b"v".to_vec()));
 }
