@@ -71,6 +71,11 @@ pub enum Msg {
         /// The answer.
         result: Result<KvReply, ServerError>,
     },
+    /// A node was elected: what the topology stream tells clients.
+    Leader {
+        /// Its address.
+        leader: SocketAddr,
+    },
 }
 
 /// What nodes and clients report.
@@ -147,6 +152,7 @@ impl Actor for KvActor {
             (KvActor::Client(client), Msg::Reply { id, result }) => {
                 client.handle_reply(now, id, result)
             }
+            (KvActor::Client(client), Msg::Leader { leader }) => client.leader_moved(now, leader),
             (actor, msg) => panic!("{msg:?} reached the wrong kind of actor: {actor:?}"),
         }
     }
@@ -183,7 +189,7 @@ impl Actor for KvActor {
         let body = match msg {
             Msg::Election(m) => m.encoded_len(),
             Msg::Log(m) => postcard::to_allocvec(m).map(|b| b.len()).unwrap_or(0),
-            Msg::Request { .. } | Msg::Reply { .. } => CLIENT_MESSAGE_BYTES,
+            Msg::Request { .. } | Msg::Reply { .. } | Msg::Leader { .. } => CLIENT_MESSAGE_BYTES,
         };
         body + crate::swim::DATAGRAM_OVERHEAD
     }
@@ -246,7 +252,11 @@ impl KvSetup {
                 voters: nodes,
                 nodes,
             },
-            server: ServerConfig::default(),
+            // Checkpoints often, so replicas compare digests many times a run.
+            server: ServerConfig {
+                checkpoint_every: 64,
+                ..ServerConfig::default()
+            },
             clients,
             client: ClientConfig::new(retry),
             random_clients: true,
@@ -254,7 +264,8 @@ impl KvSetup {
         }
     }
 
-    fn server_config(&self) -> ServerConfig {
+    /// The key-value server's configuration, with the log's.
+    pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             log: self.nodes.log.clone(),
             ..self.server.clone()
@@ -386,6 +397,24 @@ impl StoreInvariants {
     pub fn check(&mut self, sim: &Sim<KvActor>, nodes: usize) {
         self.check_applied_never_exceeds_commit(sim, nodes);
         self.check_replicas_agree_at_every_applied_index(sim, nodes);
+        self.check_no_replica_finds_itself_diverged(sim, nodes);
+    }
+
+    /// No node's own divergence check (the leader's checkpoints of its
+    /// state digest) fires.
+    pub fn check_no_replica_finds_itself_diverged(&self, sim: &Sim<KvActor>, nodes: usize) {
+        for id in 0..nodes {
+            let Some(node) = sim.node(id).and_then(KvActor::node) else {
+                continue;
+            };
+            if let Some(divergence) = node.server().diverged() {
+                panic!(
+                    "node {id} reports its state diverged from the leader's: {divergence:?} \
+                     (seed {})",
+                    sim.seed()
+                );
+            }
+        }
     }
 
     /// A node applies only committed entries.
@@ -494,16 +523,13 @@ impl Cluster {
     pub fn new(seed: u64, setup: KvSetup, net: NetConfig) -> Self {
         let mut sim = Sim::new(seed, net);
         let n = setup.nodes.nodes;
-        let config = setup.server_config();
         for id in 0..n {
             let seed = sim.rng().u64(..);
             let node = KvNode::new(
-                &setup.nodes,
-                &config,
+                &setup,
                 id,
                 0,
-                MemStorage::new(),
-                LogDisk::default(),
+                (MemStorage::new(), LogDisk::default()),
                 seed,
                 sim.now(),
             );
@@ -646,12 +672,10 @@ impl Cluster {
         self.incarnations[id] += 1;
         let seed = self.sim.rng().u64(..);
         let node = KvNode::new(
-            &self.setup.nodes,
-            &self.setup.server_config(),
+            &self.setup,
             id,
             self.incarnations[id],
-            promises,
-            recovered,
+            (promises, recovered),
             seed,
             self.sim.local_now(id),
         );

@@ -182,6 +182,9 @@ fn outside_testers_scenario(seed: u64, retry: Retry) -> (Cluster, Finished, u64,
     let mut setup = KvSetup::new(3, 2, retry);
     setup.random_clients = false;
     setup.client.lease_ops = false;
+    // As in the testers' run, A learns of the failover only by its timeout
+    // (the client did not follow the topology then).
+    setup.client.follow_leader = false;
     let mut cluster = Cluster::new(seed, setup, NetConfig::lan());
     // A's attempt must outlast the failover under it.
     cluster.with_client(A, |c, _| {

@@ -8,11 +8,17 @@
 //!    ▲                                      │ send, wait up to request_timeout
 //!    │   answer ◄───────────────────────────┤
 //!    │     Ok ──► done                      │ timeout ──► next node of the round (a write
-//!    │     NotLeader{leader} ──► new round at that leader            may have been applied)
-//!    │     NotLeader / NotReady / Lost / LeaderChanged / round over ──► back off 20 ms,
-//!    │        doubling to 500 ms, forget the leader, new round over every node
+//!    │     NotLeader{leader} ──► new round at that leader   may have been applied); a silent
+//!    │     NotLeader / NotReady / Lost /                    leader is forgotten
+//!    │       LeaderChanged / round over ──► back off 20 ms, doubling to 500 ms, then a new
+//!    │                                      round (at the leader known then, else every node)
+//!    │   a new leader announced ──► the attempt waiting elsewhere moves to it at once
 //!    └──── done, failed (nothing applied) or unknown (retry budget spent)
 //! ```
+//!
+//! Left out of the real client: the list of recently failed endpoints
+//! tried last (here a round starts after the node that failed), and the
+//! keep-alive's own retries (here one attempt, then another soon).
 //!
 //! Writes are retried the way [`Retry`] says: sent again as plain writes
 //! (at-least-once: what the client did before sessions), or in a session
@@ -69,14 +75,21 @@ pub struct ClientConfig {
     /// `Client`); `false`: at a random node with no leader known, like a
     /// fresh `clustron` CLI process per command.
     pub remember_leader: bool,
+    /// Follow leader announcements: an attempt waiting on a node that no
+    /// longer leads moves to the new leader at once (the real client
+    /// follows the topology stream). Off for [`Retry::WithoutSession`],
+    /// which stands for the client before sessions.
+    pub follow_leader: bool,
 }
 
 impl ClientConfig {
     /// Defaults scaled to the simulator: 1 s per attempt (the real
     /// client's connection gives up after its 3 s idle timeout; shorter
     /// here so that runs stay short), a 5 s budget (the real one is 10 s),
-    /// up to 20 ms between operations, 4 keys, 10 s sessions, lease
-    /// operations on, the leader remembered.
+    /// up to 20 ms between operations, 4 keys, 10 s sessions (the real
+    /// client's are 60 s: shorter ones expire more often here), lease
+    /// operations on, the leader remembered, and leader announcements
+    /// followed with sessions (as the real client does since it has them).
     pub fn new(retry: Retry) -> Self {
         Self {
             retry,
@@ -87,6 +100,7 @@ impl ClientConfig {
             session_ttl: Duration::from_secs(10),
             lease_ops: true,
             remember_leader: true,
+            follow_leader: retry == Retry::Session,
         }
     }
 }
@@ -414,6 +428,7 @@ impl SimClient {
                 self.timed_out(now);
             } else if op.backoff_until.is_some_and(|at| at <= now) {
                 op.backoff_until = None;
+                op.target = self.leader;
                 self.start_round(now);
             }
         }
@@ -692,7 +707,11 @@ impl SimClient {
         if op.command.is_some() && !op.opening {
             op.maybe_applied = true;
         }
-        // The next round over every node starts after the silent one.
+        // The leader went silent: forget it. The next round over every node
+        // starts after the silent one.
+        if op.target == Some(self.nodes[attempt.node]) {
+            self.leader = None;
+        }
         self.current = (attempt.node + 1) % self.nodes.len();
         if now >= op.deadline {
             self.give_up();
@@ -701,8 +720,8 @@ impl SimClient {
         }
     }
 
-    /// Backs off before a new round over every node, or gives up when the
-    /// pause would end past the budget.
+    /// Backs off before a new round (at the leader known then, else over
+    /// every node), or gives up when the pause would end past the budget.
     fn retry_later(&mut self, now: Instant) {
         let Some(op) = self.op.as_mut() else { return };
         if now + op.pause > op.deadline {
@@ -711,8 +730,31 @@ impl SimClient {
         }
         op.backoff_until = Some(now + op.pause);
         op.pause = (op.pause * 2).min(MAX_PAUSE);
-        op.target = None;
-        self.leader = None;
+    }
+
+    /// A node announced it leads (the topology stream the real client
+    /// follows). An attempt waiting on another node is abandoned, as
+    /// possibly delivered, and sent to the new leader at once.
+    pub(super) fn leader_moved(&mut self, now: Instant, leader: SocketAddr) {
+        self.now = now;
+        if !self.config.follow_leader {
+            return;
+        }
+        self.leader = Some(leader);
+        let Some(op) = self.op.as_mut() else { return };
+        let waiting_elsewhere = op
+            .waiting
+            .as_ref()
+            .is_some_and(|a| self.nodes[a.node] != leader);
+        if !waiting_elsewhere {
+            return;
+        }
+        op.waiting = None;
+        if op.command.is_some() && !op.opening {
+            op.maybe_applied = true;
+        }
+        op.target = Some(leader);
+        self.start_round(now);
     }
 
     fn answered(&mut self, now: Instant, node: usize, result: Result<KvReply, ServerError>) {

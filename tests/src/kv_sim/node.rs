@@ -33,18 +33,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clustron_dkv::core::server::{
-    ClientOp, RequestId, Server, ServerConfig, ServerOutput,
-};
+use clustron_dkv::core::server::{ClientOp, RequestId, Server, ServerOutput};
 use clustron_dkv::core::{Entry, Output as LogOutput, Summary};
 use clustron_election::{
     Core, Epoch, MemStorage, Message as ElectionMessage, NodeName, Output as ElectionOutput,
     Storage,
 };
 
-use super::{Event, Msg};
-use crate::election::{name, priority};
-use crate::replication::{LogDisk, LogWrite, NodeSetup};
+use super::{Event, KvSetup, Msg};
+use crate::election::{addr, name, priority};
+use crate::replication::{LogDisk, LogWrite};
 use crate::sim::{NodeId, Transmit};
 
 /// The fence and durable summary the election's promise hook and the
@@ -61,6 +59,9 @@ struct Fence {
 #[derive(Debug)]
 pub struct KvNode {
     me: NodeName,
+    addr: SocketAddr,
+    /// The clients, told when this node is elected (the topology stream).
+    clients: Vec<SocketAddr>,
     incarnation: u64,
     election: Core,
     promises: MemStorage,
@@ -93,21 +94,22 @@ pub struct KvNode {
 }
 
 impl KvNode {
-    /// Node `id` starting from `promises` and `disk` at local time `now`.
+    /// Node `id` of `cluster` starting from `storage` (its promise store and
+    /// log disk) at local time `now`.
     ///
     /// # Panics
     ///
-    /// If `config` is invalid (a test bug).
+    /// If the server configuration is invalid (a test bug).
     pub fn new(
-        setup: &NodeSetup,
-        config: &ServerConfig,
+        cluster: &KvSetup,
         id: NodeId,
         incarnation: u64,
-        promises: MemStorage,
-        disk: LogDisk,
+        storage: (MemStorage, LogDisk),
         seed: u64,
         now: Instant,
     ) -> Self {
+        let (promises, disk) = storage;
+        let setup = &cluster.nodes;
         let persisted = match promises.load() {
             Ok(persisted) => persisted,
             Err(never) => match never {},
@@ -137,7 +139,7 @@ impl KvNode {
         };
         let fenced = recovered.epoch;
         let server = Server::new(
-            config.clone(),
+            cluster.server_config(),
             name(id),
             setup.voter_addrs(),
             setup.learner_addrs(),
@@ -147,6 +149,8 @@ impl KvNode {
         .expect("a valid server configuration");
         let mut node = Self {
             me: name(id),
+            addr: addr(id),
+            clients: (0..cluster.clients).map(|c| addr(setup.nodes + c)).collect(),
             incarnation,
             election,
             promises,
@@ -349,6 +353,17 @@ impl KvNode {
                     });
                 }
                 other => {
+                    if let ElectionOutput::Elected { .. } = other {
+                        // The event bus's topology stream carries the new
+                        // leader to the clients.
+                        for &to in &self.clients {
+                            self.transmits.push_back(Transmit {
+                                to,
+                                msg: Msg::Leader { leader: self.addr },
+                                reliable: true,
+                            });
+                        }
+                    }
                     self.events.push_back(Event::Election(other.clone()));
                     self.leadership.push_back(other);
                 }
