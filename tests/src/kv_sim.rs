@@ -346,9 +346,7 @@ impl Checks {
         let at = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
         match event {
             ClientEvent::Invoked { key, call } => {
-                let op = self
-                    .history
-                    .invoke(client as u64, &key_name(key), call, at);
+                let op = self.history.invoke(client as u64, &key_name(key), call, at);
                 let previous = self.in_flight.insert(client, (op, key));
                 assert!(
                     previous.is_none(),
@@ -663,12 +661,9 @@ impl Cluster {
             .unwrap_or((MemStorage::new(), LogDisk::default()));
         let promises = promises.after_crash(loss == LogLoss::Kept);
         let recovered = disk.after_loss(loss, self.sim.rng());
-        self.checks.log.check_a_crash_keeps_synced_committed_entries(
-            id,
-            &disk,
-            &recovered,
-            self.sim.seed(),
-        );
+        self.checks
+            .log
+            .check_a_crash_keeps_synced_committed_entries(id, &disk, &recovered, self.sim.seed());
         self.incarnations[id] += 1;
         let seed = self.sim.rng().u64(..);
         let node = KvNode::new(
@@ -897,10 +892,13 @@ impl Cluster {
                 keys_only: false,
                 count_only: false,
             };
-            let found = store.range(&request).ok().and_then(|r| r.kvs.first().cloned());
-            let ok = found
-                .as_ref()
-                .is_some_and(|kv| kv.mod_revision == ack.revision && kv.value == encode_value(ack.value));
+            let found = store
+                .range(&request)
+                .ok()
+                .and_then(|r| r.kvs.first().cloned());
+            let ok = found.as_ref().is_some_and(|kv| {
+                kv.mod_revision == ack.revision && kv.value == encode_value(ack.value)
+            });
             assert!(
                 ok,
                 "acknowledged write lost: client {} wrote {} to {} at revision {}, the store has \

@@ -628,7 +628,9 @@ impl Invariants {
     pub fn check_commit_never_exceeds_the_durable_log<A: Actor + LogNode>(&mut self, sim: &Sim<A>) {
         for id in 0..sim.len() {
             let Some(node) = sim.node(id) else { continue };
-            let Some(disk) = node.log_disk() else { continue };
+            let Some(disk) = node.log_disk() else {
+                continue;
+            };
             let durable = disk.synced().entries.len() as u64;
             assert!(
                 node.log_reported_commit() <= durable,
@@ -855,12 +857,8 @@ impl Cluster {
             .unwrap_or((MemStorage::new(), LogDisk::default()));
         let promises = promises.after_crash(loss == LogLoss::Kept);
         let recovered = disk.after_loss(loss, self.sim.rng());
-        self.invariants.check_a_crash_keeps_synced_committed_entries(
-            id,
-            &disk,
-            &recovered,
-            self.sim.seed(),
-        );
+        self.invariants
+            .check_a_crash_keeps_synced_committed_entries(id, &disk, &recovered, self.sim.seed());
         self.incarnations[id] += 1;
         let seed = self.sim.rng().u64(..);
         let node = DkvNode::new(

@@ -221,7 +221,11 @@ fn outside_testers_scenario(seed: u64, retry: Retry) -> (Cluster, Finished, u64,
     let failed_over = cluster.run_until(lease() * 6, |c| {
         c.leader() == Some(1) && c.node(1).unwrap().server().applied() >= index_a
     });
-    assert!(failed_over, "node 1 did not take over\n{}", cluster.describe());
+    assert!(
+        failed_over,
+        "node 1 did not take over\n{}",
+        cluster.describe()
+    );
     assert!(!cluster.client(A).is_idle(), "A's attempt ended too early");
 
     tracing::info!("B reads A's value, overwrites it and reads its own");
@@ -233,9 +237,7 @@ fn outside_testers_scenario(seed: u64, retry: Retry) -> (Cluster, Finished, u64,
     assert!(!cluster.client(A).is_idle(), "A's attempt ended too early");
 
     tracing::info!("A's request to node 0 times out and A retries at node 1");
-    assert!(cluster.run_until(Duration::from_secs(5), |c| c
-        .client(A)
-        .is_idle()));
+    assert!(cluster.run_until(Duration::from_secs(5), |c| c.client(A).is_idle()));
     assert_eq!(cluster.client(A).stats().timeouts, 1);
     cluster.submit(B, Planned::Get(KEY));
     assert!(cluster.run_until(lease(), |c| c.client(B).is_idle()));
@@ -377,7 +379,12 @@ fn a_leader_cut_off_in_a_minority_then_healed_keeps_histories_linearizable() {
             for round in 0..4 {
                 let leader = cluster.leader().unwrap_or(0);
                 let buddy = (leader + 1 + cluster.sim.rng().usize(..4)) % 5;
-                tracing::info!(round, leader, buddy, "the leader and one follower are cut off");
+                tracing::info!(
+                    round,
+                    leader,
+                    buddy,
+                    "the leader and one follower are cut off"
+                );
                 cluster.partition(&[&[leader, buddy]]);
                 if cluster.sim.rng().bool() {
                     cluster.refresh_views();
@@ -575,8 +582,7 @@ fn without_sessions_some_history_under_random_faults_is_not_linearizable() {
             eprintln!(
                 "{test_name}: seed {seed} (the {}th) is not linearizable, as expected; values \
                  applied twice: {:?}\n{violation}\n(replay with CLUSTRON_SEED={seed})",
-                run,
-                finished.applied_twice
+                run, finished.applied_twice
             );
             found = Some(seed);
             break;
@@ -595,4 +601,3 @@ fn without_sessions_some_history_under_random_faults_is_not_linearizable() {
         replay_hint(test_name, seeds[0])
     );
 }
-

@@ -439,12 +439,10 @@ impl SimClient {
     }
 
     pub(super) fn next_timeout(&self) -> Option<Instant> {
-        let op = self.op.as_ref().and_then(|op| {
-            op.waiting
-                .as_ref()
-                .map(|a| a.timeout)
-                .or(op.backoff_until)
-        });
+        let op = self
+            .op
+            .as_ref()
+            .and_then(|op| op.waiting.as_ref().map(|a| a.timeout).or(op.backoff_until));
         let idle = if self.op.is_none() {
             self.next_op_at
         } else {
@@ -623,7 +621,10 @@ impl SimClient {
     fn start_round(&mut self, now: Instant) {
         let order = self.order();
         let Some(op) = self.op.as_mut() else { return };
-        op.round = match op.target.and_then(|t| self.nodes.iter().position(|&a| a == t)) {
+        op.round = match op
+            .target
+            .and_then(|t| self.nodes.iter().position(|&a| a == t))
+        {
             Some(index) => VecDeque::from([index]),
             None => order,
         };
@@ -803,9 +804,9 @@ impl SimClient {
                     self.start_round(now);
                 }
             }
-            Err(ServerError::Kv(
-                e @ (KvError::LeaseNotFound(_) | KvError::LeaseExists(_)),
-            )) if matches!(op.job, Job::Lease(_)) => {
+            Err(ServerError::Kv(e @ (KvError::LeaseNotFound(_) | KvError::LeaseExists(_))))
+                if matches!(op.job, Job::Lease(_)) =>
+            {
                 if let Job::Lease(
                     LeaseJob::KeepAlive(lease) | LeaseJob::Revoke(lease) | LeaseJob::Attach(lease),
                 ) = op.job
@@ -836,10 +837,9 @@ impl SimClient {
                     }
                     (LeaseJob::KeepAlive(_), KvReply::KeptAlive { .. })
                     | (LeaseJob::Attach(_), KvReply::Put(..)) => {}
-                    (job, reply) => panic!(
-                        "client {}: {job:?} answered with {reply:?}",
-                        self.index
-                    ),
+                    (job, reply) => {
+                        panic!("client {}: {job:?} answered with {reply:?}", self.index)
+                    }
                 }
                 self.finish_lease();
             }
@@ -967,7 +967,11 @@ impl SimClient {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        if session.keep_alive.as_ref().is_some_and(|a| a.timeout <= now) {
+        if session
+            .keep_alive
+            .as_ref()
+            .is_some_and(|a| a.timeout <= now)
+        {
             session.keep_alive = None;
             session.keep_alive_at = now + Duration::from_millis(50);
             self.stats.timeouts += 1;

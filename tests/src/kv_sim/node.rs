@@ -150,7 +150,9 @@ impl KvNode {
         let mut node = Self {
             me: name(id),
             addr: addr(id),
-            clients: (0..cluster.clients).map(|c| addr(setup.nodes + c)).collect(),
+            clients: (0..cluster.clients)
+                .map(|c| addr(setup.nodes + c))
+                .collect(),
             incarnation,
             election,
             promises,
@@ -211,7 +213,12 @@ impl KvNode {
     }
 
     /// An election message arrived.
-    pub(super) fn election_message(&mut self, now: Instant, from: SocketAddr, msg: ElectionMessage) {
+    pub(super) fn election_message(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: ElectionMessage,
+    ) {
         self.now = now;
         self.election.handle_message(now, from, msg);
         self.pump();
