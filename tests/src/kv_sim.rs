@@ -9,21 +9,40 @@
 //! ([`KvActor`]), so faults hit clients' requests as they hit replication.
 //!
 //! ```text
-//!  SimClient ──Request{id, ClientOp}──► KvNode ──Reply{id, result}──► SimClient
-//!     │ Invoked / Completed events         │ Committed, Elected events
+//!  SimClient ──Request{id, ClientOp}──► KvNode ──Reply{id, result} / Leader──► SimClient
+//!     │ Invoked / Completed / ReadAt       │ Committed, Elected events
 //!     ▼                                    ▼
 //!  Checks::after_step (every step): History (virtual ns), log invariants
 //!  (one leader per epoch, commits never change, commit within the durable
 //!  log), store invariants (applied within commit, replicas agree at every
-//!  applied index)
+//!  applied index, no replica finds itself diverged)
 //!  Cluster::finish: stop clients, heal, converge, then: logs and stores
-//!  equal, every acknowledged write in the store at its revision, each
-//!  value applied once (sessions), and linearizability::check
+//!  equal, every acknowledged write in the store at its revision, every
+//!  serializable read saw a state that existed, each value applied once
+//!  (sessions), and linearizability::check
 //! ```
 //!
 //! Faults ([`Cluster`]): crashes with lossy disks, pauses (SIGSTOP: timers
 //! late on resume), partitions among nodes (clients reach every node),
-//! loss, duplication and reordering, clock drift.
+//! answers lost on their way to a client, loss, duplication and
+//! reordering, clock drift.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use clustron_tests::kv_sim::{Cluster, KvSetup, Retry};
+//! use clustron_tests::replication::LogLoss;
+//! use clustron_tests::sim::NetConfig;
+//!
+//! let mut cluster = Cluster::new(7, KvSetup::new(3, 2, Retry::Session), NetConfig::lan());
+//! cluster.run_for(Duration::from_secs(1));
+//! cluster.pause(0);
+//! cluster.run_for(Duration::from_secs(2));
+//! let finished = cluster.finish(Duration::from_secs(30), LogLoss::UnsyncedLost);
+//! assert!(finished.verdict.is_ok());
+//! assert!(finished.clients.ops > 0);
+//! ```
 
 mod client;
 mod node;
@@ -286,6 +305,19 @@ pub struct Ack {
     pub revision: u64,
 }
 
+/// What a serializable read saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAt {
+    /// The client.
+    pub client: usize,
+    /// Key number.
+    pub key: usize,
+    /// The value seen, `None` if absent.
+    pub value: Option<u64>,
+    /// The revision it was read at.
+    pub revision: u64,
+}
+
 /// Everything checked after every step, and what the run recorded.
 #[derive(Debug)]
 pub struct Checks {
@@ -297,6 +329,8 @@ pub struct Checks {
     pub history: History,
     /// Acknowledged writes.
     pub acked: Vec<Ack>,
+    /// What serializable reads saw.
+    pub reads_at: Vec<ReadAt>,
     /// Cluster nodes are sim ids `0..nodes`; clients follow.
     nodes: usize,
     /// Client → its operation in progress in the history and its key.
@@ -310,6 +344,7 @@ impl Checks {
             stores: StoreInvariants::default(),
             history: History::new(),
             acked: Vec::new(),
+            reads_at: Vec::new(),
             nodes,
             in_flight: BTreeMap::new(),
         }
@@ -375,6 +410,16 @@ impl Checks {
                 };
                 self.history.complete(op, outcome);
             }
+            ClientEvent::ReadAt {
+                key,
+                value,
+                revision,
+            } => self.reads_at.push(ReadAt {
+                client,
+                key,
+                value,
+                revision,
+            }),
         }
     }
 }
@@ -512,6 +557,8 @@ pub struct Finished {
     pub applied_twice: Vec<(String, u64)>,
     /// Acknowledged writes checked against the final store.
     pub acked: usize,
+    /// Serializable reads checked against the final store.
+    pub reads_at: usize,
     /// Elections won.
     pub elections: usize,
 }
@@ -785,6 +832,7 @@ impl Cluster {
             sum.sessions_opened += s.sessions_opened;
             sum.sessions_expired += s.sessions_expired;
             sum.lease_ops += s.lease_ops;
+            sum.any_node_reads += s.any_node_reads;
         }
         sum
     }
@@ -836,6 +884,7 @@ impl Cluster {
             );
         self.check_every_store_is_the_same();
         let acked = self.check_every_acknowledged_write_is_in_the_store();
+        self.check_every_serializable_read_saw_a_state_that_existed();
         let applied_twice = self.values_applied_twice();
         if self.setup.client.retry == Retry::Session {
             assert!(
@@ -849,6 +898,7 @@ impl Cluster {
             clients: self.client_stats(),
             applied_twice,
             acked,
+            reads_at: self.checks.reads_at.len(),
             elections: self.checks.log.elections,
         }
     }
@@ -912,6 +962,46 @@ impl Cluster {
             checked += 1;
         }
         checked
+    }
+
+    /// Every serializable read saw the value the key had at the revision it
+    /// was read at (possibly an old one, never one that did not exist).
+    pub fn check_every_serializable_read_saw_a_state_that_existed(&self) {
+        let Some(leader) = self.leader().and_then(|l| self.node(l)) else {
+            return;
+        };
+        let store = leader.server().store();
+        for read in &self.checks.reads_at {
+            if read.revision != 0 && read.revision <= store.compacted() {
+                continue;
+            }
+            let then = if read.revision == 0 {
+                // Nothing was written at revision 0: every key was absent.
+                None
+            } else {
+                let request = RangeRequest {
+                    range: KeyRange::Key(key_name(read.key).into_bytes()),
+                    revision: read.revision,
+                    limit: 0,
+                    keys_only: false,
+                    count_only: false,
+                };
+                store
+                    .range(&request)
+                    .ok()
+                    .and_then(|r| r.kvs.first().map(|kv| decode_value(&kv.value)))
+            };
+            assert_eq!(
+                read.value,
+                then,
+                "client {} read {:?} from {} at revision {}, which held {then:?} (seed {})",
+                read.client,
+                read.value,
+                key_name(read.key),
+                read.revision,
+                self.sim.seed()
+            );
+        }
     }
 
     /// Values the final store's history shows written more than once to a

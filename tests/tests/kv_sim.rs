@@ -83,6 +83,7 @@ struct Totals {
     unknown_writes: u64,
     failed: u64,
     acked: usize,
+    reads_at: usize,
     elections: usize,
     not_linearizable: usize,
 }
@@ -97,6 +98,7 @@ impl Totals {
         self.unknown_writes += finished.clients.unknown_writes;
         self.failed += finished.clients.failed;
         self.acked += finished.acked;
+        self.reads_at += finished.reads_at;
         self.elections += finished.elections;
         self.not_linearizable += usize::from(finished.verdict.is_err());
     }
@@ -110,8 +112,8 @@ impl Totals {
         eprintln!(
             "{test_name}: {} of {} seeds in {:.1?}; {} operations checked ({} writes, {} \
              acknowledged writes found in the store, {} failed), unknown writes {} ({:.3}%); \
-             {} requests, {} timed out, {} sessions expired, {} elections; {} histories not \
-             linearizable",
+             {} serializable reads matched the store; {} requests, {} timed out, {} sessions \
+             expired, {} elections; {} histories not linearizable",
             run.run,
             run.planned,
             run.elapsed,
@@ -121,6 +123,7 @@ impl Totals {
             self.failed,
             self.unknown_writes,
             unknown * 100.0,
+            self.reads_at,
             self.attempts,
             self.timeouts,
             self.sessions_expired,

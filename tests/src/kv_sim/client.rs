@@ -149,6 +149,15 @@ pub enum ClientEvent {
     },
     /// The checked operation in progress ended.
     Completed(Done),
+    /// A serializable read saw `value` for key number `key` at `revision`.
+    ReadAt {
+        /// Key number.
+        key: usize,
+        /// The value, `None` if absent.
+        value: Option<u64>,
+        /// The store revision it was read at.
+        revision: u64,
+    },
 }
 
 /// How a checked operation ended.
@@ -190,6 +199,8 @@ pub struct ClientStats {
     pub sessions_expired: u64,
     /// Lease operations finished.
     pub lease_ops: u64,
+    /// Serializable reads answered.
+    pub any_node_reads: u64,
 }
 
 /// How a compare-and-set checks the key.
@@ -211,6 +222,9 @@ enum Job {
     },
     /// Lease traffic: not checked, must not break anything.
     Lease(LeaseJob),
+    /// A serializable read of a key at any node: possibly stale, so not in
+    /// the history; the state it saw is checked against the final store.
+    AnyNodeRead(usize),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -244,6 +258,8 @@ struct Op {
     command: Option<Command>,
     /// The request, for reads and lease keep-alives.
     request: Option<ClientOp>,
+    /// Any node may answer (a serializable read): no leader sought.
+    any_node: bool,
     deadline: Instant,
     /// The leader to try, if one was named.
     target: Option<SocketAddr>,
@@ -428,7 +444,7 @@ impl SimClient {
                 self.timed_out(now);
             } else if op.backoff_until.is_some_and(|at| at <= now) {
                 op.backoff_until = None;
-                op.target = self.leader;
+                op.target = if op.any_node { None } else { self.leader };
                 self.start_round(now);
             }
         }
@@ -506,7 +522,8 @@ impl SimClient {
         }
         let key = self.rng.usize(..keys);
         match roll {
-            0..=39 => Job::Checked {
+            0..=7 => Job::AnyNodeRead(key),
+            8..=39 => Job::Checked {
                 key,
                 call: Call::Get,
                 guard: None,
@@ -558,7 +575,9 @@ impl SimClient {
                 checked_request(*key, call, *guard)
             }
             Job::Lease(lease) => self.lease_request(*lease),
+            Job::AnyNodeRead(key) => (None, Some(read_request(*key, false))),
         };
+        let any_node = matches!(job, Job::AnyNodeRead(_));
         let write = command.is_some();
         let opening = write && self.config.retry == Retry::Session && self.session.is_none();
         if !self.config.remember_leader {
@@ -569,8 +588,9 @@ impl SimClient {
             job,
             command,
             request,
+            any_node,
             deadline: now + self.config.retry_for,
-            target: self.leader,
+            target: if any_node { None } else { self.leader },
             round: VecDeque::new(),
             waiting: None,
             backoff_until: None,
@@ -742,7 +762,9 @@ impl SimClient {
             return;
         }
         self.leader = Some(leader);
-        let Some(op) = self.op.as_mut() else { return };
+        let Some(op) = self.op.as_mut().filter(|op| !op.any_node) else {
+            return;
+        };
         let waiting_elsewhere = op
             .waiting
             .as_ref()
@@ -814,7 +836,7 @@ impl SimClient {
                     self.leases.retain(|l| *l != lease);
                 }
                 tracing::trace!(client = self.index, error = %e, "lease operation refused");
-                self.finish_lease();
+                self.finish_unchecked();
             }
             Err(e) => panic!(
                 "client {} got an answer no correct server gives to {:?}: {e}",
@@ -841,7 +863,23 @@ impl SimClient {
                         panic!("client {}: {job:?} answered with {reply:?}", self.index)
                     }
                 }
-                self.finish_lease();
+                self.finish_unchecked();
+            }
+            Job::AnyNodeRead(key) => {
+                let KvReply::Range(response, revision) = reply else {
+                    panic!(
+                        "client {}: a read of k{key} answered with {reply:?}",
+                        self.index
+                    )
+                };
+                let value = response.kvs.first().map(|kv| decode_value(&kv.value));
+                self.events.push_back(Event::Client(ClientEvent::ReadAt {
+                    key,
+                    value,
+                    revision,
+                }));
+                self.stats.any_node_reads += 1;
+                self.finish_unchecked();
             }
             Job::Checked { key, call, .. } => {
                 let (ret, wrote) = match (&call, reply) {
@@ -913,7 +951,7 @@ impl SimClient {
         };
         match op.job {
             Job::Checked { .. } => self.finish(done),
-            Job::Lease(_) => self.finish_lease(),
+            Job::Lease(_) | Job::AnyNodeRead(_) => self.finish_unchecked(),
         }
     }
 
@@ -939,9 +977,14 @@ impl SimClient {
         self.schedule_next();
     }
 
-    fn finish_lease(&mut self) {
-        self.op = None;
-        self.stats.lease_ops += 1;
+    /// Ends the unchecked operation in progress.
+    fn finish_unchecked(&mut self) {
+        if let Some(Op {
+            job: Job::Lease(_), ..
+        }) = self.op.take()
+        {
+            self.stats.lease_ops += 1;
+        }
         self.schedule_next();
     }
 
@@ -1030,21 +1073,10 @@ fn checked_request(
     call: &Call,
     guard: Option<Guard>,
 ) -> (Option<Command>, Option<ClientOp>) {
+    let number = key;
     let key = key_name(key).into_bytes();
     match call {
-        Call::Get => (
-            None,
-            Some(ClientOp::Read {
-                request: RangeRequest {
-                    range: KeyRange::Key(key),
-                    revision: 0,
-                    limit: 0,
-                    keys_only: false,
-                    count_only: false,
-                },
-                linearizable: true,
-            }),
-        ),
+        Call::Get => (None, Some(read_request(number, true))),
         Call::Put(value) => (
             Some(Command::Put(PutRequest {
                 key,
@@ -1083,5 +1115,19 @@ fn checked_request(
             })),
             None,
         ),
+    }
+}
+
+/// A read of checked key number `key`.
+fn read_request(key: usize, linearizable: bool) -> ClientOp {
+    ClientOp::Read {
+        request: RangeRequest {
+            range: KeyRange::Key(key_name(key).into_bytes()),
+            revision: 0,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+        },
+        linearizable,
     }
 }
