@@ -1,12 +1,12 @@
 //! Workspace integration, simulation and fault tests for Clustron.
 //!
 //! The library part holds helpers shared by the test files in `tests/tests/`:
-//! the workspace layering rules, read from `cargo metadata`,
+//! the workspace layering rules, read from `cargo metadata`;
 //! [`linearizability`], a checker for key-value histories recorded by clients
-//! (simulated or real processes), the deterministic simulator ([`sim`]) and
-//! what runs on it: membership, election, the replicated log
-//! ([`replication`]) and the whole key-value server with clients
-//! ([`kv_sim`]).
+//! (simulated or real processes); [`procs`], which runs real node processes;
+//! and the deterministic simulator ([`sim`]) with what runs on it:
+//! membership, election, the replicated log ([`replication`]) and the whole
+//! key-value server with clients ([`kv_sim`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,6 +16,7 @@ pub mod events;
 pub mod kv_sim;
 pub mod linearizability;
 pub mod local;
+pub mod procs;
 pub mod replication;
 pub mod sim;
 pub mod swim;

@@ -477,6 +477,11 @@ impl KvNode {
                     self.events.push_back(Event::CannotLead(epoch));
                 }
                 ServerOutput::Log(LogOutput::Committed { upto }) => self.committed(upto),
+                // Like `kv_driver`, this node never compacts its log, so no
+                // replica is ever asked to pull a snapshot.
+                ServerOutput::Log(LogOutput::PullSnapshot { .. } | LogOutput::ResetLog { .. }) => {
+                    panic!("{} got a snapshot output without compaction", self.me)
+                }
                 ServerOutput::Reply { id, result } => {
                     if let Some((to, id)) = self.pending.remove(&id) {
                         self.transmits.push_back(Transmit {
