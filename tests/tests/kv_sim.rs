@@ -5,11 +5,12 @@
 //! After every step [`clustron_tests::kv_sim::Cluster`] checks the log's
 //! invariants (one leader per epoch, committed entries never change, commit
 //! within the durable log) and the store's (applied within commit, replicas
-//! agree at every applied index). Each run ends by stopping the clients and
-//! the faults, waiting for convergence, and checking that every node holds
-//! the same store, every acknowledged write is in it at its revision, no
-//! value was applied twice (with sessions), and the history is
-//! linearizable.
+//! agree at every applied index, no replica finds itself diverged). Each
+//! run ends by stopping the clients and the faults, waiting for
+//! convergence, and checking that every node holds the same store, every
+//! acknowledged write is in it at its revision, every serializable read saw
+//! a state that existed, no value was applied twice (with sessions), and
+//! the history is linearizable.
 //!
 //! Seeds: `CLUSTRON_SEED=s` replays one; `CLUSTRON_SEEDS=n` runs n per
 //! test; `CLUSTRON_SIM_BUDGET_SECS=s` bounds each test's wall time (no new
