@@ -522,8 +522,9 @@ impl SimClient {
         }
         let key = self.rng.usize(..keys);
         match roll {
-            0..=7 => Job::AnyNodeRead(key),
-            8..=39 => Job::Checked {
+            // 0..=5 are lease operations when those are on.
+            0..=13 => Job::AnyNodeRead(key),
+            14..=39 => Job::Checked {
                 key,
                 call: Call::Get,
                 guard: None,
