@@ -347,6 +347,10 @@ impl Client {
         let mut pause = Duration::from_millis(20);
         let mut maybe_delivered = false;
         let mut last = ClientError::Unavailable(clustron_transport::Error::Closed);
+        // Nodes that said, since the last pause, that they cannot serve this:
+        // the next one is tried at once, and a redirect back to one of them
+        // waits for the pause (nodes pointing at each other cannot loop).
+        let mut refused: Vec<SocketAddr> = Vec::new();
         'rounds: loop {
             let candidates: Vec<(Option<usize>, SocketAddr)> = match target {
                 Some(addr) => vec![(None, addr)],
@@ -358,6 +362,9 @@ impl Client {
                     .collect(),
             };
             for (index, addr) in candidates {
+                if target.is_none() && refused.contains(&addr) {
+                    continue;
+                }
                 let wrapped = Request::Kv(match session {
                     Some((session, seq)) => KvRequest::InSession {
                         session: session.id,
@@ -391,16 +398,27 @@ impl Client {
                     Response::Kv(Ok(reply)) => return (Ok(reply), maybe_delivered),
                     Response::Kv(Err(KvFailure::NotLeader {
                         leader: Some((_, leader)),
-                    })) if target != Some(leader) => {
+                    })) if target != Some(leader) && !refused.contains(&leader) => {
+                        refused.push(addr);
                         target = Some(leader);
                         self.shared.set_leader(Some(leader));
                         continue 'rounds;
                     }
-                    // Not served, or served and not known to be committed:
-                    // in a session, sending it again is safe.
+                    // Not served (this node cannot: no leader known, its
+                    // store stopped, it is catching up): the next node, now.
                     Response::Kv(Err(
                         failure @ (KvFailure::NotLeader { .. } | KvFailure::Unavailable(_)),
-                    )) => last = ClientError::Kv(failure),
+                    )) => {
+                        last = ClientError::Kv(failure);
+                        refused.push(addr);
+                        if target == Some(addr) {
+                            // The leader we knew cannot serve: ask the others.
+                            self.shared.set_leader(None);
+                            target = None;
+                            continue 'rounds;
+                        }
+                        continue;
+                    }
                     Response::Kv(Err(
                         failure @ (KvFailure::LeaderChanged
                         | KvFailure::Unknown(_)
@@ -435,6 +453,7 @@ impl Client {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
+            refused.clear();
             target = if any_node { None } else { self.shared.leader() };
         }
     }

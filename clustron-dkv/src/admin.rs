@@ -65,6 +65,12 @@ async fn answer(node: &Node, path: &str) -> (&'static str, String) {
     match path {
         "/healthz" => ("200 OK", "ok\n".into()),
         "/readyz" => {
+            // A node that cannot do its job says why, first.
+            let stopped = node.kv.borrow().as_ref().and_then(|kv| kv.stopped());
+            let withdrawn = node.election.borrow().as_ref().and_then(|e| e.withdrawn());
+            if let Some(why) = stopped.or(withdrawn) {
+                return ("503 Service Unavailable", format!("not ready: {why}\n"));
+            }
             let diverged = node.kv.borrow().as_ref().and_then(|kv| kv.stats().diverged);
             if let Some(d) = diverged {
                 return (
@@ -139,6 +145,13 @@ async fn metrics(node: &Node) -> String {
     let _ = writeln!(out, "# TYPE clustron_leadership_changes_total counter");
     let changes = node.leadership_changes.load(Ordering::Relaxed);
     let _ = writeln!(out, "clustron_leadership_changes_total {changes}");
+    let withdrawn = election.as_ref().is_some_and(|e| e.withdrawn().is_some());
+    let _ = writeln!(
+        out,
+        "# HELP clustron_election_withdrawn 1 while this node may neither vote nor lead (see /readyz)."
+    );
+    let _ = writeln!(out, "# TYPE clustron_election_withdrawn gauge");
+    let _ = writeln!(out, "clustron_election_withdrawn {}", u8::from(withdrawn));
     if let Ok(health) = node.membership.health().await {
         let _ = writeln!(
             out,
@@ -203,6 +216,16 @@ async fn metrics(node: &Node) -> String {
     }
     let kv = node.kv.borrow().clone();
     if let Some(kv) = kv {
+        let _ = writeln!(
+            out,
+            "# HELP clustron_kv_stopped 1 once the key-value store stopped (its write-ahead log failed; see /readyz)."
+        );
+        let _ = writeln!(out, "# TYPE clustron_kv_stopped gauge");
+        let _ = writeln!(
+            out,
+            "clustron_kv_stopped {}",
+            u8::from(kv.stopped().is_some())
+        );
         let s = kv.stats();
         for (name, kind, help, value) in [
             (

@@ -27,7 +27,7 @@ use crate::core::server::{
 use crate::core::watch::{WatchId, WatchRequest};
 use crate::core::{Entry, Message, Output as LogOutput, Recovered, Summary};
 use crate::kv::{Event, KvError};
-use crate::wal::{Wal, WalOptions};
+use crate::wal::{HighWaterMark, Wal, WalOptions};
 
 /// The replication protocol on the transport's `DKV` channel.
 #[derive(Debug)]
@@ -126,6 +126,7 @@ enum Command {
 pub struct Kv {
     commands: mpsc::Sender<Command>,
     stats: tokio::sync::watch::Receiver<KvStats>,
+    stopped: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Why the key-value server could not start.
@@ -165,6 +166,8 @@ impl Kv {
     ) -> Result<Kv, StartError> {
         let OpenStore {
             wal,
+            mark,
+            lost,
             entries,
             epoch,
             epoch_path,
@@ -187,9 +190,13 @@ impl Kv {
         )?;
         let (commands, command_rx) = mpsc::channel(1024);
         let (stats_tx, stats) = tokio::sync::watch::channel(KvStats::default());
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(None);
         let driver = Driver {
             server,
             wal,
+            mark,
+            lost,
+            caught_up: false,
             epoch_path,
             fence,
             fenced: epoch,
@@ -207,11 +214,16 @@ impl Kv {
             next_id: 0,
             watchers: HashMap::new(),
             stats: stats_tx,
+            stopped: stopped_tx,
             syncs: 0,
             elected: None,
         };
         tokio::spawn(driver.run());
-        Ok(Kv { commands, stats })
+        Ok(Kv {
+            commands,
+            stats,
+            stopped,
+        })
     }
 
     /// The server's current figures.
@@ -219,10 +231,22 @@ impl Kv {
         *self.stats.borrow()
     }
 
+    /// Why the server stopped (its write-ahead log failed), if it did. A
+    /// stopped server has withdrawn this node from the election: it neither
+    /// leads nor votes, and every request fails as unavailable, which sends
+    /// clients to another node.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.borrow().clone()
+    }
+
     /// Runs one client operation.
     pub async fn request(&self, op: ClientOp) -> Result<Reply, ServerError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || ServerError::NotReady("the key-value server has stopped");
+        let stopped = || {
+            ServerError::NotReady(
+                "this node's key-value store has stopped (see its /readyz); try another node",
+            )
+        };
         self.commands
             .send(Command::Request(op, tx))
             .await
@@ -246,6 +270,9 @@ impl Kv {
 #[derive(Debug)]
 pub struct OpenStore {
     wal: Wal,
+    mark: HighWaterMark,
+    /// The high-water mark, when the log opened below it.
+    lost: Option<Summary>,
     entries: Vec<Entry>,
     epoch: u64,
     epoch_path: PathBuf,
@@ -254,9 +281,11 @@ pub struct OpenStore {
 }
 
 impl OpenStore {
-    /// Opens (or creates) the write-ahead log and epoch file in `data_dir`.
+    /// Opens (or creates) the write-ahead log, its high-water mark and the
+    /// epoch file in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<OpenStore, StartError> {
-        let (wal, recovered) = Wal::open(&data_dir.join("wal"), WalOptions::default())?;
+        let wal_dir = data_dir.join("wal");
+        let (wal, recovered) = Wal::open(&wal_dir, WalOptions::default())?;
         if recovered.torn_tail_bytes > 0 {
             tracing::warn!(
                 bytes = recovered.torn_tail_bytes,
@@ -272,6 +301,22 @@ impl OpenStore {
                 last_epoch: e.epoch,
                 last_index: e.index,
             });
+        let mark_path = data_dir.join("wal-mark");
+        let mark = HighWaterMark::open(&mark_path, written)?;
+        let lost = mark.lost(written).then(|| mark.mark());
+        if let Some(mark) = lost {
+            tracing::error!(
+                log_epoch = written.last_epoch,
+                log_index = written.last_index,
+                mark_epoch = mark.last_epoch,
+                mark_index = mark.last_index,
+                wal = %wal_dir.display(),
+                "the write-ahead log lost entries this node had acknowledged; not voting or \
+                 leading until caught up from the other nodes (if every node lost them, delete \
+                 {} to accept the loss)",
+                mark_path.display()
+            );
+        }
         let fence = Fence::default();
         {
             let mut state = fence.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -280,6 +325,8 @@ impl OpenStore {
         }
         Ok(OpenStore {
             wal,
+            mark,
+            lost,
             entries: recovered.entries,
             epoch,
             epoch_path,
@@ -291,6 +338,21 @@ impl OpenStore {
     /// The hook to start the election with.
     pub fn fence(&self) -> Fence {
         self.fence.clone()
+    }
+
+    /// Why this node must start withdrawn from the election, if it must:
+    /// its log opened below its high-water mark, so it lost entries it had
+    /// acknowledged, and a grant would understate what it promised (a new
+    /// leader could then miss a committed entry). The key-value server
+    /// rejoins the election once it has caught up past the mark.
+    pub fn lost_tail(&self) -> Option<String> {
+        let mark = self.lost?;
+        Some(format!(
+            "lost acknowledged log entries: the write-ahead log ends at epoch {} index {} but \
+             this node had made epoch {} index {} durable; not voting or leading until caught \
+             up from the other nodes",
+            self.written.last_epoch, self.written.last_index, mark.last_epoch, mark.last_index
+        ))
     }
 }
 
@@ -332,6 +394,13 @@ struct Watcher {
 struct Driver {
     server: Server,
     wal: Wal,
+    /// Raised after every sync; see [`crate::wal::mark`].
+    mark: HighWaterMark,
+    /// The mark this node must catch up to before it votes again.
+    lost: Option<Summary>,
+    /// Caught up past the mark: rejoin the election (from the loop, in
+    /// order with a later withdrawal, never after it).
+    caught_up: bool,
     epoch_path: PathBuf,
     fence: Fence,
     /// The fence last passed to the server.
@@ -351,6 +420,7 @@ struct Driver {
     next_id: RequestId,
     watchers: HashMap<WatchId, Watcher>,
     stats: tokio::sync::watch::Sender<KvStats>,
+    stopped: tokio::sync::watch::Sender<Option<String>>,
     syncs: u64,
     /// The epoch the server was last told this node won.
     elected: Option<u64>,
@@ -364,11 +434,13 @@ impl Driver {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             if let Err(e) = self.drain() {
-                tracing::error!(error = %e, "write-ahead log failed; stopping the key-value server on this node");
-                for (_, tx) in self.pending.drain() {
-                    let _ = tx.send(Err(ServerError::NotReady("the write-ahead log failed")));
-                }
+                self.stop(e).await;
                 return;
+            }
+            if std::mem::take(&mut self.caught_up) {
+                if let Err(e) = self.election.rejoin().await {
+                    tracing::error!(error = %e, "cannot rejoin the election");
+                }
             }
             let deadline = self
                 .server
@@ -414,8 +486,37 @@ impl Driver {
                 _ = catch_up.tick(), if self.server.watch_counts().1 > 0 => {
                     self.server.catch_up_watchers();
                 }
-                _ = sweep.tick() => self.drop_closed_watchers(),
+                _ = sweep.tick() => {
+                    self.drop_closed_watchers();
+                    // The mark's fsync, at most once a second.
+                    if let Err(e) = self.mark.sync() {
+                        self.stop(e).await;
+                        return;
+                    }
+                }
             }
+        }
+    }
+
+    /// The write-ahead log failed: nothing more can be made durable, so
+    /// this node may neither acknowledge, nor lead, nor vote (its grants
+    /// would promise a log it cannot keep). It withdraws from the election
+    /// (a leader hands over at once, so another node takes over within
+    /// about one lease), says why on `/readyz` and `/metrics`, and every
+    /// request from now on fails as unavailable (clients move to another
+    /// node). Whatever the failed output was followed by (replies, sends)
+    /// was never performed: nothing undurable was acknowledged.
+    async fn stop(&mut self, error: crate::wal::WalError) {
+        let reason = format!("the key-value store stopped: write-ahead log failed: {error}");
+        tracing::error!(%reason, "stepping down, no longer voting or serving on this node");
+        self.stopped.send_replace(Some(reason.clone()));
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(ServerError::NotReady(
+                "this node's write-ahead log failed; try another node",
+            )));
+        }
+        if let Err(e) = self.election.withdraw(reason).await {
+            tracing::error!(error = %e, "cannot withdraw from the election");
         }
     }
 
@@ -530,11 +631,33 @@ impl Driver {
         }
     }
 
-    /// Alive non-voters receive the log as learners.
+    /// Alive non-voters receive the log as learners; voters are sent to at
+    /// the address membership gives (a voter that was down when this node
+    /// started had none).
     async fn refresh_learners(&mut self) {
         let Ok(members) = self.membership.members().await else {
             return;
         };
+        for member in members.iter().filter(|m| m.name != self.me) {
+            let Some(known) = self
+                .voters
+                .iter_mut()
+                .find(|(name, _)| *name == member.name)
+            else {
+                continue;
+            };
+            if known.1 != member.addr {
+                known.1 = member.addr;
+                self.server.set_voter_addr(&member.name, member.addr);
+                // The leader's address is the clients' redirect hint.
+                if let Some((leader, epoch)) = self.election.leader() {
+                    if leader == member.name {
+                        self.server
+                            .follow(Instant::now(), leader, member.addr, epoch.0);
+                    }
+                }
+            }
+        }
         let learners: Vec<(NodeName, SocketAddr)> = members
             .into_iter()
             .filter(|m| m.state == MemberState::Alive && m.name != self.me)
@@ -557,12 +680,19 @@ impl Driver {
                     })?;
                 }
                 ServerOutput::Log(LogOutput::Truncate { from }) => {
-                    self.wal.truncate_from(from)?;
                     let last = from.saturating_sub(1);
-                    self.written = Summary {
+                    let kept = Summary {
                         last_epoch: self.server.replica().entry(last).map_or(0, |e| e.epoch),
                         last_index: last,
                     };
+                    // The cut entries were never committed (a leader
+                    // replaces only those): the mark comes down first,
+                    // durably, unless it still guards entries lost earlier.
+                    if self.lost.is_none() {
+                        self.mark.lower(kept)?;
+                    }
+                    self.wal.truncate_from(from)?;
+                    self.written = kept;
                 }
                 ServerOutput::Log(LogOutput::Append(entries)) => {
                     self.wal.append(&entries)?;
@@ -576,6 +706,16 @@ impl Driver {
                 ServerOutput::Log(LogOutput::Sync) => {
                     self.wal.sync()?;
                     self.syncs += 1;
+                    self.mark.advance(self.written)?;
+                    if self.lost.is_some_and(|mark| self.written >= mark) {
+                        self.lost = None;
+                        tracing::info!(
+                            epoch = self.written.last_epoch,
+                            index = self.written.last_index,
+                            "caught up past the high-water mark; voting again"
+                        );
+                        self.caught_up = true;
+                    }
                     let fence = self.fence.durable(&self.written);
                     if fence > self.fenced {
                         self.fenced = fence;
@@ -586,6 +726,10 @@ impl Driver {
                     // Nothing from an epoch the election has since promised
                     // away leaves (see the module docs).
                     if msg.epoch() < self.fence.epoch() {
+                        continue;
+                    }
+                    // A voter not heard of yet: nowhere to send.
+                    if to.ip().is_unspecified() || to.port() == 0 {
                         continue;
                     }
                     let channel = self.channel.clone();

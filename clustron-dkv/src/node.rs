@@ -2,6 +2,7 @@
 //! key-value server, the admin HTTP server, and a graceful stop.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,17 +26,25 @@ pub struct Node {
     pub endpoint: Endpoint,
     /// Membership.
     pub membership: Membership,
-    /// The election, once every voter's address is known.
+    /// The election (always set once [`start`] returns).
     pub election: watch::Receiver<Option<Election>>,
-    /// The event bus, started with the election.
+    /// The event bus (always set once [`start`] returns).
     pub bus: watch::Receiver<Option<EventBus>>,
-    /// The key-value server, started with the election.
+    /// The key-value server (always set once [`start`] returns).
     pub kv: watch::Receiver<Option<Kv>>,
     /// Leadership changes seen since start.
     pub leadership_changes: Arc<AtomicU64>,
 }
 
 /// Starts a node from `config`.
+///
+/// The order matters. The key-value store opens first: a node that cannot
+/// open it fails here, before it joins the cluster (the binary exits
+/// non-zero naming the file), so it never holds up an election as the
+/// highest-priority candidate that never campaigns. Then membership, and
+/// the election at once: voters are configured by name, and each one's
+/// address comes from membership when it is heard of, so any majority of
+/// the configured voters elects whether or not the others ever started.
 pub async fn start(config: &NodeConfig) -> Result<Node> {
     let identity = TlsIdentity::from_files(&config.ca_file, &config.cert_file, &config.key_file)
         .context("loading certificates")?;
@@ -47,6 +56,12 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             config.name
         );
     }
+    // The key-value log, opened first (above), and before the election: its
+    // fence goes to the election, so a grant carries the log's durable
+    // summary as of the promise.
+    let kv_dir = config.data_dir.join("kv");
+    let store = OpenStore::open(&kv_dir)
+        .with_context(|| format!("opening the key-value store in {}", kv_dir.display()))?;
     let endpoint = Endpoint::bind(TransportConfig::new(config.listen), identity)
         .with_context(|| format!("listening on {}", config.listen))?;
     let is_voter = config.voters.contains(&config.name);
@@ -63,25 +78,55 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     .context("joining the cluster")?;
     tracing::info!(name = %config.name, addr = %endpoint.local_addr(), "joined");
 
-    let (election_tx, election) = watch::channel(None);
-    let (bus_tx, bus) = watch::channel(None);
-    let (kv_tx, kv) = watch::channel(None);
     let leadership_changes = Arc::new(AtomicU64::new(0));
-    let node = Node {
-        endpoint: endpoint.clone(),
-        membership: membership.clone(),
-        election,
-        bus,
-        kv,
-        leadership_changes: leadership_changes.clone(),
-    };
-    let voters: Vec<NodeName> = config
-        .voters
-        .iter()
-        .filter_map(|v| NodeName::new(v).ok())
+    // Addresses known now; the others are learned from membership later.
+    let known: BTreeMap<NodeName, SocketAddr> = membership
+        .members()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.name, m.addr))
         .collect();
-    let data_dir = config.data_dir.join("election");
-    let kv_dir = config.data_dir.join("kv");
+    let voters = VoterSet::new(
+        config
+            .voters
+            .iter()
+            .filter_map(|v| NodeName::new(v).ok())
+            .map(|name| match known.get(&name) {
+                Some(addr) => Voter { name, addr: *addr },
+                None => Voter::unaddressed(name),
+            }),
+    );
+    let voter_addrs: Vec<(NodeName, SocketAddr)> = voters
+        .voters()
+        .iter()
+        .map(|v| (v.name.clone(), v.addr))
+        .collect();
+    let options = clustron_election::Options {
+        config: clustron_election::Config::lan(),
+        voters,
+        data_dir: config.data_dir.join("election"),
+        hook: Some(Arc::new(store.fence())),
+        // A log that lost acknowledged entries must not vote or lead until
+        // it has caught up (the key-value server rejoins then).
+        withdrawn: store.lost_tail(),
+    };
+    let election = Election::start(&endpoint, &membership, options)
+        .await
+        .context("starting the election")?;
+    let mut changes = election.subscribe();
+    let counter = leadership_changes.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = changes.recv().await {
+            if let LeadershipEvent::Leader { name, epoch } = event {
+                tracing::info!(leader = %name, epoch = epoch.0, "leader");
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let bus = EventBus::start(&endpoint, &membership, Some(&election), Default::default())
+        .await
+        .context("starting the event bus")?;
     let kv_config = ServerConfig {
         retain_revisions: config.retain_revisions,
         limits: crate::core::mvcc::Limits {
@@ -90,81 +135,24 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         },
         ..ServerConfig::default()
     };
-    tokio::spawn(async move {
-        // The election needs every voter's address: wait for membership to
-        // know them all (alive or not).
-        let set = loop {
-            if let Ok(members) = membership.members().await {
-                let known: BTreeMap<&NodeName, _> =
-                    members.iter().map(|m| (&m.name, m.addr)).collect();
-                if voters.iter().all(|v| known.contains_key(v)) {
-                    break VoterSet::new(voters.iter().map(|v| Voter {
-                        name: v.clone(),
-                        addr: known[v],
-                    }));
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let voter_addrs: Vec<(NodeName, std::net::SocketAddr)> = set
-            .voters()
-            .iter()
-            .map(|v| (v.name.clone(), v.addr))
-            .collect();
-        // The key-value log, opened first: its fence goes to the election
-        // (a grant carries the log's durable summary as of the promise).
-        let store = match OpenStore::open(&kv_dir) {
-            Ok(store) => store,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open the key-value store");
-                return;
-            }
-        };
-        let options = clustron_election::Options {
-            config: clustron_election::Config::lan(),
-            voters: set,
-            data_dir,
-            hook: Some(Arc::new(store.fence())),
-        };
-        let election = match Election::start(&endpoint, &membership, options).await {
-            Ok(election) => election,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the election");
-                return;
-            }
-        };
-        let mut changes = election.subscribe();
-        tokio::spawn(async move {
-            while let Ok(event) = changes.recv().await {
-                if let LeadershipEvent::Leader { name, epoch } = event {
-                    tracing::info!(leader = %name, epoch = epoch.0, "leader");
-                    leadership_changes.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        match EventBus::start(&endpoint, &membership, Some(&election), Default::default()).await {
-            Ok(bus) => {
-                let _ = bus_tx.send(Some(bus));
-            }
-            Err(e) => tracing::error!(error = %e, "cannot start the event bus"),
-        }
-        match Kv::start(
-            &endpoint,
-            &membership,
-            &election,
-            store,
-            voter_addrs,
-            kv_config,
-        )
-        .await
-        {
-            Ok(kv) => {
-                let _ = kv_tx.send(Some(kv));
-            }
-            Err(e) => tracing::error!(error = %e, "cannot start the key-value store"),
-        }
-        let _ = election_tx.send(Some(election));
-    });
+    let kv = Kv::start(
+        &endpoint,
+        &membership,
+        &election,
+        store,
+        voter_addrs,
+        kv_config,
+    )
+    .await
+    .context("starting the key-value store")?;
+    let node = Node {
+        endpoint: endpoint.clone(),
+        membership: membership.clone(),
+        election: watch::channel(Some(election)).1,
+        bus: watch::channel(Some(bus)).1,
+        kv: watch::channel(Some(kv)).1,
+        leadership_changes,
+    };
     crate::serve::start(&node).context("serving clients")?;
     if let Some(addr) = config.admin_listen {
         admin::serve(addr, node.clone()).await?;

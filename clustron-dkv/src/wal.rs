@@ -34,6 +34,11 @@
 //!   changed on disk. An operator decides (restore the node from its peers);
 //!   the log never silently drops acknowledged entries.
 //!
+//! What the segments cannot tell (a deleted last segment, a damaged last
+//! record that passes for a torn write) the [`mark`] can: a durable
+//! high-water mark of what this node made durable, kept beside the
+//! segments, which a log that comes back shorter falls below.
+//!
 //! # Example
 //!
 //! ```
@@ -56,6 +61,9 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 pub use crate::core::replication::{Entry, EntryKind};
+pub use mark::HighWaterMark;
+
+pub mod mark;
 
 /// File magic and format version at the start of every segment.
 const MAGIC: &[u8; 5] = b"CLWAL";

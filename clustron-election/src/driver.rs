@@ -5,6 +5,11 @@
 //! membership changes (which feed the view), the core's next deadline and API
 //! commands. Outputs are carried out in order: a promise is written and
 //! fsynced before any message queued after it leaves.
+//!
+//! If storage fails, nothing queued after the failed write leaves (a grant
+//! never goes out unpersisted), and the node withdraws ([`Election::withdraw`])
+//! instead of stopping: it steps down if it leads and never votes again, but
+//! keeps following the leader, so its state says what happened.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +17,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clustron_membership::{MemberState, Membership, NodeName, Notification};
+
+use crate::core::WITHDRAWN_TAG;
 use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -129,6 +136,10 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Called on every promise, if set (see [`PromiseHook`]).
     pub hook: Option<std::sync::Arc<dyn PromiseHook>>,
+    /// Start withdrawn, for this reason ([`Election::withdraw`]): the node
+    /// knows before its first vote that it may not vote (e.g. it holds less
+    /// than it once acknowledged). `None` for a node in good health.
+    pub withdrawn: Option<String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -138,6 +149,7 @@ impl std::fmt::Debug for Options {
             .field("voters", &self.voters)
             .field("data_dir", &self.data_dir)
             .field("hook", &self.hook.as_ref().map(|_| "set"))
+            .field("withdrawn", &self.withdrawn)
             .finish()
     }
 }
@@ -174,6 +186,7 @@ pub enum LeadershipEvent {
 struct State {
     leader: Option<(NodeName, Epoch)>,
     lease: Option<(Epoch, Instant)>,
+    withdrawn: Option<String>,
 }
 
 enum Command {
@@ -182,6 +195,8 @@ enum Command {
     AddVoter(Voter, oneshot::Sender<Result<(), Error>>),
     RemoveVoter(NodeName, oneshot::Sender<Result<(), Error>>),
     SetSummary(Vec<u8>),
+    Withdraw(String, oneshot::Sender<()>),
+    Rejoin(oneshot::Sender<()>),
     Freeze(Duration, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -226,7 +241,7 @@ impl Election {
         let recovered = storage.load()?;
         let local = membership.local().await?;
         let inbox = endpoint.register::<Elect>()?;
-        let core = Core::new(
+        let mut core = Core::new(
             options.config,
             local.name.clone(),
             local.priority,
@@ -235,9 +250,16 @@ impl Election {
             fastrand::u64(..),
             Instant::now(),
         );
+        // Before the task runs: no vote may leave first.
+        if options.withdrawn.is_some() {
+            core.withdraw(Instant::now());
+        }
         let (commands, command_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(256);
-        let (state_tx, state) = watch::channel(State::default());
+        let (state_tx, state) = watch::channel(State {
+            withdrawn: options.withdrawn.clone(),
+            ..State::default()
+        });
         let driver = Driver {
             core,
             storage,
@@ -249,6 +271,7 @@ impl Election {
             events: events.clone(),
             state: state_tx,
             hook: options.hook,
+            withdrawn: options.withdrawn,
         };
         tokio::spawn(driver.run());
         Ok(Self {
@@ -311,6 +334,32 @@ impl Election {
             .await??)
     }
 
+    /// Why this node is withdrawn ([`Election::withdraw`]), if it is.
+    pub fn withdrawn(&self) -> Option<String> {
+        self.state.borrow().withdrawn.clone()
+    }
+
+    /// Withdraws this node from the election, for `reason`: it steps down
+    /// if it leads (handing over, so another voter takes over within about
+    /// one lease), and grants no vote, accepts no voter change and never
+    /// campaigns until [`Election::rejoin`]; it still follows the leader.
+    /// The reason goes into membership (tag [`WITHDRAWN_TAG`]), where the
+    /// other nodes read that this one is no candidate, and into the log.
+    ///
+    /// For a node that cannot do its job: its store failed, or it lost data
+    /// it had acknowledged and must not vote with less. A withdrawn voter
+    /// counts towards no majority, so a cluster needs a majority of voters
+    /// that are not withdrawn to elect.
+    pub async fn withdraw(&self, reason: impl Into<String>) -> Result<(), DriverError> {
+        let reason = reason.into();
+        self.ask(|tx| Command::Withdraw(reason, tx)).await
+    }
+
+    /// Undoes [`Election::withdraw`]: this node votes and may lead again.
+    pub async fn rejoin(&self) -> Result<(), DriverError> {
+        self.ask(Command::Rejoin).await
+    }
+
     /// Sets the opaque summary carried by this node's future grants.
     pub async fn set_summary(&self, summary: Vec<u8>) -> Result<(), DriverError> {
         self.commands
@@ -343,15 +392,24 @@ struct Driver {
     events: broadcast::Sender<LeadershipEvent>,
     state: watch::Sender<State>,
     hook: Option<std::sync::Arc<dyn PromiseHook>>,
+    /// Why this node is withdrawn, if it is.
+    withdrawn: Option<String>,
 }
+
+/// Longest withdrawal reason put into membership (it is gossiped).
+const MAX_TAG_REASON: usize = 200;
 
 impl Driver {
     async fn run(mut self) {
+        if let Some(reason) = self.withdrawn.clone() {
+            tracing::warn!(%reason, "not voting or leading");
+            self.publish_withdrawal().await;
+        }
         self.refresh_view().await;
         loop {
             if let Err(e) = self.drain() {
-                tracing::error!(error = %e, "election storage failed; stopping the election on this node");
-                return;
+                self.storage_failed(e).await;
+                continue;
             }
             let deadline = self
                 .core
@@ -415,6 +473,20 @@ impl Driver {
                 let _ = tx.send(self.core.remove_voter(now, &name));
             }
             Command::SetSummary(summary) => self.core.set_summary(summary),
+            Command::Withdraw(reason, tx) => {
+                self.withdraw(reason).await;
+                let _ = tx.send(());
+            }
+            Command::Rejoin(tx) => {
+                if self.withdrawn.take().is_some() {
+                    tracing::info!("voting and leading again");
+                    self.core.rejoin(now);
+                    self.publish_withdrawal().await;
+                    let withdrawn = self.withdrawn.clone();
+                    self.state.send_modify(|s| s.withdrawn = withdrawn);
+                }
+                let _ = tx.send(());
+            }
             Command::Freeze(pause, tx) => {
                 let _ = tx.send(());
                 // This task handles nothing meanwhile: no timers, no
@@ -427,6 +499,94 @@ impl Driver {
             }
         }
         true
+    }
+
+    /// Withdraws the core (a leader hands over) and tells membership.
+    async fn withdraw(&mut self, reason: String) {
+        if self.withdrawn.is_none() {
+            tracing::error!(%reason, "withdrawing from the election: stepping down, not voting");
+        }
+        self.core.withdraw(Instant::now());
+        self.withdrawn = Some(reason);
+        self.publish_withdrawal().await;
+        // Seen by `withdrawn()` at once; the rest of the state (the lease
+        // given up) follows when the outputs are performed, next.
+        let withdrawn = self.withdrawn.clone();
+        self.state.send_modify(|s| s.withdrawn = withdrawn);
+    }
+
+    /// Storage failed: whatever was queued after the failed write must not
+    /// leave (a grant would promise what is not on disk). Events still go
+    /// up, then the node withdraws: a voter that cannot keep a promise must
+    /// not make one.
+    async fn storage_failed(&mut self, error: io::Error) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send { .. } | Output::Persist(_) | Output::PersistVoters(_) => {}
+                event => self.event(event),
+            }
+        }
+        if self.withdrawn.is_some() {
+            // Already out of the race (a voter-set record failed to save):
+            // nothing more to refuse.
+            tracing::warn!(error = %error, "election storage failed while withdrawn");
+            return;
+        }
+        self.withdraw(format!("election storage failed: {error}"))
+            .await;
+    }
+
+    /// Sets or clears our [`WITHDRAWN_TAG`] in membership.
+    async fn publish_withdrawal(&mut self) {
+        let Ok(local) = self.membership.local().await else {
+            return;
+        };
+        let mut tags = local.tags;
+        let changed = match &self.withdrawn {
+            Some(reason) => {
+                let mut reason = reason.clone();
+                if reason.len() > MAX_TAG_REASON {
+                    let mut end = MAX_TAG_REASON;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
+                }
+                tags.insert(WITHDRAWN_TAG.to_owned(), reason.clone()) != Some(reason)
+            }
+            None => tags.remove(WITHDRAWN_TAG).is_some(),
+        };
+        if changed {
+            if let Err(e) = self.membership.update_tags(tags).await {
+                tracing::warn!(error = %e, "cannot publish the withdrawal in membership");
+            }
+        }
+    }
+
+    /// Delivers one event output to subscribers.
+    fn event(&mut self, output: Output) {
+        match output {
+            Output::Elected { epoch, summaries } => {
+                tracing::info!(%epoch, "elected");
+                let _ = self
+                    .events
+                    .send(LeadershipEvent::Elected { epoch, summaries });
+            }
+            Output::SteppedDown { epoch } => {
+                tracing::info!(%epoch, "stepped down");
+                let _ = self.events.send(LeadershipEvent::SteppedDown { epoch });
+            }
+            Output::Leader { name, epoch } => {
+                let _ = self.events.send(LeadershipEvent::Leader { name, epoch });
+            }
+            Output::LeaderLost => {
+                let _ = self.events.send(LeadershipEvent::LeaderLost);
+            }
+            Output::VotersChanged(set) => {
+                let _ = self.events.send(LeadershipEvent::VotersChanged(set));
+            }
+            Output::Send { .. } | Output::Persist(_) | Output::PersistVoters(_) => {}
+        }
     }
 
     /// Performs the core's outputs in order.
@@ -454,30 +614,13 @@ impl Driver {
                     }
                     self.send(to, msg);
                 }
-                Output::Elected { epoch, summaries } => {
-                    tracing::info!(%epoch, "elected");
-                    let _ = self
-                        .events
-                        .send(LeadershipEvent::Elected { epoch, summaries });
-                }
-                Output::SteppedDown { epoch } => {
-                    tracing::info!(%epoch, "stepped down");
-                    let _ = self.events.send(LeadershipEvent::SteppedDown { epoch });
-                }
-                Output::Leader { name, epoch } => {
-                    let _ = self.events.send(LeadershipEvent::Leader { name, epoch });
-                }
-                Output::LeaderLost => {
-                    let _ = self.events.send(LeadershipEvent::LeaderLost);
-                }
-                Output::VotersChanged(set) => {
-                    let _ = self.events.send(LeadershipEvent::VotersChanged(set));
-                }
+                event => self.event(event),
             }
         }
         let state = State {
             leader: self.core.leader(),
             lease: self.core.lease(),
+            withdrawn: self.withdrawn.clone(),
         };
         self.state.send_replace(state);
         Ok(())

@@ -13,7 +13,9 @@
 //! transport's `ELECTION` channel, persisting promises with [`FileStorage`]
 //! (fsync + atomic replace) before any grant leaves. Its handle gives
 //! `leader()`, `lease()`, `subscribe()`, `step_down()`, `transfer_to()`,
-//! `set_summary()` and voter changes.
+//! `set_summary()`, voter changes, and `withdraw()` / `rejoin()` for a node
+//! that cannot do its job (it then neither votes nor leads, and says so in
+//! membership).
 //!
 //! The rules and their safety argument are in [`core`]; the lease arithmetic
 //! is in [`core::lease`]; timing defaults and their reasoning on
@@ -90,7 +92,7 @@ pub mod error;
 pub mod storage;
 pub mod voters;
 
-pub use self::core::{Core, Message, Output, Peer};
+pub use self::core::{Core, Message, Output, Peer, WITHDRAWN_TAG};
 pub use clustron_membership::NodeName;
 pub use config::{Config, ConfigError};
 pub use driver::{

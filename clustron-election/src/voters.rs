@@ -32,8 +32,32 @@ impl fmt::Display for Epoch {
 pub struct Voter {
     /// Its name (from its certificate).
     pub name: NodeName,
-    /// Where to send it requests.
+    /// Where to send it requests, if known: [`Voter::UNKNOWN_ADDR`] when
+    /// not. The election prefers the address the membership view gives, so
+    /// this one only matters for a voter the view has never shown.
     pub addr: SocketAddr,
+}
+
+impl Voter {
+    /// The address of a voter whose address is not known yet (`0.0.0.0:0`):
+    /// nothing is sent to it until membership shows where it is.
+    pub const UNKNOWN_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        0,
+    ));
+
+    /// A voter known by name only (see [`Voter::UNKNOWN_ADDR`]).
+    pub fn unaddressed(name: NodeName) -> Self {
+        Self {
+            name,
+            addr: Self::UNKNOWN_ADDR,
+        }
+    }
+
+    /// Whether its address is known.
+    pub fn has_addr(&self) -> bool {
+        !self.addr.ip().is_unspecified() && self.addr.port() != 0
+    }
 }
 
 /// The configured voter set, versioned: a change raises the version by one

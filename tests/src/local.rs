@@ -101,6 +101,7 @@ impl LocalCluster {
                 voters: set.clone(),
                 data_dir: dir.path().join(format!("n{i}")),
                 hook: hook(i),
+                withdrawn: None,
             };
             let election = Election::start(&endpoint, &membership, options).await?;
             let bus = EventBus::start(

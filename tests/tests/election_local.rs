@@ -1,5 +1,6 @@
 //! Election over real transports and membership on 127.0.0.1: five nodes
-//! (three voters), a killed leader, a frozen leader, and a transfer.
+//! (three voters), a killed leader, a frozen leader, a transfer, and a
+//! withdrawn leader.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -164,5 +165,62 @@ async fn grants_carry_the_summary_the_promise_hook_returns() {
         .map(|(_, s)| String::from_utf8(s.clone()).unwrap());
     assert_eq!(from_n3, Some(format!("n3@{}", epoch.0)));
     assert!(hooks[2].promised.lock().unwrap().contains(&epoch.0));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_leader_hands_over_never_votes_and_others_see_it_withdrawn() {
+    let cluster = LocalCluster::start(3, 3, Config::lan()).await.unwrap();
+    let all: Vec<usize> = (0..3).collect();
+    let first_epoch = cluster.follow(&all, &name(1)).unwrap();
+    let (stop, overlaps) = watch_leases(&cluster);
+
+    tracing::info!("n1 withdraws (as when its store fails): n2 takes over");
+    cluster.nodes[0]
+        .election
+        .withdraw("store failed")
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster.nodes[0].election.withdrawn().as_deref(),
+        Some("store failed")
+    );
+    eventually(DEADLINE, || async {
+        cluster
+            .follow(&all, &name(2))
+            .is_some_and(|epoch| epoch > first_epoch)
+    })
+    .await
+    .unwrap();
+    eventually(DEADLINE, || async {
+        cluster.nodes[1]
+            .membership
+            .member(&name(1))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|n1| {
+                n1.tags
+                    .get(clustron_election::WITHDRAWN_TAG)
+                    .map(String::as_str)
+                    == Some("store failed")
+            })
+    })
+    .await
+    .unwrap();
+
+    tracing::info!("n3 dies: n2 cannot renew without n1's vote and steps down");
+    cluster.nodes[2].kill().await;
+    eventually(DEADLINE, || async { cluster.lease_holders().is_empty() })
+        .await
+        .unwrap();
+
+    tracing::info!("n1 rejoins: n1 and n2 are a majority again");
+    cluster.nodes[0].election.rejoin().await.unwrap();
+    eventually(DEADLINE, || async { !cluster.lease_holders().is_empty() })
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(overlaps.load(Ordering::Relaxed), 0);
     cluster.stop().await;
 }

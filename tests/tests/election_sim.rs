@@ -123,6 +123,38 @@ fn a_minority_partition_never_elects_a_leader() {
 }
 
 #[test]
+fn any_majority_elects_with_a_voter_never_started_and_after_a_full_restart_with_one_down() {
+    run_seeds(
+        "any_majority_elects_with_a_voter_never_started_and_after_a_full_restart_with_one_down",
+        16,
+        |seed| {
+            let config = Config::lan();
+            let mut cluster = Cluster::new(seed, 3, 3, config.clone(), lossy(0.01));
+            tracing::info!("voter 2 never starts: 0 and 1 are a majority and elect 0");
+            cluster.crash(2);
+            cluster.refresh_views();
+            assert!(cluster.run_until(lease(&config) * 2, |c| c.settled_leader() == Some(0)));
+            tracing::info!("2 starts late and follows");
+            cluster.restart(2, Disk::Wiped);
+            cluster.refresh_views();
+            assert!(cluster.run_until(lease(&config) * 2, |c| {
+                c.sim.node(2).and_then(|n| n.core().leader()).map(|l| l.0) == Some(name(0))
+            }));
+            tracing::info!("everyone stops; 1 and 2 come back, 0 stays down: 1 leads");
+            for id in 0..3 {
+                cluster.crash(id);
+            }
+            cluster.run_for(lease(&config));
+            cluster.restart(1, Disk::Kept);
+            cluster.restart(2, Disk::Kept);
+            cluster.refresh_views();
+            // A restarted voter honours its recovered promise for a full L.
+            assert!(cluster.run_until(lease(&config) * 4, |c| c.settled_leader() == Some(1)));
+        },
+    );
+}
+
+#[test]
 fn a_leader_paused_beyond_its_lease_wakes_up_as_a_follower() {
     run_seeds(
         "a_leader_paused_beyond_its_lease_wakes_up_as_a_follower",

@@ -86,6 +86,7 @@ async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
                 voters: voters.clone(),
                 data_dir: dir.join("data").join(endpoint.identity().name.as_str()),
                 hook: None,
+                withdrawn: None,
             },
         )
         .await?;

@@ -834,6 +834,25 @@ impl Replica {
         }
     }
 
+    /// Voter `name` is at `addr` (membership learned where it is: a voter
+    /// that was down when this node started has no address until then).
+    /// Only where to send changes, not who votes.
+    pub fn set_voter_addr(&mut self, name: &NodeName, addr: SocketAddr) {
+        let Some(known) = self.voters.get_mut(name) else {
+            return;
+        };
+        let old = std::mem::replace(known, addr);
+        match &mut self.role {
+            Role::Leader { peers, .. } => {
+                if let Some(progress) = peers.get_mut(name) {
+                    progress.addr = addr;
+                }
+            }
+            Role::Fetching { source, .. } if *source == old => *source = addr,
+            _ => {}
+        }
+    }
+
     /// Adds (or moves) a learner: it receives the log but never counts for
     /// commit. Every node should be told, so a future leader knows it.
     pub fn add_learner(&mut self, name: NodeName, addr: SocketAddr) {

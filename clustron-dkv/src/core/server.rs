@@ -484,6 +484,11 @@ impl Server {
         }
     }
 
+    /// Voter `name` is at `addr` ([`Replica::set_voter_addr`]).
+    pub fn set_voter_addr(&mut self, name: &NodeName, addr: SocketAddr) {
+        self.replica.set_voter_addr(name, addr);
+    }
+
     /// The non-voting members that should receive the log (alive ones, as
     /// membership sees them); the replica starts or stops sending to the
     /// difference.

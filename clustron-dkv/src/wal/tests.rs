@@ -291,8 +291,191 @@ fn a_crash_while_creating_a_segment_loses_nothing() {
     assert_eq!(reopen(dir.path(), small()).1.entries.len(), 13);
 }
 
+// ----- the high-water mark ---------------------------------------------------
+
+use crate::core::Summary;
+
+fn end_of(entries: &[Entry]) -> Summary {
+    entries.last().map_or(Summary::default(), |e| Summary {
+        last_epoch: e.epoch,
+        last_index: e.index,
+    })
+}
+
+/// A node's layout: the log in `dir/wal`, its mark in `dir/wal-mark`.
+fn mark_path(dir: &Path) -> PathBuf {
+    dir.join("wal-mark")
+}
+
+/// Writes `entries` in batches of 5 as a node does: append, sync, then
+/// raise the mark.
+fn write_marked(dir: &Path, options: WalOptions, entries: &[Entry]) {
+    let (mut wal, recovered) = reopen(&dir.join("wal"), options);
+    let mut mark = HighWaterMark::open(&mark_path(dir), end_of(&recovered.entries)).unwrap();
+    for batch in entries.chunks(5) {
+        wal.append(batch).unwrap();
+        wal.sync().unwrap();
+        mark.advance(end_of(batch)).unwrap();
+    }
+}
+
+/// Reopens a node's log and mark: (entries, whether the log lost any).
+fn reopen_marked(dir: &Path, options: WalOptions) -> (Recovered, bool) {
+    let (_, recovered) = reopen(&dir.join("wal"), options);
+    let end = end_of(&recovered.entries);
+    let mark = HighWaterMark::open(&mark_path(dir), end).unwrap();
+    let lost = mark.lost(end);
+    (recovered, lost)
+}
+
+#[test]
+fn a_log_that_reopens_whole_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1 + i / 10, i, 20)).collect();
+    write_marked(dir.path(), small(), &entries);
+    let (recovered, lost) = reopen_marked(dir.path(), small());
+    assert_eq!(recovered.entries, entries);
+    assert!(!lost);
+}
+
+#[test]
+fn a_deleted_last_segment_is_noticed_against_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
+    write_marked(dir.path(), small(), &entries);
+    let mut files = segments(&dir.path().join("wal"));
+    assert!(files.len() > 2);
+    std::fs::remove_file(files.pop().unwrap()).unwrap();
+    // The segments alone look whole: no error, no torn tail.
+    let (recovered, lost) = reopen_marked(dir.path(), small());
+    assert!(recovered.entries.len() < 30);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+    assert!(lost, "a log missing its last segment was taken as whole");
+
+    // The whole log gone (every segment, or the folder): noticed too.
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    let (recovered, lost) = reopen_marked(dir.path(), small());
+    assert!(recovered.entries.is_empty());
+    assert!(lost);
+}
+
+#[test]
+fn a_damaged_last_record_cut_as_a_torn_tail_is_noticed_against_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> = (1..=10).map(|i| entry(1, i, 40)).collect();
+    write_marked(dir.path(), WalOptions::default(), &entries);
+    let path = segments(&dir.path().join("wal")).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 5;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    // The log cannot tell it from a torn write...
+    let (recovered, lost) = reopen_marked(dir.path(), WalOptions::default());
+    assert_eq!(recovered.entries, entries[..9]);
+    assert!(recovered.torn_tail_bytes > 0);
+    // ...the mark can: that record had been synced.
+    assert!(lost, "a synced record cut as a torn tail went unnoticed");
+}
+
+#[test]
+fn a_torn_tail_that_was_never_synced_is_not_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let synced: Vec<Entry> = (1..=5).map(|i| entry(1, i, 50)).collect();
+    write_marked(dir.path(), WalOptions::default(), &synced);
+    // More appended, not synced, so the mark never heard of them; the
+    // crash kept half of it.
+    let (mut wal, _) = reopen(&dir.path().join("wal"), WalOptions::default());
+    wal.append(&[entry(1, 6, 50), entry(1, 7, 50)]).unwrap();
+    drop(wal);
+    let path = segments(&dir.path().join("wal")).pop().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let cut = len - record_len(&entry(1, 7, 50)) / 2;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let (recovered, lost) = reopen_marked(dir.path(), WalOptions::default());
+    assert_eq!(recovered.entries.len(), 6);
+    assert!(!lost);
+}
+
+#[test]
+fn the_mark_only_rises_through_advance_and_comes_down_only_through_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = mark_path(dir.path());
+    let at = |last_epoch, last_index| Summary {
+        last_epoch,
+        last_index,
+    };
+    let mut mark = HighWaterMark::open(&path, at(1, 3)).unwrap();
+    assert_eq!(mark.mark(), at(1, 3));
+    mark.advance(at(1, 9)).unwrap();
+    mark.advance(at(1, 4)).unwrap();
+    assert_eq!(mark.mark(), at(1, 9));
+    // A newer epoch is ahead whatever its index.
+    mark.advance(at(2, 7)).unwrap();
+    assert_eq!(mark.mark(), at(2, 7));
+    assert!(mark.lost(at(1, 100)));
+    assert!(!mark.lost(at(3, 1)));
+    mark.sync().unwrap();
+    drop(mark);
+    assert_eq!(
+        HighWaterMark::open(&path, at(0, 0)).unwrap().mark(),
+        at(2, 7)
+    );
+    // A truncation lowers it, durably.
+    let mut mark = HighWaterMark::open(&path, at(0, 0)).unwrap();
+    mark.lower(at(2, 5)).unwrap();
+    drop(mark);
+    assert_eq!(
+        HighWaterMark::open(&path, at(0, 0)).unwrap().mark(),
+        at(2, 5)
+    );
+}
+
+#[test]
+fn a_torn_mark_write_leaves_the_previous_mark_and_a_ruined_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = mark_path(dir.path());
+    let at = |last_index| Summary {
+        last_epoch: 1,
+        last_index,
+    };
+    let mut mark = HighWaterMark::open(&path, at(0)).unwrap();
+    for index in 1..=5 {
+        mark.advance(at(index)).unwrap();
+    }
+    drop(mark);
+    // The last write (sequence 5: odd, the second slot) was torn.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[512 + 10] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(HighWaterMark::open(&path, at(0)).unwrap().mark(), at(4));
+    // Both slots damaged: refused, naming the file.
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let error = HighWaterMark::open(&path, at(0)).unwrap_err();
+    assert!(matches!(error, WalError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("wal-mark"), "{error}");
+    // A missing mark is created at the log's end.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(HighWaterMark::open(&path, at(7)).unwrap().mark(), at(7));
+    assert!(!path.with_extension("tmp").exists());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any bytes as a mark file: a mark or an error, never a panic.
+    #[test]
+    fn any_mark_file_opens_or_fails_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = mark_path(dir.path());
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = HighWaterMark::open(&path, Summary::default());
+    }
 
     /// A crash cuts the file anywhere after the last sync: every synced
     /// entry comes back, and exactly the whole records before the cut.

@@ -6,6 +6,7 @@
 //!             handle_timeout(now) ────────────────┤
 //!   set_view(now, peers) / set_summary(bytes) ────┤
 //!   step_down / transfer_to / add_voter / remove_voter
+//!   withdraw / rejoin ────────────────────────────┤
 //!                                                 ▼
 //!                                          ┌──────────────┐
 //!                                          │     Core     │── poll_timeout() → next deadline
@@ -55,6 +56,21 @@
 //!   a healthy cluster does not flap.
 //! - **Fencing.** Every message carries an epoch; anything older than the
 //!   newest epoch this node has seen is refused or ignored.
+//! - **Withdrawal.** A node that cannot do its job (its store failed, or it
+//!   lost data it had acknowledged) is [`Core::withdraw`]n: it grants
+//!   nothing (not even renewals), accepts no voter change, claims and
+//!   campaigns for nothing, and a leader hands over first, as
+//!   [`Core::step_down`] does. So it never counts towards a majority, while
+//!   still following the leader it hears of. Others learn it from
+//!   membership ([`Peer::voter`] false, see [`WITHDRAWN_TAG`]) and leave it
+//!   out of the candidate choice. [`Core::rejoin`] undoes it. A voter's
+//!   promise is persisted before its grant, so withdrawing needs no
+//!   storage: it only refuses more.
+//! - **Addresses.** A voter's address comes from the membership view when
+//!   the view has it (the newest one seen is kept), else from the voter
+//!   set; an unknown one ([`Voter::has_addr`] false) gets nothing. Votes
+//!   are counted by name, so a majority elects whether or not the absent
+//!   voters' addresses were ever known.
 
 pub mod lease;
 pub mod message;
@@ -71,6 +87,11 @@ use crate::storage::{Persisted, Promise, VoterRecord};
 use crate::voters::{Epoch, Voter, VoterSet};
 pub use message::Message;
 
+/// The membership tag a withdrawn node sets on itself (its value: why).
+/// [`Peer::from`] counts a member with this tag as no voter, so no node
+/// waits for it to campaign or hands leadership to it.
+pub const WITHDRAWN_TAG: &str = "clustron.election.withdrawn";
+
 /// A live member as the election sees it (from the membership view).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -80,8 +101,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Election priority: higher is preferred.
     pub priority: u32,
-    /// Whether membership says it is a voter. It still needs to be in the
-    /// configured voter set to campaign or to count.
+    /// Whether membership says it is a voter (and it has not withdrawn).
+    /// It still needs to be in the configured voter set to campaign or to
+    /// count.
     pub voter: bool,
 }
 
@@ -91,7 +113,7 @@ impl From<&Member> for Peer {
             name: member.name.clone(),
             addr: member.addr,
             priority: member.priority,
-            voter: member.voter,
+            voter: member.voter && !member.tags.contains_key(WITHDRAWN_TAG),
         }
     }
 }
@@ -226,6 +248,12 @@ pub struct Core {
     /// No campaign before the first view: a node alone would elect itself
     /// as the candidate.
     has_view: bool,
+    /// The newest address seen in a view for each member, kept when it
+    /// leaves the view: where to reach voters the voter set has no (or an
+    /// old) address for.
+    addresses: BTreeMap<NodeName, SocketAddr>,
+    /// This node may not vote or lead ([`Core::withdraw`]).
+    withdrawn: bool,
     /// Leaders whose announcements timed out: not live for the candidate
     /// choice until heard from again or seen re-entering the view, so the
     /// next candidate need not wait for membership to notice a crash.
@@ -297,6 +325,8 @@ impl Core {
             voters,
             view: BTreeMap::new(),
             has_view: false,
+            addresses: BTreeMap::new(),
+            withdrawn: false,
             silent: BTreeSet::new(),
             summary: Vec::new(),
             promise,
@@ -352,6 +382,11 @@ impl Core {
         &self.voters.committed
     }
 
+    /// Whether this node is withdrawn ([`Core::withdraw`]).
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn
+    }
+
     /// Whether this node campaigns right now.
     pub fn is_campaigning(&self) -> bool {
         matches!(self.role, Role::Candidate { .. })
@@ -360,10 +395,7 @@ impl Core {
     /// The live voter this node considers the candidate: the highest
     /// priority, ties broken by the smallest name.
     pub fn candidate(&self) -> Option<NodeName> {
-        let me = self
-            .voters
-            .committed
-            .contains(&self.me)
+        let me = (self.voters.committed.contains(&self.me) && !self.withdrawn)
             .then_some((self.priority, &self.me));
         self.view
             .values()
@@ -393,6 +425,7 @@ impl Core {
             if peer.name == self.me {
                 continue;
             }
+            self.addresses.insert(peer.name.clone(), peer.addr);
             view.insert(peer.name.clone(), Seen { peer });
         }
         let old_view = std::mem::replace(&mut self.view, view);
@@ -432,19 +465,54 @@ impl Core {
         if !matches!(self.role, Role::Leader { .. }) {
             return Err(self.not_leader());
         }
-        let successor = self
-            .view
-            .values()
-            .filter(|s| s.peer.voter && self.voters.committed.contains(&s.peer.name))
-            .map(|s| (s.peer.priority, &s.peer.name))
-            .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
-                Some(b) if !outranks(c, b) => Some(b),
-                _ => Some(c),
-            })
-            .map(|(_, name)| name.clone());
+        let successor = self.best_live_voter();
         self.hand_over(now, successor, true);
         self.tick(now);
         Ok(())
+    }
+
+    /// Withdraws this node from the election: from now on it grants no
+    /// vote (renewals included), accepts no voter change, never claims or
+    /// campaigns; a leader hands over to the best other live voter first,
+    /// as [`Core::step_down`] does, so another node takes over within about
+    /// one lease (at once if the successor hears the release). It keeps
+    /// following the leader it hears of. Idempotent.
+    ///
+    /// For a node that cannot do its job: its store failed, or it holds
+    /// less than it once acknowledged. The layer above should also tell the
+    /// others (the node binary sets [`WITHDRAWN_TAG`] in membership), or
+    /// they may wait for it to campaign if it has the highest priority.
+    pub fn withdraw(&mut self, now: Instant) {
+        if self.withdrawn {
+            return;
+        }
+        tracing::debug!(me = %self.me, "withdrawn from the election");
+        self.withdrawn = true;
+        self.expire(now);
+        if matches!(self.role, Role::Leader { .. }) {
+            let successor = self.best_live_voter();
+            self.hand_over(now, successor, true);
+        }
+        if matches!(self.role, Role::Candidate { .. }) {
+            self.role = Role::Follower;
+            self.requests.clear();
+        }
+        self.successor_until = None;
+        self.tick(now);
+    }
+
+    /// Undoes [`Core::withdraw`]: votes and campaigns again by the usual
+    /// rules. Idempotent.
+    pub fn rejoin(&mut self, now: Instant) {
+        if !self.withdrawn {
+            return;
+        }
+        tracing::debug!(me = %self.me, "rejoined the election");
+        self.withdrawn = false;
+        // A handover made while withdrawing was not a choice to defer: a
+        // rejoined node of higher priority takes over as any returning one.
+        self.deferred_to = None;
+        self.tick(now);
     }
 
     /// Hands leadership to `name`, a live voter, through the same path as a
@@ -634,7 +702,7 @@ impl Core {
         // Liveness, not safety: a candidate that membership cannot reach
         // both ways would only collect promises it never hears back.
         let reachable = *candidate == self.me || self.view.contains_key(candidate);
-        if !voter || !reachable || epoch < self.epoch_seen {
+        if self.withdrawn || !voter || !reachable || epoch < self.epoch_seen {
             return Err(refuse);
         }
         if let Some(p) = &self.promise {
@@ -693,7 +761,10 @@ impl Core {
         if chosen && to.as_ref().is_some_and(|t| *t != self.me) {
             self.deferred_to = to.clone();
         }
-        if to.as_ref() == Some(&self.me) && self.voters.committed.contains(&self.me) {
+        if to.as_ref() == Some(&self.me)
+            && self.voters.committed.contains(&self.me)
+            && !self.withdrawn
+        {
             self.successor_until = Some(now + self.config.lease_duration);
             if let Role::Candidate { retry_at, .. } = &mut self.role {
                 *retry_at = now;
@@ -750,6 +821,7 @@ impl Core {
         }
         let leader_priority = self.view.get(&leader).map(|s| s.peer.priority);
         let claim = self.voters.committed.contains(&self.me)
+            && !self.withdrawn
             && leader_priority.is_some_and(|p| self.priority > p)
             && self.deferred_to.is_none()
             && self.hold_off_until.is_none();
@@ -769,7 +841,8 @@ impl Core {
     }
 
     fn handle_propose(&mut self, from: SocketAddr, epoch: Epoch, leader: NodeName, set: VoterSet) {
-        if epoch < self.epoch_seen {
+        // A withdrawn voter counts towards no majority, this one included.
+        if epoch < self.epoch_seen || self.withdrawn {
             return;
         }
         // Only the leader we promised this epoch to may change the set; a
@@ -911,6 +984,7 @@ impl Core {
 
     fn may_campaign(&self) -> bool {
         if !self.has_view
+            || self.withdrawn
             || !self.voters.committed.contains(&self.me)
             || self.hold_off_until.is_some()
         {
@@ -962,15 +1036,7 @@ impl Core {
             }
         }
         self.requests.insert(seq, request);
-        let targets: Vec<SocketAddr> = self
-            .voters
-            .committed
-            .voters()
-            .iter()
-            .filter(|v| v.name != me)
-            .map(|v| v.addr)
-            .collect();
-        for to in targets {
+        for to in self.voter_addrs(self.voters.committed.voters()) {
             self.send(
                 to,
                 Message::Request {
@@ -1151,14 +1217,7 @@ impl Core {
             return;
         };
         let mut targets: BTreeSet<SocketAddr> = self.view.values().map(|s| s.peer.addr).collect();
-        targets.extend(
-            self.voters
-                .committed
-                .voters()
-                .iter()
-                .filter(|v| v.name != self.me)
-                .map(|v| v.addr),
-        );
+        targets.extend(self.voter_addrs(self.voters.committed.voters()));
         let msg = Message::Announce {
             epoch,
             leader: self.me.clone(),
@@ -1232,14 +1291,7 @@ impl Core {
             }
         }
         // 3. Tell everyone who may hold a promise to us, and the successor.
-        let mut targets: BTreeSet<SocketAddr> = self
-            .voters
-            .committed
-            .voters()
-            .iter()
-            .filter(|v| v.name != self.me)
-            .map(|v| v.addr)
-            .collect();
+        let mut targets = self.voter_addrs(self.voters.committed.voters());
         if let Some(name) = &successor {
             if let Some(seen) = self.view.get(name) {
                 targets.insert(seen.peer.addr);
@@ -1311,16 +1363,15 @@ impl Core {
             from: self.me.clone(),
             voters: change.set.clone(),
         };
-        let targets: BTreeSet<SocketAddr> = self
+        let voters: Vec<Voter> = self
             .voters
             .committed
             .voters()
             .iter()
             .chain(change.set.voters())
-            .filter(|v| v.name != self.me)
-            .map(|v| v.addr)
+            .cloned()
             .collect();
-        for to in targets {
+        for to in self.voter_addrs(&voters) {
             self.send(to, msg.clone());
         }
     }
@@ -1357,6 +1408,36 @@ impl Core {
 
     fn send(&mut self, to: SocketAddr, msg: Message) {
         self.outputs.push_back(Output::Send { to, msg });
+    }
+
+    /// Where to reach `voters` other than this node: the newest address
+    /// the view gave for each, else the voter set's; voters with neither
+    /// are left out (they are not up, or not yet heard of).
+    fn voter_addrs(&self, voters: &[Voter]) -> BTreeSet<SocketAddr> {
+        voters
+            .iter()
+            .filter(|v| v.name != self.me)
+            .filter_map(|v| {
+                self.addresses
+                    .get(&v.name)
+                    .copied()
+                    .or(v.has_addr().then_some(v.addr))
+            })
+            .collect()
+    }
+
+    /// The best other live voter in the view (highest priority, then
+    /// smallest name), to hand leadership to.
+    fn best_live_voter(&self) -> Option<NodeName> {
+        self.view
+            .values()
+            .filter(|s| s.peer.voter && self.voters.committed.contains(&s.peer.name))
+            .map(|s| (s.peer.priority, &s.peer.name))
+            .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
+                Some(b) if !outranks(c, b) => Some(b),
+                _ => Some(c),
+            })
+            .map(|(_, name)| name.clone())
     }
 }
 

@@ -430,6 +430,262 @@ fn transfer_to_and_step_down_need_leadership() {
     ));
 }
 
+/// `peers(live)` with the nodes in `withdrawn` shown as no voters, as
+/// membership shows a node with [`WITHDRAWN_TAG`].
+fn peers_withdrawn(live: &[usize], withdrawn: &[usize]) -> Vec<Peer> {
+    let mut view = peers(live);
+    for peer in &mut view {
+        peer.voter = !withdrawn.iter().any(|&w| peer.name == name(w));
+    }
+    view
+}
+
+fn grants_from(events_and_sends: &[Output]) -> usize {
+    events_and_sends
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    msg: Message::Grant { .. },
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn a_withdrawn_voter_never_grants_campaigns_or_claims_but_follows() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    // n0, the highest priority, is withdrawn before its first vote.
+    cores[0].withdraw(now);
+    assert!(cores[0].is_withdrawn());
+    for c in cores.iter_mut() {
+        c.set_view(now, peers_withdrawn(&[0, 1, 2], &[0]));
+    }
+    let (now, events) = elect(&mut cores, now);
+    assert!(
+        !events
+            .iter()
+            .any(|(i, o)| *i == 0 && matches!(o, Output::Elected { .. })),
+        "{events:?}"
+    );
+    assert!(cores[1].is_leader(now), "n1 did not take the lead");
+    assert_eq!(cores[0].leader().map(|l| l.0), Some(name(1)));
+    assert_eq!(cores[0].candidate(), Some(name(1)));
+    // Asked directly, it refuses: no promise, no grant, not even a renewal
+    // for the leader it follows; and it claims nothing from a leader it
+    // outranks.
+    for epoch in [1, 2, 9] {
+        cores[0].handle_message(
+            now,
+            addr(1),
+            Message::Request {
+                epoch: Epoch(epoch),
+                from: name(1),
+                seq: 3,
+            },
+        );
+        let outputs = drain(&mut cores[0]);
+        assert_eq!(grants_from(&outputs), 0, "{outputs:?}");
+        assert!(!outputs.iter().any(|o| matches!(o, Output::Persist(_))));
+    }
+    let later = now + Config::lan().handover_delay * 3;
+    let mut t = now;
+    while t < later {
+        t += Config::lan().renew_interval;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        let events = settle(&mut cores, t);
+        assert!(
+            !events
+                .iter()
+                .any(|(i, o)| *i == 0 && matches!(o, Output::Elected { .. })),
+            "a withdrawn node was elected: {events:?}"
+        );
+        assert!(!cores[0].is_campaigning());
+    }
+    assert!(cores[1].is_leader(t), "n1 lost the lead it should keep");
+
+    // Rejoined, it votes again and takes over by the usual handover.
+    cores[0].rejoin(t);
+    for c in cores.iter_mut() {
+        c.set_view(t, peers(&[0, 1, 2]));
+    }
+    let later = t + Config::lan().handover_delay * 3;
+    while t < later && !cores[0].is_leader(t) {
+        t += Config::lan().renew_interval;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(&mut cores, t);
+    }
+    assert!(cores[0].is_leader(t), "the rejoined n0 never took over");
+}
+
+#[test]
+fn a_withdrawn_leader_hands_over_and_the_next_voter_leads_at_once() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    let (now, _) = elect(&mut cores, now);
+    assert!(cores[0].is_leader(now));
+    let t = now + Duration::from_millis(10);
+    cores[0].withdraw(t);
+    assert!(!cores[0].is_leader(t), "still leading after withdrawing");
+    let outputs = drain(&mut cores[0]);
+    assert!(matches!(outputs[0], Output::SteppedDown { epoch } if epoch == Epoch(1)));
+    let releases: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                msg: Message::Release { to: successor, .. },
+            } => Some((*to, successor.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        releases
+            .iter()
+            .any(|(to, s)| *to == addr(1) && *s == Some(name(1))),
+        "{outputs:?}"
+    );
+    // Deliver the releases (only: nothing else of n0's was drained).
+    for (to, _) in releases {
+        let msg = outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Send { to: t, msg } if *t == to => Some(msg.clone()),
+                _ => None,
+            })
+            .unwrap();
+        cores[index(to)].handle_message(t, addr(0), msg);
+    }
+    // Membership then shows n0 withdrawn.
+    for c in cores.iter_mut() {
+        c.set_view(t, peers_withdrawn(&[0, 1, 2], &[0]));
+    }
+    // The successor campaigns at once; n0 grants nothing, n2 does.
+    settle(&mut cores, t);
+    assert!(cores[1].is_leader(t), "n1 did not take over at once");
+    assert!(!cores[0].is_leader(t));
+
+    // Repaired and rejoined, n0 takes its place back by the usual handover
+    // (its own handover was no choice to defer to n1).
+    let mut t = t;
+    cores[0].rejoin(t);
+    for c in cores.iter_mut() {
+        c.set_view(t, peers(&[0, 1, 2]));
+    }
+    let later = t + Config::lan().handover_delay * 3;
+    while t < later && !cores[0].is_leader(t) {
+        t += Config::lan().renew_interval;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(&mut cores, t);
+    }
+    assert!(cores[0].is_leader(t), "the rejoined n0 never took over");
+}
+
+#[test]
+fn a_withdrawn_voter_counts_towards_no_majority() {
+    let now = Instant::now();
+    // Three voters, n2 down: n0 and n1 are a majority only if both vote.
+    let mut cores: Vec<Core> = (0..2).map(|i| core(i, 3, now)).collect();
+    cores[1].withdraw(now);
+    for c in cores.iter_mut() {
+        c.set_view(now, peers_withdrawn(&[0, 1], &[1]));
+    }
+    let (mut t, _) = elect(&mut cores, now);
+    for _ in 0..20 {
+        t += Config::lan().campaign_retry;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(&mut cores, t);
+        assert!(!cores[0].is_leader(t), "elected without a majority");
+    }
+    cores[1].rejoin(t);
+    for c in cores.iter_mut() {
+        c.set_view(t, peers(&[0, 1]));
+    }
+    for _ in 0..5 {
+        t += Config::lan().campaign_retry;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(&mut cores, t);
+    }
+    assert!(cores[0].is_leader(t), "not elected once n1 rejoined");
+}
+
+#[test]
+fn a_majority_elects_though_an_absent_voters_address_was_never_known() {
+    let now = Instant::now();
+    // n2's address is unknown (it never started): nothing is sent to it,
+    // and n0 and n1 elect.
+    let set = VoterSet::new([
+        Voter {
+            name: name(0),
+            addr: addr(0),
+        },
+        Voter::unaddressed(name(1)),
+        Voter::unaddressed(name(2)),
+    ]);
+    let mut cores: Vec<Core> = (0..2)
+        .map(|i| {
+            Core::new(
+                Config::lan(),
+                name(i),
+                100 - i as u32,
+                set.clone(),
+                Persisted::default(),
+                i as u64,
+                now,
+            )
+        })
+        .collect();
+    // The view gives n1's address.
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1]));
+    }
+    let t = now + Config::lan().renew_interval;
+    for c in cores.iter_mut() {
+        c.handle_timeout(t);
+    }
+    let mut sent_to = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let mut sends = Vec::new();
+        for (i, c) in cores.iter_mut().enumerate() {
+            for output in drain(c) {
+                if let Output::Send { to, msg } = output {
+                    sent_to.insert(to);
+                    sends.push((i, to, msg));
+                }
+            }
+        }
+        for (from, to, msg) in sends {
+            cores[index(to)].handle_message(t, addr(from), msg);
+        }
+    }
+    assert!(cores[0].is_leader(t), "n0 and n1 did not elect");
+    assert_eq!(sent_to, [addr(0), addr(1)].into_iter().collect());
+    // Once seen, n2 hears from the leader (announcements) at its address.
+    cores[0].set_view(t, peers(&[0, 1, 2]));
+    let t = t + Config::lan().renew_interval;
+    cores[0].handle_timeout(t);
+    assert!(drain(&mut cores[0])
+        .iter()
+        .any(|o| matches!(o, Output::Send { to, .. } if *to == addr(2))));
+}
+
 #[test]
 fn bad_bytes_never_panic_the_decoder() {
     let mut rng = fastrand::Rng::with_seed(1);

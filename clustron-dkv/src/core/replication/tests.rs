@@ -143,6 +143,39 @@ fn a_follower_acks_only_after_its_sync_and_the_leader_commits_on_a_majority() {
     follower_learns_the_commit_index(&mut follower, now);
 }
 
+#[test]
+fn a_voter_whose_address_was_unknown_counts_once_membership_gives_it() {
+    let now = Instant::now();
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut leader = Replica::new(
+        Config::lan(),
+        name(0),
+        [(name(0), addr(0)), (name(1), unknown), (name(2), unknown)],
+        [],
+        Recovered::default(),
+        now,
+    );
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    // An ack from an address the leader does not know counts for nothing.
+    let ack = Message::Ack {
+        epoch: 1,
+        match_index: 1,
+    };
+    leader.handle_message(now, addr(1), ack.clone());
+    assert!(!drain(&mut leader)
+        .iter()
+        .any(|o| matches!(o, Output::Committed { .. })));
+    leader.set_voter_addr(&name(1), addr(1));
+    leader.handle_message(now, addr(1), ack);
+    let outputs = drain(&mut leader);
+    assert!(
+        outputs.contains(&Output::Committed { upto: 1 }),
+        "{outputs:?}"
+    );
+    assert!(outputs.contains(&send(1, append(1, (1, 1), vec![], 1))));
+}
+
 /// The follower learns the commit index from a heartbeat.
 fn follower_learns_the_commit_index(follower: &mut Replica, now: Instant) {
     follower.handle_message(now, addr(0), append(1, (1, 1), vec![], 1));
