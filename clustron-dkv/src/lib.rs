@@ -70,6 +70,8 @@
 //!                 Output::Committed { upto } => committed[i] = upto,
 //!                 // Hand summaries to the election; step it down on CannotLead.
 //!                 Output::Summary(_) | Output::CannotLead { .. } => {}
+//!                 // Only after a compaction: fetch a peer's snapshot, reset the log.
+//!                 Output::PullSnapshot { .. } | Output::ResetLog { .. } => {}
 //!             }
 //!         }
 //!     }
