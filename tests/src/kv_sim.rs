@@ -55,15 +55,14 @@ use clustron_dkv::core::server::{ClientOp, ServerConfig, ServerError};
 use clustron_dkv::core::{Config as LogConfig, Entry, Message as LogMessage, Replica};
 use clustron_dkv::kv::{KeyRange, KvReply, RangeRequest};
 use clustron_election::{
-    Config as ElectionConfig, Core, MemStorage, Message as ElectionMessage,
-    Output as ElectionOutput,
+    Config as ElectionConfig, Core, Message as ElectionMessage, Output as ElectionOutput,
 };
 
 pub use self::client::{
     decode_value, encode_value, key_name, ClientConfig, ClientEvent, ClientStats, Done, Planned,
     Retry, SimClient,
 };
-pub use self::node::KvNode;
+pub use self::node::{KvNode, NodeStorage};
 use crate::election::addr;
 use crate::linearizability::{self, History, Outcome, Report, Violation};
 use crate::replication::{refresh_views, Invariants, LogDisk, LogLoss, LogNode, NodeSetup};
@@ -441,6 +440,55 @@ impl StoreInvariants {
         self.check_applied_never_exceeds_commit(sim, nodes);
         self.check_replicas_agree_at_every_applied_index(sim, nodes);
         self.check_no_replica_finds_itself_diverged(sim, nodes);
+        self.check_a_node_that_lost_acknowledged_entries_neither_votes_nor_leads(sim, nodes);
+        self.check_a_node_whose_disk_failed_neither_votes_nor_leads(sim, nodes);
+    }
+
+    /// A node whose log reopened below its high-water mark stays withdrawn
+    /// from the election, and leads nothing, until it has caught up.
+    pub fn check_a_node_that_lost_acknowledged_entries_neither_votes_nor_leads(
+        &self,
+        sim: &Sim<KvActor>,
+        nodes: usize,
+    ) {
+        for id in 0..nodes {
+            let Some(node) = sim.node(id).and_then(KvActor::node) else {
+                continue;
+            };
+            if node.lost().is_none() {
+                continue;
+            }
+            assert!(
+                node.election().is_withdrawn()
+                    && node.election().lease().is_none()
+                    && node.server().replica().leading().is_none(),
+                "node {id} lost acknowledged entries (mark {:?}) yet takes part in the \
+                 election (seed {})",
+                node.lost(),
+                sim.seed()
+            );
+        }
+    }
+
+    /// A node whose log disk failed is withdrawn and leads nothing.
+    pub fn check_a_node_whose_disk_failed_neither_votes_nor_leads(
+        &self,
+        sim: &Sim<KvActor>,
+        nodes: usize,
+    ) {
+        for id in 0..nodes {
+            let Some(node) = sim.node(id).and_then(KvActor::node) else {
+                continue;
+            };
+            if !node.stopped() {
+                continue;
+            }
+            assert!(
+                node.election().is_withdrawn() && node.election().lease().is_none(),
+                "node {id}'s disk failed yet it takes part in the election (seed {})",
+                sim.seed()
+            );
+        }
     }
 
     /// No node's own divergence check (the leader's checkpoints of its
@@ -541,8 +589,10 @@ pub struct Cluster {
     /// Invariants and the history.
     pub checks: Checks,
     paused: BTreeSet<NodeId>,
-    crashed: BTreeMap<NodeId, (MemStorage, LogDisk)>,
+    crashed: BTreeMap<NodeId, NodeStorage>,
     incarnations: Vec<u64>,
+    /// Restarts that found the log below its high-water mark.
+    lost_tails: usize,
 }
 
 /// What [`Cluster::finish`] found.
@@ -570,14 +620,7 @@ impl Cluster {
         let n = setup.nodes.nodes;
         for id in 0..n {
             let seed = sim.rng().u64(..);
-            let node = KvNode::new(
-                &setup,
-                id,
-                0,
-                (MemStorage::new(), LogDisk::default()),
-                seed,
-                sim.now(),
-            );
+            let node = KvNode::new(&setup, id, 0, NodeStorage::default(), seed, sim.now());
             sim.add_node(addr(id), KvActor::Node(Box::new(node)));
         }
         let nodes: Vec<SocketAddr> = (0..n).map(addr).collect();
@@ -605,6 +648,7 @@ impl Cluster {
             paused: BTreeSet::new(),
             crashed: BTreeMap::new(),
             incarnations: vec![0; n],
+            lost_tails: 0,
             setup,
         };
         cluster.refresh_views();
@@ -697,31 +741,66 @@ impl Cluster {
     }
 
     /// Restarts node `id` from what its disks kept after `loss` (crashing it
-    /// first if it runs).
+    /// first if it runs). With [`LogLoss::TailDamaged`] the node loses
+    /// synced entries below its high-water mark and must stay withdrawn
+    /// from the election until it has them again.
     pub fn restart(&mut self, id: NodeId, loss: LogLoss) {
         if self.node(id).is_some() {
             self.crash(id);
         }
-        let (promises, disk) = self
-            .crashed
-            .remove(&id)
-            .unwrap_or((MemStorage::new(), LogDisk::default()));
-        let promises = promises.after_crash(loss == LogLoss::Kept);
-        let recovered = disk.after_loss(loss, self.sim.rng());
-        self.checks
-            .log
-            .check_a_crash_keeps_synced_committed_entries(id, &disk, &recovered, self.sim.seed());
+        let storage = self.crashed.remove(&id).unwrap_or_default();
+        let promises = storage.promises.after_crash(loss == LogLoss::Kept);
+        let recovered = storage.disk.after_loss(loss, self.sim.rng());
+        if loss != LogLoss::TailDamaged {
+            self.checks
+                .log
+                .check_a_crash_keeps_synced_committed_entries(
+                    id,
+                    &storage.disk,
+                    &recovered,
+                    self.sim.seed(),
+                );
+        }
         self.incarnations[id] += 1;
         let seed = self.sim.rng().u64(..);
         let node = KvNode::new(
             &self.setup,
             id,
             self.incarnations[id],
-            (promises, recovered),
+            NodeStorage {
+                promises,
+                disk: recovered,
+                mark: storage.mark,
+            },
             seed,
             self.sim.local_now(id),
         );
+        if node.lost().is_some() {
+            self.lost_tails += 1;
+        }
         self.sim.restart(id, KvActor::Node(Box::new(node)));
+    }
+
+    /// How many restarts found the log below its high-water mark (and so
+    /// started withdrawn).
+    pub fn lost_tails(&self) -> usize {
+        self.lost_tails
+    }
+
+    /// Node `id`'s log disk fails: its next write fails and its key-value
+    /// side stops, as the driver's does (see [`KvNode::fail_disk`]). A
+    /// restart brings it back with what was durable.
+    pub fn fail_disk(&mut self, id: NodeId) {
+        self.sim.with_node(id, |actor, _| {
+            if let KvActor::Node(node) = actor {
+                node.fail_disk();
+            }
+        });
+    }
+
+    /// Whether node `id` runs with its key-value side stopped.
+    pub fn is_stopped(&self, id: NodeId) -> bool {
+        self.node(id).is_some_and(KvNode::stopped)
     }
 
     /// Freezes node `id` (SIGSTOP).
@@ -837,10 +916,10 @@ impl Cluster {
         sum
     }
 
-    /// Stops the clients and every fault (heal, resume, restart what
-    /// crashed with `loss`), waits up to `limit` for the clients to finish
-    /// and the nodes to converge, checks the final state, and checks the
-    /// history.
+    /// Stops the clients and every fault (heal, resume, restart with `loss`
+    /// what crashed or has a failed disk), waits up to `limit` for the
+    /// clients to finish and the nodes to converge, checks the final state,
+    /// and checks the history.
     ///
     /// # Panics
     ///
@@ -854,7 +933,7 @@ impl Cluster {
         }
         self.heal();
         for id in 0..self.nodes() {
-            if self.node(id).is_none() {
+            if self.node(id).is_none_or(KvNode::disk_failed) {
                 self.restart(id, loss);
             }
             self.resume(id);
@@ -1038,9 +1117,19 @@ impl Cluster {
                 Some(n) => {
                     let r = n.server().replica();
                     format!(
-                        "node {id}{}: leading {:?} epoch {} last {} commit {} applied {} \
+                        "node {id}{}{}{}{}: leading {:?} epoch {} last {} commit {} applied {} \
                          election leader {:?}",
                         if self.is_paused(id) { " (paused)" } else { "" },
+                        if n.election().is_withdrawn() {
+                            " (withdrawn)"
+                        } else {
+                            ""
+                        },
+                        if n.stopped() { " (disk failed)" } else { "" },
+                        match n.lost() {
+                            Some(mark) => format!(" (below its mark {mark:?})"),
+                            None => String::new(),
+                        },
                         r.leading(),
                         r.epoch(),
                         r.last_index(),

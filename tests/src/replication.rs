@@ -84,6 +84,12 @@ pub enum LogLoss {
     /// The synced writes and a random prefix of the unsynced ones (the OS
     /// flushed some of them, in order).
     Torn,
+    /// Only synced writes, and the last one to three synced entries are gone
+    /// too (a damaged or deleted last segment): the node lost entries it
+    /// may have acknowledged. Only a node that guards against it (the
+    /// key-value driver's high-water mark, see [`crate::kv_sim`]) may
+    /// restart from such a disk without breaking safety.
+    TailDamaged,
 }
 
 impl LogDisk {
@@ -135,10 +141,16 @@ impl LogDisk {
     pub fn after_loss(&self, loss: LogLoss, rng: &mut fastrand::Rng) -> LogDisk {
         let keep = match loss {
             LogLoss::Kept => usize::MAX,
-            LogLoss::UnsyncedLost => 0,
+            LogLoss::UnsyncedLost | LogLoss::TailDamaged => 0,
             LogLoss::Torn => rng.usize(..=self.unsynced_len()),
         };
-        self.after_crash(keep)
+        let mut disk = self.after_crash(keep);
+        if loss == LogLoss::TailDamaged {
+            let entries = &mut disk.synced.entries;
+            let lost = rng.usize(1..=3).min(entries.len());
+            entries.truncate(entries.len() - lost);
+        }
+        disk
     }
 }
 
@@ -229,7 +241,8 @@ pub trait LogNode {
 
 /// Gives every running node among the first `setup.nodes` the view
 /// membership would settle on: the other running nodes it can reach both
-/// ways. `is_up` says which nodes run (not crashed, not paused).
+/// ways, a withdrawn one as no voter (its membership tag). `is_up` says
+/// which nodes run (not crashed, not paused).
 pub fn refresh_views<A: Actor + LogNode>(
     sim: &mut Sim<A>,
     setup: &NodeSetup,
@@ -245,7 +258,11 @@ pub fn refresh_views<A: Actor + LogNode>(
                 name: name(j),
                 addr: addr(j),
                 priority: priority(j),
-                voter: j < setup.voters,
+                voter: j < setup.voters
+                    && !sim
+                        .node(j)
+                        .and_then(|n| n.log_election())
+                        .is_some_and(Core::is_withdrawn),
             })
             .collect();
         sim.with_node(id, |node, now| {

@@ -24,16 +24,27 @@
 //! other inputs, as its `select!` may: up to 2 ms, and one time in ten up
 //! to 60 ms, as after a slow fsync (longer than the election's 20 ms lease
 //! margin, so the server's own lease check is what keeps reads safe). The
-//! order is drawn from the node's seeded RNG. The fence reaches the server only where the
-//! key-value driver passes it on (`apply_fence`: before an inbound
-//! replication message, a timeout or a leadership event, and after each
-//! sync), never directly from a promise, exactly as in `kv_driver.rs`.
+//! order is drawn from the node's seeded RNG. The fence reaches the server
+//! only where the key-value driver passes it on (`apply_fence`: before an
+//! inbound replication message, a timeout or a leadership event, and after
+//! each sync), never directly from a promise, exactly as in `kv_driver.rs`.
+//!
+//! Two ways a node steps aside, as the driver does them:
+//!
+//! - **High-water mark** (`wal::mark`): raised to the written position after
+//!   every sync, lowered (before the cut) by a truncation, and kept across
+//!   crashes. A node whose log reopens below it lost entries it may have
+//!   acknowledged: its election starts withdrawn (no votes, no campaign)
+//!   and rejoins once a sync takes the log back to the mark.
+//! - **Disk failure** ([`KvNode::fail_disk`]): the next log write fails; the
+//!   outputs after it are never performed, waiting requests and every later
+//!   one get `NotReady`, replication stops, and the election withdraws.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clustron_dkv::core::server::{ClientOp, RequestId, Server, ServerOutput};
+use clustron_dkv::core::server::{ClientOp, RequestId, Server, ServerError, ServerOutput};
 use clustron_dkv::core::{Entry, Output as LogOutput, Summary};
 use clustron_election::{
     Core, Epoch, MemStorage, Message as ElectionMessage, NodeName, Output as ElectionOutput,
@@ -55,6 +66,18 @@ struct Fence {
     summary: Vec<u8>,
 }
 
+/// What a node's disks hold across a crash.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStorage {
+    /// The election's promises.
+    pub promises: MemStorage,
+    /// The log (and its epoch file).
+    pub disk: LogDisk,
+    /// The log's high-water mark; `None` for a node that never had one (it
+    /// is created at the log's end, as `HighWaterMark::open` does).
+    pub mark: Option<Summary>,
+}
+
 /// One node: election, key-value server, promise store and log disk.
 #[derive(Debug)]
 pub struct KvNode {
@@ -72,6 +95,16 @@ pub struct KvNode {
     fenced: u64,
     /// The log as written (durable after the next sync).
     written: Summary,
+    /// The high-water mark: the newest position ever made durable.
+    mark: Summary,
+    /// The mark this node must catch up to before it votes again.
+    lost: Option<Summary>,
+    /// Caught up past the mark: rejoin the election.
+    caught_up: bool,
+    /// The next log write fails ([`KvNode::fail_disk`]).
+    disk_failing: bool,
+    /// The key-value side stopped: its write-ahead log failed.
+    stopped: bool,
     /// The epoch the server was last told this node won.
     elected: Option<u64>,
     voters: BTreeMap<NodeName, SocketAddr>,
@@ -104,17 +137,21 @@ impl KvNode {
         cluster: &KvSetup,
         id: NodeId,
         incarnation: u64,
-        storage: (MemStorage, LogDisk),
+        storage: NodeStorage,
         seed: u64,
         now: Instant,
     ) -> Self {
-        let (promises, disk) = storage;
+        let NodeStorage {
+            promises,
+            disk,
+            mark,
+        } = storage;
         let setup = &cluster.nodes;
         let persisted = match promises.load() {
             Ok(persisted) => persisted,
             Err(never) => match never {},
         };
-        let election = Core::new(
+        let mut election = Core::new(
             setup.election.clone(),
             name(id),
             priority(id),
@@ -138,6 +175,12 @@ impl KvNode {
             summary: written.encode(),
         };
         let fenced = recovered.epoch;
+        // `OpenStore::lost_tail`: below the mark, start withdrawn.
+        let mark = mark.unwrap_or(written);
+        let lost = (written < mark).then_some(mark);
+        if lost.is_some() {
+            election.withdraw(now);
+        }
         let server = Server::new(
             cluster.server_config(),
             name(id),
@@ -161,6 +204,11 @@ impl KvNode {
             fence,
             fenced,
             written,
+            mark,
+            lost,
+            caught_up: false,
+            disk_failing: false,
+            stopped: false,
             elected: None,
             voters: setup.voter_addrs().collect(),
             leadership: VecDeque::new(),
@@ -202,9 +250,35 @@ impl KvNode {
         &self.promises
     }
 
-    /// Takes the node apart after a crash: its promise store and log disk.
-    pub fn into_storage(self) -> (MemStorage, LogDisk) {
-        (self.promises, self.disk)
+    /// Takes the node apart after a crash: what its disks hold.
+    pub fn into_storage(self) -> NodeStorage {
+        NodeStorage {
+            promises: self.promises,
+            disk: self.disk,
+            mark: Some(self.mark),
+        }
+    }
+
+    /// The mark this node lost entries below and must catch up to before
+    /// it votes again, if it lost any.
+    pub fn lost(&self) -> Option<Summary> {
+        self.lost
+    }
+
+    /// Whether the key-value side stopped (its log write failed).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Whether its log disk fails or has failed.
+    pub fn disk_failed(&self) -> bool {
+        self.disk_failing
+    }
+
+    /// The log disk fails: the next write to it (append, truncate, sync,
+    /// epoch) fails, and the key-value side stops there.
+    pub fn fail_disk(&mut self) {
+        self.disk_failing = true;
     }
 
     /// The highest commit index this incarnation reported.
@@ -232,6 +306,10 @@ impl KvNode {
         msg: clustron_dkv::core::Message,
     ) {
         self.now = now;
+        if self.stopped {
+            // Its task ended: nothing reads the replication channel.
+            return;
+        }
         self.apply_fence();
         self.server.handle_message(now, from, msg);
         self.pump();
@@ -241,6 +319,19 @@ impl KvNode {
     /// election holds it now, then the request).
     pub(super) fn client_request(&mut self, now: Instant, from: SocketAddr, id: u64, op: ClientOp) {
         self.now = now;
+        if self.stopped {
+            self.transmits.push_back(Transmit {
+                to: from,
+                msg: Msg::Reply {
+                    id,
+                    result: Err(ServerError::NotReady(
+                        "this node's key-value store has stopped (see its /readyz); try another node",
+                    )),
+                },
+                reliable: true,
+            });
+            return;
+        }
         if let Some((epoch, until)) = self.election.lease() {
             self.server.lease_renewed(epoch.0, until);
         }
@@ -257,7 +348,7 @@ impl KvNode {
         if self.election.poll_timeout().is_some_and(|t| t <= now) {
             self.election.handle_timeout(now);
         }
-        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+        if !self.stopped && self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.apply_fence();
             self.server.handle_timeout(now);
         }
@@ -269,7 +360,7 @@ impl KvNode {
     pub(super) fn next_timeout(&self) -> Option<Instant> {
         [
             self.election.poll_timeout(),
-            self.server.poll_timeout(),
+            self.server.poll_timeout().filter(|_| !self.stopped),
             self.leadership_at,
         ]
         .into_iter()
@@ -298,6 +389,10 @@ impl KvNode {
                 }
             }
             busy |= self.drain_server();
+            if std::mem::take(&mut self.caught_up) {
+                busy = true;
+                self.election.rejoin(self.now);
+            }
             if !busy {
                 break;
             }
@@ -382,6 +477,9 @@ impl KvNode {
     /// The key-value driver's `leadership_event`.
     fn leadership_event(&mut self, event: ElectionOutput) {
         let now = self.now;
+        if self.stopped {
+            return;
+        }
         self.apply_fence();
         match event {
             ElectionOutput::Elected { epoch, summaries } => {
@@ -418,17 +516,31 @@ impl KvNode {
     fn drain_server(&mut self) -> bool {
         let mut busy = false;
         let now = self.now;
-        while let Some(output) = self.server.poll_output() {
+        while !self.stopped {
+            let Some(output) = self.server.poll_output() else {
+                break;
+            };
             busy = true;
+            if self.disk_failing && output_writes_the_log(&output) {
+                self.stop();
+                break;
+            }
             match output {
                 ServerOutput::Log(LogOutput::SaveEpoch(epoch)) => self.disk.save_epoch(epoch),
                 ServerOutput::Log(LogOutput::Truncate { from }) => {
-                    self.disk.write(LogWrite::Truncate(from));
                     let last = from.saturating_sub(1);
-                    self.written = Summary {
+                    let kept = Summary {
                         last_epoch: self.server.replica().entry(last).map_or(0, |e| e.epoch),
                         last_index: last,
                     };
+                    // The cut entries were never committed: the mark comes
+                    // down first, unless it still guards entries lost
+                    // earlier.
+                    if self.lost.is_none() {
+                        self.mark = self.mark.min(kept);
+                    }
+                    self.disk.write(LogWrite::Truncate(from));
+                    self.written = kept;
                 }
                 ServerOutput::Log(LogOutput::Append(entries)) => {
                     if let Some(Entry { epoch, index, .. }) = entries.last() {
@@ -441,6 +553,11 @@ impl KvNode {
                 }
                 ServerOutput::Log(LogOutput::Sync) => {
                     self.disk.sync();
+                    self.mark = self.mark.max(self.written);
+                    if self.lost.is_some_and(|mark| self.written >= mark) {
+                        self.lost = None;
+                        self.caught_up = true;
+                    }
                     // `Fence::durable`: record the summary, read the fence.
                     self.fence.summary = self.written.encode();
                     if self.fence.epoch > self.fenced {
@@ -498,6 +615,27 @@ impl KvNode {
         busy
     }
 
+    /// The driver's `stop`: the write-ahead log failed. Nothing after the
+    /// failed output is performed; waiting requests are refused; the
+    /// election withdraws (a leader hands over).
+    fn stop(&mut self) {
+        self.stopped = true;
+        while self.server.poll_output().is_some() {}
+        for (_, (to, id)) in std::mem::take(&mut self.pending) {
+            self.transmits.push_back(Transmit {
+                to,
+                msg: Msg::Reply {
+                    id,
+                    result: Err(ServerError::NotReady(
+                        "this node's write-ahead log failed; try another node",
+                    )),
+                },
+                reliable: true,
+            });
+        }
+        self.election.withdraw(self.now);
+    }
+
     fn committed(&mut self, upto: u64) {
         assert!(
             upto > self.reported_commit,
@@ -518,4 +656,17 @@ impl KvNode {
         });
         self.reported_commit = upto;
     }
+}
+
+/// Whether performing `output` writes to the log's disk.
+fn output_writes_the_log(output: &ServerOutput) -> bool {
+    matches!(
+        output,
+        ServerOutput::Log(
+            LogOutput::SaveEpoch(_)
+                | LogOutput::Truncate { .. }
+                | LogOutput::Append(_)
+                | LogOutput::Sync
+        )
+    )
 }
