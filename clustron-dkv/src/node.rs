@@ -129,6 +129,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         .context("starting the event bus")?;
     let kv_config = ServerConfig {
         retain_revisions: config.retain_revisions,
+        snapshot_entries: config.snapshot_entries,
         limits: crate::core::mvcc::Limits {
             max_value: config.max_value_bytes,
             ..Default::default()

@@ -663,11 +663,6 @@ impl Replica {
         self.log.get(start..end.max(start)).unwrap_or(&[])
     }
 
-    /// Bytes of payload held in memory (what is not yet compacted).
-    pub fn log_bytes(&self) -> usize {
-        self.log.iter().map(Entry::size).sum()
-    }
-
     /// The summary of the current log.
     pub fn summary(&self) -> Summary {
         Summary {

@@ -86,6 +86,10 @@ pub struct ServerConfig {
     /// applied entries, which every replica compares with its own (0:
     /// never).
     pub checkpoint_every: u64,
+    /// The driver snapshots the state machine every this many applied log
+    /// entries and then forgets the log before it (0: never). Bounds the
+    /// memory and disk the log holds and the time a restart replays.
+    pub snapshot_entries: u64,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +101,8 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             retain_revisions: 100_000,
             checkpoint_every: 10_000,
+            // etcd's --snapshot-count default (v3.6): 10,000 entries.
+            snapshot_entries: 10_000,
         }
     }
 }
