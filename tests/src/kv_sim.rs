@@ -962,6 +962,7 @@ impl Cluster {
                 seed,
             );
         self.check_every_store_is_the_same();
+        self.check_no_node_applied_enough_to_snapshot();
         let acked = self.check_every_acknowledged_write_is_in_the_store();
         self.check_every_serializable_read_saw_a_state_that_existed();
         let applied_twice = self.values_applied_twice();
@@ -979,6 +980,22 @@ impl Cluster {
             acked,
             reads_at: self.checks.reads_at.len(),
             elections: self.checks.log.elections,
+        }
+    }
+
+    /// No node applied as many entries as the driver's snapshot interval:
+    /// the real node would have snapshotted and compacted its log there,
+    /// which this simulation does not model (see [`KvNode`]).
+    pub fn check_no_node_applied_enough_to_snapshot(&self) {
+        let every = self.setup.server.snapshot_entries;
+        for id in 0..self.nodes() {
+            let applied = self.node(id).map_or(0, |n| n.server().applied());
+            assert!(
+                every == 0 || applied < every,
+                "node {id} applied {applied} entries: the driver snapshots every {every}, which \
+                 this simulation does not model; run shorter (seed {})",
+                self.sim.seed()
+            );
         }
     }
 

@@ -39,6 +39,12 @@
 //! - **Disk failure** ([`KvNode::fail_disk`]): the next log write fails; the
 //!   outputs after it are never performed, waiting requests and every later
 //!   one get `NotReady`, replication stops, and the election withdraws.
+//!
+//! Not modelled yet: the driver's snapshots (taken every
+//! `ServerConfig::snapshot_entries` applied entries, then the log is
+//! compacted; a replica behind pulls one and installs it). The cluster
+//! fails a run that applies that many entries rather than let it differ
+//! from the real node unnoticed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
