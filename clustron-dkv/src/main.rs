@@ -37,11 +37,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CertsCmd {
-    /// Write ca.pem and ca.key into DIR.
+    /// Write ca.pem and ca.key into DIR (refused if either exists).
     Init {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing CA in DIR. Every certificate the old CA
+        /// signed stops being trusted: nodes and clients need new ones.
+        #[arg(long)]
+        force: bool,
     },
     /// Issue NAME.pem / NAME.key for a node.
     Node {
@@ -133,7 +137,21 @@ fn main() -> Result<()> {
 
 fn certs(command: CertsCmd) -> Result<()> {
     match command {
-        CertsCmd::Init { out } => {
+        CertsCmd::Init { out, force } => {
+            // A new CA in place of an existing one silently breaks every
+            // certificate the old one signed: only on request.
+            if !force {
+                for file in ["ca.key", "ca.pem"] {
+                    let path = out.join(file);
+                    anyhow::ensure!(
+                        !path.exists(),
+                        "{} already exists: a new CA would invalidate every certificate the \
+                         existing one signed; keep it, choose another --out, or pass --force to \
+                         replace it",
+                        path.display()
+                    );
+                }
+            }
             CertificateAuthority::generate("Clustron CA")?.save(&out)?;
             println!("wrote {0}/ca.pem and {0}/ca.key", out.display());
         }
