@@ -494,12 +494,17 @@ impl Client {
         }
     }
 
-    /// Grants a lease of `ttl`; returns its id.
+    /// Grants a lease of `ttl` ([`kv::MIN_LEASE_TTL`] ..=
+    /// [`kv::MAX_LEASE_TTL`]; anything else is refused here, without a
+    /// round trip, as the leader would); returns its id.
     pub async fn grant(&self, ttl: Duration) -> Result<LeaseId, ClientError> {
+        // Never wrap: a TTL too large for u64 milliseconds is out of range.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        kv::check_lease_ttl(ttl_ms).map_err(|e| ClientError::Kv(e.into()))?;
         match self
             .kv(KvRequest::LeaseGrant {
                 id: LeaseId(0),
-                ttl_ms: ttl.as_millis() as u64,
+                ttl_ms,
             })
             .await?
         {

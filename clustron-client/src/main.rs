@@ -124,9 +124,10 @@ enum KvCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Grant a lease of TTL seconds; prints its id.
+    /// Grant a lease of TTL seconds (1 to 31536000, a year); prints its id.
     Grant {
         /// Time to live, in seconds.
+        #[arg(value_parser = ttl_seconds())]
         ttl: u64,
     },
     /// Renew a lease once; prints its TTL.
@@ -146,7 +147,7 @@ enum KvCmd {
         name: String,
         /// Lease TTL in seconds: how long the lock outlives this process if
         /// it dies without releasing it.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = ttl_seconds())]
         ttl: u64,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -160,7 +161,7 @@ enum KvCmd {
         /// What this candidate announces (e.g. its address).
         value: String,
         /// Lease TTL in seconds.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = ttl_seconds())]
         ttl: u64,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -171,6 +172,15 @@ enum KvCmd {
         /// Election name.
         name: String,
     },
+}
+
+/// Lease TTLs in seconds, as the leader grants them (1 s to a year).
+fn ttl_seconds() -> clap::builder::RangedU64ValueParser<u64> {
+    let (min, max) = (
+        clustron_client::kv::MIN_LEASE_TTL.as_secs(),
+        clustron_client::kv::MAX_LEASE_TTL.as_secs(),
+    );
+    clap::value_parser!(u64).range(min..=max)
 }
 
 /// Runs `command` while `lock` is held, then releases it; exits with the
@@ -290,7 +300,7 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
             println!("revoked; {deleted} keys deleted");
         }
         KvCmd::Lock { name, ttl, command } => {
-            let ttl = std::time::Duration::from_secs(ttl.max(1));
+            let ttl = std::time::Duration::from_secs(ttl);
             run_holding(client.lock(&name, ttl).await?, &command).await?;
         }
         KvCmd::Campaign {
@@ -299,7 +309,7 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
             ttl,
             command,
         } => {
-            let ttl = std::time::Duration::from_secs(ttl.max(1));
+            let ttl = std::time::Duration::from_secs(ttl);
             let leadership = client.campaign(&name, value.as_bytes(), ttl).await?;
             run_holding(leadership, &command).await?;
         }

@@ -26,6 +26,8 @@
 //! assert_eq!(txn.compare.len(), 1);
 //! ```
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// A lease: keys attached to it are deleted when it expires or is revoked.
@@ -38,6 +40,40 @@ pub struct LeaseId(pub u64);
 /// and never applied twice (Raft dissertation, section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
+
+/// Shortest lease a leader grants: 1 s. A failover takes well under a
+/// second (the election's lease is 600 ms) and a new leader restarts every
+/// lease's TTL, so a lease of a second or more survives a leader change;
+/// anything shorter would mostly measure failovers. (etcd derives its
+/// minimum TTL from its election timeout for the same reason, and raises
+/// shorter requests to it silently; we refuse them so no one is surprised.)
+/// TTL 0 is refused too: a lease that is gone at once is never what was
+/// meant.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// Longest lease a leader grants: 365 days. A lease is for something that
+/// must go away when its owner does; a year is far beyond any keep-alive
+/// interval and keeps every deadline far from clock overflow.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Checks a lease TTL (in milliseconds) against [`MIN_LEASE_TTL`] ..=
+/// [`MAX_LEASE_TTL`]. The leader checks before proposing a grant; clients
+/// may check first to fail without a round trip.
+pub fn check_lease_ttl(ttl_ms: u64) -> Result<(), KvError> {
+    let (min_ms, max_ms) = (
+        MIN_LEASE_TTL.as_millis() as u64,
+        MAX_LEASE_TTL.as_millis() as u64,
+    );
+    if (min_ms..=max_ms).contains(&ttl_ms) {
+        Ok(())
+    } else {
+        Err(KvError::LeaseTtlOutOfRange {
+            ttl_ms,
+            min_ms,
+            max_ms,
+        })
+    }
+}
 
 /// A key with its value and history counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +417,17 @@ pub enum KvError {
     /// as a plain write.
     #[error("session commands cannot be nested or sent as plain writes")]
     NotInSession,
+    /// A lease TTL outside [`MIN_LEASE_TTL`] ..= [`MAX_LEASE_TTL`]; refused
+    /// by the leader before anything was proposed.
+    #[error("lease TTL of {ttl_ms} ms is out of range: a lease lives 1 s to 365 days ({min_ms} to {max_ms} ms)")]
+    LeaseTtlOutOfRange {
+        /// The TTL asked for, in milliseconds.
+        ttl_ms: u64,
+        /// The shortest allowed.
+        min_ms: u64,
+        /// The longest allowed.
+        max_ms: u64,
+    },
     /// Too many sessions are open; nothing was applied.
     #[error("too many open sessions (at most {max})")]
     TooManySessions {

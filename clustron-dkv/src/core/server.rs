@@ -575,6 +575,10 @@ impl Server {
                 })
             }
         };
+        // Decided here, once, by the leader: never re-checked at apply.
+        if let Command::LeaseGrant { ttl_ms, .. } = command.inner() {
+            crate::kv::check_lease_ttl(*ttl_ms)?;
+        }
         // Ids the leader picks are unique across leaders: the epoch in the
         // high bits.
         let mut fresh_id = || {

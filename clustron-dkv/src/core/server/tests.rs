@@ -677,3 +677,47 @@ fn an_idle_session_expires_through_the_log_and_a_retry_in_it_is_refused_everywhe
     net.request(0, 6, ClientOp::Write(Command::CloseSession { id: kept }));
     assert_eq!(net.reply(6), &Err(ServerError::Kv(KvError::NotInSession)));
 }
+
+#[test]
+fn the_leader_refuses_lease_ttls_out_of_range_before_proposing() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let session = open_session(&mut net, 0, 1, 60_000);
+    let grant = |ttl_ms| {
+        ClientOp::Write(Command::LeaseGrant {
+            id: LeaseId(0),
+            ttl_ms,
+        })
+    };
+    let year_ms = 365 * 24 * 3600 * 1000;
+    // 0 (etcd would grant its minimum; a lease that is gone at once is
+    // never what was meant), under a second, over a year, and the u64 that
+    // `kv grant 18446744073709552` used to wrap to 384 ms.
+    let mut id = 10;
+    for ttl_ms in [0, 999, year_ms + 1, u64::MAX] {
+        for op in [grant(ttl_ms), in_session(session, 1, 1, grant(ttl_ms))] {
+            id += 1;
+            let last = net.servers[0].replica().last_index();
+            net.request(0, id, op);
+            let err = match net.reply(id) {
+                Err(e) => e.to_string(),
+                Ok(granted) => panic!("ttl {ttl_ms} ms granted: {granted:?}"),
+            };
+            assert!(
+                err.contains("lease TTL") && err.contains("1 s") && err.contains("365 days"),
+                "{err}"
+            );
+            assert_eq!(net.servers[0].replica().last_index(), last, "proposed");
+        }
+    }
+    // The bounds themselves are granted.
+    for ttl_ms in [1000, year_ms] {
+        id += 1;
+        net.request(0, id, grant(ttl_ms));
+        assert!(
+            matches!(net.reply(id), Ok(Reply::LeaseGranted { ttl_ms: t, .. }) if *t == ttl_ms),
+            "{:?}",
+            net.reply(id)
+        );
+    }
+}
