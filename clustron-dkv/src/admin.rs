@@ -71,10 +71,15 @@ async fn answer(node: &Node, path: &str) -> (&'static str, String) {
                     "200 OK",
                     format!("ready: leader {name} epoch {}\n", epoch.0),
                 ),
-                None => (
-                    "503 Service Unavailable",
-                    "not ready: no leader known\n".into(),
-                ),
+                None => {
+                    let waiting = node.waiting_for.borrow().clone();
+                    let why = if waiting.is_empty() {
+                        "no leader known".to_owned()
+                    } else {
+                        waiting
+                    };
+                    ("503 Service Unavailable", format!("not ready: {why}\n"))
+                }
             }
         }
         "/metrics" => ("200 OK", metrics(node).await),

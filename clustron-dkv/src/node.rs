@@ -33,6 +33,9 @@ pub struct Node {
     pub kv: watch::Receiver<Option<Kv>>,
     /// Leadership changes seen since start.
     pub leadership_changes: Arc<AtomicU64>,
+    /// Until the election starts: what it waits for, in words (for
+    /// `/readyz` and the log).
+    pub waiting_for: watch::Receiver<String>,
 }
 
 /// Starts a node from `config`.
@@ -67,6 +70,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     let (bus_tx, bus) = watch::channel(None);
     let (kv_tx, kv) = watch::channel(None);
     let leadership_changes = Arc::new(AtomicU64::new(0));
+    let (waiting_tx, waiting_for) = watch::channel(String::new());
     let node = Node {
         endpoint: endpoint.clone(),
         membership: membership.clone(),
@@ -74,6 +78,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         bus,
         kv,
         leadership_changes: leadership_changes.clone(),
+        waiting_for,
     };
     let voters: Vec<NodeName> = config
         .voters
@@ -92,7 +97,16 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     };
     tokio::spawn(async move {
         // The election needs every voter's address: wait for membership to
-        // know them all (alive or not).
+        // know them all (alive or not), saying what is missing.
+        if voters.is_empty() {
+            let why = "no voters configured: this node cannot elect or follow a leader; give \
+                       every node the same --voters (CLUSTRON_VOTERS, or `voters = [...]` in the \
+                       config file)";
+            tracing::error!("{why}");
+            waiting_tx.send_replace(why.to_owned());
+            return;
+        }
+        let mut told: Option<tokio::time::Instant> = None;
         let set = loop {
             if let Ok(members) = membership.members().await {
                 let known: BTreeMap<&NodeName, _> =
@@ -103,9 +117,29 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
                         addr: known[v],
                     }));
                 }
+                let missing: Vec<&str> = voters
+                    .iter()
+                    .filter(|v| !known.contains_key(v))
+                    .map(|v| v.as_str())
+                    .collect();
+                let why = format!(
+                    "waiting for membership to see voter(s) {} (started? reachable through --seeds?)",
+                    missing.join(", ")
+                );
+                // Once at start, then every 10 s while it lasts.
+                match told {
+                    None => tracing::info!("{why}"),
+                    Some(at) if at.elapsed() >= Duration::from_secs(10) => tracing::warn!("{why}"),
+                    Some(_) => {}
+                }
+                if told.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    told = Some(tokio::time::Instant::now());
+                }
+                waiting_tx.send_replace(why);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        waiting_tx.send_replace(String::new());
         let voter_addrs: Vec<(NodeName, std::net::SocketAddr)> = set
             .voters()
             .iter()

@@ -172,7 +172,8 @@ fn launch(
         .arg(dir.join(format!("{name}.pem")))
         .arg("--key-file")
         .arg(dir.join(format!("{name}.key")))
-        .stdout(Stdio::null())
+        // The node logs to stdout; panics and exit errors go to stderr.
+        .stdout(log.try_clone().unwrap())
         .stderr(log);
     if let Some(seed) = seed {
         command.args(["--seeds", &seed.to_string()]);
@@ -681,6 +682,42 @@ fn a_stopped_leader_is_replaced_and_comes_back_as_a_follower_and_restarts_lose_n
                         == Some(Some(value.into()))
                 })
         },
+    );
+}
+
+#[test]
+fn a_node_started_without_voters_says_what_is_missing_in_its_log_and_on_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), &["n1"]);
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port_udp()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port_tcp()));
+    let log = dir.path().join("n1.log");
+    let child = dkv()
+        .args(["run", "--name", "n1", "--listen", &listen.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("n1"))
+        .arg("--ca-file")
+        .arg(dir.path().join("ca.pem"))
+        .arg("--cert-file")
+        .arg(dir.path().join("n1.pem"))
+        .arg("--key-file")
+        .arg(dir.path().join("n1.key"))
+        .env_remove("CLUSTRON_VOTERS")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _node = Proc { child, admin };
+    eventually("/readyz names the missing voters", || {
+        get(admin, "/readyz").is_some_and(|(status, body)| {
+            status == 503 && body.contains("no voters configured") && body.contains("--voters")
+        })
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("no voters configured") && text.contains("--voters"),
+        "the log does not say what is missing:\n{text}"
     );
 }
 
