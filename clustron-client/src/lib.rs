@@ -421,8 +421,51 @@ impl Client {
     }
 
     /// Reads keys; `linearizable` reads see every write acknowledged before
-    /// them, serializable ones may be stale but any node answers.
+    /// them, serializable ones may be stale but any node answers. Returns
+    /// the keys and the revision they were read at.
+    ///
+    /// A node answers a large range in pages of about
+    /// [`kv::RANGE_PAGE_BYTES`]; this reads them all (at the first page's
+    /// revision, so the whole answer is one consistent snapshot) and returns
+    /// every key once, up to `request.limit` (0: all). To handle a large
+    /// range a page at a time instead of holding all of it, use
+    /// [`Client::range_pages`].
     pub async fn range(
+        &self,
+        request: RangeRequest,
+        linearizable: bool,
+    ) -> Result<(RangeResponse, u64), ClientError> {
+        let mut pages = self.range_pages(request, linearizable);
+        let mut kvs = Vec::new();
+        while let Some(page) = pages.next().await? {
+            kvs.extend(page);
+        }
+        let response = RangeResponse {
+            kvs,
+            count: pages.count,
+            more: pages.more,
+        };
+        Ok((response, pages.revision))
+    }
+
+    /// Reads keys page by page (see [`Client::range`]): each
+    /// [`RangePages::next`] asks the node for the next page, continuing
+    /// after the last key received, at the revision of the first page.
+    pub fn range_pages(&self, request: RangeRequest, linearizable: bool) -> RangePages {
+        RangePages {
+            client: self.clone(),
+            request,
+            linearizable,
+            started: false,
+            done: false,
+            count: 0,
+            more: false,
+            revision: 0,
+        }
+    }
+
+    /// One range request: one page of the answer.
+    async fn range_once(
         &self,
         request: RangeRequest,
         linearizable: bool,
@@ -788,6 +831,70 @@ impl KvWatch {
                 }
             }
         }
+    }
+}
+
+/// A range read a page at a time; see [`Client::range_pages`].
+#[derive(Debug)]
+pub struct RangePages {
+    client: Client,
+    /// What is left to read: the range after the last key received, at the
+    /// first page's revision, with what is left of the limit.
+    request: RangeRequest,
+    linearizable: bool,
+    started: bool,
+    done: bool,
+    count: u64,
+    more: bool,
+    revision: u64,
+}
+
+impl RangePages {
+    /// The next page of keys, in key order; `None` once every key (up to
+    /// the limit) has been given. A page is never empty.
+    pub async fn next(&mut self) -> Result<Option<Vec<KeyValue>>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (page, revision) = self
+            .client
+            .range_once(self.request.clone(), self.linearizable)
+            .await?;
+        if !self.started {
+            // Every later page is read at this revision: one snapshot.
+            self.started = true;
+            self.revision = revision;
+            self.request.revision = revision;
+            self.count = page.count;
+        }
+        self.more = page.more;
+        let got = page.kvs.len() as u64;
+        if let Some(last) = page.kvs.last() {
+            self.request.range = self.request.range.after(&last.key);
+        }
+        let limit_reached = self.request.limit != 0 && got >= self.request.limit;
+        if self.request.limit != 0 {
+            self.request.limit -= got.min(self.request.limit);
+        }
+        self.done = !page.more || page.kvs.is_empty() || limit_reached || self.request.count_only;
+        Ok((!page.kvs.is_empty()).then_some(page.kvs))
+    }
+
+    /// The revision the pages are read at (0 before the first page).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// How many keys the whole range holds at that revision, ignoring the
+    /// limit (0 before the first page).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether keys were left out by the limit (meaningful once `next`
+    /// returned `None`).
+    pub fn more(&self) -> bool {
+        self.more
     }
 }
 

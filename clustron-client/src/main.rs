@@ -98,6 +98,10 @@ enum KvCmd {
         /// Read as of this revision.
         #[arg(long, default_value_t = 0)]
         rev: u64,
+        /// Print at most N keys (0: all). Keys come in pages of about 2 MiB
+        /// either way, printed as they arrive, all at one revision.
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
         /// JSON array of objects.
         #[arg(long)]
         json: bool,
@@ -233,28 +237,44 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
             prefix,
             serializable,
             rev,
+            limit,
             json,
         } => {
+            use std::io::Write as _;
             let request = RangeRequest {
                 range: key_range(key, prefix),
                 revision: rev,
-                limit: 0,
+                limit,
                 keys_only: false,
                 count_only: false,
             };
-            let (response, _) = client.range(request, !serializable).await?;
+            // Page by page: memory stays bounded however large the range.
+            let mut pages = client.range_pages(request, !serializable);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut first = true;
             if json {
-                let rows: Vec<_> = response.kvs.iter().map(kv_json).collect();
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                for kv in &response.kvs {
-                    println!(
-                        "{}={}",
-                        String::from_utf8_lossy(&kv.key),
-                        String::from_utf8_lossy(&kv.value)
-                    );
+                write!(out, "[")?;
+            }
+            while let Some(page) = pages.next().await? {
+                for kv in &page {
+                    if json {
+                        let comma = if first { "" } else { "," };
+                        write!(out, "{comma}{}", serde_json::to_string(&kv_json(kv))?)?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{}={}",
+                            String::from_utf8_lossy(&kv.key),
+                            String::from_utf8_lossy(&kv.value)
+                        )?;
+                    }
+                    first = false;
                 }
             }
+            if json {
+                writeln!(out, "]")?;
+            }
+            out.flush()?;
         }
         KvCmd::Del { key, prefix } => {
             println!("{}", client.delete(key_range(key, prefix)).await?);

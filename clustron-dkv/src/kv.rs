@@ -131,6 +131,62 @@ impl KeyRange {
             KeyRange::Range { start, .. } => start,
         }
     }
+
+    /// The keys of this range that sort after `key`: where the next page
+    /// of a range read starts (etcd's "last key + \0").
+    pub fn after(&self, key: &[u8]) -> KeyRange {
+        let mut start = key.to_vec();
+        start.push(0);
+        let end = match self {
+            // The key itself, if anything, came already.
+            KeyRange::Key(k) => {
+                let mut end = k.clone();
+                end.push(0);
+                end.max(start.clone())
+            }
+            KeyRange::Prefix(p) => match prefix_end(p) {
+                Some(end) => end,
+                // A prefix of only 0xff bytes: no upper bound.
+                None => Vec::new(),
+            },
+            KeyRange::Range { end, .. } => end.clone(),
+        };
+        KeyRange::Range { start, end }
+    }
+}
+
+/// The first key after every key starting with `prefix` (`None`: no such
+/// key, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Most bytes of keys and values a node puts in one range answer; a range
+/// that holds more is answered in pages (`more` set, the client continues
+/// after the last key it got, at the same revision), so no answer comes
+/// near the transport's 4 MiB frame limit. A page always holds at least one
+/// key, and one key-value is at most 4 KiB + 512 KiB, so a page is at most
+/// about 2.5 MiB.
+pub const RANGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Most bytes of key-values a write's answer may be expected to carry
+/// (`prev_kv`, reads in a transaction): the leader refuses, before
+/// proposing, a write whose answer would be larger
+/// ([`KvError::AnswerTooLarge`]), since it could not be sent once applied.
+/// Below the transport's 4 MiB frame limit with room to spare.
+pub const MAX_ANSWER_BYTES: usize = 3 * 1024 * 1024;
+
+/// What one key-value adds to an encoded answer, at most: its key and value
+/// and up to 64 bytes of lengths, revisions, version and lease.
+pub fn encoded_kv_bytes(key: usize, value: usize) -> usize {
+    key + value + 64
 }
 
 /// Read keys.
@@ -428,6 +484,17 @@ pub enum KvError {
         /// The longest allowed.
         max_ms: u64,
     },
+    /// The answer would not fit in one message (e.g. a delete with
+    /// `prev_kv` of a large range); refused by the leader before anything
+    /// was proposed. Ask for less: no `prev_kv`, `keys_only`, a `limit`, or
+    /// a narrower range.
+    #[error("the answer would be about {estimated} bytes, over the limit of {max}; nothing was applied: ask for less (no prev_kv, keys_only, a limit or a narrower range)")]
+    AnswerTooLarge {
+        /// The answer's estimated size in bytes.
+        estimated: u64,
+        /// The most an answer may be.
+        max: u64,
+    },
     /// Too many sessions are open; nothing was applied.
     #[error("too many open sessions (at most {max})")]
     TooManySessions {
@@ -571,6 +638,21 @@ pub enum KvFailure {
         "the leader changed before the write committed; outcome unknown (retry in its session)"
     )]
     LeaderChanged,
+    /// The answer was too large to send. A read changed nothing; a write
+    /// was applied (at `revision`) and only its answer is lost: do not
+    /// retry it, read what it did instead.
+    #[error("{}", match revision {
+        Some(revision) => format!("the write was applied at revision {revision}, but its answer of {len} bytes is over the limit of {max} and was not sent"),
+        None => format!("the answer of {len} bytes is over the limit of {max}: ask for less (a limit, keys_only or a narrower range)"),
+    })]
+    AnswerTooLarge {
+        /// The answer's encoded size.
+        len: usize,
+        /// The most an answer may be.
+        max: usize,
+        /// For a write: the revision it was applied at.
+        revision: Option<u64>,
+    },
     /// The caller's certificate role does not allow the operation.
     #[error("permission denied: role {role} may not {operation}")]
     PermissionDenied {

@@ -21,6 +21,7 @@ use crate::proto::{
 /// Serves client requests and streams in the background.
 pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
     let mut inbox = node.endpoint.register::<ClientProtocol>()?;
+    let max_frame = node.endpoint.config().max_frame_size;
     let node = node.clone();
     tokio::spawn(async move {
         while let Some(item) = inbox.recv().await {
@@ -31,7 +32,9 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
                 Inbound::Request { request, reply, .. } => {
                     tokio::spawn(async move {
                         let response = match (request, bus) {
-                            (Request::Kv(op), _) => Response::Kv(kv_answer(kv, op).await),
+                            (Request::Kv(op), _) => {
+                                Response::Kv(fit(kv_answer(kv, op).await, max_frame))
+                            }
                             (_, None) => {
                                 Response::Error("node not ready: the event bus is starting".into())
                             }
@@ -79,6 +82,27 @@ async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFail
             ServerError::Kv(e) => KvFailure::Refused(e),
         }),
     }
+}
+
+/// An answer too large for one frame becomes a definite failure that says
+/// what happened (for a write: applied, at which revision), rather than a
+/// transport error after which the client cannot know.
+fn fit(answer: Result<KvReply, KvFailure>, max_frame: usize) -> Result<KvReply, KvFailure> {
+    // The response's enum tags and the status byte around the answer.
+    let len = clustron_transport::frame::framed_len(&answer) + 16;
+    if len <= max_frame {
+        return answer;
+    }
+    let revision = match &answer {
+        Ok(KvReply::Put(_, revision) | KvReply::Delete(_, revision)) => Some(*revision),
+        Ok(KvReply::Txn(txn)) => Some(txn.revision),
+        _ => None,
+    };
+    Err(KvFailure::AnswerTooLarge {
+        len,
+        max: max_frame,
+        revision,
+    })
 }
 
 /// The server operation a client request asks for.

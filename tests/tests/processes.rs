@@ -21,42 +21,8 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The workspace's binaries: from `CLUSTRON_BIN_DIR` when set (`cargo xtask
-/// ci` points it at release builds), else those `cargo test --workspace`
-/// built beside this test, built here when this test runs alone.
 fn binary(name: &str) -> std::path::PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    if let Some(dir) = std::env::var_os("CLUSTRON_BIN_DIR") {
-        let path = Path::new(&dir).join(name);
-        assert!(path.exists(), "CLUSTRON_BIN_DIR has no {name}");
-        return path;
-    }
-    // Invariant: test executables live in target/<profile>/deps/.
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
-    BUILD.call_once(|| {
-        if !dir.join("clustron-dkv").exists() || !dir.join("clustron").exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "-p",
-                    "clustron-dkv",
-                    "-p",
-                    "clustron-client",
-                    "--bins",
-                ])
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-    });
-    dir.join(name)
+    clustron_tests::binary(name)
 }
 
 fn dkv() -> Command {

@@ -451,27 +451,40 @@ impl Store {
 
     /// Reads keys as of `request.revision` (0: now).
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.range_page(request, usize::MAX)
+    }
+
+    /// Reads keys as of `request.revision` (0: now), stopping before the
+    /// key-values would exceed `max_bytes` (as [`crate::kv::encoded_kv_bytes`]
+    /// counts them; at least one is always given): `more` then says keys
+    /// were left out, and the caller reads on after the last one.
+    pub fn range_page(
+        &self,
+        request: &RangeRequest,
+        max_bytes: usize,
+    ) -> Result<RangeResponse, KvError> {
         self.check_revision(request.revision)?;
         let at = if request.revision == 0 {
             self.revision
         } else {
             request.revision
         };
-        Ok(self.read_at(request, at))
+        Ok(self.read_at(request, at, max_bytes))
     }
 
-    fn read_at(&self, request: &RangeRequest, at: u64) -> RangeResponse {
+    fn read_at(&self, request: &RangeRequest, at: u64, max_bytes: usize) -> RangeResponse {
         let mut response = RangeResponse {
             kvs: Vec::new(),
             count: 0,
             more: false,
         };
+        let mut bytes = 0usize;
         for (key, versions) in self.keys_in(&request.range) {
             let Some(mut kv) = visible(key, versions, at) else {
                 continue;
             };
             response.count += 1;
-            if request.count_only {
+            if request.count_only || response.more {
                 continue;
             }
             if request.limit != 0 && response.kvs.len() as u64 >= request.limit {
@@ -481,9 +494,55 @@ impl Store {
             if request.keys_only {
                 kv.value.clear();
             }
+            let size = crate::kv::encoded_kv_bytes(kv.key.len(), kv.value.len());
+            if !response.kvs.is_empty() && bytes.saturating_add(size) > max_bytes {
+                response.more = true;
+                continue;
+            }
+            bytes += size;
             response.kvs.push(kv);
         }
         response
+    }
+
+    /// About how many bytes of key-values `command`'s answer would carry
+    /// if it applied now (reads in a transaction, `prev_kv` of puts and
+    /// deletes): lets the leader refuse, before proposing, a write whose
+    /// answer could not be sent.
+    pub fn answer_bytes(&self, command: &Command) -> u64 {
+        let kvs = |range: &KeyRange, values: bool, limit: u64| -> u64 {
+            let live = self
+                .keys_in(range)
+                .filter_map(|(k, v)| v.last().and_then(|v| v.value.as_ref()).map(|v| (k, v)));
+            let live: Box<dyn Iterator<Item = _>> = match limit {
+                0 => Box::new(live),
+                n => Box::new(live.take(usize::try_from(n).unwrap_or(usize::MAX))),
+            };
+            live.map(|(k, v)| crate::kv::encoded_kv_bytes(k.len(), if values { v.len() } else { 0 }) as u64)
+                .sum()
+        };
+        let prev = |key: &[u8]| {
+            self.current(key)
+                .and_then(|v| v.value.as_ref())
+                .map_or(0, |v| crate::kv::encoded_kv_bytes(key.len(), v.len()) as u64)
+        };
+        let op = |op: &RequestOp| match op {
+            RequestOp::Range(r) if r.count_only => 0,
+            RequestOp::Range(r) => kvs(&r.range, !r.keys_only, r.limit),
+            RequestOp::Put(p) if p.prev_kv => prev(&p.key),
+            RequestOp::Delete(d) if d.prev_kv => kvs(&d.range, true, 0),
+            RequestOp::Put(_) | RequestOp::Delete(_) => 0,
+        };
+        match command.inner() {
+            Command::Put(p) if p.prev_kv => prev(&p.key),
+            Command::Delete(d) if d.prev_kv => kvs(&d.range, true, 0),
+            Command::Txn(txn) => {
+                let success: u64 = txn.success.iter().map(op).sum();
+                let failure: u64 = txn.failure.iter().map(op).sum();
+                success.max(failure)
+            }
+            _ => 0,
+        }
     }
 
     /// The changes to `range` at revisions from `start` on, in order, as a
@@ -657,7 +716,7 @@ impl Store {
             responses.push(match op {
                 // Reads in a transaction see its earlier writes.
                 RequestOp::Range(r) if r.revision == 0 => {
-                    ResponseOp::Range(self.read_at(&r, writer.revision))
+                    ResponseOp::Range(self.read_at(&r, writer.revision, usize::MAX))
                 }
                 RequestOp::Range(r) => ResponseOp::Range(self.range(&r)?),
                 RequestOp::Put(p) => ResponseOp::Put(self.put(writer, p)?),
@@ -750,18 +809,7 @@ fn ranges_overlap(a: &KeyRange, b: &KeyRange) -> bool {
     !(before(&b0, &a1) || before(&a0, &b1))
 }
 
-/// The first key after every key starting with `prefix` (`None`: no such
-/// key, the prefix is all 0xff).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
+pub use crate::kv::prefix_end;
 
 /// The key-value visible at revision `at`, if the key existed then.
 fn visible(key: &[u8], versions: &[Version], at: u64) -> Option<KeyValue> {

@@ -464,7 +464,10 @@ impl Server {
     }
 
     fn read(&self, request: &RangeRequest) -> Result<Reply, ServerError> {
-        let response = self.store.range(request)?;
+        // Paged by size: a large range comes back in several answers.
+        let response = self
+            .store
+            .range_page(request, crate::kv::RANGE_PAGE_BYTES)?;
         let revision = if request.revision == 0 {
             self.store.revision()
         } else {
@@ -578,6 +581,13 @@ impl Server {
         // Decided here, once, by the leader: never re-checked at apply.
         if let Command::LeaseGrant { ttl_ms, .. } = command.inner() {
             crate::kv::check_lease_ttl(*ttl_ms)?;
+        }
+        // An answer that could not be sent would leave the client unsure
+        // whether the write applied: refuse it before, not after.
+        let estimated = self.store.answer_bytes(&command);
+        let max = crate::kv::MAX_ANSWER_BYTES as u64;
+        if estimated > max {
+            return Err(KvError::AnswerTooLarge { estimated, max }.into());
         }
         // Ids the leader picks are unique across leaders: the epoch in the
         // high bits.

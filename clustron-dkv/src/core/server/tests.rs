@@ -721,3 +721,45 @@ fn the_leader_refuses_lease_ttls_out_of_range_before_proposing() {
         );
     }
 }
+
+#[test]
+fn the_leader_refuses_a_write_whose_answer_would_not_fit_before_proposing() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let value = "v".repeat(400 * 1024);
+    for i in 0..10 {
+        net.request(0, i, put(&format!("big/{i}"), &value));
+        assert!(net.reply(i).is_ok());
+    }
+    let last = net.servers[0].replica().last_index();
+    let delete = ClientOp::Write(Command::Delete(crate::kv::DeleteRequest {
+        range: KeyRange::Prefix(b"big/".to_vec()),
+        prev_kv: true,
+    }));
+    net.request(0, 100, delete);
+    let err = match net.reply(100) {
+        Err(e) => e.to_string(),
+        Ok(deleted) => panic!("applied: {deleted:?}"),
+    };
+    assert!(err.contains("nothing was applied"), "{err}");
+    assert_eq!(net.servers[0].replica().last_index(), last, "proposed");
+    // Reads are paged instead: the first page stops near 2 MiB.
+    net.request(
+        0,
+        101,
+        ClientOp::Read {
+            request: RangeRequest {
+                range: KeyRange::Prefix(b"big/".to_vec()),
+                revision: 0,
+                limit: 0,
+                keys_only: false,
+                count_only: false,
+            },
+            linearizable: true,
+        },
+    );
+    let Ok(Reply::Range(page, _)) = net.reply(101) else {
+        panic!("{:?}", net.reply(101))
+    };
+    assert_eq!((page.kvs.len(), page.more, page.count), (5, true, 10));
+}
