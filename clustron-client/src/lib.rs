@@ -674,6 +674,12 @@ impl Shared {
                     }
                     Err(e) => last = Some(clustron_transport::Error::Frame(e)),
                 },
+                // The node is fine, only this connection's streams are all
+                // in use (watches): no reason to avoid the node.
+                Err(e @ clustron_transport::Error::StreamsExhausted { .. }) => {
+                    last = Some(e);
+                    continue;
+                }
                 Err(e) => last = Some(e),
             }
             // This endpoint failed: start with the next one next time.

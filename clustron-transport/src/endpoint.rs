@@ -485,11 +485,19 @@ impl Endpoint {
         alpn: &[u8],
     ) -> Result<Self, Error> {
         let config = config.validate()?;
-        let transport = Arc::new(quinn_transport(&config));
         let mut dial_config = tls::client_config(&identity, alpn)?;
-        dial_config.transport_config(transport.clone());
+        dial_config.transport_config(Arc::new(quinn_transport(
+            &config,
+            config.max_concurrent_streams,
+        )));
+        // Accepted connections start with the smaller of the node and
+        // client stream limits (a grant can be raised later, never
+        // lowered) and get their own once the handshake says which they are.
+        let accepted = config
+            .max_concurrent_streams
+            .min(config.max_concurrent_client_streams);
         let server = server.map(|mut server| {
-            server.transport_config(transport);
+            server.transport_config(Arc::new(quinn_transport(&config, accepted)));
             server
         });
         let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| Error::Bind {
@@ -675,16 +683,23 @@ impl<P: Protocol> Channel<P> {
         buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
         frame::encode_frame(&mut buf, request, max).map_err(Error::Encode)?;
         let after = inner.config.request_timeout;
+        let opened = std::sync::atomic::AtomicBool::new(false);
         let exchange = async {
             // Nothing has left before the stream is open; from then on a
             // failure may come after the remote processed the request.
             let (send, recv) = inner.open_bi(to).await?;
+            opened.store(true, Relaxed);
             Self::exchange(inner, to, &buf, send, recv)
                 .await
                 .map_err(Error::after_sending)
         };
         timeout(after, exchange).await.map_err(|_| Error::Timeout {
-            what: "request",
+            // Still dialing or waiting for a stream: nothing was sent.
+            what: if opened.load(Relaxed) {
+                "request"
+            } else {
+                "connect"
+            },
             addr: to,
             after,
         })?
@@ -886,6 +901,13 @@ impl Inner {
             conn.close(VarInt::from_u32(codes::CLOSE_REFUSED), reason.as_bytes());
             return self.refused(addr, reason);
         }
+        // Clients hold a stream per watch: they may be allowed many more
+        // than nodes.
+        let streams = match as_node {
+            true => self.config.max_concurrent_streams,
+            false => self.config.max_concurrent_client_streams,
+        };
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(streams));
         if as_node {
             // The remote dials from its listening socket, so this connection
             // also serves our own calls to that address.
@@ -1111,12 +1133,19 @@ impl Inner {
     }
 
     /// Opens a bidirectional stream, redialing once if the cached connection
-    /// turns out to be dead before anything was sent on it.
+    /// turns out to be dead before anything was sent on it. Waits at most
+    /// `connect_timeout` for the remote to allow another stream: long-lived
+    /// streams (watches) can hold every one it allows, and a call must then
+    /// fail, definitely unsent, rather than wait for ever.
     async fn open_bi(self: &Arc<Self>, to: SocketAddr) -> Result<(SendStream, RecvStream), Error> {
         let mut retried = false;
+        let waited = self.config.connect_timeout;
         loop {
             let conn = self.connection(to).await?;
-            match conn.open_bi().await {
+            let Ok(opened) = timeout(waited, conn.open_bi()).await else {
+                return Err(Error::StreamsExhausted { addr: to, waited });
+            };
+            match opened {
                 Ok(pair) => return Ok(pair),
                 Err(e) => {
                     self.evict(to, &conn);
@@ -1317,11 +1346,13 @@ fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
         .map_or(max, |wait| wait.min(max))
 }
 
-fn quinn_transport(config: &TransportConfig) -> quinn::TransportConfig {
+/// quinn's settings for `config`, allowing the remote `bidi_streams`
+/// concurrent bidirectional streams.
+fn quinn_transport(config: &TransportConfig, bidi_streams: u32) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     let streams = VarInt::from_u32(config.max_concurrent_streams);
     transport
-        .max_concurrent_bidi_streams(streams)
+        .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
         .max_concurrent_uni_streams(streams)
         .keep_alive_interval(Some(config.keep_alive_interval))
         .max_idle_timeout(config.idle_timeout.try_into().ok());
