@@ -182,6 +182,21 @@ async fn metrics(node: &Node) -> String {
             stats.connections_refused,
         ),
         (
+            "clustron_connections_refused_unlogged_total",
+            "Refused handshakes summed up in the log instead of logged one by one (a flood).",
+            stats.refusals_unlogged,
+        ),
+        (
+            "clustron_handshakes_retried_total",
+            "Handshakes asked to prove their address first (QUIC Retry) under load.",
+            stats.handshakes_retried,
+        ),
+        (
+            "clustron_handshakes_shed_total",
+            "Handshakes refused because too many were in progress.",
+            stats.handshakes_shed,
+        ),
+        (
             "clustron_transport_errors_total",
             "Streams ended for bad input.",
             stats.stream_errors,

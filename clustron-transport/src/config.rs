@@ -67,6 +67,19 @@ pub struct TransportConfig {
     /// requests still flow (with quinn's default of 100 that was the "89
     /// watches, then the 90th hangs" of issue 10).
     pub max_concurrent_client_streams: u32,
+    /// Handshakes in progress above which a new one must first prove that
+    /// it owns its source address (a QUIC Retry round trip, RFC 9000
+    /// §8.1.2): forged packets from spoofed addresses then cost one small
+    /// Retry packet each and never a TLS handshake. Default 32: a cluster's
+    /// own connections rarely have that many handshakes at once, so they
+    /// pay the extra round trip only under a flood. 0 validates every
+    /// address.
+    pub address_validation_above: u32,
+    /// Most handshakes in progress at once; more are refused at once
+    /// (counted, and logged in aggregate with other refusals). Bounds the
+    /// memory and CPU a flood of handshakes from real addresses can take.
+    /// Default 1024.
+    pub max_handshakes: u32,
 }
 
 impl TransportConfig {
@@ -84,6 +97,8 @@ impl TransportConfig {
             inbox_capacity: 1024,
             max_concurrent_streams: 100,
             max_concurrent_client_streams: 4096,
+            address_validation_above: 32,
+            max_handshakes: 1024,
         }
     }
 
@@ -141,6 +156,9 @@ impl TransportConfig {
         }
         if self.max_concurrent_client_streams == 0 {
             return Err(ConfigError::Zero("max_concurrent_client_streams"));
+        }
+        if self.max_handshakes == 0 {
+            return Err(ConfigError::Zero("max_handshakes"));
         }
         Ok(self)
     }

@@ -685,6 +685,14 @@ fn a_node_started_without_voters_says_what_is_missing_in_its_log_and_on_readyz()
         text.contains("no voters configured") && text.contains("--voters"),
         "the log does not say what is missing:\n{text}"
     );
+    // Refusals a flood makes are counted where an operator looks.
+    for counter in [
+        "clustron_connections_refused_total",
+        "clustron_connections_refused_unlogged_total",
+        "clustron_handshakes_retried_total",
+    ] {
+        assert_eq!(metric(admin, counter), Some(0), "{counter}");
+    }
 }
 
 /// Reads lines from a child's stdout on a thread; the receiver gets them.
