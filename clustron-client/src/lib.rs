@@ -591,6 +591,7 @@ impl Client {
             client: self.clone(),
             request,
             stream: Some(stream),
+            partial: Vec::new(),
         })
     }
 
@@ -776,13 +777,19 @@ pub struct KvWatch {
     /// Its start revision is the next revision wanted.
     request: WatchRequest,
     stream: Option<FramedStream>,
+    /// Parts of changes received, waiting for the item that ends them.
+    partial: Vec<Event>,
 }
 
 impl KvWatch {
     /// The next changes: one or more whole revisions, in order. Moves to
     /// another node when its node fails and resumes from the next revision.
-    /// Fails when no endpoint answers, or when the next revision was
-    /// compacted (`KvFailure::Refused(KvError::Compacted)`).
+    /// Fails when no endpoint answers, when the next revision was compacted
+    /// (`KvFailure::Refused(KvError::Compacted)`: read again, then watch
+    /// from the present), or when the node cancelled the watch because this
+    /// reader took nothing for a long time while behind
+    /// (`KvFailure::Refused(KvError::WatchTooSlow)`: watch again from the
+    /// revision after the last one received, and read faster).
     pub async fn next(&mut self) -> Result<Vec<Event>, ClientError> {
         let mut failures = 0;
         loop {
@@ -807,7 +814,14 @@ impl KvWatch {
                 continue;
             };
             match stream.recv::<StreamItem>().await {
+                Ok(Some(StreamItem::KvEventsPart(events))) => self.partial.extend(events),
                 Ok(Some(StreamItem::KvEvents(events))) => {
+                    let mut events = events;
+                    if !self.partial.is_empty() {
+                        let mut all = std::mem::take(&mut self.partial);
+                        all.append(&mut events);
+                        events = all;
+                    }
                     if let Some(last) = events.last() {
                         self.request.start_revision = last.kv.mod_revision + 1;
                     }
@@ -815,10 +829,12 @@ impl KvWatch {
                 }
                 Ok(Some(StreamItem::WatchCancelled(reason))) => {
                     self.stream = None;
+                    self.partial.clear();
                     return Err(ClientError::Kv(KvFailure::Refused(reason)));
                 }
                 Ok(Some(StreamItem::Error(reason))) => {
                     self.stream = None;
+                    self.partial.clear();
                     failures += 1;
                     if failures > 3 {
                         return Err(ClientError::Refused(reason));
@@ -826,9 +842,11 @@ impl KvWatch {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Ok(Some(_)) => {}
-                // The node went away: resume elsewhere from the next revision.
+                // The node went away: resume elsewhere from the next revision
+                // (parts of changes not ended are sent again from there).
                 Ok(None) | Err(_) => {
                     self.stream = None;
+                    self.partial.clear();
                     let shared = &self.client.shared;
                     let failed = shared.current.load(Ordering::Relaxed);
                     shared
@@ -942,6 +960,7 @@ impl TopologyWatcher {
                         }
                         StreamItem::Event { .. }
                         | StreamItem::KvEvents(_)
+                        | StreamItem::KvEventsPart(_)
                         | StreamItem::WatchCancelled(_) => {}
                     }
                     return Ok(item);

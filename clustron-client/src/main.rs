@@ -477,6 +477,7 @@ async fn run(cli: Cli) -> Result<()> {
                     StreamItem::Event { .. }
                     | StreamItem::Error(_)
                     | StreamItem::KvEvents(_)
+                    | StreamItem::KvEventsPart(_)
                     | StreamItem::WatchCancelled(_) => {}
                 }
             }
@@ -532,7 +533,9 @@ fn item_json(item: &StreamItem) -> serde_json::Value {
             origin, seq, topic, ..
         } => json!({ "event": topic, "origin": origin, "seq": seq }),
         StreamItem::Error(reason) => json!({ "error": reason }),
-        StreamItem::KvEvents(events) => json!({ "kv_events": events.len() }),
+        StreamItem::KvEvents(events) | StreamItem::KvEventsPart(events) => {
+            json!({ "kv_events": events.len() })
+        }
         StreamItem::WatchCancelled(reason) => json!({ "watch_cancelled": reason.to_string() }),
     }
 }

@@ -85,6 +85,9 @@ fn lease_ttls_out_of_range_are_refused_while_parsing() {
         assert!(!output.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&output.stderr);
         assert!(err.contains("1..=31536000"), "{args:?}: {err}");
-        assert!(!err.contains("/nonexistent"), "{args:?} got past parsing: {err}");
+        assert!(
+            !err.contains("/nonexistent"),
+            "{args:?} got past parsing: {err}"
+        );
     }
 }

@@ -144,11 +144,8 @@ impl KeyRange {
                 end.push(0);
                 end.max(start.clone())
             }
-            KeyRange::Prefix(p) => match prefix_end(p) {
-                Some(end) => end,
-                // A prefix of only 0xff bytes: no upper bound.
-                None => Vec::new(),
-            },
+            // A prefix of only 0xff bytes has no upper bound: empty.
+            KeyRange::Prefix(p) => prefix_end(p).unwrap_or_default(),
             KeyRange::Range { end, .. } => end.clone(),
         };
         KeyRange::Range { start, end }
@@ -494,6 +491,15 @@ pub enum KvError {
         estimated: u64,
         /// The most an answer may be.
         max: u64,
+    },
+    /// The watch was cancelled: it was behind and its reader took nothing
+    /// for `stalled_ms` milliseconds, so the node stopped holding its place.
+    /// Nothing is lost: watch again from the revision after the last one
+    /// received (while it is not compacted), and read faster.
+    #[error("watch cancelled: its reader took nothing for {stalled_ms} ms while the watch was behind; watch again from the revision after the last one received")]
+    WatchTooSlow {
+        /// How long the reader took nothing, in milliseconds.
+        stalled_ms: u64,
     },
     /// Too many sessions are open; nothing was applied.
     #[error("too many open sessions (at most {max})")]

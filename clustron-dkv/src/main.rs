@@ -23,7 +23,7 @@ enum Cmd {
         command: CertsCmd,
     },
     /// Run a node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a local cluster on 127.0.0.1 in the foreground (Ctrl-C stops it).
     Dev {
         /// How many nodes.
@@ -119,6 +119,10 @@ struct RunArgs {
     /// text or json.
     #[arg(long, env = "CLUSTRON_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Seconds a key-value watch that is behind may go without its reader
+    /// taking anything before it is cancelled (1 to 3600; default 30).
+    #[arg(long, env = "CLUSTRON_WATCH_STALL_TIMEOUT_SECS")]
+    watch_stall_timeout_secs: Option<u64>,
     /// Revisions of key-value history kept before compaction (0: never).
     #[arg(long, env = "CLUSTRON_RETAIN_REVISIONS")]
     retain_revisions: Option<u64>,
@@ -130,7 +134,7 @@ struct RunArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Certs { command } => certs(command),
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Dev { nodes, dir } => dev(nodes, &dir),
     }
 }
@@ -205,6 +209,7 @@ fn run(args: RunArgs) -> Result<()> {
         key_file: args.key_file,
         admin_listen: args.admin_listen,
         log_format: args.log_format,
+        watch_stall_timeout_secs: args.watch_stall_timeout_secs,
         retain_revisions: args.retain_revisions,
         max_value_bytes: args.max_value_bytes,
     };

@@ -88,6 +88,10 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     let data_dir = config.data_dir.join("election");
     let kv_dir = config.data_dir.join("kv");
     let kv_config = ServerConfig {
+        watch: crate::core::watch::WatchLimits {
+            stall_timeout: config.watch_stall_timeout,
+            ..Default::default()
+        },
         retain_revisions: config.retain_revisions,
         limits: crate::core::mvcc::Limits {
             max_value: config.max_value_bytes,

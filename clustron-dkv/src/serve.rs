@@ -261,7 +261,18 @@ async fn serve_watch(kv: Option<Kv>, request: WatchRequest, mut stream: FramedSt
             item = watch.recv() => {
                 let Some(item) = item else { break };
                 let (item, last) = match item {
-                    WatchItem::Events(events) => (StreamItem::KvEvents(events), false),
+                    WatchItem::Events(events) => {
+                        // Parts first, if the events would not fit in one frame.
+                        let (parts, rest) = split_events(events);
+                        let mut sent = true;
+                        for part in parts {
+                            sent = sent && tx.send(&StreamItem::KvEventsPart(part)).await.is_ok();
+                        }
+                        if !sent {
+                            break;
+                        }
+                        (StreamItem::KvEvents(rest), false)
+                    }
                     WatchItem::Cancelled(reason) => (StreamItem::WatchCancelled(reason), true),
                 };
                 if tx.send(&item).await.is_err() || last {
@@ -272,6 +283,40 @@ async fn serve_watch(kv: Option<Kv>, request: WatchRequest, mut stream: FramedSt
         }
     }
     tx.finish();
+}
+
+/// Most bytes of events in one frame of a watch stream, well under the
+/// transport's 4 MiB frame.
+const WATCH_FRAME_BYTES: usize = 1 << 20;
+
+/// Cuts `events` into parts of about [`WATCH_FRAME_BYTES`] each: the parts
+/// to send first, and the last one.
+fn split_events(
+    mut events: Vec<crate::kv::Event>,
+) -> (Vec<Vec<crate::kv::Event>>, Vec<crate::kv::Event>) {
+    let size = |e: &crate::kv::Event| {
+        let kv =
+            |kv: &crate::kv::KeyValue| crate::kv::encoded_kv_bytes(kv.key.len(), kv.value.len());
+        kv(&e.kv) + e.prev_kv.as_ref().map_or(0, kv)
+    };
+    let mut parts = Vec::new();
+    loop {
+        let mut bytes = 0;
+        let cut = events
+            .iter()
+            .position(|e| {
+                bytes += size(e);
+                bytes > WATCH_FRAME_BYTES
+            })
+            .map(|i| i.max(1));
+        match cut {
+            Some(cut) if cut < events.len() => {
+                let rest = events.split_off(cut);
+                parts.push(std::mem::replace(&mut events, rest));
+            }
+            _ => return (parts, events),
+        }
+    }
 }
 
 /// A member as clients see it.

@@ -912,7 +912,10 @@ impl Inner {
             if in_progress >= self.config.max_handshakes as usize {
                 self.stats.handshakes_shed.fetch_add(1, Relaxed);
                 incoming.refuse();
-                self.refused(addr, format!("{in_progress} handshakes in progress already"));
+                self.refused(
+                    addr,
+                    format!("{in_progress} handshakes in progress already"),
+                );
                 continue;
             }
             // Under load, make the sender prove its address first: spoofed

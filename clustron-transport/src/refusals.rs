@@ -134,7 +134,10 @@ mod tests {
         }
         let later = log.refused(start + INTERVAL, addr(9), "worse");
         assert!(later.log);
-        assert_eq!(later.summary.map(|s| (s.unlogged, s.last_addr)), Some((2, addr(6))));
+        assert_eq!(
+            later.summary.map(|s| (s.unlogged, s.last_addr)),
+            Some((2, addr(6)))
+        );
     }
 
     #[test]

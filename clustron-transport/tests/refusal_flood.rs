@@ -107,7 +107,9 @@ async fn unauthenticated_handshakes(to: SocketAddr, n: usize, parallel: usize) {
         while tasks.len() >= parallel {
             tasks.join_next().await;
         }
-        let connecting = attacker.connect_with(config.clone(), to, "clustron").unwrap();
+        let connecting = attacker
+            .connect_with(config.clone(), to, "clustron")
+            .unwrap();
         tasks.spawn(async move {
             // Refused one way or another; what the client sees is not the point.
             if let Ok(conn) = connecting.await {
@@ -152,8 +154,11 @@ async fn a_flood_of_unauthenticated_handshakes_is_counted_and_logged_in_a_few_li
     let ca = CertificateAuthority::generate("test").unwrap();
     let cert = ca.issue(&CertRequest::node("n1").unwrap()).unwrap();
     let identity = TlsIdentity::from_certified(ca.cert_pem(), &cert).unwrap();
-    let node = Endpoint::bind(TransportConfig::new("127.0.0.1:0".parse().unwrap()), identity)
-        .unwrap();
+    let node = Endpoint::bind(
+        TransportConfig::new("127.0.0.1:0".parse().unwrap()),
+        identity,
+    )
+    .unwrap();
     let to = node.local_addr();
 
     const HANDSHAKES: usize = 300;
@@ -163,7 +168,11 @@ async fn a_flood_of_unauthenticated_handshakes_is_counted_and_logged_in_a_few_li
     forged_initials(to, 2000);
     let deadline = Instant::now() + Duration::from_secs(60);
     while node.stats().connections_refused < HANDSHAKES as u64 {
-        assert!(Instant::now() < deadline, "refusals not counted: {:?}", node.stats());
+        assert!(
+            Instant::now() < deadline,
+            "refusals not counted: {:?}",
+            node.stats()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let flood = started.elapsed();

@@ -125,7 +125,14 @@ pub fn binary(name: &str) -> PathBuf {
         if !dir.join("clustron-dkv").exists() || !dir.join("clustron").exists() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = std::process::Command::new(cargo)
-                .args(["build", "-p", "clustron-dkv", "-p", "clustron-client", "--bins"])
+                .args([
+                    "build",
+                    "-p",
+                    "clustron-dkv",
+                    "-p",
+                    "clustron-client",
+                    "--bins",
+                ])
                 .status();
             assert!(
                 status.is_ok_and(|s| s.success()),

@@ -51,6 +51,11 @@ impl OneNode {
 /// Starts node `n1`, sole voter, and a read-write client of it; returns
 /// once the node leads.
 async fn one_node() -> OneNode {
+    one_node_with(Duration::from_secs(30)).await
+}
+
+/// As [`one_node`], cancelling watches whose reader stalls for `stall`.
+async fn one_node_with(stall: Duration) -> OneNode {
     let dir = tempfile::tempdir().unwrap();
     let ca = CertificateAuthority::generate("test").unwrap();
     ca.save(dir.path()).unwrap();
@@ -70,6 +75,7 @@ async fn one_node() -> OneNode {
         key_file: dir.path().join("n1.key"),
         admin_listen: None,
         log_format: LogFormat::Text,
+        watch_stall_timeout: stall,
         retain_revisions: 100_000,
         max_value_bytes: 500 * 1024,
     };
@@ -81,7 +87,13 @@ async fn one_node() -> OneNode {
     let identity = TlsIdentity::from_certified(ca.cert_pem(), &cert).unwrap();
     let client = Client::new(vec![node.endpoint.local_addr()], identity).unwrap();
     let started = tokio::time::Instant::now();
-    while node.election.borrow().as_ref().and_then(|e| e.lease()).is_none() {
+    while node
+        .election
+        .borrow()
+        .as_ref()
+        .and_then(|e| e.lease())
+        .is_none()
+    {
         assert!(started.elapsed() < DEADLINE, "n1 never led");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -134,7 +146,9 @@ async fn a_range_larger_than_a_frame_comes_back_whole_through_the_client() {
             .map(|row| row["key"].as_str().unwrap())
             .collect();
         assert_eq!(printed, keys.iter().map(String::as_str).collect::<Vec<_>>());
-        let lines = one.cli(&["kv", "get", "big/", "--prefix", "--limit", "3"]).await;
+        let lines = one
+            .cli(&["kv", "get", "big/", "--prefix", "--limit", "3"])
+            .await;
         assert_eq!(lines.lines().count(), 3);
         assert!(lines.starts_with("big/000=vvv"));
         // A write whose answer could not be sent is refused before it is
@@ -160,7 +174,25 @@ async fn a_range_larger_than_a_frame_comes_back_whole_through_the_client() {
         // One the leader cannot foresee (it reads the past, which it does
         // not estimate) fails definitely, saying it was applied and where.
         let (_, before) = client.range(prefix("big/"), true).await.unwrap();
-        client.delete(KeyRange::Prefix(b"big/".to_vec())).await.unwrap();
+        // A watch with previous values sees the delete of all 48 keys, one
+        // revision of about 4.7 MiB, whole.
+        let mut watch = client
+            .watch(WatchRequest {
+                prev_kv: true,
+                ..WatchRequest::new(KeyRange::Prefix(b"big/".to_vec()))
+            })
+            .await
+            .unwrap();
+        client
+            .delete(KeyRange::Prefix(b"big/".to_vec()))
+            .await
+            .unwrap();
+        let deleted = watch.next().await.unwrap();
+        assert_eq!(deleted.len(), 48);
+        assert!(deleted
+            .iter()
+            .all(|e| e.prev_kv.as_ref().is_some_and(|kv| kv.value == value)));
+        drop(watch);
         let read_past = Txn {
             success: vec![RequestOp::Range(RangeRequest {
                 revision: before,
@@ -208,6 +240,79 @@ async fn two_hundred_watches_share_one_client_and_a_put_afterwards_succeeds() {
         let events = watches[7].next().await.unwrap();
         assert_eq!(events[0].kv.mod_revision, revision);
         assert_eq!(events[0].kv.value, b"seen");
+        node.stop().await;
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_that_never_read_are_cancelled_and_writes_go_on_meanwhile() {
+    tokio::time::timeout(DEADLINE, async {
+        let OneNode { client, node, .. } = one_node_with(Duration::from_secs(1)).await;
+        let kv = node.kv.borrow().clone().unwrap();
+        // 12 MB of history under s/: more than a connection buffers.
+        let value = vec![b'h'; 100 * 1024];
+        let mut revisions = Vec::new();
+        for i in 0..120 {
+            revisions.push(
+                client
+                    .put(format!("s/{i:03}").as_bytes(), &value)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Ten watches from the start that never read (issue 10: they made
+        // the leader lose its leadership and puts take 44 s).
+        let from_start = |start_revision| WatchRequest {
+            start_revision,
+            ..WatchRequest::new(KeyRange::Prefix(b"s/".to_vec()))
+        };
+        let mut stalled = Vec::new();
+        for _ in 0..10 {
+            stalled.push(client.watch(from_start(1)).await.unwrap());
+        }
+        // Writes go on meanwhile.
+        for i in 0..20 {
+            client.put(format!("w/{i}").as_bytes(), b"x").await.unwrap();
+        }
+        // The node cancels them once their readers have taken nothing for
+        // the stall timeout.
+        while kv.stats().watchers > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        client.put(b"w/after", b"x").await.unwrap();
+        // A reader that wakes up gets what was sent, in order, then the
+        // reason; it resumes after the last revision it got and misses
+        // nothing.
+        let mut got = Vec::new();
+        let reason = loop {
+            match stalled[0].next().await {
+                Ok(events) => got.extend(events.into_iter().map(|e| e.kv.mod_revision)),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                reason,
+                ClientError::Kv(KvFailure::Refused(KvError::WatchTooSlow { .. }))
+            ),
+            "{reason}"
+        );
+        assert!(got.len() < revisions.len(), "nothing was held back");
+        let next = got.last().map_or(1, |r| r + 1);
+        let mut resumed = client.watch(from_start(next)).await.unwrap();
+        while got.len() < revisions.len() {
+            got.extend(
+                resumed
+                    .next()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.kv.mod_revision),
+            );
+        }
+        assert_eq!(got, revisions);
         node.stop().await;
     })
     .await

@@ -61,7 +61,7 @@ use super::replication::{
     Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
     Recovered, Replica,
 };
-use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
+use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchLimits, WatchRequest};
 use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
 
 /// A client request's id, chosen by the driver; replies carry it.
@@ -79,6 +79,8 @@ pub struct ServerConfig {
     /// compaction to `revision - retain_revisions` (0: never). Watches and
     /// past reads reach back this far.
     pub retain_revisions: u64,
+    /// What catching up watchers may cost, and how long a reader may stall.
+    pub watch: WatchLimits,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +91,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             limits: Limits::default(),
             retain_revisions: 100_000,
+            watch: WatchLimits::default(),
         }
     }
 }
@@ -238,7 +241,7 @@ impl Server {
         Ok(Self {
             replica: Replica::new(log, me, voters, learners.clone(), recovered, now),
             store: Store::new(config.limits),
-            hub: WatchHub::default(),
+            hub: WatchHub::new(config.watch),
             leases: LeaseClock::default(),
             session_clock: LeaseClock::default(),
             applied: 0,
@@ -640,14 +643,20 @@ impl Server {
         self.hub.fall_behind(id, next_revision);
     }
 
-    /// Feeds watchers that are behind their next chunk of history.
-    pub fn catch_up_watchers(&mut self) {
-        for delivery in self.hub.catch_up(&self.store) {
+    /// Feeds watchers that are behind and whose stream is `ready` (took
+    /// what it was given) their next chunk of history, with bounded work
+    /// ([`WatchLimits`]); cancels those that stalled or whose history is
+    /// compacted. Returns the work done (changes of history looked at).
+    pub fn catch_up_watchers(&mut self, now: Instant, ready: impl FnMut(WatchId) -> bool) -> usize {
+        self.now = now;
+        let done = self.hub.catch_up(&self.store, now, ready);
+        for delivery in done.deliveries {
             self.outputs.push_back(ServerOutput::Watch(delivery));
         }
         while let Some(c) = self.hub.poll_cancelled() {
             self.outputs.push_back(ServerOutput::WatchCancelled(c));
         }
+        done.scanned
     }
 
     /// (watchers, of which behind).

@@ -503,6 +503,36 @@ proptest! {
             let expected: Vec<&Event> =
                 history.iter().filter(|(r, _)| *r >= start).map(|(_, e)| e).collect();
             prop_assert_eq!(replay.iter().collect::<Vec<_>>(), expected);
+            // Read in small chunks, any range gives the same, in whole
+            // revisions, each chunk's work bounded by its limits plus one
+            // revision.
+            let limits = HistoryLimits { max_scanned: 2, max_events: 1, max_bytes: 100 };
+            for range in [all.clone(), key("k1"), KeyRange::Range { start: b"k1".to_vec(), end: b"k4".to_vec() }] {
+                let mut chunked = Vec::new();
+                let mut next = start;
+                loop {
+                    let chunk = s.history(&range, next, limits).unwrap();
+                    // A revision here holds at most 6 changes (6 keys).
+                    prop_assert!(chunk.scanned <= limits.max_scanned + 6, "scanned {}", chunk.scanned);
+                    if let Some(last) = chunk.events.last() {
+                        prop_assert!(last.kv.mod_revision < chunk.next);
+                    }
+                    prop_assert!(chunk.next >= next);
+                    chunked.extend(chunk.events);
+                    if chunk.complete {
+                        prop_assert_eq!(chunk.next, s.revision() + 1);
+                        break;
+                    }
+                    prop_assert!(chunk.next > next, "no progress");
+                    next = chunk.next;
+                }
+                let expected: Vec<&Event> = history
+                    .iter()
+                    .filter(|(r, e)| *r >= start && range.contains(&e.kv.key))
+                    .map(|(_, e)| e)
+                    .collect();
+                prop_assert_eq!(chunked.iter().collect::<Vec<_>>(), expected);
+            }
         }
         prop_assert_eq!(Store::restore(&s.snapshot()).unwrap(), s);
     }
