@@ -605,7 +605,7 @@ impl Store {
     /// watch that last saw `start - 1` needs them. Fails if `start` is at or
     /// before the compaction point (changes may be missing).
     pub fn events_since(&self, range: &KeyRange, start: u64) -> Result<Vec<Event>, KvError> {
-        Ok(self.history(range, start, HistoryLimits::ALL)?.events)
+        Ok(self.history(range, start, HistoryLimits::ALL, true)?.events)
     }
 
     /// The changes to `range` from revision `start` on, in order, up to
@@ -613,13 +613,15 @@ impl Store {
     /// `start - 1` needs next. The work is bounded by `limits`, not by the
     /// size of the history or of the store: a single key is read from its
     /// own versions, any other range from the index of changes in revision
-    /// order. Fails if `start` is at or before the compaction point
-    /// (changes may be missing).
+    /// order. Events carry the key's previous key-value only if `prev_kv`.
+    /// Fails if `start` is at or before the compaction point (changes may
+    /// be missing).
     pub fn history(
         &self,
         range: &KeyRange,
         start: u64,
         limits: HistoryLimits,
+        prev_kv: bool,
     ) -> Result<History, KvError> {
         if start <= self.compacted {
             return Err(KvError::Compacted {
@@ -650,7 +652,7 @@ impl Store {
                     break;
                 }
                 chunk.scanned += 1;
-                let event = event_of(key, versions, i);
+                let event = event_of(key, versions, i, prev_kv);
                 bytes += event_bytes(&event);
                 chunk.events.push(event);
             }
@@ -684,7 +686,7 @@ impl Store {
             {
                 continue;
             }
-            let event = event_of(&change.key, versions, i);
+            let event = event_of(&change.key, versions, i, prev_kv);
             bytes += event_bytes(&event);
             chunk.events.push(event);
         }
@@ -973,10 +975,14 @@ fn kv_of(key: &[u8], v: &Version) -> Option<KeyValue> {
     })
 }
 
-/// The watch event of `versions[i]` of `key`, with the version before it.
-fn event_of(key: &[u8], versions: &[Version], i: usize) -> Event {
+/// The watch event of `versions[i]` of `key`, with the version before it
+/// if `prev`.
+fn event_of(key: &[u8], versions: &[Version], i: usize, prev: bool) -> Event {
     let v = &versions[i];
-    let prev_kv = i.checked_sub(1).and_then(|p| kv_of(key, &versions[p]));
+    let prev_kv = match prev {
+        true => i.checked_sub(1).and_then(|p| kv_of(key, &versions[p])),
+        false => None,
+    };
     match kv_of(key, v) {
         Some(kv) => Event {
             kind: EventKind::Put,

@@ -288,7 +288,8 @@ impl WatchHub {
                 max_events: limits.events_per_delivery,
                 max_bytes: limits.bytes_per_delivery.min(bytes_left),
             };
-            let history = match store.history(&w.request.range, w.next, chunk_limits) {
+            let prev_kv = w.request.prev_kv;
+            let history = match store.history(&w.request.range, w.next, chunk_limits, prev_kv) {
                 Ok(history) => history,
                 Err(reason) => {
                     self.cancelled.push(Cancelled { id, reason });
@@ -298,9 +299,8 @@ impl WatchHub {
             done.scanned += history.scanned;
             let mine: Vec<Event> = history
                 .events
-                .iter()
+                .into_iter()
                 .filter(|e| wanted(&w.request, e))
-                .map(|e| shaped(&w.request, e))
                 .collect();
             bytes_left = bytes_left.saturating_sub(mine.iter().map(event_bytes).sum());
             if history.complete {

@@ -511,7 +511,7 @@ proptest! {
                 let mut chunked = Vec::new();
                 let mut next = start;
                 loop {
-                    let chunk = s.history(&range, next, limits).unwrap();
+                    let chunk = s.history(&range, next, limits, true).unwrap();
                     // A revision here holds at most 6 changes (6 keys).
                     prop_assert!(chunk.scanned <= limits.max_scanned + 6, "scanned {}", chunk.scanned);
                     if let Some(last) = chunk.events.last() {
