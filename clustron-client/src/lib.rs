@@ -465,8 +465,51 @@ impl Client {
     }
 
     /// Reads keys; `linearizable` reads see every write acknowledged before
-    /// them, serializable ones may be stale but any node answers.
+    /// them, serializable ones may be stale but any node answers. Returns
+    /// the keys and the revision they were read at.
+    ///
+    /// A node answers a large range in pages of about
+    /// [`kv::RANGE_PAGE_BYTES`]; this reads them all (at the first page's
+    /// revision, so the whole answer is one consistent snapshot) and returns
+    /// every key once, up to `request.limit` (0: all). To handle a large
+    /// range a page at a time instead of holding all of it, use
+    /// [`Client::range_pages`].
     pub async fn range(
+        &self,
+        request: RangeRequest,
+        linearizable: bool,
+    ) -> Result<(RangeResponse, u64), ClientError> {
+        let mut pages = self.range_pages(request, linearizable);
+        let mut kvs = Vec::new();
+        while let Some(page) = pages.next().await? {
+            kvs.extend(page);
+        }
+        let response = RangeResponse {
+            kvs,
+            count: pages.count,
+            more: pages.more,
+        };
+        Ok((response, pages.revision))
+    }
+
+    /// Reads keys page by page (see [`Client::range`]): each
+    /// [`RangePages::next`] asks the node for the next page, continuing
+    /// after the last key received, at the revision of the first page.
+    pub fn range_pages(&self, request: RangeRequest, linearizable: bool) -> RangePages {
+        RangePages {
+            client: self.clone(),
+            request,
+            linearizable,
+            started: false,
+            done: false,
+            count: 0,
+            more: false,
+            revision: 0,
+        }
+    }
+
+    /// One range request: one page of the answer.
+    async fn range_once(
         &self,
         request: RangeRequest,
         linearizable: bool,
@@ -547,12 +590,17 @@ impl Client {
         }
     }
 
-    /// Grants a lease of `ttl`; returns its id.
+    /// Grants a lease of `ttl` ([`kv::MIN_LEASE_TTL`] ..=
+    /// [`kv::MAX_LEASE_TTL`]; anything else is refused here, without a
+    /// round trip, as the leader would); returns its id.
     pub async fn grant(&self, ttl: Duration) -> Result<LeaseId, ClientError> {
+        // Never wrap: a TTL too large for u64 milliseconds is out of range.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        kv::check_lease_ttl(ttl_ms).map_err(|e| ClientError::Kv(e.into()))?;
         match self
             .kv(KvRequest::LeaseGrant {
                 id: LeaseId(0),
-                ttl_ms: ttl.as_millis() as u64,
+                ttl_ms,
             })
             .await?
         {
@@ -596,6 +644,7 @@ impl Client {
             client: self.clone(),
             request,
             stream: Some(stream),
+            partial: Vec::new(),
         })
     }
 
@@ -679,6 +728,12 @@ impl Shared {
                     }
                     Err(e) => last = Some(clustron_transport::Error::Frame(e)),
                 },
+                // The node is fine, only this connection's streams are all
+                // in use (watches): no reason to avoid the node.
+                Err(e @ clustron_transport::Error::StreamsExhausted { .. }) => {
+                    last = Some(e);
+                    continue;
+                }
                 Err(e) => last = Some(e),
             }
             // This endpoint failed: start with the next one next time.
@@ -775,13 +830,19 @@ pub struct KvWatch {
     /// Its start revision is the next revision wanted.
     request: WatchRequest,
     stream: Option<FramedStream>,
+    /// Parts of changes received, waiting for the item that ends them.
+    partial: Vec<Event>,
 }
 
 impl KvWatch {
     /// The next changes: one or more whole revisions, in order. Moves to
     /// another node when its node fails and resumes from the next revision.
-    /// Fails when no endpoint answers, or when the next revision was
-    /// compacted (`KvFailure::Refused(KvError::Compacted)`).
+    /// Fails when no endpoint answers, when the next revision was compacted
+    /// (`KvFailure::Refused(KvError::Compacted)`: read again, then watch
+    /// from the present), or when the node cancelled the watch because this
+    /// reader took nothing for a long time while behind
+    /// (`KvFailure::Refused(KvError::WatchTooSlow)`: watch again from the
+    /// revision after the last one received, and read faster).
     pub async fn next(&mut self) -> Result<Vec<Event>, ClientError> {
         let mut failures = 0;
         loop {
@@ -806,7 +867,14 @@ impl KvWatch {
                 continue;
             };
             match stream.recv::<StreamItem>().await {
+                Ok(Some(StreamItem::KvEventsPart(events))) => self.partial.extend(events),
                 Ok(Some(StreamItem::KvEvents(events))) => {
+                    let mut events = events;
+                    if !self.partial.is_empty() {
+                        let mut all = std::mem::take(&mut self.partial);
+                        all.append(&mut events);
+                        events = all;
+                    }
                     if let Some(last) = events.last() {
                         self.request.start_revision = last.kv.mod_revision + 1;
                     }
@@ -814,10 +882,12 @@ impl KvWatch {
                 }
                 Ok(Some(StreamItem::WatchCancelled(reason))) => {
                     self.stream = None;
+                    self.partial.clear();
                     return Err(ClientError::Kv(KvFailure::Refused(reason)));
                 }
                 Ok(Some(StreamItem::Error(reason))) => {
                     self.stream = None;
+                    self.partial.clear();
                     failures += 1;
                     if failures > 3 {
                         return Err(ClientError::Refused(reason));
@@ -825,9 +895,11 @@ impl KvWatch {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Ok(Some(_)) => {}
-                // The node went away: resume elsewhere from the next revision.
+                // The node went away: resume elsewhere from the next revision
+                // (parts of changes not ended are sent again from there).
                 Ok(None) | Err(_) => {
                     self.stream = None;
+                    self.partial.clear();
                     let shared = &self.client.shared;
                     let failed = shared.current.load(Ordering::Relaxed);
                     shared
@@ -836,6 +908,70 @@ impl KvWatch {
                 }
             }
         }
+    }
+}
+
+/// A range read a page at a time; see [`Client::range_pages`].
+#[derive(Debug)]
+pub struct RangePages {
+    client: Client,
+    /// What is left to read: the range after the last key received, at the
+    /// first page's revision, with what is left of the limit.
+    request: RangeRequest,
+    linearizable: bool,
+    started: bool,
+    done: bool,
+    count: u64,
+    more: bool,
+    revision: u64,
+}
+
+impl RangePages {
+    /// The next page of keys, in key order; `None` once every key (up to
+    /// the limit) has been given. A page is never empty.
+    pub async fn next(&mut self) -> Result<Option<Vec<KeyValue>>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (page, revision) = self
+            .client
+            .range_once(self.request.clone(), self.linearizable)
+            .await?;
+        if !self.started {
+            // Every later page is read at this revision: one snapshot.
+            self.started = true;
+            self.revision = revision;
+            self.request.revision = revision;
+            self.count = page.count;
+        }
+        self.more = page.more;
+        let got = page.kvs.len() as u64;
+        if let Some(last) = page.kvs.last() {
+            self.request.range = self.request.range.after(&last.key);
+        }
+        let limit_reached = self.request.limit != 0 && got >= self.request.limit;
+        if self.request.limit != 0 {
+            self.request.limit -= got.min(self.request.limit);
+        }
+        self.done = !page.more || page.kvs.is_empty() || limit_reached || self.request.count_only;
+        Ok((!page.kvs.is_empty()).then_some(page.kvs))
+    }
+
+    /// The revision the pages are read at (0 before the first page).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// How many keys the whole range holds at that revision, ignoring the
+    /// limit (0 before the first page).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether keys were left out by the limit (meaningful once `next`
+    /// returned `None`).
+    pub fn more(&self) -> bool {
+        self.more
     }
 }
 
@@ -877,6 +1013,7 @@ impl TopologyWatcher {
                         }
                         StreamItem::Event { .. }
                         | StreamItem::KvEvents(_)
+                        | StreamItem::KvEventsPart(_)
                         | StreamItem::WatchCancelled(_) => {}
                     }
                     return Ok(item);

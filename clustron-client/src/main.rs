@@ -98,6 +98,10 @@ enum KvCmd {
         /// Read as of this revision.
         #[arg(long, default_value_t = 0)]
         rev: u64,
+        /// Print at most N keys (0: all). Keys come in pages of about 2 MiB
+        /// either way, printed as they arrive, all at one revision.
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
         /// JSON array of objects.
         #[arg(long)]
         json: bool,
@@ -124,9 +128,10 @@ enum KvCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Grant a lease of TTL seconds; prints its id.
+    /// Grant a lease of TTL seconds (1 to 31536000, a year); prints its id.
     Grant {
         /// Time to live, in seconds.
+        #[arg(value_parser = ttl_seconds())]
         ttl: u64,
     },
     /// Renew a lease once; prints its TTL.
@@ -146,7 +151,7 @@ enum KvCmd {
         name: String,
         /// Lease TTL in seconds: how long the lock outlives this process if
         /// it dies without releasing it.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = ttl_seconds())]
         ttl: u64,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -160,7 +165,7 @@ enum KvCmd {
         /// What this candidate announces (e.g. its address).
         value: String,
         /// Lease TTL in seconds.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = ttl_seconds())]
         ttl: u64,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -171,6 +176,15 @@ enum KvCmd {
         /// Election name.
         name: String,
     },
+}
+
+/// Lease TTLs in seconds, as the leader grants them (1 s to a year).
+fn ttl_seconds() -> clap::builder::RangedU64ValueParser<u64> {
+    let (min, max) = (
+        clustron_client::kv::MIN_LEASE_TTL.as_secs(),
+        clustron_client::kv::MAX_LEASE_TTL.as_secs(),
+    );
+    clap::value_parser!(u64).range(min..=max)
 }
 
 /// Runs `command` while `lock` is held, then releases it; exits with the
@@ -223,28 +237,44 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
             prefix,
             serializable,
             rev,
+            limit,
             json,
         } => {
+            use std::io::Write as _;
             let request = RangeRequest {
                 range: key_range(key, prefix),
                 revision: rev,
-                limit: 0,
+                limit,
                 keys_only: false,
                 count_only: false,
             };
-            let (response, _) = client.range(request, !serializable).await?;
+            // Page by page: memory stays bounded however large the range.
+            let mut pages = client.range_pages(request, !serializable);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut first = true;
             if json {
-                let rows: Vec<_> = response.kvs.iter().map(kv_json).collect();
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                for kv in &response.kvs {
-                    println!(
-                        "{}={}",
-                        String::from_utf8_lossy(&kv.key),
-                        String::from_utf8_lossy(&kv.value)
-                    );
+                write!(out, "[")?;
+            }
+            while let Some(page) = pages.next().await? {
+                for kv in &page {
+                    if json {
+                        let comma = if first { "" } else { "," };
+                        write!(out, "{comma}{}", serde_json::to_string(&kv_json(kv))?)?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{}={}",
+                            String::from_utf8_lossy(&kv.key),
+                            String::from_utf8_lossy(&kv.value)
+                        )?;
+                    }
+                    first = false;
                 }
             }
+            if json {
+                writeln!(out, "]")?;
+            }
+            out.flush()?;
         }
         KvCmd::Del { key, prefix } => {
             println!("{}", client.delete(key_range(key, prefix)).await?);
@@ -290,7 +320,7 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
             println!("revoked; {deleted} keys deleted");
         }
         KvCmd::Lock { name, ttl, command } => {
-            let ttl = std::time::Duration::from_secs(ttl.max(1));
+            let ttl = std::time::Duration::from_secs(ttl);
             run_holding(client.lock(&name, ttl).await?, &command).await?;
         }
         KvCmd::Campaign {
@@ -299,7 +329,7 @@ async fn kv_command(client: &Client, command: KvCmd) -> Result<()> {
             ttl,
             command,
         } => {
-            let ttl = std::time::Duration::from_secs(ttl.max(1));
+            let ttl = std::time::Duration::from_secs(ttl);
             let leadership = client.campaign(&name, value.as_bytes(), ttl).await?;
             run_holding(leadership, &command).await?;
         }
@@ -447,6 +477,7 @@ async fn run(cli: Cli) -> Result<()> {
                     StreamItem::Event { .. }
                     | StreamItem::Error(_)
                     | StreamItem::KvEvents(_)
+                    | StreamItem::KvEventsPart(_)
                     | StreamItem::WatchCancelled(_) => {}
                 }
             }
@@ -502,7 +533,9 @@ fn item_json(item: &StreamItem) -> serde_json::Value {
             origin, seq, topic, ..
         } => json!({ "event": topic, "origin": origin, "seq": seq }),
         StreamItem::Error(reason) => json!({ "error": reason }),
-        StreamItem::KvEvents(events) => json!({ "kv_events": events.len() }),
+        StreamItem::KvEvents(events) | StreamItem::KvEventsPart(events) => {
+            json!({ "kv_events": events.len() })
+        }
         StreamItem::WatchCancelled(reason) => json!({ "watch_cancelled": reason.to_string() }),
     }
 }

@@ -87,10 +87,15 @@ async fn answer(node: &Node, path: &str) -> (&'static str, String) {
                     "200 OK",
                     format!("ready: leader {name} epoch {}\n", epoch.0),
                 ),
-                None => (
-                    "503 Service Unavailable",
-                    "not ready: no leader known\n".into(),
-                ),
+                None => {
+                    let waiting = node.waiting_for.borrow().clone();
+                    let why = if waiting.is_empty() {
+                        "no leader known".to_owned()
+                    } else {
+                        waiting
+                    };
+                    ("503 Service Unavailable", format!("not ready: {why}\n"))
+                }
             }
         }
         "/metrics" => ("200 OK", metrics(node).await),
@@ -198,6 +203,21 @@ async fn metrics(node: &Node) -> String {
             "clustron_connections_refused_total",
             "Handshakes refused.",
             stats.connections_refused,
+        ),
+        (
+            "clustron_connections_refused_unlogged_total",
+            "Refused handshakes summed up in the log instead of logged one by one (a flood).",
+            stats.refusals_unlogged,
+        ),
+        (
+            "clustron_handshakes_retried_total",
+            "Handshakes asked to prove their address first (QUIC Retry) under load.",
+            stats.handshakes_retried,
+        ),
+        (
+            "clustron_handshakes_shed_total",
+            "Handshakes refused because too many were in progress.",
+            stats.handshakes_shed,
         ),
         (
             "clustron_transport_errors_total",

@@ -34,6 +34,9 @@ pub struct FileConfig {
     pub admin_listen: Option<SocketAddr>,
     /// `text` or `json`.
     pub log_format: Option<String>,
+    /// Seconds a key-value watch that is behind may go without its reader
+    /// taking anything before the node cancels it (1 to 3600; default 30).
+    pub watch_stall_timeout_secs: Option<u64>,
     /// Revisions of key-value history kept before the leader compacts
     /// (0: never compact).
     pub retain_revisions: Option<u64>,
@@ -92,6 +95,9 @@ pub struct NodeConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Log format.
     pub log_format: LogFormat,
+    /// How long a watch that is behind may go without its reader taking
+    /// anything before it is cancelled.
+    pub watch_stall_timeout: std::time::Duration,
     /// Key-value history kept (revisions; 0: never compact).
     pub retain_revisions: u64,
     /// Log entries between snapshots (0: never snapshot).
@@ -165,6 +171,17 @@ impl NodeConfig {
                 })
             }
         };
+        let watch_stall_timeout_secs = flags
+            .watch_stall_timeout_secs
+            .or(file.watch_stall_timeout_secs)
+            .unwrap_or(30);
+        if !(1..=3600).contains(&watch_stall_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                key: "watch_stall_timeout_secs",
+                value: watch_stall_timeout_secs.to_string(),
+                why: "expected 1 to 3600 seconds".into(),
+            });
+        }
         let max_value_bytes = flags
             .max_value_bytes
             .or(file.max_value_bytes)
@@ -213,6 +230,7 @@ impl NodeConfig {
                 .ok_or(ConfigError::Missing("key_file"))?,
             admin_listen: flags.admin_listen.or(file.admin_listen),
             log_format,
+            watch_stall_timeout: std::time::Duration::from_secs(watch_stall_timeout_secs),
             retain_revisions: flags
                 .retain_revisions
                 .or(file.retain_revisions)
@@ -280,6 +298,15 @@ mod tests {
             ..full()
         };
         assert!(NodeConfig::resolve(FileConfig::default(), bad).is_err());
+        let bad = FileConfig {
+            watch_stall_timeout_secs: Some(0),
+            ..full()
+        };
+        let err = NodeConfig::resolve(FileConfig::default(), bad).unwrap_err();
+        assert!(
+            err.to_string().contains("watch_stall_timeout_secs"),
+            "{err}"
+        );
         let bad = FileConfig {
             max_value_bytes: Some(10 << 20),
             ..full()

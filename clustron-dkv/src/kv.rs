@@ -26,6 +26,8 @@
 //! assert_eq!(txn.compare.len(), 1);
 //! ```
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// A lease: keys attached to it are deleted when it expires or is revoked.
@@ -38,6 +40,40 @@ pub struct LeaseId(pub u64);
 /// and never applied twice (Raft dissertation, section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
+
+/// Shortest lease a leader grants: 1 s. A failover takes well under a
+/// second (the election's lease is 600 ms) and a new leader restarts every
+/// lease's TTL, so a lease of a second or more survives a leader change;
+/// anything shorter would mostly measure failovers. (etcd derives its
+/// minimum TTL from its election timeout for the same reason, and raises
+/// shorter requests to it silently; we refuse them so no one is surprised.)
+/// TTL 0 is refused too: a lease that is gone at once is never what was
+/// meant.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// Longest lease a leader grants: 365 days. A lease is for something that
+/// must go away when its owner does; a year is far beyond any keep-alive
+/// interval and keeps every deadline far from clock overflow.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Checks a lease TTL (in milliseconds) against [`MIN_LEASE_TTL`] ..=
+/// [`MAX_LEASE_TTL`]. The leader checks before proposing a grant; clients
+/// may check first to fail without a round trip.
+pub fn check_lease_ttl(ttl_ms: u64) -> Result<(), KvError> {
+    let (min_ms, max_ms) = (
+        MIN_LEASE_TTL.as_millis() as u64,
+        MAX_LEASE_TTL.as_millis() as u64,
+    );
+    if (min_ms..=max_ms).contains(&ttl_ms) {
+        Ok(())
+    } else {
+        Err(KvError::LeaseTtlOutOfRange {
+            ttl_ms,
+            min_ms,
+            max_ms,
+        })
+    }
+}
 
 /// A key with its value and history counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +131,59 @@ impl KeyRange {
             KeyRange::Range { start, .. } => start,
         }
     }
+
+    /// The keys of this range that sort after `key`: where the next page
+    /// of a range read starts (etcd's "last key + \0").
+    pub fn after(&self, key: &[u8]) -> KeyRange {
+        let mut start = key.to_vec();
+        start.push(0);
+        let end = match self {
+            // The key itself, if anything, came already.
+            KeyRange::Key(k) => {
+                let mut end = k.clone();
+                end.push(0);
+                end.max(start.clone())
+            }
+            // A prefix of only 0xff bytes has no upper bound: empty.
+            KeyRange::Prefix(p) => prefix_end(p).unwrap_or_default(),
+            KeyRange::Range { end, .. } => end.clone(),
+        };
+        KeyRange::Range { start, end }
+    }
+}
+
+/// The first key after every key starting with `prefix` (`None`: no such
+/// key, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Most bytes of keys and values a node puts in one range answer; a range
+/// that holds more is answered in pages (`more` set, the client continues
+/// after the last key it got, at the same revision), so no answer comes
+/// near the transport's 4 MiB frame limit. A page always holds at least one
+/// key, and one key-value is at most 4 KiB + 512 KiB, so a page is at most
+/// about 2.5 MiB.
+pub const RANGE_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Most bytes of key-values a write's answer may be expected to carry
+/// (`prev_kv`, reads in a transaction): the leader refuses, before
+/// proposing, a write whose answer would be larger
+/// ([`KvError::AnswerTooLarge`]), since it could not be sent once applied.
+/// Below the transport's 4 MiB frame limit with room to spare.
+pub const MAX_ANSWER_BYTES: usize = 3 * 1024 * 1024;
+
+/// What one key-value adds to an encoded answer, at most: its key and value
+/// and up to 64 bytes of lengths, revisions, version and lease.
+pub fn encoded_kv_bytes(key: usize, value: usize) -> usize {
+    key + value + 64
 }
 
 /// Read keys.
@@ -381,6 +470,37 @@ pub enum KvError {
     /// as a plain write.
     #[error("session commands cannot be nested or sent as plain writes")]
     NotInSession,
+    /// A lease TTL outside [`MIN_LEASE_TTL`] ..= [`MAX_LEASE_TTL`]; refused
+    /// by the leader before anything was proposed.
+    #[error("lease TTL of {ttl_ms} ms is out of range: a lease lives 1 s to 365 days ({min_ms} to {max_ms} ms)")]
+    LeaseTtlOutOfRange {
+        /// The TTL asked for, in milliseconds.
+        ttl_ms: u64,
+        /// The shortest allowed.
+        min_ms: u64,
+        /// The longest allowed.
+        max_ms: u64,
+    },
+    /// The answer would not fit in one message (e.g. a delete with
+    /// `prev_kv` of a large range); refused by the leader before anything
+    /// was proposed. Ask for less: no `prev_kv`, `keys_only`, a `limit`, or
+    /// a narrower range.
+    #[error("the answer would be about {estimated} bytes, over the limit of {max}; nothing was applied: ask for less (no prev_kv, keys_only, a limit or a narrower range)")]
+    AnswerTooLarge {
+        /// The answer's estimated size in bytes.
+        estimated: u64,
+        /// The most an answer may be.
+        max: u64,
+    },
+    /// The watch was cancelled: it was behind and its reader took nothing
+    /// for `stalled_ms` milliseconds, so the node stopped holding its place.
+    /// Nothing is lost: watch again from the revision after the last one
+    /// received (while it is not compacted), and read faster.
+    #[error("watch cancelled: its reader took nothing for {stalled_ms} ms while the watch was behind; watch again from the revision after the last one received")]
+    WatchTooSlow {
+        /// How long the reader took nothing, in milliseconds.
+        stalled_ms: u64,
+    },
     /// Too many sessions are open; nothing was applied.
     #[error("too many open sessions (at most {max})")]
     TooManySessions {
@@ -524,6 +644,21 @@ pub enum KvFailure {
         "the leader changed before the write committed; outcome unknown (retry in its session)"
     )]
     LeaderChanged,
+    /// The answer was too large to send. A read changed nothing; a write
+    /// was applied (at `revision`) and only its answer is lost: do not
+    /// retry it, read what it did instead.
+    #[error("{}", match revision {
+        Some(revision) => format!("the write was applied at revision {revision}, but its answer of {len} bytes is over the limit of {max} and was not sent"),
+        None => format!("the answer of {len} bytes is over the limit of {max}: ask for less (a limit, keys_only or a narrower range)"),
+    })]
+    AnswerTooLarge {
+        /// The answer's encoded size.
+        len: usize,
+        /// The most an answer may be.
+        max: usize,
+        /// For a write: the revision it was applied at.
+        revision: Option<u64>,
+    },
     /// The caller's certificate role does not allow the operation.
     #[error("permission denied: role {role} may not {operation}")]
     PermissionDenied {

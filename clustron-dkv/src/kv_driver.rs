@@ -127,8 +127,11 @@ enum Background {
 /// Most queued inputs taken before acting on them at once.
 const BATCH: usize = 512;
 
-/// How deep a watcher's queue is before it falls back to history.
-const WATCH_QUEUE: usize = 256;
+/// How deep a watcher's queue is before it falls back to history (and is
+/// fed from it only once the queue is empty again): what a reader that
+/// stops reading can hold on the node is this many revisions, or one
+/// catch-up chunk.
+const WATCH_QUEUE: usize = 16;
 
 enum Command {
     Request(ClientOp, oneshot::Sender<Result<Reply, ServerError>>),
@@ -595,7 +598,7 @@ impl Driver {
                     }
                 }
                 _ = catch_up.tick(), if self.server.watch_counts().1 > 0 => {
-                    self.server.catch_up_watchers();
+                    self.catch_up_watchers();
                 }
                 _ = sweep.tick() => {
                     self.drop_closed_watchers();
@@ -722,6 +725,18 @@ impl Driver {
         });
     }
 
+    /// Feeds watchers behind their next chunk of history, with bounded
+    /// work per call (writes go on between calls), and only those whose
+    /// queue is empty: a reader that does not read is given nothing more.
+    fn catch_up_watchers(&mut self) {
+        let watchers = &self.watchers;
+        self.server.catch_up_watchers(Instant::now(), |id| {
+            watchers
+                .get(&id)
+                .is_some_and(|w| w.tx.capacity() == WATCH_QUEUE)
+        });
+    }
+
     /// Forgets watchers whose stream has gone (a quiet key would otherwise
     /// keep them until its next change).
     fn drop_closed_watchers(&mut self) {
@@ -766,7 +781,7 @@ impl Driver {
                 let id = self.server.watch(request);
                 self.watchers.insert(id, Watcher { tx });
                 let _ = reply.send(rx);
-                self.server.catch_up_watchers();
+                self.catch_up_watchers();
             }
         }
     }
@@ -982,7 +997,14 @@ impl Driver {
                 }
                 ServerOutput::WatchCancelled(cancelled) => {
                     if let Some(w) = self.watchers.remove(&cancelled.id) {
-                        let _ = w.tx.try_send(WatchItem::Cancelled(cancelled.reason));
+                        // The reason must reach the client even behind a
+                        // full queue: it is what tells it to watch again.
+                        let item = WatchItem::Cancelled(cancelled.reason);
+                        if let Err(mpsc::error::TrySendError::Full(item)) = w.tx.try_send(item) {
+                            tokio::spawn(async move {
+                                let _ = w.tx.send(item).await;
+                            });
+                        }
                     }
                 }
             }

@@ -37,11 +37,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CertsCmd {
-    /// Write ca.pem and ca.key into DIR.
+    /// Write ca.pem and ca.key into DIR (refused if either exists).
     Init {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing CA in DIR. Every certificate the old CA
+        /// signed stops being trusted: nodes and clients need new ones.
+        #[arg(long)]
+        force: bool,
     },
     /// Issue NAME.pem / NAME.key for a node.
     Node {
@@ -115,6 +119,10 @@ struct RunArgs {
     /// text or json.
     #[arg(long, env = "CLUSTRON_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Seconds a key-value watch that is behind may go without its reader
+    /// taking anything before it is cancelled (1 to 3600; default 30).
+    #[arg(long, env = "CLUSTRON_WATCH_STALL_TIMEOUT_SECS")]
+    watch_stall_timeout_secs: Option<u64>,
     /// Revisions of key-value history kept before compaction (0: never).
     #[arg(long, env = "CLUSTRON_RETAIN_REVISIONS")]
     retain_revisions: Option<u64>,
@@ -137,7 +145,21 @@ fn main() -> Result<()> {
 
 fn certs(command: CertsCmd) -> Result<()> {
     match command {
-        CertsCmd::Init { out } => {
+        CertsCmd::Init { out, force } => {
+            // A new CA in place of an existing one silently breaks every
+            // certificate the old one signed: only on request.
+            if !force {
+                for file in ["ca.key", "ca.pem"] {
+                    let path = out.join(file);
+                    anyhow::ensure!(
+                        !path.exists(),
+                        "{} already exists: a new CA would invalidate every certificate the \
+                         existing one signed; keep it, choose another --out, or pass --force to \
+                         replace it",
+                        path.display()
+                    );
+                }
+            }
             CertificateAuthority::generate("Clustron CA")?.save(&out)?;
             println!("wrote {0}/ca.pem and {0}/ca.key", out.display());
         }
@@ -191,6 +213,7 @@ fn run(args: RunArgs) -> Result<()> {
         key_file: args.key_file,
         admin_listen: args.admin_listen,
         log_format: args.log_format,
+        watch_stall_timeout_secs: args.watch_stall_timeout_secs,
         retain_revisions: args.retain_revisions,
         max_value_bytes: args.max_value_bytes,
         snapshot_entries: args.snapshot_entries,

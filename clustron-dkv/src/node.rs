@@ -34,6 +34,9 @@ pub struct Node {
     pub kv: watch::Receiver<Option<Kv>>,
     /// Leadership changes seen since start.
     pub leadership_changes: Arc<AtomicU64>,
+    /// What keeps this node from ever being ready, in words (for
+    /// `/readyz`), if anything: today, no voters configured.
+    pub waiting_for: watch::Receiver<String>,
 }
 
 /// Starts a node from `config`.
@@ -127,7 +130,19 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     let bus = EventBus::start(&endpoint, &membership, Some(&election), Default::default())
         .await
         .context("starting the event bus")?;
+    // Without voters this node can neither elect nor follow a leader: say
+    // so at start and on /readyz, rather than stay silently not ready.
+    let no_voters = config.voters.is_empty().then(|| {
+        let why = "no voters configured: this node cannot elect or follow a leader; give every \
+                   node the same --voters (CLUSTRON_VOTERS, or `voters = [...]` in the config file)";
+        tracing::error!("{why}");
+        why.to_owned()
+    });
     let kv_config = ServerConfig {
+        watch: crate::core::watch::WatchLimits {
+            stall_timeout: config.watch_stall_timeout,
+            ..Default::default()
+        },
         retain_revisions: config.retain_revisions,
         snapshot_entries: config.snapshot_entries,
         limits: crate::core::mvcc::Limits {
@@ -153,6 +168,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         bus: watch::channel(Some(bus)).1,
         kv: watch::channel(Some(kv)).1,
         leadership_changes,
+        waiting_for: watch::channel(no_voters.unwrap_or_default()).1,
     };
     crate::serve::start(&node).context("serving clients")?;
     if let Some(addr) = config.admin_listen {

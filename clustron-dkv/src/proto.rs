@@ -149,8 +149,14 @@ pub enum StreamItem {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
-    /// Key changes of one or more whole revisions, in order.
+    /// Key changes of one or more whole revisions, in order (with any
+    /// [`StreamItem::KvEventsPart`]s just before it).
     KvEvents(Vec<KvEvent>),
+    /// The first part of key changes too large for one frame (a revision
+    /// that deleted many keys with previous values, say): the rest follows,
+    /// up to a [`StreamItem::KvEvents`] that ends them. A client hands the
+    /// parts on only together, so whole revisions stay whole.
+    KvEventsPart(Vec<KvEvent>),
     /// The watch ended: its next revision was compacted (re-read, then
     /// watch from the current revision).
     WatchCancelled(KvError),

@@ -22,6 +22,7 @@ use crate::proto::{
 /// Serves client requests and streams in the background.
 pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
     let mut inbox = node.endpoint.register::<ClientProtocol>()?;
+    let max_frame = node.endpoint.config().max_frame_size;
     let node = node.clone();
     tokio::spawn(async move {
         while let Some(item) = inbox.recv().await {
@@ -45,7 +46,9 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
                     }
                     tokio::spawn(async move {
                         let response = match (request, bus) {
-                            (Request::Kv(op), _) => Response::Kv(kv_answer(kv, op).await),
+                            (Request::Kv(op), _) => {
+                                Response::Kv(fit(kv_answer(kv, op).await, max_frame))
+                            }
                             (_, None) => {
                                 Response::Error("node not ready: the event bus is starting".into())
                             }
@@ -93,6 +96,27 @@ async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFail
             ServerError::Kv(e) => KvFailure::Refused(e),
         }),
     }
+}
+
+/// An answer too large for one frame becomes a definite failure that says
+/// what happened (for a write: applied, at which revision), rather than a
+/// transport error after which the client cannot know.
+fn fit(answer: Result<KvReply, KvFailure>, max_frame: usize) -> Result<KvReply, KvFailure> {
+    // The response's enum tags and the status byte around the answer.
+    let len = clustron_transport::frame::framed_len(&answer) + 16;
+    if len <= max_frame {
+        return answer;
+    }
+    let revision = match &answer {
+        Ok(KvReply::Put(_, revision) | KvReply::Delete(_, revision)) => Some(*revision),
+        Ok(KvReply::Txn(txn)) => Some(txn.revision),
+        _ => None,
+    };
+    Err(KvFailure::AnswerTooLarge {
+        len,
+        max: max_frame,
+        revision,
+    })
 }
 
 /// The server operation a client request asks for.
@@ -262,7 +286,18 @@ async fn serve_watch(kv: Option<Kv>, request: WatchRequest, mut stream: FramedSt
             item = watch.recv() => {
                 let Some(item) = item else { break };
                 let (item, last) = match item {
-                    WatchItem::Events(events) => (StreamItem::KvEvents(events), false),
+                    WatchItem::Events(events) => {
+                        // Parts first, if the events would not fit in one frame.
+                        let (parts, rest) = split_events(events);
+                        let mut sent = true;
+                        for part in parts {
+                            sent = sent && tx.send(&StreamItem::KvEventsPart(part)).await.is_ok();
+                        }
+                        if !sent {
+                            break;
+                        }
+                        (StreamItem::KvEvents(rest), false)
+                    }
                     WatchItem::Cancelled(reason) => (StreamItem::WatchCancelled(reason), true),
                 };
                 if tx.send(&item).await.is_err() || last {
@@ -273,6 +308,40 @@ async fn serve_watch(kv: Option<Kv>, request: WatchRequest, mut stream: FramedSt
         }
     }
     tx.finish();
+}
+
+/// Most bytes of events in one frame of a watch stream, well under the
+/// transport's 4 MiB frame.
+const WATCH_FRAME_BYTES: usize = 1 << 20;
+
+/// Cuts `events` into parts of about [`WATCH_FRAME_BYTES`] each: the parts
+/// to send first, and the last one.
+fn split_events(
+    mut events: Vec<crate::kv::Event>,
+) -> (Vec<Vec<crate::kv::Event>>, Vec<crate::kv::Event>) {
+    let size = |e: &crate::kv::Event| {
+        let kv =
+            |kv: &crate::kv::KeyValue| crate::kv::encoded_kv_bytes(kv.key.len(), kv.value.len());
+        kv(&e.kv) + e.prev_kv.as_ref().map_or(0, kv)
+    };
+    let mut parts = Vec::new();
+    loop {
+        let mut bytes = 0;
+        let cut = events
+            .iter()
+            .position(|e| {
+                bytes += size(e);
+                bytes > WATCH_FRAME_BYTES
+            })
+            .map(|i| i.max(1));
+        match cut {
+            Some(cut) if cut < events.len() => {
+                let rest = events.split_off(cut);
+                parts.push(std::mem::replace(&mut events, rest));
+            }
+            _ => return (parts, events),
+        }
+    }
 }
 
 /// A member as clients see it.

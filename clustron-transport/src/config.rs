@@ -20,9 +20,12 @@ pub struct TransportConfig {
     /// Largest frame, in bytes, that is sent or accepted. The length prefix is
     /// checked against it before anything is allocated. Range 64 B..=1 GiB.
     pub max_frame_size: usize,
-    /// How long a dial (QUIC + TLS handshake) may take. Default 3 s: a LAN
+    /// How long a dial (QUIC + TLS handshake) may take, and how long opening
+    /// a stream may wait for the remote to allow one more (every stream it
+    /// allows is in use: then the call fails with
+    /// [`crate::Error::StreamsExhausted`], nothing sent). Default 3 s: a LAN
     /// handshake takes about a millisecond; anything close to this is a
-    /// dead or unreachable peer.
+    /// dead or unreachable peer, or streams that are not coming back.
     pub connect_timeout: Duration,
     /// How long a request may wait for its response. Default 10 s.
     pub request_timeout: Duration,
@@ -51,6 +54,32 @@ pub struct TransportConfig {
     /// tripled context switches and cost about 30% of throughput
     /// (`cargo xtask bench transport`).
     pub max_concurrent_streams: u32,
+    /// Concurrent bidirectional streams a *client* connection may open
+    /// (ALPN `clustron-client/1`). Every watch, topology watch and
+    /// subscription holds one stream for its whole life, so an application
+    /// with many watches on one client needs far more than
+    /// `max_concurrent_streams`. Default 4096 (etcd multiplexes watches
+    /// over one gRPC stream and sets no per-connection cap; each of ours
+    /// costs the node a stream, a task and a small queue). Node-to-node
+    /// connections keep `max_concurrent_streams`. quinn hands out new
+    /// stream credit only once more than an eighth of the limit has been
+    /// freed, so about 7/8 of it can be held by long-lived streams while
+    /// requests still flow (with quinn's default of 100 that was the "89
+    /// watches, then the 90th hangs" of issue 10).
+    pub max_concurrent_client_streams: u32,
+    /// Handshakes in progress above which a new one must first prove that
+    /// it owns its source address (a QUIC Retry round trip, RFC 9000
+    /// §8.1.2): forged packets from spoofed addresses then cost one small
+    /// Retry packet each and never a TLS handshake. Default 32: a cluster's
+    /// own connections rarely have that many handshakes at once, so they
+    /// pay the extra round trip only under a flood. 0 validates every
+    /// address.
+    pub address_validation_above: u32,
+    /// Most handshakes in progress at once; more are refused at once
+    /// (counted, and logged in aggregate with other refusals). Bounds the
+    /// memory and CPU a flood of handshakes from real addresses can take.
+    /// Default 1024.
+    pub max_handshakes: u32,
 }
 
 impl TransportConfig {
@@ -67,6 +96,9 @@ impl TransportConfig {
             reconnect_backoff_max: Duration::from_secs(2),
             inbox_capacity: 1024,
             max_concurrent_streams: 100,
+            max_concurrent_client_streams: 4096,
+            address_validation_above: 32,
+            max_handshakes: 1024,
         }
     }
 
@@ -121,6 +153,12 @@ impl TransportConfig {
         }
         if self.max_concurrent_streams == 0 {
             return Err(ConfigError::Zero("max_concurrent_streams"));
+        }
+        if self.max_concurrent_client_streams == 0 {
+            return Err(ConfigError::Zero("max_concurrent_client_streams"));
+        }
+        if self.max_handshakes == 0 {
+            return Err(ConfigError::Zero("max_handshakes"));
         }
         Ok(self)
     }

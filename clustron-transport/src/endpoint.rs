@@ -14,7 +14,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use crate::config::TransportConfig;
 use crate::error::{CertError, Error, FrameError};
 use crate::frame::{self, Status, StreamKind, DATAGRAM_HEADER_LEN, HEADER_LEN, WIRE_VERSION};
 use crate::identity::PeerIdentity;
+use crate::refusals::{self, RefusalLog};
 use crate::stream::{self, FramedStream, ReadFailure, Reader};
 use crate::tls;
 
@@ -255,6 +256,15 @@ pub struct TransportStats {
     pub stream_errors: u64,
     /// Datagrams dropped: malformed, unknown channel, or inbox full.
     pub datagrams_dropped: u64,
+    /// Refused handshakes not logged one by one (a flood); they are summed
+    /// up in one log line per interval.
+    pub refusals_unlogged: u64,
+    /// Handshakes asked to prove their source address first (QUIC Retry),
+    /// because many were in progress.
+    pub handshakes_retried: u64,
+    /// Handshakes refused at once because `max_handshakes` were in progress
+    /// (also counted in `connections_refused`).
+    pub handshakes_shed: u64,
 }
 
 #[derive(Default)]
@@ -267,6 +277,9 @@ struct Stats {
     connections_refused: AtomicU64,
     stream_errors: AtomicU64,
     datagrams_dropped: AtomicU64,
+    refusals_unlogged: AtomicU64,
+    handshakes_retried: AtomicU64,
+    handshakes_shed: AtomicU64,
 }
 
 impl Stats {
@@ -426,6 +439,10 @@ struct Inner {
     dials: DashMap<SocketAddr, Arc<tokio::sync::Mutex<DialState>>>,
     events: broadcast::Sender<TransportEvent>,
     stats: Stats,
+    /// Which refusals are logged in full (see `refusals`).
+    refusals: std::sync::Mutex<RefusalLog>,
+    /// Handshakes of incoming connections in progress.
+    handshakes: AtomicUsize,
 }
 
 /// Closes the QUIC endpoint when the last user handle goes away; background
@@ -485,11 +502,19 @@ impl Endpoint {
         alpn: &[u8],
     ) -> Result<Self, Error> {
         let config = config.validate()?;
-        let transport = Arc::new(quinn_transport(&config));
         let mut dial_config = tls::client_config(&identity, alpn)?;
-        dial_config.transport_config(transport.clone());
+        dial_config.transport_config(Arc::new(quinn_transport(
+            &config,
+            config.max_concurrent_streams,
+        )));
+        // Accepted connections start with the smaller of the node and
+        // client stream limits (a grant can be raised later, never
+        // lowered) and get their own once the handshake says which they are.
+        let accepted = config
+            .max_concurrent_streams
+            .min(config.max_concurrent_client_streams);
         let server = server.map(|mut server| {
-            server.transport_config(transport);
+            server.transport_config(Arc::new(quinn_transport(&config, accepted)));
             server
         });
         let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| Error::Bind {
@@ -518,8 +543,27 @@ impl Endpoint {
             dials: DashMap::new(),
             events: broadcast::channel(256).0,
             stats: Stats::default(),
+            refusals: std::sync::Mutex::default(),
+            handshakes: AtomicUsize::new(0),
         });
         tokio::spawn(inner.clone().accept_loop());
+        // Sums up a burst of refusals once its interval ends, even if no
+        // refusal follows.
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(refusals::INTERVAL).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let summary = inner
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .flush(std::time::Instant::now());
+                if let Some(summary) = summary {
+                    log_summary(&summary);
+                }
+            }
+        });
         Ok(Self {
             inner,
             _guard: Arc::new(CloseGuard(endpoint)),
@@ -626,6 +670,9 @@ impl Endpoint {
             connections_refused: s.connections_refused.load(Relaxed),
             stream_errors: s.stream_errors.load(Relaxed),
             datagrams_dropped: s.datagrams_dropped.load(Relaxed),
+            refusals_unlogged: s.refusals_unlogged.load(Relaxed),
+            handshakes_retried: s.handshakes_retried.load(Relaxed),
+            handshakes_shed: s.handshakes_shed.load(Relaxed),
         }
     }
 
@@ -675,16 +722,23 @@ impl<P: Protocol> Channel<P> {
         buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
         frame::encode_frame(&mut buf, request, max).map_err(Error::Encode)?;
         let after = inner.config.request_timeout;
+        let opened = std::sync::atomic::AtomicBool::new(false);
         let exchange = async {
             // Nothing has left before the stream is open; from then on a
             // failure may come after the remote processed the request.
             let (send, recv) = inner.open_bi(to).await?;
+            opened.store(true, Relaxed);
             Self::exchange(inner, to, &buf, send, recv)
                 .await
                 .map_err(Error::after_sending)
         };
         timeout(after, exchange).await.map_err(|_| Error::Timeout {
-            what: "request",
+            // Still dialing or waiting for a stream: nothing was sent.
+            what: if opened.load(Relaxed) {
+                "request"
+            } else {
+                "connect"
+            },
             addr: to,
             after,
         })?
@@ -852,12 +906,45 @@ impl<P: Protocol> Channel<P> {
 
 impl Inner {
     async fn accept_loop(self: Arc<Self>) {
-        while let Some(incoming) = self.endpoint.accept().await {
+        while let Some(mut incoming) = self.endpoint.accept().await {
+            let addr = incoming.remote_address();
+            let in_progress = self.handshakes.load(Relaxed);
+            if in_progress >= self.config.max_handshakes as usize {
+                self.stats.handshakes_shed.fetch_add(1, Relaxed);
+                incoming.refuse();
+                self.refused(
+                    addr,
+                    format!("{in_progress} handshakes in progress already"),
+                );
+                continue;
+            }
+            // Under load, make the sender prove its address first: spoofed
+            // floods never come back, and cost no handshake.
+            if in_progress >= self.config.address_validation_above as usize
+                && !incoming.remote_address_validated()
+            {
+                match incoming.retry() {
+                    Ok(()) => {
+                        self.stats.handshakes_retried.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    Err(e) => incoming = e.into_incoming(),
+                }
+            }
+            self.handshakes.fetch_add(1, Relaxed);
             tokio::spawn(self.clone().handle_incoming(incoming));
         }
     }
 
     async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        /// Counts the handshake as over however this function returns.
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Relaxed);
+            }
+        }
+        let done = Done(&self.handshakes);
         let addr = incoming.remote_address();
         let connecting = match incoming.accept() {
             Ok(connecting) => connecting,
@@ -886,6 +973,13 @@ impl Inner {
             conn.close(VarInt::from_u32(codes::CLOSE_REFUSED), reason.as_bytes());
             return self.refused(addr, reason);
         }
+        // Clients hold a stream per watch: they may be allowed many more
+        // than nodes.
+        let streams = match as_node {
+            true => self.config.max_concurrent_streams,
+            false => self.config.max_concurrent_client_streams,
+        };
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(streams));
         if as_node {
             // The remote dials from its listening socket, so this connection
             // also serves our own calls to that address.
@@ -895,13 +989,28 @@ impl Inner {
             identity: Arc::new(identity),
             addr,
         };
+        drop(done);
         self.drive(conn, peer, !as_node).await;
     }
 
+    /// Counts a refused handshake and reports it: every one as an event,
+    /// a few per interval in the log and the rest summed up (`refusals`).
     fn refused(&self, addr: SocketAddr, reason: String) {
         let reason = explain(reason);
-        tracing::warn!(%addr, %reason, "connection refused");
         self.stats.connections_refused.fetch_add(1, Relaxed);
+        let verdict = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused(std::time::Instant::now(), addr, &reason);
+        if let Some(summary) = &verdict.summary {
+            log_summary(summary);
+        }
+        if verdict.log {
+            tracing::warn!(%addr, %reason, "connection refused");
+        } else {
+            self.stats.refusals_unlogged.fetch_add(1, Relaxed);
+        }
         let _ = self.events.send(TransportEvent::Refused { addr, reason });
     }
 
@@ -1111,12 +1220,19 @@ impl Inner {
     }
 
     /// Opens a bidirectional stream, redialing once if the cached connection
-    /// turns out to be dead before anything was sent on it.
+    /// turns out to be dead before anything was sent on it. Waits at most
+    /// `connect_timeout` for the remote to allow another stream: long-lived
+    /// streams (watches) can hold every one it allows, and a call must then
+    /// fail, definitely unsent, rather than wait for ever.
     async fn open_bi(self: &Arc<Self>, to: SocketAddr) -> Result<(SendStream, RecvStream), Error> {
         let mut retried = false;
+        let waited = self.config.connect_timeout;
         loop {
             let conn = self.connection(to).await?;
-            match conn.open_bi().await {
+            let Ok(opened) = timeout(waited, conn.open_bi()).await else {
+                return Err(Error::StreamsExhausted { addr: to, waited });
+            };
+            match opened {
                 Ok(pair) => return Ok(pair),
                 Err(e) => {
                     self.evict(to, &conn);
@@ -1266,6 +1382,20 @@ fn connection_error(addr: SocketAddr, error: ConnectionError) -> Error {
     }
 }
 
+/// One line for the refusals an interval did not log one by one.
+fn log_summary(summary: &refusals::Summary) {
+    tracing::warn!(
+        refused = summary.unlogged,
+        interval = ?refusals::INTERVAL,
+        last_addr = %summary.last_addr,
+        last_reason = %summary.last_reason,
+        "{} more connections refused in the last {:?} were not logged one by one \
+         (a flood of unauthenticated handshakes?); clustron_connections_refused_total counts them all",
+        summary.unlogged,
+        refusals::INTERVAL,
+    );
+}
+
 /// Adds what rustls's terse reasons mean for an operator.
 fn explain(reason: String) -> String {
     let hint = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
@@ -1281,6 +1411,9 @@ fn explain(reason: String) -> String {
     } else {
         return reason;
     };
+    if reason.contains(hint) {
+        return reason;
+    }
     format!("{reason} ({hint})")
 }
 
@@ -1317,11 +1450,13 @@ fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
         .map_or(max, |wait| wait.min(max))
 }
 
-fn quinn_transport(config: &TransportConfig) -> quinn::TransportConfig {
+/// quinn's settings for `config`, allowing the remote `bidi_streams`
+/// concurrent bidirectional streams.
+fn quinn_transport(config: &TransportConfig, bidi_streams: u32) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     let streams = VarInt::from_u32(config.max_concurrent_streams);
     transport
-        .max_concurrent_bidi_streams(streams)
+        .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
         .max_concurrent_uni_streams(streams)
         .keep_alive_interval(Some(config.keep_alive_interval))
         .max_idle_timeout(config.idle_timeout.try_into().ok());

@@ -76,6 +76,17 @@ pub enum Error {
         /// Why, as quinn reports it.
         reason: String,
     },
+    /// No stream could be opened to `addr` within `waited`: every stream
+    /// the remote allows on the connection is in use (long-lived watches,
+    /// or that many requests in flight). Nothing was sent; the connection
+    /// stays usable and a later call succeeds once a stream ends.
+    #[error("cannot open a stream to {addr}: every stream it allows on this connection is in use (waited {waited:?}); nothing was sent")]
+    StreamsExhausted {
+        /// The remote address.
+        addr: SocketAddr,
+        /// How long the call waited for a stream.
+        waited: Duration,
+    },
     /// The call did not complete within the configured timeout.
     #[error("{what} to {addr} timed out after {after:?}")]
     Timeout {
@@ -146,6 +157,7 @@ impl Error {
             | Error::DatagramTooLarge { .. }
             | Error::ChannelTaken(_)
             | Error::Encode(_)
+            | Error::StreamsExhausted { .. }
             | Error::Closed => true,
             Error::ConnectionLost { .. } | Error::Frame(_) => false,
         }

@@ -68,6 +68,7 @@ mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod identity;
+mod refusals;
 mod stream;
 pub mod tls;
 

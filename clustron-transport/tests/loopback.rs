@@ -946,3 +946,96 @@ async fn a_request_whose_peer_falls_silent_after_receiving_it_is_not_called_unpr
         "a request that reached its handler is classed as unprocessed: {error:?}"
     );
 }
+
+/// Serves `Public` on `node`: doubles requests, and holds every stream a
+/// client opens until the client ends it.
+fn serve_public(node: &Endpoint) {
+    let mut public = node.register::<Public>().unwrap();
+    tokio::spawn(async move {
+        while let Some(item) = public.recv().await {
+            match item {
+                Inbound::Request { request, reply, .. } => reply.send(&(request * 2)),
+                Inbound::Stream { mut stream, .. } => {
+                    tokio::spawn(async move {
+                        while let Ok(Some(n)) = stream.recv::<u64>().await {
+                            if stream.send(&n).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Inbound::Message { .. } => {}
+            }
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_client_holds_two_hundred_streams_on_one_connection_and_still_makes_requests() {
+    timeout(DEADLINE, async {
+        let pki = Pki::new();
+        let node = pki.node("n1");
+        serve_public(&node);
+        let id = pki.identity(CertRequest::client("app", ClientRole::ReadWrite).unwrap());
+        let client = Endpoint::client(config(), id).unwrap();
+        let channel = client.channel::<Public>();
+        // Long-lived streams, as watches are: quinn's default of 100 per
+        // connection used to make the 101st wait forever.
+        let mut streams = Vec::new();
+        for i in 0..200u64 {
+            let mut stream = channel.open_stream(node.local_addr()).await.unwrap();
+            stream.send(&i).await.unwrap();
+            assert_eq!(stream.recv::<u64>().await.unwrap(), Some(i));
+            streams.push(stream);
+        }
+        assert_eq!(channel.request(node.local_addr(), &21).await.unwrap(), 42);
+    })
+    .await
+    .expect("a stream or the request after them hung");
+}
+
+#[tokio::test]
+async fn a_stream_beyond_the_limit_fails_definitely_and_the_connection_recovers() {
+    timeout(DEADLINE, async {
+        let pki = Pki::new();
+        let mut node_config = config();
+        node_config.max_concurrent_client_streams = 8;
+        let node = Endpoint::bind(node_config, pki.node_identity("n1")).unwrap();
+        serve_public(&node);
+        let id = pki.identity(CertRequest::client("app", ClientRole::ReadWrite).unwrap());
+        let mut client_config = config();
+        client_config.connect_timeout = Duration::from_millis(300);
+        let client = Endpoint::client(client_config, id).unwrap();
+        let channel = client.channel::<Public>();
+        let mut streams = Vec::new();
+        for i in 0..8u64 {
+            let mut stream = channel.open_stream(node.local_addr()).await.unwrap();
+            stream.send(&i).await.unwrap();
+            assert_eq!(stream.recv::<u64>().await.unwrap(), Some(i));
+            streams.push(stream);
+        }
+        // Every stream the node allows is held: a ninth, and a request, fail
+        // at once and definitely (nothing sent), instead of waiting.
+        match channel.open_stream(node.local_addr()).await {
+            Err(e @ Error::StreamsExhausted { .. }) => assert!(e.nothing_processed()),
+            other => panic!("{other:?}"),
+        }
+        match channel.request(node.local_addr(), &21).await {
+            Err(e @ Error::StreamsExhausted { .. }) => assert!(e.nothing_processed()),
+            other => panic!("{other:?}"),
+        }
+        // Streams end: the connection is usable again. (quinn announces
+        // new stream credit once more than an eighth of the limit is free.)
+        streams.truncate(6);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match channel.request(node.local_addr(), &21).await {
+                Ok(answer) => break assert_eq!(answer, 42),
+                Err(Error::StreamsExhausted { .. }) if Instant::now() < deadline => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("hung");
+}

@@ -113,6 +113,44 @@ pub fn workspace_edges() -> Result<BTreeMap<String, Vec<String>>> {
     Ok(edges)
 }
 
+/// The workspace's binary `name` (`clustron-dkv`, `clustron`): from
+/// `CLUSTRON_BIN_DIR` when set (`cargo xtask ci` points it at release
+/// builds), else the one `cargo test --workspace` built beside the running
+/// test, built here (once per test process) when the test runs alone.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    if let Some(dir) = std::env::var_os("CLUSTRON_BIN_DIR") {
+        let path = std::path::Path::new(&dir).join(name);
+        assert!(path.exists(), "CLUSTRON_BIN_DIR has no {name}");
+        return path;
+    }
+    // Invariant: test executables live in target/<profile>/deps/.
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
+        .expect("test executables live in target/<profile>/deps/");
+    BUILD.call_once(|| {
+        if !dir.join("clustron-dkv").exists() || !dir.join("clustron").exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "-p",
+                    "clustron-dkv",
+                    "-p",
+                    "clustron-client",
+                    "--bins",
+                ])
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "cannot build the binaries"
+            );
+        }
+    });
+    dir.join(name)
+}
+
 /// Every edge that breaks the layering, as "from -> to: why".
 pub fn layering_violations(edges: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     let level = |name: &str| LAYERS.iter().position(|l| *l == name);

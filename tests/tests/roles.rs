@@ -74,6 +74,7 @@ async fn a_readonly_certificate_reads_and_watches_but_changes_nothing_and_only_a
         key_file: dir.path().join("n1.key"),
         admin_listen: None,
         log_format: LogFormat::Text,
+        watch_stall_timeout: Duration::from_secs(30),
         retain_revisions: 0,
         snapshot_entries: 10_000,
         max_value_bytes: 1024,

@@ -7,9 +7,9 @@
 //!   release builds of `clustron-dkv` and `clustron`, then the whole test
 //!   suite, whose process tests run those release binaries
 //!   (`CLUSTRON_BIN_DIR`). This is what `.ci/run` runs.
-//! - `bench [transport|membership|election|node|kv]`: builds `clustron-bench`
-//!   and `clustron-dkv` in release mode and runs the suites; each prints a
-//!   table.
+//! - `bench [transport|membership|election|node|kv|watch]`: builds
+//!   `clustron-bench` and `clustron-dkv` in release mode and runs the suites;
+//!   each prints a table (`watch` only when named: it takes minutes).
 //! - `certs DIR [--nodes N]`: writes a CA, N node certificates and an admin client
 //!   certificate into DIR, for trying things by hand.
 
@@ -23,6 +23,7 @@ use clustron_transport::{CertRequest, CertificateAuthority, ClientRole};
 mod cluster;
 mod kv_bench;
 mod node_bench;
+mod watch_bench;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Clustron repository chores")]
@@ -50,7 +51,7 @@ enum Cmd {
     /// Release-mode benchmarks; prints a table per suite.
     Bench {
         /// Which suites: `transport`, `membership`, `election`, `node`, `kv`
-        /// (default: all).
+        /// (default: all of these), `watch`.
         suites: Vec<String>,
     },
     /// Writes a CA, node certificates n1..nN and an admin client certificate.
@@ -78,6 +79,13 @@ fn root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where cargo puts release builds: `CARGO_TARGET_DIR` if set.
+fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("release")
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -123,7 +131,7 @@ fn ci() -> Result<()> {
         "clustron-client",
         "--bins",
     ])?;
-    let bins = root().join("target/release");
+    let bins = release_dir();
     eprintln!(
         "$ CLUSTRON_BIN_DIR={} cargo test --workspace",
         bins.display()
@@ -133,6 +141,9 @@ fn ci() -> Result<()> {
 
 const SUITES: &[&str] = &["transport", "membership", "election", "node", "kv"];
 
+/// Suites run only when named.
+const EXTRA_SUITES: &[&str] = &["watch"];
+
 fn bench(suites: &[String]) -> Result<()> {
     let suites: Vec<&str> = if suites.is_empty() {
         SUITES.to_vec()
@@ -140,10 +151,11 @@ fn bench(suites: &[String]) -> Result<()> {
         suites.iter().map(String::as_str).collect()
     };
     for suite in &suites {
-        if !SUITES.contains(suite) {
+        if !SUITES.contains(suite) && !EXTRA_SUITES.contains(suite) {
             bail!(
-                "unknown bench suite {suite:?}; known: {}",
-                SUITES.join(", ")
+                "unknown bench suite {suite:?}; known: {}, {}",
+                SUITES.join(", "),
+                EXTRA_SUITES.join(", ")
             );
         }
     }
@@ -160,14 +172,19 @@ fn bench(suites: &[String]) -> Result<()> {
         "--bin",
         "clustron-dkv",
     ])?;
-    let binary = root().join("target/release/clustron-bench");
+    let binary = release_dir().join("clustron-bench");
+    let dkv = release_dir().join("clustron-dkv");
     for suite in suites {
         if suite == "node" {
-            node_bench::run(&root().join("target/release/clustron-dkv"))?;
+            node_bench::run(&dkv)?;
             continue;
         }
         if suite == "kv" {
-            kv_bench::run(&root().join("target/release/clustron-dkv"))?;
+            kv_bench::run(&dkv)?;
+            continue;
+        }
+        if suite == "watch" {
+            watch_bench::run(&dkv)?;
             continue;
         }
         let status = Command::new(&binary)

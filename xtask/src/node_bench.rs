@@ -212,7 +212,7 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
 }
 
 /// GET `path` from an admin port: status and body.
-fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
@@ -223,7 +223,7 @@ fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// The leader's name from `/readyz` ("ready: leader NAME epoch N").
-fn leader(admin: SocketAddr) -> Option<String> {
+pub(crate) fn leader(admin: SocketAddr) -> Option<String> {
     let (status, body) = get(admin, "/readyz")?;
     (status == 200).then(|| body.split_whitespace().nth(2).map(str::to_owned))?
 }
@@ -239,7 +239,7 @@ fn dead_count(admin: SocketAddr) -> Option<u64> {
 }
 
 /// The pid of `clustron-dkv run --name NAME` whose data lives under `dir`.
-fn node_pid(dir: &Path, name: &str) -> Result<u32> {
+pub(crate) fn node_pid(dir: &Path, name: &str) -> Result<u32> {
     let data = dir.join("data").join(name);
     let data = data.to_string_lossy();
     for entry in std::fs::read_dir("/proc")? {
@@ -258,7 +258,7 @@ fn node_pid(dir: &Path, name: &str) -> Result<u32> {
     bail!("no process for {name} under {}", dir.display())
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

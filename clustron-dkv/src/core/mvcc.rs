@@ -14,9 +14,11 @@
 //!   leader decides expiry and proposes [`Command::LeaseRevoke`], so expiry
 //!   is a committed, replicated decision and every replica deletes the same
 //!   keys at the same revision.
-//! - [`Store::events_since`] rebuilds the changes to a range from any
-//!   revision after the compaction point, so a watch resumes after a
-//!   failover from the last revision it saw.
+//! - [`Store::history`] reads the changes to a range from any revision
+//!   after the compaction point, a bounded chunk at a time, so a watch
+//!   resumes after a failover from the last revision it saw. It walks an
+//!   index of changes in revision order (derived from the versions, rebuilt
+//!   on restore), never the whole key space.
 //!
 //! # Example
 //!
@@ -41,7 +43,7 @@
 //! assert_eq!(old.kvs[0].value, b"one");
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -226,6 +228,56 @@ pub struct Store {
     bytes: u64,
     /// Client sessions and their remembered results.
     sessions: Sessions,
+    /// Every change after the compaction point, in revision order: the
+    /// index [`Store::history`] walks. Derived from `keys` (rebuilt by
+    /// [`Store::restore`]), so it is not part of a snapshot.
+    #[serde(skip)]
+    changes: VecDeque<Change>,
+}
+
+/// One change in the index of changes: the version of `key` written at
+/// (`revision`, `sub`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Change {
+    revision: u64,
+    sub: u32,
+    key: Vec<u8>,
+}
+
+/// How much one [`Store::history`] call may do. Whole revisions are never
+/// split, so a call may exceed a bound by one revision's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Changes looked at (in the range or not): the call's work.
+    pub max_scanned: usize,
+    /// Events returned.
+    pub max_events: usize,
+    /// Bytes of events returned (key-values and previous key-values, as
+    /// [`crate::kv::encoded_kv_bytes`] counts them).
+    pub max_bytes: usize,
+}
+
+impl HistoryLimits {
+    /// No bound: everything up to the present.
+    pub const ALL: HistoryLimits = HistoryLimits {
+        max_scanned: usize::MAX,
+        max_events: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+}
+
+/// One chunk of a range's history, from [`Store::history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The changes to the range, in order, whole revisions.
+    pub events: Vec<Event>,
+    /// The first revision this chunk does not cover: where the next one
+    /// starts (the store's revision + 1 once `complete`).
+    pub next: u64,
+    /// Changes looked at to make it.
+    pub scanned: usize,
+    /// Whether it reaches the present.
+    pub complete: bool,
 }
 
 /// A write transaction in progress: the revision it will take and the
@@ -426,27 +478,40 @@ impl Store {
 
     /// Reads keys as of `request.revision` (0: now).
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.range_page(request, usize::MAX)
+    }
+
+    /// Reads keys as of `request.revision` (0: now), stopping before the
+    /// key-values would exceed `max_bytes` (as [`crate::kv::encoded_kv_bytes`]
+    /// counts them; at least one is always given): `more` then says keys
+    /// were left out, and the caller reads on after the last one.
+    pub fn range_page(
+        &self,
+        request: &RangeRequest,
+        max_bytes: usize,
+    ) -> Result<RangeResponse, KvError> {
         self.check_revision(request.revision)?;
         let at = if request.revision == 0 {
             self.revision
         } else {
             request.revision
         };
-        Ok(self.read_at(request, at))
+        Ok(self.read_at(request, at, max_bytes))
     }
 
-    fn read_at(&self, request: &RangeRequest, at: u64) -> RangeResponse {
+    fn read_at(&self, request: &RangeRequest, at: u64, max_bytes: usize) -> RangeResponse {
         let mut response = RangeResponse {
             kvs: Vec::new(),
             count: 0,
             more: false,
         };
+        let mut bytes = 0usize;
         for (key, versions) in self.keys_in(&request.range) {
             let Some(mut kv) = visible(key, versions, at) else {
                 continue;
             };
             response.count += 1;
-            if request.count_only {
+            if request.count_only || response.more {
                 continue;
             }
             if request.limit != 0 && response.kvs.len() as u64 >= request.limit {
@@ -456,45 +521,171 @@ impl Store {
             if request.keys_only {
                 kv.value.clear();
             }
+            let size = crate::kv::encoded_kv_bytes(kv.key.len(), kv.value.len());
+            if !response.kvs.is_empty() && bytes.saturating_add(size) > max_bytes {
+                response.more = true;
+                continue;
+            }
+            bytes += size;
             response.kvs.push(kv);
         }
         response
+    }
+
+    /// About how many bytes of key-values `command`'s answer would carry
+    /// if it applied now (reads in a transaction, `prev_kv` of puts and
+    /// deletes): lets the leader refuse, before proposing, a write whose
+    /// answer could not be sent.
+    pub fn answer_bytes(&self, command: &Command) -> u64 {
+        let kvs = |range: &KeyRange, values: bool, limit: u64| -> u64 {
+            let live = self
+                .keys_in(range)
+                .filter_map(|(k, v)| v.last().and_then(|v| v.value.as_ref()).map(|v| (k, v)));
+            let live: Box<dyn Iterator<Item = _>> = match limit {
+                0 => Box::new(live),
+                n => Box::new(live.take(usize::try_from(n).unwrap_or(usize::MAX))),
+            };
+            live.map(|(k, v)| {
+                crate::kv::encoded_kv_bytes(k.len(), if values { v.len() } else { 0 }) as u64
+            })
+            .sum()
+        };
+        let prev = |key: &[u8]| {
+            self.current(key)
+                .and_then(|v| v.value.as_ref())
+                .map_or(0, |v| {
+                    crate::kv::encoded_kv_bytes(key.len(), v.len()) as u64
+                })
+        };
+        let op = |op: &RequestOp| match op {
+            RequestOp::Range(r) if r.count_only => 0,
+            RequestOp::Range(r) => kvs(&r.range, !r.keys_only, r.limit),
+            RequestOp::Put(p) if p.prev_kv => prev(&p.key),
+            RequestOp::Delete(d) if d.prev_kv => kvs(&d.range, true, 0),
+            RequestOp::Put(_) | RequestOp::Delete(_) => 0,
+        };
+        match command.inner() {
+            Command::Put(p) if p.prev_kv => prev(&p.key),
+            Command::Delete(d) if d.prev_kv => kvs(&d.range, true, 0),
+            Command::Txn(txn) => {
+                let success: u64 = txn.success.iter().map(op).sum();
+                let failure: u64 = txn.failure.iter().map(op).sum();
+                success.max(failure)
+            }
+            _ => 0,
+        }
     }
 
     /// The changes to `range` at revisions from `start` on, in order, as a
     /// watch that last saw `start - 1` needs them. Fails if `start` is at or
     /// before the compaction point (changes may be missing).
     pub fn events_since(&self, range: &KeyRange, start: u64) -> Result<Vec<Event>, KvError> {
+        Ok(self.history(range, start, HistoryLimits::ALL, true)?.events)
+    }
+
+    /// The changes to `range` from revision `start` on, in order, up to
+    /// `limits` (whole revisions, at least one): what a watch that last saw
+    /// `start - 1` needs next. The work is bounded by `limits`, not by the
+    /// size of the history or of the store: a single key is read from its
+    /// own versions, any other range from the index of changes in revision
+    /// order. Events carry the key's previous key-value only if `prev_kv`.
+    /// Fails if `start` is at or before the compaction point (changes may
+    /// be missing).
+    pub fn history(
+        &self,
+        range: &KeyRange,
+        start: u64,
+        limits: HistoryLimits,
+        prev_kv: bool,
+    ) -> Result<History, KvError> {
         if start <= self.compacted {
             return Err(KvError::Compacted {
                 requested: start,
                 compacted: self.compacted,
             });
         }
-        let mut events: Vec<(u64, u32, Event)> = Vec::new();
-        for (key, versions) in self.keys_in(range) {
-            for (i, v) in versions.iter().enumerate() {
-                if v.mod_revision < start {
-                    continue;
+        let mut chunk = History {
+            events: Vec::new(),
+            next: self.revision + 1,
+            scanned: 0,
+            complete: true,
+        };
+        let mut bytes = 0usize;
+        let full = |chunk: &History, bytes: usize| {
+            chunk.scanned >= limits.max_scanned
+                || chunk.events.len() >= limits.max_events
+                || bytes >= limits.max_bytes
+        };
+        // One key: its versions are its history, one per revision.
+        if let KeyRange::Key(key) = range {
+            let versions = self.keys.get(key).map_or(&[][..], Vec::as_slice);
+            let from = versions.partition_point(|v| v.mod_revision < start);
+            for i in from..versions.len() {
+                if i > from && full(&chunk, bytes) {
+                    chunk.next = versions[i].mod_revision;
+                    chunk.complete = false;
+                    break;
                 }
-                let prev_kv = i.checked_sub(1).and_then(|p| kv_of(key, &versions[p]));
-                let event = match kv_of(key, v) {
-                    Some(kv) => Event {
-                        kind: EventKind::Put,
-                        kv,
-                        prev_kv,
-                    },
-                    None => Event {
-                        kind: EventKind::Delete,
-                        kv: tombstone_kv(key, v.mod_revision),
-                        prev_kv,
-                    },
-                };
-                events.push((v.mod_revision, v.sub, event));
+                chunk.scanned += 1;
+                let event = event_of(key, versions, i, prev_kv);
+                bytes += event_bytes(&event);
+                chunk.events.push(event);
             }
+            return Ok(chunk);
         }
-        events.sort_by_key(|(rev, sub, _)| (*rev, *sub));
-        Ok(events.into_iter().map(|(_, _, e)| e).collect())
+        let from = self.changes.partition_point(|c| c.revision < start);
+        let mut current = None;
+        for change in self.changes.range(from..) {
+            if current != Some(change.revision) {
+                if current.is_some() && full(&chunk, bytes) {
+                    chunk.next = change.revision;
+                    chunk.complete = false;
+                    break;
+                }
+                current = Some(change.revision);
+            }
+            chunk.scanned += 1;
+            if !range.contains(&change.key) {
+                continue;
+            }
+            // Invariant: a change after the compaction point keeps its
+            // version (compaction drops only versions at or before it).
+            let Some(versions) = self.keys.get(&change.key) else {
+                continue;
+            };
+            let at = (change.revision, change.sub);
+            let i = versions.partition_point(|v| (v.mod_revision, v.sub) < at);
+            if versions
+                .get(i)
+                .is_none_or(|v| (v.mod_revision, v.sub) != at)
+            {
+                continue;
+            }
+            let event = event_of(&change.key, versions, i, prev_kv);
+            bytes += event_bytes(&event);
+            chunk.events.push(event);
+        }
+        Ok(chunk)
+    }
+
+    /// Rebuilds the index of changes from the versions.
+    pub(crate) fn index_changes(&mut self) {
+        let mut changes: Vec<Change> = self
+            .keys
+            .iter()
+            .flat_map(|(key, versions)| {
+                versions
+                    .iter()
+                    .filter(|v| v.mod_revision > self.compacted)
+                    .map(move |v| Change {
+                        revision: v.mod_revision,
+                        sub: v.sub,
+                        key: key.clone(),
+                    })
+            })
+            .collect();
+        changes.sort_by_key(|c| (c.revision, c.sub));
+        self.changes = changes.into();
     }
 
     /// The whole state, to ship or store as a snapshot.
@@ -505,7 +696,9 @@ impl Store {
 
     /// A store from [`Store::snapshot`] bytes.
     pub fn restore(bytes: &[u8]) -> Result<Store, postcard::Error> {
-        postcard::from_bytes(bytes)
+        let mut store: Store = postcard::from_bytes(bytes)?;
+        store.index_changes();
+        Ok(store)
     }
 
     fn keys_in<'a>(
@@ -564,6 +757,11 @@ impl Store {
         };
         let kv = kv_of(&put.key, &new);
         self.bytes += (put.key.len() + new.value.as_ref().map_or(0, Vec::len)) as u64;
+        self.changes.push_back(Change {
+            revision: new.mod_revision,
+            sub: new.sub,
+            key: put.key.clone(),
+        });
         self.keys.entry(put.key.clone()).or_default().push(new);
         if let Some(kv) = kv {
             writer.events.push(Event {
@@ -608,6 +806,11 @@ impl Store {
             }
         }
         self.bytes += key.len() as u64;
+        self.changes.push_back(Change {
+            revision: writer.revision,
+            sub: writer.events.len() as u32,
+            key: key.to_vec(),
+        });
         self.keys.entry(key.to_vec()).or_default().push(Version {
             mod_revision: writer.revision,
             sub: writer.events.len() as u32,
@@ -632,7 +835,7 @@ impl Store {
             responses.push(match op {
                 // Reads in a transaction see its earlier writes.
                 RequestOp::Range(r) if r.revision == 0 => {
-                    ResponseOp::Range(self.read_at(&r, writer.revision))
+                    ResponseOp::Range(self.read_at(&r, writer.revision, usize::MAX))
                 }
                 RequestOp::Range(r) => ResponseOp::Range(self.range(&r)?),
                 RequestOp::Put(p) => ResponseOp::Put(self.put(writer, p)?),
@@ -699,6 +902,9 @@ impl Store {
         });
         self.bytes -= freed;
         self.compacted = revision;
+        while self.changes.front().is_some_and(|c| c.revision <= revision) {
+            self.changes.pop_front();
+        }
         Ok(())
     }
 }
@@ -783,18 +989,7 @@ fn ranges_overlap(a: &KeyRange, b: &KeyRange) -> bool {
     !(before(&b0, &a1) || before(&a0, &b1))
 }
 
-/// The first key after every key starting with `prefix` (`None`: no such
-/// key, the prefix is all 0xff).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
+pub use crate::kv::prefix_end;
 
 /// The key-value visible at revision `at`, if the key existed then.
 fn visible(key: &[u8], versions: &[Version], at: u64) -> Option<KeyValue> {
@@ -811,6 +1006,34 @@ fn kv_of(key: &[u8], v: &Version) -> Option<KeyValue> {
         version: v.version,
         lease: v.lease,
     })
+}
+
+/// The watch event of `versions[i]` of `key`, with the version before it
+/// if `prev`.
+fn event_of(key: &[u8], versions: &[Version], i: usize, prev: bool) -> Event {
+    let v = &versions[i];
+    let prev_kv = match prev {
+        true => i.checked_sub(1).and_then(|p| kv_of(key, &versions[p])),
+        false => None,
+    };
+    match kv_of(key, v) {
+        Some(kv) => Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv,
+        },
+        None => Event {
+            kind: EventKind::Delete,
+            kv: tombstone_kv(key, v.mod_revision),
+            prev_kv,
+        },
+    }
+}
+
+/// What an event adds to an encoded delivery, at most.
+fn event_bytes(event: &Event) -> usize {
+    let kv = |kv: &KeyValue| crate::kv::encoded_kv_bytes(kv.key.len(), kv.value.len());
+    kv(&event.kv) + event.prev_kv.as_ref().map_or(0, kv)
 }
 
 fn tombstone_kv(key: &[u8], revision: u64) -> KeyValue {

@@ -61,7 +61,7 @@ use super::replication::{
     Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
     Recovered, Replica, SnapshotMeta,
 };
-use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
+use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchLimits, WatchRequest};
 use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
 
 /// A client request's id, chosen by the driver; replies carry it.
@@ -90,6 +90,8 @@ pub struct ServerConfig {
     /// entries and then forgets the log before it (0: never). Bounds the
     /// memory and disk the log holds and the time a restart replays.
     pub snapshot_entries: u64,
+    /// What catching up watchers may cost, and how long a reader may stall.
+    pub watch: WatchLimits,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +105,7 @@ impl Default for ServerConfig {
             checkpoint_every: 10_000,
             // etcd's --snapshot-count default (v3.6): 10,000 entries.
             snapshot_entries: 10_000,
+            watch: WatchLimits::default(),
         }
     }
 }
@@ -217,7 +220,10 @@ impl MachineState {
 
     /// Reads [`MachineState::encode`]'s bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(bytes)
+        let mut state: MachineState = postcard::from_bytes(bytes)?;
+        // The index of changes is derived, not stored: rebuild it.
+        state.store.index_changes();
+        Ok(state)
     }
 }
 
@@ -307,7 +313,7 @@ impl Server {
             digest: 0,
             digests: VecDeque::new(),
             diverged: None,
-            hub: WatchHub::default(),
+            hub: WatchHub::new(config.watch),
             leases: LeaseClock::default(),
             session_clock: LeaseClock::default(),
             applied: 0,
@@ -642,7 +648,10 @@ impl Server {
     }
 
     fn read(&self, request: &RangeRequest) -> Result<Reply, ServerError> {
-        let response = self.store.range(request)?;
+        // Paged by size: a large range comes back in several answers.
+        let response = self
+            .store
+            .range_page(request, crate::kv::RANGE_PAGE_BYTES)?;
         let revision = if request.revision == 0 {
             self.store.revision()
         } else {
@@ -757,6 +766,17 @@ impl Server {
         // Decided once, here, before proposing: never by each replica
         // against its own settings.
         check_limits(&command, &self.admission)?;
+        // Decided here, once, by the leader: never re-checked at apply.
+        if let Command::LeaseGrant { ttl_ms, .. } = command.inner() {
+            crate::kv::check_lease_ttl(*ttl_ms)?;
+        }
+        // An answer that could not be sent would leave the client unsure
+        // whether the write applied: refuse it before, not after.
+        let estimated = self.store.answer_bytes(&command);
+        let max = crate::kv::MAX_ANSWER_BYTES as u64;
+        if estimated > max {
+            return Err(KvError::AnswerTooLarge { estimated, max }.into());
+        }
         // Ids the leader picks are unique across leaders: the epoch in the
         // high bits.
         let mut fresh_id = || {
@@ -808,14 +828,20 @@ impl Server {
         self.hub.fall_behind(id, next_revision);
     }
 
-    /// Feeds watchers that are behind their next chunk of history.
-    pub fn catch_up_watchers(&mut self) {
-        for delivery in self.hub.catch_up(&self.store) {
+    /// Feeds watchers that are behind and whose stream is `ready` (took
+    /// what it was given) their next chunk of history, with bounded work
+    /// ([`WatchLimits`]); cancels those that stalled or whose history is
+    /// compacted. Returns the work done (changes of history looked at).
+    pub fn catch_up_watchers(&mut self, now: Instant, ready: impl FnMut(WatchId) -> bool) -> usize {
+        self.now = now;
+        let done = self.hub.catch_up(&self.store, now, ready);
+        for delivery in done.deliveries {
             self.outputs.push_back(ServerOutput::Watch(delivery));
         }
         while let Some(c) = self.hub.poll_cancelled() {
             self.outputs.push_back(ServerOutput::WatchCancelled(c));
         }
+        done.scanned
     }
 
     /// (watchers, of which behind).

@@ -11,6 +11,26 @@
 //!   from the store's history ([`WatchHub::catch_up`]) in bounded chunks
 //!   until it reaches the present and becomes synced again.
 //!
+//! Catching up costs bounded work, whatever the size of the history or the
+//! number of watchers: each [`WatchHub::catch_up`] call looks at no more
+//! than [`WatchLimits::scan_per_call`] changes and copies no more than
+//! [`WatchLimits::bytes_per_call`] bytes in all (whole revisions may
+//! exceed them by one), taking watchers in turn so none starves, and the
+//! store reads history by revision from an index
+//! ([`Store::history`]). A watcher gets its next chunk only when its
+//! stream has taken the previous one (the driver says which are `ready`),
+//! so a reader that stops reading holds at most one chunk on the node; if
+//! it takes nothing for [`WatchLimits::stall_timeout`] while behind, it is
+//! cancelled with [`KvError::WatchTooSlow`] and may watch again from the
+//! revision after the last one it received.
+//!
+//! ```text
+//!  Store::apply ─► on_applied ─► Delivery (synced watchers)
+//!  driver: stream full ─► fall_behind ─► unsynced
+//!  driver tick ─► catch_up(store, now, ready) ─► Delivery (unsynced, ready ones, bounded)
+//!                                            └─► poll_cancelled: Compacted / WatchTooSlow
+//! ```
+//!
 //! Events of one revision (a transaction) are never split across
 //! deliveries. A watcher whose next revision has been compacted away is
 //! cancelled with the compaction point, so the client knows to re-read.
@@ -37,14 +57,17 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::mvcc::Store;
+use super::mvcc::{HistoryLimits, Store};
 use crate::kv::{Event, EventKind, KvError};
 
 /// A watcher's id on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct WatchId(pub u64);
 
 pub use crate::kv::WatchRequest;
@@ -63,8 +86,52 @@ pub struct Delivery {
 pub struct Cancelled {
     /// The watcher.
     pub id: WatchId,
-    /// Why (today: its next revision was compacted).
+    /// Why: its next revision was compacted, or it stopped reading.
     pub reason: KvError,
+}
+
+/// How much catching up may cost, and how long a reader may stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchLimits {
+    /// Changes of history looked at per [`WatchHub::catch_up`] call, all
+    /// watchers together: the call's work. Default 10,000 (a few
+    /// milliseconds; the driver calls every 20 ms while a watcher is
+    /// behind, so writes go on between calls).
+    pub scan_per_call: usize,
+    /// Bytes of events copied per call, all watchers together. Default
+    /// 4 MiB.
+    pub bytes_per_call: usize,
+    /// Most events in one catch-up delivery. Default 1000.
+    pub events_per_delivery: usize,
+    /// Most bytes in one catch-up delivery: well under the transport's
+    /// 4 MiB frame. Default 1 MiB.
+    pub bytes_per_delivery: usize,
+    /// A watcher behind whose reader takes nothing for this long is
+    /// cancelled ([`KvError::WatchTooSlow`]). Default 30 s: long enough
+    /// for a reader busy with a burst, short enough that a reader that is
+    /// gone (or never reads) does not hold node resources for long.
+    pub stall_timeout: Duration,
+}
+
+impl Default for WatchLimits {
+    fn default() -> Self {
+        Self {
+            scan_per_call: 10_000,
+            bytes_per_call: 4 << 20,
+            events_per_delivery: 1000,
+            bytes_per_delivery: 1 << 20,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one [`WatchHub::catch_up`] call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Events for watchers, to hand to their streams.
+    pub deliveries: Vec<Delivery>,
+    /// Changes of history looked at: the call's work.
+    pub scanned: usize,
 }
 
 #[derive(Debug)]
@@ -73,6 +140,8 @@ struct Watcher {
     /// First revision not yet given to it.
     next: u64,
     synced: bool,
+    /// Since when it has been behind with a stream that took nothing.
+    stalled_since: Option<Instant>,
 }
 
 /// All watchers of a node. Fed the events of every applied command.
@@ -81,13 +150,20 @@ pub struct WatchHub {
     watchers: BTreeMap<WatchId, Watcher>,
     next_id: u64,
     cancelled: Vec<Cancelled>,
+    limits: WatchLimits,
+    /// The watcher a catch-up call served last: the next call starts after
+    /// it, so every watcher gets its turn.
+    turn: WatchId,
 }
 
 impl WatchHub {
-    /// Most events one [`WatchHub::catch_up`] gives a watcher (whole
-    /// revisions are never split, so a delivery may exceed it by one
-    /// transaction).
-    pub const CATCH_UP_CHUNK: usize = 1000;
+    /// A hub with these limits.
+    pub fn new(limits: WatchLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
 
     /// Adds a watcher. One that starts in the past is unsynced and gets its
     /// history through [`WatchHub::catch_up`].
@@ -105,6 +181,7 @@ impl WatchHub {
                 request,
                 next,
                 synced: next == now,
+                stalled_since: None,
             },
         );
         id
@@ -166,57 +243,89 @@ impl WatchHub {
         }
     }
 
-    /// Feeds every unsynced watcher its next chunk of history; one that
-    /// reaches the present becomes synced. A watcher whose next revision is
-    /// compacted is cancelled (see [`WatchHub::poll_cancelled`]).
-    pub fn catch_up(&mut self, store: &Store) -> Vec<Delivery> {
-        let mut deliveries = Vec::new();
+    /// Feeds unsynced watchers whose stream is `ready` (has taken what it
+    /// was given) their next chunk of history, in turn, within the call's
+    /// limits ([`WatchLimits`]); one that reaches the present becomes
+    /// synced. An unsynced watcher that has not been ready for
+    /// `stall_timeout`, or whose next revision is compacted, is cancelled
+    /// (see [`WatchHub::poll_cancelled`]).
+    pub fn catch_up(
+        &mut self,
+        store: &Store,
+        now: Instant,
+        mut ready: impl FnMut(WatchId) -> bool,
+    ) -> CatchUp {
+        let limits = self.limits;
+        let mut done = CatchUp::default();
+        let mut bytes_left = limits.bytes_per_call;
         let present = store.revision() + 1;
-        let mut compacted = Vec::new();
-        for (id, w) in &mut self.watchers {
-            if w.synced {
+        // Unsynced watchers, starting after the one served last.
+        let behind: Vec<WatchId> = {
+            use std::ops::Bound::{Excluded, Unbounded};
+            let unsynced = |(id, w): (&WatchId, &Watcher)| (!w.synced).then_some(*id);
+            let after = self.watchers.range((Excluded(self.turn), Unbounded));
+            let before = self.watchers.range(..=self.turn);
+            after.chain(before).filter_map(unsynced).collect()
+        };
+        for id in behind {
+            let Some(w) = self.watchers.get_mut(&id) else {
+                continue;
+            };
+            if !ready(id) {
+                // Its stream still holds what it was given: nothing more
+                // for it (no work, no memory) until it reads.
+                let since = *w.stalled_since.get_or_insert(now);
+                let stalled = now.saturating_duration_since(since);
+                if stalled >= limits.stall_timeout {
+                    self.cancelled.push(Cancelled {
+                        id,
+                        reason: KvError::WatchTooSlow {
+                            stalled_ms: stalled.as_millis() as u64,
+                        },
+                    });
+                }
                 continue;
             }
-            let history = match store.events_since(&w.request.range, w.next) {
+            w.stalled_since = None;
+            if done.scanned >= limits.scan_per_call || bytes_left == 0 {
+                // This call's work is done; it is first in line next time.
+                continue;
+            }
+            self.turn = id;
+            let chunk_limits = HistoryLimits {
+                max_scanned: limits.scan_per_call - done.scanned,
+                max_events: limits.events_per_delivery,
+                max_bytes: limits.bytes_per_delivery.min(bytes_left),
+            };
+            let prev_kv = w.request.prev_kv;
+            let history = match store.history(&w.request.range, w.next, chunk_limits, prev_kv) {
                 Ok(history) => history,
                 Err(reason) => {
-                    compacted.push(Cancelled { id: *id, reason });
+                    self.cancelled.push(Cancelled { id, reason });
                     continue;
                 }
             };
-            // Whole revisions, up to about one chunk.
-            let mut end = history.len();
-            if end > Self::CATCH_UP_CHUNK {
-                let cut = history[Self::CATCH_UP_CHUNK - 1].kv.mod_revision;
-                end = history
-                    .iter()
-                    .position(|e| e.kv.mod_revision > cut)
-                    .unwrap_or(history.len());
-            }
-            let complete = end == history.len();
-            let mine: Vec<Event> = history[..end]
-                .iter()
+            done.scanned += history.scanned;
+            let mine: Vec<Event> = history
+                .events
+                .into_iter()
                 .filter(|e| wanted(&w.request, e))
-                .map(|e| shaped(&w.request, e))
                 .collect();
-            if complete {
+            bytes_left = bytes_left.saturating_sub(mine.iter().map(event_bytes).sum());
+            if history.complete {
                 w.next = present;
                 w.synced = true;
             } else {
-                w.next = history[end].kv.mod_revision;
+                w.next = history.next;
             }
             if !mine.is_empty() {
-                deliveries.push(Delivery {
-                    id: *id,
-                    events: mine,
-                });
+                done.deliveries.push(Delivery { id, events: mine });
             }
         }
-        for c in &compacted {
+        for c in &self.cancelled {
             self.watchers.remove(&c.id);
         }
-        self.cancelled.extend(compacted);
-        deliveries
+        done
     }
 
     /// Watchers the hub ended, oldest first.
@@ -235,6 +344,12 @@ fn wanted(request: &WatchRequest, event: &Event) -> bool {
             EventKind::Put => !request.no_put,
             EventKind::Delete => !request.no_delete,
         }
+}
+
+/// What an event adds to a delivery, at most.
+fn event_bytes(event: &Event) -> usize {
+    let kv = |kv: &crate::kv::KeyValue| crate::kv::encoded_kv_bytes(kv.key.len(), kv.value.len());
+    kv(&event.kv) + event.prev_kv.as_ref().map_or(0, kv)
 }
 
 fn shaped(request: &WatchRequest, event: &Event) -> Event {

@@ -358,6 +358,66 @@ fn compaction_forgets_history_but_not_the_present() {
 }
 
 #[test]
+fn a_range_page_stops_at_its_byte_budget_and_the_next_page_continues_after_it() {
+    let mut s = Store::default();
+    let value = "v".repeat(1000);
+    for i in 0..10 {
+        s.apply(put(&format!("p/{i}"), &value));
+    }
+    s.apply(put("q", "outside"));
+    let all = KeyRange::Prefix(b"p/".to_vec());
+    // Three key-values fit in 3,201 bytes (each counts key + value + 64).
+    let page = s.range_page(&read(all.clone(), 0), 3201).unwrap();
+    assert_eq!(page.kvs.len(), 3);
+    assert!(page.more);
+    assert_eq!(page.count, 10);
+    // The next page starts after the last key and ends with the prefix.
+    let rest = read(all.after(&page.kvs[2].key), 0);
+    let page = s.range_page(&rest, usize::MAX).unwrap();
+    assert_eq!(page.kvs.len(), 7);
+    assert_eq!(page.kvs[0].key, b"p/3");
+    assert!(!page.more);
+    // However small the budget, a page holds one key (or paging stalls).
+    let page = s.range_page(&read(all.clone(), 0), 1).unwrap();
+    assert_eq!((page.kvs.len(), page.more), (1, true));
+    // keys_only pages count no values.
+    let keys_only = RangeRequest {
+        keys_only: true,
+        ..read(all, 0)
+    };
+    assert_eq!(s.range_page(&keys_only, 3200).unwrap().kvs.len(), 10);
+}
+
+#[test]
+fn the_leader_can_tell_how_large_a_writes_answer_would_be() {
+    let mut s = Store::default();
+    for i in 0..10 {
+        s.apply(put(&format!("p/{i}"), &"v".repeat(1000)));
+    }
+    let all = KeyRange::Prefix(b"p/".to_vec());
+    assert_eq!(s.answer_bytes(&delete(all.clone())), 10 * (3 + 1000 + 64));
+    assert_eq!(
+        s.answer_bytes(&Command::Delete(DeleteRequest {
+            range: all.clone(),
+            prev_kv: false
+        })),
+        0
+    );
+    let txn = Command::Txn(Txn {
+        success: vec![RequestOp::Range(RangeRequest {
+            limit: 2,
+            ..read(all.clone(), 0)
+        })],
+        failure: vec![RequestOp::Range(RangeRequest {
+            keys_only: true,
+            ..read(all, 0)
+        })],
+        ..Txn::default()
+    });
+    assert_eq!(s.answer_bytes(&txn), 2 * (3 + 1000 + 64));
+}
+
+#[test]
 fn prefix_end_is_the_first_key_after_the_prefix() {
     assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
     assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
@@ -443,6 +503,36 @@ proptest! {
             let expected: Vec<&Event> =
                 history.iter().filter(|(r, _)| *r >= start).map(|(_, e)| e).collect();
             prop_assert_eq!(replay.iter().collect::<Vec<_>>(), expected);
+            // Read in small chunks, any range gives the same, in whole
+            // revisions, each chunk's work bounded by its limits plus one
+            // revision.
+            let limits = HistoryLimits { max_scanned: 2, max_events: 1, max_bytes: 100 };
+            for range in [all.clone(), key("k1"), KeyRange::Range { start: b"k1".to_vec(), end: b"k4".to_vec() }] {
+                let mut chunked = Vec::new();
+                let mut next = start;
+                loop {
+                    let chunk = s.history(&range, next, limits, true).unwrap();
+                    // A revision here holds at most 6 changes (6 keys).
+                    prop_assert!(chunk.scanned <= limits.max_scanned + 6, "scanned {}", chunk.scanned);
+                    if let Some(last) = chunk.events.last() {
+                        prop_assert!(last.kv.mod_revision < chunk.next);
+                    }
+                    prop_assert!(chunk.next >= next);
+                    chunked.extend(chunk.events);
+                    if chunk.complete {
+                        prop_assert_eq!(chunk.next, s.revision() + 1);
+                        break;
+                    }
+                    prop_assert!(chunk.next > next, "no progress");
+                    next = chunk.next;
+                }
+                let expected: Vec<&Event> = history
+                    .iter()
+                    .filter(|(r, e)| *r >= start && range.contains(&e.kv.key))
+                    .map(|(_, e)| e)
+                    .collect();
+                prop_assert_eq!(chunked.iter().collect::<Vec<_>>(), expected);
+            }
         }
         prop_assert_eq!(Store::restore(&s.snapshot()).unwrap(), s);
     }

@@ -360,7 +360,7 @@ fn a_leader_fenced_by_a_newer_epoch_leaves_expired_leases_alone_instead_of_spinn
         1,
         ClientOp::Write(Command::LeaseGrant {
             id: LeaseId(0),
-            ttl_ms: 100,
+            ttl_ms: 1000,
         }),
     );
     assert!(net.reply(1).is_ok());
@@ -368,7 +368,7 @@ fn a_leader_fenced_by_a_newer_epoch_leaves_expired_leases_alone_instead_of_spinn
     // yet. Its lease expires meanwhile: the revoke cannot be proposed, and
     // the server must not ask to be woken again at once.
     net.servers[0].fence(2);
-    let later = net.now + Duration::from_millis(500);
+    let later = net.now + Duration::from_millis(1500);
     net.servers[0].handle_timeout(later);
     assert!(
         net.servers[0].poll_timeout().is_none_or(|t| t > later),
@@ -905,4 +905,90 @@ fn a_node_that_missed_compacted_history_catches_up_from_a_snapshot_with_its_sess
     );
     assert_eq!(net.reply(102), &first);
     assert_eq!(version(&mut net, 2, 103, "after"), 1);
+}
+
+#[test]
+fn the_leader_refuses_lease_ttls_out_of_range_before_proposing() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let session = open_session(&mut net, 0, 1, 60_000);
+    let grant = |ttl_ms| {
+        ClientOp::Write(Command::LeaseGrant {
+            id: LeaseId(0),
+            ttl_ms,
+        })
+    };
+    let year_ms = 365 * 24 * 3600 * 1000;
+    // 0 (etcd would grant its minimum; a lease that is gone at once is
+    // never what was meant), under a second, over a year, and the u64 that
+    // `kv grant 18446744073709552` used to wrap to 384 ms.
+    let mut id = 10;
+    for ttl_ms in [0, 999, year_ms + 1, u64::MAX] {
+        for op in [grant(ttl_ms), in_session(session, 1, 1, grant(ttl_ms))] {
+            id += 1;
+            let last = net.servers[0].replica().last_index();
+            net.request(0, id, op);
+            let err = match net.reply(id) {
+                Err(e) => e.to_string(),
+                Ok(granted) => panic!("ttl {ttl_ms} ms granted: {granted:?}"),
+            };
+            assert!(
+                err.contains("lease TTL") && err.contains("1 s") && err.contains("365 days"),
+                "{err}"
+            );
+            assert_eq!(net.servers[0].replica().last_index(), last, "proposed");
+        }
+    }
+    // The bounds themselves are granted.
+    for ttl_ms in [1000, year_ms] {
+        id += 1;
+        net.request(0, id, grant(ttl_ms));
+        assert!(
+            matches!(net.reply(id), Ok(Reply::LeaseGranted { ttl_ms: t, .. }) if *t == ttl_ms),
+            "{:?}",
+            net.reply(id)
+        );
+    }
+}
+
+#[test]
+fn the_leader_refuses_a_write_whose_answer_would_not_fit_before_proposing() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    let value = "v".repeat(400 * 1024);
+    for i in 0..10 {
+        net.request(0, i, put(&format!("big/{i}"), &value));
+        assert!(net.reply(i).is_ok());
+    }
+    let last = net.servers[0].replica().last_index();
+    let delete = ClientOp::Write(Command::Delete(crate::kv::DeleteRequest {
+        range: KeyRange::Prefix(b"big/".to_vec()),
+        prev_kv: true,
+    }));
+    net.request(0, 100, delete);
+    let err = match net.reply(100) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("applied instead of refused"),
+    };
+    assert!(err.contains("nothing was applied"), "{err}");
+    assert_eq!(net.servers[0].replica().last_index(), last, "proposed");
+    // Reads are paged instead: the first page stops near 2 MiB.
+    net.request(
+        0,
+        101,
+        ClientOp::Read {
+            request: RangeRequest {
+                range: KeyRange::Prefix(b"big/".to_vec()),
+                revision: 0,
+                limit: 0,
+                keys_only: false,
+                count_only: false,
+            },
+            linearizable: true,
+        },
+    );
+    let Ok(Reply::Range(page, _)) = net.reply(101) else {
+        panic!("{:?}", net.reply(101))
+    };
+    assert_eq!((page.kvs.len(), page.more, page.count), (5, true, 10));
 }
