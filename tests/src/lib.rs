@@ -8,6 +8,7 @@
 
 pub mod election;
 pub mod events;
+pub mod fuzz;
 pub mod local;
 pub mod replication;
 pub mod sim;

@@ -106,7 +106,9 @@ pub enum Command {
         seq: u64,
         /// The client was answered for every write numbered below this.
         acked: u64,
-        /// The write (not itself a session command).
+        /// The write (not itself a session command). Decoding refuses more
+        /// than 16 levels of nesting.
+        #[serde(deserialize_with = "crate::nesting::boxed")]
         command: Box<Command>,
     },
 }
