@@ -505,9 +505,47 @@ impl Store {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// A store from [`Store::snapshot`] bytes.
+    /// A store from [`Store::snapshot`] bytes. Bytes that decode but break
+    /// the store's invariants (a corrupt or forged snapshot) are refused as
+    /// undecodable ones are, so a restored store never panics when used.
     pub fn restore(bytes: &[u8]) -> Result<Store, postcard::Error> {
-        postcard::from_bytes(bytes)
+        let store: Store = postcard::from_bytes(bytes)?;
+        match store.consistent() {
+            true => Ok(store),
+            false => Err(postcard::Error::SerdeDeCustom),
+        }
+    }
+
+    /// Whether the fields agree with each other as [`Store::apply`] keeps
+    /// them: revisions in range and in order, the byte count exact.
+    fn consistent(&self) -> bool {
+        if self.compacted > self.revision || self.revision == u64::MAX {
+            return false;
+        }
+        let mut bytes = 0u64;
+        for (key, versions) in &self.keys {
+            if versions.is_empty() {
+                return false;
+            }
+            let mut previous = None;
+            for v in versions {
+                let at = (v.mod_revision, v.sub);
+                if previous.is_some_and(|p| p >= at)
+                    || v.mod_revision > self.revision
+                    || v.create_revision > v.mod_revision
+                    || v.version > self.revision
+                {
+                    return false;
+                }
+                previous = Some(at);
+                let size = key.len() as u64 + v.value.as_ref().map_or(0, |x| x.len() as u64);
+                let Some(sum) = bytes.checked_add(size) else {
+                    return false;
+                };
+                bytes = sum;
+            }
+        }
+        bytes == self.bytes
     }
 
     fn keys_in<'a>(
