@@ -164,7 +164,12 @@ impl Client {
         self
     }
 
+    /// Sends a (non key-value) request to the endpoints in turn. Only a
+    /// read, or a failure that proves nothing was processed, moves on to
+    /// the next endpoint: publishing an event twice through two nodes would
+    /// deliver it twice.
     async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let idempotent = matches!(request, Request::Topology);
         let mut last = None;
         for (index, addr) in self.shared.order() {
             match self.shared.channel.request(addr, &request).await {
@@ -173,9 +178,15 @@ impl Client {
                     self.shared.current.store(index, Ordering::Relaxed);
                     return Ok(response);
                 }
-                Err(e) => {
+                Err(e) if idempotent || e.nothing_processed() => {
                     self.shared.suspect(addr);
                     last = Some(e)
+                }
+                Err(e) => {
+                    self.shared.suspect(addr);
+                    return Err(ClientError::Kv(KvFailure::Unknown(format!(
+                        "the connection to {addr} failed after the request was sent: {e}"
+                    ))));
                 }
             }
         }

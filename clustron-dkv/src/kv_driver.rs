@@ -178,7 +178,11 @@ impl Kv {
             me.clone(),
             voters.clone(),
             [],
-            Recovered { epoch, entries },
+            Recovered {
+                epoch,
+                snapshot: Default::default(),
+                entries,
+            },
             Instant::now(),
         )?;
         let (commands, command_rx) = mpsc::channel(1024);
@@ -603,6 +607,13 @@ impl Driver {
                     });
                 }
                 ServerOutput::Log(LogOutput::Committed { .. }) => {}
+                // This driver never compacts its log (snapshots are not
+                // wired into it yet), so no replica is ever asked to pull
+                // one and no install resets the log.
+                ServerOutput::Log(LogOutput::PullSnapshot { from, index }) => {
+                    tracing::warn!(%from, index, "a peer asks this node to pull a snapshot, which this version cannot do");
+                }
+                ServerOutput::Log(LogOutput::ResetLog { .. }) => {}
                 ServerOutput::Reply { id, result } => {
                     if let Some(tx) = self.pending.remove(&id) {
                         let _ = tx.send(result);

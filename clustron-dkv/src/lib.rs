@@ -106,4 +106,6 @@ pub mod proto;
 #[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "server")]
+pub mod snapshot;
+#[cfg(feature = "server")]
 pub mod wal;

@@ -1,7 +1,9 @@
 //! Workspace integration, simulation and fault tests for Clustron.
 //!
 //! The library part holds helpers shared by the test files in `tests/tests/`:
-//! the workspace layering rules, read from `cargo metadata`.
+//! the workspace layering rules, read from `cargo metadata`, and
+//! [`linearizability`], a checker for key-value histories recorded by clients
+//! (simulated or real processes).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -9,6 +11,7 @@
 pub mod election;
 pub mod events;
 pub mod fuzz;
+pub mod linearizability;
 pub mod local;
 pub mod replication;
 pub mod sim;

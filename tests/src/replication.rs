@@ -367,6 +367,11 @@ impl DkvNode {
                         self.reported_commit = upto;
                     }
                     LogOutput::Summary(bytes) => self.election.set_summary(bytes),
+                    // These nodes never compact their logs, so nobody is
+                    // ever told to pull a snapshot.
+                    LogOutput::PullSnapshot { .. } | LogOutput::ResetLog { .. } => {
+                        panic!("{} got a snapshot output without compaction", self.me)
+                    }
                     LogOutput::CannotLead { epoch } => {
                         // Not leading any more is fine: nothing to hand over.
                         let _ = self.election.step_down(now);

@@ -46,5 +46,5 @@ pub mod watch;
 
 pub use replication::{
     Config, ConfigError, Entry, EntryKind, Message, Output, ProposeError, Recovered, Replica,
-    Summary,
+    SnapshotMeta, Summary,
 };

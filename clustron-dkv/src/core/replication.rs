@@ -100,6 +100,19 @@ impl Entry {
     }
 }
 
+/// The point a snapshot of the state machine covers: every entry up to
+/// `index` (whose epoch was `epoch`) is in it, and the log continues after
+/// it. `(0, 0)` for none.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct SnapshotMeta {
+    /// The last log index the snapshot covers.
+    pub index: u64,
+    /// That entry's epoch.
+    pub epoch: u64,
+}
+
 /// The position of a log's last entry, as the election's grants carry it
 /// (rule 2). Ordered by `(last_epoch, last_index)`: the greater is the more
 /// up-to-date log.
@@ -183,6 +196,14 @@ pub enum Message {
         /// Last index wanted (the voter's summary).
         upto: u64,
     },
+    /// Leader → replica (or source → fetching leader): "the entries you
+    /// need are compacted into my snapshot at `index`: pull it".
+    SnapshotNeeded {
+        /// The sender's view of the epoch (the leader's, or the fetch's).
+        epoch: u64,
+        /// The index the sender's snapshot covers.
+        index: u64,
+    },
     /// Answer to [`Message::Fetch`].
     FetchReply {
         /// The epoch of the fetch.
@@ -204,6 +225,7 @@ impl Message {
             | Self::Ack { epoch, .. }
             | Self::Nack { epoch, .. }
             | Self::Fetch { epoch, .. }
+            | Self::SnapshotNeeded { epoch, .. }
             | Self::FetchReply { epoch, .. } => *epoch,
         }
     }
@@ -242,6 +264,24 @@ pub enum Output {
     /// The durable log's [`Summary`] changed: pass these bytes to the
     /// election's `set_summary` so the next grants carry them.
     Summary(Vec<u8>),
+    /// The entries this node needs are compacted at `from`: fetch its
+    /// newest snapshot (covering at least `index`), restore the state
+    /// machine from it, make it durable, then call
+    /// [`Replica::install_snapshot`]. Asked again after
+    /// [`Config::snapshot_retry`] until installed.
+    PullSnapshot {
+        /// Who has it.
+        from: SocketAddr,
+        /// The least index it must cover.
+        index: u64,
+    },
+    /// A snapshot was installed: the stored log must now continue after
+    /// `base` (discard every stored entry); the entries to keep follow as
+    /// an [`Output::Append`].
+    ResetLog {
+        /// The snapshot the log continues after.
+        base: SnapshotMeta,
+    },
     /// This new leader could not fetch the up-to-date log from the voter
     /// that has it for [`Config::fetch_timeout`] (it may be down): the driver
     /// should step the election down, so another leader (or this one, with
@@ -257,7 +297,11 @@ pub enum Output {
 pub struct Recovered {
     /// The last epoch saved with [`Output::SaveEpoch`] (0 if none).
     pub epoch: u64,
-    /// The stored entries, consecutive from index 1.
+    /// The newest durable snapshot (the state machine is restored from it
+    /// by the caller).
+    pub snapshot: SnapshotMeta,
+    /// The stored entries after the snapshot, consecutive from
+    /// `snapshot.index + 1` (entries at or below it are skipped).
     pub entries: Vec<Entry>,
 }
 
@@ -341,6 +385,8 @@ pub struct Config {
     pub fetch_timeout: Duration,
     /// Largest payload [`Replica::propose`] accepts, in bytes.
     pub max_payload_len: usize,
+    /// A snapshot pull not installed after this long is asked for again.
+    pub snapshot_retry: Duration,
 }
 
 impl Default for Config {
@@ -365,7 +411,9 @@ impl Config {
     ///   (a few ms), so it fires on loss, not on slowness;
     /// - fetch timeout 1 s: ten fetch retries; the voter with the up-to-date
     ///   log is then presumed down (election failover is ~0.6 s);
-    /// - payloads up to 512 KiB.
+    /// - payloads up to 512 KiB;
+    /// - a snapshot pull asked again after 5 s (a transfer that has not
+    ///   finished by then has most likely failed).
     pub fn lan() -> Self {
         Self {
             max_batch_entries: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
@@ -375,6 +423,7 @@ impl Config {
             retransmit_timeout: Duration::from_millis(100),
             fetch_timeout: Duration::from_secs(1),
             max_payload_len: 512 << 10,
+            snapshot_retry: Duration::from_secs(5),
         }
     }
 
@@ -390,6 +439,7 @@ impl Config {
             ("heartbeat_interval", self.heartbeat_interval),
             ("retransmit_timeout", self.retransmit_timeout),
             ("fetch_timeout", self.fetch_timeout),
+            ("snapshot_retry", self.snapshot_retry),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { name });
@@ -459,8 +509,15 @@ pub struct Replica {
     me: NodeName,
     voters: BTreeMap<NodeName, SocketAddr>,
     learners: BTreeMap<NodeName, SocketAddr>,
-    /// Entry `i` is at `log[i - 1]`.
+    /// What the newest snapshot covers: the log continues after it.
+    base: SnapshotMeta,
+    /// Entry `i` is at `log[i - base.index - 1]`.
     log: Vec<Entry>,
+    /// A snapshot pull asked for: (index, when).
+    pulling: Option<(u64, Instant)>,
+    /// The stored log must be reset to continue after `base` at the next
+    /// flush (a snapshot was installed).
+    reset_pending: bool,
     /// The newest epoch seen: the fence (rule 1).
     epoch: u64,
     saved_epoch: u64,
@@ -496,28 +553,38 @@ impl Replica {
         recovered: Recovered,
         now: Instant,
     ) -> Self {
-        let mut log = recovered.entries;
+        let base = recovered.snapshot;
+        let mut log: Vec<Entry> = recovered
+            .entries
+            .into_iter()
+            .filter(|e| e.index > base.index)
+            .collect();
         let gap = log
             .iter()
             .enumerate()
-            .position(|(i, e)| e.index != i as u64 + 1);
+            .position(|(i, e)| e.index != base.index + i as u64 + 1);
         if let Some(gap) = gap {
             log.truncate(gap);
         }
-        let last = log.len() as u64;
+        let last = base.index + log.len() as u64;
         let epoch = recovered
             .epoch
+            .max(base.epoch)
             .max(log.last().map(|e| e.epoch).unwrap_or(0));
         Self {
             config,
             me,
             voters: voters.into_iter().collect(),
             learners: learners.into_iter().collect(),
+            base,
             log,
+            pulling: None,
+            reset_pending: false,
             epoch,
             saved_epoch: recovered.epoch,
-            commit: 0,
-            reported_commit: 0,
+            // What a snapshot covers was committed.
+            commit: base.index,
+            reported_commit: base.index,
             persisted_last: last,
             dirty_from: None,
             reported_summary: None,
@@ -571,30 +638,105 @@ impl Replica {
     /// The index of the last entry in memory (durable once the pending
     /// outputs are performed).
     pub fn last_index(&self) -> u64 {
-        self.log.len() as u64
+        self.base.index + self.log.len() as u64
     }
 
-    /// The entry at `index`, if present.
+    /// What the newest snapshot covers: entries up to it are no longer in
+    /// the log.
+    pub fn snapshot(&self) -> SnapshotMeta {
+        self.base
+    }
+
+    /// The entry at `index`, if present (not compacted into the snapshot).
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         index
-            .checked_sub(1)
+            .checked_sub(self.base.index + 1)
             .and_then(|i| self.log.get(usize::try_from(i).ok()?))
     }
 
     /// The entries from `from` to `to`, both included, as far as present.
     pub fn entries(&self, from: u64, to: u64) -> &[Entry] {
-        let len = self.log.len();
-        let start = (from.max(1) - 1).min(len as u64) as usize;
-        let end = to.min(len as u64) as usize;
+        let len = self.log.len() as u64;
+        let start = from.max(self.base.index + 1) - self.base.index - 1;
+        let start = start.min(len) as usize;
+        let end = to.saturating_sub(self.base.index).min(len) as usize;
         self.log.get(start..end.max(start)).unwrap_or(&[])
+    }
+
+    /// Bytes of payload held in memory (what is not yet compacted).
+    pub fn log_bytes(&self) -> usize {
+        self.log.iter().map(Entry::size).sum()
     }
 
     /// The summary of the current log.
     pub fn summary(&self) -> Summary {
         Summary {
-            last_epoch: self.log.last().map(|e| e.epoch).unwrap_or(0),
+            last_epoch: self.log.last().map_or(self.base.epoch, |e| e.epoch),
             last_index: self.last_index(),
         }
+    }
+
+    // ----- snapshots ----------------------------------------------------------
+
+    /// The state machine's snapshot covering every entry up to `upto` is
+    /// durable: drop those entries from memory. Only committed, durable
+    /// entries can be compacted; a larger `upto` is capped. Replicas that
+    /// still need them will be told to pull the snapshot.
+    pub fn compact(&mut self, upto: u64) {
+        let upto = upto.min(self.commit).min(self.persisted_last);
+        if upto <= self.base.index {
+            return;
+        }
+        let epoch = self.epoch_at(upto);
+        let drop = (upto - self.base.index) as usize;
+        self.log.drain(..drop.min(self.log.len()));
+        self.base = SnapshotMeta { index: upto, epoch };
+    }
+
+    /// A snapshot covering `meta` was pulled, the state machine restored
+    /// from it and the snapshot made durable: the log now continues after
+    /// it. Entries after it are kept if the log agrees with it at
+    /// `meta.index`, else dropped. Returns false (changing nothing) when the
+    /// snapshot is not ahead of what this replica has committed.
+    pub fn install_snapshot(&mut self, now: Instant, meta: SnapshotMeta) -> bool {
+        self.now = now;
+        if meta.index <= self.commit || meta.index <= self.base.index {
+            return false;
+        }
+        let keep: Vec<Entry> = match self.entry(meta.index) {
+            Some(e) if e.epoch == meta.epoch => self.entries(meta.index + 1, u64::MAX).to_vec(),
+            _ => Vec::new(),
+        };
+        self.base = meta;
+        self.log = keep;
+        self.raise_epoch(meta.epoch);
+        self.commit = meta.index;
+        self.reported_commit = meta.index;
+        self.pulling = None;
+        self.reset_pending = true;
+        self.dirty_from = None;
+        match &mut self.role {
+            Role::Follower {
+                leader, matched, ..
+            } => {
+                // The snapshot came from the leader and holds committed
+                // entries only: they match its log.
+                *matched = (*matched).max(meta.index);
+                if let Some((_, addr)) = leader {
+                    self.pending_ack = Some(*addr);
+                }
+            }
+            Role::Fetching {
+                next_from,
+                retry_at,
+                ..
+            } => {
+                *next_from = (*next_from).max(meta.index + 1);
+                *retry_at = now;
+            }
+            Role::Leader { .. } => {}
+        }
+        true
     }
 
     // ----- commands from the election --------------------------------------
@@ -832,6 +974,7 @@ impl Replica {
                 entries,
                 last_index,
             } => self.on_fetch_reply(from, epoch, from_index, entries, last_index),
+            Message::SnapshotNeeded { epoch, index } => self.on_snapshot_needed(from, epoch, index),
         }
     }
 
@@ -868,10 +1011,11 @@ impl Replica {
             *matched = 0;
         }
         *known = Some((leader, from));
-        let prev_ok = prev_index == 0
+        // At or below the snapshot everything is committed, so it matches
+        // any leader's log.
+        let prev_ok = prev_index <= self.base.index
             || self
-                .log
-                .get(prev_index as usize - 1)
+                .entry(prev_index)
                 .is_some_and(|e| e.epoch == prev_epoch);
         if !prev_ok {
             let hint = self.backup_hint(prev_index);
@@ -925,6 +1069,12 @@ impl Replica {
 
     fn on_fetch(&mut self, from: SocketAddr, epoch: u64, from_index: u64, upto: u64) {
         if epoch < self.epoch || from_index == 0 {
+            return;
+        }
+        if from_index <= self.base.index {
+            let index = self.base.index;
+            self.pending_sends
+                .push((from, Message::SnapshotNeeded { epoch, index }));
             return;
         }
         let last_index = upto.min(self.last_index());
@@ -991,6 +1141,52 @@ impl Replica {
         }
     }
 
+    /// A leader (or the source of a fetch) says the entries we need are in
+    /// its snapshot.
+    fn on_snapshot_needed(&mut self, from: SocketAddr, epoch: u64, index: u64) {
+        if epoch < self.epoch || index <= self.commit {
+            return;
+        }
+        match &mut self.role {
+            Role::Fetching {
+                epoch: fetching,
+                source,
+                ..
+            } if *fetching == epoch && *source == from => {}
+            Role::Follower {
+                leader: known,
+                epoch: followed,
+                matched,
+            } => {
+                let Some(leader) = self
+                    .voters
+                    .iter()
+                    .find(|(_, &a)| a == from)
+                    .map(|(n, _)| n.clone())
+                else {
+                    return;
+                };
+                if leader == self.me {
+                    return;
+                }
+                if *followed != epoch {
+                    *followed = epoch;
+                    *matched = 0;
+                }
+                *known = Some((leader, from));
+                self.raise_epoch(epoch);
+            }
+            _ => return,
+        }
+        let due = self
+            .pulling
+            .is_none_or(|(i, at)| i < index || self.now >= at + self.config.snapshot_retry);
+        if due {
+            self.pulling = Some((index, self.now));
+            self.outputs.push_back(Output::PullSnapshot { from, index });
+        }
+    }
+
     // ----- internals ---------------------------------------------------------
 
     fn raise_epoch(&mut self, epoch: u64) {
@@ -1040,7 +1236,9 @@ impl Replica {
     }
 
     fn truncate_from(&mut self, index: u64) {
-        self.log.truncate(index as usize - 1);
+        // Never at or below the snapshot: that is all committed.
+        let index = index.max(self.base.index + 1);
+        self.log.truncate((index - self.base.index - 1) as usize);
         self.mark_dirty(index);
     }
 
@@ -1052,6 +1250,9 @@ impl Replica {
         for entry in entries {
             let index = entry.index;
             debug_assert!(index >= first);
+            if index <= self.base.index {
+                continue; // in our snapshot already
+            }
             if let Some(mine) = self.entry(index) {
                 if mine.epoch == entry.epoch {
                     continue;
@@ -1128,11 +1329,21 @@ impl Replica {
             self.outputs.push_back(Output::SaveEpoch(self.epoch));
             wrote = true;
         }
+        if self.reset_pending {
+            self.reset_pending = false;
+            self.outputs.push_back(Output::ResetLog { base: self.base });
+            if !self.log.is_empty() {
+                self.outputs.push_back(Output::Append(self.log.clone()));
+            }
+            self.persisted_last = self.last_index();
+            self.dirty_from = None;
+            wrote = true;
+        }
         if let Some(from) = self.dirty_from.take() {
             if from <= self.persisted_last {
                 self.outputs.push_back(Output::Truncate { from });
             }
-            let start = (from - 1) as usize;
+            let start = (from - self.base.index - 1) as usize;
             if let Some(new) = self.log.get(start..).filter(|n| !n.is_empty()) {
                 self.outputs.push_back(Output::Append(new.to_vec()));
             }
@@ -1240,6 +1451,17 @@ impl Replica {
         for (name, p) in peers {
             let mut p = p.clone();
             let mut sent = false;
+            // What it needs next is compacted: it must pull the snapshot
+            // (asked at the heartbeat's pace until it acks past it).
+            if p.next <= self.base.index {
+                if p.last_send.is_none_or(|t| now >= t + heartbeat) {
+                    let index = self.base.index;
+                    sends.push((p.addr, Message::SnapshotNeeded { epoch, index }));
+                    p.last_send = Some(now);
+                    updated.push((name.clone(), p));
+                }
+                continue;
+            }
             while p.next <= last {
                 let inflight = (p.next - 1).saturating_sub(p.matched.max(p.assumed));
                 if inflight >= window {
@@ -1296,6 +1518,9 @@ impl Replica {
     }
 
     fn epoch_at(&self, index: u64) -> u64 {
+        if index == self.base.index {
+            return self.base.epoch;
+        }
         self.entry(index).map(|e| e.epoch).unwrap_or(0)
     }
 }

@@ -59,7 +59,7 @@ use super::leases::LeaseClock;
 use super::mvcc::{check_limits, Command, Limits, Outcome, Store};
 use super::replication::{
     Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
-    Recovered, Replica,
+    Recovered, Replica, SnapshotMeta,
 };
 use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchRequest};
 use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
@@ -192,6 +192,29 @@ pub enum ServerOutput {
     WatchCancelled(Cancelled),
 }
 
+/// The state machine as a snapshot holds it: the store (with its sessions)
+/// and the digest of every change that made it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MachineState {
+    /// The digest at the snapshot's index (see [`Server::digest`]).
+    pub digest: u32,
+    /// The store.
+    pub store: Store,
+}
+
+impl MachineState {
+    /// The bytes of a snapshot file's state.
+    pub fn encode(&self) -> Vec<u8> {
+        // Invariant: plain data; postcard cannot fail on it.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Reads [`MachineState::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
 /// A replica whose state differs from the leader's at the same log index:
 /// they applied the same entries differently. The node must not serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,6 +331,64 @@ impl Server {
     /// Highest log index applied.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    // ----- snapshots -------------------------------------------------------
+
+    /// The state machine at the applied index, and what it covers: a
+    /// consistent copy taken between two inputs, to serialise and write
+    /// elsewhere while this server goes on.
+    pub fn snapshot(&self) -> (SnapshotMeta, MachineState) {
+        let base = self.replica.snapshot();
+        let epoch = match self.replica.entry(self.applied) {
+            Some(entry) => entry.epoch,
+            None => base.epoch,
+        };
+        let meta = SnapshotMeta {
+            index: self.applied,
+            epoch,
+        };
+        let state = MachineState {
+            digest: self.digest,
+            store: self.store.clone(),
+        };
+        (meta, state)
+    }
+
+    /// A snapshot covering `upto` is durable: the log forgets the entries it
+    /// covers (only committed and applied ones).
+    pub fn compact_log(&mut self, upto: u64) {
+        self.replica.compact(upto.min(self.applied));
+    }
+
+    /// At start, before any input: the state machine is `state`, restored
+    /// from the snapshot the [`Recovered`] log continues after.
+    pub fn restore(&mut self, state: MachineState) {
+        self.store = state.store;
+        self.digest = state.digest;
+        self.applied = self.replica.snapshot().index;
+    }
+
+    /// A snapshot covering `meta`, pulled from a peer after
+    /// [`LogOutput::PullSnapshot`], is durable: the state machine becomes
+    /// `state` and the log continues after it. False (nothing changed) if
+    /// it is not ahead of what this node has committed.
+    pub fn install_snapshot(
+        &mut self,
+        now: Instant,
+        meta: SnapshotMeta,
+        state: MachineState,
+    ) -> bool {
+        self.now = now;
+        if meta.index <= self.applied || !self.replica.install_snapshot(now, meta) {
+            return false;
+        }
+        self.store = state.store;
+        self.digest = state.digest;
+        self.applied = meta.index;
+        self.digests.clear();
+        self.hub.fall_behind_all();
+        true
     }
 
     /// A digest (CRC-32) of every change applied so far, in order: replicas

@@ -157,6 +157,15 @@ impl WatchHub {
         }
     }
 
+    /// The store was replaced by a snapshot: every watcher is fed from the
+    /// new store's history from its next revision (or cancelled if that is
+    /// compacted there).
+    pub fn fall_behind_all(&mut self) {
+        for w in self.watchers.values_mut() {
+            w.synced = false;
+        }
+    }
+
     /// Feeds every unsynced watcher its next chunk of history; one that
     /// reaches the present becomes synced. A watcher whose next revision is
     /// compacted is cancelled (see [`WatchHub::poll_cancelled`]).

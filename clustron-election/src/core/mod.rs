@@ -385,7 +385,8 @@ impl Core {
 
     /// Replaces the membership view: the live members (this node may be
     /// left out). A leader that leaves the view is forgotten (its lease is
-    /// still enforced by the voters).
+    /// still enforced by the voters); one followed on its announcements
+    /// while not in the view is kept until they stop.
     pub fn set_view(&mut self, now: Instant, live: Vec<Peer>) {
         let mut view = BTreeMap::new();
         for peer in live {
@@ -394,7 +395,7 @@ impl Core {
             }
             view.insert(peer.name.clone(), Seen { peer });
         }
-        self.view = view;
+        let old_view = std::mem::replace(&mut self.view, view);
         if !self.has_view {
             // Listen for one renewal interval before campaigning, so a node
             // that (re)starts next to a leader hears it first.
@@ -403,10 +404,11 @@ impl Core {
         }
         let view = &self.view;
         self.silent.retain(|name| view.contains_key(name));
-        let gone = self
-            .leader
-            .as_ref()
-            .is_some_and(|k| k.name != self.me && !self.view.contains_key(&k.name));
+        // Forgotten when it leaves the view; one followed while not (yet)
+        // in it lasts until its announcements stop.
+        let gone = self.leader.as_ref().is_some_and(|k| {
+            k.name != self.me && old_view.contains_key(&k.name) && !self.view.contains_key(&k.name)
+        });
         if gone {
             self.forget_leader();
         }
@@ -717,9 +719,10 @@ impl Core {
         {
             return; // it released this epoch already
         }
-        if !self.view.contains_key(&leader) {
-            return; // not live in our view: do not cling to it
-        }
+        // A leader that membership still counts dead (this node was cut off
+        // and its view has not healed yet) is followed all the same: its
+        // announcement proves it alive now, the epoch fences old ones out,
+        // and the leader is forgotten again if its announcements stop.
         self.silent.remove(&leader);
         self.leader_epoch = epoch;
         self.epoch_seen = self.epoch_seen.max(epoch);

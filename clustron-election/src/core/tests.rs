@@ -79,6 +79,32 @@ fn settle(cores: &mut [Core], now: Instant) -> Vec<(usize, Output)> {
     }
 }
 
+/// As [`settle`], but only nodes in `live` can reach each other; what the
+/// others send is lost.
+fn settle_among(cores: &mut [Core], now: Instant, live: &[usize]) -> Vec<(usize, Output)> {
+    let mut others = Vec::new();
+    loop {
+        let mut sends = Vec::new();
+        for (i, core) in cores.iter_mut().enumerate() {
+            for output in drain(core) {
+                match output {
+                    Output::Send { to, msg } => sends.push((i, to, msg)),
+                    other => others.push((i, other)),
+                }
+            }
+        }
+        if sends.is_empty() {
+            return others;
+        }
+        for (from, to, msg) in sends {
+            let to = index(to);
+            if to < cores.len() && live.contains(&from) && live.contains(&to) {
+                cores[to].handle_message(now, addr(from), msg);
+            }
+        }
+    }
+}
+
 /// Lets the first-view listening period pass, then settles at that time.
 fn elect(cores: &mut [Core], now: Instant) -> (Instant, Vec<(usize, Output)>) {
     let t = now + Config::lan().renew_interval;
@@ -418,4 +444,49 @@ fn bad_bytes_never_panic_the_decoder() {
         chosen: false,
     };
     assert_eq!(Message::decode(&msg.encode()).unwrap(), msg);
+}
+
+#[test]
+fn a_healed_node_whose_view_still_counts_the_leader_dead_follows_its_announcements() {
+    // The outside check: a leader cut off in a minority knew no leader for
+    // 24 s after the partition healed, until membership's reconnect brought
+    // the others back into its view. An announcement that arrives proves
+    // its sender alive; fencing by epoch keeps old ones out.
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    let (t, _) = elect(&mut cores, now);
+    assert_eq!(cores[1].leader().map(|(n, _)| n), Some(name(0)));
+    // n1 is cut off: its view loses everyone, and n2 (with n3) takes over.
+    cores[0].set_view(t, peers(&[]));
+    for i in [1, 2] {
+        cores[i].set_view(t, peers(&[1, 2]));
+    }
+    let mut later = t;
+    for _ in 0..40 {
+        later += Duration::from_millis(100);
+        for c in cores.iter_mut() {
+            c.handle_timeout(later);
+        }
+        settle_among(&mut cores, later, &[1, 2]);
+    }
+    let (new_leader, epoch) = cores[2].leader().unwrap();
+    assert_eq!(new_leader, name(1));
+    assert_eq!(cores[1].leader(), Some((new_leader, epoch)));
+    assert_eq!(cores[0].leader(), None);
+    // The partition heals; n1's membership view has not caught up yet. The
+    // next announcement of n2 reaches it.
+    for _ in 0..10 {
+        later += Duration::from_millis(100);
+        for c in cores.iter_mut() {
+            c.handle_timeout(later);
+        }
+        settle(&mut cores, later);
+    }
+    let known = cores[0].leader();
+    assert!(known.is_some(), "the healed node knows no leader");
+    assert_eq!(known, cores[2].leader());
+    assert!(known.is_some_and(|(_, e)| e >= epoch));
 }

@@ -67,6 +67,7 @@ fn replica(i: usize, n: usize, log: Vec<Entry>, now: Instant) -> Replica {
         Recovered {
             epoch,
             entries: log,
+            ..Recovered::default()
         },
         now,
     );
@@ -298,7 +299,7 @@ fn the_fence_survives_a_restart_through_the_saved_epoch() {
         [],
         Recovered {
             epoch: 3,
-            entries: vec![],
+            ..Recovered::default()
         },
         now,
     );
@@ -542,5 +543,188 @@ fn the_default_config_is_valid_and_a_window_below_a_batch_is_not() {
             inflight: 1,
             batch: 256
         })
+    );
+}
+
+/// Three replicas on a hand-driven network: messages are delivered at once
+/// between nodes that are not cut off, storage writes are dropped (every
+/// node is durable at once), and a pull of a snapshot takes the source's
+/// snapshot point as it is now, standing for a transfer that worked.
+struct Cluster {
+    nodes: Vec<Replica>,
+    cut: Vec<bool>,
+    now: Instant,
+    /// (puller, from, index) of every pull asked for.
+    pulls: Vec<(usize, usize, u64)>,
+    /// Storage resets seen: (node, base).
+    resets: Vec<(usize, SnapshotMeta)>,
+}
+
+impl Cluster {
+    fn new(logs: [Vec<Entry>; 3]) -> Self {
+        let now = Instant::now();
+        let nodes = logs
+            .into_iter()
+            .enumerate()
+            .map(|(i, log)| replica(i, 3, log, now))
+            .collect();
+        Self {
+            nodes,
+            cut: vec![false; 3],
+            now,
+            pulls: Vec::new(),
+            resets: Vec::new(),
+        }
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..200 {
+            let mut moved = false;
+            for i in 0..3 {
+                while let Some(output) = self.nodes[i].poll_output() {
+                    moved = true;
+                    match output {
+                        Output::Send { to, msg } => {
+                            let to = index_of(to);
+                            if !self.cut[i] && !self.cut[to] {
+                                let now = self.now;
+                                self.nodes[to].handle_message(now, addr(i), msg);
+                            }
+                        }
+                        Output::PullSnapshot { from, index } => {
+                            let from = index_of(from);
+                            self.pulls.push((i, from, index));
+                            if !self.cut[i] && !self.cut[from] {
+                                let meta = self.nodes[from].snapshot();
+                                assert!(meta.index >= index, "the source's snapshot is older");
+                                let now = self.now;
+                                assert!(self.nodes[i].install_snapshot(now, meta));
+                            }
+                        }
+                        Output::ResetLog { base } => self.resets.push((i, base)),
+                        _ => {}
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("never settled");
+    }
+
+    fn tick(&mut self, by: Duration) {
+        self.now += by;
+        let now = self.now;
+        for n in &mut self.nodes {
+            n.handle_timeout(now);
+        }
+        self.settle();
+    }
+}
+
+fn index_of(to: SocketAddr) -> usize {
+    (0..3).find(|i| addr(*i) == to).unwrap()
+}
+
+#[test]
+fn a_follower_behind_the_leaders_snapshot_pulls_it_and_continues_from_the_tail() {
+    let mut c = Cluster::new([vec![], vec![], vec![]]);
+    c.cut[2] = true;
+    let now = c.now;
+    c.nodes[0].become_leader(now, 1, vec![]);
+    c.nodes[1].follow(now, name(0), addr(0), 1);
+    c.settle();
+    for _ in 0..10 {
+        c.nodes[0].propose(now, b"x".to_vec()).unwrap();
+    }
+    c.settle();
+    assert_eq!(c.nodes[0].commit_index(), 11);
+    // The leader snapshotted up to 8: entries 1..=8 leave its memory.
+    c.nodes[0].compact(8);
+    assert_eq!(c.nodes[0].snapshot(), SnapshotMeta { index: 8, epoch: 1 });
+    assert_eq!(c.nodes[0].entry(8), None);
+    assert_eq!(c.nodes[0].entries(1, 11).len(), 3);
+    // n3 comes back with nothing: it is told to pull the snapshot, installs
+    // it, and gets the tail by appends.
+    c.cut[2] = false;
+    c.nodes[2].follow(now, name(0), addr(0), 1);
+    c.tick(Duration::from_millis(100));
+    c.tick(Duration::from_millis(100));
+    assert_eq!(c.pulls, vec![(2, 0, 8)]);
+    assert_eq!(c.resets, vec![(2, SnapshotMeta { index: 8, epoch: 1 })]);
+    assert_eq!(c.nodes[2].snapshot().index, 8);
+    assert_eq!(c.nodes[2].last_index(), 11);
+    assert_eq!(c.nodes[2].commit_index(), 11);
+    assert_eq!(c.nodes[2].entries(9, 11), c.nodes[0].entries(9, 11));
+    // A second install of an older or equal snapshot changes nothing.
+    let meta = c.nodes[0].snapshot();
+    assert!(!c.nodes[2].install_snapshot(now, meta));
+}
+
+#[test]
+fn a_new_leader_fetching_from_a_voter_whose_log_is_compacted_pulls_its_snapshot() {
+    let long: Vec<Entry> = (1..=10).map(|i| entry(1, i)).collect();
+    let mut c = Cluster::new([long.clone()[..2].to_vec(), long.clone(), long[..2].to_vec()]);
+    // n2 had all ten committed (as a leader of epoch 1 would) and compacted
+    // to 8.
+    c.nodes[1].commit = 10;
+    c.nodes[1].compact(8);
+    let now = c.now;
+    let summaries = (0..3)
+        .map(|i| (name(i), c.nodes[i].summary().encode()))
+        .collect();
+    c.nodes[1].fence(2);
+    c.nodes[2].fence(2);
+    c.nodes[0].become_leader(now, 2, summaries);
+    c.nodes[1].follow(now, name(0), addr(0), 2);
+    c.nodes[2].follow(now, name(0), addr(0), 2);
+    c.settle();
+    c.tick(Duration::from_millis(100));
+    assert_eq!(c.pulls.first(), Some(&(0, 1, 8)));
+    assert_eq!(c.nodes[0].leading(), Some(2));
+    assert_eq!(c.nodes[0].snapshot().index, 8);
+    // It fetched 9 and 10 after the snapshot, then its own no-op at 11,
+    // committed with a majority.
+    assert_eq!(c.nodes[0].entries(9, 10), &long[8..10]);
+    assert_eq!(c.nodes[0].last_index(), 11);
+    assert_eq!(c.nodes[0].commit_index(), 11);
+}
+
+#[test]
+fn a_replica_restarts_from_its_snapshot_and_the_log_after_it() {
+    let now = Instant::now();
+    let tail: Vec<Entry> = (5..=7).map(|i| entry(2, i)).collect();
+    let mut r = Replica::new(
+        Config::lan(),
+        name(1),
+        voters(3),
+        [],
+        Recovered {
+            epoch: 2,
+            snapshot: SnapshotMeta { index: 4, epoch: 1 },
+            // A stale entry at or below the snapshot is skipped.
+            entries: [vec![entry(1, 4)], tail.clone()].concat(),
+        },
+        now,
+    );
+    assert_eq!(r.snapshot().index, 4);
+    assert_eq!(r.commit_index(), 4);
+    assert_eq!(r.last_index(), 7);
+    assert_eq!(r.entries(1, 7), &tail[..]);
+    assert_eq!(
+        r.summary(),
+        Summary {
+            last_epoch: 2,
+            last_index: 7
+        }
+    );
+    drain(&mut r);
+    // An append whose previous entry is the snapshot's is accepted.
+    r.handle_message(now, addr(0), append(2, (4, 1), tail.clone(), 6));
+    let outputs = drain(&mut r);
+    assert!(
+        outputs.contains(&Output::Committed { upto: 6 }),
+        "{outputs:?}"
     );
 }

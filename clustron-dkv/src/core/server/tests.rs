@@ -116,6 +116,17 @@ impl Net {
                             }
                         }
                         ServerOutput::Log(LogOutput::Sync) => self.trace[i].push((true, None)),
+                        ServerOutput::Log(LogOutput::PullSnapshot { from, .. }) => {
+                            // A transfer that works: the source's state as
+                            // it is now, through its bytes.
+                            let from = self.addrs.iter().position(|a| *a == from).unwrap();
+                            if !self.cut[i] && !self.cut[from] {
+                                let (meta, state) = self.servers[from].snapshot();
+                                let state = MachineState::decode(&state.encode()).unwrap();
+                                let now = self.now;
+                                assert!(self.servers[i].install_snapshot(now, meta, state));
+                            }
+                        }
                         ServerOutput::Log(_) => {}
                         ServerOutput::Reply { id, result } => {
                             self.trace[i].push((false, Some(id)));
@@ -782,6 +793,7 @@ fn a_restarted_node_refuses_serializable_reads_until_it_has_learned_what_is_comm
     let recovered = Recovered {
         epoch: 1,
         entries: log,
+        ..Recovered::default()
     };
     let now = net.now;
     net.servers[1] = Server::new(
@@ -806,4 +818,65 @@ fn a_restarted_node_refuses_serializable_reads_until_it_has_learned_what_is_comm
     net.advance(Duration::from_millis(100));
     net.request(1, 4, get("k", false));
     assert_eq!(value(net.reply(4)), Some(b"v".to_vec()));
+}
+
+#[test]
+fn a_node_that_missed_compacted_history_catches_up_from_a_snapshot_with_its_sessions() {
+    let mut net = Net::new();
+    net.cut[2] = true;
+    net.elect(0, 1);
+    let session = open_session(&mut net, 0, 1, 60_000);
+    for i in 0..20u64 {
+        net.request(
+            0,
+            10 + i,
+            in_session(
+                session,
+                i + 1,
+                i + 1,
+                put(&format!("k{}", i % 5), &format!("v{i}")),
+            ),
+        );
+        assert!(net.reply(10 + i).is_ok());
+    }
+    // The leader and n2 snapshot and forget their logs.
+    for node in 0..2 {
+        let (meta, _) = net.servers[node].snapshot();
+        net.servers[node].compact_log(meta.index);
+        assert_eq!(net.servers[node].replica().snapshot(), meta);
+    }
+    // n3 returns: it pulls a snapshot, then follows the tail.
+    net.cut[2] = false;
+    let (name, addr) = (net.names[0].clone(), net.addrs[0]);
+    let now = net.now;
+    net.servers[2].fence(1);
+    net.servers[2].follow(now, name, addr, 1);
+    net.request(
+        0,
+        100,
+        in_session(session, 21, 21, put("after", "snapshot")),
+    );
+    for _ in 0..3 {
+        net.advance(Duration::from_millis(100));
+    }
+    assert!(
+        net.servers[2].replica().snapshot().index > 0,
+        "n3 never installed a snapshot"
+    );
+    assert_eq!(net.servers[2].applied(), net.servers[0].applied());
+    assert_eq!(net.servers[2].store(), net.servers[0].store());
+    assert_eq!(net.servers[2].digest(), net.servers[0].digest());
+    net.request(2, 101, get("after", false));
+    assert_eq!(value(net.reply(101)), Some(b"snapshot".to_vec()));
+    // The sessions came with it: n3, leading, answers a retry of write 21
+    // with its first result instead of applying it again.
+    net.elect(2, 2);
+    let first = net.reply(100).clone();
+    net.request(
+        2,
+        102,
+        in_session(session, 21, 21, put("after", "snapshot")),
+    );
+    assert_eq!(net.reply(102), &first);
+    assert_eq!(version(&mut net, 2, 103, "after"), 1);
 }

@@ -1,0 +1,360 @@
+//! Snapshot files: the state machine at a log index, written atomically and
+//! checked when read.
+//!
+//! A snapshot lets the log forget what it covers: the node restarts from
+//! the newest valid snapshot plus the log after it, and a replica too far
+//! behind pulls a snapshot instead of entries that are gone.
+//!
+//! # Format
+//!
+//! `snapshot-<index as 20 digits>.snap`, in the snapshot folder:
+//!
+//! ```text
+//! magic "CLSNAP\0\0" | version u8 = 1 | index u64 | epoch u64 | length u64 | CRC-32 u32 | state (length bytes)
+//! ```
+//!
+//! (integers little-endian; the CRC covers the header fields before it and
+//! the state.)
+//!
+//! # Rules
+//!
+//! - **Atomic**: written to a temporary file, fsynced, renamed into place,
+//!   and the folder fsynced; a crash leaves the old snapshot or the new one,
+//!   never a mix. Temporary files left by a crash are removed at open.
+//! - **Checked**: a snapshot whose header or CRC does not match is never
+//!   used silently. The newest valid one is used and the damaged one is
+//!   named in the result (the caller logs it); if none is valid but some
+//!   exist, opening fails with the file and what to do.
+//! - **Kept**: the newest [`KEEP`] snapshots stay, so a damaged newest one
+//!   leaves an older one to start from.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::core::SnapshotMeta;
+
+/// File magic.
+const MAGIC: &[u8; 8] = b"CLSNAP\0\0";
+/// Format version.
+const VERSION: u8 = 1;
+/// Header length: magic, version, index, epoch, length, CRC.
+pub const HEADER_LEN: usize = 8 + 1 + 8 + 8 + 8 + 4;
+/// How many snapshots are kept.
+pub const KEEP: usize = 2;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The file system failed.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A snapshot file is damaged or not one of ours.
+    #[error("snapshot {path} is damaged: {why}; restore this node's data from its peers (remove its data folder and let it rejoin)")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// A snapshot read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// What it covers.
+    pub meta: SnapshotMeta,
+    /// The state machine's bytes.
+    pub state: Vec<u8>,
+    /// Newer snapshot files that were damaged and skipped, with why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The snapshot folder of one node.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+}
+
+impl Snapshots {
+    /// The folder `dir`, created if missing; leftover temporary files of an
+    /// interrupted write are removed.
+    pub fn open(dir: &Path) -> Result<Self, SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Snapshot files, newest (highest index) first.
+    fn files(&self) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let index = name
+                .strip_prefix("snapshot-")
+                .and_then(|rest| rest.strip_suffix(".snap"))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            if let Some(index) = index {
+                files.push((index, path));
+            }
+        }
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
+        Ok(files)
+    }
+
+    /// Writes a snapshot of `state` covering `meta` durably, then removes
+    /// all but the newest [`KEEP`].
+    pub fn save(&self, meta: SnapshotMeta, state: &[u8]) -> Result<PathBuf, SnapshotError> {
+        let path = self.dir.join(format!("snapshot-{:020}.snap", meta.index));
+        let tmp = path.with_extension("tmp");
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io { path, source }
+        };
+        let mut file = File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(&header(meta, state)).map_err(io(&tmp))?;
+        file.write_all(state).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        for (_, old) in self.files()?.into_iter().skip(KEEP) {
+            let _ = fs::remove_file(old);
+        }
+        Ok(path)
+    }
+
+    /// The newest valid snapshot, if any. Damaged newer ones are skipped
+    /// and reported in [`Loaded::skipped`]; if snapshots exist and none is
+    /// valid, fails with the newest one's damage.
+    pub fn load(&self) -> Result<Option<Loaded>, SnapshotError> {
+        let mut skipped = Vec::new();
+        let mut first_error = None;
+        for (_, path) in self.files()? {
+            match read_file(&path) {
+                Ok((meta, state)) => {
+                    return Ok(Some(Loaded {
+                        meta,
+                        state,
+                        skipped,
+                    }))
+                }
+                Err(SnapshotError::Damaged { path, why }) => {
+                    skipped.push((path.clone(), why.clone()));
+                    first_error.get_or_insert(SnapshotError::Damaged { path, why });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// The path of the newest snapshot file and what it covers, without
+    /// reading its state (for sending it to a peer).
+    pub fn newest(&self) -> Result<Option<(SnapshotMeta, PathBuf)>, SnapshotError> {
+        for (_, path) in self.files()? {
+            let mut head = [0u8; HEADER_LEN];
+            let read = File::open(&path).and_then(|mut f| f.read_exact(&mut head));
+            if read.is_ok() {
+                if let Ok((meta, _, _)) = parse_header(&head) {
+                    return Ok(Some((meta, path)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The header of a snapshot of `state` covering `meta`.
+pub fn header(meta: SnapshotMeta, state: &[u8]) -> [u8; HEADER_LEN] {
+    let mut head = [0u8; HEADER_LEN];
+    head[..8].copy_from_slice(MAGIC);
+    head[8] = VERSION;
+    head[9..17].copy_from_slice(&meta.index.to_le_bytes());
+    head[17..25].copy_from_slice(&meta.epoch.to_le_bytes());
+    head[25..33].copy_from_slice(&(state.len() as u64).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[..33]);
+    crc.update(state);
+    head[33..37].copy_from_slice(&crc.finalize().to_le_bytes());
+    head
+}
+
+/// Reads a header: (meta, state length, CRC). Checks magic and version.
+pub fn parse_header(head: &[u8]) -> Result<(SnapshotMeta, u64, u32), String> {
+    if head.len() < HEADER_LEN {
+        return Err(format!("{} bytes, shorter than a header", head.len()));
+    }
+    if &head[..8] != MAGIC {
+        return Err("not a snapshot file (bad magic)".into());
+    }
+    if head[8] != VERSION {
+        return Err(format!("unknown snapshot format version {}", head[8]));
+    }
+    let u64_at = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&head[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&head[33..37]);
+    Ok((
+        SnapshotMeta {
+            index: u64_at(9),
+            epoch: u64_at(17),
+        },
+        u64_at(25),
+        u32::from_le_bytes(crc),
+    ))
+}
+
+/// Checks a whole snapshot (header then state) in memory, as received from
+/// a peer or read from disk: (meta, state).
+pub fn decode(bytes: &[u8]) -> Result<(SnapshotMeta, &[u8]), String> {
+    let (meta, len, crc) = parse_header(bytes)?;
+    let state = &bytes[HEADER_LEN..];
+    if state.len() as u64 != len {
+        return Err(format!(
+            "state of {} bytes where the header says {len}",
+            state.len()
+        ));
+    }
+    let mut check = crc32fast::Hasher::new();
+    check.update(&bytes[..33]);
+    check.update(state);
+    if check.finalize() != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok((meta, state))
+}
+
+fn read_file(path: &Path) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
+    let bytes = fs::read(path).map_err(|source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let damaged = |why: String| SnapshotError::Damaged {
+        path: path.to_owned(),
+        why,
+    };
+    let (meta, state) = decode(&bytes).map_err(damaged)?;
+    let expected = format!("snapshot-{:020}.snap", meta.index);
+    if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
+        return Err(damaged(format!(
+            "covers index {} but is named otherwise",
+            meta.index
+        )));
+    }
+    Ok((meta, state.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { index, epoch: 3 }
+    }
+
+    #[test]
+    fn a_saved_snapshot_loads_back_and_only_the_newest_two_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(dir.path()).unwrap();
+        assert_eq!(snaps.load().unwrap(), None);
+        for i in 1..=4u64 {
+            snaps.save(meta(i * 10), &[i as u8; 100]).unwrap();
+        }
+        let loaded = snaps.load().unwrap().unwrap();
+        assert_eq!(loaded.meta, meta(40));
+        assert_eq!(loaded.state, vec![4u8; 100]);
+        assert_eq!(snaps.files().unwrap().len(), KEEP);
+        assert_eq!(snaps.newest().unwrap().unwrap().0, meta(40));
+    }
+
+    #[test]
+    fn a_damaged_newest_snapshot_is_skipped_and_named_and_all_damaged_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(dir.path()).unwrap();
+        snaps.save(meta(10), b"older state").unwrap();
+        let newest = snaps.save(meta(20), b"newer state").unwrap();
+        let mut bytes = fs::read(&newest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&newest, &bytes).unwrap();
+        let loaded = snaps.load().unwrap().unwrap();
+        assert_eq!(loaded.meta, meta(10));
+        assert_eq!(loaded.skipped.len(), 1);
+        assert!(loaded.skipped[0].1.contains("checksum"));
+        // Every snapshot damaged: refuse, naming the file, never start
+        // from nothing.
+        let older = dir.path().join(format!("snapshot-{:020}.snap", 10));
+        fs::write(&older, b"CLSNAP\0\0garbage").unwrap();
+        match snaps.load() {
+            Err(SnapshotError::Damaged { path, .. }) => assert_eq!(path, newest),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_temporary_file_of_an_interrupted_write_is_removed_and_never_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("snapshot-00000000000000000050.tmp"),
+            b"half",
+        )
+        .unwrap();
+        let snaps = Snapshots::open(dir.path()).unwrap();
+        assert_eq!(snaps.load().unwrap(), None);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn any_bytes_decode_to_a_snapshot_or_an_error_never_a_panic() {
+        let good = [header(meta(7), b"abc").as_slice(), b"abc"].concat();
+        assert_eq!(decode(&good), Ok((meta(7), b"abc".as_slice())));
+        let mut state = 0x9e37_79b9_u64;
+        for len in 0..200usize {
+            let mut bytes = good.clone();
+            bytes.truncate(len.min(good.len()));
+            for _ in 0..len % 7 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if !bytes.is_empty() {
+                    let at = (state as usize) % bytes.len();
+                    bytes[at] ^= (state >> 32) as u8 | 1;
+                }
+            }
+            let _ = decode(&bytes);
+        }
+    }
+}
