@@ -216,7 +216,11 @@ struct Lease {
 }
 
 /// The multi-version store. [`Store::apply`] is the only way to change it.
+///
+/// Decoding (a snapshot from the disk or a peer) refuses bytes whose fields
+/// disagree with each other, so a decoded store never panics when used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "StoreFields")]
 pub struct Store {
     revision: u64,
     compacted: u64,
@@ -228,6 +232,39 @@ pub struct Store {
     bytes: u64,
     /// Client sessions and their remembered results.
     sessions: Sessions,
+}
+
+/// A [`Store`] as encoded (the same fields in the same order), before its
+/// invariants are checked.
+#[derive(Deserialize)]
+struct StoreFields {
+    revision: u64,
+    compacted: u64,
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    leases: BTreeMap<LeaseId, Lease>,
+    limits: Limits,
+    bytes: u64,
+    sessions: Sessions,
+}
+
+impl TryFrom<StoreFields> for Store {
+    type Error = &'static str;
+
+    fn try_from(f: StoreFields) -> Result<Self, Self::Error> {
+        let store = Store {
+            revision: f.revision,
+            compacted: f.compacted,
+            keys: f.keys,
+            leases: f.leases,
+            limits: f.limits,
+            bytes: f.bytes,
+            sessions: f.sessions,
+        };
+        match store.consistent() {
+            true => Ok(store),
+            false => Err("a store whose revisions or byte count disagree"),
+        }
+    }
 }
 
 /// A write transaction in progress: the revision it will take and the
@@ -509,11 +546,7 @@ impl Store {
     /// the store's invariants (a corrupt or forged snapshot) are refused as
     /// undecodable ones are, so a restored store never panics when used.
     pub fn restore(bytes: &[u8]) -> Result<Store, postcard::Error> {
-        let store: Store = postcard::from_bytes(bytes)?;
-        match store.consistent() {
-            true => Ok(store),
-            false => Err(postcard::Error::SerdeDeCustom),
-        }
+        postcard::from_bytes(bytes)
     }
 
     /// Whether the fields agree with each other as [`Store::apply`] keeps

@@ -321,7 +321,11 @@ pub fn entries(rng: &mut Rng, prev: u64, max: usize) -> Vec<Entry> {
 /// A replication message.
 pub fn replication_message(rng: &mut Rng) -> ReplicationMessage {
     let epoch = u64_any(rng);
-    match rng.u8(..5) {
+    match rng.u8(..6) {
+        5 => ReplicationMessage::SnapshotNeeded {
+            epoch,
+            index: u64_any(rng),
+        },
         0 => {
             let prev_index = rng.u64(..100);
             ReplicationMessage::Append {

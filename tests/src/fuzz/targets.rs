@@ -11,10 +11,14 @@ use std::path::Path;
 use clustron_dkv::access::Access;
 use clustron_dkv::config::{FileConfig, NodeConfig};
 use clustron_dkv::core::mvcc::{check_limits, Command, Limits, Store};
-use clustron_dkv::core::replication::{Entry, Message as ReplicationMessage, Summary};
+use clustron_dkv::core::replication::{
+    Entry, Message as ReplicationMessage, SnapshotMeta, Summary,
+};
+use clustron_dkv::core::server::MachineState;
 use clustron_dkv::kv::{KeyRange, KvFailure, KvReply, KvRequest, PutRequest, RangeRequest};
 use clustron_dkv::kv_driver::OpenStore;
 use clustron_dkv::proto::{Request, Response, StreamItem, StreamRequest};
+use clustron_dkv::snapshot::{self, SnapshotError, Snapshots};
 use clustron_dkv::wal::{Wal, WalError, WalOptions};
 use clustron_election::{FileStorage, Persisted, Promise, Storage, VoterRecord};
 use clustron_transport::frame::{self, Status, StreamKind};
@@ -179,6 +183,16 @@ pub fn all() -> Vec<Target> {
             name: "any_bytes_as_a_store_snapshot_restore_a_usable_store_or_are_refused",
             check: snapshot,
             valid: valid_snapshot,
+        },
+        Target {
+            name: "any_snapshot_folder_loads_its_newest_valid_snapshot_or_is_refused_as_damaged",
+            check: snapshot_folder,
+            valid: valid_snapshot_folder,
+        },
+        Target {
+            name: "any_bytes_as_a_pulled_snapshot_decode_to_a_usable_machine_state_or_are_refused",
+            check: pulled_snapshot,
+            valid: valid_pulled_snapshot,
         },
         Target {
             name: "any_bytes_as_a_config_file_load_as_written_or_are_refused_with_a_reason",
@@ -777,9 +791,15 @@ fn epoch_file(scratch: &mut Scratch, data: &[u8]) {
 // ---- store snapshot ----
 
 fn snapshot(_: &mut Scratch, data: &[u8]) {
-    let Ok(mut store) = Store::restore(data) else {
+    let Ok(store) = Store::restore(data) else {
         return;
     };
+    use_store(store, data.len() as u64);
+}
+
+/// Checks that a decoded store snapshots to itself and can be read,
+/// written and compacted.
+fn use_store(mut store: Store, seed: u64) {
     let again = Store::restore(&store.snapshot()).expect("a restored store snapshots");
     assert_eq!(again, store, "a restored store changed through a snapshot");
     let everything = RangeRequest {
@@ -794,7 +814,7 @@ fn snapshot(_: &mut Scratch, data: &[u8]) {
         &KeyRange::Prefix(Vec::new()),
         store.compacted().saturating_add(1),
     );
-    let mut rng = Rng::with_seed(data.len() as u64);
+    let mut rng = Rng::with_seed(seed);
     for _ in 0..4 {
         store.apply(gen::command(&mut rng));
     }
@@ -804,10 +824,7 @@ fn snapshot(_: &mut Scratch, data: &[u8]) {
 }
 
 fn valid_snapshot(_: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
-    let mut store = Store::new(small_limits());
-    for _ in 0..rng.usize(..30) {
-        store.apply(gen::command(rng));
-    }
+    let store = random_store(rng);
     let bytes = store.snapshot();
     assert_eq!(
         Store::restore(&bytes).expect("a snapshot restores"),
@@ -815,6 +832,130 @@ fn valid_snapshot(_: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
         "a snapshot did not round-trip"
     );
     bytes
+}
+
+/// A random store, as a replica builds one by applying commands.
+fn random_store(rng: &mut Rng) -> Store {
+    let mut store = Store::new(small_limits());
+    for _ in 0..rng.usize(..30) {
+        store.apply(gen::command(rng));
+    }
+    store
+}
+
+/// The input as snapshot files: `count u8`, then per file
+/// `index u64 LE | length u32 LE | bytes` (as [`split_wal_input`]).
+fn snapshot_folder(scratch: &mut Scratch, data: &[u8]) {
+    let dir = scratch.fresh_dir();
+    let files = split_wal_input(data);
+    for (index, bytes) in &files {
+        write(&dir.join(format!("snapshot-{index:020}.snap")), bytes);
+    }
+    let snapshots = Snapshots::open(&dir).expect("opens a folder");
+    match snapshots.load() {
+        Ok(None) => assert!(files.is_empty(), "snapshot files were ignored"),
+        Ok(Some(loaded)) => {
+            let again = snapshot::header(loaded.meta, &loaded.state);
+            let (index, bytes) = files
+                .iter()
+                .rev()
+                .find(|(index, _)| *index == loaded.meta.index)
+                .expect("the loaded snapshot is one of the files");
+            assert_eq!(*index, loaded.meta.index, "named for its index");
+            assert_eq!(&bytes[..snapshot::HEADER_LEN], again, "header re-encodes");
+            assert_eq!(&bytes[snapshot::HEADER_LEN..], loaded.state);
+        }
+        Err(SnapshotError::Damaged { .. }) => {}
+        Err(other) => panic!("a bad snapshot must be reported damaged, got {other}"),
+    }
+}
+
+fn valid_snapshot_folder(scratch: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
+    let dir = scratch.fresh_dir();
+    let snapshots = Snapshots::open(&dir).expect("opens a folder");
+    let mut newest = None;
+    for k in 0..rng.usize(1..4) {
+        let meta = SnapshotMeta {
+            index: 10 * (k as u64 + 1) + rng.u64(..10),
+            epoch: rng.u64(1..5),
+        };
+        let state = MachineState {
+            digest: rng.u32(..),
+            store: random_store(rng),
+        }
+        .encode();
+        snapshots.save(meta, &state).expect("saves");
+        newest = Some((meta, state));
+    }
+    let loaded = snapshots.load().expect("loads").expect("has one");
+    let (meta, state) = newest.expect("saved one");
+    assert_eq!((loaded.meta, &loaded.state), (meta, &state));
+    let mut files: Vec<(u64, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("lists")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            let index = name.strip_prefix("snapshot-")?.strip_suffix(".snap")?;
+            Some((index.parse().ok()?, std::fs::read(&path).ok()?))
+        })
+        .collect();
+    files.sort();
+    let mut data = vec![files.len() as u8];
+    for (index, bytes) in files {
+        data.extend_from_slice(&index.to_le_bytes());
+        data.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        data.extend_from_slice(&bytes);
+    }
+    data
+}
+
+/// A snapshot as a replica receives it from a peer: checked with
+/// `snapshot::decode`, its state decoded with `MachineState::decode`. The
+/// CRC proves nothing about a peer's intent, so the state part is also
+/// decoded behind a correct header, as a well-framed hostile snapshot.
+fn pulled_snapshot(_: &mut Scratch, data: &[u8]) {
+    if let Ok((meta, state)) = snapshot::decode(data) {
+        assert_eq!(snapshot::header(meta, state), data[..snapshot::HEADER_LEN]);
+    }
+    let state = data.get(snapshot::HEADER_LEN..).unwrap_or_default();
+    let meta = SnapshotMeta {
+        index: data.len() as u64,
+        epoch: 1,
+    };
+    let mut framed = snapshot::header(meta, state).to_vec();
+    framed.extend_from_slice(state);
+    let (decoded_meta, decoded_state) =
+        snapshot::decode(&framed).expect("a snapshot framed by `header` checks");
+    assert_eq!((decoded_meta, decoded_state), (meta, state));
+    let Ok(machine) = MachineState::decode(state) else {
+        return;
+    };
+    assert_eq!(
+        MachineState::decode(&machine.encode()).ok().as_ref(),
+        Some(&machine)
+    );
+    use_store(machine.store, meta.index);
+}
+
+fn valid_pulled_snapshot(_: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
+    let machine = MachineState {
+        digest: rng.u32(..),
+        store: random_store(rng),
+    };
+    let meta = SnapshotMeta {
+        index: gen::u64_any(rng),
+        epoch: gen::u64_any(rng),
+    };
+    let state = machine.encode();
+    let mut data = snapshot::header(meta, &state).to_vec();
+    data.extend_from_slice(&state);
+    let (decoded_meta, decoded_state) = snapshot::decode(&data).expect("a valid snapshot");
+    assert_eq!((decoded_meta, decoded_state), (meta, &state[..]));
+    assert_eq!(
+        MachineState::decode(decoded_state).expect("a valid state"),
+        machine
+    );
+    data
 }
 
 // ---- configuration ----
