@@ -180,6 +180,9 @@ impl Wal {
         let mut recovered = Recovered::default();
         let mut segments = Vec::new();
         let count = names.len();
+        // The segment before: its first index and how many entries it held.
+        // The next one must start right after, also when it held none.
+        let mut previous: Option<(u64, usize)> = None;
         for (k, (first_index, path)) in names.into_iter().enumerate() {
             let last = k + 1 == count;
             if first_index == 0 {
@@ -189,8 +192,8 @@ impl Wal {
                     reason: "segment named for index 0 (indices start at 1)".into(),
                 });
             }
-            let expected = match recovered.entries.last() {
-                Some(e) => e.index.checked_add(1),
+            let expected = match previous {
+                Some((first, held)) => first.checked_add(held as u64),
                 None => Some(first_index),
             };
             if expected != Some(first_index) {
@@ -205,6 +208,7 @@ impl Wal {
             }
             let (segment, torn) = read_segment(&path, first_index, last, &options, &mut recovered)?;
             recovered.torn_tail_bytes += torn;
+            previous = Some((first_index, segment.offsets.len()));
             segments.push(segment);
         }
         if segments.is_empty() {

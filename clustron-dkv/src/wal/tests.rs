@@ -439,3 +439,23 @@ fn a_log_at_the_last_u64_index_opens_and_refuses_more_entries() {
         Err(WalError::Corrupt { .. })
     ));
 }
+
+/// Found by `fuzz/` (libFuzzer): an empty segment followed by one named
+/// further on opened as a log whose first index claimed entries it did not
+/// have. Only the last segment may be empty; the next segment must start
+/// where the previous one ended.
+#[test]
+fn an_empty_segment_followed_by_a_later_one_is_a_gap_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(segment_path(dir.path(), 1), segment_bytes(&[])).unwrap();
+    std::fs::write(
+        segment_path(dir.path(), 5),
+        segment_bytes(&[record(1, 5, b"x")]),
+    )
+    .unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { reason, .. } if reason.contains("expected 1")),
+        "{err}"
+    );
+}
