@@ -600,6 +600,8 @@ pub enum KvRequest {
         /// so the node may forget those answers.
         acked: u64,
         /// The write (put, delete, transaction, lease grant or revoke).
+        /// Decoding refuses more than 16 levels of nesting.
+        #[serde(deserialize_with = "crate::nesting::boxed")]
         request: Box<KvRequest>,
     },
 }

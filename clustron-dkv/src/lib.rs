@@ -101,6 +101,7 @@ pub mod core;
 pub mod kv;
 #[cfg(feature = "server")]
 pub mod kv_driver;
+mod nesting;
 #[cfg(feature = "server")]
 pub mod node;
 pub mod proto;

@@ -150,7 +150,9 @@ struct Segment {
 
 impl Segment {
     fn last_index(&self) -> u64 {
-        self.first_index + self.offsets.len() as u64 - 1
+        // Invariant: first_index >= 1 (Wal::open refuses 0), and the
+        // entries' indices fit in a u64 (read_segment checks).
+        self.first_index - 1 + self.offsets.len() as u64
     }
 }
 
@@ -186,14 +188,26 @@ impl Wal {
         let mut recovered = Recovered::default();
         let mut segments = Vec::new();
         let count = names.len();
+        // The segment before: its first index and how many entries it held.
+        // The next one must start right after, also when it held none.
+        let mut previous: Option<(u64, usize)> = None;
         for (k, (first_index, path)) in names.into_iter().enumerate() {
             let last = k + 1 == count;
-            let expected = recovered
-                .entries
-                .last()
-                .map(|e| e.index + 1)
-                .unwrap_or(first_index);
-            if first_index != expected {
+            if first_index == 0 {
+                return Err(WalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "segment named for index 0 (indices start at 1)".into(),
+                });
+            }
+            let expected = match previous {
+                Some((first, held)) => first.checked_add(held as u64),
+                None => Some(first_index),
+            };
+            if expected != Some(first_index) {
+                let expected = expected.map_or("none (the log is at the last index)".into(), |e| {
+                    e.to_string()
+                });
                 return Err(WalError::Corrupt {
                     path,
                     offset: 0,
@@ -202,6 +216,7 @@ impl Wal {
             }
             let (segment, torn) = read_segment(&path, first_index, last, &options, &mut recovered)?;
             recovered.torn_tail_bytes += torn;
+            previous = Some((first_index, segment.offsets.len()));
             segments.push(segment);
         }
         if segments.is_empty() {
@@ -225,8 +240,7 @@ impl Wal {
 
     /// Index of the last entry, or `first_index() - 1` when empty.
     pub fn last_index(&self) -> u64 {
-        let active = self.active_segment();
-        active.first_index + active.offsets.len() as u64 - 1
+        self.active_segment().last_index()
     }
 
     /// Appends `entries` (buffered, not yet durable: call [`Wal::sync`]).
@@ -234,7 +248,11 @@ impl Wal {
     /// `last_index() + 1` and each next one follows.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), WalError> {
         for entry in entries {
-            let expected = self.last_index() + 1;
+            let Some(expected) = self.last_index().checked_add(1) else {
+                return Err(WalError::InvalidAppend(
+                    "the log is at the last index a u64 holds".into(),
+                ));
+            };
             if entry.index != expected {
                 return Err(WalError::InvalidAppend(format!(
                     "entry index {} does not follow the log (expected {expected})",
@@ -569,7 +587,9 @@ fn read_segment(
     while at < bytes.len() {
         match parse(&bytes, at, options.max_payload) {
             Parsed::Entry(entry, len) => {
-                let expected = first_index + offsets.len() as u64;
+                let Some(expected) = first_index.checked_add(offsets.len() as u64) else {
+                    return Err(corrupt(at as u64, "entry index past the last u64".into()));
+                };
                 if entry.index != expected {
                     return Err(corrupt(
                         at as u64,
@@ -597,7 +617,7 @@ fn read_segment(
                 // the bad record, or with an unwritten (zero) sector before
                 // the next valid one: a crash before the sync that would
                 // have made all of it durable. Anything else was durable.
-                let expected = first_index + offsets.len() as u64;
+                let expected = first_index.saturating_add(offsets.len() as u64);
                 let torn = last
                     && match next_valid_record(&bytes, at + 1, expected, options.max_payload) {
                         None => true,

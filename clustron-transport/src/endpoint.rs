@@ -29,7 +29,7 @@ use crate::certs::TlsIdentity;
 use crate::codes;
 use crate::config::TransportConfig;
 use crate::error::{CertError, Error, FrameError};
-use crate::frame::{self, Status, StreamKind, DATAGRAM_HEADER_LEN, HEADER_LEN, WIRE_VERSION};
+use crate::frame::{self, Status, StreamKind, HEADER_LEN};
 use crate::identity::PeerIdentity;
 use crate::refusals::{self, RefusalLog};
 use crate::stream::{self, FramedStream, ReadFailure, Reader};
@@ -835,8 +835,7 @@ impl<P: Protocol> Channel<P> {
     pub async fn send_datagram(&self, to: SocketAddr, message: &P::Message) -> Result<(), Error> {
         let inner = &self.endpoint.inner;
         let mut buf = Vec::with_capacity(64);
-        let [hi, lo] = P::CHANNEL.0.to_be_bytes();
-        buf.extend_from_slice(&[WIRE_VERSION, hi, lo]);
+        buf.extend_from_slice(&frame::datagram_header(P::CHANNEL));
         buf = postcard::to_extend(message, buf)
             .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?;
         let conn = inner.connection(to).await?;
@@ -1204,11 +1203,7 @@ impl Inner {
 
     fn handle_datagram(&self, peer: &Peer, is_client: bool, bytes: &[u8]) {
         let delivered = (|| {
-            let (head, body) = bytes.split_at_checked(DATAGRAM_HEADER_LEN)?;
-            if head[0] != WIRE_VERSION {
-                return None;
-            }
-            let channel = ChannelId(u16::from_be_bytes([head[1], head[2]]));
+            let (channel, body) = frame::parse_datagram(bytes).ok()?;
             let route = self.route(channel, is_client).ok()?;
             route.message(peer.clone(), body, Delivery::Datagram).ok()
         })();

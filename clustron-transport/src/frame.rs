@@ -50,7 +50,9 @@ pub enum Status {
 }
 
 impl Status {
-    pub(crate) fn from_u8(byte: u8) -> Option<Self> {
+    /// Reads a response's first byte; `None` for a status this build does
+    /// not know.
+    pub fn from_u8(byte: u8) -> Option<Self> {
         match byte {
             0 => Some(Status::Ok),
             1 => Some(Status::UnknownChannel),
@@ -78,6 +80,23 @@ pub fn parse_header(bytes: [u8; HEADER_LEN]) -> Result<(StreamKind, ChannelId), 
         other => return Err(FrameError::UnknownKind(other)),
     };
     Ok((kind, ChannelId(u16::from_be_bytes([bytes[2], bytes[3]]))))
+}
+
+/// Encodes a datagram header.
+pub fn datagram_header(channel: ChannelId) -> [u8; DATAGRAM_HEADER_LEN] {
+    let [hi, lo] = channel.0.to_be_bytes();
+    [WIRE_VERSION, hi, lo]
+}
+
+/// Splits a datagram into its channel and its postcard body.
+pub fn parse_datagram(bytes: &[u8]) -> Result<(ChannelId, &[u8]), FrameError> {
+    let Some((head, body)) = bytes.split_at_checked(DATAGRAM_HEADER_LEN) else {
+        return Err(FrameError::Truncated);
+    };
+    if head[0] != WIRE_VERSION {
+        return Err(FrameError::UnsupportedVersion(head[0]));
+    }
+    Ok((ChannelId(u16::from_be_bytes([head[1], head[2]])), body))
 }
 
 /// Appends one frame holding `value` to `buf`.

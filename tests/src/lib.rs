@@ -13,6 +13,7 @@
 
 pub mod election;
 pub mod events;
+pub mod fuzz;
 pub mod kv_sim;
 pub mod linearizability;
 pub mod local;

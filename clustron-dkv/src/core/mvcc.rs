@@ -108,7 +108,9 @@ pub enum Command {
         seq: u64,
         /// The client was answered for every write numbered below this.
         acked: u64,
-        /// The write (not itself a session command).
+        /// The write (not itself a session command). Decoding refuses more
+        /// than 16 levels of nesting.
+        #[serde(deserialize_with = "crate::nesting::boxed")]
         command: Box<Command>,
     },
 }
@@ -216,7 +218,11 @@ struct Lease {
 }
 
 /// The multi-version store. [`Store::apply`] is the only way to change it.
+///
+/// Decoding (a snapshot from the disk or a peer) refuses bytes whose fields
+/// disagree with each other, so a decoded store never panics when used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "StoreFields")]
 pub struct Store {
     revision: u64,
     compacted: u64,
@@ -278,6 +284,44 @@ pub struct History {
     pub scanned: usize,
     /// Whether it reaches the present.
     pub complete: bool,
+}
+
+/// A [`Store`] as encoded (the same fields in the same order), before its
+/// invariants are checked.
+#[derive(Deserialize)]
+struct StoreFields {
+    revision: u64,
+    compacted: u64,
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    leases: BTreeMap<LeaseId, Lease>,
+    limits: Limits,
+    bytes: u64,
+    sessions: Sessions,
+}
+
+impl TryFrom<StoreFields> for Store {
+    type Error = &'static str;
+
+    fn try_from(f: StoreFields) -> Result<Self, Self::Error> {
+        let store = Store {
+            revision: f.revision,
+            compacted: f.compacted,
+            keys: f.keys,
+            leases: f.leases,
+            limits: f.limits,
+            bytes: f.bytes,
+            sessions: f.sessions,
+            changes: VecDeque::new(),
+        };
+        if !store.consistent() {
+            return Err("a store whose revisions or byte count disagree");
+        }
+        // The index of changes is derived, not stored: every decoded store
+        // (a snapshot file, a pulled snapshot) gets it rebuilt.
+        let mut store = store;
+        store.index_changes();
+        Ok(store)
+    }
 }
 
 /// A write transaction in progress: the revision it will take and the
@@ -669,7 +713,7 @@ impl Store {
     }
 
     /// Rebuilds the index of changes from the versions.
-    pub(crate) fn index_changes(&mut self) {
+    fn index_changes(&mut self) {
         let mut changes: Vec<Change> = self
             .keys
             .iter()
@@ -694,11 +738,43 @@ impl Store {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// A store from [`Store::snapshot`] bytes.
+    /// A store from [`Store::snapshot`] bytes. Bytes that decode but break
+    /// the store's invariants (a corrupt or forged snapshot) are refused as
+    /// undecodable ones are, so a restored store never panics when used.
     pub fn restore(bytes: &[u8]) -> Result<Store, postcard::Error> {
-        let mut store: Store = postcard::from_bytes(bytes)?;
-        store.index_changes();
-        Ok(store)
+        postcard::from_bytes(bytes)
+    }
+
+    /// Whether the fields agree with each other as [`Store::apply`] keeps
+    /// them: revisions in range and in order, the byte count exact.
+    fn consistent(&self) -> bool {
+        if self.compacted > self.revision || self.revision == u64::MAX {
+            return false;
+        }
+        let mut bytes = 0u64;
+        for (key, versions) in &self.keys {
+            if versions.is_empty() {
+                return false;
+            }
+            let mut previous = None;
+            for v in versions {
+                let at = (v.mod_revision, v.sub);
+                if previous.is_some_and(|p| p >= at)
+                    || v.mod_revision > self.revision
+                    || v.create_revision > v.mod_revision
+                    || v.version > self.revision
+                {
+                    return false;
+                }
+                previous = Some(at);
+                let size = key.len() as u64 + v.value.as_ref().map_or(0, |x| x.len() as u64);
+                let Some(sum) = bytes.checked_add(size) else {
+                    return false;
+                };
+                bytes = sum;
+            }
+        }
+        bytes == self.bytes
     }
 
     fn keys_in<'a>(

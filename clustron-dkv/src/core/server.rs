@@ -220,10 +220,7 @@ impl MachineState {
 
     /// Reads [`MachineState::encode`]'s bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        let mut state: MachineState = postcard::from_bytes(bytes)?;
-        // The index of changes is derived, not stored: rebuild it.
-        state.store.index_changes();
-        Ok(state)
+        postcard::from_bytes(bytes)
     }
 }
 

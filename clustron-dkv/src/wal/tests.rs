@@ -566,3 +566,98 @@ fn a_reset_log_continues_after_the_snapshot_index_and_reopens_there() {
     assert_eq!(recovered.entries, vec![entry(2, 101, 5), entry(2, 102, 5)]);
     assert_eq!(wal.first_index(), 101);
 }
+
+/// One record as `Wal::append` writes it.
+fn record(epoch: u64, index: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&epoch.to_le_bytes());
+    body.extend_from_slice(&index.to_le_bytes());
+    body.push(1);
+    body.extend_from_slice(payload);
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn segment_bytes(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    bytes.push(VERSION);
+    for r in records {
+        bytes.extend_from_slice(r);
+    }
+    bytes
+}
+
+/// Found by `fuzz_decoders`: a segment named for index 0 opened, and the
+/// log's last index then underflowed (a panic in debug builds, `u64::MAX`
+/// in release).
+#[test]
+fn a_segment_named_for_index_zero_is_refused_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(segment_path(dir.path(), 0), segment_bytes(&[])).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { reason, .. } if reason.contains("index 0")),
+        "{err}"
+    );
+}
+
+/// Found by `fuzz_decoders`: indices at the end of the `u64` range
+/// overflowed while opening and appending.
+#[test]
+fn a_log_at_the_last_u64_index_opens_and_refuses_more_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = u64::MAX;
+    std::fs::write(
+        segment_path(dir.path(), last),
+        segment_bytes(&[record(1, last, b"x")]),
+    )
+    .unwrap();
+    let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.entries.len(), 1);
+    assert_eq!((wal.first_index(), wal.last_index()), (last, last));
+    let next = Entry {
+        epoch: 1,
+        index: 0,
+        kind: EntryKind::Data,
+        payload: Vec::new(),
+    };
+    assert!(matches!(
+        wal.append(&[next]),
+        Err(WalError::InvalidAppend(_))
+    ));
+    drop(wal);
+
+    // A second entry after it, or a segment after it, is corrupt.
+    std::fs::write(
+        segment_path(dir.path(), last),
+        segment_bytes(&[record(1, last, b"x"), record(1, 0, b"y")]),
+    )
+    .unwrap();
+    std::fs::write(segment_path(dir.path(), 1), segment_bytes(&[])).unwrap();
+    assert!(matches!(
+        Wal::open(dir.path(), WalOptions::default()),
+        Err(WalError::Corrupt { .. })
+    ));
+}
+
+/// Found by `fuzz/` (libFuzzer): an empty segment followed by one named
+/// further on opened as a log whose first index claimed entries it did not
+/// have. Only the last segment may be empty; the next segment must start
+/// where the previous one ended.
+#[test]
+fn an_empty_segment_followed_by_a_later_one_is_a_gap_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(segment_path(dir.path(), 1), segment_bytes(&[])).unwrap();
+    std::fs::write(
+        segment_path(dir.path(), 5),
+        segment_bytes(&[record(1, 5, b"x")]),
+    )
+    .unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { reason, .. } if reason.contains("expected 1")),
+        "{err}"
+    );
+}
