@@ -214,6 +214,7 @@ pub enum CertError {
         why: &'static str,
     },
     /// rcgen could not build or sign the certificate.
+    #[cfg(feature = "certs")]
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
     /// A PEM file holds no usable certificate or key.
