@@ -196,6 +196,13 @@ impl<P: Protocol> ToLeader<P> {
         Self { policy, ..self }
     }
 
+    /// The same router for a request that may be sent twice
+    /// ([`RetryPolicy::idempotent`]).
+    pub fn idempotent(self) -> Self {
+        let policy = self.policy.clone().idempotent();
+        Self { policy, ..self }
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy

@@ -708,16 +708,24 @@ impl<P: Protocol> Channel<P> {
         let mut buf = Vec::with_capacity(frame::framed_len(request) + HEADER_LEN);
         buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
         frame::encode_frame(&mut buf, request, max).map_err(Error::Encode)?;
+        let opened = std::sync::atomic::AtomicBool::new(false);
         let exchange = async {
             // Nothing has left before the stream is open; from then on a
             // failure may come after the remote processed the request.
-            let (send, recv) = inner.open_bi(to).await?;
+            let (send, recv) = inner.open_bi(to).await.map_err(Error::before_sending)?;
+            opened.store(true, Relaxed);
             Self::exchange(inner, to, &buf, send, recv)
                 .await
                 .map_err(Error::after_sending)
         };
         timeout(after, exchange).await.map_err(|_| Error::Timeout {
-            what: "request",
+            // Running out while still dialing (a timeout shorter than the
+            // dial's own) proves nothing was sent, as a dial timeout does.
+            what: if opened.load(Relaxed) {
+                "request"
+            } else {
+                "connect"
+            },
             addr: to,
             after,
         })?
