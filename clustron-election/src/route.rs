@@ -41,9 +41,9 @@ use tokio::time::Instant;
 use crate::driver::{Election, Leader};
 use crate::voters::Epoch;
 
-/// How [`ToLeader`] bounds and retries a call.
+/// How [`ToLeader`] bounds and retries a call. Build one with struct
+/// update syntax: `RetryPolicy { deadline, ..RetryPolicy::default() }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct RetryPolicy {
     /// Longest time for the whole call: waiting for a leader, every attempt
     /// and every pause. Default 5 s: a leader crash is repaired in about a
