@@ -18,8 +18,11 @@ const DEADLINE: Duration = Duration::from_secs(20);
 async fn alone(name: &str) -> (Endpoint, Membership) {
     let ca = CertificateAuthority::generate("test").unwrap();
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    let endpoint = Endpoint::bind(TransportConfig::new(listen), ca.node_identity(name).unwrap())
-        .unwrap();
+    let endpoint = Endpoint::bind(
+        TransportConfig::new(listen),
+        ca.node_identity(name).unwrap(),
+    )
+    .unwrap();
     let membership = Membership::start(&endpoint, MembershipOptions::default())
         .await
         .unwrap();
@@ -38,7 +41,9 @@ async fn without_a_data_dir_a_single_voter_elects_itself_from_memory() {
         ..Options::default()
     };
     assert!(options.data_dir.is_none());
-    let election = Election::start(&endpoint, &membership, options).await.unwrap();
+    let election = Election::start(&endpoint, &membership, options)
+        .await
+        .unwrap();
     let leader = election.wait_for_leader(DEADLINE).await.unwrap();
     assert!(leader.is_local);
     assert_eq!(leader.addr, Some(endpoint.local_addr()));
