@@ -425,6 +425,12 @@ impl Client {
                         | KvFailure::Lost),
                     )) if session.is_some() => {
                         maybe_delivered |= failure != KvFailure::Lost;
+                        if failure == KvFailure::LeaderChanged && target == Some(addr) {
+                            // It stopped leading: find the next leader
+                            // through the others, not by asking it again.
+                            self.shared.set_leader(None);
+                            self.shared.suspect(addr);
+                        }
                         last = ClientError::Kv(failure);
                     }
                     Response::Kv(Err(failure)) => {

@@ -289,6 +289,18 @@ async fn metrics(node: &Node) -> String {
                 s.wal_segments,
             ),
             (
+                "clustron_kv_snapshot_index",
+                "gauge",
+                "Log index the newest snapshot covers (the log before it is forgotten).",
+                s.snapshot_index,
+            ),
+            (
+                "clustron_kv_log_entries",
+                "gauge",
+                "Log entries held (those after the snapshot).",
+                s.log_entries,
+            ),
+            (
                 "clustron_kv_diverged",
                 "gauge",
                 "1 if this replica's state differs from the leader's (it refuses to serve).",

@@ -39,6 +39,9 @@ pub struct FileConfig {
     pub retain_revisions: Option<u64>,
     /// Largest value a key may hold, in bytes (1 to 524,288).
     pub max_value_bytes: Option<usize>,
+    /// Snapshot the store every this many log entries and forget the log
+    /// before it (0: never).
+    pub snapshot_entries: Option<u64>,
 }
 
 impl FileConfig {
@@ -91,6 +94,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Key-value history kept (revisions; 0: never compact).
     pub retain_revisions: u64,
+    /// Log entries between snapshots (0: never snapshot).
+    pub snapshot_entries: u64,
     /// Largest value, in bytes.
     pub max_value_bytes: usize,
 }
@@ -212,6 +217,10 @@ impl NodeConfig {
                 .retain_revisions
                 .or(file.retain_revisions)
                 .unwrap_or(100_000),
+            snapshot_entries: flags
+                .snapshot_entries
+                .or(file.snapshot_entries)
+                .unwrap_or(10_000),
             max_value_bytes,
             name,
         })

@@ -22,11 +22,13 @@ use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol}
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::server::{
-    ClientOp, Divergence, Reply, RequestId, Server, ServerConfig, ServerError, ServerOutput,
+    ClientOp, Divergence, MachineState, Reply, RequestId, Server, ServerConfig, ServerError,
+    ServerOutput,
 };
 use crate::core::watch::{WatchId, WatchRequest};
-use crate::core::{Entry, Message, Output as LogOutput, Recovered, Summary};
+use crate::core::{Entry, Message, Output as LogOutput, Recovered, SnapshotMeta, Summary};
 use crate::kv::{Event, KvError};
+use crate::snapshot::Snapshots;
 use crate::wal::{HighWaterMark, Wal, WalOptions};
 
 /// The replication protocol on the transport's `DKV` channel.
@@ -108,6 +110,18 @@ pub struct KvStats {
     pub wal_segments: u64,
     /// Set when this replica found its state differs from the leader's.
     pub diverged: Option<Divergence>,
+    /// The log index the newest snapshot covers.
+    pub snapshot_index: u64,
+    /// Log entries held in memory and on disk (those after the snapshot).
+    pub log_entries: u64,
+}
+
+/// Snapshot work done off the driver's task.
+enum Background {
+    /// A snapshot was written (or not).
+    Saved(Result<SnapshotMeta, String>),
+    /// A snapshot was pulled from a peer and saved (or not).
+    Pulled(Result<(SnapshotMeta, MachineState), String>),
 }
 
 /// Most queued inputs taken before acting on them at once.
@@ -149,6 +163,9 @@ pub enum StartError {
     /// Bad replication settings.
     #[error(transparent)]
     Config(#[from] crate::core::ConfigError),
+    /// The snapshots could not be read.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 impl Kv {
@@ -166,6 +183,8 @@ impl Kv {
     ) -> Result<Kv, StartError> {
         let OpenStore {
             wal,
+            snapshots,
+            restored,
             mark,
             lost,
             entries,
@@ -176,24 +195,40 @@ impl Kv {
         } = store;
         let me = membership.name().clone();
         let inbox = endpoint.register::<Replication>()?;
-        let server = Server::new(
+        let snapshot_entries = config.snapshot_entries;
+        let base = restored
+            .as_ref()
+            .map_or(SnapshotMeta::default(), |(m, _)| *m);
+        let mut server = Server::new(
             config,
             me.clone(),
             voters.clone(),
             [],
             Recovered {
                 epoch,
-                snapshot: Default::default(),
+                snapshot: base,
                 entries,
             },
             Instant::now(),
         )?;
+        if let Some((meta, state)) = restored {
+            tracing::info!(index = meta.index, "restored the store from its snapshot");
+            server.restore(state);
+        }
+        let (background_tx, background) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::channel(1024);
         let (stats_tx, stats) = tokio::sync::watch::channel(KvStats::default());
         let (stopped_tx, stopped) = tokio::sync::watch::channel(None);
         let driver = Driver {
             server,
             wal,
+            snapshots,
+            snapshot_entries,
+            last_snapshot: base.index,
+            snapshotting: false,
+            pulling: false,
+            background,
+            background_tx,
             mark,
             lost,
             caught_up: false,
@@ -270,6 +305,9 @@ impl Kv {
 #[derive(Debug)]
 pub struct OpenStore {
     wal: Wal,
+    snapshots: Snapshots,
+    /// The newest valid snapshot, to restore the state machine from.
+    restored: Option<(SnapshotMeta, MachineState)>,
     mark: HighWaterMark,
     /// The high-water mark, when the log opened below it.
     lost: Option<Summary>,
@@ -284,23 +322,75 @@ impl OpenStore {
     /// Opens (or creates) the write-ahead log, its high-water mark and the
     /// epoch file in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<OpenStore, StartError> {
+        let snapshots = Snapshots::open(&data_dir.join("snapshots"))?;
+        let restored = match snapshots.load()? {
+            Some(loaded) => {
+                for (path, why) in &loaded.skipped {
+                    tracing::error!(
+                        file = %path.display(),
+                        %why,
+                        "skipped a damaged snapshot; starting from an older one"
+                    );
+                }
+                let state = MachineState::decode(&loaded.state).map_err(|e| {
+                    StartError::Snapshot(crate::snapshot::SnapshotError::Damaged {
+                        path: data_dir.join("snapshots"),
+                        why: format!(
+                            "the state of snapshot {} does not decode: {e}",
+                            loaded.meta.index
+                        ),
+                    })
+                })?;
+                Some((loaded.meta, state))
+            }
+            None => None,
+        };
+        let base = restored
+            .as_ref()
+            .map_or(SnapshotMeta::default(), |(m, _)| *m);
         let wal_dir = data_dir.join("wal");
-        let (wal, recovered) = Wal::open(&wal_dir, WalOptions::default())?;
+        let (mut wal, recovered) = Wal::open(&wal_dir, WalOptions::default())?;
         if recovered.torn_tail_bytes > 0 {
             tracing::warn!(
                 bytes = recovered.torn_tail_bytes,
                 "cut a torn tail off the write-ahead log"
             );
         }
+        // The log continues after the snapshot: entries it covers are
+        // skipped; a log that ends before it (compacted, or reset by an
+        // install that a crash interrupted) starts again after it; a gap
+        // between the snapshot and the log is lost data.
+        if wal.first_index() > base.index + 1 {
+            return Err(StartError::Wal(crate::wal::WalError::Corrupt {
+                path: wal_dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "the log starts at index {} but the newest snapshot covers only up to {}",
+                    wal.first_index(),
+                    base.index
+                ),
+            }));
+        }
+        if wal.last_index() < base.index {
+            wal.reset_after(base.index)?;
+        }
+        let entries: Vec<Entry> = recovered
+            .entries
+            .into_iter()
+            .filter(|e| e.index > base.index)
+            .collect();
         let epoch_path = data_dir.join("log-epoch");
         let epoch = read_epoch(&epoch_path)?;
-        let written = recovered
-            .entries
-            .last()
-            .map_or(Summary::default(), |e| Summary {
+        let written = entries.last().map_or(
+            Summary {
+                last_epoch: base.epoch,
+                last_index: base.index,
+            },
+            |e| Summary {
                 last_epoch: e.epoch,
                 last_index: e.index,
-            });
+            },
+        );
         let mark_path = data_dir.join("wal-mark");
         let mark = HighWaterMark::open(&mark_path, written)?;
         let lost = mark.lost(written).then(|| mark.mark());
@@ -325,9 +415,11 @@ impl OpenStore {
         }
         Ok(OpenStore {
             wal,
+            snapshots,
+            restored,
             mark,
             lost,
-            entries: recovered.entries,
+            entries,
             epoch,
             epoch_path,
             written,
@@ -394,6 +486,18 @@ struct Watcher {
 struct Driver {
     server: Server,
     wal: Wal,
+    snapshots: Snapshots,
+    /// Snapshot every this many applied entries (0: never).
+    snapshot_entries: u64,
+    /// The index the newest snapshot covers.
+    last_snapshot: u64,
+    /// A snapshot is being written.
+    snapshotting: bool,
+    /// A snapshot is being pulled from a peer.
+    pulling: bool,
+    /// Results of the snapshot work done off this task.
+    background: mpsc::UnboundedReceiver<Background>,
+    background_tx: mpsc::UnboundedSender<Background>,
     /// Raised after every sync; see [`crate::wal::mark`].
     mark: HighWaterMark,
     /// The mark this node must catch up to before it votes again.
@@ -437,6 +541,7 @@ impl Driver {
                 self.stop(e).await;
                 return;
             }
+            self.maybe_snapshot();
             if std::mem::take(&mut self.caught_up) {
                 if let Err(e) = self.election.rejoin().await {
                     tracing::error!(error = %e, "cannot rejoin the election");
@@ -483,6 +588,12 @@ impl Driver {
                     self.apply_fence();
                     self.server.handle_timeout(Instant::now());
                 }
+                Some(done) = self.background.recv() => {
+                    if let Err(e) = self.background_done(done) {
+                        self.stop(e).await;
+                        return;
+                    }
+                }
                 _ = catch_up.tick(), if self.server.watch_counts().1 > 0 => {
                     self.server.catch_up_watchers();
                 }
@@ -527,8 +638,88 @@ impl Driver {
                     .handle_message(Instant::now(), from.addr, message);
             }
             Inbound::Request { reply, .. } => reply.reject("replication takes no requests"),
-            Inbound::Stream { .. } => {}
+            // Streams on this channel are snapshot pulls from peers.
+            Inbound::Stream { stream, .. } => {
+                tokio::spawn(crate::transfer::serve(self.snapshots.clone(), stream));
+            }
         }
+    }
+
+    /// Snapshots the state machine once `snapshot_entries` entries were
+    /// applied since the last one. The store is copied here, between two
+    /// inputs (a consistent point); encoding and writing it, the slow part,
+    /// run on a blocking thread while this task goes on serving.
+    fn maybe_snapshot(&mut self) {
+        let every = self.snapshot_entries;
+        if every == 0 || self.snapshotting || self.server.applied() < self.last_snapshot + every {
+            return;
+        }
+        self.snapshotting = true;
+        let (meta, state) = self.server.snapshot();
+        let snapshots = self.snapshots.clone();
+        let done = self.background_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = snapshots
+                .save(meta, &state.encode())
+                .map(|_| meta)
+                .map_err(|e| e.to_string());
+            let _ = done.send(Background::Saved(result));
+        });
+    }
+
+    /// Snapshot work finished off this task.
+    fn background_done(&mut self, done: Background) -> Result<(), crate::wal::WalError> {
+        match done {
+            Background::Saved(Ok(meta)) => {
+                self.snapshotting = false;
+                self.last_snapshot = meta.index;
+                // The log before the snapshot is no longer needed: not in
+                // memory, not on disk.
+                self.server.compact_log(meta.index);
+                self.wal.compact_to(meta.index)?;
+                tracing::debug!(index = meta.index, "snapshot taken, log compacted");
+            }
+            Background::Saved(Err(why)) => {
+                self.snapshotting = false;
+                // Try again after as many entries again, not at once.
+                self.last_snapshot = self.server.applied();
+                tracing::error!(%why, "cannot write a snapshot; the log keeps growing");
+            }
+            Background::Pulled(result) => {
+                self.pulling = false;
+                match result {
+                    Ok((meta, state)) => {
+                        if self.server.install_snapshot(Instant::now(), meta, state) {
+                            self.last_snapshot = meta.index;
+                            tracing::info!(index = meta.index, "installed a snapshot from a peer");
+                        }
+                    }
+                    Err(why) => tracing::warn!(%why, "snapshot pull failed; asked again later"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls a snapshot from `from` off this task.
+    fn pull_snapshot(&mut self, from: SocketAddr, index: u64) {
+        if self.pulling {
+            return;
+        }
+        self.pulling = true;
+        let channel = self.channel.clone();
+        let snapshots = self.snapshots.clone();
+        let done = self.background_tx.clone();
+        tokio::spawn(async move {
+            let result = crate::transfer::pull(&channel, &snapshots, from, index)
+                .await
+                .and_then(|(meta, state)| {
+                    MachineState::decode(&state)
+                        .map(|state| (meta, state))
+                        .map_err(|e| format!("the snapshot's state does not decode: {e}"))
+                });
+            let _ = done.send(Background::Pulled(result));
+        });
     }
 
     /// Forgets watchers whose stream has gone (a quiet key would otherwise
@@ -751,13 +942,22 @@ impl Driver {
                     });
                 }
                 ServerOutput::Log(LogOutput::Committed { .. }) => {}
-                // This driver never compacts its log (snapshots are not
-                // wired into it yet), so no replica is ever asked to pull
-                // one and no install resets the log.
                 ServerOutput::Log(LogOutput::PullSnapshot { from, index }) => {
-                    tracing::warn!(%from, index, "a peer asks this node to pull a snapshot, which this version cannot do");
+                    self.pull_snapshot(from, index);
                 }
-                ServerOutput::Log(LogOutput::ResetLog { .. }) => {}
+                ServerOutput::Log(LogOutput::ResetLog { base }) => {
+                    // An installed snapshot (already durable) replaces the
+                    // log: entries it does not cover were not committed.
+                    let kept = Summary {
+                        last_epoch: base.epoch,
+                        last_index: base.index,
+                    };
+                    if self.lost.is_none() {
+                        self.mark.lower(kept.min(self.written))?;
+                    }
+                    self.wal.reset_after(base.index)?;
+                    self.written = kept;
+                }
                 ServerOutput::Reply { id, result } => {
                     if let Some(tx) = self.pending.remove(&id) {
                         let _ = tx.send(result);
@@ -808,6 +1008,9 @@ impl Driver {
             syncs: self.syncs,
             wal_segments: self.wal.segment_count() as u64,
             diverged,
+            snapshot_index: self.server.replica().snapshot().index,
+            log_entries: self.server.replica().last_index()
+                - self.server.replica().snapshot().index,
         });
         Ok(())
     }

@@ -109,4 +109,6 @@ mod serve;
 #[cfg(feature = "server")]
 pub mod snapshot;
 #[cfg(feature = "server")]
+pub mod transfer;
+#[cfg(feature = "server")]
 pub mod wal;

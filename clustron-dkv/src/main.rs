@@ -23,7 +23,7 @@ enum Cmd {
         command: CertsCmd,
     },
     /// Run a node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a local cluster on 127.0.0.1 in the foreground (Ctrl-C stops it).
     Dev {
         /// How many nodes.
@@ -121,12 +121,16 @@ struct RunArgs {
     /// Largest value a key may hold, in bytes.
     #[arg(long, env = "CLUSTRON_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
+    /// Snapshot the store every this many log entries and forget the log
+    /// before it (default 10,000; 0: never).
+    #[arg(long, env = "CLUSTRON_SNAPSHOT_ENTRIES")]
+    snapshot_entries: Option<u64>,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Certs { command } => certs(command),
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Dev { nodes, dir } => dev(nodes, &dir),
     }
 }
@@ -189,6 +193,7 @@ fn run(args: RunArgs) -> Result<()> {
         log_format: args.log_format,
         retain_revisions: args.retain_revisions,
         max_value_bytes: args.max_value_bytes,
+        snapshot_entries: args.snapshot_entries,
     };
     let config = NodeConfig::resolve(flags, file)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -108,6 +108,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         .collect();
     let kv_config = ServerConfig {
         retain_revisions: config.retain_revisions,
+        snapshot_entries: config.snapshot_entries,
         limits: crate::core::mvcc::Limits {
             max_value: config.max_value_bytes,
             ..Default::default()

@@ -345,6 +345,24 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
+    /// Discards every entry and continues the log after `index` (a
+    /// snapshot covering `index` was installed and made durable first).
+    /// The old segments go first: a crash in between leaves an empty log,
+    /// which the caller resets again from its snapshot at the next start.
+    pub fn reset_after(&mut self, index: u64) -> Result<(), WalError> {
+        let path = self.active_segment().path.clone();
+        self.active.flush().map_err(io_err(&path))?;
+        let old = std::mem::take(&mut self.segments);
+        for segment in old.iter().rev() {
+            std::fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+        }
+        sync_dir(&self.dir)?;
+        self.segments.push(create_segment(&self.dir, index + 1)?);
+        self.active = open_active(self.segments.last_mut())?;
+        self.dirty = false;
+        Ok(())
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.len()

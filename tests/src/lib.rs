@@ -3,14 +3,17 @@
 //! The library part holds helpers shared by the test files in `tests/tests/`:
 //! the workspace layering rules, read from `cargo metadata`;
 //! [`linearizability`], a checker for key-value histories recorded by clients
-//! (simulated or real processes); and [`procs`], which runs real node
-//! processes.
+//! (simulated or real processes); [`procs`], which runs real node processes;
+//! and the deterministic simulator ([`sim`]) with what runs on it:
+//! membership, election, the replicated log ([`replication`]) and the whole
+//! key-value server with clients ([`kv_sim`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod election;
 pub mod events;
+pub mod kv_sim;
 pub mod linearizability;
 pub mod local;
 pub mod procs;

@@ -140,6 +140,8 @@ pub struct NodeSpec {
     pub seeds: Vec<SocketAddr>,
     /// The network namespace to run it in, if any.
     pub netns: Option<String>,
+    /// More `clustron-dkv run` arguments.
+    pub args: Vec<String>,
 }
 
 impl NodeSpec {
@@ -186,6 +188,7 @@ impl NodeSpec {
             let seeds: Vec<String> = self.seeds.iter().map(SocketAddr::to_string).collect();
             command.args(["--seeds", &seeds.join(",")]);
         }
+        command.args(&self.args);
         Proc {
             child: command.spawn().expect("clustron-dkv run starts"),
             admin: self.admin,
@@ -225,6 +228,7 @@ pub fn launch(
         admin,
         seeds: seed.into_iter().collect(),
         netns: netns.map(str::to_owned),
+        args: Vec::new(),
     };
     (spec.spawn(dir), listen)
 }
@@ -569,6 +573,11 @@ impl ProcCluster {
     /// inside a fresh [`Lab`] if `lab`, without waiting for them.
     /// `None` if `lab` was asked and this process may not create one.
     pub fn start(n: usize, lab: bool) -> Option<ProcCluster> {
+        Self::start_with(n, lab, &[])
+    }
+
+    /// As [`ProcCluster::start`], each node also given `args`.
+    pub fn start_with(n: usize, lab: bool, args: &[&str]) -> Option<ProcCluster> {
         let lab = if lab { Some(Lab::create(n)?) } else { None };
         let mut dir = tempfile::Builder::new()
             .prefix("clustron-procs-")
@@ -608,6 +617,7 @@ impl ProcCluster {
                         .map(|(_, (listen, _))| *listen)
                         .collect(),
                     netns: lab.as_ref().map(|lab| lab.ns(i)),
+                    args: args.iter().map(|a| a.to_string()).collect(),
                 };
                 let proc = Some(spec.spawn(dir.path()));
                 Slot {

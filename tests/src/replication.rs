@@ -84,6 +84,12 @@ pub enum LogLoss {
     /// The synced writes and a random prefix of the unsynced ones (the OS
     /// flushed some of them, in order).
     Torn,
+    /// Only synced writes, and the last one to three synced entries are gone
+    /// too (a damaged or deleted last segment): the node lost entries it
+    /// may have acknowledged. Only a node that guards against it (the
+    /// key-value driver's high-water mark, see [`crate::kv_sim`]) may
+    /// restart from such a disk without breaking safety.
+    TailDamaged,
 }
 
 impl LogDisk {
@@ -120,6 +126,31 @@ impl LogDisk {
     /// How many writes are not synced.
     pub fn unsynced_len(&self) -> usize {
         self.unsynced.len()
+    }
+
+    /// Saves the fence durably at once, apart from the log's unsynced
+    /// writes: the key-value driver keeps it in a file of its own, written,
+    /// fsynced and renamed into place before it goes on (`kv_driver`'s
+    /// `write_epoch`).
+    pub fn save_epoch(&mut self, epoch: u64) {
+        self.synced.epoch = epoch;
+    }
+
+    /// The disk a restarted process finds after a crash with `loss` (a torn
+    /// crash keeps a random prefix of the unsynced writes, drawn from `rng`).
+    pub fn after_loss(&self, loss: LogLoss, rng: &mut fastrand::Rng) -> LogDisk {
+        let keep = match loss {
+            LogLoss::Kept => usize::MAX,
+            LogLoss::UnsyncedLost | LogLoss::TailDamaged => 0,
+            LogLoss::Torn => rng.usize(..=self.unsynced_len()),
+        };
+        let mut disk = self.after_crash(keep);
+        if loss == LogLoss::TailDamaged {
+            let entries = &mut disk.synced.entries;
+            let lost = rng.usize(1..=3).min(entries.len());
+            entries.truncate(entries.len() - lost);
+        }
+        disk
     }
 }
 
@@ -173,11 +204,72 @@ pub struct NodeSetup {
 }
 
 impl NodeSetup {
-    fn voter_set(&self) -> VoterSet {
+    /// The configured voter set.
+    pub fn voter_set(&self) -> VoterSet {
         VoterSet::new((0..self.voters).map(|i| Voter {
             name: name(i),
             addr: addr(i),
         }))
+    }
+
+    /// (name, address) of every voter.
+    pub fn voter_addrs(&self) -> impl Iterator<Item = (NodeName, SocketAddr)> {
+        (0..self.voters).map(|i| (name(i), addr(i)))
+    }
+
+    /// (name, address) of every learner.
+    pub fn learner_addrs(&self) -> impl Iterator<Item = (NodeName, SocketAddr)> {
+        (self.voters..self.nodes).map(|i| (name(i), addr(i)))
+    }
+}
+
+/// What the shared log invariants and the membership oracle read from a
+/// simulated actor. Actors that are not cluster nodes (simulated clients)
+/// return `None` / 0.
+pub trait LogNode {
+    /// The election core.
+    fn log_election(&self) -> Option<&Core>;
+    /// The election core, to give it a view.
+    fn log_election_mut(&mut self) -> Option<&mut Core>;
+    /// The replicated log.
+    fn log_replica(&self) -> Option<&Replica>;
+    /// The log's disk.
+    fn log_disk(&self) -> Option<&LogDisk>;
+    /// The highest commit index this incarnation reported.
+    fn log_reported_commit(&self) -> u64;
+}
+
+/// Gives every running node among the first `setup.nodes` the view
+/// membership would settle on: the other running nodes it can reach both
+/// ways, a withdrawn one as no voter (its membership tag). `is_up` says
+/// which nodes run (not crashed, not paused).
+pub fn refresh_views<A: Actor + LogNode>(
+    sim: &mut Sim<A>,
+    setup: &NodeSetup,
+    is_up: impl Fn(&Sim<A>, NodeId) -> bool,
+) {
+    for id in 0..setup.nodes {
+        if !is_up(sim, id) {
+            continue;
+        }
+        let live: Vec<Peer> = (0..setup.nodes)
+            .filter(|&j| j != id && is_up(sim, j) && sim.reachable(id, j))
+            .map(|j| Peer {
+                name: name(j),
+                addr: addr(j),
+                priority: priority(j),
+                voter: j < setup.voters
+                    && !sim
+                        .node(j)
+                        .and_then(|n| n.log_election())
+                        .is_some_and(Core::is_withdrawn),
+            })
+            .collect();
+        sim.with_node(id, |node, now| {
+            if let Some(election) = node.log_election_mut() {
+                election.set_view(now, live);
+            }
+        });
     }
 }
 
@@ -206,13 +298,11 @@ impl DkvNode {
             seed,
             now,
         );
-        let voters = (0..setup.voters).map(|i| (name(i), addr(i)));
-        let learners = (setup.voters..setup.nodes).map(|i| (name(i), addr(i)));
         let mut replica = Replica::new(
             setup.log.clone(),
             name(id),
-            voters,
-            learners,
+            setup.voter_addrs(),
+            setup.learner_addrs(),
             disk.synced().clone(),
             now,
         );
@@ -439,7 +529,9 @@ impl Actor for DkvNode {
 /// instead of hanging it.
 pub const MAX_STEPS: u64 = 5_000_000;
 
-/// The safety invariants, checked after every step, one function each.
+/// The safety invariants of the log, checked after every step, one function
+/// each. They read nodes through [`LogNode`], so the key-value simulation
+/// ([`crate::kv_sim`]) checks its logs with the same functions.
 #[derive(Debug, Default)]
 pub struct Invariants {
     /// Every entry any node reported committed, by index.
@@ -458,7 +550,32 @@ pub struct Invariants {
 impl Invariants {
     /// Runs every check on the current state.
     pub fn check(&mut self, sim: &mut Sim<DkvNode>) {
-        self.record_commits_and_check_they_never_change(sim);
+        let seed = sim.seed();
+        for (_, id, event) in sim.take_events() {
+            match event {
+                Event::Committed {
+                    incarnation,
+                    previous,
+                    entries,
+                } => self.record_commits_and_check_they_never_change(
+                    id,
+                    incarnation,
+                    previous,
+                    entries,
+                    seed,
+                ),
+                Event::Election(ElectionOutput::Elected { .. }) => self.elections += 1,
+                Event::CannotLead(_) => self.gave_up += 1,
+                Event::Election(_) => {}
+            }
+        }
+        self.check_after_step(sim);
+    }
+
+    /// The checks that read the nodes' state (their events recorded
+    /// before): one leader per epoch, commit within the durable log, the
+    /// step budget, and every 256 steps the committed prefixes.
+    pub fn check_after_step<A: Actor + LogNode>(&mut self, sim: &Sim<A>) {
         self.check_one_leader_per_epoch(sim);
         self.check_commit_never_exceeds_the_durable_log(sim);
         self.checks += 1;
@@ -475,52 +592,48 @@ impl Invariants {
     /// Every committed entry any node reports agrees with what every other
     /// node reported at that index (no committed entry is lost or changed),
     /// and a node's commit index never regresses within an incarnation.
-    pub fn record_commits_and_check_they_never_change(&mut self, sim: &mut Sim<DkvNode>) {
-        for (_, id, event) in sim.take_events() {
-            match event {
-                Event::Committed {
-                    incarnation,
-                    previous,
-                    entries,
-                } => {
-                    let last = self.reported.entry(id).or_insert((incarnation, 0));
-                    if last.0 != incarnation {
-                        *last = (incarnation, 0);
-                    }
-                    assert_eq!(
-                        last.1,
-                        previous,
-                        "node {id} commit went from {} to {previous}.. (seed {})",
-                        last.1,
-                        sim.seed()
-                    );
-                    for entry in entries {
-                        last.1 = entry.index;
-                        match self.committed.get(&entry.index) {
-                            Some(known) => assert_eq!(
-                                known,
-                                &entry,
-                                "node {id} committed a different entry at index {} (seed {})",
-                                entry.index,
-                                sim.seed()
-                            ),
-                            None => {
-                                self.committed.insert(entry.index, entry);
-                            }
-                        }
-                    }
+    /// `entries` are the ones node `id` (in `incarnation`) newly reported
+    /// committed after `previous`.
+    pub fn record_commits_and_check_they_never_change(
+        &mut self,
+        id: NodeId,
+        incarnation: u64,
+        previous: u64,
+        entries: Vec<Entry>,
+        seed: u64,
+    ) {
+        let last = self.reported.entry(id).or_insert((incarnation, 0));
+        if last.0 != incarnation {
+            *last = (incarnation, 0);
+        }
+        assert_eq!(
+            last.1, previous,
+            "node {id} commit went from {} to {previous}.. (seed {seed})",
+            last.1
+        );
+        for entry in entries {
+            last.1 = entry.index;
+            match self.committed.get(&entry.index) {
+                Some(known) => assert_eq!(
+                    known, &entry,
+                    "node {id} committed a different entry at index {} (seed {seed})",
+                    entry.index
+                ),
+                None => {
+                    self.committed.insert(entry.index, entry);
                 }
-                Event::Election(ElectionOutput::Elected { .. }) => self.elections += 1,
-                Event::CannotLead(_) => self.gave_up += 1,
-                Event::Election(_) => {}
             }
         }
     }
 
     /// Never two nodes serving proposals in the same epoch.
-    pub fn check_one_leader_per_epoch(&mut self, sim: &Sim<DkvNode>) {
+    pub fn check_one_leader_per_epoch<A: Actor + LogNode>(&mut self, sim: &Sim<A>) {
         for id in 0..sim.len() {
-            let Some(epoch) = sim.node(id).and_then(|n| n.replica().leading()) else {
+            let Some(epoch) = sim
+                .node(id)
+                .and_then(|n| n.log_replica())
+                .and_then(|r| r.leading())
+            else {
                 continue;
             };
             let first = *self.leaders.entry(epoch).or_insert(id);
@@ -534,14 +647,17 @@ impl Invariants {
     }
 
     /// A node's reported commit index never exceeds its durable log.
-    pub fn check_commit_never_exceeds_the_durable_log(&mut self, sim: &Sim<DkvNode>) {
+    pub fn check_commit_never_exceeds_the_durable_log<A: Actor + LogNode>(&mut self, sim: &Sim<A>) {
         for id in 0..sim.len() {
             let Some(node) = sim.node(id) else { continue };
-            let durable = node.disk().synced().entries.len() as u64;
+            let Some(disk) = node.log_disk() else {
+                continue;
+            };
+            let durable = disk.synced().entries.len() as u64;
             assert!(
-                node.reported_commit() <= durable,
+                node.log_reported_commit() <= durable,
                 "node {id} reported commit {} with {durable} durable entries (seed {})",
-                node.reported_commit(),
+                node.log_reported_commit(),
                 sim.seed()
             );
         }
@@ -549,10 +665,12 @@ impl Invariants {
 
     /// Every running node's log, up to its commit index, and its durable
     /// log, up to its reported commit, hold exactly the committed entries.
-    pub fn check_committed_prefixes_agree(&self, sim: &Sim<DkvNode>) {
+    pub fn check_committed_prefixes_agree<A: Actor + LogNode>(&self, sim: &Sim<A>) {
         for id in 0..sim.len() {
             let Some(node) = sim.node(id) else { continue };
-            let replica = node.replica();
+            let (Some(replica), Some(disk)) = (node.log_replica(), node.log_disk()) else {
+                continue;
+            };
             for entry in replica.entries(1, replica.commit_index()) {
                 if let Some(known) = self.committed.get(&entry.index) {
                     assert_eq!(
@@ -564,8 +682,8 @@ impl Invariants {
                     );
                 }
             }
-            let durable = &node.disk().synced().entries;
-            for entry in durable.iter().take(node.reported_commit() as usize) {
+            let durable = &disk.synced().entries;
+            for entry in durable.iter().take(node.log_reported_commit() as usize) {
                 assert_eq!(
                     self.committed.get(&entry.index),
                     Some(entry),
@@ -575,6 +693,61 @@ impl Invariants {
                 );
             }
         }
+    }
+
+    /// A crash never loses a committed entry the node had synced: `before`
+    /// is node `id`'s disk when it crashed, `after` what it restarts from.
+    pub fn check_a_crash_keeps_synced_committed_entries(
+        &self,
+        id: NodeId,
+        before: &LogDisk,
+        after: &LogDisk,
+        seed: u64,
+    ) {
+        for (i, entry) in before.synced().entries.iter().enumerate() {
+            if self.committed.get(&entry.index) == Some(entry) {
+                assert_eq!(
+                    after.synced().entries.get(i),
+                    Some(entry),
+                    "node {id} lost committed entry {} it had synced, in a crash (seed {seed})",
+                    entry.index
+                );
+            }
+        }
+    }
+
+    /// The final log of a converged cluster holds every entry ever reported
+    /// committed, at its index.
+    pub fn check_the_final_log_holds_every_committed_entry(&self, log: &[Entry], seed: u64) {
+        for (index, entry) in &self.committed {
+            assert_eq!(
+                log.get(*index as usize - 1),
+                Some(entry),
+                "committed entry {index} is not in the final log (seed {seed})"
+            );
+        }
+    }
+}
+
+impl LogNode for DkvNode {
+    fn log_election(&self) -> Option<&Core> {
+        Some(&self.election)
+    }
+
+    fn log_election_mut(&mut self) -> Option<&mut Core> {
+        Some(&mut self.election)
+    }
+
+    fn log_replica(&self) -> Option<&Replica> {
+        Some(&self.replica)
+    }
+
+    fn log_disk(&self) -> Option<&LogDisk> {
+        Some(&self.disk)
+    }
+
+    fn log_reported_commit(&self) -> u64 {
+        self.reported_commit
     }
 }
 
@@ -664,22 +837,10 @@ impl Cluster {
 
     /// Gives every running node the view membership would settle on.
     pub fn refresh_views(&mut self) {
-        for id in 0..self.sim.len() {
-            if !self.is_up(id) {
-                continue;
-            }
-            let live: Vec<Peer> = (0..self.sim.len())
-                .filter(|&j| j != id && self.is_up(j) && self.sim.reachable(id, j))
-                .map(|j| Peer {
-                    name: name(j),
-                    addr: addr(j),
-                    priority: priority(j),
-                    voter: j < self.setup.voters,
-                })
-                .collect();
-            self.sim
-                .with_node(id, |node, now| node.election_mut().set_view(now, live));
-        }
+        let paused = &self.paused;
+        refresh_views(&mut self.sim, &self.setup, |sim, id| {
+            sim.is_up(id) && !paused.contains(&id)
+        });
     }
 
     /// Splits the network; views are not refreshed.
@@ -716,24 +877,10 @@ impl Cluster {
             .crashed
             .remove(&id)
             .unwrap_or((MemStorage::new(), LogDisk::default()));
-        let keep = match loss {
-            LogLoss::Kept => usize::MAX,
-            LogLoss::UnsyncedLost => 0,
-            LogLoss::Torn => self.sim.rng().usize(..=disk.unsynced_len()),
-        };
         let promises = promises.after_crash(loss == LogLoss::Kept);
-        let recovered = disk.after_crash(keep);
-        for (i, entry) in disk.synced().entries.iter().enumerate() {
-            if self.invariants.committed.get(&entry.index) == Some(entry) {
-                assert_eq!(
-                    recovered.synced().entries.get(i),
-                    Some(entry),
-                    "node {id} lost committed entry {} it had synced, in a crash (seed {})",
-                    entry.index,
-                    self.sim.seed()
-                );
-            }
-        }
+        let recovered = disk.after_loss(loss, self.sim.rng());
+        self.invariants
+            .check_a_crash_keeps_synced_committed_entries(id, &disk, &recovered, self.sim.seed());
         self.incarnations[id] += 1;
         let seed = self.sim.rng().u64(..);
         let node = DkvNode::new(
@@ -942,14 +1089,8 @@ impl Cluster {
             panic!("the leader vanished");
         };
         let log = node.replica().entries(1, node.replica().last_index());
-        for (index, entry) in &self.invariants.committed {
-            assert_eq!(
-                log.get(*index as usize - 1),
-                Some(entry),
-                "committed entry {index} is not in the final log (seed {})",
-                self.sim.seed()
-            );
-        }
+        self.invariants
+            .check_the_final_log_holds_every_committed_entry(log, self.sim.seed());
         let mut values = BTreeSet::new();
         for entry in log.iter().filter(|e| e.kind == EntryKind::Data) {
             let id = value_id(&entry.payload).unwrap_or(u64::MAX);

@@ -75,6 +75,7 @@ async fn a_readonly_certificate_reads_and_watches_but_changes_nothing_and_only_a
         admin_listen: None,
         log_format: LogFormat::Text,
         retain_revisions: 0,
+        snapshot_entries: 10_000,
         max_value_bytes: 1024,
     };
     let node = clustron_dkv::node::start(&config).await.unwrap();

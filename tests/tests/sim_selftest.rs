@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clustron_tests::sim::{
-    replay_hint, run_seeds, seeds, seeds_from, Actor, NetConfig, NodeId, NodeStats, Sim, Transmit,
+    replay_hint, run_seeds, run_seeds_within, seeds, seeds_from, Actor, NetConfig, NodeId,
+    NodeStats, Sim, Transmit, BUDGET_VAR,
 };
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -696,6 +697,24 @@ fn run_seeds_re_raises_the_panic_of_a_failing_seed_and_names_it() {
         replay_hint(name, 77),
         format!("{name} failed with seed 77; replay with CLUSTRON_SEED=77")
     );
+}
+
+#[test]
+fn run_seeds_within_starts_no_seed_after_its_budget_but_always_runs_one() {
+    let name = "run_seeds_within_starts_no_seed_after_its_budget_but_always_runs_one";
+    // Reads the environment like any user, so it also holds under
+    // CLUSTRON_SEED / CLUSTRON_SEEDS / CLUSTRON_SIM_BUDGET_SECS.
+    let expected = seeds(name, 5);
+    let ran = std::cell::RefCell::new(Vec::new());
+    let run = run_seeds_within(name, 5, Duration::ZERO, |seed| ran.borrow_mut().push(seed));
+    let ran = ran.into_inner();
+    assert_eq!(run.run, ran.len());
+    assert_eq!(run.planned, expected.len());
+    assert_eq!(ran, expected[..ran.len()], "seeds in order");
+    assert!(!ran.is_empty(), "the first seed always runs");
+    if std::env::var(BUDGET_VAR).is_err() {
+        assert_eq!(ran.len(), 1, "a zero budget starts no second seed");
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@
 //! let start = Instant::now();
 //! let mut clock = LeaseClock::default();
 //! clock.become_leader(start, [(LeaseId(1), 1000)]);
-//! assert_eq!(clock.poll_timeout(), Some(start + Duration::from_secs(1)));
+//! assert_eq!(clock.poll_timeout(), Some(start + Duration::from_nanos(1_000_000_001)));
 //! assert!(clock.keep_alive(start + Duration::from_millis(900), LeaseId(1)).is_some());
 //! assert!(clock.poll_expired(start + Duration::from_secs(1)).is_empty());
 //! assert_eq!(clock.poll_expired(start + Duration::from_millis(1901)), [LeaseId(1)]);
@@ -148,9 +148,15 @@ impl<Id: Copy + Ord> LeaseClock<Id> {
         }
     }
 
-    /// When the next lease expires.
+    /// When the next lease expires: the first instant at which
+    /// [`LeaseClock::poll_expired`] reports it. A lease expires strictly
+    /// after its deadline, so that is one nanosecond past it; answering the
+    /// deadline itself would have a driver woken exactly then find nothing
+    /// expired and ask for the same instant again.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.by_deadline.first().map(|(deadline, _)| *deadline)
+        self.by_deadline
+            .first()
+            .map(|(deadline, _)| *deadline + Duration::from_nanos(1))
     }
 
     fn track(&mut self, now: Instant, id: Id, ttl: Duration) {

@@ -663,11 +663,6 @@ impl Replica {
         self.log.get(start..end.max(start)).unwrap_or(&[])
     }
 
-    /// Bytes of payload held in memory (what is not yet compacted).
-    pub fn log_bytes(&self) -> usize {
-        self.log.iter().map(Entry::size).sum()
-    }
-
     /// The summary of the current log.
     pub fn summary(&self) -> Summary {
         Summary {
@@ -1078,6 +1073,17 @@ impl Replica {
         let Some(p) = self.progress_at(from, epoch) else {
             return;
         };
+        if prev_index == p.matched && hint < p.matched {
+            // It lacks the very entry it acknowledged as durable: it lost
+            // its log's tail (a damaged disk; it knows from its high-water
+            // mark and votes for nobody until caught up). Start again from
+            // what it still has; the commit index never goes back.
+            p.matched = hint;
+            p.next = hint + 1;
+            p.assumed = hint;
+            p.waiting_since = None;
+            return;
+        }
         if prev_index < p.matched || prev_index >= p.next {
             return; // stale: a later ack or nack already moved past it
         }

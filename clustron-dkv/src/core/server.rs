@@ -86,6 +86,10 @@ pub struct ServerConfig {
     /// applied entries, which every replica compares with its own (0:
     /// never).
     pub checkpoint_every: u64,
+    /// The driver snapshots the state machine every this many applied log
+    /// entries and then forgets the log before it (0: never). Bounds the
+    /// memory and disk the log holds and the time a restart replays.
+    pub snapshot_entries: u64,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +101,8 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             retain_revisions: 100_000,
             checkpoint_every: 10_000,
+            // etcd's --snapshot-count default (v3.6): 10,000 entries.
+            snapshot_entries: 10_000,
         }
     }
 }
@@ -524,6 +530,9 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.replica.handle_timeout(now);
+        if !self.proposing() {
+            return;
+        }
         for id in self.leases.poll_expired(now) {
             // Expiry is a committed decision: propose the revoke. If it is
             // refused or lost, the clock is told to retry.
@@ -542,14 +551,25 @@ impl Server {
 
     /// When to call [`Server::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let clocks = self.proposing();
         [
             self.replica.poll_timeout(),
-            self.leases.poll_timeout(),
-            self.session_clock.poll_timeout(),
+            self.leases.poll_timeout().filter(|_| clocks),
+            self.session_clock.poll_timeout().filter(|_| clocks),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// Whether expiries of leases and sessions can be proposed now. A
+    /// leader still catching up, or one fenced out by a newer epoch before
+    /// its election reports the step-down, has its proposals refused; the
+    /// clocks keep their deadlines and the overdue expiries are proposed
+    /// once the replica serves (late is safe: a lease may outlive its TTL,
+    /// never end early). Retrying a refused proposal at once would spin.
+    fn proposing(&self) -> bool {
+        self.replica.leading().is_some()
     }
 
     // ----- from clients ------------------------------------------------------

@@ -547,3 +547,22 @@ proptest! {
         let _ = Wal::open(dir.path(), WalOptions::default());
     }
 }
+
+#[test]
+fn a_reset_log_continues_after_the_snapshot_index_and_reopens_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), small());
+    let entries: Vec<Entry> = (1..=30).map(|i| entry(1, i, 20)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    wal.reset_after(100).unwrap();
+    assert_eq!(wal.first_index(), 101);
+    assert_eq!(wal.last_index(), 100);
+    assert_eq!(segments(dir.path()).len(), 1);
+    wal.append(&[entry(2, 101, 5), entry(2, 102, 5)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, recovered) = reopen(dir.path(), small());
+    assert_eq!(recovered.entries, vec![entry(2, 101, 5), entry(2, 102, 5)]);
+    assert_eq!(wal.first_index(), 101);
+}

@@ -73,7 +73,10 @@ use std::time::{Duration, Instant};
 
 use self::clock::DriftClock;
 use self::queue::TimeQueue;
-pub use self::seeds::{replay_hint, run_seeds, seeds, seeds_from, SEED_COUNT_VAR, SEED_VAR};
+pub use self::seeds::{
+    replay_hint, run_seeds, run_seeds_within, seeds, seeds_from, SeedsRun, BUDGET_VAR,
+    SEED_COUNT_VAR, SEED_VAR,
+};
 
 /// A sans-IO protocol core as the simulator sees it.
 ///

@@ -1,17 +1,23 @@
 //! Seeds for randomised tests: derived from the test name, overridden by
-//! `CLUSTRON_SEED` (replay one seed) or `CLUSTRON_SEEDS` (how many to run).
+//! `CLUSTRON_SEED` (replay one seed) or `CLUSTRON_SEEDS` (how many to run),
+//! optionally bounded in wall time by `CLUSTRON_SIM_BUDGET_SECS`.
 //!
 //! The derivation is FNV-1a of the name followed by SplitMix64, both fixed
 //! algorithms, so a seed list never changes with the Rust version (std's
 //! `DefaultHasher` makes no such promise).
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 /// Environment variable naming the one seed to replay.
 pub const SEED_VAR: &str = "CLUSTRON_SEED";
 
 /// Environment variable giving how many seeds each randomised test runs.
 pub const SEED_COUNT_VAR: &str = "CLUSTRON_SEEDS";
+
+/// Environment variable giving, in seconds, how long a budgeted randomised
+/// test ([`run_seeds_within`]) keeps starting new seeds.
+pub const BUDGET_VAR: &str = "CLUSTRON_SIM_BUDGET_SECS";
 
 /// Seeds for a randomised test: if `CLUSTRON_SEED` is set, just that one;
 /// otherwise `default_count` seeds (or `CLUSTRON_SEEDS=n`), derived
@@ -72,6 +78,68 @@ pub fn run_seeds(test_name: &str, default_count: u64, f: impl Fn(u64)) {
             eprintln!("{}", replay_hint(test_name, seed));
             resume_unwind(panic);
         }
+    }
+}
+
+/// What [`run_seeds_within`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedsRun {
+    /// Seeds run to the end.
+    pub run: usize,
+    /// Seeds the count asked for.
+    pub planned: usize,
+    /// Wall time spent.
+    pub elapsed: Duration,
+}
+
+/// [`run_seeds`], but starting no new seed once `budget` of wall time has
+/// passed (`CLUSTRON_SIM_BUDGET_SECS=s` overrides it), so that a large
+/// `CLUSTRON_SEEDS` on a slow machine cannot overrun CI. A replayed seed
+/// (`CLUSTRON_SEED`) always runs. The first seed always runs, so a test
+/// never passes having checked nothing.
+///
+/// # Panics
+///
+/// As [`run_seeds`], and if `CLUSTRON_SIM_BUDGET_SECS` is not a number.
+pub fn run_seeds_within(
+    test_name: &str,
+    default_count: u64,
+    budget: Duration,
+    f: impl Fn(u64),
+) -> SeedsRun {
+    let budget = match set(std::env::var(BUDGET_VAR).ok().as_deref()) {
+        Some(secs) => Duration::from_secs_f64(
+            secs.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .unwrap_or_else(|| panic!("{BUDGET_VAR}={secs:?} is not a number of seconds")),
+        ),
+        None => budget,
+    };
+    let seeds = seeds(test_name, default_count);
+    let started = Instant::now();
+    let mut run = 0;
+    for &seed in &seeds {
+        if run > 0 && started.elapsed() >= budget {
+            eprintln!(
+                "{test_name}: time budget of {budget:?} spent after {run} of {} seeds",
+                seeds.len()
+            );
+            break;
+        }
+        tracing::info!(test_name, seed, "running seed");
+        // Unwind safety: after a panic nothing here touches `f` again; the
+        // panic is re-raised at once.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(seed))) {
+            eprintln!("{}", replay_hint(test_name, seed));
+            resume_unwind(panic);
+        }
+        run += 1;
+    }
+    SeedsRun {
+        run,
+        planned: seeds.len(),
+        elapsed: started.elapsed(),
     }
 }
 

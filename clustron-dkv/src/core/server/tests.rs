@@ -352,6 +352,32 @@ fn an_expired_lease_is_revoked_through_the_log_and_its_keys_go_everywhere() {
 }
 
 #[test]
+fn a_leader_fenced_by_a_newer_epoch_leaves_expired_leases_alone_instead_of_spinning() {
+    let mut net = Net::new();
+    net.elect(0, 1);
+    net.request(
+        0,
+        1,
+        ClientOp::Write(Command::LeaseGrant {
+            id: LeaseId(0),
+            ttl_ms: 100,
+        }),
+    );
+    assert!(net.reply(1).is_ok());
+    // Node 0 promised a newer epoch; its election has not stepped it down
+    // yet. Its lease expires meanwhile: the revoke cannot be proposed, and
+    // the server must not ask to be woken again at once.
+    net.servers[0].fence(2);
+    let later = net.now + Duration::from_millis(500);
+    net.servers[0].handle_timeout(later);
+    assert!(
+        net.servers[0].poll_timeout().is_none_or(|t| t > later),
+        "asks for a timeout at {:?} again",
+        net.servers[0].poll_timeout().map(|t| t - net.now)
+    );
+}
+
+#[test]
 fn a_write_replaced_by_a_newer_leader_is_never_applied_and_its_client_is_told_at_once() {
     let mut net = Net::new();
     net.elect(0, 1);
