@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use clustron_election::{Election, Epoch, LeadershipEvent, NodeName, PromiseHook};
 use clustron_membership::{MemberState, Membership, Notification};
 use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::core::server::{
     ClientOp, Divergence, MachineState, Reply, RequestId, Server, ServerConfig, ServerError,
@@ -519,7 +519,7 @@ struct Driver {
     inbox: Inbox<Replication>,
     channel: Channel<Replication>,
     election: Election,
-    leadership: broadcast::Receiver<LeadershipEvent>,
+    leadership: clustron_election::Subscription,
     membership: Membership,
     changes: clustron_membership::Subscription,
     commands: mpsc::Receiver<Command>,
@@ -569,9 +569,9 @@ impl Driver {
                     None => return,
                 },
                 event = self.leadership.recv() => match event {
-                    Ok(event) => self.leadership_event(event),
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.sync_leadership(),
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Some(clustron_election::Notification::Event(event)) => self.leadership_event(event),
+                    Some(clustron_election::Notification::Lagged(_)) => self.sync_leadership(),
+                    None => return,
                 },
                 change = self.changes.recv() => match change {
                     Some(Notification::Event(_) | Notification::Lagged(_)) => self.refresh_learners().await,

@@ -1,17 +1,21 @@
 //! A running node: transport, membership, election, event bus and the
 //! key-value server, the admin HTTP server, and a graceful stop.
+//!
+//! The platform layers are assembled by `clustron-node` (the one recipe);
+//! this file adds what DKV needs around it: the store opened before
+//! anything joins, its promise hook and high-water mark given to the
+//! election, then the key-value server, the client protocol and the admin
+//! port.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clustron_election::{Election, LeadershipEvent, Voter, VoterSet};
+use clustron_election::{Election, LeadershipEvent, Notification};
 use clustron_events::EventBus;
-use clustron_membership::{Membership, NodeName, Options as MembershipOptions};
-use clustron_transport::{Endpoint, TlsIdentity, TransportConfig};
+use clustron_membership::Membership;
+use clustron_node::{Elect, NodeBuilder};
+use clustron_transport::{Endpoint, TlsIdentity};
 use tokio::sync::watch;
 
 use crate::admin;
@@ -37,6 +41,8 @@ pub struct Node {
     /// What keeps this node from ever being ready, in words (for
     /// `/readyz`), if anything: today, no voters configured.
     pub waiting_for: watch::Receiver<String>,
+    /// The platform layers, for the graceful stop.
+    platform: clustron_node::Node,
 }
 
 /// Starts a node from `config`.
@@ -44,10 +50,13 @@ pub struct Node {
 /// The order matters. The key-value store opens first: a node that cannot
 /// open it fails here, before it joins the cluster (the binary exits
 /// non-zero naming the file), so it never holds up an election as the
-/// highest-priority candidate that never campaigns. Then membership, and
-/// the election at once: voters are configured by name, and each one's
-/// address comes from membership when it is heard of, so any majority of
-/// the configured voters elects whether or not the others ever started.
+/// highest-priority candidate that never campaigns. It also opens before
+/// the election starts: the election's promise hook is the log's fence, so
+/// even the first grant carries the log's durable summary. Then
+/// `clustron-node` binds, joins and starts the election at once: voters are
+/// configured by name, and each one's address comes from membership when
+/// it is heard of, so any majority of the configured voters elects whether
+/// or not the others ever started.
 pub async fn start(config: &NodeConfig) -> Result<Node> {
     let identity = TlsIdentity::from_files(&config.ca_file, &config.cert_file, &config.key_file)
         .context("loading certificates")?;
@@ -59,77 +68,47 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             config.name
         );
     }
-    // The key-value log, opened first (above), and before the election: its
-    // fence goes to the election, so a grant carries the log's durable
-    // summary as of the promise.
     let kv_dir = config.data_dir.join("kv");
     let store = OpenStore::open(&kv_dir)
         .with_context(|| format!("opening the key-value store in {}", kv_dir.display()))?;
-    let endpoint = Endpoint::bind(TransportConfig::new(config.listen), identity)
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let is_voter = config.voters.contains(&config.name);
-    let membership = Membership::start(
-        &endpoint,
-        MembershipOptions {
-            seeds: config.seeds.clone(),
-            priority: config.priority,
-            voter: is_voter,
-            ..MembershipOptions::default()
-        },
-    )
-    .await
-    .context("joining the cluster")?;
-    tracing::info!(name = %config.name, addr = %endpoint.local_addr(), "joined");
-
-    let leadership_changes = Arc::new(AtomicU64::new(0));
-    // Addresses known now; the others are learned from membership later.
-    let known: BTreeMap<NodeName, SocketAddr> = membership
-        .members()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| (m.name, m.addr))
-        .collect();
-    let voters = VoterSet::new(
-        config
-            .voters
-            .iter()
-            .filter_map(|v| NodeName::new(v).ok())
-            .map(|name| match known.get(&name) {
-                Some(addr) => Voter { name, addr: *addr },
-                None => Voter::unaddressed(name),
-            }),
-    );
-    let voter_addrs: Vec<(NodeName, SocketAddr)> = voters
-        .voters()
-        .iter()
-        .map(|v| (v.name.clone(), v.addr))
-        .collect();
-    let options = clustron_election::Options {
-        config: clustron_election::Config::lan(),
-        voters,
-        data_dir: config.data_dir.join("election"),
-        hook: Some(Arc::new(store.fence())),
+    let elect = Elect::voters(&config.voters)?
+        .priority(config.priority)
+        .data_dir(config.data_dir.join("election"))
+        .promise_hook(Arc::new(store.fence()))
         // A log that lost acknowledged entries must not vote or lead until
         // it has caught up (the key-value server rejoins then).
-        withdrawn: store.lost_tail(),
+        .withdrawn(store.lost_tail());
+    let platform = NodeBuilder::new(identity)
+        .listen(config.listen)
+        .seeds(config.seeds.iter().copied())
+        .elect(elect)
+        .events(Default::default())
+        .start()
+        .await?;
+    let (Some(election), Some(bus)) = (platform.election(), platform.events()) else {
+        bail!("the node was built without its election or event bus");
     };
-    let election = Election::start(&endpoint, &membership, options)
-        .await
-        .context("starting the election")?;
+    let (endpoint, membership) = (platform.endpoint(), platform.membership());
+
+    let leadership_changes = Arc::new(AtomicU64::new(0));
     let mut changes = election.subscribe();
     let counter = leadership_changes.clone();
     tokio::spawn(async move {
-        while let Ok(event) = changes.recv().await {
-            if let LeadershipEvent::Leader { name, epoch } = event {
+        while let Some(note) = changes.recv().await {
+            if let Notification::Event(LeadershipEvent::Leader { name, epoch }) = note {
                 tracing::info!(leader = %name, epoch = epoch.0, "leader");
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
     });
-    let bus = EventBus::start(&endpoint, &membership, Some(&election), Default::default())
-        .await
-        .context("starting the event bus")?;
+    // The voters with the addresses known at start; the others are learned
+    // from membership later.
+    let voter_addrs = election
+        .voters()
+        .voters()
+        .iter()
+        .map(|v| (v.name.clone(), v.addr))
+        .collect();
     // Without voters this node can neither elect nor follow a leader: say
     // so at start and on /readyz, rather than stay silently not ready.
     let no_voters = config.voters.is_empty().then(|| {
@@ -152,9 +131,9 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
         ..ServerConfig::default()
     };
     let kv = Kv::start(
-        &endpoint,
-        &membership,
-        &election,
+        endpoint,
+        membership,
+        election,
         store,
         voter_addrs,
         kv_config,
@@ -164,11 +143,12 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     let node = Node {
         endpoint: endpoint.clone(),
         membership: membership.clone(),
-        election: watch::channel(Some(election)).1,
-        bus: watch::channel(Some(bus)).1,
+        election: watch::channel(Some(election.clone())).1,
+        bus: watch::channel(Some(bus.clone())).1,
         kv: watch::channel(Some(kv)).1,
         leadership_changes,
         waiting_for: watch::channel(no_voters.unwrap_or_default()).1,
+        platform: platform.clone(),
     };
     crate::serve::start(&node).context("serving clients")?;
     if let Some(addr) = config.admin_listen {
@@ -178,24 +158,9 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
 }
 
 impl Node {
-    /// Gives leadership away if held, leaves the cluster, closes the port.
+    /// Gives leadership away if held (and waits briefly for the successor),
+    /// leaves the cluster, closes the port: [`clustron_node::Node::leave`].
     pub async fn stop(&self) {
-        let election = self.election.borrow().clone();
-        if let Some(election) = election {
-            if election.lease().is_some() {
-                tracing::info!("handing leadership over before leaving");
-                let _ = election.step_down().await;
-            }
-            election.shutdown().await;
-        }
-        let bus = self.bus.borrow().clone();
-        if let Some(bus) = bus {
-            bus.shutdown().await;
-        }
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(3), self.membership.leave()).await
-        {
-            tracing::warn!(error = %e, "leave did not complete in time");
-        }
-        self.endpoint.close().await;
+        self.platform.leave().await;
     }
 }

@@ -10,22 +10,24 @@
 //! never goes out unpersisted), and the node withdraws ([`Election::withdraw`])
 //! instead of stopping: it steps down if it leads and never votes again, but
 //! keeps following the leader, so its state says what happened.
+//!
+//! The driver is generic over [`Storage`]: [`Election::start`] picks
+//! [`FileStorage`] (a `data_dir`) or [`MemStorage`] (none);
+//! [`Election::start_with_storage`] takes any implementation.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clustron_membership::{MemberState, Membership, NodeName, Notification};
-
-use crate::core::WITHDRAWN_TAG;
+use clustron_membership::{MemberState, Membership, NodeName};
 use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::core::{Core, Message, Output, Peer};
+use crate::core::{Core, Message, Output, Peer, WITHDRAWN_TAG};
 use crate::error::Error;
-use crate::storage::{Persisted, Promise, Storage, VoterRecord};
+use crate::storage::{MemStorage, Persisted, Promise, Storage, VoterRecord};
 use crate::voters::{Epoch, Voter, VoterSet};
 
 /// The election protocol on the transport's `ELECTION` channel.
@@ -126,19 +128,38 @@ pub trait PromiseHook: Send + Sync + 'static {
 }
 
 /// How to start the election on a node.
-#[derive(Clone)]
+///
+/// This node's **priority** is not here: every node must see every other
+/// node's priority to agree on the candidate, so it travels in the member
+/// record and is set in membership
+/// ([`clustron_membership::Options::priority`], and whether it votes in
+/// [`clustron_membership::Options::voter`]). `clustron-node` sets both from
+/// its election settings.
+#[derive(Clone, Default)]
 pub struct Options {
-    /// Lease timing.
+    /// Lease timing. Default [`Config::lan`].
     pub config: Config,
     /// The initial configured voter set (later changes are persisted).
+    /// Voters may be given by name only ([`Voter::unaddressed`]): each one's
+    /// address comes from membership once it is seen. Default: empty, and
+    /// an empty set elects nobody (every node then only follows).
     pub voters: VoterSet,
-    /// Where promises and voter sets are kept.
-    pub data_dir: PathBuf,
+    /// Where promises and voter sets are kept ([`FileStorage`]), created if
+    /// missing.
+    ///
+    /// `None` (the default) keeps them in memory ([`MemStorage`]): fine for
+    /// tests, examples and nodes that never restart with the same name, but
+    /// **not safe across restarts**: a voter that restarts forgets what it
+    /// promised and may grant the same epoch or a lease to a second leader
+    /// while the first one's lease still runs. A production voter needs a
+    /// directory that survives restarts.
+    pub data_dir: Option<PathBuf>,
     /// Called on every promise, if set (see [`PromiseHook`]).
     pub hook: Option<std::sync::Arc<dyn PromiseHook>>,
     /// Start withdrawn, for this reason ([`Election::withdraw`]): the node
     /// knows before its first vote that it may not vote (e.g. it holds less
-    /// than it once acknowledged). `None` for a node in good health.
+    /// than it once acknowledged). `None` (the default) for a node in good
+    /// health.
     pub withdrawn: Option<String>,
 }
 
@@ -182,11 +203,36 @@ pub enum LeadershipEvent {
     VotersChanged(VoterSet),
 }
 
+/// A leadership change, as a [`Subscription`] delivers it.
+pub type Notification = clustron_transport::Notification<LeadershipEvent>;
+
+/// A stream of leadership changes ([`Election::subscribe`]); the same
+/// lag-reporting shape as membership's and the event bus's. After
+/// [`Notification::Lagged`], read [`Election::leader`] (and
+/// [`Election::lease`]) to resynchronise.
+pub type Subscription = clustron_transport::Subscription<LeadershipEvent>;
+
+/// The leader a node knows of, with where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// Its name.
+    pub name: NodeName,
+    /// Its epoch: attach it to requests for fencing.
+    pub epoch: Epoch,
+    /// Where it listens: from membership (the newest address seen), else
+    /// the voter set; this node's own advertised address when it leads.
+    /// `None` while not known yet.
+    pub addr: Option<SocketAddr>,
+    /// Whether it is this node.
+    pub is_local: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 struct State {
-    leader: Option<(NodeName, Epoch)>,
+    leader: Option<Leader>,
     lease: Option<(Epoch, Instant)>,
     withdrawn: Option<String>,
+    voters: VoterSet,
 }
 
 enum Command {
@@ -208,9 +254,9 @@ pub enum DriverError {
     /// The core refused the command (see [`Error`]).
     #[error(transparent)]
     Refused(#[from] Error),
-    /// Durable storage failed: nothing was promised.
+    /// Durable storage could not be opened or read: nothing was promised.
     #[error("election storage: {0}")]
-    Storage(#[from] io::Error),
+    Storage(Box<dyn std::error::Error + Send + Sync>),
     /// The transport refused (e.g. the channel is taken).
     #[error(transparent)]
     Transport(#[from] clustron_transport::Error),
@@ -228,17 +274,46 @@ pub struct Election {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<LeadershipEvent>,
     state: watch::Receiver<State>,
+    leader_feed: watch::Receiver<Option<(NodeName, Epoch)>>,
 }
 
 impl Election {
-    /// Starts the election beside `membership` on `endpoint`.
+    /// Starts the election beside `membership` on `endpoint`, keeping
+    /// promises in `options.data_dir` ([`FileStorage`]), or in memory
+    /// ([`MemStorage`]) when it is `None`.
+    ///
+    /// Start it right after membership has joined: the first view comes
+    /// from membership, and this node listens for one renewal interval
+    /// before it may campaign, so it hears a leader already in place.
     pub async fn start(
         endpoint: &Endpoint,
         membership: &Membership,
         options: Options,
     ) -> Result<Self, DriverError> {
-        let storage = FileStorage::open(&options.data_dir)?;
-        let recovered = storage.load()?;
+        match &options.data_dir {
+            Some(dir) => {
+                let storage = FileStorage::open(dir).map_err(storage_error)?;
+                Self::start_with_storage(endpoint, membership, options, storage).await
+            }
+            None => {
+                Self::start_with_storage(endpoint, membership, options, MemStorage::new()).await
+            }
+        }
+    }
+
+    /// As [`Election::start`], keeping promises in `storage` (any
+    /// [`Storage`]; `options.data_dir` is not used). Every `save_*` must be
+    /// durable when it returns: a grant leaves right after.
+    pub async fn start_with_storage<S>(
+        endpoint: &Endpoint,
+        membership: &Membership,
+        options: Options,
+        storage: S,
+    ) -> Result<Self, DriverError>
+    where
+        S: Storage + Send + 'static,
+    {
+        let recovered = storage.load().map_err(storage_error)?;
         let local = membership.local().await?;
         let inbox = endpoint.register::<Elect>()?;
         let mut core = Core::new(
@@ -258,11 +333,15 @@ impl Election {
         let (events, _) = broadcast::channel(256);
         let (state_tx, state) = watch::channel(State {
             withdrawn: options.withdrawn.clone(),
+            voters: core.voters().clone(),
             ..State::default()
         });
+        let (leader_tx, leader_feed) = watch::channel(None);
         let driver = Driver {
             core,
             storage,
+            local_addr: local.addr,
+            leader_feed: leader_tx,
             inbox,
             channel: endpoint.channel::<Elect>(),
             membership: membership.clone(),
@@ -278,12 +357,62 @@ impl Election {
             commands,
             events,
             state,
+            leader_feed,
         })
     }
 
-    /// The leader this node knows of, with its epoch.
-    pub fn leader(&self) -> Option<(NodeName, Epoch)> {
+    /// The leader this node knows of (itself included), with its epoch and
+    /// address: what a product needs to route a request to it.
+    pub fn leader_info(&self) -> Option<Leader> {
         self.state.borrow().leader.clone()
+    }
+
+    /// The current leader as a watch: `changed().await` wakes on every
+    /// change of leader or epoch (intermediate values may be skipped; the
+    /// latest is always there). The event bus takes this to report leaders
+    /// without depending on this crate.
+    pub fn leader_feed(&self) -> watch::Receiver<Option<(NodeName, Epoch)>> {
+        self.leader_feed.clone()
+    }
+
+    /// Waits up to `timeout` for a leader whose address is known; `None`
+    /// when there is none by then.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<Leader> {
+        let mut state = self.state.clone();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                let leader = state.borrow_and_update().leader.clone();
+                if let Some(leader) = leader.filter(|l| l.addr.is_some()) {
+                    return Some(leader);
+                }
+                if state.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        found.ok().flatten()
+    }
+
+    /// Whether this node leads `epoch` under a lease that is valid now:
+    /// the check a leader-only handler makes before acting on a request
+    /// stamped with `epoch` (fencing), so that a request routed to an older
+    /// (or a newer) leadership is refused instead of applied.
+    pub fn leads(&self, epoch: Epoch) -> bool {
+        self.lease().is_some_and(|(held, _)| held == epoch)
+    }
+
+    /// The decided voter set this node uses (the configured one, or the
+    /// newest agreed change).
+    pub fn voters(&self) -> VoterSet {
+        self.state.borrow().voters.clone()
+    }
+
+    /// The leader this node knows of (itself included), with its epoch.
+    /// [`Election::leader_info`] adds its address.
+    pub fn leader(&self) -> Option<(NodeName, Epoch)> {
+        let state = self.state.borrow();
+        state.leader.as_ref().map(|l| (l.name.clone(), l.epoch))
     }
 
     /// On the leader: its epoch and until when its lease is valid, by this
@@ -293,9 +422,10 @@ impl Election {
         lease.filter(|(_, until)| Instant::now() < *until)
     }
 
-    /// Leadership changes as they happen.
-    pub fn subscribe(&self) -> broadcast::Receiver<LeadershipEvent> {
-        self.events.subscribe()
+    /// Leadership changes as they happen (256 are kept for a subscriber
+    /// that falls behind; beyond that it is told how many it missed).
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(self.events.subscribe())
     }
 
     async fn ask<T>(
@@ -375,15 +505,31 @@ impl Election {
         self.ask(|tx| Command::Freeze(pause, tx)).await
     }
 
-    /// Stops at once, without telling anyone.
+    /// Whether the election task has stopped ([`Election::shutdown`], or
+    /// its endpoint or membership went away).
+    pub fn is_stopped(&self) -> bool {
+        self.commands.is_closed()
+    }
+
+    /// Stops at once, without telling anyone. A leader should
+    /// [`Election::step_down`] first, so that another voter leads at once
+    /// instead of after its lease runs out.
     pub async fn shutdown(&self) {
         let _ = self.ask(Command::Shutdown).await;
     }
 }
 
-struct Driver {
+/// The storage error of any [`Storage`], boxed for [`DriverError`].
+fn storage_error(e: impl std::error::Error + Send + Sync + 'static) -> DriverError {
+    DriverError::Storage(Box::new(e))
+}
+
+struct Driver<S> {
     core: Core,
-    storage: FileStorage,
+    storage: S,
+    /// Where others reach this node (its member record's address).
+    local_addr: SocketAddr,
+    leader_feed: watch::Sender<Option<(NodeName, Epoch)>>,
     inbox: Inbox<Elect>,
     channel: Channel<Elect>,
     membership: Membership,
@@ -399,7 +545,7 @@ struct Driver {
 /// Longest withdrawal reason put into membership (it is gossiped).
 const MAX_TAG_REASON: usize = 200;
 
-impl Driver {
+impl<S: Storage> Driver<S> {
     async fn run(mut self) {
         if let Some(reason) = self.withdrawn.clone() {
             tracing::warn!(%reason, "not voting or leading");
@@ -425,7 +571,9 @@ impl Driver {
                     None => return,
                 },
                 change = self.changes.recv() => match change {
-                    Some(Notification::Event(_) | Notification::Lagged(_)) => self.refresh_view().await,
+                    Some(clustron_transport::Notification::Event(_) | clustron_transport::Notification::Lagged(_)) => {
+                        self.refresh_view().await
+                    }
                     None => return,
                 },
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
@@ -519,7 +667,7 @@ impl Driver {
     /// leave (a grant would promise what is not on disk). Events still go
     /// up, then the node withdraws: a voter that cannot keep a promise must
     /// not make one.
-    async fn storage_failed(&mut self, error: io::Error) {
+    async fn storage_failed(&mut self, error: S::Error) {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send { .. } | Output::Persist(_) | Output::PersistVoters(_) => {}
@@ -590,7 +738,7 @@ impl Driver {
     }
 
     /// Performs the core's outputs in order.
-    fn drain(&mut self) -> io::Result<()> {
+    fn drain(&mut self) -> Result<(), S::Error> {
         // The hook's summary for the promise just made durable.
         let mut fresh: Option<(Epoch, Vec<u8>)> = None;
         while let Some(output) = self.core.poll_output() {
@@ -617,13 +765,50 @@ impl Driver {
                 event => self.event(event),
             }
         }
-        let state = State {
-            leader: self.core.leader(),
-            lease: self.core.lease(),
-            withdrawn: self.withdrawn.clone(),
-        };
-        self.state.send_replace(state);
+        self.publish_state();
         Ok(())
+    }
+
+    /// Updates what the handles read, waking watchers only on a change.
+    fn publish_state(&mut self) {
+        let leader = self.core.leader().map(|(name, epoch)| {
+            let is_local = name == *self.core.name();
+            let addr = if is_local {
+                Some(self.local_addr)
+            } else {
+                self.core.address_of(&name)
+            };
+            Leader {
+                name,
+                epoch,
+                addr,
+                is_local,
+            }
+        });
+        let lease = self.core.lease();
+        let voters = self.core.voters();
+        let withdrawn = &self.withdrawn;
+        self.state.send_if_modified(|state| {
+            let changed = state.leader != leader
+                || state.lease != lease
+                || state.withdrawn != *withdrawn
+                || state.voters != *voters;
+            if changed {
+                state.leader.clone_from(&leader);
+                state.lease = lease;
+                state.withdrawn.clone_from(withdrawn);
+                state.voters.clone_from(voters);
+            }
+            changed
+        });
+        let named = leader.map(|l| (l.name, l.epoch));
+        self.leader_feed.send_if_modified(|current| {
+            let changed = *current != named;
+            if changed {
+                *current = named;
+            }
+            changed
+        });
     }
 
     fn send(&self, to: SocketAddr, msg: Message) {

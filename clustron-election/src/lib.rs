@@ -10,12 +10,28 @@
 //!
 //! [`Election`] is that driver for a node: one tokio task owning the core,
 //! fed by the node's [`clustron_membership::Membership`] view and the
-//! transport's `ELECTION` channel, persisting promises with [`FileStorage`]
-//! (fsync + atomic replace) before any grant leaves. Its handle gives
-//! `leader()`, `lease()`, `subscribe()`, `step_down()`, `transfer_to()`,
-//! `set_summary()`, voter changes, and `withdraw()` / `rejoin()` for a node
-//! that cannot do its job (it then neither votes nor leads, and says so in
-//! membership).
+//! transport's `ELECTION` channel, persisting promises with any [`Storage`]
+//! ([`FileStorage`]: fsync + atomic replace; [`MemStorage`] when no
+//! directory is given) before any grant leaves. Its handle gives
+//! `leader()` / `leader_info()` (with the leader's address), `lease()`,
+//! `leads(epoch)`, `subscribe()` (a lag-reporting [`Subscription`]),
+//! `step_down()`, `transfer_to()`, `set_summary()`, voter changes, and
+//! `withdraw()` / `rejoin()` for a node that cannot do its job (it then
+//! neither votes nor leads, and says so in membership).
+//!
+//! [`ToLeader`] sends a product's requests to whichever node leads, stamped
+//! with its epoch, with a per-attempt timeout, an overall deadline and
+//! retries of what provably never left; [`route`] states the rules a
+//! product follows (fencing by epoch, refusing only what was not done,
+//! idempotence for anything retried after a timeout).
+//!
+//! A node's election **priority** is set in membership
+//! ([`clustron_membership::Options::priority`]), because every node must
+//! see it; `clustron-node`'s builder takes it with the election settings.
+//!
+//! To run it on a real node, `clustron-node` assembles transport,
+//! membership, election and event bus in the right order; the example
+//! below drives the sans-IO core by hand instead.
 //!
 //! The rules and their safety argument are in [`core`]; the lease arithmetic
 //! is in [`core::lease`]; timing defaults and their reasoning on
@@ -89,6 +105,7 @@ pub mod config;
 pub mod core;
 mod driver;
 pub mod error;
+pub mod route;
 pub mod storage;
 pub mod voters;
 
@@ -96,8 +113,10 @@ pub use self::core::{Core, Message, Output, Peer, WITHDRAWN_TAG};
 pub use clustron_membership::NodeName;
 pub use config::{Config, ConfigError};
 pub use driver::{
-    DriverError, Elect, Election, FileStorage, LeadershipEvent, Options, PromiseHook,
+    DriverError, Elect, Election, FileStorage, Leader, LeadershipEvent, Notification, Options,
+    PromiseHook, Subscription,
 };
 pub use error::Error;
+pub use route::{RetryPolicy, RouteError, Routed, ToLeader};
 pub use storage::{MemStorage, Persisted, Promise, Storage, VoterRecord};
 pub use voters::{Epoch, Voter, VoterSet};

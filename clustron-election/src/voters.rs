@@ -1,31 +1,16 @@
 //! Epochs and the configured voter set.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use clustron_membership::NodeName;
 use serde::{Deserialize, Serialize};
 
-/// A leadership term. Epochs only grow; each one has at most one leader, and
-/// it is the fencing token: receivers reject anything older than the newest
-/// epoch they have seen.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Epoch(pub u64);
-
-impl Epoch {
-    /// The epoch after this one.
-    pub fn next(self) -> Self {
-        Self(self.0.saturating_add(1))
-    }
-}
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+/// A leadership term: epochs only grow, each has at most one leader, and
+/// the epoch is the fencing token (receivers reject anything older than the
+/// newest epoch they have seen). Defined in `clustron-membership` so that the
+/// event bus can report leaders without depending on the election; this is
+/// the same type.
+pub use clustron_membership::Epoch;
 
 /// One member of the voter set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,8 +50,9 @@ impl Voter {
 ///
 /// Decoding (from a peer or the disk) refuses a set that is not sorted by
 /// name or names a voter twice: a duplicate would inflate
-/// [`VoterSet::majority`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// [`VoterSet::majority`]. The default is the empty set, in which nobody
+/// can lead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "VoterSetWire")]
 pub struct VoterSet {
     /// Raised by one per change; the initial set has version 0.

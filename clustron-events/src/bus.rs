@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use clustron_election::{Election, Epoch, LeadershipEvent};
-use clustron_membership::{Member, MemberEvent, Membership, NodeName, Notification};
+use clustron_membership::{Epoch, Member, MemberEvent, Membership, NodeName, Notification};
 use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::core::{Config, Core, Message, Output, PublishError, UserEvent};
 
@@ -70,19 +69,16 @@ impl Filter {
     }
 }
 
-/// What a subscription yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Received {
-    /// An event that matched the filter.
-    Event(Event),
-    /// The subscriber fell behind; this many events were dropped.
-    Lagged(u64),
-}
+/// What a subscription yields: an event that matched the filter, or how
+/// many events (of any kind) the subscriber missed by falling behind.
+pub type Received = clustron_transport::Notification<Event>;
 
-/// A filtered stream of events.
+/// A filtered stream of events: the same lag-reporting
+/// [`clustron_transport::Subscription`] as membership's and the election's,
+/// with a [`Filter`].
 #[derive(Debug)]
 pub struct Subscription {
-    rx: broadcast::Receiver<Event>,
+    inner: clustron_transport::Subscription<Event>,
     filter: Filter,
 }
 
@@ -90,15 +86,19 @@ impl Subscription {
     /// The next matching event; `None` once the bus stopped.
     pub async fn recv(&mut self) -> Option<Received> {
         loop {
-            match self.rx.recv().await {
-                Ok(event) if self.filter.matches(&event) => return Some(Received::Event(event)),
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Received::Lagged(n)),
-                Err(broadcast::error::RecvError::Closed) => return None,
+            match self.inner.recv().await? {
+                Received::Event(event) if !self.filter.matches(&event) => {}
+                received => return Some(received),
             }
         }
     }
 }
+
+/// Where the bus learns who leads: the current leader and its epoch as a
+/// watch (`clustron_election::Election::leader_feed` gives one). The bus
+/// does not depend on the election: any source of leaders will do, and a
+/// node without an election passes none.
+pub type LeaderFeed = watch::Receiver<Option<(NodeName, Epoch)>>;
 
 /// The cluster as clients see it, at one version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,11 +183,12 @@ pub struct EventBus {
 const TOPOLOGY_HISTORY: usize = 1024;
 
 impl EventBus {
-    /// Starts the bus beside `membership` (and `election`, if the node runs one).
+    /// Starts the bus beside `membership`, reporting leaders from `leader`
+    /// if the node runs an election (`election.leader_feed()`).
     pub async fn start(
         endpoint: &Endpoint,
         membership: &Membership,
-        election: Option<&Election>,
+        leader: Option<LeaderFeed>,
         config: Config,
     ) -> Result<Self, BusError> {
         let inbox = endpoint.register::<Events>()?;
@@ -197,19 +198,22 @@ impl EventBus {
         core.set_members(live(&members));
         let (commands, command_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(1024);
-        let leader = election.and_then(Election::leader);
+        let mut leader = leader;
+        let current = leader
+            .as_mut()
+            .and_then(|feed| feed.borrow_and_update().clone());
         let driver = Driver {
             core,
             inbox,
             channel: endpoint.channel::<Events>(),
             membership: membership.subscribe(),
-            election: election.map(Election::subscribe),
+            leader,
             commands: command_rx,
             events: events.clone(),
             topology: Topology {
                 version: 1,
                 members,
-                leader,
+                leader: current,
             },
             history: VecDeque::new(),
             updates: broadcast::channel(1024).0,
@@ -237,10 +241,12 @@ impl EventBus {
             .await??)
     }
 
-    /// Events matching `filter`, as they happen.
+    /// Events matching `filter`, as they happen (1024 are kept for a
+    /// subscriber that falls behind; beyond that it is told how many it
+    /// missed).
     pub fn subscribe(&self, filter: Filter) -> Subscription {
         Subscription {
-            rx: self.events.subscribe(),
+            inner: clustron_transport::Subscription::new(self.events.subscribe()),
             filter,
         }
     }
@@ -310,7 +316,7 @@ struct Driver {
     inbox: Inbox<Events>,
     channel: Channel<Events>,
     membership: clustron_membership::Subscription,
-    election: Option<broadcast::Receiver<LeadershipEvent>>,
+    leader: Option<LeaderFeed>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     topology: Topology,
@@ -327,8 +333,12 @@ impl Driver {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let leadership = async {
-                match self.election.as_mut() {
-                    Some(rx) => rx.recv().await.ok(),
+                match self.leader.as_mut() {
+                    Some(feed) => match feed.changed().await {
+                        Ok(()) => Some(feed.borrow_and_update().clone()),
+                        // The election stopped: no more leaders to report.
+                        Err(_) => std::future::pending().await,
+                    },
                     None => std::future::pending().await,
                 }
             };
@@ -346,7 +356,7 @@ impl Driver {
                     Some(Notification::Lagged(_)) => {}
                     None => return,
                 },
-                Some(event) = leadership => self.leadership_changed(event),
+                Some(leader) = leadership => self.leadership_changed(leader),
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     self.core.handle_timeout(Instant::now());
                 }
@@ -430,12 +440,7 @@ impl Driver {
         self.change(TopologyChange::Member(member));
     }
 
-    fn leadership_changed(&mut self, event: LeadershipEvent) {
-        let leader = match event {
-            LeadershipEvent::Leader { name, epoch } => Some((name, epoch)),
-            LeadershipEvent::LeaderLost => None,
-            _ => return,
-        };
+    fn leadership_changed(&mut self, leader: Option<(NodeName, Epoch)>) {
         if leader == self.topology.leader {
             return;
         }

@@ -9,6 +9,11 @@
 //! with a version, then deltas with increasing versions, resumable by version
 //! ([`EventBus::watch_topology`]). [`EventBus`] drives it all in one tokio task.
 //!
+//! It depends on membership, not on the election: leaders come in through a
+//! [`LeaderFeed`] (`clustron_election::Election::leader_feed`), so a product
+//! that runs no election does not compile one. `clustron-node` wires the
+//! two together.
+//!
 //! # Example
 //!
 //! Two nodes driven by hand: `a` publishes, `b` delivers.
@@ -47,6 +52,7 @@ mod bus;
 pub mod core;
 
 pub use bus::{
-    BusError, Event, EventBus, Events, Filter, Received, Subscription, Topology, TopologyChange,
-    TopologyUpdate, TopologyWatch,
+    BusError, Event, EventBus, Events, Filter, LeaderFeed, Received, Subscription, Topology,
+    TopologyChange, TopologyUpdate, TopologyWatch,
 };
+pub use clustron_membership::{Epoch, NodeName};

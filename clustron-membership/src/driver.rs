@@ -37,9 +37,17 @@ pub struct Options {
     /// The address others reach us at. Default: the endpoint's local
     /// address (set this when listening on 0.0.0.0).
     pub advertise: Option<SocketAddr>,
-    /// Election priority (higher preferred).
+    /// Election priority (higher preferred; ties go to the smallest name).
+    ///
+    /// Set here, not in `clustron-election`, because every node must see
+    /// every other node's priority to agree on the candidate: it travels in
+    /// this node's member record. The election reads this node's own
+    /// priority from here when it starts. `clustron-node`'s builder sets it
+    /// from its election settings (`Elect::priority`). Default 0.
     pub priority: u32,
-    /// Whether this node votes in elections.
+    /// Whether this node votes in elections. Only a node that is also in
+    /// the election's configured voter set counts; `clustron-node` sets it
+    /// from that set. Default true.
     pub voter: bool,
     /// Initial tags.
     pub tags: BTreeMap<String, String>,
@@ -83,32 +91,13 @@ pub struct Membership {
     name: NodeName,
 }
 
-/// What [`Subscription::recv`] yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notification {
-    /// A membership change.
-    Event(MemberEvent),
-    /// The subscriber fell behind and this many events were dropped; read
-    /// `members()` again to resynchronise.
-    Lagged(u64),
-}
+/// What a membership [`Subscription`] yields: a change, or how many were
+/// missed (read [`Membership::members`] again to resynchronise).
+pub type Notification = clustron_transport::Notification<MemberEvent>;
 
-/// A stream of membership changes.
-#[derive(Debug)]
-pub struct Subscription {
-    rx: broadcast::Receiver<MemberEvent>,
-}
-
-impl Subscription {
-    /// The next change; `None` once membership has stopped.
-    pub async fn recv(&mut self) -> Option<Notification> {
-        match self.rx.recv().await {
-            Ok(event) => Some(Notification::Event(event)),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(Notification::Lagged(n)),
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    }
-}
+/// A stream of membership changes ([`Membership::subscribe`]); the same
+/// lag-reporting shape as every other change stream in Clustron.
+pub type Subscription = clustron_transport::Subscription<MemberEvent>;
 
 impl Membership {
     /// Starts membership on `endpoint` and joins through `options.seeds`;
@@ -212,11 +201,11 @@ impl Membership {
         self.ask(|tx| Command::UpdateTags(tags, tx)).await
     }
 
-    /// Changes as they happen.
+    /// Changes as they happen (the last [`Options::event_buffer`] are kept
+    /// for a subscriber that falls behind; beyond that it is told how many
+    /// it missed).
     pub fn subscribe(&self) -> Subscription {
-        Subscription {
-            rx: self.events.subscribe(),
-        }
+        Subscription::new(self.events.subscribe())
     }
 
     /// Leaves gracefully and stops once the news is passed on.

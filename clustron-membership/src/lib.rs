@@ -52,4 +52,4 @@ pub use self::core::{Health, Output};
 pub use config::{Config, ConfigError};
 pub use driver::{Membership, Notification, Options, Subscription, Swim};
 pub use error::Error;
-pub use member::{Incarnation, Member, MemberEvent, MemberState, NodeName};
+pub use member::{Epoch, Incarnation, Member, MemberEvent, MemberState, NodeName};

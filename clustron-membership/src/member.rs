@@ -21,6 +21,32 @@ impl fmt::Display for Incarnation {
     }
 }
 
+/// A leadership term, issued by `clustron-election` (which re-exports this
+/// type as `clustron_election::Epoch`). Epochs only grow; each has at most
+/// one leader, and it is the fencing token: receivers reject anything older
+/// than the newest epoch they have seen.
+///
+/// Defined here, below the election, so that a layer beside it (the event
+/// bus, which reports leaders) can name it without depending on the
+/// election.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The epoch after this one.
+    pub fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// Where a member stands, as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MemberState {
@@ -64,7 +90,7 @@ pub struct Member {
     pub name: NodeName,
     /// Where it listens (UDP, QUIC).
     pub addr: SocketAddr,
-    /// Election priority: higher is preferred.
+    /// Election priority: higher is preferred (see [`crate::Options::priority`]).
     pub priority: u32,
     /// Whether it may vote in elections (false for learners).
     pub voter: bool,

@@ -1,5 +1,11 @@
 //! Certificate tooling: a cluster CA, node and client certificates, PEM files.
 //!
+//! Loading PEM files ([`TlsIdentity`]) is always there. Generating a CA and
+//! issuing certificates (`CertificateAuthority`, `CertRequest`) needs the
+//! `certs` feature (on by default), which brings in `rcgen`: a node that only
+//! loads the files an operator made can do without it
+//! (`default-features = false`).
+//!
 //! A node certificate carries `urn:clustron:node:NAME` as a URI
 //! subject-alternative-name, plus any IP and DNS names asked for, and allows
 //! both TLS server and client authentication. A client certificate carries
@@ -8,10 +14,13 @@
 
 use std::fs;
 use std::io::Write;
+#[cfg(feature = "certs")]
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "certs")]
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "certs")]
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -20,17 +29,23 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::CertError;
-use crate::identity::{ClientRole, PeerIdentity, PeerKind, PeerName};
+use crate::identity::PeerIdentity;
+#[cfg(feature = "certs")]
+use crate::identity::{ClientRole, PeerKind, PeerName};
 
 /// Default lifetime of a CA: ten years.
+#[cfg(feature = "certs")]
 pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Default lifetime of a node or client certificate: one year.
+#[cfg(feature = "certs")]
 pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Clock skew tolerated between the issuer and the verifiers: certificates
 /// start to be valid this long before they were issued.
+#[cfg(feature = "certs")]
 const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// The validity window of a certificate.
+#[cfg(feature = "certs")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
     /// Not valid before this instant.
@@ -39,6 +54,7 @@ pub struct Validity {
     pub not_after: SystemTime,
 }
 
+#[cfg(feature = "certs")]
 impl Validity {
     /// Valid from an hour ago (clock skew) for `lifetime`.
     pub fn for_duration(lifetime: Duration) -> Self {
@@ -51,6 +67,7 @@ impl Validity {
 }
 
 /// What to put in a node or client certificate.
+#[cfg(feature = "certs")]
 #[derive(Debug, Clone)]
 pub struct CertRequest {
     identity: PeerIdentity,
@@ -59,6 +76,7 @@ pub struct CertRequest {
     validity: Validity,
 }
 
+#[cfg(feature = "certs")]
 impl CertRequest {
     /// A node certificate for `name`, valid for [`DEFAULT_CERT_VALIDITY`].
     pub fn node(name: &str) -> Result<Self, CertError> {
@@ -129,12 +147,14 @@ impl CertifiedKey {
 }
 
 /// A cluster certificate authority: signs node and client certificates.
+#[cfg(feature = "certs")]
 pub struct CertificateAuthority {
     cert_pem: String,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
+#[cfg(feature = "certs")]
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateAuthority")
@@ -143,6 +163,7 @@ impl std::fmt::Debug for CertificateAuthority {
     }
 }
 
+#[cfg(feature = "certs")]
 impl CertificateAuthority {
     /// Creates a new CA named `common_name`, valid for [`DEFAULT_CA_VALIDITY`].
     pub fn generate(common_name: &str) -> Result<Self, CertError> {
@@ -247,6 +268,14 @@ impl CertificateAuthority {
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// Issues a node certificate for `name` and returns the identity an
+    /// [`crate::Endpoint`] binds with: the shortest way to a node in tests,
+    /// examples and local clusters.
+    pub fn node_identity(&self, name: &str) -> Result<TlsIdentity, CertError> {
+        let cert = self.issue(&CertRequest::node(name)?)?;
+        TlsIdentity::from_certified(&self.cert_pem, &cert)
+    }
 }
 
 /// Everything an endpoint needs to authenticate: the trusted CA certificates,
@@ -338,6 +367,7 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
     })
 }
 
+#[cfg(feature = "certs")]
 fn read_to_string(path: &Path) -> Result<String, CertError> {
     fs::read_to_string(path).map_err(|source| CertError::Io {
         path: path.to_owned(),
@@ -374,7 +404,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
     fs::rename(&tmp, path).map_err(io)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "certs"))]
 mod tests {
     use super::*;
 

@@ -33,6 +33,7 @@ use crate::frame::{self, Status, StreamKind, HEADER_LEN};
 use crate::identity::PeerIdentity;
 use crate::refusals::{self, RefusalLog};
 use crate::stream::{self, FramedStream, ReadFailure, Reader};
+use crate::subscription::Subscription;
 use crate::tls;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -590,7 +591,15 @@ impl Endpoint {
     }
 
     /// Registers the handler side of protocol `P`. Each channel can be
-    /// registered once per endpoint.
+    /// registered once per endpoint, and stays registered for the
+    /// endpoint's life.
+    ///
+    /// Keep the [`Inbox`] for as long as the node serves `P`: everything
+    /// arrives there. Dropping it does not unregister the channel; requests
+    /// are then refused ([`Error::Rejected`], "handler dropped the
+    /// request"), and messages, datagrams and streams are dropped unread.
+    /// Register before joining the cluster, so that no peer's first request
+    /// finds the channel missing ([`Error::UnknownChannel`]).
     pub fn register<P: Protocol>(&self) -> Result<Inbox<P>, Error> {
         self.add_route::<P>(|tx| Arc::new(TypedRoute::<P> { tx }))
     }
@@ -600,6 +609,11 @@ impl Endpoint {
     /// answer requests that need no single owner. An `Err(reason)` reaches
     /// the caller as [`Error::Rejected`]. One-way messages, datagrams and
     /// streams of `P` still arrive in the returned inbox.
+    ///
+    /// The handler is kept by the endpoint, so requests are answered
+    /// whether or not the [`Inbox`] is kept. Drop the inbox if `P` has no
+    /// messages or streams (they are then dropped unread); keep it and read
+    /// it if it does.
     pub fn serve<P, F, Fut>(&self, handler: F) -> Result<Inbox<P>, Error>
     where
         P: Protocol,
@@ -647,9 +661,11 @@ impl Endpoint {
         })
     }
 
-    /// Connection events: connected, disconnected, refused.
-    pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
-        self.inner.events.subscribe()
+    /// Connection events: connected, disconnected, refused (the last 256
+    /// are kept per subscriber; one that falls further behind is told how
+    /// many it missed).
+    pub fn events(&self) -> Subscription<TransportEvent> {
+        Subscription::new(self.inner.events.subscribe())
     }
 
     /// QUIC-level statistics of the cached connection to `addr` (packets,
@@ -710,30 +726,48 @@ impl<P: Protocol> fmt::Debug for Channel<P> {
 
 impl<P: Protocol> Channel<P> {
     /// Sends `request` to `to` on a new bidirectional stream and waits for
-    /// the response, at most `request_timeout`.
+    /// the response, at most the endpoint's
+    /// [`TransportConfig::request_timeout`].
     pub async fn request(
         &self,
         to: SocketAddr,
         request: &P::Request,
+    ) -> Result<P::Response, Error> {
+        let after = self.endpoint.inner.config.request_timeout;
+        self.request_with_timeout(to, request, after).await
+    }
+
+    /// As [`Channel::request`], waiting at most `after` for this one call
+    /// (dial included) instead of the endpoint-wide `request_timeout`.
+    ///
+    /// A timeout is [`Error::Timeout`] with `what` `"request"`, and like a
+    /// lost connection it does not prove the remote did nothing
+    /// ([`Error::nothing_processed`] is false): retry such a request only if
+    /// it is idempotent or deduplicated by the remote.
+    pub async fn request_with_timeout(
+        &self,
+        to: SocketAddr,
+        request: &P::Request,
+        after: Duration,
     ) -> Result<P::Response, Error> {
         let inner = &self.endpoint.inner;
         let max = inner.config.max_frame_size;
         let mut buf = Vec::with_capacity(frame::framed_len(request) + HEADER_LEN);
         buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
         frame::encode_frame(&mut buf, request, max).map_err(Error::Encode)?;
-        let after = inner.config.request_timeout;
         let opened = std::sync::atomic::AtomicBool::new(false);
         let exchange = async {
             // Nothing has left before the stream is open; from then on a
             // failure may come after the remote processed the request.
-            let (send, recv) = inner.open_bi(to).await?;
+            let (send, recv) = inner.open_bi(to).await.map_err(Error::before_sending)?;
             opened.store(true, Relaxed);
             Self::exchange(inner, to, &buf, send, recv)
                 .await
                 .map_err(Error::after_sending)
         };
         timeout(after, exchange).await.map_err(|_| Error::Timeout {
-            // Still dialing or waiting for a stream: nothing was sent.
+            // Running out while still dialing (a timeout shorter than the
+            // dial's own) proves nothing was sent, as a dial timeout does.
             what: if opened.load(Relaxed) {
                 "request"
             } else {

@@ -163,6 +163,20 @@ impl Error {
         }
     }
 
+    /// The same failure, seen before a request has left: a connection that
+    /// was refused or lost while dialing or opening the stream (a peer that
+    /// is shutting down refuses new connections) cannot have delivered
+    /// anything, so it counts as unreachable.
+    pub(crate) fn before_sending(self) -> Error {
+        match self {
+            Error::ConnectionLost { addr, reason } => Error::Unreachable {
+                addr,
+                reason: format!("{reason}, before the request was sent"),
+            },
+            other => other,
+        }
+    }
+
     /// The same failure, seen after a request has left: a connection that
     /// is unreachable or closed now (an idle timeout, say) may well have
     /// delivered it first, so it counts as lost, not as never sent.
@@ -226,6 +240,7 @@ pub enum CertError {
         why: &'static str,
     },
     /// rcgen could not build or sign the certificate.
+    #[cfg(feature = "certs")]
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
     /// A PEM file holds no usable certificate or key.

@@ -2,7 +2,8 @@
 //! node, authenticated peer identity, and typed channels.
 //!
 //! What it owns:
-//! - **Certificates** ([`CertificateAuthority`], [`CertRequest`], [`TlsIdentity`]):
+//! - **Certificates** ([`TlsIdentity`] from PEM files; with the `certs`
+//!   feature, on by default, also `CertificateAuthority` and `CertRequest`):
 //!   a cluster CA, node certificates (`urn:clustron:node:NAME`, server and client
 //!   auth) and client certificates (`urn:clustron:client:ROLE:NAME`, client auth
 //!   only), PEM files, keys written with mode 0600.
@@ -70,9 +71,12 @@ pub mod frame;
 pub mod identity;
 mod refusals;
 mod stream;
+mod subscription;
 pub mod tls;
 
-pub use certs::{CertRequest, CertificateAuthority, CertifiedKey, TlsIdentity, Validity};
+#[cfg(feature = "certs")]
+pub use certs::{CertRequest, CertificateAuthority, Validity};
+pub use certs::{CertifiedKey, TlsIdentity};
 pub use config::{ConfigError, TransportConfig, DEFAULT_MAX_FRAME};
 pub use endpoint::{
     Channel, ChannelId, Delivery, Endpoint, Inbound, Inbox, Peer, Protocol, Reply, TransportEvent,
@@ -81,3 +85,4 @@ pub use endpoint::{
 pub use error::{CertError, Error, FrameError};
 pub use identity::{ClientRole, PeerIdentity, PeerKind, PeerName};
 pub use stream::{FrameReceiver, FrameSender, FramedStream};
+pub use subscription::{Notification, Subscription};

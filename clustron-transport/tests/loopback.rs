@@ -309,11 +309,13 @@ async fn clients_reach_client_channels_only() {
 }
 
 /// Waits for a `Refused` event on `endpoint` and returns its reason.
-async fn refusal(events: &mut tokio::sync::broadcast::Receiver<TransportEvent>) -> String {
+async fn refusal(events: &mut Subscription<TransportEvent>) -> String {
     timeout(DEADLINE, async {
         loop {
-            if let Ok(TransportEvent::Refused { reason, .. }) = events.recv().await {
-                return reason;
+            match events.recv().await {
+                Some(Notification::Event(TransportEvent::Refused { reason, .. })) => return reason,
+                Some(_) => {}
+                None => panic!("the endpoint stopped before a refusal"),
             }
         }
     })

@@ -35,8 +35,24 @@ pub const LAYERS: &[&str] = &[
     "clustron-membership",
     "clustron-election",
     "clustron-events",
+    "clustron-node",
     "clustron-dkv",
 ];
+
+/// The platform crates a product builds on: they inherit nothing from the
+/// workspace (so a product can depend on them by path from inside its own
+/// workspace), and they are all the examples may use.
+pub const PLATFORM: &[&str] = &[
+    "clustron-transport",
+    "clustron-membership",
+    "clustron-election",
+    "clustron-events",
+    "clustron-node",
+];
+
+/// The examples crate: it may use the platform crates only, never DKV or
+/// the test helpers, so each example shows what a new product needs.
+pub const EXAMPLES: &str = "clustron-examples";
 
 /// Crates above every layer: they may depend on anything; only tools may
 /// depend on them (xtask runs the simulator's measurements).
@@ -163,6 +179,10 @@ pub fn layering_violations(edges: &BTreeMap<String, Vec<String>>) -> Vec<String>
                 None
             } else if TOOLS.contains(&to) {
                 Some("only a tool crate may depend on a tool crate")
+            } else if from == EXAMPLES {
+                (!PLATFORM.contains(&to)).then_some(
+                    "the examples may use only the platform crates (no DKV, no test helpers)",
+                )
             } else if from == "clustron-client" {
                 (!CLIENT_MAY_USE.contains(&to) || dep.ends_with(WITH_SERVER))
                     .then_some("the client may use only the transport and DKV protocol types (no `server` feature)")
@@ -202,6 +222,10 @@ mod tests {
         assert_eq!(layering_violations(&bad).len(), 1);
         let bad = edges(&[("clustron-dkv", &["xtask"])]);
         assert_eq!(layering_violations(&bad).len(), 1);
+        let bad = edges(&[("clustron-examples", &["clustron-dkv"])]);
+        assert_eq!(layering_violations(&bad).len(), 1);
+        let bad = edges(&[("clustron-examples", &["clustron-tests"])]);
+        assert_eq!(layering_violations(&bad).len(), 1);
     }
 
     #[test]
@@ -216,6 +240,11 @@ mod tests {
                 &["clustron-dkv", "clustron-transport", "clustron-tests"],
             ),
             ("clustron-client", &["clustron-transport", "clustron-dkv"]),
+            (
+                "clustron-examples",
+                &["clustron-node", "clustron-transport"],
+            ),
+            ("clustron-node", &["clustron-events", "clustron-election"]),
         ]);
         assert_eq!(layering_violations(&good), Vec::<String>::new());
     }

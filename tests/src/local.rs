@@ -1,18 +1,17 @@
 //! A local cluster in one process over real transports on 127.0.0.1:
-//! transport, membership and election per node, for integration tests and
-//! `cargo xtask bench election`.
+//! transport, membership, election and event bus per node, assembled by
+//! `clustron-node` (the same recipe as the node binary), for integration
+//! tests and `cargo xtask bench election`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Result;
-use clustron_election::{Config, Election, Epoch, NodeName, Options, PromiseHook, Voter, VoterSet};
+use anyhow::{Context, Result};
+use clustron_election::{Config, Election, Epoch, NodeName, PromiseHook, Voter, VoterSet};
 use clustron_events::EventBus;
-use clustron_membership::{Membership, Options as MembershipOptions};
-use clustron_transport::{
-    CertRequest, CertificateAuthority, Endpoint, TlsIdentity, TransportConfig,
-};
+use clustron_membership::Membership;
+use clustron_node::{Elect, NodeBuilder};
+use clustron_transport::{CertificateAuthority, Endpoint};
 use tokio::time::Instant;
 
 /// One node of a [`LocalCluster`].
@@ -27,15 +26,19 @@ pub struct Node {
     pub election: Election,
     /// Its event bus.
     pub bus: EventBus,
+    /// The assembled node, for stopping it.
+    pub node: clustron_node::Node,
 }
 
 impl Node {
     /// Stops the node without a word to anyone, like `kill -9`.
     pub async fn kill(&self) {
-        self.bus.shutdown().await;
-        self.election.shutdown().await;
-        self.membership.shutdown().await;
-        self.endpoint.close().await;
+        self.node.kill().await;
+    }
+
+    /// Stops the node gracefully: hands leadership over, leaves, closes.
+    pub async fn leave(&self) {
+        self.node.leave().await;
     }
 }
 
@@ -70,53 +73,48 @@ impl LocalCluster {
     ) -> Result<Self> {
         let ca = CertificateAuthority::generate("local cluster")?;
         let dir = tempfile::tempdir()?;
-        let mut endpoints = Vec::new();
+        // Every port first, so the voter set carries every voter's address.
+        let mut bound = Vec::new();
         for i in 1..=n {
-            let cert = ca.issue(&CertRequest::node(&format!("n{i}"))?)?;
-            let identity = TlsIdentity::from_certified(ca.cert_pem(), &cert)?;
-            let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-            endpoints.push(Endpoint::bind(TransportConfig::new(listen), identity)?);
+            bound.push(NodeBuilder::new(ca.node_identity(&format!("n{i}"))?));
         }
+        let bound = bound
+            .into_iter()
+            .map(|builder| builder.bind())
+            .collect::<Result<Vec<_>, _>>()?;
         let set = VoterSet::new((1..=voters).map(|i| Voter {
             name: name(i),
-            addr: endpoints[i - 1].local_addr(),
+            addr: bound[i - 1].local_addr(),
         }));
-        let seed = endpoints[0].local_addr();
+        let seed = bound[0].local_addr();
         let mut nodes = Vec::new();
-        for (index, endpoint) in endpoints.into_iter().enumerate() {
+        for (index, node) in bound.into_iter().enumerate() {
             let i = index + 1;
-            let options = MembershipOptions {
-                seeds: if i == 1 { vec![] } else { vec![seed] },
-                priority: if i <= voters {
-                    (100 * (voters + 1 - i)) as u32
-                } else {
-                    0
-                },
-                voter: i <= voters,
-                ..MembershipOptions::default()
+            let priority = if i <= voters {
+                (100 * (voters + 1 - i)) as u32
+            } else {
+                0
             };
-            let membership = Membership::start(&endpoint, options).await?;
-            let options = Options {
-                config: config.clone(),
-                voters: set.clone(),
-                data_dir: dir.path().join(format!("n{i}")),
-                hook: hook(i),
-                withdrawn: None,
-            };
-            let election = Election::start(&endpoint, &membership, options).await?;
-            let bus = EventBus::start(
-                &endpoint,
-                &membership,
-                Some(&election),
-                clustron_events::core::Config::default(),
-            )
-            .await?;
+            let mut elect = Elect::new(set.clone())
+                .priority(priority)
+                .config(config.clone())
+                .data_dir(dir.path().join(format!("n{i}")));
+            if let Some(hook) = hook(i) {
+                elect = elect.promise_hook(hook);
+            }
+            let node = node
+                .seeds(if i == 1 { None } else { Some(seed) })
+                .elect(elect)
+                .events(Default::default())
+                .start()
+                .await?;
             nodes.push(Node {
                 name: name(i),
-                endpoint,
-                membership,
-                election,
-                bus,
+                endpoint: node.endpoint().clone(),
+                membership: node.membership().clone(),
+                election: node.election().context("no election")?.clone(),
+                bus: node.events().context("no event bus")?.clone(),
+                node,
             });
         }
         let cluster = Self { nodes, _dir: dir };

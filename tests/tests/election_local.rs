@@ -148,10 +148,12 @@ async fn grants_carry_the_summary_the_promise_hook_returns() {
     cluster.nodes[0].kill().await;
     let (epoch, summaries) = tokio::time::timeout(DEADLINE, async {
         loop {
-            if let Ok(clustron_election::LeadershipEvent::Elected { epoch, summaries }) =
-                events.recv().await
-            {
-                return (epoch, summaries);
+            match events.recv().await {
+                Some(clustron_election::Notification::Event(
+                    clustron_election::LeadershipEvent::Elected { epoch, summaries },
+                )) => return (epoch, summaries),
+                Some(_) => {}
+                None => panic!("the election stopped"),
             }
         }
     })

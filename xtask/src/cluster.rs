@@ -1,17 +1,15 @@
 //! `cargo xtask cluster`: a local cluster in one process, for trying things:
-//! transport, membership and election per node (the first three vote), with
-//! the member table and every membership and leadership change printed.
+//! transport, membership and election per node (the first three vote),
+//! assembled by `clustron-node`, with the member table and every membership
+//! and leadership change printed.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clustron_election::{Election, LeadershipEvent, Voter, VoterSet};
-use clustron_membership::{Membership, Notification, Options};
-use clustron_transport::{
-    CertRequest, CertificateAuthority, Endpoint, TlsIdentity, TransportConfig,
-};
+use clustron_election::LeadershipEvent;
+use clustron_node::{Elect, Node, NodeBuilder};
+use clustron_transport::{CertRequest, CertificateAuthority, Notification, TlsIdentity};
 
 /// Runs `nodes` nodes on 127.0.0.1 until Ctrl-C.
 pub fn run(nodes: usize, dir: &Path, port: u16) -> Result<()> {
@@ -46,7 +44,10 @@ fn certificates(dir: &Path, nodes: usize) -> Result<()> {
 
 async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
     certificates(dir, nodes)?;
-    let mut endpoints = Vec::new();
+    // The first three nodes (or all, if fewer) vote; the rest follow.
+    let voting = nodes.min(3);
+    let voter_names: Vec<String> = (1..=voting).map(|i| format!("n{i}")).collect();
+    let mut running: Vec<Node> = Vec::new();
     for i in 1..=nodes {
         let name = format!("n{i}");
         let identity = TlsIdentity::from_files(
@@ -56,52 +57,31 @@ async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
         )?;
         let port = if port == 0 { 0 } else { port + i as u16 - 1 };
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
-        let endpoint = Endpoint::bind(TransportConfig::new(listen), identity)
+        let elect = Elect::voters(&voter_names)?
+            .priority((nodes + 1 - i) as u32)
+            .data_dir(dir.join("data").join(&name));
+        let node = NodeBuilder::new(identity)
+            .listen(listen)
+            .seeds(running.first().map(Node::local_addr))
+            .elect(elect)
+            .start()
+            .await
             .with_context(|| format!("starting {name} on {listen}"))?;
-        println!("{name} listening on {}", endpoint.local_addr());
-        endpoints.push(endpoint);
+        println!("{name} listening on {}", node.local_addr());
+        running.push(node);
     }
-    // The first three nodes (or all, if fewer) vote; the rest follow.
-    let voting = nodes.min(3);
-    let voters = VoterSet::new(endpoints[..voting].iter().map(|e| Voter {
-        name: e.identity().name.clone(),
-        addr: e.local_addr(),
-    }));
-    let seed = endpoints[0].local_addr();
-    let mut members = Vec::new();
-    let mut elections = Vec::new();
-    for (index, endpoint) in endpoints.iter().enumerate() {
-        let options = Options {
-            seeds: if index == 0 { vec![] } else { vec![seed] },
-            priority: (nodes - index) as u32,
-            voter: index < voting,
-            ..Options::default()
-        };
-        let membership = Membership::start(endpoint, options).await?;
-        let election = Election::start(
-            endpoint,
-            &membership,
-            clustron_election::Options {
-                config: clustron_election::Config::lan(),
-                voters: voters.clone(),
-                data_dir: dir.join("data").join(endpoint.identity().name.as_str()),
-                hook: None,
-                withdrawn: None,
-            },
-        )
-        .await?;
-        members.push(membership);
-        elections.push(election);
-    }
-    let first = &members[0];
-    let mut changes = first.subscribe();
-    let mut leadership = elections[0].subscribe();
+    let first = &running[0];
+    let mut changes = first.membership().subscribe();
+    let mut leadership = first
+        .election()
+        .context("n1 runs the election")?
+        .subscribe();
     println!();
     println!(
         "{:<6} {:<22} {:<8} {:>8} {:>5}",
         "NAME", "ADDRESS", "STATE", "PRIORITY", "INC"
     );
-    for m in first.members().await? {
+    for m in first.membership().members().await? {
         println!(
             "{:<6} {:<22} {:<8} {:>8} {:>5}",
             m.name.as_str(),
@@ -124,23 +104,19 @@ async fn run_async(nodes: usize, dir: &Path, port: u16) -> Result<()> {
                 Some(Notification::Lagged(n)) => println!("(missed {n} changes)"),
                 None => break,
             },
-            event = leadership.recv() => match event {
-                Ok(LeadershipEvent::Leader { name, epoch }) => println!("leader: {name} (epoch {})", epoch.0),
-                Ok(LeadershipEvent::LeaderLost) => println!("no leader known"),
-                Ok(_) => {}
-                Err(_) => {}
+            note = leadership.recv() => match note {
+                Some(Notification::Event(LeadershipEvent::Leader { name, epoch })) => println!("leader: {name} (epoch {})", epoch.0),
+                Some(Notification::Event(LeadershipEvent::LeaderLost)) => println!("no leader known"),
+                Some(Notification::Event(_)) => {}
+                Some(Notification::Lagged(n)) => println!("(missed {n} leadership changes)"),
+                None => break,
             },
         }
     }
     println!("leaving...");
-    for election in &elections {
-        election.shutdown().await;
-    }
-    for membership in members.iter().rev() {
-        let _ = tokio::time::timeout(Duration::from_secs(3), membership.leave()).await;
-    }
-    for endpoint in &endpoints {
-        endpoint.close().await;
+    // The leader last, so it hands over once instead of at every departure.
+    for node in running.iter().rev() {
+        node.leave().await;
     }
     println!("stopped");
     Ok(())

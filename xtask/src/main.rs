@@ -3,7 +3,8 @@
 //! - `cluster [--nodes N]`: a local cluster on 127.0.0.1 in this process, with
 //!   generated certificates and the default configuration; prints the members
 //!   and every change until Ctrl-C, then leaves gracefully.
-//! - `ci`: `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`,
+//! - `ci`: `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`
+//!   (and the transport and `clustron-node` without default features),
 //!   release builds of `clustron-dkv` and `clustron`, then the whole test
 //!   suite, whose process tests run those release binaries
 //!   (`CLUSTRON_BIN_DIR`). This is what `.ci/run` runs.
@@ -117,6 +118,20 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The features a product may turn off still compile: a node that
+    // loads PEM files only (no rcgen), membership without the election or
+    // the event bus.
+    cargo(&[
+        "clippy",
+        "-p",
+        "clustron-transport",
+        "-p",
+        "clustron-node",
+        "--no-default-features",
         "--",
         "-D",
         "warnings",

@@ -372,6 +372,23 @@ impl Core {
         self.leader.as_ref().map(|k| (k.name.clone(), k.epoch))
     }
 
+    /// Where `name` is reached: the newest address a membership view gave
+    /// for it, else its address in the voter set; `None` when neither is
+    /// known, and for this node itself (the core never needs its own).
+    pub fn address_of(&self, name: &NodeName) -> Option<SocketAddr> {
+        if *name == self.me {
+            return None;
+        }
+        self.addresses.get(name).copied().or_else(|| {
+            self.voters
+                .committed
+                .voters()
+                .iter()
+                .find(|v| v.name == *name && v.has_addr())
+                .map(|v| v.addr)
+        })
+    }
+
     /// The newest epoch this node has seen: the fencing threshold.
     pub fn epoch(&self) -> Epoch {
         self.epoch_seen
