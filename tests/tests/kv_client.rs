@@ -231,7 +231,11 @@ async fn a_range_larger_than_a_frame_comes_back_whole_through_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_watches_share_one_client_and_a_put_afterwards_succeeds() {
     tokio::time::timeout(DEADLINE, async {
-        let OneNode { client, node, .. } = one_node().await;
+        let OneNode {
+            client,
+            node,
+            dir: _dir,
+        } = one_node().await;
         let mut watches = Vec::new();
         for i in 0..200 {
             let request = WatchRequest::new(KeyRange::Key(format!("w/{i}").into_bytes()));
@@ -250,7 +254,11 @@ async fn two_hundred_watches_share_one_client_and_a_put_afterwards_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_that_never_read_are_cancelled_and_writes_go_on_meanwhile() {
     tokio::time::timeout(DEADLINE, async {
-        let OneNode { client, node, .. } = one_node_with(Duration::from_secs(1)).await;
+        let OneNode {
+            client,
+            node,
+            dir: _dir,
+        } = one_node_with(Duration::from_secs(1)).await;
         let kv = node.kv.borrow().clone().unwrap();
         // 12 MB of history under s/: more than a connection buffers.
         let value = vec![b'h'; 100 * 1024];
