@@ -682,6 +682,14 @@ impl Shared {
             .insert(addr, Instant::now() + SUSPECT_FOR);
     }
 
+    /// Whether `addr` failed recently.
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        let suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        suspects
+            .get(&addr)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
     fn leader(&self) -> Option<SocketAddr> {
         *self.leader.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -715,6 +723,22 @@ impl Shared {
             answer = self.channel.request(addr, request) => answer.map_err(Miss::Transport),
             leader = moved, if for_the_leader => Err(Miss::Moved(leader)),
         }
+    }
+
+    /// A topology stream through the first endpoint that answers, `avoid`
+    /// last. Leaves the endpoint order of requests alone.
+    async fn open_topology_avoiding(&self, avoid: Option<SocketAddr>) -> Option<FramedStream> {
+        let mut order = self.order();
+        order.sort_by_key(|(_, addr)| Some(*addr) == avoid);
+        for (_, addr) in order {
+            if let Ok(mut stream) = self.channel.open_stream(addr).await {
+                let request = StreamRequest::WatchTopology { from: None };
+                if stream.send(&request).await.is_ok() {
+                    return Some(stream);
+                }
+            }
+        }
+        None
     }
 
     async fn open(&self, request: &StreamRequest) -> Result<FramedStream, ClientError> {
@@ -760,14 +784,16 @@ impl Shared {
             let mut leader: Option<String> = None;
             loop {
                 let Some(shared) = weak.upgrade() else { return };
-                let stream = shared
-                    .open(&StreamRequest::WatchTopology { from: None })
-                    .await;
+                // Followed through a node other than the leader where one
+                // answers: a leader that dies or freezes cannot report its
+                // own successor.
+                let stream = shared.open_topology_avoiding(shared.leader()).await;
                 drop(shared);
-                let Ok(mut stream) = stream else {
+                let Some(mut stream) = stream else {
                     tokio::time::sleep(MAX_PAUSE).await;
                     continue;
                 };
+                let through = stream.peer().addr;
                 while let Ok(Some(item)) = stream.recv::<StreamItem>().await {
                     match item {
                         StreamItem::Snapshot { topology, .. } => {
@@ -795,6 +821,15 @@ impl Shared {
                     if addr.is_some() && *shared.leader_moves.borrow() != addr {
                         shared.set_leader(addr);
                         shared.leader_moves.send_replace(addr);
+                    }
+                    // Following through the leader itself: move to another
+                    // node if there is one.
+                    let elsewhere = shared
+                        .endpoints
+                        .iter()
+                        .any(|e| *e != through && !shared.is_suspect(*e));
+                    if addr == Some(through) && elsewhere {
+                        break;
                     }
                 }
             }
