@@ -361,7 +361,16 @@ impl Client {
                     .map(|(i, a)| (Some(i), a))
                     .collect(),
             };
+            // A node that failed recently (dead, frozen, cut off) is asked
+            // only when every other one failed too: a silent one costs a
+            // whole idle timeout.
+            let all_suspect = candidates
+                .iter()
+                .all(|(_, addr)| self.shared.is_suspect(*addr));
             for (index, addr) in candidates {
+                if target.is_none() && !all_suspect && self.shared.is_suspect(addr) {
+                    continue;
+                }
                 if target.is_none() && refused.contains(&addr) {
                     continue;
                 }
@@ -378,6 +387,10 @@ impl Client {
                     Ok(answer) => answer,
                     Err(Miss::Moved(leader)) => {
                         maybe_delivered = true;
+                        // The old leader is dead, frozen or cut off, most
+                        // likely: its connection only times out later, so
+                        // try it last meanwhile.
+                        self.shared.suspect(addr);
                         target = Some(leader);
                         continue 'rounds;
                     }
