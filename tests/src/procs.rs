@@ -10,49 +10,14 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long [`eventually`] waits for a condition.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The workspace's binaries: from `CLUSTRON_BIN_DIR` when set (`cargo xtask
-/// ci` points it at release builds), else those `cargo test --workspace`
-/// built beside the running test, built here when the test runs alone.
-pub fn binary(name: &str) -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    if let Some(dir) = std::env::var_os("CLUSTRON_BIN_DIR") {
-        let path = Path::new(&dir).join(name);
-        assert!(path.exists(), "CLUSTRON_BIN_DIR has no {name}");
-        return path;
-    }
-    // Invariant: test executables live in target/<profile>/deps/.
-    let dir = std::env::current_exe()
-        .expect("the test's own path")
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps/")
-        .to_owned();
-    BUILD.call_once(|| {
-        if !dir.join("clustron-dkv").exists() || !dir.join("clustron").exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "-p",
-                    "clustron-dkv",
-                    "-p",
-                    "clustron-client",
-                    "--bins",
-                ])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "cargo build of the binaries failed");
-        }
-    });
-    dir.join(name)
-}
+pub use crate::binary;
 
 /// `clustron-dkv`, ready for arguments.
 pub fn dkv() -> Command {
