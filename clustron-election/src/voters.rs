@@ -78,6 +78,11 @@ impl TryFrom<VoterSetWire> for VoterSet {
                 pair[0].name, pair[1].name
             ));
         }
+        // Every change takes the next version: the last one has none after
+        // it, so a set claiming it can only be forged.
+        if wire.version == u64::MAX {
+            return Err("voter set with the last possible version".into());
+        }
         Ok(VoterSet {
             version: wire.version,
             voters: wire.voters,
@@ -122,14 +127,16 @@ impl VoterSet {
     /// This set with `voter` added, one version up.
     pub fn with(&self, voter: Voter) -> Self {
         let mut next = Self::new(self.voters.iter().cloned().chain([voter]));
-        next.version = self.version + 1;
+        // Invariant: below u64::MAX (one per change, and refused on decode).
+        next.version = self.version.saturating_add(1);
         next
     }
 
     /// This set without `name`, one version up.
     pub fn without(&self, name: &NodeName) -> Self {
         let mut next = Self::new(self.voters.iter().filter(|v| v.name != *name).cloned());
-        next.version = self.version + 1;
+        // Invariant: below u64::MAX (one per change, and refused on decode).
+        next.version = self.version.saturating_add(1);
         next
     }
 }
@@ -168,5 +175,19 @@ mod tests {
                 "{names:?}"
             );
         }
+    }
+
+    /// A forged set at the last version would make the next change wrap
+    /// back to an old version number.
+    #[test]
+    fn a_decoded_voter_set_at_the_last_version_is_refused() {
+        let mut set = VoterSet::new([voter("a")]);
+        set.version = u64::MAX;
+        let bytes = postcard::to_allocvec(&set).unwrap();
+        assert!(postcard::from_bytes::<VoterSet>(&bytes).is_err());
+        set.version = u64::MAX - 1;
+        let bytes = postcard::to_allocvec(&set).unwrap();
+        let decoded = postcard::from_bytes::<VoterSet>(&bytes).unwrap();
+        assert_eq!(decoded.with(voter("b")).version, u64::MAX);
     }
 }
