@@ -88,6 +88,16 @@ const SUSPECT_FOR: Duration = Duration::from_secs(2);
 /// Longest pause between two rounds of retries.
 const MAX_PAUSE: Duration = Duration::from_millis(200);
 
+/// Pause between rounds while a node is named as the leader (by the others
+/// or by the topology) but does not serve yet: a new leader catching up on
+/// the log serves within a few round trips, so it is asked again soon
+/// rather than after a growing pause.
+const LEADER_NAMED_PAUSE: Duration = Duration::from_millis(10);
+
+/// Rounds paused by [`LEADER_NAMED_PAUSE`] before the pauses grow anyway
+/// (a named leader that never serves: its store stopped, say).
+const LEADER_NAMED_ROUNDS: u32 = 50;
+
 /// A client of a Clustron cluster. Cheap to clone; clones share one
 /// connection cache and one session.
 #[derive(Debug, Clone)]
@@ -351,6 +361,10 @@ impl Client {
         // the next one is tried at once, and a redirect back to one of them
         // waits for the pause (nodes pointing at each other cannot loop).
         let mut refused: Vec<SocketAddr> = Vec::new();
+        // The leader some node named in this round, and how many rounds
+        // have paused briefly for a named leader.
+        let mut named: Option<SocketAddr> = None;
+        let mut quick_rounds = 0;
         'rounds: loop {
             let candidates: Vec<(Option<usize>, SocketAddr)> = match target {
                 Some(addr) => vec![(None, addr)],
@@ -386,6 +400,7 @@ impl Client {
                 let answer = match self.shared.attempt(addr, &wrapped, !any_node).await {
                     Ok(answer) => answer,
                     Err(Miss::Moved(leader)) => {
+                        named = Some(leader);
                         maybe_delivered = true;
                         // The old leader is dead, frozen or cut off, most
                         // likely: its connection only times out later, so
@@ -406,6 +421,12 @@ impl Client {
                 };
                 if let Some(index) = index {
                     self.shared.current.store(index, Ordering::Relaxed);
+                }
+                if let Response::Kv(Err(KvFailure::NotLeader {
+                    leader: Some((_, leader)),
+                })) = &answer
+                {
+                    named = Some(*leader);
                 }
                 match answer {
                     Response::Kv(Ok(reply)) => return (Ok(reply), maybe_delivered),
@@ -470,10 +491,18 @@ impl Client {
                 }
                 return (Err(last), maybe_delivered);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PAUSE);
+            // A leader named but not serving yet (a new one catching up on
+            // the log) is asked again soon; with none named, pauses grow.
+            let named_now = named.take().or(self.shared.leader()).filter(|_| !any_node);
+            if named_now.is_some() && quick_rounds < LEADER_NAMED_ROUNDS {
+                quick_rounds += 1;
+                tokio::time::sleep(LEADER_NAMED_PAUSE).await;
+            } else {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
             refused.clear();
-            target = if any_node { None } else { self.shared.leader() };
+            target = if any_node { None } else { named_now };
         }
     }
 

@@ -72,8 +72,14 @@ impl Config {
     ///   receipts per member on average, so the chance that one member misses
     ///   a piece of news is about e⁻¹², where 4× leaves it near e⁻⁸;
     /// - full state every 30 s, as memberlist;
-    /// - one attempt every 10 s to reach a random dead member, so a healed
-    ///   partition merges without operator action.
+    /// - one attempt every 500 ms to reach a random dead member, so a healed
+    ///   partition merges without operator action in about a second (one
+    ///   full-state exchange across the cut, then gossip): the election needs
+    ///   a healed member back in the view before it counts its vote, so this
+    ///   bounds how long a cluster that lost its majority stays without a
+    ///   leader after the heal. (Serf tries every 30 s: there a member's
+    ///   absence costs no availability.) One message per interval, and none
+    ///   while no member is dead.
     pub fn lan() -> Self {
         Self {
             probe_interval: Duration::from_millis(200),
@@ -86,7 +92,7 @@ impl Config {
             gossip_interval: Duration::from_millis(100),
             gossip_fanout: 3,
             push_pull_interval: Duration::from_secs(30),
-            reconnect_interval: Duration::from_secs(10),
+            reconnect_interval: Duration::from_millis(500),
             awareness_max: 8,
             reap_after: Duration::from_secs(3600),
             join_retry_interval: Duration::from_millis(500),
@@ -104,6 +110,7 @@ impl Config {
             gossip_interval: Duration::from_millis(500),
             gossip_fanout: 4,
             push_pull_interval: Duration::from_secs(60),
+            reconnect_interval: Duration::from_secs(10),
             join_retry_interval: Duration::from_secs(2),
             leave_timeout: Duration::from_secs(5),
             ..Self::lan()

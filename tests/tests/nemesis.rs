@@ -874,8 +874,12 @@ fn longest_write_gap(logs: &[ClientLog], end: u64) -> (Duration, u64) {
 /// Client-observed failover times: for each fault that hit the leader and
 /// each client, from the fault to the completion of the client's first
 /// successful write invoked after it (before the next such fault). Returns
-/// the samples and how many (fault, client) pairs had no such write.
-fn failover_times(events: &[NemesisEvent], logs: &[ClientLog]) -> (Vec<Duration>, usize) {
+/// the samples, how many (fault, client) pairs had no such write, and per
+/// fault (its time) the slowest client's sample.
+fn failover_times(
+    events: &[NemesisEvent],
+    logs: &[ClientLog],
+) -> (Vec<Duration>, usize, BTreeMap<u64, Duration>) {
     let faults: Vec<u64> = events
         .iter()
         .filter(|e| e.hit_leader)
@@ -883,6 +887,7 @@ fn failover_times(events: &[NemesisEvent], logs: &[ClientLog]) -> (Vec<Duration>
         .collect();
     let mut samples = Vec::new();
     let mut missed = 0;
+    let mut slowest = BTreeMap::new();
     for (k, &at) in faults.iter().enumerate() {
         let next = faults.get(k + 1).copied().unwrap_or(u64::MAX);
         for log in logs {
@@ -891,12 +896,17 @@ fn failover_times(events: &[NemesisEvent], logs: &[ClientLog]) -> (Vec<Duration>
                 .iter()
                 .find(|&&(invoked, completed)| invoked >= at && completed < next)
             {
-                Some(&(_, completed)) => samples.push(Duration::from_nanos(completed - at)),
+                Some(&(_, completed)) => {
+                    let took = Duration::from_nanos(completed - at);
+                    samples.push(took);
+                    let worst = slowest.entry(at).or_insert(took);
+                    *worst = (*worst).max(took);
+                }
                 None => missed += 1,
             }
         }
     }
-    (samples, missed)
+    (samples, missed, slowest)
 }
 
 /// One run: a fresh cluster, clients and the nemesis for the run's
@@ -1067,10 +1077,18 @@ fn run(
             "NOT linearizable".into()
         }
     };
-    let (failovers, missed) = failover_times(&events, &logs);
+    let (failovers, missed, slowest) = failover_times(&events, &logs);
     let timeline: Vec<String> = events
         .iter()
-        .map(|e| format!("{:.3} s {}", e.at as f64 / 1e9, e.what))
+        .map(|e| match slowest.get(&e.at).filter(|_| e.hit_leader) {
+            Some(worst) => format!(
+                "{:.3} s {} [slowest failover {:.3} s]",
+                e.at as f64 / 1e9,
+                e.what,
+                worst.as_secs_f64()
+            ),
+            None => format!("{:.3} s {}", e.at as f64 / 1e9, e.what),
+        })
         .collect();
     println!("nemesis: {}", timeline.join("; "));
     if !problems.is_empty() {

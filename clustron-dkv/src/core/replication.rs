@@ -283,9 +283,11 @@ pub enum Output {
         base: SnapshotMeta,
     },
     /// This new leader could not fetch the up-to-date log from the voter
-    /// that has it for [`Config::fetch_timeout`] (it may be down): the driver
-    /// should step the election down, so another leader (or this one, with
-    /// fresh summaries) can take over. The replica keeps trying meanwhile.
+    /// that has it for [`Config::fetch_timeout`] (it may be down), or must
+    /// first install that voter's snapshot (too slow for a failover): the
+    /// driver should step the election down, so another leader (or this
+    /// one, with fresh summaries) can take over. The replica keeps trying
+    /// meanwhile. Reported at most once per election.
     CannotLead {
         /// The epoch given up.
         epoch: u64,
@@ -1176,8 +1178,18 @@ impl Replica {
             Role::Fetching {
                 epoch: fetching,
                 source,
+                give_up_at,
                 ..
-            } if *fetching == epoch && *source == from => {}
+            } if *fetching == epoch && *source == from => {
+                // Catching up takes a snapshot transfer: seconds, not the
+                // round trip an election's failover budget allows. Give the
+                // leadership up now, so the next candidate (if its log is
+                // closer) serves at once; keep pulling meanwhile, as after a
+                // fetch timeout, so this node catches up either way.
+                if give_up_at.take().is_some() {
+                    self.outputs.push_back(Output::CannotLead { epoch });
+                }
+            }
             Role::Follower {
                 leader: known,
                 epoch: followed,

@@ -591,6 +591,8 @@ struct Cluster {
     pulls: Vec<(usize, usize, u64)>,
     /// Storage resets seen: (node, base).
     resets: Vec<(usize, SnapshotMeta)>,
+    /// Leaderships given up: (node, epoch).
+    gave_up: Vec<(usize, u64)>,
 }
 
 impl Cluster {
@@ -607,6 +609,7 @@ impl Cluster {
             now,
             pulls: Vec::new(),
             resets: Vec::new(),
+            gave_up: Vec::new(),
         }
     }
 
@@ -635,6 +638,7 @@ impl Cluster {
                             }
                         }
                         Output::ResetLog { base } => self.resets.push((i, base)),
+                        Output::CannotLead { epoch } => self.gave_up.push((i, epoch)),
                         _ => {}
                     }
                 }
@@ -712,9 +716,40 @@ fn a_new_leader_fetching_from_a_voter_whose_log_is_compacted_pulls_its_snapshot(
     c.nodes[0].become_leader(now, 2, summaries);
     c.nodes[1].follow(now, name(0), addr(0), 2);
     c.nodes[2].follow(now, name(0), addr(0), 2);
+    // The first fetch is answered "pull my snapshot": too slow for a
+    // failover, so the new leader reports at once that it cannot lead (the
+    // driver steps the election down), and pulls anyway.
+    let sends = drain(&mut c.nodes[0]);
+    for output in sends {
+        if let Output::Send { to, msg } = output {
+            c.nodes[index_of(to)].handle_message(now, addr(0), msg);
+        }
+    }
+    for output in drain(&mut c.nodes[1]) {
+        if let Output::Send { to, msg } = output {
+            c.nodes[index_of(to)].handle_message(now, addr(1), msg);
+        }
+    }
+    let answered = drain(&mut c.nodes[0]);
+    assert!(
+        answered.contains(&Output::CannotLead { epoch: 2 }),
+        "no CannotLead on SnapshotNeeded: {answered:?}"
+    );
+    assert!(answered.contains(&Output::PullSnapshot {
+        from: addr(1),
+        index: 8
+    }));
+    c.pulls.push((0, 1, 8));
+    let meta = c.nodes[1].snapshot();
+    assert!(c.nodes[0].install_snapshot(now, meta));
     c.settle();
     c.tick(Duration::from_millis(100));
     assert_eq!(c.pulls.first(), Some(&(0, 1, 8)));
+    // Reported once only: not again when the fetch timeout passes.
+    for _ in 0..20 {
+        c.tick(Duration::from_millis(100));
+    }
+    assert_eq!(c.gave_up, vec![]);
     assert_eq!(c.nodes[0].leading(), Some(2));
     assert_eq!(c.nodes[0].snapshot().index, 8);
     // It fetched 9 and 10 after the snapshot, then its own no-op at 11,
