@@ -871,6 +871,31 @@ impl Replica {
         }
     }
 
+    /// The non-voters that should receive the log (alive ones, as
+    /// membership sees them): starts or stops replicating to the
+    /// difference with the current learners ([`Replica::add_learner`],
+    /// [`Replica::remove_learner`]). Voters and this node are left out.
+    pub fn set_learners(&mut self, learners: impl IntoIterator<Item = (NodeName, SocketAddr)>) {
+        let wanted: BTreeMap<NodeName, SocketAddr> = learners
+            .into_iter()
+            .filter(|(name, _)| !self.voters.contains_key(name) && *name != self.me)
+            .collect();
+        let gone: Vec<NodeName> = self
+            .learners
+            .iter()
+            .filter(|(name, addr)| wanted.get(*name) != Some(*addr))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.remove_learner(&name);
+        }
+        for (name, addr) in wanted {
+            if !self.learners.contains_key(&name) {
+                self.add_learner(name, addr);
+            }
+        }
+    }
+
     /// Appends `payload` as a new entry and returns its index. It is
     /// committed once [`Output::Committed`] reaches that index *and* the
     /// entry there is still this one (a leader that loses its epoch may see
