@@ -345,6 +345,8 @@ enum Event<S> {
     Timeout,
     Background(Background<S>),
     SyncMark,
+    /// Nothing to do (the election's leader feed moved: its events say how).
+    Idle,
     Closed,
 }
 
@@ -391,6 +393,9 @@ pub struct LogIo<C: ReplicatedCore> {
     leadership: clustron_election::Subscription,
     membership: Membership,
     changes: clustron_membership::Subscription,
+    /// Closed when the election's task ends (the node was killed or left):
+    /// the log stops with it.
+    election_alive: tokio::sync::watch::Receiver<Option<(NodeName, Epoch)>>,
     syncs: u64,
     /// The epoch the core was last told this node won.
     elected: Option<u64>,
@@ -441,6 +446,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             leadership: election.subscribe(),
             membership: membership.clone(),
             changes: membership.subscribe(),
+            election_alive: election.leader_feed(),
             syncs: 0,
             elected: None,
             mark_sync,
@@ -486,7 +492,9 @@ impl<C: ReplicatedCore> LogIo<C> {
     /// The next thing to handle: replication messages (everything queued,
     /// so they share one write and one fsync: group commit), a leadership
     /// change, a membership change, the core's `deadline`, snapshot work
-    /// done. Cancel-safe: use it in a `select!` beside the product's inputs.
+    /// done, the end of the node (its election stopped: the driver ends,
+    /// closing the log's files). Cancel-safe: use it in a `select!` beside
+    /// the product's inputs.
     pub async fn next(&mut self, deadline: Option<Instant>) -> IoEvent<C::State> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let event = tokio::select! {
@@ -512,6 +520,10 @@ impl<C: ReplicatedCore> LogIo<C> {
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Event::Timeout,
             Some(done) = self.background.recv() => Event::Background(done),
             _ = self.mark_sync.tick() => Event::SyncMark,
+            alive = self.election_alive.changed() => match alive {
+                Ok(()) => Event::Idle,
+                Err(_) => Event::Closed,
+            },
         };
         IoEvent(event)
     }
@@ -545,6 +557,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             Event::Background(done) => self.background_done(core, done)?,
             // The mark's fsync, at most once a second.
             Event::SyncMark => self.mark.sync()?,
+            Event::Idle => {}
             Event::Closed => return Ok(false),
         }
         Ok(true)
