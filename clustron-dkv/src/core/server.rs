@@ -345,15 +345,7 @@ impl Server {
     /// consistent copy taken between two inputs, to serialise and write
     /// elsewhere while this server goes on.
     pub fn snapshot(&self) -> (SnapshotMeta, MachineState) {
-        let base = self.replica.snapshot();
-        let epoch = match self.replica.entry(self.applied) {
-            Some(entry) => entry.epoch,
-            None => base.epoch,
-        };
-        let meta = SnapshotMeta {
-            index: self.applied,
-            epoch,
-        };
+        let meta = self.replica.snapshot_point(self.applied);
         let state = MachineState {
             digest: self.digest,
             store: self.store.clone(),

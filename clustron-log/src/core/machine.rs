@@ -257,15 +257,7 @@ impl<M: StateMachine> ReplicatedCore for Machine<M> {
     }
 
     fn snapshot(&self) -> (SnapshotMeta, M::Snapshot) {
-        let base = self.replica.snapshot();
-        let epoch = self
-            .replica
-            .entry(self.applied)
-            .map_or(base.epoch, |e| e.epoch);
-        let meta = SnapshotMeta {
-            index: self.applied,
-            epoch,
-        };
+        let meta = self.replica.snapshot_point(self.applied);
         (meta, self.state.snapshot())
     }
 
@@ -296,3 +288,6 @@ impl<M: StateMachine> ReplicatedCore for Machine<M> {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;

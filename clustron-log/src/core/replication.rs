@@ -647,6 +647,16 @@ impl Replica {
         self.base
     }
 
+    /// What a snapshot of the state machine applied up to `index` covers:
+    /// `index` and its entry's epoch (`index` must be the snapshot point or
+    /// a kept entry: one the state machine applied).
+    pub fn snapshot_point(&self, index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            epoch: self.epoch_at(index),
+        }
+    }
+
     /// The entry at `index`, if present (not compacted into the snapshot).
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         index
