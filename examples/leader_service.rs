@@ -8,7 +8,7 @@
 //!
 //! The counter lives only in the leader's memory, so the new leader starts
 //! again from its own (zero): making it survive failover is what a
-//! replicated log (`clustron-log`, to come) is for.
+//! replicated log (`clustron-log`, see `replicated_counter.rs`) is for.
 //!
 //! `cargo run -p clustron-examples --example leader_service`
 

@@ -1,5 +1,5 @@
 //! Runnable examples of products built on the Clustron platform crates
-//! (`clustron-node` and the layers it re-exports), one file each in this
+//! (`clustron-node` and the layers it re-exports, and `clustron-log`), one file each in this
 //! folder:
 //!
 //! - `membership.rs`: three nodes, membership only; prints joins, a
@@ -8,7 +8,9 @@
 //!   runs, reached through `ToLeader`, surviving the leader's death.
 //! - `user_events.rs`: membership + event bus; cluster-wide user events.
 //! - `work_queue.rs`: a small replicated work queue on membership +
-//!   election (best effort: not durable until `clustron-log` exists).
+//!   election (best effort: not durable).
+//! - `replicated_counter.rs`: a counter as a `clustron-log` state machine;
+//!   nothing acknowledged is lost when the leader dies.
 //!
 //! Run one with `cargo run -p clustron-examples --example NAME`; each exits
 //! by itself. `tests/smoke.rs` runs every one once with a deadline. This

@@ -7,7 +7,7 @@
 //!
 //! Not durable: the state is sent best-effort and kept in memory, so a
 //! failover loses what the new leader had not received yet. Keeping every
-//! acknowledged job needs `clustron-log`, which does not exist yet.
+//! acknowledged job needs `clustron-log` (see `replicated_counter.rs`).
 //!
 //! `cargo run -p clustron-examples --example work_queue`
 

@@ -21,7 +21,7 @@
 //! [`Node::events`]); this crate re-exports the layer crates
 //! ([`transport`], [`membership`], [`election`], [`events`]), so a product
 //! can depend on it alone. What it does not: run the product's own state
-//! machine, or a replicated log (that is `clustron-log`, not written yet).
+//! machine, or a replicated log (that is `clustron-log`, one layer up).
 //!
 //! Features: `election` and `events` (both on by default) compile those
 //! layers in; `certs` enables the transport's certificate generation

@@ -52,8 +52,8 @@ impl ChannelId {
     pub const ELECTION: ChannelId = ChannelId(2);
     /// `clustron-events`.
     pub const EVENTS: ChannelId = ChannelId(3);
-    /// `clustron-dkv` replication between nodes.
-    pub const DKV: ChannelId = ChannelId(4);
+    /// `clustron-log` replication between nodes (and snapshot transfers).
+    pub const LOG: ChannelId = ChannelId(4);
     /// The client protocol.
     pub const CLIENT: ChannelId = ChannelId(5);
     /// Products built later pick channels from here up.

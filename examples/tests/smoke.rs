@@ -18,6 +18,9 @@ mod user_events;
 #[path = "../work_queue.rs"]
 mod work_queue;
 
+#[path = "../replicated_counter.rs"]
+mod replicated_counter;
+
 /// Each example forms a cluster with leases of 600 ms: one at a time, so
 /// that four clusters do not share two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -63,4 +66,9 @@ fn the_user_events_example_delivers_every_event_to_every_node() {
 #[test]
 fn the_work_queue_example_finishes_every_job_across_a_failover() {
     runs_to_the_end(work_queue::main);
+}
+
+#[test]
+fn the_replicated_counter_example_loses_nothing_acknowledged_when_the_leader_dies() {
+    runs_to_the_end(replicated_counter::main);
 }

@@ -52,11 +52,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clustron_dkv::core::server::{ClientOp, ServerConfig, ServerError};
-use clustron_dkv::core::{Config as LogConfig, Entry, Message as LogMessage, Replica};
 use clustron_dkv::kv::{KeyRange, KvReply, RangeRequest};
 use clustron_election::{
     Config as ElectionConfig, Core, Message as ElectionMessage, Output as ElectionOutput,
 };
+use clustron_log::core::{Config as LogConfig, Entry, Message as LogMessage, Replica};
 
 pub use self::client::{
     decode_value, encode_value, key_name, ClientConfig, ClientEvent, ClientStats, Done, Planned,

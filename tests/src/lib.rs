@@ -36,6 +36,7 @@ pub const LAYERS: &[&str] = &[
     "clustron-election",
     "clustron-events",
     "clustron-node",
+    "clustron-log",
     "clustron-dkv",
 ];
 
@@ -48,6 +49,7 @@ pub const PLATFORM: &[&str] = &[
     "clustron-election",
     "clustron-events",
     "clustron-node",
+    "clustron-log",
 ];
 
 /// The examples crate: it may use the platform crates only, never DKV or

@@ -16,14 +16,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clustron_dkv::core::{
-    Config as LogConfig, Entry, EntryKind, Message as LogMessage, Output as LogOutput,
-};
-use clustron_dkv::core::{Recovered, Replica};
 use clustron_election::{
     Config as ElectionConfig, Core, Epoch, MemStorage, Message as ElectionMessage, NodeName,
     Output as ElectionOutput, Peer, Storage, Voter, VoterSet,
 };
+use clustron_log::core::{
+    Config as LogConfig, Entry, EntryKind, Message as LogMessage, Output as LogOutput,
+};
+use clustron_log::core::{Recovered, Replica};
 
 use crate::election::{addr, name, priority};
 use crate::sim::{Actor, NetConfig, NodeId, Sim, Transmit};
@@ -346,7 +346,7 @@ impl DkvNode {
         &mut self,
         now: Instant,
         payload: Vec<u8>,
-    ) -> Result<u64, clustron_dkv::core::ProposeError> {
+    ) -> Result<u64, clustron_log::core::ProposeError> {
         self.now = now;
         let result = self.replica.propose(now, payload);
         self.pump();

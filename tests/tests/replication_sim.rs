@@ -15,8 +15,8 @@ use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use clustron_dkv::core::Config as LogConfig;
 use clustron_election::Config as ElectionConfig;
+use clustron_log::core::Config as LogConfig;
 use clustron_tests::replication::{value_id, Cluster, LogLoss, NodeSetup};
 use clustron_tests::sim::{run_seeds, NetConfig};
 

@@ -28,7 +28,8 @@
 //! use std::net::SocketAddr;
 //! use std::time::{Duration, Instant};
 //! use clustron_dkv::core::server::{ClientOp, Reply, Server, ServerConfig, ServerOutput};
-//! use clustron_dkv::core::{mvcc::Command, Recovered};
+//! use clustron_dkv::core::mvcc::Command;
+//! use clustron_log::core::Recovered;
 //! use clustron_dkv::kv::{PutRequest, RequestOp};
 //! use clustron_election::NodeName;
 //!
@@ -57,12 +58,12 @@ use clustron_election::NodeName;
 
 use super::leases::LeaseClock;
 use super::mvcc::{check_limits, Command, Limits, Outcome, Store};
-use super::replication::{
-    Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
-    Recovered, Replica, SnapshotMeta,
-};
 use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchLimits, WatchRequest};
 use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
+use clustron_log::core::{
+    Config as LogConfig, ConfigError, EntryKind, Message, Output as LogOutput, ProposeError,
+    Recovered, Replica, ReplicatedCore, SnapshotData, SnapshotMeta,
+};
 
 /// A client request's id, chosen by the driver; replies carry it.
 pub type RequestId = u64;
@@ -270,8 +271,6 @@ pub struct Server {
     own_epoch_committed: bool,
     /// Counter for lease ids the leader picks.
     next_lease: u64,
-    /// The learners the replica sends the log to.
-    learners: BTreeMap<NodeName, SocketAddr>,
     retain_revisions: u64,
     /// The limits this node admits writes with, as leader.
     admission: Limits,
@@ -301,9 +300,8 @@ impl Server {
         now: Instant,
     ) -> Result<Self, ConfigError> {
         let log = config.log.validate()?;
-        let learners: BTreeMap<NodeName, SocketAddr> = learners.into_iter().collect();
         Ok(Self {
-            replica: Replica::new(log, me, voters, learners.clone(), recovered, now),
+            replica: Replica::new(log, me, voters, learners, recovered, now),
             store: Store::new(Limits::default()),
             admission: config.limits,
             checkpoint_every: config.checkpoint_every,
@@ -319,7 +317,6 @@ impl Server {
             lease: None,
             own_epoch_committed: false,
             next_lease: 0,
-            learners,
             retain_revisions: config.retain_revisions,
             compacting: None,
             outputs: VecDeque::new(),
@@ -348,15 +345,7 @@ impl Server {
     /// consistent copy taken between two inputs, to serialise and write
     /// elsewhere while this server goes on.
     pub fn snapshot(&self) -> (SnapshotMeta, MachineState) {
-        let base = self.replica.snapshot();
-        let epoch = match self.replica.entry(self.applied) {
-            Some(entry) => entry.epoch,
-            None => base.epoch,
-        };
-        let meta = SnapshotMeta {
-            index: self.applied,
-            epoch,
-        };
+        let meta = self.replica.snapshot_point(self.applied);
         let state = MachineState {
             digest: self.digest,
             store: self.store.clone(),
@@ -502,23 +491,7 @@ impl Server {
     /// membership sees them); the replica starts or stops sending to the
     /// difference.
     pub fn set_learners(&mut self, learners: impl IntoIterator<Item = (NodeName, SocketAddr)>) {
-        let wanted: BTreeMap<NodeName, SocketAddr> = learners.into_iter().collect();
-        let gone: Vec<NodeName> = self
-            .learners
-            .iter()
-            .filter(|(name, addr)| wanted.get(*name) != Some(*addr))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in gone {
-            self.replica.remove_learner(&name);
-            self.learners.remove(&name);
-        }
-        for (name, addr) in wanted {
-            if !self.learners.contains_key(&name) {
-                self.replica.add_learner(name.clone(), addr);
-                self.learners.insert(name, addr);
-            }
-        }
+        self.replica.set_learners(learners);
     }
 
     // ----- from the network and the clock -----------------------------------
@@ -799,10 +772,11 @@ impl Server {
                 Ok(())
             }
             Err(ProposeError::NotLeader { leader }) => Err(ServerError::NotLeader { leader }),
-            Err(ProposeError::NotReady { .. }) => Err(ServerError::NotReady(
+            Err(ProposeError::TooLarge { len, max }) => Err(ServerError::TooLarge { len, max }),
+            // `NotReady`, and whatever the log refuses with later: retry.
+            Err(_) => Err(ServerError::NotReady(
                 "the leader is catching up on the log",
             )),
-            Err(ProposeError::TooLarge { len, max }) => Err(ServerError::TooLarge { len, max }),
         }
     }
 
@@ -1019,6 +993,93 @@ impl Server {
 
     fn reply(&mut self, id: RequestId, result: Result<Reply, ServerError>) {
         self.outputs.push_back(ServerOutput::Reply { id, result });
+    }
+}
+
+impl SnapshotData for MachineState {
+    fn into_bytes(self) -> Vec<u8> {
+        self.encode()
+    }
+}
+
+/// The key-value server on the log's shared driver side
+/// (`clustron_log::io::LogIo`): each method is the inherent one.
+impl ReplicatedCore for Server {
+    type Snapshot = MachineState;
+    type State = MachineState;
+
+    fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    fn fence(&mut self, epoch: u64) {
+        Server::fence(self, epoch);
+    }
+
+    fn elected(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        summaries: Vec<(NodeName, Vec<u8>)>,
+        lease_until: Instant,
+    ) {
+        Server::elected(self, now, epoch, summaries, lease_until);
+    }
+
+    fn follow(&mut self, now: Instant, leader: NodeName, addr: SocketAddr, epoch: u64) {
+        Server::follow(self, now, leader, addr, epoch);
+    }
+
+    fn step_down(&mut self, epoch: u64) {
+        Server::step_down(self, epoch);
+    }
+
+    fn forget_leader(&mut self) {
+        Server::forget_leader(self);
+    }
+
+    fn set_voter_addr(&mut self, name: &NodeName, addr: SocketAddr) {
+        Server::set_voter_addr(self, name, addr);
+    }
+
+    fn set_learners(&mut self, learners: Vec<(NodeName, SocketAddr)>) {
+        Server::set_learners(self, learners);
+    }
+
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        Server::handle_message(self, now, from, msg);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Server::handle_timeout(self, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Server::poll_timeout(self)
+    }
+
+    fn snapshot(&self) -> (SnapshotMeta, MachineState) {
+        Server::snapshot(self)
+    }
+
+    fn compact_log(&mut self, upto: u64) {
+        Server::compact_log(self, upto);
+    }
+
+    fn decode_state(bytes: &[u8]) -> Result<MachineState, String> {
+        MachineState::decode(bytes).map_err(|e| e.to_string())
+    }
+
+    fn restore(&mut self, state: MachineState) {
+        Server::restore(self, state);
+    }
+
+    fn install_snapshot(&mut self, now: Instant, meta: SnapshotMeta, state: MachineState) -> bool {
+        Server::install_snapshot(self, now, meta, state)
     }
 }
 

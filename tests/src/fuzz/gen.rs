@@ -10,7 +10,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use clustron_dkv::core::mvcc::Command;
-use clustron_dkv::core::replication::{Entry, EntryKind, Message as ReplicationMessage};
 use clustron_dkv::kv::{
     Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResponse, Event, EventKind, KeyRange,
     KeyValue, KvError, KvFailure, KvReply, KvRequest, LeaseId, PutRequest, PutResponse,
@@ -20,6 +19,7 @@ use clustron_dkv::proto::{
     Change, MemberInfo, Request, Response, StreamItem, StreamRequest, TopologyInfo,
 };
 use clustron_election::{Epoch, Voter, VoterSet};
+use clustron_log::core::replication::{Entry, EntryKind, Message as ReplicationMessage};
 use clustron_membership::{Incarnation, Member, MemberState, NodeName};
 use fastrand::Rng;
 

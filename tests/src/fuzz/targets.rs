@@ -11,16 +11,16 @@ use std::path::Path;
 use clustron_dkv::access::Access;
 use clustron_dkv::config::{FileConfig, NodeConfig};
 use clustron_dkv::core::mvcc::{check_limits, Command, Limits, Store};
-use clustron_dkv::core::replication::{
-    Entry, Message as ReplicationMessage, SnapshotMeta, Summary,
-};
 use clustron_dkv::core::server::MachineState;
 use clustron_dkv::kv::{KeyRange, KvFailure, KvReply, KvRequest, PutRequest, RangeRequest};
 use clustron_dkv::kv_driver::OpenStore;
 use clustron_dkv::proto::{Request, Response, StreamItem, StreamRequest};
-use clustron_dkv::snapshot::{self, SnapshotError, Snapshots};
-use clustron_dkv::wal::{Wal, WalError, WalOptions};
 use clustron_election::{FileStorage, Persisted, Promise, Storage, VoterRecord};
+use clustron_log::core::replication::{
+    Entry, Message as ReplicationMessage, SnapshotMeta, Summary,
+};
+use clustron_log::snapshot::{self, SnapshotError, Snapshots};
+use clustron_log::wal::{Wal, WalError, WalOptions};
 use clustron_transport::frame::{self, Status, StreamKind};
 use clustron_transport::identity::PeerIdentity;
 use clustron_transport::{
@@ -365,7 +365,7 @@ fn datagram(_: &mut Scratch, data: &[u8]) {
         ChannelId::EVENTS => {
             decodes_stably::<clustron_events::core::Message>(body);
         }
-        ChannelId::DKV => {
+        ChannelId::LOG => {
             decodes_stably::<ReplicationMessage>(body);
         }
         _ => {}
@@ -380,7 +380,7 @@ fn valid_datagram(_: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
         ),
         1 => (ChannelId::ELECTION, round_trip(&gen::election_message(rng))),
         2 => (ChannelId::EVENTS, round_trip(&gen::events_message(rng))),
-        _ => (ChannelId::DKV, round_trip(&gen::replication_message(rng))),
+        _ => (ChannelId::LOG, round_trip(&gen::replication_message(rng))),
     };
     let mut data = frame::datagram_header(channel).to_vec();
     data.extend_from_slice(&body);
@@ -669,7 +669,7 @@ fn check_open_log(dir: &Path, mut wal: Wal, entries: &[Entry]) {
     let extra = Entry {
         epoch: entries.last().map_or(1, |e| e.epoch),
         index: next,
-        kind: clustron_dkv::wal::EntryKind::Data,
+        kind: clustron_log::wal::EntryKind::Data,
         payload: b"after recovery".to_vec(),
     };
     wal.append(std::slice::from_ref(&extra))

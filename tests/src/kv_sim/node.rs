@@ -51,11 +51,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clustron_dkv::core::server::{ClientOp, RequestId, Server, ServerError, ServerOutput};
-use clustron_dkv::core::{Entry, Output as LogOutput, Summary};
 use clustron_election::{
     Core, Epoch, MemStorage, Message as ElectionMessage, NodeName, Output as ElectionOutput,
     Storage,
 };
+use clustron_log::core::{Entry, Output as LogOutput, Summary};
 
 use super::{Event, KvSetup, Msg};
 use crate::election::{addr, name, priority};
@@ -309,7 +309,7 @@ impl KvNode {
         &mut self,
         now: Instant,
         from: SocketAddr,
-        msg: clustron_dkv::core::Message,
+        msg: clustron_log::core::Message,
     ) {
         self.now = now;
         if self.stopped {

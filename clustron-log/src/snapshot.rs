@@ -102,6 +102,11 @@ impl Snapshots {
         })
     }
 
+    /// The snapshot folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Snapshot files, newest (highest index) first.
     fn files(&self) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
         let io = |source| SnapshotError::Io {

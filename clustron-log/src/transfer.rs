@@ -1,4 +1,4 @@
-//! Snapshot transfer between nodes, on a stream of the `DKV` channel: a
+//! Snapshot transfer between nodes, on a stream of the `LOG` channel: a
 //! replica told to pull a snapshot ([`Output::PullSnapshot`]) asks the
 //! source for its newest one and receives the file in chunks; QUIC's
 //! stream flow control paces the sender to the receiver.
@@ -22,7 +22,7 @@ use clustron_transport::{Channel, FramedStream};
 use serde::{Deserialize, Serialize};
 
 use crate::core::SnapshotMeta;
-use crate::kv_driver::Replication;
+use crate::io::Replication;
 use crate::snapshot::{self, Snapshots};
 
 /// Bytes per chunk: well below the transport's 4 MiB frame limit.

@@ -649,6 +649,16 @@ impl Replica {
         self.base
     }
 
+    /// What a snapshot of the state machine applied up to `index` covers:
+    /// `index` and its entry's epoch (`index` must be the snapshot point or
+    /// a kept entry: one the state machine applied).
+    pub fn snapshot_point(&self, index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            epoch: self.epoch_at(index),
+        }
+    }
+
     /// The entry at `index`, if present (not compacted into the snapshot).
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         index
@@ -869,6 +879,31 @@ impl Replica {
         if let Role::Leader { peers, .. } = &mut self.role {
             if !self.voters.contains_key(name) {
                 peers.remove(name);
+            }
+        }
+    }
+
+    /// The non-voters that should receive the log (alive ones, as
+    /// membership sees them): starts or stops replicating to the
+    /// difference with the current learners ([`Replica::add_learner`],
+    /// [`Replica::remove_learner`]). Voters and this node are left out.
+    pub fn set_learners(&mut self, learners: impl IntoIterator<Item = (NodeName, SocketAddr)>) {
+        let wanted: BTreeMap<NodeName, SocketAddr> = learners
+            .into_iter()
+            .filter(|(name, _)| !self.voters.contains_key(name) && *name != self.me)
+            .collect();
+        let gone: Vec<NodeName> = self
+            .learners
+            .iter()
+            .filter(|(name, addr)| wanted.get(*name) != Some(*addr))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.remove_learner(&name);
+        }
+        for (name, addr) in wanted {
+            if !self.learners.contains_key(&name) {
+                self.add_learner(name, addr);
             }
         }
     }

@@ -42,7 +42,7 @@
 //! # Example
 //!
 //! ```
-//! use clustron_dkv::wal::{Entry, EntryKind, Wal, WalOptions};
+//! use clustron_log::wal::{Entry, EntryKind, Wal, WalOptions};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).unwrap();

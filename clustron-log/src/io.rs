@@ -1,0 +1,901 @@
+//! The driver side of the log, shared by every product: the storage the
+//! log is opened from ([`OpenLog`]), the fence shared with the election
+//! ([`Fence`]), and [`LogIo`], which performs a replica's outputs against
+//! the write-ahead log, fsync and the network, feeds the core the
+//! election's decisions, replication messages and time, and schedules,
+//! writes, serves and pulls snapshots.
+//!
+//! The generic driver ([`crate::driver`]) and DKV's key-value driver both
+//! run on it: a product's driver owns its core (anything implementing
+//! [`ReplicatedCore`]) and a `LogIo`, and loops:
+//!
+//! ```text
+//!  loop {
+//!      while let Some(out) = core.poll_output() { log outputs ─► io.perform(&mut core, out)?; product outputs ─► … }
+//!      io.after_drain(&mut core).await;                       (snapshot schedule, rejoin the election)
+//!      select! { event = io.next(core.poll_timeout()) ─► io.handle(&mut core, event)?,
+//!                product commands ─► core }
+//!  }
+//! ```
+//!
+//! The fence shared with the election ([`Fence`], a
+//! [`clustron_election::PromiseHook`]) is what makes a new leader's view
+//! change safe on real threads: the election task sets the fence and reads
+//! the durable summary under one lock, and `perform` updates the summary
+//! after each fsync and checks the fence under the same lock before any
+//! acknowledgement leaves.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clustron_election::{Election, Epoch, LeadershipEvent, NodeName, PromiseHook};
+use clustron_membership::{MemberState, Membership, Notification};
+use clustron_node::Elect;
+use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
+use tokio::sync::mpsc;
+
+use crate::core::{
+    Entry, Message, Output, Recovered, ReplicatedCore, SnapshotData, SnapshotMeta, Summary,
+};
+use crate::error::StartError;
+use crate::snapshot::{SnapshotError, Snapshots};
+use crate::wal::{HighWaterMark, Wal, WalError, WalOptions};
+
+/// The replication protocol on the transport's `LOG` channel (messages
+/// between replicas; streams carry snapshot transfers).
+#[derive(Debug)]
+pub struct Replication;
+
+impl Protocol for Replication {
+    const CHANNEL: ChannelId = ChannelId::LOG;
+    type Request = ();
+    type Response = ();
+    type Message = Message;
+}
+
+#[derive(Debug, Default)]
+struct FenceState {
+    /// Newest epoch the election promised.
+    epoch: u64,
+    /// Summary of the durable log, encoded.
+    summary: Vec<u8>,
+}
+
+/// The fence and durable summary shared by the election (through
+/// [`PromiseHook`]) and the log's driver.
+#[derive(Debug, Default, Clone)]
+pub struct Fence(Arc<Mutex<FenceState>>);
+
+impl PromiseHook for Fence {
+    fn promised(&self, epoch: Epoch) -> Vec<u8> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.epoch = state.epoch.max(epoch.0);
+        state.summary.clone()
+    }
+}
+
+impl Fence {
+    /// Records the durable summary and returns the fence, atomically.
+    fn durable(&self, summary: &Summary) -> u64 {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.summary = summary.encode();
+        state.epoch
+    }
+
+    fn epoch(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).epoch
+    }
+}
+
+/// A node's log storage, opened before the election starts: the election's
+/// grants must carry the log's durable summary from the very first promise
+/// (an empty one would hide this voter's entries from a new leader), and
+/// its fence starts at the saved epoch. Give the election its hook with
+/// [`OpenLog::elect`].
+///
+/// In the data folder: `wal/` (segments), `wal-mark` (high-water mark),
+/// `log-epoch` (the fence), `snapshots/`.
+#[derive(Debug)]
+pub struct OpenLog {
+    wal: Wal,
+    snapshots: Snapshots,
+    /// The newest valid snapshot's bytes, until taken.
+    snapshot: Option<Vec<u8>>,
+    base: SnapshotMeta,
+    mark: HighWaterMark,
+    /// The high-water mark, when the log opened below it.
+    lost: Option<Summary>,
+    entries: Vec<Entry>,
+    epoch: u64,
+    epoch_path: PathBuf,
+    written: Summary,
+    fence: Fence,
+}
+
+impl OpenLog {
+    /// Opens (or creates) the log in `data_dir`: the newest valid snapshot
+    /// (damaged newer ones are skipped and logged; none valid while some
+    /// exist is an error), the write-ahead log after it (a torn tail cut),
+    /// its high-water mark and the epoch file.
+    pub fn open(data_dir: &Path) -> Result<OpenLog, StartError> {
+        let snapshots = Snapshots::open(&data_dir.join("snapshots"))?;
+        let (base, snapshot) = match snapshots.load()? {
+            Some(loaded) => {
+                for (path, why) in &loaded.skipped {
+                    tracing::error!(
+                        file = %path.display(),
+                        %why,
+                        "skipped a damaged snapshot; starting from an older one"
+                    );
+                }
+                (loaded.meta, Some(loaded.state))
+            }
+            None => (SnapshotMeta::default(), None),
+        };
+        let wal_dir = data_dir.join("wal");
+        let (mut wal, recovered) = Wal::open(&wal_dir, WalOptions::default())?;
+        if recovered.torn_tail_bytes > 0 {
+            tracing::warn!(
+                bytes = recovered.torn_tail_bytes,
+                "cut a torn tail off the write-ahead log"
+            );
+        }
+        // The log continues after the snapshot: entries it covers are
+        // skipped; a log that ends before it (compacted, or reset by an
+        // install that a crash interrupted) starts again after it; a gap
+        // between the snapshot and the log is lost data.
+        if wal.first_index() > base.index + 1 {
+            return Err(StartError::Wal(WalError::Corrupt {
+                path: wal_dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "the log starts at index {} but the newest snapshot covers only up to {}",
+                    wal.first_index(),
+                    base.index
+                ),
+            }));
+        }
+        if wal.last_index() < base.index {
+            wal.reset_after(base.index)?;
+        }
+        let entries: Vec<Entry> = recovered
+            .entries
+            .into_iter()
+            .filter(|e| e.index > base.index)
+            .collect();
+        let epoch_path = data_dir.join("log-epoch");
+        let epoch = read_epoch(&epoch_path)?;
+        let written = entries.last().map_or(
+            Summary {
+                last_epoch: base.epoch,
+                last_index: base.index,
+            },
+            |e| Summary {
+                last_epoch: e.epoch,
+                last_index: e.index,
+            },
+        );
+        let mark_path = data_dir.join("wal-mark");
+        let mark = HighWaterMark::open(&mark_path, written)?;
+        let lost = mark.lost(written).then(|| mark.mark());
+        if let Some(mark) = lost {
+            tracing::error!(
+                log_epoch = written.last_epoch,
+                log_index = written.last_index,
+                mark_epoch = mark.last_epoch,
+                mark_index = mark.last_index,
+                wal = %wal_dir.display(),
+                "the write-ahead log lost entries this node had acknowledged; not voting or \
+                 leading until caught up from the other nodes (if every node lost them, delete \
+                 {} to accept the loss)",
+                mark_path.display()
+            );
+        }
+        let fence = Fence::default();
+        {
+            let mut state = fence.0.lock().unwrap_or_else(|e| e.into_inner());
+            state.epoch = epoch;
+            state.summary = written.encode();
+        }
+        Ok(OpenLog {
+            wal,
+            snapshots,
+            snapshot,
+            base,
+            mark,
+            lost,
+            entries,
+            epoch,
+            epoch_path,
+            written,
+            fence,
+        })
+    }
+
+    /// The election settings `elect` with this log's promise hook and, if
+    /// the log lost acknowledged entries, started withdrawn
+    /// ([`OpenLog::lost_tail`]).
+    pub fn elect(&self, elect: Elect) -> Elect {
+        elect
+            .promise_hook(Arc::new(self.fence()))
+            .withdrawn(self.lost_tail())
+    }
+
+    /// The hook to start the election with.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// What the newest snapshot covers (`(0, 0)` for none).
+    pub fn snapshot_meta(&self) -> SnapshotMeta {
+        self.base
+    }
+
+    /// The newest valid snapshot's state bytes, once (the state machine is
+    /// restored from them before the recovered log is replayed).
+    pub fn take_snapshot(&mut self) -> Option<Vec<u8>> {
+        self.snapshot.take()
+    }
+
+    /// What the replica starts from: the saved epoch, the snapshot and the
+    /// entries after it (taken: a second call has no entries).
+    pub fn take_recovered(&mut self) -> Recovered {
+        Recovered {
+            epoch: self.epoch,
+            snapshot: self.base,
+            entries: std::mem::take(&mut self.entries),
+        }
+    }
+
+    /// Why this node must start withdrawn from the election, if it must:
+    /// its log opened below its high-water mark, so it lost entries it had
+    /// acknowledged, and a grant would understate what it promised (a new
+    /// leader could then miss a committed entry). The driver rejoins the
+    /// election once it has caught up past the mark.
+    pub fn lost_tail(&self) -> Option<String> {
+        let mark = self.lost?;
+        Some(format!(
+            "lost acknowledged log entries: the write-ahead log ends at epoch {} index {} but \
+             this node had made epoch {} index {} durable; not voting or leading until caught \
+             up from the other nodes",
+            self.written.last_epoch, self.written.last_index, mark.last_epoch, mark.last_index
+        ))
+    }
+}
+
+fn read_epoch(path: &Path) -> Result<u64, StartError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes: [u8; 8] = bytes.try_into().map_err(|_| StartError::Epoch {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not 8 bytes"),
+            })?;
+            Ok(u64::from_le_bytes(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(StartError::Epoch {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes the epoch durably: temporary file, fsync, rename, fsync folder.
+fn write_epoch(path: &Path, epoch: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&epoch.to_le_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// When to snapshot the state machine: whichever comes first. Zero turns a
+/// bound off; both zero: only on demand ([`LogIo::snapshot_now`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSchedule {
+    /// Entries applied since the last snapshot.
+    pub entries: u64,
+    /// Bytes of entries appended to the log since the last snapshot.
+    pub bytes: u64,
+}
+
+impl Default for SnapshotSchedule {
+    /// etcd's `--snapshot-count` default (v3.6): 10,000 entries; and
+    /// 64 MiB of log, which bounds restart replay and memory when entries
+    /// are large.
+    fn default() -> Self {
+        Self {
+            entries: 10_000,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// Figures of the log's storage, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Write-ahead log fsyncs since start.
+    pub syncs: u64,
+    /// Write-ahead log segment files.
+    pub wal_segments: u64,
+}
+
+/// Snapshot work done off the driver's task.
+enum Background<S> {
+    /// A snapshot was written (or not).
+    Saved(Result<SnapshotMeta, String>),
+    /// A snapshot was pulled from a peer and saved (or not).
+    Pulled(Result<(SnapshotMeta, S), String>),
+}
+
+/// Something for [`LogIo::handle`], from [`LogIo::next`].
+pub struct IoEvent<S>(Event<S>);
+
+enum Event<S> {
+    Inbound(Vec<Inbound<Replication>>),
+    Leadership(clustron_election::Notification),
+    Members,
+    Timeout,
+    Background(Background<S>),
+    SyncMark,
+    /// Nothing to do (the election's leader feed moved: its events say how).
+    Idle,
+    Closed,
+}
+
+/// Most queued messages taken before acting on them at once.
+const BATCH: usize = 512;
+
+/// The log's I/O for one node: storage, network, election wiring and
+/// snapshots, around a core the product's driver owns. See the module docs
+/// for the loop.
+pub struct LogIo<C: ReplicatedCore> {
+    wal: Wal,
+    snapshots: Snapshots,
+    schedule: SnapshotSchedule,
+    /// The index the newest snapshot covers.
+    last_snapshot: u64,
+    /// Bytes appended since the newest snapshot.
+    bytes_since: u64,
+    /// A snapshot was asked for on demand.
+    snapshot_asked: bool,
+    /// A snapshot is being written.
+    snapshotting: bool,
+    /// A snapshot is being pulled from a peer.
+    pulling: bool,
+    background: mpsc::UnboundedReceiver<Background<C::State>>,
+    background_tx: mpsc::UnboundedSender<Background<C::State>>,
+    /// Raised after every sync; see [`crate::wal::mark`].
+    mark: HighWaterMark,
+    /// The mark this node must catch up to before it votes again.
+    lost: Option<Summary>,
+    /// Caught up past the mark: rejoin the election (from the loop, in
+    /// order with a later withdrawal, never after it).
+    caught_up: bool,
+    epoch_path: PathBuf,
+    fence: Fence,
+    /// The fence last passed to the core.
+    fenced: u64,
+    /// The log as written (durable after the next sync).
+    written: Summary,
+    me: NodeName,
+    voters: Vec<(NodeName, SocketAddr)>,
+    inbox: Inbox<Replication>,
+    channel: Channel<Replication>,
+    election: Election,
+    leadership: clustron_election::Subscription,
+    membership: Membership,
+    changes: clustron_membership::Subscription,
+    /// Closed when the election's task ends (the node was killed or left):
+    /// the log stops with it.
+    election_alive: tokio::sync::watch::Receiver<Option<(NodeName, Epoch)>>,
+    syncs: u64,
+    /// The epoch the core was last told this node won.
+    elected: Option<u64>,
+    mark_sync: tokio::time::Interval,
+}
+
+impl<C: ReplicatedCore> LogIo<C> {
+    /// The log's I/O over `open` (what [`OpenLog::take_recovered`] and
+    /// [`OpenLog::take_snapshot`] left), replicating among `voters` (and
+    /// the alive non-voters of `membership`, as learners), led by
+    /// `election`'s leader, which must have been started with
+    /// [`OpenLog::elect`]. Registers the `LOG` channel.
+    pub fn new(
+        endpoint: &Endpoint,
+        membership: &Membership,
+        election: &Election,
+        open: OpenLog,
+        voters: Vec<(NodeName, SocketAddr)>,
+        schedule: SnapshotSchedule,
+    ) -> Result<Self, StartError> {
+        let inbox = endpoint.register::<Replication>()?;
+        let (background_tx, background) = mpsc::unbounded_channel();
+        let mut mark_sync = tokio::time::interval(Duration::from_secs(1));
+        mark_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            wal: open.wal,
+            snapshots: open.snapshots,
+            schedule,
+            last_snapshot: open.base.index,
+            bytes_since: 0,
+            snapshot_asked: false,
+            snapshotting: false,
+            pulling: false,
+            background,
+            background_tx,
+            mark: open.mark,
+            lost: open.lost,
+            caught_up: false,
+            epoch_path: open.epoch_path,
+            fence: open.fence,
+            fenced: open.epoch,
+            written: open.written,
+            me: membership.name().clone(),
+            voters,
+            inbox,
+            channel: endpoint.channel::<Replication>(),
+            election: election.clone(),
+            leadership: election.subscribe(),
+            membership: membership.clone(),
+            changes: membership.subscribe(),
+            election_alive: election.leader_feed(),
+            syncs: 0,
+            elected: None,
+            mark_sync,
+        })
+    }
+
+    /// The storage's figures.
+    pub fn stats(&self) -> IoStats {
+        IoStats {
+            syncs: self.syncs,
+            wal_segments: self.wal.segment_count() as u64,
+        }
+    }
+
+    /// The election this log follows.
+    pub fn election(&self) -> &Election {
+        &self.election
+    }
+
+    /// Before the first input: learn the learners and voters' addresses
+    /// and the current leader.
+    pub async fn prepare(&mut self, core: &mut C) {
+        self.refresh_learners(core).await;
+        self.sync_leadership(core);
+    }
+
+    /// Snapshots at the next [`LogIo::after_drain`], whatever the schedule.
+    pub fn snapshot_now(&mut self) {
+        self.snapshot_asked = true;
+    }
+
+    /// After a drain: start a snapshot if one is due, rejoin the election
+    /// if this node caught up past its high-water mark.
+    pub async fn after_drain(&mut self, core: &mut C) {
+        self.maybe_snapshot(core);
+        if std::mem::take(&mut self.caught_up) {
+            if let Err(e) = self.election.rejoin().await {
+                tracing::error!(error = %e, "cannot rejoin the election");
+            }
+        }
+    }
+
+    /// The next thing to handle: replication messages (everything queued,
+    /// so they share one write and one fsync: group commit), a leadership
+    /// change, a membership change, the core's `deadline`, snapshot work
+    /// done, the end of the node (its election stopped: the driver ends,
+    /// closing the log's files). Cancel-safe: use it in a `select!` beside
+    /// the product's inputs.
+    pub async fn next(&mut self, deadline: Option<Instant>) -> IoEvent<C::State> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let event = tokio::select! {
+            item = self.inbox.recv() => match item {
+                Some(item) => {
+                    let mut items = vec![item];
+                    while items.len() < BATCH {
+                        let Some(item) = self.inbox.try_recv() else { break };
+                        items.push(item);
+                    }
+                    Event::Inbound(items)
+                }
+                None => Event::Closed,
+            },
+            note = self.leadership.recv() => match note {
+                Some(note) => Event::Leadership(note),
+                None => Event::Closed,
+            },
+            change = self.changes.recv() => match change {
+                Some(Notification::Event(_) | Notification::Lagged(_)) => Event::Members,
+                None => Event::Closed,
+            },
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Event::Timeout,
+            Some(done) = self.background.recv() => Event::Background(done),
+            _ = self.mark_sync.tick() => Event::SyncMark,
+            alive = self.election_alive.changed() => match alive {
+                Ok(()) => Event::Idle,
+                Err(_) => Event::Closed,
+            },
+        };
+        IoEvent(event)
+    }
+
+    /// Handles what [`LogIo::next`] returned. `Ok(false)`: the node shut
+    /// down (the driver ends). An error is a failed write-ahead log: call
+    /// [`LogIo::stop`].
+    pub async fn handle(
+        &mut self,
+        core: &mut C,
+        event: IoEvent<C::State>,
+    ) -> Result<bool, WalError> {
+        match event.0 {
+            Event::Inbound(items) => {
+                self.apply_fence(core);
+                for item in items {
+                    self.inbound(core, item);
+                }
+            }
+            Event::Leadership(clustron_election::Notification::Event(event)) => {
+                self.leadership_event(core, event)
+            }
+            Event::Leadership(clustron_election::Notification::Lagged(_)) => {
+                self.sync_leadership(core)
+            }
+            Event::Members => self.refresh_learners(core).await,
+            Event::Timeout => {
+                self.apply_fence(core);
+                core.handle_timeout(Instant::now());
+            }
+            Event::Background(done) => self.background_done(core, done)?,
+            // The mark's fsync, at most once a second.
+            Event::SyncMark => self.mark.sync()?,
+            Event::Idle => {}
+            Event::Closed => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The write-ahead log failed: nothing more can be made durable, so
+    /// this node may neither acknowledge, nor lead, nor vote (its grants
+    /// would promise a log it cannot keep). It withdraws from the election
+    /// (a leader hands over at once). Returns the reason, for the product
+    /// to report and to fail its requests with. Whatever the failed output
+    /// was followed by (replies, sends) must not be performed.
+    pub async fn stop(&mut self, error: &WalError) -> String {
+        let reason = format!("the replicated log stopped: write-ahead log failed: {error}");
+        tracing::error!(%reason, "stepping down, no longer voting or serving on this node");
+        if let Err(e) = self.election.withdraw(reason.clone()).await {
+            tracing::error!(error = %e, "cannot withdraw from the election");
+        }
+        reason
+    }
+
+    /// Performs one of the replica's outputs (drained in order from the
+    /// core): writes and fsyncs the log, keeps the high-water mark and the
+    /// fence's summary, sends (unless fenced), starts snapshot pulls, steps
+    /// the election down when the core cannot lead.
+    pub fn perform(&mut self, core: &mut C, output: Output) -> Result<(), WalError> {
+        match output {
+            Output::SaveEpoch(epoch) => {
+                write_epoch(&self.epoch_path, epoch).map_err(|source| WalError::Io {
+                    path: self.epoch_path.clone(),
+                    source,
+                })?;
+            }
+            Output::Truncate { from } => {
+                let last = from.saturating_sub(1);
+                let kept = Summary {
+                    last_epoch: core.replica().entry(last).map_or(0, |e| e.epoch),
+                    last_index: last,
+                };
+                // The cut entries were never committed (a leader replaces
+                // only those): the mark comes down first, durably, unless
+                // it still guards entries lost earlier.
+                if self.lost.is_none() {
+                    self.mark.lower(kept)?;
+                }
+                self.wal.truncate_from(from)?;
+                self.written = kept;
+            }
+            Output::Append(entries) => {
+                self.wal.append(&entries)?;
+                self.bytes_since += entries
+                    .iter()
+                    .map(|e| e.payload.len() as u64 + 24)
+                    .sum::<u64>();
+                if let Some(Entry { epoch, index, .. }) = entries.last() {
+                    self.written = Summary {
+                        last_epoch: *epoch,
+                        last_index: *index,
+                    };
+                }
+            }
+            Output::Sync => {
+                self.wal.sync()?;
+                self.syncs += 1;
+                self.mark.advance(self.written)?;
+                if self.lost.is_some_and(|mark| self.written >= mark) {
+                    self.lost = None;
+                    tracing::info!(
+                        epoch = self.written.last_epoch,
+                        index = self.written.last_index,
+                        "caught up past the high-water mark; voting again"
+                    );
+                    self.caught_up = true;
+                }
+                let fence = self.fence.durable(&self.written);
+                if fence > self.fenced {
+                    self.fenced = fence;
+                    core.fence(fence);
+                }
+            }
+            Output::Send { to, msg } => {
+                // Nothing from an epoch the election has since promised
+                // away leaves (see the module docs).
+                if msg.epoch() < self.fence.epoch() {
+                    return Ok(());
+                }
+                // A voter not heard of yet: nowhere to send.
+                if to.ip().is_unspecified() || to.port() == 0 {
+                    return Ok(());
+                }
+                let channel = self.channel.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = channel.send(to, &msg).await {
+                        tracing::debug!(%to, error = %e, "replication send failed");
+                    }
+                });
+            }
+            // The election gets the summary from the fence at each promise
+            // (always current); an asynchronous `set_summary` could arrive
+            // after a newer one and regress it.
+            Output::Summary(_) => {}
+            Output::CannotLead { epoch } => {
+                tracing::warn!(epoch, "cannot fetch the up-to-date log; stepping down");
+                let election = self.election.clone();
+                tokio::spawn(async move {
+                    let _ = election.step_down().await;
+                });
+            }
+            Output::Committed { .. } => {}
+            Output::PullSnapshot { from, index } => self.pull_snapshot(from, index),
+            Output::ResetLog { base } => {
+                // An installed snapshot (already durable) replaces the log:
+                // entries it does not cover were not committed.
+                let kept = Summary {
+                    last_epoch: base.epoch,
+                    last_index: base.index,
+                };
+                if self.lost.is_none() {
+                    self.mark.lower(kept.min(self.written))?;
+                }
+                self.wal.reset_after(base.index)?;
+                self.written = kept;
+                self.bytes_since = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn inbound(&mut self, core: &mut C, item: Inbound<Replication>) {
+        match item {
+            Inbound::Message { from, message, .. } => {
+                core.handle_message(Instant::now(), from.addr, message);
+            }
+            Inbound::Request { reply, .. } => reply.reject("replication takes no requests"),
+            // Streams on this channel are snapshot pulls from peers.
+            Inbound::Stream { stream, .. } => {
+                tokio::spawn(crate::transfer::serve(self.snapshots.clone(), stream));
+            }
+        }
+    }
+
+    /// Snapshots the state machine once the schedule says so. The core
+    /// copies its state here, between two inputs (a consistent point);
+    /// encoding and writing it, the slow part, run on a blocking thread
+    /// while the driver goes on serving.
+    fn maybe_snapshot(&mut self, core: &mut C) {
+        let SnapshotSchedule { entries, bytes } = self.schedule;
+        let applied = core.applied();
+        let due = self.snapshot_asked
+            || (entries > 0 && applied >= self.last_snapshot + entries)
+            || (bytes > 0 && self.bytes_since >= bytes);
+        if !due || self.snapshotting || applied <= self.last_snapshot {
+            return;
+        }
+        self.snapshot_asked = false;
+        self.snapshotting = true;
+        self.bytes_since = 0;
+        let (meta, state) = core.snapshot();
+        let snapshots = self.snapshots.clone();
+        let done = self.background_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = snapshots
+                .save(meta, &state.into_bytes())
+                .map(|_| meta)
+                .map_err(|e| e.to_string());
+            let _ = done.send(Background::Saved(result));
+        });
+    }
+
+    /// Snapshot work finished off this task.
+    fn background_done(
+        &mut self,
+        core: &mut C,
+        done: Background<C::State>,
+    ) -> Result<(), WalError> {
+        match done {
+            Background::Saved(Ok(meta)) => {
+                self.snapshotting = false;
+                self.last_snapshot = meta.index;
+                // The log before the snapshot is no longer needed: not in
+                // memory, not on disk.
+                core.compact_log(meta.index);
+                self.wal.compact_to(meta.index)?;
+                tracing::debug!(index = meta.index, "snapshot taken, log compacted");
+            }
+            Background::Saved(Err(why)) => {
+                self.snapshotting = false;
+                // Try again after as many entries again, not at once.
+                self.last_snapshot = core.applied();
+                tracing::error!(%why, "cannot write a snapshot; the log keeps growing");
+            }
+            Background::Pulled(result) => {
+                self.pulling = false;
+                match result {
+                    Ok((meta, state)) => {
+                        if core.install_snapshot(Instant::now(), meta, state) {
+                            self.last_snapshot = meta.index;
+                            tracing::info!(index = meta.index, "installed a snapshot from a peer");
+                        }
+                    }
+                    Err(why) => tracing::warn!(%why, "snapshot pull failed; asked again later"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls a snapshot from `from` off this task.
+    fn pull_snapshot(&mut self, from: SocketAddr, index: u64) {
+        if self.pulling {
+            return;
+        }
+        self.pulling = true;
+        let channel = self.channel.clone();
+        let snapshots = self.snapshots.clone();
+        let done = self.background_tx.clone();
+        tokio::spawn(async move {
+            let result = crate::transfer::pull(&channel, &snapshots, from, index)
+                .await
+                .and_then(|(meta, state)| {
+                    C::decode_state(&state)
+                        .map(|state| (meta, state))
+                        .map_err(|e| format!("the snapshot's state does not decode: {e}"))
+                });
+            let _ = done.send(Background::Pulled(result));
+        });
+    }
+
+    /// Passes a fence the election raised on to the core.
+    fn apply_fence(&mut self, core: &mut C) {
+        let epoch = self.fence.epoch();
+        if epoch > self.fenced {
+            self.fenced = epoch;
+            core.fence(epoch);
+        }
+    }
+
+    fn address_of(&self, name: &NodeName) -> Option<SocketAddr> {
+        self.voters.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    fn leadership_event(&mut self, core: &mut C, event: LeadershipEvent) {
+        let now = Instant::now();
+        self.apply_fence(core);
+        match event {
+            LeadershipEvent::Elected { epoch, summaries } => {
+                let until = self
+                    .election
+                    .lease()
+                    .filter(|(e, _)| *e == epoch)
+                    .map_or(now, |(_, until)| until);
+                core.elected(now, epoch.0, summaries, until);
+                self.elected = Some(epoch.0);
+            }
+            LeadershipEvent::Leader { name, epoch } if name != self.me => {
+                if let Some(addr) = self.address_of(&name) {
+                    core.follow(now, name, addr, epoch.0);
+                }
+            }
+            LeadershipEvent::Leader { .. } | LeadershipEvent::VotersChanged(_) => {}
+            LeadershipEvent::SteppedDown { epoch } => core.step_down(epoch.0),
+            LeadershipEvent::LeaderLost => core.forget_leader(),
+        }
+    }
+
+    /// Catches up with the election after missed events.
+    fn sync_leadership(&mut self, core: &mut C) {
+        match self.election.leader() {
+            Some((name, epoch)) if name != self.me => {
+                if let Some(addr) = self.address_of(&name) {
+                    core.follow(Instant::now(), name, addr, epoch.0);
+                }
+            }
+            // This node leads, but the grants' summaries that a new leader
+            // must adopt are gone with the missed event: lead again through
+            // a fresh election rather than guess.
+            Some((_, epoch)) if self.elected != Some(epoch.0) => {
+                tracing::info!("leading without the log's view change; stepping down to redo it");
+                let election = self.election.clone();
+                tokio::spawn(async move {
+                    let _ = election.step_down().await;
+                });
+            }
+            Some(_) => {}
+            None => core.forget_leader(),
+        }
+    }
+
+    /// Alive non-voters receive the log as learners; voters are sent to at
+    /// the address membership gives (a voter that was down when this node
+    /// started had none).
+    async fn refresh_learners(&mut self, core: &mut C) {
+        let Ok(members) = self.membership.members().await else {
+            return;
+        };
+        for member in members.iter().filter(|m| m.name != self.me) {
+            let Some(known) = self
+                .voters
+                .iter_mut()
+                .find(|(name, _)| *name == member.name)
+            else {
+                continue;
+            };
+            if known.1 != member.addr {
+                known.1 = member.addr;
+                core.set_voter_addr(&member.name, member.addr);
+                // The leader's address is the clients' redirect hint.
+                if let Some((leader, epoch)) = self.election.leader() {
+                    if leader == member.name {
+                        core.follow(Instant::now(), leader, member.addr, epoch.0);
+                    }
+                }
+            }
+        }
+        let learners: Vec<(NodeName, SocketAddr)> = members
+            .into_iter()
+            .filter(|m| m.state == MemberState::Alive && m.name != self.me)
+            .filter(|m| self.voters.iter().all(|(v, _)| *v != m.name))
+            .map(|m| (m.name, m.addr))
+            .collect();
+        core.set_learners(learners);
+    }
+}
+
+/// Checks a snapshot's state bytes with `decode` at open, so a snapshot
+/// that does not restore the state machine fails the start (before the
+/// node joins), naming the snapshot folder.
+pub fn check_state<T>(
+    open: &OpenLog,
+    bytes: &[u8],
+    decode: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<T, StartError> {
+    decode(bytes).map_err(|why| {
+        StartError::Snapshot(SnapshotError::Damaged {
+            path: open.snapshots.dir().to_owned(),
+            why: format!(
+                "the state of snapshot {} does not restore: {why}",
+                open.base.index
+            ),
+        })
+    })
+}
