@@ -23,27 +23,44 @@ pub struct TransportConfig {
     /// How long a dial (QUIC + TLS handshake) may take, and how long opening
     /// a stream may wait for the remote to allow one more (every stream it
     /// allows is in use: then the call fails with
-    /// [`crate::Error::StreamsExhausted`], nothing sent). Default 3 s: a LAN
-    /// handshake takes about a millisecond; anything close to this is a
-    /// dead or unreachable peer, or streams that are not coming back.
+    /// [`crate::Error::StreamsExhausted`], nothing sent). Default 1.5 s: a
+    /// LAN handshake takes about a millisecond; anything close to this is a
+    /// dead or unreachable peer, or streams that are not coming back. A dial
+    /// that started while the peer was cut off is given up soon enough for
+    /// a fresh one (after the backoff) to reach it within about a second of
+    /// the heal.
     pub connect_timeout: Duration,
     /// How long a request may wait for its response. Default 10 s.
     pub request_timeout: Duration,
-    /// A connection with no traffic for this long is closed. Default 60 s.
-    /// Every node talks to every other through membership probes (at 100
-    /// members, each pair about every 20 s), so cached connections stay open
-    /// and a probe never pays for a new handshake (about 3 KB with
-    /// certificates); a dead peer is noticed by membership long before this.
+    /// A connection that hears nothing from its peer for this long is
+    /// closed; the next call dials afresh. Default 1.5 s. Keep-alives keep a
+    /// live peer's connection open however long it carries nothing, so this
+    /// only decides how soon a connection to a peer that went silent (dead,
+    /// frozen, cut off) is given up. It must be short: QUIC backs its
+    /// retransmissions off exponentially while the peer is silent, so after
+    /// a 3 s cut a connection kept open would resend next up to about 2 s
+    /// after the heal, and every call on it would wait that long. Given up
+    /// after 1.5 s, the link heals with a fresh handshake instead.
     pub idle_timeout: Duration,
     /// A connection idle for this long sends a QUIC PING to stay open (and
-    /// through NATs). Default 20 s: with 99 peers that is at most ~5 small
-    /// packets a second, and none on connections that carry traffic anyway.
+    /// through NATs). Default 300 ms (under a fifth of the idle timeout, so
+    /// a few lost pings do not close a live connection): about 3 small
+    /// packets a second per peer, none on connections that carry traffic
+    /// anyway (membership probes, lease renewals).
     pub keep_alive_interval: Duration,
+    /// The round-trip time assumed before the first measurement, which
+    /// paces a handshake's retransmissions (they double from about three
+    /// times this). Default 100 ms, for a LAN (QUIC's own default, 333 ms,
+    /// is for unknown paths): a dial whose first packets were lost in a cut
+    /// resends at 0.3, 0.7 and 1.5 s instead of 1 and 2.3 s.
+    pub initial_rtt: Duration,
     /// First wait after a failed dial before the same address is dialed
     /// again. Doubles on each failure. Default 50 ms.
     pub reconnect_backoff_initial: Duration,
-    /// Cap on the reconnect backoff. Default 2 s, so a restarted peer is
-    /// reached again within about two seconds.
+    /// Cap on the reconnect backoff. Default 500 ms, so a restarted or
+    /// healed peer is reached again within about half a second (a failover
+    /// has a one-second budget); one dial attempt per half second to a dead
+    /// peer costs nothing worth saving.
     pub reconnect_backoff_max: Duration,
     /// Items queued per registered channel before senders wait (requests,
     /// messages, streams) or datagrams are dropped. Default 1024.
@@ -88,12 +105,13 @@ impl TransportConfig {
         Self {
             listen,
             max_frame_size: DEFAULT_MAX_FRAME,
-            connect_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            keep_alive_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_millis(1500),
+            keep_alive_interval: Duration::from_millis(300),
+            initial_rtt: Duration::from_millis(100),
             reconnect_backoff_initial: Duration::from_millis(50),
-            reconnect_backoff_max: Duration::from_secs(2),
+            reconnect_backoff_max: Duration::from_millis(500),
             inbox_capacity: 1024,
             max_concurrent_streams: 100,
             max_concurrent_client_streams: 4096,
@@ -114,6 +132,7 @@ impl TransportConfig {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             keep_alive_interval: Duration::from_secs(30),
+            initial_rtt: Duration::from_millis(333),
             reconnect_backoff_max: Duration::from_secs(10),
             ..Self::new(listen)
         }
@@ -129,6 +148,7 @@ impl TransportConfig {
             ("request_timeout", self.request_timeout),
             ("idle_timeout", self.idle_timeout),
             ("keep_alive_interval", self.keep_alive_interval),
+            ("initial_rtt", self.initial_rtt),
             ("reconnect_backoff_initial", self.reconnect_backoff_initial),
             ("reconnect_backoff_max", self.reconnect_backoff_max),
         ] {

@@ -1488,6 +1488,7 @@ fn quinn_transport(config: &TransportConfig, bidi_streams: u32) -> quinn::Transp
         .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
         .max_concurrent_uni_streams(streams)
         .keep_alive_interval(Some(config.keep_alive_interval))
+        .initial_rtt(config.initial_rtt)
         .max_idle_timeout(config.idle_timeout.try_into().ok());
     transport
 }

@@ -1446,9 +1446,16 @@ impl Core {
     /// The best other live voter in the view (highest priority, then
     /// smallest name), to hand leadership to.
     fn best_live_voter(&self) -> Option<NodeName> {
+        // As in the candidate choice: a leader whose announcements stopped
+        // (frozen, cut off) may still be in the view; handing over to it
+        // would leave the others waiting for a campaign that cannot come.
         self.view
             .values()
-            .filter(|s| s.peer.voter && self.voters.committed.contains(&s.peer.name))
+            .filter(|s| {
+                s.peer.voter
+                    && self.voters.committed.contains(&s.peer.name)
+                    && !self.silent.contains(&s.peer.name)
+            })
             .map(|s| (s.peer.priority, &s.peer.name))
             .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
                 Some(b) if !outranks(c, b) => Some(b),

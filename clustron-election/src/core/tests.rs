@@ -746,3 +746,50 @@ fn a_healed_node_whose_view_still_counts_the_leader_dead_follows_its_announcemen
     assert_eq!(known, cores[2].leader());
     assert!(known.is_some_and(|(_, e)| e >= epoch));
 }
+
+#[test]
+fn a_leader_that_steps_down_hands_over_to_a_live_voter_not_to_a_silent_former_leader() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..4).map(|i| core(i, 4, now)).collect();
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2, 3]));
+    }
+    let (now, _) = elect(&mut cores, now);
+    assert!(cores[0].is_leader(now));
+    // n0 freezes: still in everyone's membership view (not yet declared
+    // failed), but its announcements stop, so n1 takes over.
+    let live = [1, 2, 3];
+    let mut t = now;
+    let later = now + Config::lan().lease_duration * 4;
+    while t < later && !cores[1].is_leader(t) {
+        t += Config::lan().renew_interval;
+        for i in live {
+            cores[i].handle_timeout(t);
+        }
+        settle_among(&mut cores, t, &live);
+    }
+    assert!(
+        cores[1].is_leader(t),
+        "n1 never took over from the frozen n0"
+    );
+    // n1 cannot do its job (say its log must first pull a snapshot) and
+    // steps down: the successor it names must be n2, alive, not the frozen
+    // n0 that still outranks everyone in the view. Naming n0 left the
+    // others waiting for a campaign that never came.
+    cores[1].step_down(t).unwrap();
+    let successor: Vec<_> = drain(&mut cores[1])
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                msg: Message::Release { to, .. },
+                ..
+            } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert!(!successor.is_empty());
+    assert!(
+        successor.iter().all(|s| *s == Some(name(2))),
+        "handed over to {successor:?}"
+    );
+}
