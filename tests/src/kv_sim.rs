@@ -112,6 +112,14 @@ pub enum Event {
     },
     /// A new leader gave up catching up.
     CannotLead(u64),
+    /// A node's state covers the log up to `index` from a snapshot
+    /// (restored at start or installed): it reports commits after it.
+    SnapshotBase {
+        /// The node's incarnation.
+        incarnation: u64,
+        /// The snapshot's index.
+        index: u64,
+    },
     /// A client's operation started or ended.
     Client(ClientEvent),
 }
@@ -271,8 +279,11 @@ impl KvSetup {
                 nodes,
             },
             // Checkpoints often, so replicas compare digests many times a run.
+            // Snapshots often, so crashes, partitions and laggards meet
+            // snapshots, compaction and installs many times a run.
             server: ServerConfig {
                 checkpoint_every: 64,
+                snapshot_entries: 50,
                 ..ServerConfig::default()
             },
             clients,
@@ -369,6 +380,10 @@ impl Checks {
                 Event::Election(ElectionOutput::Elected { .. }) => self.log.elections += 1,
                 Event::Election(_) => {}
                 Event::CannotLead(_) => self.log.gave_up += 1,
+                Event::SnapshotBase { incarnation, index } => {
+                    self.stores.snapshots += 1;
+                    self.log.record_snapshot_base(id, incarnation, index);
+                }
                 Event::Client(event) => self.record(id - self.nodes, at, event),
             }
         }
@@ -430,14 +445,23 @@ pub struct StoreInvariants {
     /// A digest of the state at each applied index, from the first node
     /// seen there: (node, digest).
     states: BTreeMap<u64, (NodeId, u64)>,
-    /// The applied index each node had when last looked at.
-    looked: BTreeMap<NodeId, u64>,
+    /// A digest of the state at each applied index, from the first node
+    /// seen there that applied every entry from the first (no snapshot).
+    replayed: BTreeMap<u64, (NodeId, u64)>,
+    /// The applied index each node had when last looked at, with its
+    /// incarnation.
+    looked: BTreeMap<NodeId, (u64, u64)>,
+    /// Snapshot restores and installs seen.
+    pub snapshots: usize,
+    /// States from a snapshot compared with a full replay's.
+    pub compared_with_replay: usize,
 }
 
 impl StoreInvariants {
     /// Runs every check.
     pub fn check(&mut self, sim: &Sim<KvActor>, nodes: usize) {
         self.check_applied_never_exceeds_commit(sim, nodes);
+        self.check_applied_never_moves_back(sim, nodes);
         self.check_replicas_agree_at_every_applied_index(sim, nodes);
         self.check_no_replica_finds_itself_diverged(sim, nodes);
         self.check_a_node_that_lost_acknowledged_entries_neither_votes_nor_leads(sim, nodes);
@@ -525,8 +549,29 @@ impl StoreInvariants {
         }
     }
 
+    /// Within one incarnation, a node's applied index never decreases: a
+    /// snapshot install never takes it back.
+    pub fn check_applied_never_moves_back(&self, sim: &Sim<KvActor>, nodes: usize) {
+        for id in 0..nodes {
+            let Some(node) = sim.node(id).and_then(KvActor::node) else {
+                continue;
+            };
+            if let Some(&(incarnation, applied)) = self.looked.get(&id) {
+                assert!(
+                    incarnation != node.incarnation() || node.server().applied() >= applied,
+                    "node {id}'s applied index went back from {applied} to {} (seed {})",
+                    node.server().applied(),
+                    sim.seed()
+                );
+            }
+        }
+    }
+
     /// Two nodes (or two incarnations of one) that applied the same prefix
     /// of the log hold the same state: keys, leases, sessions, revision.
+    /// In particular a node whose state came from a snapshot (restored
+    /// after a restart, or installed) holds the state that replaying the
+    /// committed log from the first entry gave a node that did so.
     pub fn check_replicas_agree_at_every_applied_index(
         &mut self,
         sim: &Sim<KvActor>,
@@ -537,10 +582,25 @@ impl StoreInvariants {
                 continue;
             };
             let applied = node.server().applied();
-            if self.looked.insert(id, applied) == Some(applied) || applied == 0 {
+            let now = (node.incarnation(), applied);
+            if self.looked.insert(id, now) == Some(now) || applied == 0 {
                 continue;
             }
             let digest = state_digest(node);
+            if node.state_from_snapshot() {
+                if let Some(&(first, replayed)) = self.replayed.get(&applied) {
+                    self.compared_with_replay += 1;
+                    assert_eq!(
+                        replayed,
+                        digest,
+                        "node {id}'s state from a snapshot differs at applied index {applied} from \
+                         node {first}'s, which replayed the log from the start (seed {})",
+                        sim.seed()
+                    );
+                }
+            } else {
+                self.replayed.entry(applied).or_insert((id, digest));
+            }
             let (first, known) = *self.states.entry(applied).or_insert((id, digest));
             assert_eq!(
                 known,
@@ -771,6 +831,7 @@ impl Cluster {
                 promises,
                 disk: recovered,
                 mark: storage.mark,
+                snapshot: storage.snapshot,
             },
             seed,
             self.sim.local_now(id),
@@ -831,7 +892,11 @@ impl Cluster {
     /// Runs for `d`, checking everything after every step.
     pub fn run_for(&mut self, d: Duration) {
         let checks = &mut self.checks;
-        self.sim.run_for(d, |sim| checks.after_step(sim));
+        let (nodes, paused) = (self.setup.nodes.nodes, &self.paused);
+        self.sim.run_for(d, |sim| {
+            serve_snapshot_pulls(sim, nodes, paused);
+            checks.after_step(sim);
+        });
     }
 
     /// Runs until `cond` (checked every 5 ms of virtual time) or `limit`.
@@ -857,7 +922,9 @@ impl Cluster {
         mut cond: impl FnMut(&Sim<KvActor>) -> bool,
     ) -> bool {
         let checks = &mut self.checks;
+        let (nodes, paused) = (self.setup.nodes.nodes, &self.paused);
         self.sim.run_until(limit, |sim| {
+            serve_snapshot_pulls(sim, nodes, paused);
             checks.after_step(sim);
             cond(sim)
         })
@@ -884,10 +951,13 @@ impl Cluster {
             self.is_up(id)
                 && self.node(id).is_some_and(|n| {
                     let r = n.server().replica();
+                    // Entries both still hold (before, snapshots hold the
+                    // state, which the stores' checks compare).
+                    let from = r.snapshot().index.max(reference.snapshot().index) + 1;
                     r.commit_index() == last
                         && r.last_index() == last
                         && n.server().applied() == last
-                        && r.entries(1, last) == reference.entries(1, last)
+                        && r.entries(from, last) == reference.entries(from, last)
                 })
         })
     }
@@ -957,12 +1027,12 @@ impl Cluster {
         let replica = reference.server().replica();
         self.checks
             .log
-            .check_the_final_log_holds_every_committed_entry(
+            .check_the_final_log_after_a_snapshot_holds_every_committed_entry(
+                replica.snapshot().index,
                 replica.entries(1, replica.last_index()),
                 seed,
             );
         self.check_every_store_is_the_same();
-        self.check_no_node_applied_enough_to_snapshot();
         let acked = self.check_every_acknowledged_write_is_in_the_store();
         self.check_every_serializable_read_saw_a_state_that_existed();
         let applied_twice = self.values_applied_twice();
@@ -980,22 +1050,6 @@ impl Cluster {
             acked,
             reads_at: self.checks.reads_at.len(),
             elections: self.checks.log.elections,
-        }
-    }
-
-    /// No node applied as many entries as the driver's snapshot interval:
-    /// the real node would have snapshotted and compacted its log there,
-    /// which this simulation does not model (see [`KvNode`]).
-    pub fn check_no_node_applied_enough_to_snapshot(&self) {
-        let every = self.setup.server.snapshot_entries;
-        for id in 0..self.nodes() {
-            let applied = self.node(id).map_or(0, |n| n.server().applied());
-            assert!(
-                every == 0 || applied < every,
-                "node {id} applied {applied} entries: the driver snapshots every {every}, which \
-                 this simulation does not model; run shorter (seed {})",
-                self.sim.seed()
-            );
         }
     }
 
@@ -1134,8 +1188,8 @@ impl Cluster {
                 Some(n) => {
                     let r = n.server().replica();
                     format!(
-                        "node {id}{}{}{}{}: leading {:?} epoch {} last {} commit {} applied {} \
-                         election leader {:?}",
+                        "node {id}{}{}{}{}: leading {:?} epoch {} snapshot {} last {} commit {} \
+                         applied {} election leader {:?}",
                         if self.is_paused(id) { " (paused)" } else { "" },
                         if n.election().is_withdrawn() {
                             " (withdrawn)"
@@ -1149,6 +1203,7 @@ impl Cluster {
                         },
                         r.leading(),
                         r.epoch(),
+                        r.snapshot().index,
                         r.last_index(),
                         r.commit_index(),
                         n.server().applied(),
@@ -1163,5 +1218,44 @@ impl Cluster {
             }))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Serves the snapshot pulls the nodes asked for (`transfer::pull`): a
+/// node that can reach the source (both running, not paused, no partition
+/// between them) gets a copy of the source's durable snapshot if it covers
+/// the index asked for; otherwise the pull fails and the replica asks
+/// again later.
+fn serve_snapshot_pulls(sim: &mut Sim<KvActor>, nodes: usize, paused: &BTreeSet<NodeId>) {
+    for id in 0..nodes {
+        if paused.contains(&id) {
+            continue;
+        }
+        let Some(Some((from, index))) = sim.node_mut(id).and_then(|a| match a {
+            KvActor::Node(node) => Some(node.take_pull()),
+            KvActor::Client(_) => None,
+        }) else {
+            continue;
+        };
+        let Some(source) = (0..nodes).find(|&s| addr(s) == from) else {
+            continue;
+        };
+        if !sim.is_up(source) || paused.contains(&source) || !sim.reachable(id, source) {
+            continue;
+        }
+        let Some((meta, state)) = sim
+            .node(source)
+            .and_then(KvActor::node)
+            .and_then(KvNode::snapshot)
+            .filter(|(meta, _)| meta.index >= index)
+            .cloned()
+        else {
+            continue;
+        };
+        sim.with_node(id, |actor, now| {
+            if let KvActor::Node(node) = actor {
+                node.snapshot_pulled(now, meta, state);
+            }
+        });
     }
 }

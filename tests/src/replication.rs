@@ -23,7 +23,7 @@ use clustron_election::{
 use clustron_log::core::{
     Config as LogConfig, Entry, EntryKind, Message as LogMessage, Output as LogOutput,
 };
-use clustron_log::core::{Recovered, Replica};
+use clustron_log::core::{Recovered, Replica, SnapshotMeta};
 
 use crate::election::{addr, name, priority};
 use crate::sim::{Actor, NetConfig, NodeId, Sim, Transmit};
@@ -128,6 +128,42 @@ impl LogDisk {
         self.unsynced.len()
     }
 
+    /// A disk holding exactly `recovered`, all of it durable: what a
+    /// restarted node's log folder holds once it has reopened (and, after a
+    /// snapshot install that a crash interrupted, reset) its log.
+    pub fn from_recovered(recovered: Recovered) -> LogDisk {
+        LogDisk {
+            synced: recovered,
+            unsynced: Vec::new(),
+        }
+    }
+
+    /// The index of the last durable entry (the snapshot point if the log
+    /// after it is empty).
+    pub fn durable_last(&self) -> u64 {
+        self.synced.snapshot.index + self.synced.entries.len() as u64
+    }
+
+    /// A durable snapshot covers `meta`: the segments below it are deleted
+    /// (`Wal::compact_to`), at once. Only committed, synced entries are ever
+    /// compacted, so no unsynced write touches them.
+    pub fn compact(&mut self, meta: SnapshotMeta) {
+        if meta.index <= self.synced.snapshot.index {
+            return;
+        }
+        self.synced.entries.retain(|e| e.index > meta.index);
+        self.synced.snapshot = meta;
+    }
+
+    /// A snapshot covering `base` was installed (and made durable first):
+    /// every entry goes, the log continues after `base` (`Wal::reset_after`:
+    /// the segments are deleted and the folder synced at once).
+    pub fn reset_after(&mut self, base: SnapshotMeta) {
+        self.synced.entries.clear();
+        self.synced.snapshot = base;
+        self.unsynced.clear();
+    }
+
     /// Saves the fence durably at once, apart from the log's unsynced
     /// writes: the key-value driver keeps it in a file of its own, written,
     /// fsynced and renamed into place before it goes on (`kv_driver`'s
@@ -159,12 +195,15 @@ impl LogDisk {
 fn apply(state: &mut Recovered, write: LogWrite) {
     match write {
         LogWrite::SaveEpoch(epoch) => state.epoch = epoch,
-        LogWrite::Truncate(from) => state.entries.truncate(from.saturating_sub(1) as usize),
+        LogWrite::Truncate(from) => {
+            let keep = from.saturating_sub(1).saturating_sub(state.snapshot.index);
+            state.entries.truncate(keep as usize);
+        }
         LogWrite::Append(entries) => {
             for entry in entries {
                 assert_eq!(
                     entry.index,
-                    state.entries.len() as u64 + 1,
+                    state.snapshot.index + state.entries.len() as u64 + 1,
                     "an append that does not follow the last stored entry"
                 );
                 state.entries.push(entry);
@@ -626,6 +665,17 @@ impl Invariants {
         }
     }
 
+    /// Node `id` (in `incarnation`) holds everything up to `index` in a
+    /// snapshot (restored at start or installed from a peer): it reports
+    /// commits after it from now on, never the entries the snapshot covers.
+    pub fn record_snapshot_base(&mut self, id: NodeId, incarnation: u64, index: u64) {
+        let last = self.reported.entry(id).or_insert((incarnation, 0));
+        if last.0 != incarnation {
+            *last = (incarnation, 0);
+        }
+        last.1 = last.1.max(index);
+    }
+
     /// Never two nodes serving proposals in the same epoch.
     pub fn check_one_leader_per_epoch<A: Actor + LogNode>(&mut self, sim: &Sim<A>) {
         for id in 0..sim.len() {
@@ -653,7 +703,7 @@ impl Invariants {
             let Some(disk) = node.log_disk() else {
                 continue;
             };
-            let durable = disk.synced().entries.len() as u64;
+            let durable = disk.durable_last();
             assert!(
                 node.log_reported_commit() <= durable,
                 "node {id} reported commit {} with {durable} durable entries (seed {})",
@@ -683,7 +733,8 @@ impl Invariants {
                 }
             }
             let durable = &disk.synced().entries;
-            for entry in durable.iter().take(node.log_reported_commit() as usize) {
+            let reported = node.log_reported_commit();
+            for entry in durable.iter().take_while(|e| e.index <= reported) {
                 assert_eq!(
                     self.committed.get(&entry.index),
                     Some(entry),
@@ -704,10 +755,16 @@ impl Invariants {
         after: &LogDisk,
         seed: u64,
     ) {
-        for (i, entry) in before.synced().entries.iter().enumerate() {
+        let kept = after.synced();
+        for entry in &before.synced().entries {
+            // What a snapshot covers is kept in the snapshot.
+            if entry.index <= kept.snapshot.index {
+                continue;
+            }
             if self.committed.get(&entry.index) == Some(entry) {
+                let i = (entry.index - kept.snapshot.index - 1) as usize;
                 assert_eq!(
-                    after.synced().entries.get(i),
+                    kept.entries.get(i),
                     Some(entry),
                     "node {id} lost committed entry {} it had synced, in a crash (seed {seed})",
                     entry.index
@@ -719,9 +776,22 @@ impl Invariants {
     /// The final log of a converged cluster holds every entry ever reported
     /// committed, at its index.
     pub fn check_the_final_log_holds_every_committed_entry(&self, log: &[Entry], seed: u64) {
-        for (index, entry) in &self.committed {
+        self.check_the_final_log_after_a_snapshot_holds_every_committed_entry(0, log, seed);
+    }
+
+    /// The final log of a converged cluster, which continues after a
+    /// snapshot at `base` (the entries up to it are in the snapshot, whose
+    /// state the stores' checks compare), holds every entry reported
+    /// committed after `base`, at its index.
+    pub fn check_the_final_log_after_a_snapshot_holds_every_committed_entry(
+        &self,
+        base: u64,
+        log: &[Entry],
+        seed: u64,
+    ) {
+        for (index, entry) in self.committed.range(base + 1..) {
             assert_eq!(
-                log.get(*index as usize - 1),
+                log.get((*index - base) as usize - 1),
                 Some(entry),
                 "committed entry {index} is not in the final log (seed {seed})"
             );

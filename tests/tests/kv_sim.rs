@@ -346,6 +346,46 @@ fn crashes_that_lose_or_tear_unsynced_writes_keep_histories_linearizable() {
     );
 }
 
+/// Snapshots every 50 entries (`KvSetup::new`): a node crashed while the
+/// others write well past their last snapshot restarts from its own
+/// snapshot and the log after it, finds the leader's log compacted past
+/// its end, pulls the leader's snapshot and installs it; its state then
+/// equals the one a node that replayed every entry had at that index, and
+/// no install ever takes an applied index back (checked at every step).
+#[test]
+fn a_node_behind_the_leaders_snapshot_installs_it_and_its_state_equals_a_full_replay() {
+    run_linearizable(
+        "a_node_behind_the_leaders_snapshot_installs_it_and_its_state_equals_a_full_replay",
+        10,
+        |seed| {
+            let mut cluster = busy_cluster(seed, 3, rough());
+            let leader = cluster.leader().unwrap_or(0);
+            let victim = (leader + 1) % 3;
+            cluster.run_for(Duration::from_millis(1500));
+            cluster.crash(victim);
+            cluster.refresh_views();
+            let applied = |c: &Cluster| c.node(leader).map_or(0, |n| n.server().applied());
+            let target = applied(&cluster) + 150;
+            assert!(
+                cluster.run_until(Duration::from_secs(30), |c| applied(c) >= target),
+                "the two others never wrote 150 entries more (seed {seed})"
+            );
+            cluster.restart(victim, LogLoss::UnsyncedLost);
+            cluster.refresh_views();
+            cluster.run_for(Duration::from_millis(1500));
+            assert!(
+                cluster.checks.stores.snapshots > 0,
+                "no node restored or installed a snapshot (seed {seed})"
+            );
+            assert!(
+                cluster.checks.stores.compared_with_replay > 0,
+                "no state from a snapshot was compared with a full replay (seed {seed})"
+            );
+            cluster
+        },
+    );
+}
+
 /// Only leaders lose their tails here: a follower that comes back short
 /// while the same leader leads never catches up, because the leader's
 /// progress for it stays at what it had acknowledged and every nack is

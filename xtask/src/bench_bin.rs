@@ -15,6 +15,13 @@
 //! stability under loss on the simulator (5 voters, `Config::lan()`), then
 //! failover and handover on a local 5-node cluster (3 voters) over real
 //! transports and membership in this process.
+//!
+//! `clustron-bench kv-load CERT_DIR ENDPOINTS COUNT IN_FLIGHT MAX_SECS`
+//! puts COUNT 256-byte values over 10,000 keys into a running cluster
+//! (ENDPOINTS comma-separated, the admin client certificate in CERT_DIR)
+//! with IN_FLIGHT requests outstanding, for at most MAX_SECS seconds, and
+//! prints the puts acknowledged each second and the overall rate: the load
+//! behind the log's figures (restart, disk, memory, snapshot cost).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -106,7 +113,20 @@ fn main() -> Result<()> {
             let count: usize = args.get(4).context("count")?.parse()?;
             runtime.block_on(count_requests(stack, &dir, addr, count))
         }
-        _ => bail!("usage: clustron-bench transport|membership|election"),
+        Some("kv-load") => {
+            let dir = PathBuf::from(args.get(1).context("cert dir")?);
+            let endpoints = args
+                .get(2)
+                .context("endpoints")?
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<SocketAddr>, _>>()?;
+            let count: u64 = args.get(3).context("count")?.parse()?;
+            let in_flight: usize = args.get(4).context("in flight")?.parse()?;
+            let secs: u64 = args.get(5).context("max seconds")?.parse()?;
+            runtime.block_on(kv_load(&dir, endpoints, count, in_flight, secs))
+        }
+        _ => bail!("usage: clustron-bench transport|membership|election|kv-load"),
     }
 }
 
@@ -653,6 +673,74 @@ async fn election_suite() -> Result<()> {
         "  cooperative handover: p50 {:.1} ms, max {:.1} ms",
         pct(&handovers, 0.5),
         handovers.last().map_or(0.0, |d| ms(*d))
+    );
+    Ok(())
+}
+
+/// `kv-load`: puts `count` 256-byte values over 10,000 keys with
+/// `in_flight` outstanding, for at most `secs` seconds; prints the puts
+/// acknowledged in each second and the overall rate.
+async fn kv_load(
+    dir: &Path,
+    endpoints: Vec<SocketAddr>,
+    count: u64,
+    in_flight: usize,
+    secs: u64,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const KEYS: u64 = 10_000;
+    let client = clustron_client::Client::new(endpoints, identity(dir, "admin")?)?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while client.put(b"load/warmup", b"x").await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the store never took a write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (client, next, done, errors) =
+            (client.clone(), next.clone(), done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let value = vec![42u8; PAYLOAD];
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count || Instant::now() >= deadline {
+                    return;
+                }
+                let key = format!("load/{:05}", n.wrapping_mul(7919) % KEYS);
+                while client.put(key.as_bytes(), &value).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut last = 0;
+    let mut second = 0u64;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        second += 1;
+        let now = done.load(Ordering::Relaxed);
+        println!("second {second}: {} puts", now - last);
+        last = now;
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = done.load(Ordering::Relaxed);
+    println!(
+        "total {total} puts in {elapsed:.1} s: {:.0} puts/s, {} errors (retried)",
+        total as f64 / elapsed,
+        errors.load(Ordering::Relaxed)
     );
     Ok(())
 }

@@ -1206,7 +1206,25 @@ impl Replica {
     /// A leader (or the source of a fetch) says the entries we need are in
     /// its snapshot.
     fn on_snapshot_needed(&mut self, from: SocketAddr, epoch: u64, index: u64) {
-        if epoch < self.epoch || index <= self.commit {
+        if epoch < self.epoch {
+            return;
+        }
+        if index <= self.commit {
+            // We hold everything its snapshot covers, committed (so as the
+            // leader has it): say so, or it asks again forever. A replica
+            // restarted from a snapshot acknowledges nothing until an append
+            // matches, and the leader sends none below its snapshot.
+            if let Role::Follower {
+                leader: Some((_, leader)),
+                epoch: followed,
+                matched,
+            } = &mut self.role
+            {
+                if *leader == from && *followed == epoch {
+                    *matched = (*matched).max(self.commit);
+                    self.pending_ack = Some(from);
+                }
+            }
             return;
         }
         match &mut self.role {

@@ -40,22 +40,29 @@
 //!   outputs after it are never performed, waiting requests and every later
 //!   one get `NotReady`, replication stops, and the election withdraws.
 //!
-//! Not modelled yet: the driver's snapshots (taken every
-//! `ServerConfig::snapshot_entries` applied entries, then the log is
-//! compacted; a replica behind pulls one and installs it). The cluster
-//! fails a run that applies that many entries rather than let it differ
-//! from the real node unnoticed.
+//! Snapshots, as `LogIo` takes and installs them: once
+//! `ServerConfig::snapshot_entries` entries were applied since the last
+//! one, the server's state is copied ([`Server::snapshot`]), written
+//! durably at once (temp file, fsync, rename: all or nothing), and the log
+//! before it compacted, in memory and on disk. A replica told to
+//! `PullSnapshot` asks [`crate::kv_sim::Cluster`], which copies the source
+//! node's durable snapshot to it when the two can reach each other (the
+//! transfer takes no virtual time); the replica saves it durably, installs
+//! it, and its log is reset after it (`ResetLog`). A restart loads the
+//! snapshot and the log after it, as `OpenLog` does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clustron_dkv::core::server::{ClientOp, RequestId, Server, ServerError, ServerOutput};
+use clustron_dkv::core::server::{
+    ClientOp, MachineState, RequestId, Server, ServerError, ServerOutput,
+};
 use clustron_election::{
     Core, Epoch, MemStorage, Message as ElectionMessage, NodeName, Output as ElectionOutput,
     Storage,
 };
-use clustron_log::core::{Entry, Output as LogOutput, Summary};
+use clustron_log::core::{Entry, Output as LogOutput, Recovered, SnapshotMeta, Summary};
 
 use super::{Event, KvSetup, Msg};
 use crate::election::{addr, name, priority};
@@ -82,6 +89,8 @@ pub struct NodeStorage {
     /// The log's high-water mark; `None` for a node that never had one (it
     /// is created at the log's end, as `HighWaterMark::open` does).
     pub mark: Option<Summary>,
+    /// The newest durable snapshot, if any: what it covers and the state.
+    pub snapshot: Option<(SnapshotMeta, MachineState)>,
 }
 
 /// One node: election, key-value server, promise store and log disk.
@@ -111,6 +120,18 @@ pub struct KvNode {
     disk_failing: bool,
     /// The key-value side stopped: its write-ahead log failed.
     stopped: bool,
+    /// The newest durable snapshot.
+    snapshot: Option<(SnapshotMeta, MachineState)>,
+    /// Applied entries between snapshots (0: never).
+    snapshot_every: u64,
+    /// The applied index of the last snapshot taken, restored or installed.
+    last_snapshot: u64,
+    /// A snapshot the replica asked to pull: from whom, covering at least
+    /// which index.
+    pull: Option<(SocketAddr, u64)>,
+    /// Whether this incarnation's state came from a snapshot (restored at
+    /// start or installed), rather than from applying every entry.
+    from_snapshot: bool,
     /// The epoch the server was last told this node won.
     elected: Option<u64>,
     voters: BTreeMap<NodeName, SocketAddr>,
@@ -151,6 +172,7 @@ impl KvNode {
             promises,
             disk,
             mark,
+            snapshot,
         } = storage;
         let setup = &cluster.nodes;
         let persisted = match promises.load() {
@@ -166,16 +188,24 @@ impl KvNode {
             seed,
             now,
         );
+        // `OpenLog`: the newest snapshot, then the log after it (a log
+        // that does not continue it, as after a crash between a pulled
+        // snapshot's save and the log's reset, is reset after it).
+        let recovered = recover(disk.synced(), snapshot.as_ref().map(|(meta, _)| *meta));
+        let disk = LogDisk::from_recovered(recovered.clone());
         // `OpenStore::open`: the fence starts at the saved log epoch and
         // the summary at the recovered log's last entry.
-        let recovered = disk.synced().clone();
-        let written = recovered
-            .entries
-            .last()
-            .map_or(Summary::default(), |e| Summary {
+        let written = recovered.entries.last().map_or(
+            Summary {
+                last_epoch: recovered.snapshot.epoch,
+                last_index: recovered.snapshot.index,
+            },
+            |e| Summary {
                 last_epoch: e.epoch,
                 last_index: e.index,
-            });
+            },
+        );
+        let base = recovered.snapshot.index;
         let fence = Fence {
             epoch: recovered.epoch,
             summary: written.encode(),
@@ -187,7 +217,7 @@ impl KvNode {
         if lost.is_some() {
             election.withdraw(now);
         }
-        let server = Server::new(
+        let mut server = Server::new(
             cluster.server_config(),
             name(id),
             setup.voter_addrs(),
@@ -196,6 +226,16 @@ impl KvNode {
             now,
         )
         .expect("a valid server configuration");
+        if let Some((_, state)) = &snapshot {
+            server.restore(state.clone());
+        }
+        let mut events = VecDeque::new();
+        if base > 0 {
+            events.push_back(Event::SnapshotBase {
+                incarnation,
+                index: base,
+            });
+        }
         let mut node = Self {
             me: name(id),
             addr: addr(id),
@@ -215,6 +255,11 @@ impl KvNode {
             caught_up: false,
             disk_failing: false,
             stopped: false,
+            snapshot,
+            snapshot_every: cluster.server.snapshot_entries,
+            last_snapshot: base,
+            pull: None,
+            from_snapshot: base > 0,
             elected: None,
             voters: setup.voter_addrs().collect(),
             leadership: VecDeque::new(),
@@ -222,10 +267,10 @@ impl KvNode {
             rng: fastrand::Rng::with_seed(seed ^ 0x6b76_5f64_7269_7665),
             pending: BTreeMap::new(),
             next_id: 0,
-            reported_commit: 0,
+            reported_commit: base,
             now,
             transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            events,
         };
         node.pump();
         node
@@ -262,7 +307,71 @@ impl KvNode {
             promises: self.promises,
             disk: self.disk,
             mark: Some(self.mark),
+            snapshot: self.snapshot,
         }
+    }
+
+    /// Its incarnation (restarts so far).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The newest durable snapshot, if any.
+    pub fn snapshot(&self) -> Option<&(SnapshotMeta, MachineState)> {
+        self.snapshot.as_ref()
+    }
+
+    /// Whether this incarnation's state came from a snapshot (restored at
+    /// start or installed from a peer) rather than from applying every
+    /// entry from the first.
+    pub fn state_from_snapshot(&self) -> bool {
+        self.from_snapshot
+    }
+
+    /// The snapshot pull the replica asked for and nobody served yet: the
+    /// source's address and the index it must cover. Taken: the replica
+    /// asks again later if it still needs one.
+    pub fn take_pull(&mut self) -> Option<(SocketAddr, u64)> {
+        self.pull.take()
+    }
+
+    /// A pulled snapshot arrived (`LogIo`'s `Background::Pulled`): saved
+    /// durably first (as `transfer::pull` does), then installed if it is
+    /// ahead of what this node applied.
+    ///
+    /// # Panics
+    ///
+    /// If the install moved the applied index backwards.
+    pub fn snapshot_pulled(&mut self, now: Instant, meta: SnapshotMeta, state: MachineState) {
+        self.now = now;
+        if self.stopped {
+            return;
+        }
+        if self
+            .snapshot
+            .as_ref()
+            .is_none_or(|(m, _)| m.index < meta.index)
+        {
+            self.snapshot = Some((meta, state.clone()));
+        }
+        let before = self.server.applied();
+        self.apply_fence();
+        if self.server.install_snapshot(now, meta, state) {
+            assert!(
+                self.server.applied() >= before,
+                "{}: installing the snapshot at {} moved the applied index back from {before}",
+                self.me,
+                meta.index
+            );
+            self.last_snapshot = meta.index;
+            self.from_snapshot = true;
+            self.reported_commit = self.reported_commit.max(meta.index);
+            self.events.push_back(Event::SnapshotBase {
+                incarnation: self.incarnation,
+                index: meta.index,
+            });
+        }
+        self.pump();
     }
 
     /// The mark this node lost entries below and must catch up to before
@@ -399,10 +508,30 @@ impl KvNode {
                 busy = true;
                 self.election.rejoin(self.now);
             }
+            busy |= self.maybe_snapshot();
             if !busy {
                 break;
             }
         }
+    }
+
+    /// `LogIo::maybe_snapshot` and, the write done, `background_done`: a
+    /// snapshot at the applied index once enough entries were applied,
+    /// durable at once, then the log compacted up to it.
+    fn maybe_snapshot(&mut self) -> bool {
+        let applied = self.server.applied();
+        if self.stopped
+            || self.snapshot_every == 0
+            || applied < self.last_snapshot + self.snapshot_every
+        {
+            return false;
+        }
+        let (meta, state) = self.server.snapshot();
+        self.last_snapshot = meta.index;
+        self.snapshot = Some((meta, state));
+        self.server.compact_log(meta.index);
+        self.disk.compact(self.server.replica().snapshot());
+        true
     }
 
     /// Whether the key-value side handles the queued leadership events now:
@@ -536,7 +665,7 @@ impl KvNode {
                 ServerOutput::Log(LogOutput::Truncate { from }) => {
                     let last = from.saturating_sub(1);
                     let kept = Summary {
-                        last_epoch: self.server.replica().entry(last).map_or(0, |e| e.epoch),
+                        last_epoch: self.server.replica().snapshot_point(last).epoch,
                         last_index: last,
                     };
                     // The cut entries were never committed: the mark comes
@@ -600,10 +729,21 @@ impl KvNode {
                     self.events.push_back(Event::CannotLead(epoch));
                 }
                 ServerOutput::Log(LogOutput::Committed { upto }) => self.committed(upto),
-                // Like `kv_driver`, this node never compacts its log, so no
-                // replica is ever asked to pull a snapshot.
-                ServerOutput::Log(LogOutput::PullSnapshot { .. } | LogOutput::ResetLog { .. }) => {
-                    panic!("{} got a snapshot output without compaction", self.me)
+                ServerOutput::Log(LogOutput::PullSnapshot { from, index }) => {
+                    self.pull.get_or_insert((from, index));
+                }
+                ServerOutput::Log(LogOutput::ResetLog { base }) => {
+                    // An installed snapshot (already durable) replaces the
+                    // log: entries it does not cover were not committed.
+                    let kept = Summary {
+                        last_epoch: base.epoch,
+                        last_index: base.index,
+                    };
+                    if self.lost.is_none() {
+                        self.mark = self.mark.min(kept.min(self.written));
+                    }
+                    self.disk.reset_after(base);
+                    self.written = kept;
                 }
                 ServerOutput::Reply { id, result } => {
                     if let Some((to, id)) = self.pending.remove(&id) {
@@ -675,4 +815,36 @@ fn output_writes_the_log(output: &ServerOutput) -> bool {
                 | LogOutput::Sync
         )
     )
+}
+
+/// What `OpenLog` recovers from a log disk and the newest snapshot: the
+/// log after the snapshot if it continues it (its entry at the snapshot
+/// point, if still there, of the snapshot's epoch), else nothing after it.
+fn recover(disk: &Recovered, snapshot: Option<SnapshotMeta>) -> Recovered {
+    let Some(meta) = snapshot.filter(|m| m.index > disk.snapshot.index) else {
+        return disk.clone();
+    };
+    let at = |index: u64| {
+        index
+            .checked_sub(disk.snapshot.index + 1)
+            .and_then(|i| disk.entries.get(usize::try_from(i).ok()?))
+    };
+    let continues = match at(meta.index) {
+        Some(entry) => entry.epoch == meta.epoch,
+        None => meta.index == disk.snapshot.index + disk.entries.len() as u64,
+    };
+    let entries = if continues {
+        disk.entries
+            .iter()
+            .filter(|e| e.index > meta.index)
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Recovered {
+        epoch: disk.epoch,
+        snapshot: meta,
+        entries,
+    }
 }

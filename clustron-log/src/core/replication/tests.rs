@@ -796,3 +796,45 @@ fn a_replica_restarts_from_its_snapshot_and_the_log_after_it() {
         "{outputs:?}"
     );
 }
+
+#[test]
+fn a_follower_holding_the_leaders_snapshot_point_acknowledges_it_when_told_to_pull() {
+    // Restarted from its own snapshot at 8 with nothing after it: it
+    // acknowledges nothing until an append matches, and a leader whose
+    // progress for it is at or below the leader's snapshot sends none, only
+    // "pull my snapshot at 8". Ignoring that (8 is committed here) would
+    // leave the two waiting for each other forever.
+    let now = Instant::now();
+    let mut r = Replica::new(
+        Config::lan(),
+        name(1),
+        voters(3),
+        [],
+        Recovered {
+            epoch: 1,
+            snapshot: SnapshotMeta { index: 8, epoch: 1 },
+            entries: vec![],
+        },
+        now,
+    );
+    r.follow(now, name(0), addr(0), 1);
+    drain(&mut r);
+    r.handle_message(now, addr(0), Message::SnapshotNeeded { epoch: 1, index: 8 });
+    let outputs = drain(&mut r);
+    assert!(
+        outputs.contains(&Output::Send {
+            to: addr(0),
+            msg: Message::Ack {
+                epoch: 1,
+                match_index: 8
+            }
+        }),
+        "{outputs:?}"
+    );
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, Output::PullSnapshot { .. })),
+        "{outputs:?}"
+    );
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The replicated log's figures (issue 11, "What it must show") on a real
+# 3-node release cluster on 127.0.0.1, driven by `clustron-bench kv-load`.
+#
+#   cargo build --release -p clustron-dkv -p xtask
+#   bash xtask/log-figures.sh main         # 10k puts, restart; 1M puts, restart, disk, RSS, learner, wiped voter
+#   bash xtask/log-figures.sh throughput   # put rate at 64 in flight, snapshots on vs off
+#
+# Environment: BIN (release binaries, default target/release), DIR (work
+# folder, default a new one under /tmp), PUTS (default 1000000), NODE_ARGS
+# (more `clustron-dkv run` flags for every node), SECS (throughput phase
+# length, default 30). Every wait has a deadline; every node is killed on exit.
+set -euo pipefail
+
+BIN=${BIN:-target/release}
+DIR=${DIR:-$(mktemp -d /tmp/log-figures.XXXXXX)}
+PUTS=${PUTS:-1000000}
+SECS=${SECS:-30}
+NODE_ARGS=${NODE_ARGS:-}
+BASE=${BASE:-27400}
+mkdir -p "$DIR"
+declare -A PID
+
+listen() { echo "127.0.0.1:$((BASE + ${1#n}))"; }
+admin() { echo "127.0.0.1:$((BASE + 100 + ${1#n}))"; }
+endpoints() { echo "$(listen n1),$(listen n2),$(listen n3)"; }
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc -l | xargs printf '%.3f'; }
+load() { uptime | sed 's/.*load average: /load /'; }
+
+cleanup() {
+  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+certs() {
+  [ -f "$DIR/ca.pem" ] && return
+  "$BIN/clustron-dkv" certs init --out "$DIR" >/dev/null
+  "$BIN/clustron-dkv" certs client admin --role admin --ca "$DIR" --out "$DIR" >/dev/null
+  for n in n1 n2 n3 n4; do
+    "$BIN/clustron-dkv" certs node "$n" --ip 127.0.0.1 --ca "$DIR" --out "$DIR" >/dev/null
+  done
+}
+
+# start NAME PRIORITY: `clustron-dkv run`, seeded with the other nodes.
+start() {
+  local n=$1 seeds=()
+  for m in n1 n2 n3; do [ "$m" != "$n" ] && seeds+=("$(listen "$m")"); done
+  # shellcheck disable=SC2086
+  "$BIN/clustron-dkv" run --name "$n" --listen "$(listen "$n")" --admin-listen "$(admin "$n")" \
+    --voters n1,n2,n3 --priority "$2" --data-dir "$DIR/data/$n" \
+    --ca-file "$DIR/ca.pem" --cert-file "$DIR/$n.pem" --key-file "$DIR/$n.key" \
+    --seeds "$(IFS=,; echo "${seeds[*]}")" $NODE_ARGS >>"$DIR/$n.log" 2>&1 &
+  PID[$n]=$!
+}
+
+metric() { # metric NODE NAME: the value of an unlabelled metric, or -1
+  curl -s --max-time 1 "http://$(admin "$1")/metrics" | awk -v m="$2" '$1==m {print $2; f=1} END {if (!f) print -1}'
+}
+
+ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://$(admin "$1")/readyz")" = 200 ]; }
+
+wait_for() { # wait_for SECONDS COMMAND...: poll every 10 ms
+  local deadline=$(($(date +%s) + $1)); shift
+  until "$@"; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out: $*" >&2; return 1; }
+    sleep 0.01
+  done
+}
+
+caught_up() { # caught_up NODE INDEX
+  local a; a=$(metric "$1" clustron_kv_applied_index); [ "${a%.*}" -ge "$2" ]
+}
+
+leader_applied() { metric n1 clustron_kv_applied_index | cut -d. -f1; }
+
+kv_load() { # kv_load COUNT IN_FLIGHT MAX_SECS
+  "$BIN/clustron-bench" kv-load "$DIR" "$(endpoints)" "$1" "$2" "$3"
+}
+
+sizes() {
+  echo "-- $(load)"
+  for n in n1 n2 n3; do
+    local rss wal snap
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/${PID[$n]}/status")
+    echo "$n: data dir $(du -sk "$DIR/data/$n" | cut -f1) KiB, RSS $rss KiB," \
+      "store_bytes $(metric "$n" clustron_kv_store_bytes), wal_segments $(metric "$n" clustron_kv_wal_segments)," \
+      "log_entries $(metric "$n" clustron_kv_log_entries), snapshot_index $(metric "$n" clustron_kv_snapshot_index)," \
+      "applied $(metric "$n" clustron_kv_applied_index)"
+  done
+  echo "files of n3:"; find "$DIR/data/n3" -type f -printf '  %s %p\n' | sort -k2
+}
+
+restart() { # restart NODE: kill -9, start again, time until ready and caught up
+  local n=$1 target t0
+  kill -9 "${PID[$n]}"; wait "${PID[$n]}" 2>/dev/null || true
+  target=$(leader_applied)
+  t0=$(now)
+  start "$n" 100
+  wait_for 60 ready "$n"
+  echo "restart $n (kill -9): /readyz 200 after $(since "$t0") s; $(load)"
+  wait_for 60 caught_up "$n" "$target"
+  echo "restart $n: applied index >= $target after $(since "$t0") s"
+}
+
+three() {
+  certs
+  start n1 300; start n2 200; start n3 100
+  for n in n1 n2 n3; do wait_for 60 ready "$n"; done
+}
+
+main_figures() {
+  three
+  echo "== 10,000 puts, 64 in flight; $(load)"
+  kv_load 10000 64 300 | tail -1
+  sizes
+  restart n3
+  echo "== $PUTS more puts, 64 in flight; $(load)"
+  kv_load "$PUTS" 64 900 | tee "$DIR/load-main.txt" | tail -1
+  sizes
+  restart n3
+  sizes
+  echo "== n4 started late, empty data dir (learner); $(load)"
+  local target t0
+  target=$(leader_applied); t0=$(now)
+  start n4 0
+  wait_for 120 caught_up n4 "$target"
+  echo "n4 applied index >= $target after $(since "$t0") s; RSS $(awk '/VmRSS/ {print $2}' "/proc/${PID[n4]}/status") KiB"
+  echo "== n3 data dir wiped, restarted; $(load)"
+  kill -9 "${PID[n3]}"; wait "${PID[n3]}" 2>/dev/null || true
+  rm -rf "$DIR/data/n3"
+  target=$(leader_applied); t0=$(now)
+  start n3 100
+  wait_for 60 ready n3
+  echo "wiped n3: /readyz 200 after $(since "$t0") s"
+  wait_for 120 caught_up n3 "$target"
+  echo "wiped n3: applied index >= $target after $(since "$t0") s"
+}
+
+throughput() {
+  three
+  kv_load 10000 64 300 | tail -1
+  echo "== $SECS s of puts at 64 in flight, NODE_ARGS='$NODE_ARGS'; $(load)"
+  local s0; s0=$(metric n1 clustron_kv_snapshot_index)
+  kv_load 100000000 64 "$SECS" | tee "$DIR/load-throughput.txt" | tail -1
+  echo "leader snapshot index $s0 -> $(metric n1 clustron_kv_snapshot_index); $(load)"
+}
+
+case "${1:-main}" in
+  main) main_figures ;;
+  throughput) throughput ;;
+  *) echo "usage: $0 main|throughput" >&2; exit 2 ;;
+esac
+echo "work folder: $DIR"
