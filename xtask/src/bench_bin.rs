@@ -11,6 +11,10 @@
 //! settings. `CLUSTRON_BENCH_TRIALS` sets the crash/join trials per size
 //! (default 10).
 //!
+//! `clustron-bench kv DKV_BINARY` is `cargo xtask bench kv` (see
+//! `kv_bench.rs`): it runs here, in release mode, so the load generator
+//! sharing the machine with the nodes costs what a user's client would.
+//!
 //! `clustron-bench election` measures failover, cooperative handover and
 //! stability under loss on the simulator (5 voters, `Config::lan()`), then
 //! failover and handover on a local 5-node cluster (3 voters) over real
@@ -28,6 +32,13 @@ use clustron_transport::{
     Protocol, TlsIdentity, TransportConfig,
 };
 use serde_bytes::ByteBuf;
+
+#[path = "kv_bench.rs"]
+mod kv_bench;
+// Shared with the xtask binary, which uses all of it.
+#[allow(dead_code)]
+#[path = "node_bench.rs"]
+mod node_bench;
 
 const PAYLOAD: usize = 256;
 const WARMUP: Duration = Duration::from_millis(500);
@@ -81,6 +92,7 @@ fn main() -> Result<()> {
         Some("transport") => runtime.block_on(transport_suite()),
         Some("membership") => membership_suite(),
         Some("election") => runtime.block_on(election_suite()),
+        Some("kv") => kv_bench::run(Path::new(args.get(1).context("clustron-dkv binary")?)),
         Some("transport-server") => {
             let stack = Stack::parse(args.get(1).context("stack")?)?;
             let dir = PathBuf::from(args.get(2).context("cert dir")?);
@@ -106,7 +118,7 @@ fn main() -> Result<()> {
             let count: usize = args.get(4).context("count")?.parse()?;
             runtime.block_on(count_requests(stack, &dir, addr, count))
         }
-        _ => bail!("usage: clustron-bench transport|membership|election"),
+        _ => bail!("usage: clustron-bench transport|membership|election|kv DKV_BINARY"),
     }
 }
 
