@@ -5,8 +5,9 @@ use clustron_events::{
     Event, EventBus, Filter, Received, Topology, TopologyChange, TopologyUpdate,
 };
 use clustron_membership::Member;
-use clustron_transport::{FramedStream, Inbound, PeerKind};
+use clustron_transport::{FramedStream, Inbound, Peer, PeerKind};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::{self, Access};
@@ -20,51 +21,60 @@ use crate::proto::{
 };
 
 /// Serves client requests and streams in the background.
+///
+/// Requests are answered in their own stream's task (the transport's
+/// [`clustron_transport::Endpoint::serve`]): no queue, no task of their
+/// own, no hand-over per request. Streams (watches, subscriptions) arrive
+/// in the inbox and each gets a task.
 pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
-    let mut inbox = node.endpoint.register::<ClientProtocol>()?;
     let max_frame = node.endpoint.config().max_frame_size;
+    let shared = Arc::new(node.clone());
+    let mut inbox = node
+        .endpoint
+        .serve::<ClientProtocol, _, _>(move |from, request| {
+            let node = shared.clone();
+            async move { Ok(respond(&node, from, request, max_frame).await) }
+        })?;
     let node = node.clone();
     tokio::spawn(async move {
         while let Some(item) = inbox.recv().await {
-            let bus = node.bus.borrow().clone();
-            let kv = node.kv.borrow().clone();
-            let me = node.membership.name().to_string();
             match item {
-                Inbound::Request {
-                    request,
-                    reply,
-                    from,
-                } => {
-                    // Every request is authorised by the caller's role first.
-                    if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
-                        let response = match request {
-                            Request::Kv(_) => Response::Kv(Err(denied)),
-                            _ => Response::Error(denied.to_string()),
-                        };
-                        reply.send(&response);
-                        continue;
-                    }
-                    tokio::spawn(async move {
-                        let response = match (request, bus) {
-                            (Request::Kv(op), _) => {
-                                Response::Kv(fit(kv_answer(kv, op).await, max_frame))
-                            }
-                            (_, None) => {
-                                Response::Error("node not ready: the event bus is starting".into())
-                            }
-                            (request, Some(bus)) => answer(&bus, &me, request).await,
-                        };
-                        reply.send(&response);
-                    });
-                }
                 Inbound::Stream { stream, from } => {
+                    let bus = node.bus.borrow().clone();
+                    let kv = node.kv.borrow().clone();
+                    let me = node.membership.name().to_string();
                     tokio::spawn(serve_stream(bus, kv, me, from.identity.kind, stream));
                 }
+                // Requests go to the handler above, never here.
+                Inbound::Request { reply, .. } => reply.reject("requests are served elsewhere"),
                 Inbound::Message { .. } => {}
             }
         }
     });
     Ok(())
+}
+
+/// The answer to one request, authorised by the caller's role first.
+async fn respond(node: &Node, from: Peer, request: Request, max_frame: usize) -> Response {
+    if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
+        return match request {
+            Request::Kv(_) => Response::Kv(Err(denied)),
+            _ => Response::Error(denied.to_string()),
+        };
+    }
+    match request {
+        Request::Kv(op) => {
+            let kv = node.kv.borrow().clone();
+            Response::Kv(fit(kv_answer(kv, op).await, max_frame))
+        }
+        request => {
+            let bus = node.bus.borrow().clone();
+            match bus {
+                None => Response::Error("node not ready: the event bus is starting".into()),
+                Some(bus) => answer(&bus, node.membership.name().as_str(), request).await,
+            }
+        }
+    }
 }
 
 /// How long a node waits for a write to commit before telling the client

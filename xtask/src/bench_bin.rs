@@ -93,6 +93,12 @@ fn main() -> Result<()> {
         Some("membership") => membership_suite(),
         Some("election") => runtime.block_on(election_suite()),
         Some("kv") => kv_bench::run(Path::new(args.get(1).context("clustron-dkv binary")?)),
+        Some("kv-load") => kv_bench::load(
+            Path::new(args.get(1).context("cert dir")?),
+            args.get(2).context("endpoints")?,
+            args.get(3).context("row")?,
+            args.get(4).context("count")?.parse()?,
+        ),
         Some("transport-server") => {
             let stack = Stack::parse(args.get(1).context("stack")?)?;
             let dir = PathBuf::from(args.get(2).context("cert dir")?);

@@ -138,15 +138,7 @@ pub fn run(binary: &Path) -> Result<()> {
     let rounds = env_number("CLUSTRON_BENCH_KV_ROUNDS", 3)?.max(1) as usize;
     let hold = env_number("CLUSTRON_BENCH_KV_HOLD", 0)?;
     let rows: Vec<Row> = match std::env::var("CLUSTRON_BENCH_KV_ROWS") {
-        Ok(names) => names
-            .split(',')
-            .map(|name| {
-                ROWS.iter()
-                    .find(|r| r.name == name.trim())
-                    .copied()
-                    .with_context(|| format!("unknown kv bench row {name:?}"))
-            })
-            .collect::<Result<_>>()?,
+        Ok(names) => names.split(',').map(find_row).collect::<Result<_>>()?,
         Err(_) => ROWS.to_vec(),
     };
     let dir = std::env::temp_dir().join(format!("clustron-kv-bench-{}", std::process::id()));
@@ -182,7 +174,8 @@ pub fn run(binary: &Path) -> Result<()> {
                 );
                 let epoch_before = leader_epoch(&admins);
                 let syncs_before = wal_syncs(&admins);
-                let figures = phase(&client, *row, Duration::from_secs(secs), &pids).await?;
+                let figures =
+                    phase(&client, *row, Duration::from_secs(secs), MAX_OPS, &pids).await?;
                 let syncs = wal_syncs(&admins).saturating_sub(syncs_before) as f64;
                 let ops = figures.per_second * secs as f64;
                 let elections = leader_epoch(&admins)
@@ -205,6 +198,50 @@ pub fn run(binary: &Path) -> Result<()> {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+fn find_row(name: &str) -> Result<Row> {
+    ROWS.iter()
+        .find(|r| r.name == name.trim())
+        .copied()
+        .with_context(|| format!("unknown kv bench row {name:?}"))
+}
+
+/// `clustron-bench kv-load CERT_DIR ENDPOINTS ROW COUNT`: runs `COUNT`
+/// operations of one row against a cluster started by hand (endpoints
+/// comma-separated, the admin client certificate in `CERT_DIR`), for
+/// profiling a node: under `valgrind --tool=callgrind`, zero its counters
+/// (`callgrind_control -z`) just before and dump them (`-d`) just after,
+/// and divide the instructions by `COUNT`.
+pub fn load(dir: &Path, endpoints: &str, row: &str, count: u64) -> Result<()> {
+    let row = find_row(row)?;
+    let endpoints: Vec<std::net::SocketAddr> = endpoints
+        .split(',')
+        .map(|e| e.trim().parse().context("endpoint address"))
+        .collect::<Result<_>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let identity = TlsIdentity::from_files(
+            &dir.join("ca.pem"),
+            &dir.join("admin.pem"),
+            &dir.join("admin.key"),
+        )?;
+        let client = Client::new(endpoints, identity)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while client.put(b"bench/warmup", b"x").await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the store never took a write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let f = phase(&client, row, Duration::from_secs(3600), count, &[]).await?;
+        println!(
+            "{} x{}: {count} operations, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",
+            row.label, row.in_flight, f.per_second, f.p50_ms, f.p99_ms, f.failed
+        );
+        anyhow::Ok(())
+    })
 }
 
 /// Write-ahead log fsyncs of all nodes so far (`/metrics`).
@@ -314,7 +351,13 @@ fn servers_cpu(pids: &[u32]) -> Duration {
 }
 
 /// Runs `row` for `length` (or `MAX_OPS`): its figures, elections aside.
-async fn phase(client: &Client, row: Row, length: Duration, pids: &[u32]) -> Result<Figures> {
+async fn phase(
+    client: &Client,
+    row: Row,
+    length: Duration,
+    max_ops: u64,
+    pids: &[u32],
+) -> Result<Figures> {
     let counter = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let (server_before, client_before) = (servers_cpu(pids), cpu_time(None));
@@ -332,7 +375,7 @@ async fn phase(client: &Client, row: Row, length: Duration, pids: &[u32]) -> Res
             let mut cas_revision = 0;
             loop {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                if n >= MAX_OPS || start.elapsed() >= length {
+                if n >= max_ops || start.elapsed() >= length {
                     return anyhow::Ok(latencies);
                 }
                 let key = key(n.wrapping_mul(7919));
