@@ -255,6 +255,7 @@ impl Kv {
             stopped: stopped_tx,
             syncs: 0,
             elected: None,
+            syncing: None,
         };
         tokio::spawn(driver.run());
         Ok(Kv {
@@ -451,6 +452,21 @@ impl OpenStore {
     }
 }
 
+/// The result of the fsync in progress (never called without one).
+async fn wait_sync(
+    syncing: &mut Option<tokio::task::JoinHandle<Result<(), crate::wal::WalError>>>,
+) -> Result<(), crate::wal::WalError> {
+    match syncing.as_mut() {
+        Some(handle) => handle.await.unwrap_or_else(|e| {
+            Err(crate::wal::WalError::Io {
+                path: PathBuf::from("wal"),
+                source: std::io::Error::other(format!("the fsync thread failed: {e}")),
+            })
+        }),
+        None => std::future::pending().await,
+    }
+}
+
 fn read_epoch(path: &Path) -> Result<u64, StartError> {
     match std::fs::read(path) {
         Ok(bytes) => {
@@ -531,6 +547,10 @@ struct Driver {
     syncs: u64,
     /// The epoch the server was last told this node won.
     elected: Option<u64>,
+    /// The write-ahead log's fsync in progress on a blocking thread: the
+    /// server's later outputs wait for it (they are performed in order),
+    /// while this task goes on taking inputs.
+    syncing: Option<tokio::task::JoinHandle<Result<(), crate::wal::WalError>>>,
 }
 
 impl Driver {
@@ -590,6 +610,13 @@ impl Driver {
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     self.apply_fence();
                     self.server.handle_timeout(Instant::now());
+                }
+                synced = wait_sync(&mut self.syncing), if self.syncing.is_some() => {
+                    self.syncing = None;
+                    if let Err(e) = synced.and_then(|()| self.synced()) {
+                        self.stop(e).await;
+                        return;
+                    }
                 }
                 Some(done) = self.background.recv() => {
                     if let Err(e) = self.background_done(done) {
@@ -874,8 +901,35 @@ impl Driver {
         self.server.set_learners(learners);
     }
 
-    /// Performs the server's outputs in order.
+    /// What follows a completed fsync of the write-ahead log: the
+    /// high-water mark, the election's durable summary and fence.
+    fn synced(&mut self) -> Result<(), crate::wal::WalError> {
+        self.syncs += 1;
+        self.mark.advance(self.written)?;
+        if self.lost.is_some_and(|mark| self.written >= mark) {
+            self.lost = None;
+            tracing::info!(
+                epoch = self.written.last_epoch,
+                index = self.written.last_index,
+                "caught up past the high-water mark; voting again"
+            );
+            self.caught_up = true;
+        }
+        let fence = self.fence.durable(&self.written);
+        if fence > self.fenced {
+            self.fenced = fence;
+            self.server.fence(fence);
+        }
+        Ok(())
+    }
+
+    /// Performs the server's outputs in order, up to the next fsync: that
+    /// runs on a blocking thread (see [`Driver::syncing`]) and the outputs
+    /// after it are performed once it is done.
     fn drain(&mut self) -> Result<(), crate::wal::WalError> {
+        if self.syncing.is_some() {
+            return Ok(());
+        }
         while let Some(output) = self.server.poll_output() {
             match output {
                 ServerOutput::Log(LogOutput::SaveEpoch(epoch)) => {
@@ -910,25 +964,17 @@ impl Driver {
                         };
                     }
                 }
-                ServerOutput::Log(LogOutput::Sync) => {
-                    self.wal.sync()?;
-                    self.syncs += 1;
-                    self.mark.advance(self.written)?;
-                    if self.lost.is_some_and(|mark| self.written >= mark) {
-                        self.lost = None;
-                        tracing::info!(
-                            epoch = self.written.last_epoch,
-                            index = self.written.last_index,
-                            "caught up past the high-water mark; voting again"
-                        );
-                        self.caught_up = true;
+                // The fsync blocks for milliseconds: off this task, which
+                // also serves membership's and the election's neighbours
+                // on the node's runtime (issue 13). Nothing after it is
+                // performed before it is done.
+                ServerOutput::Log(LogOutput::Sync) => match self.wal.begin_sync()? {
+                    None => self.synced()?,
+                    Some(pending) => {
+                        self.syncing = Some(tokio::task::spawn_blocking(move || pending.run()));
+                        break;
                     }
-                    let fence = self.fence.durable(&self.written);
-                    if fence > self.fenced {
-                        self.fenced = fence;
-                        self.server.fence(fence);
-                    }
-                }
+                },
                 ServerOutput::Log(LogOutput::Send { to, msg }) => {
                     // Nothing from an epoch the election has since promised
                     // away leaves (see the module docs).
