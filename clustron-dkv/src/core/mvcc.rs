@@ -43,6 +43,7 @@
 //! assert_eq!(old.kvs[0].value, b"one");
 //! ```
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -814,21 +815,24 @@ impl Store {
             lease,
             prev_kv: want_prev,
         } = put;
-        // One look-up of the key for the whole put: the hot path of every
-        // write (its cost is mostly cache misses down the tree).
-        let versions = self.keys.get_mut(&key);
-        let prev = versions
-            .as_deref()
-            .and_then(|v| v.last())
-            .filter(|v| v.value.is_some());
-        let prev_kv = prev.and_then(|v| kv_of(&key, v));
+        // One look-up of the key for the whole put, new key or not (the
+        // entry takes the owned key: no copy for an existing one): the hot
+        // path of every write, whose cost is mostly cache misses down the
+        // tree.
+        let entry = self.keys.entry(key);
+        let prev = match &entry {
+            Entry::Occupied(versions) => versions.get().last().filter(|v| v.value.is_some()),
+            Entry::Vacant(_) => None,
+        };
+        let key = entry.key();
+        let prev_kv = prev.and_then(|v| kv_of(key, v));
         let (create_revision, version, old_lease) = match prev {
             Some(p) => (p.create_revision, p.version + 1, p.lease),
             None => (writer.revision, 1, None),
         };
         if let Some(old) = old_lease {
             if let Some(lease) = self.leases.get_mut(&old) {
-                lease.keys.remove(&key);
+                lease.keys.remove(key);
             }
         }
         if let Some(id) = lease {
@@ -843,17 +847,17 @@ impl Store {
             value: Some(value),
             lease,
         };
-        let kv = kv_of(&key, &new);
+        let kv = kv_of(key, &new);
         self.bytes += (key.len() + new.value.as_ref().map_or(0, Vec::len)) as u64;
         self.changes.push_back(Change {
             revision: new.mod_revision,
             sub: new.sub,
             key: key.clone(),
         });
-        match versions {
-            Some(versions) => versions.push(new),
-            None => {
-                self.keys.insert(key, vec![new]);
+        match entry {
+            Entry::Occupied(mut versions) => versions.get_mut().push(new),
+            Entry::Vacant(slot) => {
+                slot.insert(vec![new]);
             }
         }
         let response = PutResponse {
