@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The replicated log's figures (issue 11, "What it must show") on a real
-# 3-node release cluster on 127.0.0.1, driven by `clustron-bench kv-load`.
+# 3-node release cluster on 127.0.0.1, driven by `clustron-bench kv-fill`.
 #
 #   cargo build --release -p clustron-dkv -p xtask
 #   bash xtask/log-figures.sh main         # 10k puts, restart; 1M puts, restart, disk, RSS, learner, wiped voter
@@ -75,7 +75,7 @@ caught_up() { # caught_up NODE INDEX
 leader_applied() { metric n1 clustron_kv_applied_index | cut -d. -f1; }
 
 kv_load() { # kv_load COUNT IN_FLIGHT MAX_SECS
-  "$BIN/clustron-bench" kv-load "$DIR" "$(endpoints)" "$1" "$2" "$3"
+  "$BIN/clustron-bench" kv-fill "$DIR" "$(endpoints)" "$1" "$2" "$3"
 }
 
 sizes() {

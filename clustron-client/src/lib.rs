@@ -467,6 +467,14 @@ impl Client {
                         }
                         last = ClientError::Kv(failure);
                     }
+                    // Back-pressure: the node did nothing with it and is
+                    // alive. Not a failure of the node (no suspicion, no
+                    // failover): the same request again after the pause,
+                    // which grows while the node stays overloaded; after
+                    // the retry budget the caller gets `Overloaded`.
+                    Response::Kv(Err(failure @ KvFailure::Overloaded { .. })) => {
+                        last = ClientError::Kv(failure);
+                    }
                     Response::Kv(Err(failure)) => {
                         return (Err(ClientError::Kv(failure)), maybe_delivered)
                     }

@@ -669,6 +669,17 @@ pub enum KvFailure {
         /// What it tried.
         operation: String,
     },
+    /// The node already holds as many client requests as it admits
+    /// (`limit`): this one was refused before anything was done with it.
+    /// Back-pressure, not a failure of the node: retry after a pause, on
+    /// the same node (`clustron-client` does, within its retry budget).
+    #[error(
+        "overloaded: {limit} requests in progress on this node; nothing was done, retry shortly"
+    )]
+    Overloaded {
+        /// How many requests the node admits at once.
+        limit: u32,
+    },
 }
 
 /// What a client asks to watch.

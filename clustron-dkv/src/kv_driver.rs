@@ -351,7 +351,11 @@ impl Driver {
 
     /// Performs the server's outputs in order.
     fn drain(&mut self) -> Result<(), WalError> {
-        while let Some(output) = self.server.poll_output() {
+        // Outputs after an fsync wait for it (performed in order).
+        while !self.io.syncing() {
+            let Some(output) = self.server.poll_output() else {
+                break;
+            };
             match output {
                 ServerOutput::Log(output) => self.io.perform(&mut self.server, output)?,
                 ServerOutput::Reply { id, result } => {

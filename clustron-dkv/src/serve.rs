@@ -5,8 +5,9 @@ use clustron_events::{
     Event, EventBus, Filter, Received, Topology, TopologyChange, TopologyUpdate,
 };
 use clustron_membership::Member;
-use clustron_transport::{FramedStream, Inbound, PeerKind};
+use clustron_transport::{FramedStream, Inbound, Peer, PeerKind};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::{self, Access};
@@ -20,51 +21,109 @@ use crate::proto::{
 };
 
 /// Serves client requests and streams in the background.
+///
+/// Requests are answered in their own stream's task (the transport's
+/// [`clustron_transport::Endpoint::serve`]): no queue, no task of their
+/// own, no hand-over per request. Streams (watches, subscriptions) arrive
+/// in the inbox and each gets a task.
 pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
-    let mut inbox = node.endpoint.register::<ClientProtocol>()?;
     let max_frame = node.endpoint.config().max_frame_size;
+    let shared = Arc::new((node.clone(), Admission::new(MAX_KV_REQUESTS)));
+    let mut inbox = node
+        .endpoint
+        .serve::<ClientProtocol, _, _>(move |from, request| {
+            let shared = shared.clone();
+            async move {
+                let (node, admission) = &*shared;
+                Ok(respond(node, admission, from, request, max_frame).await)
+            }
+        })?;
     let node = node.clone();
     tokio::spawn(async move {
         while let Some(item) = inbox.recv().await {
-            let bus = node.bus.borrow().clone();
-            let kv = node.kv.borrow().clone();
-            let me = node.membership.name().to_string();
             match item {
-                Inbound::Request {
-                    request,
-                    reply,
-                    from,
-                } => {
-                    // Every request is authorised by the caller's role first.
-                    if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
-                        let response = match request {
-                            Request::Kv(_) => Response::Kv(Err(denied)),
-                            _ => Response::Error(denied.to_string()),
-                        };
-                        reply.send(&response);
-                        continue;
-                    }
-                    tokio::spawn(async move {
-                        let response = match (request, bus) {
-                            (Request::Kv(op), _) => {
-                                Response::Kv(fit(kv_answer(kv, op).await, max_frame))
-                            }
-                            (_, None) => {
-                                Response::Error("node not ready: the event bus is starting".into())
-                            }
-                            (request, Some(bus)) => answer(&bus, &me, request).await,
-                        };
-                        reply.send(&response);
-                    });
-                }
                 Inbound::Stream { stream, from } => {
+                    let bus = node.bus.borrow().clone();
+                    let kv = node.kv.borrow().clone();
+                    let me = node.membership.name().to_string();
                     tokio::spawn(serve_stream(bus, kv, me, from.identity.kind, stream));
                 }
+                // Requests go to the handler above, never here.
+                Inbound::Request { reply, .. } => reply.reject("requests are served elsewhere"),
                 Inbound::Message { .. } => {}
             }
         }
     });
     Ok(())
+}
+
+/// How many key-value requests a node works on at once, from all its
+/// clients together; one more is refused at once with
+/// [`KvFailure::Overloaded`] (nothing done), which the client retries after
+/// a pause. It bounds the node's queue of client work: under a flood the
+/// node answers at its own pace and refuses the excess cheaply, rather than
+/// queueing without bound until its membership probes and election
+/// renewals wait behind client work and its peers take it for dead
+/// (issue 13). Sized well above one client's 1,000 in flight; at 64 puts
+/// in flight a node keeps a few hundred requests in progress at most.
+pub const MAX_KV_REQUESTS: u32 = 4096;
+
+/// Admission control: at most `limit` requests in progress at once.
+#[derive(Debug)]
+struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: u32,
+}
+
+impl Admission {
+    fn new(limit: u32) -> Self {
+        Admission {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+            limit,
+        }
+    }
+
+    /// A slot for one request, held until the answer is ready; or the
+    /// refusal to answer with.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, KvFailure> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| KvFailure::Overloaded { limit: self.limit })
+    }
+}
+
+/// The answer to one request, authorised by the caller's role first.
+async fn respond(
+    node: &Node,
+    admission: &Admission,
+    from: Peer,
+    request: Request,
+    max_frame: usize,
+) -> Response {
+    if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
+        return match request {
+            Request::Kv(_) => Response::Kv(Err(denied)),
+            _ => Response::Error(denied.to_string()),
+        };
+    }
+    match request {
+        Request::Kv(op) => {
+            let _admitted = match admission.admit() {
+                Ok(permit) => permit,
+                Err(overloaded) => return Response::Kv(Err(overloaded)),
+            };
+            let kv = node.kv.borrow().clone();
+            Response::Kv(fit(kv_answer(kv, op).await, max_frame))
+        }
+        request => {
+            let bus = node.bus.borrow().clone();
+            match bus {
+                None => Response::Error("node not ready: the event bus is starting".into()),
+                Some(bus) => answer(&bus, node.membership.name().as_str(), request).await,
+            }
+        }
+    }
 }
 
 /// How long a node waits for a write to commit before telling the client
@@ -363,5 +422,23 @@ fn topology_info(topology: &Topology, me: &str) -> TopologyInfo {
         node: me.to_owned(),
         members: topology.members.iter().map(member_info).collect(),
         leader: topology.leader.as_ref().map(|(n, e)| (n.to_string(), e.0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_refuses_past_its_limit_until_a_request_finishes() {
+        let admission = Admission::new(2);
+        let first = admission.admit().expect("first admitted");
+        let _second = admission.admit().expect("second admitted");
+        assert_eq!(
+            admission.admit().err(),
+            Some(KvFailure::Overloaded { limit: 2 })
+        );
+        drop(first);
+        assert!(admission.admit().is_ok(), "a finished request frees a slot");
     }
 }

@@ -273,7 +273,11 @@ impl<M: StateMachine> Driver<M> {
 
     /// Performs the machine's outputs in order.
     fn drain(&mut self) -> Result<(), crate::wal::WalError> {
-        while let Some(output) = self.machine.poll_output() {
+        // Outputs after an fsync wait for it (performed in order).
+        while !self.io.syncing() {
+            let Some(output) = self.machine.poll_output() else {
+                break;
+            };
             match output {
                 MachineOutput::Log(output) => self.io.perform(&mut self.machine, output)?,
                 MachineOutput::Applied { id, output, .. } => {

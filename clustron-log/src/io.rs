@@ -265,6 +265,21 @@ impl OpenLog {
     }
 }
 
+/// The result of the fsync in progress (pending when there is none).
+async fn wait_sync(
+    syncing: &mut Option<tokio::task::JoinHandle<Result<(), WalError>>>,
+) -> Result<(), WalError> {
+    match syncing.as_mut() {
+        Some(handle) => handle.await.unwrap_or_else(|e| {
+            Err(WalError::Io {
+                path: PathBuf::from("wal"),
+                source: std::io::Error::other(format!("the fsync thread failed: {e}")),
+            })
+        }),
+        None => std::future::pending().await,
+    }
+}
+
 fn read_epoch(path: &Path) -> Result<u64, StartError> {
     match std::fs::read(path) {
         Ok(bytes) => {
@@ -345,6 +360,8 @@ enum Event<S> {
     Timeout,
     Background(Background<S>),
     SyncMark,
+    /// The write-ahead log's fsync on the blocking thread finished.
+    Synced(Result<(), WalError>),
     /// Nothing to do (the election's leader feed moved: its events say how).
     Idle,
     Closed,
@@ -397,6 +414,10 @@ pub struct LogIo<C: ReplicatedCore> {
     /// the log stops with it.
     election_alive: tokio::sync::watch::Receiver<Option<(NodeName, Epoch)>>,
     syncs: u64,
+    /// The write-ahead log's fsync in progress on a blocking thread: the
+    /// core's later outputs wait for it (they are performed in order; see
+    /// [`LogIo::syncing`]), while the driver goes on taking inputs.
+    syncing: Option<tokio::task::JoinHandle<Result<(), WalError>>>,
     /// The epoch the core was last told this node won.
     elected: Option<u64>,
     mark_sync: tokio::time::Interval,
@@ -448,6 +469,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             changes: membership.subscribe(),
             election_alive: election.leader_feed(),
             syncs: 0,
+            syncing: None,
             elected: None,
             mark_sync,
         })
@@ -519,6 +541,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             },
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Event::Timeout,
             Some(done) = self.background.recv() => Event::Background(done),
+            synced = wait_sync(&mut self.syncing), if self.syncing.is_some() => Event::Synced(synced),
             _ = self.mark_sync.tick() => Event::SyncMark,
             alive = self.election_alive.changed() => match alive {
                 Ok(()) => Event::Idle,
@@ -557,6 +580,11 @@ impl<C: ReplicatedCore> LogIo<C> {
             Event::Background(done) => self.background_done(core, done)?,
             // The mark's fsync, at most once a second.
             Event::SyncMark => self.mark.sync()?,
+            Event::Synced(result) => {
+                self.syncing = None;
+                result?;
+                self.synced(core)?;
+            }
             Event::Idle => {}
             Event::Closed => return Ok(false),
         }
@@ -618,25 +646,17 @@ impl<C: ReplicatedCore> LogIo<C> {
                     };
                 }
             }
-            Output::Sync => {
-                self.wal.sync()?;
-                self.syncs += 1;
-                self.mark.advance(self.written)?;
-                if self.lost.is_some_and(|mark| self.written >= mark) {
-                    self.lost = None;
-                    tracing::info!(
-                        epoch = self.written.last_epoch,
-                        index = self.written.last_index,
-                        "caught up past the high-water mark; voting again"
-                    );
-                    self.caught_up = true;
+            // The fsync blocks for milliseconds: it runs off the driver's
+            // task, which shares the node's runtime with membership, the
+            // election and the transport (issue 13). Nothing after it is
+            // performed before it is done: the driver stops draining while
+            // [`LogIo::syncing`].
+            Output::Sync => match self.wal.begin_sync()? {
+                None => self.synced(core)?,
+                Some(pending) => {
+                    self.syncing = Some(tokio::task::spawn_blocking(move || pending.run()));
                 }
-                let fence = self.fence.durable(&self.written);
-                if fence > self.fenced {
-                    self.fenced = fence;
-                    core.fence(fence);
-                }
-            }
+            },
             Output::Send { to, msg } => {
                 // Nothing from an epoch the election has since promised
                 // away leaves (see the module docs).
@@ -681,6 +701,35 @@ impl<C: ReplicatedCore> LogIo<C> {
                 self.written = kept;
                 self.bytes_since = 0;
             }
+        }
+        Ok(())
+    }
+
+    /// Whether an fsync is in progress: the driver must stop draining the
+    /// core's outputs (they are performed in order, and the ones after a
+    /// sync wait for it) until [`LogIo::handle`] has seen it finish.
+    pub fn syncing(&self) -> bool {
+        self.syncing.is_some()
+    }
+
+    /// What follows a completed fsync of the write-ahead log: the
+    /// high-water mark, the election's durable summary and fence.
+    fn synced(&mut self, core: &mut C) -> Result<(), WalError> {
+        self.syncs += 1;
+        self.mark.advance(self.written)?;
+        if self.lost.is_some_and(|mark| self.written >= mark) {
+            self.lost = None;
+            tracing::info!(
+                epoch = self.written.last_epoch,
+                index = self.written.last_index,
+                "caught up past the high-water mark; voting again"
+            );
+            self.caught_up = true;
+        }
+        let fence = self.fence.durable(&self.written);
+        if fence > self.fenced {
+            self.fenced = fence;
+            core.fence(fence);
         }
         Ok(())
     }

@@ -156,6 +156,21 @@ impl Segment {
     }
 }
 
+/// An fsync of the log's active segment, to run off the caller's thread
+/// (see [`Wal::begin_sync`]).
+#[derive(Debug)]
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// Performs the fsync (blocking).
+    pub fn run(self) -> Result<(), WalError> {
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+}
+
 /// The write-ahead log of one node. Not thread-safe: one owner appends,
 /// truncates and syncs.
 #[derive(Debug)]
@@ -307,6 +322,24 @@ impl Wal {
         self.active.get_ref().sync_data().map_err(io_err(&path))?;
         self.dirty = false;
         Ok(())
+    }
+
+    /// [`Wal::sync`] in two halves, so the fsync can run on another thread
+    /// while the caller goes on: flushes what is buffered and returns the
+    /// sync to perform ([`PendingSync::run`]), or `None` if nothing was
+    /// written since the last sync. Everything appended or truncated before
+    /// this call is durable once that `run` returns `Ok`; appends made
+    /// meanwhile are not covered (they need a sync of their own). An `Err`
+    /// from `run` is the log failing: the caller must stop using it.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, WalError> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        let path = self.active_segment().path.clone();
+        self.active.flush().map_err(io_err(&path))?;
+        let file = self.active.get_ref().try_clone().map_err(io_err(&path))?;
+        self.dirty = false;
+        Ok(Some(PendingSync { file, path }))
     }
 
     /// Removes every entry from `index` on (a leader's log replaced a

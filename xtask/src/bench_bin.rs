@@ -11,12 +11,16 @@
 //! settings. `CLUSTRON_BENCH_TRIALS` sets the crash/join trials per size
 //! (default 10).
 //!
+//! `clustron-bench kv DKV_BINARY` is `cargo xtask bench kv` (see
+//! `kv_bench.rs`): it runs here, in release mode, so the load generator
+//! sharing the machine with the nodes costs what a user's client would.
+//!
 //! `clustron-bench election` measures failover, cooperative handover and
 //! stability under loss on the simulator (5 voters, `Config::lan()`), then
 //! failover and handover on a local 5-node cluster (3 voters) over real
 //! transports and membership in this process.
 //!
-//! `clustron-bench kv-load CERT_DIR ENDPOINTS COUNT IN_FLIGHT MAX_SECS`
+//! `clustron-bench kv-fill CERT_DIR ENDPOINTS COUNT IN_FLIGHT MAX_SECS`
 //! puts COUNT 256-byte values over 10,000 keys into a running cluster
 //! (ENDPOINTS comma-separated, the admin client certificate in CERT_DIR)
 //! with IN_FLIGHT requests outstanding, for at most MAX_SECS seconds, and
@@ -35,6 +39,13 @@ use clustron_transport::{
     Protocol, TlsIdentity, TransportConfig,
 };
 use serde_bytes::ByteBuf;
+
+#[path = "kv_bench.rs"]
+mod kv_bench;
+// Shared with the xtask binary, which uses all of it.
+#[allow(dead_code)]
+#[path = "node_bench.rs"]
+mod node_bench;
 
 const PAYLOAD: usize = 256;
 const WARMUP: Duration = Duration::from_millis(500);
@@ -88,6 +99,13 @@ fn main() -> Result<()> {
         Some("transport") => runtime.block_on(transport_suite()),
         Some("membership") => membership_suite(),
         Some("election") => runtime.block_on(election_suite()),
+        Some("kv") => kv_bench::run(Path::new(args.get(1).context("clustron-dkv binary")?)),
+        Some("kv-load") => kv_bench::load(
+            Path::new(args.get(1).context("cert dir")?),
+            args.get(2).context("endpoints")?,
+            args.get(3).context("row")?,
+            args.get(4).context("count")?.parse()?,
+        ),
         Some("transport-server") => {
             let stack = Stack::parse(args.get(1).context("stack")?)?;
             let dir = PathBuf::from(args.get(2).context("cert dir")?);
@@ -113,7 +131,10 @@ fn main() -> Result<()> {
             let count: usize = args.get(4).context("count")?.parse()?;
             runtime.block_on(count_requests(stack, &dir, addr, count))
         }
-        Some("kv-load") => {
+        // Puts over 10,000 keys with a fixed number in flight, for the
+        // log figures (`xtask/log-figures.sh`): `kv-fill CERT_DIR ENDPOINTS
+        // COUNT IN_FLIGHT MAX_SECS`.
+        Some("kv-fill") => {
             let dir = PathBuf::from(args.get(1).context("cert dir")?);
             let endpoints = args
                 .get(2)
@@ -126,7 +147,9 @@ fn main() -> Result<()> {
             let secs: u64 = args.get(5).context("max seconds")?.parse()?;
             runtime.block_on(kv_load(&dir, endpoints, count, in_flight, secs))
         }
-        _ => bail!("usage: clustron-bench transport|membership|election|kv-load"),
+        _ => bail!(
+            "usage: clustron-bench transport|membership|election|kv DKV_BINARY|kv-load|kv-fill"
+        ),
     }
 }
 
@@ -677,7 +700,7 @@ async fn election_suite() -> Result<()> {
     Ok(())
 }
 
-/// `kv-load`: puts `count` 256-byte values over 10,000 keys with
+/// `kv-fill`: puts `count` 256-byte values over 10,000 keys with
 /// `in_flight` outstanding, for at most `secs` seconds; prints the puts
 /// acknowledged in each second and the overall rate.
 async fn kv_load(

@@ -43,6 +43,7 @@
 //! assert_eq!(old.kvs[0].value, b"one");
 //! ```
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -808,47 +809,68 @@ impl Store {
     }
 
     fn put(&mut self, writer: &mut Writer, put: PutRequest) -> Result<PutResponse, KvError> {
-        let prev = self.current(&put.key).cloned();
-        let prev_kv = prev.as_ref().and_then(|v| kv_of(&put.key, v));
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (writer.revision, 1),
+        let PutRequest {
+            key,
+            value,
+            lease,
+            prev_kv: want_prev,
+        } = put;
+        // One look-up of the key for the whole put, new key or not (the
+        // entry takes the owned key: no copy for an existing one): the hot
+        // path of every write, whose cost is mostly cache misses down the
+        // tree.
+        let entry = self.keys.entry(key);
+        let prev = match &entry {
+            Entry::Occupied(versions) => versions.get().last().filter(|v| v.value.is_some()),
+            Entry::Vacant(_) => None,
         };
-        if let Some(old) = prev.as_ref().and_then(|p| p.lease) {
+        let key = entry.key();
+        let prev_kv = prev.and_then(|v| kv_of(key, v));
+        let (create_revision, version, old_lease) = match prev {
+            Some(p) => (p.create_revision, p.version + 1, p.lease),
+            None => (writer.revision, 1, None),
+        };
+        if let Some(old) = old_lease {
             if let Some(lease) = self.leases.get_mut(&old) {
-                lease.keys.remove(&put.key);
+                lease.keys.remove(key);
             }
         }
-        if let Some(id) = put.lease {
+        if let Some(id) = lease {
             let lease = self.leases.get_mut(&id).ok_or(KvError::LeaseNotFound(id))?;
-            lease.keys.insert(put.key.clone());
+            lease.keys.insert(key.clone());
         }
         let new = Version {
             mod_revision: writer.revision,
             sub: writer.events.len() as u32,
             create_revision,
             version,
-            value: Some(put.value),
-            lease: put.lease,
+            value: Some(value),
+            lease,
         };
-        let kv = kv_of(&put.key, &new);
-        self.bytes += (put.key.len() + new.value.as_ref().map_or(0, Vec::len)) as u64;
+        let kv = kv_of(key, &new);
+        self.bytes += (key.len() + new.value.as_ref().map_or(0, Vec::len)) as u64;
         self.changes.push_back(Change {
             revision: new.mod_revision,
             sub: new.sub,
-            key: put.key.clone(),
+            key: key.clone(),
         });
-        self.keys.entry(put.key.clone()).or_default().push(new);
+        match entry {
+            Entry::Occupied(mut versions) => versions.get_mut().push(new),
+            Entry::Vacant(slot) => {
+                slot.insert(vec![new]);
+            }
+        }
+        let response = PutResponse {
+            prev_kv: if want_prev { prev_kv.clone() } else { None },
+        };
         if let Some(kv) = kv {
             writer.events.push(Event {
                 kind: EventKind::Put,
                 kv,
-                prev_kv: prev_kv.clone(),
+                prev_kv,
             });
         }
-        Ok(PutResponse {
-            prev_kv: if put.prev_kv { prev_kv } else { None },
-        })
+        Ok(response)
     }
 
     fn delete(&mut self, writer: &mut Writer, delete: &DeleteRequest) -> DeleteResponse {

@@ -353,6 +353,28 @@ impl Server {
         (meta, state)
     }
 
+    /// As [`Server::snapshot`], already encoded (the bytes of
+    /// [`MachineState::encode`]): the store is serialised where it lies,
+    /// between two inputs, instead of copied. Encoding costs about a third
+    /// of a copy and its drop (the store's keys, versions and values are
+    /// written once, not allocated, copied and freed again), so this is the
+    /// cheaper way to snapshot a large store.
+    pub fn snapshot_encoded(&self) -> (SnapshotMeta, Vec<u8>) {
+        /// [`MachineState`] borrowed: serialises to the same bytes.
+        #[derive(serde::Serialize)]
+        struct Borrowed<'a> {
+            digest: u32,
+            store: &'a Store,
+        }
+        let meta = self.replica.snapshot_point(self.applied);
+        let state = Borrowed {
+            digest: self.digest,
+            store: &self.store,
+        };
+        // Invariant: plain data; postcard cannot fail on it.
+        (meta, postcard::to_allocvec(&state).unwrap_or_default())
+    }
+
     /// A snapshot covering `upto` is durable: the log forgets the entries it
     /// covers (only committed and applied ones).
     pub fn compact_log(&mut self, upto: u64) {
@@ -844,29 +866,35 @@ impl Server {
     fn apply_to(&mut self, upto: u64) {
         while self.applied < upto {
             let index = self.applied + 1;
-            let Some(entry) = self.replica.entry(index).cloned() else {
+            let Some(entry) = self.replica.entry(index) else {
                 break;
+            };
+            // Decoded from the log's own bytes: no copy of the entry.
+            let (epoch, kind) = (entry.epoch, entry.kind);
+            let command = match kind {
+                EntryKind::Data => Some(postcard::from_bytes::<Command>(&entry.payload)),
+                EntryKind::Noop => None,
             };
             self.applied = index;
             // A write proposed here is the entry only if the entry is of the
             // epoch it was proposed in (same (epoch, index), same entry);
             // otherwise a newer leader replaced it, and it never applies.
             let mine = match self.writes.remove(&index) {
-                Some(p) if p.epoch == entry.epoch && entry.kind == EntryKind::Data => Some(p),
+                Some(p) if p.epoch == epoch && kind == EntryKind::Data => Some(p),
                 Some(p) => {
                     self.reply(p.id, Err(ServerError::Lost));
                     None
                 }
                 None => None,
             };
-            match entry.kind {
-                EntryKind::Noop => {
-                    if self.replica.leading() == Some(entry.epoch) {
+            match command {
+                None => {
+                    if self.replica.leading() == Some(epoch) {
                         self.own_epoch_committed = true;
                     }
                 }
-                EntryKind::Data => {
-                    let result = self.apply_data(&entry.payload);
+                Some(command) => {
+                    let result = self.apply_data(command);
                     if let Some(p) = mine {
                         self.reply(p.id, result);
                     }
@@ -948,8 +976,11 @@ impl Server {
         }
     }
 
-    fn apply_data(&mut self, payload: &[u8]) -> Result<Reply, ServerError> {
-        let Ok(command) = postcard::from_bytes::<Command>(payload) else {
+    fn apply_data(
+        &mut self,
+        command: Result<Command, postcard::Error>,
+    ) -> Result<Reply, ServerError> {
+        let Ok(command) = command else {
             // Every replica decodes the same bytes the same way.
             return Err(ServerError::NotReady("undecodable command in the log"));
         };
@@ -1005,7 +1036,7 @@ impl SnapshotData for MachineState {
 /// The key-value server on the log's shared driver side
 /// (`clustron_log::io::LogIo`): each method is the inherent one.
 impl ReplicatedCore for Server {
-    type Snapshot = MachineState;
+    type Snapshot = Vec<u8>;
     type State = MachineState;
 
     fn replica(&self) -> &Replica {
@@ -1062,8 +1093,8 @@ impl ReplicatedCore for Server {
         Server::poll_timeout(self)
     }
 
-    fn snapshot(&self) -> (SnapshotMeta, MachineState) {
-        Server::snapshot(self)
+    fn snapshot(&self) -> (SnapshotMeta, Vec<u8>) {
+        Server::snapshot_encoded(self)
     }
 
     fn compact_log(&mut self, upto: u64) {
@@ -1123,8 +1154,37 @@ fn fold_digest(digest: u32, revision: u64, events: &[crate::kv::Event]) -> u32 {
 }
 
 fn encode(command: &Command) -> Vec<u8> {
+    // Sized up front: growing the buffer as postcard writes reallocates and
+    // copies it several times for a put of a few hundred bytes.
+    let buf = Vec::with_capacity(size_hint(command));
     // Invariant: a command is plain data; postcard cannot fail on it.
-    postcard::to_allocvec(command).unwrap_or_default()
+    postcard::to_extend(command, buf).unwrap_or_default()
+}
+
+/// About the encoded size of `command`: its keys and values plus room for
+/// the tags, numbers and length prefixes around them.
+fn size_hint(command: &Command) -> usize {
+    use crate::kv::{CompareTarget, RequestOp};
+    let op = |op: &RequestOp| match op {
+        RequestOp::Put(put) => put.key.len() + put.value.len() + 24,
+        RequestOp::Range(_) | RequestOp::Delete(_) => 64,
+    };
+    match command.inner() {
+        Command::Put(put) => put.key.len() + put.value.len() + 48,
+        Command::Txn(txn) => {
+            let compares: usize = txn
+                .compare
+                .iter()
+                .map(|c| match &c.target {
+                    CompareTarget::Value(value) => c.key.len() + value.len() + 32,
+                    _ => c.key.len() + 32,
+                })
+                .sum();
+            let ops: usize = txn.success.iter().chain(&txn.failure).map(op).sum();
+            compares + ops + 48
+        }
+        _ => 64,
+    }
 }
 
 #[cfg(test)]

@@ -138,7 +138,15 @@ impl Sessions {
             .ok_or(KvError::SessionExpired(id))?;
         if acked > session.floor {
             session.floor = acked;
-            session.results = session.results.split_off(&acked);
+            // Forget the results below the mark from the front: usually
+            // one per write. (`split_off` moved every result kept, the
+            // whole window in flight, on every write.)
+            while let Some(oldest) = session.results.first_entry() {
+                if *oldest.key() >= acked {
+                    break;
+                }
+                drop(oldest.remove());
+            }
         }
         if seq < session.floor {
             return Err(KvError::AlreadyAnswered { seq });

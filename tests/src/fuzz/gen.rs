@@ -596,7 +596,7 @@ pub fn kv_reply(rng: &mut Rng) -> KvReply {
 
 /// A failed key-value answer.
 pub fn kv_failure(rng: &mut Rng) -> KvFailure {
-    match rng.u8(..8) {
+    match rng.u8(..9) {
         0 => KvFailure::NotLeader {
             leader: option_of(rng, |rng| (string(rng, 10), socket_addr(rng))),
         },
@@ -609,6 +609,7 @@ pub fn kv_failure(rng: &mut Rng) -> KvFailure {
         },
         5 => KvFailure::Refused(kv_error(rng)),
         6 => KvFailure::LeaderChanged,
+        7 => KvFailure::Overloaded { limit: rng.u32(..) },
         _ => KvFailure::PermissionDenied {
             role: string(rng, 10),
             operation: string(rng, 20),
