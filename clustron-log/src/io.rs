@@ -332,7 +332,7 @@ enum Background<S> {
     /// A snapshot was written (or not).
     Saved(Result<SnapshotMeta, String>),
     /// A snapshot was pulled from a peer and saved (or not).
-    Pulled(Result<(SnapshotMeta, S), String>),
+    Pulled(SocketAddr, Result<(SnapshotMeta, S), String>),
 }
 
 /// Something for [`LogIo::handle`], from [`LogIo::next`].
@@ -368,8 +368,8 @@ pub struct LogIo<C: ReplicatedCore> {
     snapshot_asked: bool,
     /// A snapshot is being written.
     snapshotting: bool,
-    /// A snapshot is being pulled from a peer.
-    pulling: bool,
+    /// A snapshot is being pulled: from whom, and the task doing it.
+    pulling: Option<(SocketAddr, tokio::task::AbortHandle)>,
     background: mpsc::UnboundedReceiver<Background<C::State>>,
     background_tx: mpsc::UnboundedSender<Background<C::State>>,
     /// Raised after every sync; see [`crate::wal::mark`].
@@ -428,7 +428,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             bytes_since: 0,
             snapshot_asked: false,
             snapshotting: false,
-            pulling: false,
+            pulling: None,
             background,
             background_tx,
             mark: open.mark,
@@ -748,8 +748,14 @@ impl<C: ReplicatedCore> LogIo<C> {
                 self.last_snapshot = core.applied();
                 tracing::error!(%why, "cannot write a snapshot; the log keeps growing");
             }
-            Background::Pulled(result) => {
-                self.pulling = false;
+            // An abandoned pull that finished as it was abandoned.
+            Background::Pulled(from, _)
+                if self
+                    .pulling
+                    .as_ref()
+                    .is_none_or(|(source, _)| *source != from) => {}
+            Background::Pulled(_, result) => {
+                self.pulling = None;
                 match result {
                     Ok((meta, state)) => {
                         if core.install_snapshot(Instant::now(), meta, state) {
@@ -757,7 +763,10 @@ impl<C: ReplicatedCore> LogIo<C> {
                             tracing::info!(index = meta.index, "installed a snapshot from a peer");
                         }
                     }
-                    Err(why) => tracing::warn!(%why, "snapshot pull failed; asked again later"),
+                    Err(why) => {
+                        tracing::warn!(%why, "snapshot pull failed; asked again at the next request");
+                        core.pull_failed();
+                    }
                 }
             }
         }
@@ -765,15 +774,21 @@ impl<C: ReplicatedCore> LogIo<C> {
     }
 
     /// Pulls a snapshot from `from` off this task.
+    ///
+    /// One pull at a time: asked to pull from another node (a new leader;
+    /// the old source may be dead or cut off, which its transfer would only
+    /// show after the transport's idle timeout), the running pull is
+    /// abandoned for the new one.
     fn pull_snapshot(&mut self, from: SocketAddr, index: u64) {
-        if self.pulling {
-            return;
+        match &self.pulling {
+            Some((source, _)) if *source == from => return,
+            Some((_, task)) => task.abort(),
+            None => {}
         }
-        self.pulling = true;
         let channel = self.channel.clone();
         let snapshots = self.snapshots.clone();
         let done = self.background_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let result = crate::transfer::pull(&channel, &snapshots, from, index)
                 .await
                 .and_then(|(meta, state)| {
@@ -781,8 +796,9 @@ impl<C: ReplicatedCore> LogIo<C> {
                         .map(|state| (meta, state))
                         .map_err(|e| format!("the snapshot's state does not decode: {e}"))
                 });
-            let _ = done.send(Background::Pulled(result));
+            let _ = done.send(Background::Pulled(from, result));
         });
+        self.pulling = Some((from, task.abort_handle()));
     }
 
     /// Passes a fence the election raised on to the core.

@@ -135,7 +135,11 @@ impl Snapshots {
     /// all but the newest [`KEEP`].
     pub fn save(&self, meta: SnapshotMeta, state: &[u8]) -> Result<PathBuf, SnapshotError> {
         let path = self.dir.join(format!("snapshot-{:020}.snap", meta.index));
-        let tmp = path.with_extension("tmp");
+        // A temporary file of its own: two saves of one index may overlap
+        // (a pull abandoned for another source still finishing its save).
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| SnapshotError::Io { path, source }

@@ -1081,6 +1081,10 @@ impl ReplicatedCore for Server {
     fn install_snapshot(&mut self, now: Instant, meta: SnapshotMeta, state: MachineState) -> bool {
         Server::install_snapshot(self, now, meta, state)
     }
+
+    fn pull_failed(&mut self) {
+        self.replica.pull_failed();
+    }
 }
 
 /// The client's answer for an applied command's outcome.

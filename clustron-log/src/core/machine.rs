@@ -277,6 +277,10 @@ impl<M: StateMachine> ReplicatedCore for Machine<M> {
         }
     }
 
+    fn pull_failed(&mut self) {
+        self.replica.pull_failed();
+    }
+
     fn install_snapshot(&mut self, now: Instant, meta: SnapshotMeta, state: Vec<u8>) -> bool {
         if meta.index <= self.applied || self.state.restore(&state).is_err() {
             return false;

@@ -125,4 +125,7 @@ pub trait ReplicatedCore {
     /// A snapshot pulled from a peer (after [`Output::PullSnapshot`]) is
     /// durable: install it. False if nothing changed (not ahead).
     fn install_snapshot(&mut self, now: Instant, meta: SnapshotMeta, state: Self::State) -> bool;
+    /// The pull asked for by the last [`Output::PullSnapshot`] failed
+    /// ([`Replica::pull_failed`]).
+    fn pull_failed(&mut self);
 }

@@ -515,8 +515,8 @@ pub struct Replica {
     base: SnapshotMeta,
     /// Entry `i` is at `log[i - base.index - 1]`.
     log: Vec<Entry>,
-    /// A snapshot pull asked for: (index, when).
-    pulling: Option<(u64, Instant)>,
+    /// A snapshot pull asked for: (index, when, from whom).
+    pulling: Option<(u64, Instant, SocketAddr)>,
     /// The stored log must be reset to continue after `base` at the next
     /// flush (a snapshot was installed).
     reset_pending: bool,
@@ -881,6 +881,16 @@ impl Replica {
                 peers.remove(name);
             }
         }
+    }
+
+    /// The snapshot pull asked for by the last [`Output::PullSnapshot`]
+    /// failed (the source died or was cut off mid-transfer): the next
+    /// `SnapshotNeeded`, from whichever node leads by then, asks for a pull
+    /// again at once rather than after [`Config::snapshot_retry`]. Behind
+    /// a snapshot, this node can acknowledge nothing, and a two-node
+    /// majority waits on it.
+    pub fn pull_failed(&mut self) {
+        self.pulling = None;
     }
 
     /// The non-voters that should receive the log (alive ones, as
@@ -1268,11 +1278,15 @@ impl Replica {
             }
             _ => return,
         }
-        let due = self
-            .pulling
-            .is_none_or(|(i, at)| i < index || self.now >= at + self.config.snapshot_retry);
+        // Pulled again when a newer snapshot is named, when another node
+        // asks (a new leader: the old source may be dead or cut off, and a
+        // transfer from it would only fail after the transport's idle
+        // timeout), or after `snapshot_retry`.
+        let due = self.pulling.is_none_or(|(i, at, source)| {
+            i < index || source != from || self.now >= at + self.config.snapshot_retry
+        });
         if due {
-            self.pulling = Some((index, self.now));
+            self.pulling = Some((index, self.now, from));
             self.outputs.push_back(Output::PullSnapshot { from, index });
         }
     }

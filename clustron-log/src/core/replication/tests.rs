@@ -919,3 +919,42 @@ fn a_learner_added_to_an_idle_leader_gets_the_log_without_new_proposals() {
     assert_eq!(c.nodes[3].entries(1, 6), c.nodes[0].entries(1, 6));
     assert_eq!(c.nodes[3].commit_index(), 6);
 }
+
+#[test]
+fn a_failed_snapshot_pull_is_asked_for_again_at_the_next_request_not_after_the_retry_time() {
+    let now = Instant::now();
+    let mut follower = replica(2, 3, vec![], now);
+    follower.follow(now, name(0), addr(0), 1);
+    drain(&mut follower);
+    let needed = Message::SnapshotNeeded { epoch: 1, index: 8 };
+    let pulls = |outputs: Vec<Output>| {
+        outputs
+            .into_iter()
+            .filter(|o| matches!(o, Output::PullSnapshot { index: 8, .. }))
+            .count()
+    };
+    follower.handle_message(now, addr(0), needed.clone());
+    assert_eq!(pulls(drain(&mut follower)), 1);
+    // While the pull runs, the leader's repeated requests start no other.
+    let t = now + Duration::from_millis(100);
+    follower.handle_message(t, addr(0), needed.clone());
+    assert_eq!(pulls(drain(&mut follower)), 0);
+    // The source died mid-transfer: the next request pulls again at once
+    // (a majority may be waiting on this node), not after snapshot_retry.
+    follower.pull_failed();
+    let t = t + Duration::from_millis(100);
+    follower.handle_message(t, addr(0), needed);
+    assert_eq!(pulls(drain(&mut follower)), 1);
+    // A new leader asks while that pull runs (the old source may be cut off
+    // mid-transfer): pulled from the new leader at once.
+    follower.follow(t, name(1), addr(1), 2);
+    drain(&mut follower);
+    follower.handle_message(t, addr(1), Message::SnapshotNeeded { epoch: 2, index: 8 });
+    assert_eq!(
+        drain(&mut follower),
+        vec![Output::PullSnapshot {
+            from: addr(1),
+            index: 8
+        }]
+    );
+}
