@@ -5,6 +5,7 @@
 #   cargo build --release -p clustron-dkv -p xtask
 #   bash xtask/log-figures.sh main         # 10k puts, restart; 1M puts, restart, disk, RSS, learner, wiped voter
 #   bash xtask/log-figures.sh throughput   # put rate at 64 in flight, snapshots on vs off
+#   bash xtask/log-figures.sh learner      # 10k puts, then a late learner's catch-up time (quick)
 #
 # Environment: BIN (release binaries, default target/release), DIR (work
 # folder, default a new one under /tmp), PUTS (default 1000000), NODE_ARGS
@@ -120,12 +121,8 @@ main_figures() {
   sizes
   restart n3
   sizes
-  echo "== n4 started late, empty data dir (learner); $(load)"
+  learn_late
   local target t0
-  target=$(leader_applied); t0=$(now)
-  start n4 0
-  wait_for 120 caught_up n4 "$target"
-  echo "n4 applied index >= $target after $(since "$t0") s; RSS $(awk '/VmRSS/ {print $2}' "/proc/${PID[n4]}/status") KiB"
   echo "== n3 data dir wiped, restarted; $(load)"
   kill -9 "${PID[n3]}"; wait "${PID[n3]}" 2>/dev/null || true
   rm -rf "$DIR/data/n3"
@@ -146,9 +143,27 @@ throughput() {
   echo "leader snapshot index $s0 -> $(metric n1 clustron_kv_snapshot_index); $(load)"
 }
 
+# A learner started late on an idle cluster: the catch-up alone (use
+# NODE_ARGS="--snapshot-entries 1000" so it has to pull a snapshot).
+learner() {
+  three
+  kv_load 10000 64 300 | tail -1
+  learn_late
+}
+
+learn_late() {
+  echo "== n4 started late, empty data dir (learner); $(load)"
+  local target t0
+  target=$(leader_applied); t0=$(now)
+  start n4 0
+  wait_for 120 caught_up n4 "$target"
+  echo "n4 applied index >= $target after $(since "$t0") s; RSS $(awk '/VmRSS/ {print $2}' "/proc/${PID[n4]}/status") KiB"
+}
+
 case "${1:-main}" in
   main) main_figures ;;
   throughput) throughput ;;
-  *) echo "usage: $0 main|throughput" >&2; exit 2 ;;
+  learner) learner ;;
+  *) echo "usage: $0 main|throughput|learner" >&2; exit 2 ;;
 esac
 echo "work folder: $DIR"

@@ -716,9 +716,13 @@ fn with_sessions_every_history_under_random_faults_is_linearizable_and_no_acknow
 #[test]
 fn without_sessions_some_history_under_random_faults_is_not_linearizable() {
     let test_name = "without_sessions_some_history_under_random_faults_is_not_linearizable";
-    // About a third of the seeds catch a doubled write (32 of the first
-    // 100 when this was written): 40 leave no chance to miss.
-    let seeds = clustron_tests::sim::seeds(test_name, 40);
+    // About a third of the seeds caught a doubled write when this was
+    // written (32 of the first 100); with snapshots in the simulation about
+    // a sixth do (17 of the first 100, none of the first 10; 18 after
+    // heartbeats started checking assumed prefixes, none of the first 46,
+    // as schedules shift with any change to the messages): 100 seeds, the
+    // run stops at the first caught.
+    let seeds = clustron_tests::sim::seeds(test_name, 100);
     let mut totals = Totals::default();
     let started = std::time::Instant::now();
     let mut found = None;

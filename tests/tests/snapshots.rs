@@ -3,7 +3,8 @@
 //! before it; a node killed while the others wrote past its log restarts,
 //! pulls a snapshot and catches up; `kill -9` of every node while writes
 //! (and so snapshots) go on loses no acknowledged write, and every node
-//! restarts from snapshot plus tail.
+//! restarts from snapshot plus tail; a learner started late, with an empty
+//! data directory, on an idle cluster, catches up from a snapshot.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clustron_client::Client;
-use clustron_tests::procs::{eventually, eventually_within, metric, ProcCluster};
+use clustron_tests::procs::{dkv, eventually, eventually_within, metric, NodeSpec, ProcCluster};
 use clustron_transport::TlsIdentity;
 
 /// Entries between snapshots: small, so a short test takes many.
@@ -189,5 +190,78 @@ async fn nodes_snapshot_and_compact_a_node_behind_catches_up_from_a_snapshot_and
         });
     }
     check_all(&client, &acked).await;
+    cluster.clean_up_on_drop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_started_late_on_an_idle_cluster_catches_up_from_a_snapshot() {
+    // The leader used to check a new learner's log only where it had
+    // acknowledged (nothing: index 0, which always matches), so an idle
+    // cluster sent it nothing; it caught up only when some later proposal
+    // (a client session expiring, a minute on) revealed what it lacked.
+    let mut cluster = ProcCluster::start_with(3, false, &["--snapshot-entries", EVERY]).unwrap();
+    wait_for_leader(&cluster);
+    let client = connect(&cluster, cluster.endpoints());
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    write(&client, "a", 1000, &acked, None).await;
+    let leader = cluster.leader().unwrap().0;
+    let lead = cluster.admin(leader);
+    eventually("the leader took a snapshot", || {
+        metric(lead, "clustron_kv_snapshot_index").is_some_and(|s| s > 0)
+    });
+    // Idle from here on: the client stays connected (its session alive),
+    // so nothing is proposed while the learner catches up.
+    let target = metric(lead, "clustron_kv_applied_index").unwrap();
+
+    let dir = cluster.dir().to_owned();
+    let status = dkv()
+        .args(["certs", "node", "n4", "--ip", "127.0.0.1", "--ca"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the learner's certificate");
+    let admin =
+        std::net::SocketAddr::from(([127, 0, 0, 1], clustron_tests::procs::free_port_tcp()));
+    let learner = NodeSpec {
+        name: "n4".to_owned(),
+        priority: 0,
+        voters: "n1,n2,n3".to_owned(),
+        listen: std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            clustron_tests::procs::free_port_udp(),
+        )),
+        admin,
+        seeds: cluster.endpoints(),
+        netns: None,
+        args: Vec::new(),
+    };
+    let started = std::time::Instant::now();
+    let _n4 = learner.spawn(&dir);
+    eventually_within(
+        "the late learner caught up",
+        Duration::from_secs(30),
+        || metric(admin, "clustron_kv_applied_index").is_some_and(|a| a >= target),
+    );
+    let took = started.elapsed();
+    tracing::info!(?took, "the late learner caught up");
+    println!("late learner: applied index >= {target} after {took:?}");
+    assert!(
+        metric(admin, "clustron_kv_snapshot_index").is_some_and(|s| s > 0),
+        "the learner caught up without a snapshot"
+    );
+    let log = std::fs::read_to_string(dir.join("n4.log")).unwrap();
+    assert!(
+        log.contains("installed a snapshot from a peer"),
+        "the learner never pulled a snapshot"
+    );
+    assert_eq!(
+        metric(lead, "clustron_kv_applied_index"),
+        Some(target),
+        "something was proposed while the learner caught up: the test no longer shows an idle cluster"
+    );
+    drop(client);
     cluster.clean_up_on_drop();
 }

@@ -1593,12 +1593,26 @@ impl Replica {
             }
             let due = p.last_send.is_none_or(|t| now >= t + heartbeat);
             if !sent && (p.commit_sent < commit || due) {
+                // A heartbeat checks the replica's log where the leader
+                // believes it is: at what it acknowledged, or higher at
+                // what is only assumed (a new leader's or a new learner's
+                // optimistic start). Checked only at `matched`, an assumed
+                // prefix the replica lacks (a learner joining with an empty
+                // log) would be found out by the next proposal only: an idle
+                // cluster never sent it the log (a late learner waited for a
+                // client session to expire, ~60 s). Its ack raises `matched`;
+                // its nack backs the leader up (or says "pull my snapshot").
+                let probe = if p.assumed > p.matched && p.assumed >= self.base.index {
+                    p.assumed
+                } else {
+                    p.matched
+                };
                 sends.push((
                     p.addr,
                     Message::Append {
                         epoch,
-                        prev_index: p.matched,
-                        prev_epoch: self.epoch_at(p.matched),
+                        prev_index: probe,
+                        prev_epoch: self.epoch_at(probe),
                         entries: Vec::new(),
                         commit,
                     },

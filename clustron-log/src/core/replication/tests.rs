@@ -616,7 +616,7 @@ impl Cluster {
     fn settle(&mut self) {
         for _ in 0..200 {
             let mut moved = false;
-            for i in 0..3 {
+            for i in 0..self.nodes.len() {
                 while let Some(output) = self.nodes[i].poll_output() {
                     moved = true;
                     match output {
@@ -661,7 +661,7 @@ impl Cluster {
 }
 
 fn index_of(to: SocketAddr) -> usize {
-    (0..3).find(|i| addr(*i) == to).unwrap()
+    (0..4).find(|i| addr(*i) == to).unwrap()
 }
 
 #[test]
@@ -837,6 +837,87 @@ fn a_follower_holding_the_leaders_snapshot_point_acknowledges_it_when_told_to_pu
             .any(|o| matches!(o, Output::PullSnapshot { .. })),
         "{outputs:?}"
     );
+}
+
+#[test]
+fn a_learner_added_to_an_idle_leader_catches_up_without_new_proposals() {
+    // The cluster committed eleven entries and the leader compacted to 8;
+    // then nothing more is proposed. A learner that starts late, with an
+    // empty log, is added: it must get the snapshot and the tail from
+    // heartbeats alone, not wait for the next proposal to reveal that it
+    // lacks everything (a real idle cluster may propose nothing for long).
+    let mut c = Cluster::new([vec![], vec![], vec![]]);
+    let now = c.now;
+    c.nodes[0].become_leader(now, 1, vec![]);
+    for i in 1..3 {
+        c.nodes[i].follow(now, name(0), addr(0), 1);
+    }
+    c.settle();
+    for _ in 0..10 {
+        c.nodes[0].propose(now, b"x".to_vec()).unwrap();
+    }
+    c.settle();
+    c.tick(Duration::from_millis(50));
+    assert_eq!(c.nodes[0].commit_index(), 11);
+    c.nodes[0].compact(8);
+    // n4 (index 3) joins as a learner.
+    let mut learner = Replica::new(
+        Config::lan(),
+        name(3),
+        voters(3),
+        [],
+        Recovered::default(),
+        now,
+    );
+    learner.follow(now, name(0), addr(0), 1);
+    drain(&mut learner);
+    c.nodes.push(learner);
+    c.cut.push(false);
+    c.nodes[0].set_learners([(name(3), addr(3))]);
+    for _ in 0..20 {
+        c.tick(Duration::from_millis(50));
+    }
+    assert_eq!(c.pulls, vec![(3, 0, 8)], "the learner pulled no snapshot");
+    assert_eq!(c.nodes[3].snapshot().index, 8);
+    assert_eq!(c.nodes[3].last_index(), 11);
+    assert_eq!(c.nodes[3].commit_index(), 11);
+    assert_eq!(c.nodes[3].entries(9, 11), c.nodes[0].entries(9, 11));
+}
+
+#[test]
+fn a_learner_added_to_an_idle_leader_gets_the_log_without_new_proposals() {
+    // The same without a snapshot: the entries themselves are sent.
+    let mut c = Cluster::new([vec![], vec![], vec![]]);
+    let now = c.now;
+    c.nodes[0].become_leader(now, 1, vec![]);
+    for i in 1..3 {
+        c.nodes[i].follow(now, name(0), addr(0), 1);
+    }
+    for _ in 0..5 {
+        c.nodes[0].propose(now, b"x".to_vec()).unwrap();
+    }
+    c.settle();
+    c.tick(Duration::from_millis(50));
+    assert_eq!(c.nodes[0].commit_index(), 6);
+    let mut learner = Replica::new(
+        Config::lan(),
+        name(3),
+        voters(3),
+        [],
+        Recovered::default(),
+        now,
+    );
+    learner.follow(now, name(0), addr(0), 1);
+    drain(&mut learner);
+    c.nodes.push(learner);
+    c.cut.push(false);
+    c.nodes[0].set_learners([(name(3), addr(3))]);
+    for _ in 0..20 {
+        c.tick(Duration::from_millis(50));
+    }
+    assert_eq!(c.pulls, vec![]);
+    assert_eq!(c.nodes[3].entries(1, 6), c.nodes[0].entries(1, 6));
+    assert_eq!(c.nodes[3].commit_index(), 6);
 }
 
 #[test]
