@@ -141,6 +141,7 @@ mod error;
 pub mod io;
 pub mod snapshot;
 pub mod transfer;
+pub mod voters;
 pub mod wal;
 
 pub use crate::core::machine::StateMachine;

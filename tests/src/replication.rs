@@ -258,11 +258,12 @@ pub fn refresh_views<A: Actor + LogNode>(
                 name: name(j),
                 addr: addr(j),
                 priority: priority(j),
-                voter: j < setup.voters
-                    && !sim
-                        .node(j)
-                        .and_then(|n| n.log_election())
-                        .is_some_and(Core::is_withdrawn),
+                // Who votes is the voter set's business (it changes):
+                // membership only says who withdrew.
+                voter: !sim
+                    .node(j)
+                    .and_then(|n| n.log_election())
+                    .is_some_and(Core::is_withdrawn),
             })
             .collect();
         sim.with_node(id, |node, now| {
@@ -298,11 +299,15 @@ impl DkvNode {
             seed,
             now,
         );
+        // The log's voters are the election's decided set, recovered.
+        let peers: BTreeMap<NodeName, SocketAddr> =
+            (0..setup.nodes).map(|i| (name(i), addr(i))).collect();
+        let (voters, learners) = split_by(&peers, election.voters());
         let mut replica = Replica::new(
             setup.log.clone(),
             name(id),
-            setup.voter_addrs(),
-            setup.learner_addrs(),
+            voters,
+            learners,
             disk.synced().clone(),
             now,
         );
@@ -316,7 +321,7 @@ impl DkvNode {
             promises,
             replica,
             disk,
-            peers: (0..setup.nodes).map(|i| (name(i), addr(i))).collect(),
+            peers,
             reported_commit: 0,
             now,
             transmits: VecDeque::new(),
@@ -351,6 +356,17 @@ impl DkvNode {
         let result = self.replica.propose(now, payload);
         self.pump();
         result
+    }
+
+    /// Runs a voter-change command on the election core (then performs
+    /// its outputs); whether the core took it.
+    pub fn change_voters(
+        &mut self,
+        command: impl FnOnce(&mut Core) -> Result<(), clustron_election::Error>,
+    ) -> bool {
+        let taken = command(&mut self.election).is_ok();
+        self.pump();
+        taken
     }
 
     /// The log disk.
@@ -411,6 +427,15 @@ impl DkvNode {
                         self.replica.forget_leader();
                         self.events
                             .push_back(Event::Election(ElectionOutput::LeaderLost));
+                    }
+                    ElectionOutput::VotersChanged(set) => {
+                        // In step with the election, as the driver's
+                        // `LogIo` does; the others stay learners.
+                        let (voters, learners) = split_by(&self.peers, &set);
+                        self.replica.set_voters(voters);
+                        self.replica.set_learners(learners);
+                        self.events
+                            .push_back(Event::Election(ElectionOutput::VotersChanged(set)));
                     }
                     other => self.events.push_back(Event::Election(other)),
                 }
@@ -474,6 +499,18 @@ impl DkvNode {
             }
         }
     }
+}
+
+/// `peers` split into the members of `set` and the others.
+#[allow(clippy::type_complexity)]
+fn split_by(
+    peers: &BTreeMap<NodeName, SocketAddr>,
+    set: &VoterSet,
+) -> (Vec<(NodeName, SocketAddr)>, Vec<(NodeName, SocketAddr)>) {
+    peers
+        .iter()
+        .map(|(n, a)| (n.clone(), *a))
+        .partition(|(n, _)| set.contains(n))
 }
 
 impl Actor for DkvNode {
@@ -544,6 +581,8 @@ pub struct Invariants {
     pub elections: usize,
     /// `CannotLead` reports, over the run.
     pub gave_up: usize,
+    /// Voter sets adopted (by any node), over the run.
+    pub voter_changes: usize,
     checks: u64,
 }
 
@@ -565,6 +604,7 @@ impl Invariants {
                     seed,
                 ),
                 Event::Election(ElectionOutput::Elected { .. }) => self.elections += 1,
+                Event::Election(ElectionOutput::VotersChanged(_)) => self.voter_changes += 1,
                 Event::CannotLead(_) => self.gave_up += 1,
                 Event::Election(_) => {}
             }
@@ -576,6 +616,7 @@ impl Invariants {
     /// before): one leader per epoch, commit within the durable log, the
     /// step budget, and every 256 steps the committed prefixes.
     pub fn check_after_step<A: Actor + LogNode>(&mut self, sim: &Sim<A>) {
+        self.check_the_log_counts_the_election_voters(sim);
         self.check_one_leader_per_epoch(sim);
         self.check_commit_never_exceeds_the_durable_log(sim);
         self.checks += 1;
@@ -623,6 +664,27 @@ impl Invariants {
                     self.committed.insert(entry.index, entry);
                 }
             }
+        }
+    }
+
+    /// Every node's log counts exactly the voters its election decided
+    /// (the log adopts each decided set in step): so the commit rule and
+    /// the grant counting use the same set.
+    pub fn check_the_log_counts_the_election_voters<A: Actor + LogNode>(&self, sim: &Sim<A>) {
+        for id in 0..sim.len() {
+            let Some(node) = sim.node(id) else { continue };
+            let (Some(election), Some(replica)) = (node.log_election(), node.log_replica()) else {
+                continue;
+            };
+            let counted: BTreeSet<&NodeName> = replica.voters().collect();
+            let decided: BTreeSet<&NodeName> =
+                election.voters().voters().iter().map(|v| &v.name).collect();
+            assert_eq!(
+                counted,
+                decided,
+                "node {id}'s log counts other voters than its election (seed {})",
+                sim.seed()
+            );
         }
     }
 
@@ -1015,6 +1077,37 @@ impl Cluster {
                 None
             }
         }
+    }
+
+    /// Asks the leader's election for one voter change: add node `id` if
+    /// it is not a voter, else remove it (never below three voters, never
+    /// the leader itself). True if the election took it (it is decided once
+    /// a majority of the current set accepted it).
+    pub fn change_voter(&mut self, id: NodeId) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        self.sim
+            .with_node(leader, |node, now| {
+                let set = node.election().voters().clone();
+                let who = name(id);
+                if !set.contains(&who) {
+                    node.change_voters(|e| {
+                        e.add_voter(
+                            now,
+                            Voter {
+                                name: who,
+                                addr: addr(id),
+                            },
+                        )
+                    })
+                } else if set.len() > 3 && who != *node.election().name() {
+                    node.change_voters(|e| e.remove_voter(now, &who))
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false)
     }
 
     /// The running node serving proposals in the newest epoch.

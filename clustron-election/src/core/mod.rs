@@ -101,9 +101,11 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Election priority: higher is preferred.
     pub priority: u32,
-    /// Whether membership says it is a voter (and it has not withdrawn).
-    /// It still needs to be in the configured voter set to campaign or to
-    /// count.
+    /// Whether it may vote and lead as far as the view knows: it has not
+    /// withdrawn. Who votes is the decided voter set's business: a member
+    /// counts only if it is in it. (Membership's own voter flag comes from
+    /// the node's configuration at start and goes stale after a voter
+    /// change, so [`Peer::from`] does not use it.)
     pub voter: bool,
 }
 
@@ -113,7 +115,7 @@ impl From<&Member> for Peer {
             name: member.name.clone(),
             addr: member.addr,
             priority: member.priority,
-            voter: member.voter && !member.tags.contains_key(WITHDRAWN_TAG),
+            voter: !member.tags.contains_key(WITHDRAWN_TAG),
         }
     }
 }
@@ -645,6 +647,7 @@ impl Core {
                         seq,
                         summary: self.summary.clone(),
                         pending: self.voters.pending.clone(),
+                        voters: self.voters.committed.clone(),
                     };
                     self.send(from, msg);
                 }
@@ -666,7 +669,8 @@ impl Core {
                 seq,
                 summary,
                 pending,
-            } => self.handle_grant(now, epoch, voter, seq, summary, pending),
+                voters,
+            } => self.handle_grant(now, epoch, voter, seq, summary, pending, voters),
             Message::Reject {
                 epoch,
                 seq,
@@ -815,7 +819,7 @@ impl Core {
         self.leader_epoch = epoch;
         self.epoch_seen = self.epoch_seen.max(epoch);
         if voters.version > self.voters.committed.version {
-            self.adopt_voters(voters);
+            self.adopt_voters(now, voters);
         }
         match &self.role {
             Role::Leader { .. } => self.lapse(),
@@ -890,7 +894,9 @@ impl Core {
         self.send(from, msg);
     }
 
-    fn adopt_voters(&mut self, set: VoterSet) {
+    /// Takes `set` (decided) as the voter set. A leader that is no longer
+    /// a voter in it hands over: it may not count its own grant any more.
+    fn adopt_voters(&mut self, now: Instant, set: VoterSet) {
         if self
             .voters
             .pending
@@ -903,6 +909,16 @@ impl Core {
         self.outputs
             .push_back(Output::PersistVoters(self.voters.clone()));
         self.outputs.push_back(Output::VotersChanged(set));
+        if matches!(self.role, Role::Leader { .. }) && !self.voters.committed.contains(&self.me) {
+            tracing::debug!(me = %self.me, "removed from the voters; stepping down");
+            let successor = self.best_live_voter();
+            self.hand_over(now, successor, true);
+        }
+        if matches!(self.role, Role::Candidate { .. }) && !self.voters.committed.contains(&self.me)
+        {
+            self.role = Role::Follower;
+            self.requests.clear();
+        }
     }
 
     // ----- candidate and leader side -------------------------------------------
@@ -1067,6 +1083,7 @@ impl Core {
         wait
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn handle_grant(
         &mut self,
         now: Instant,
@@ -1075,7 +1092,14 @@ impl Core {
         seq: u64,
         summary: Vec<u8>,
         pending: Option<VoterSet>,
+        voters: VoterSet,
     ) {
+        // A decided set newer than ours: adopt it before counting, so this
+        // request wins only by a majority of the set in force (or of the one
+        // before it, which intersects it).
+        if voters.version > self.voters.committed.version {
+            self.adopt_voters(now, voters);
+        }
         if !self.voters.committed.contains(&voter) {
             return;
         }
@@ -1140,7 +1164,14 @@ impl Core {
         let Some(request) = self.requests.get(&seq) else {
             return;
         };
-        if request.grants.len() < self.voters.committed.majority() {
+        // Counted against the set in force now: grants from voters a newer
+        // set (adopted since they came) left out do not count.
+        let granted = request
+            .grants
+            .keys()
+            .filter(|name| self.voters.committed.contains(name))
+            .count();
+        if granted < self.voters.committed.majority() {
             return;
         }
         // Counted from the *send* of this request: see `lease`.
@@ -1409,7 +1440,7 @@ impl Core {
         self.check_change_done(now);
     }
 
-    fn check_change_done(&mut self, _now: Instant) {
+    fn check_change_done(&mut self, now: Instant) {
         let Some(change) = &self.change else {
             return;
         };
@@ -1419,7 +1450,7 @@ impl Core {
         let set = change.set.clone();
         self.change = None;
         tracing::debug!(me = %self.me, version = set.version, "voter set changed");
-        self.adopt_voters(set);
+        self.adopt_voters(now, set);
         self.announce();
     }
 

@@ -229,6 +229,7 @@ fn a_voter_persists_its_promise_before_sending_the_grant() {
                     seq: 7,
                     summary: Vec::new(),
                     pending: None,
+                    voters: voter.voters().clone(),
                 },
             },
         ]
@@ -745,4 +746,51 @@ fn a_healed_node_whose_view_still_counts_the_leader_dead_follows_its_announcemen
     assert!(known.is_some(), "the healed node knows no leader");
     assert_eq!(known, cores[2].leader());
     assert!(known.is_some_and(|(_, e)| e >= epoch));
+}
+
+#[test]
+fn a_candidate_two_voter_changes_behind_cannot_win_by_its_old_majority() {
+    // {n0, n1, n2} became {n0, .., n4} in two changes while n0 was cut off.
+    // A majority of the old set ({n0, n1}) and one of the new ({n2, n3, n4})
+    // need not intersect, so n0 must not win with n1's grant alone: n1's
+    // grant carries the decided set, n0 adopts it and counts against it.
+    let now = Instant::now();
+    let newer = voters(3)
+        .with(Voter {
+            name: name(3),
+            addr: addr(3),
+        })
+        .with(Voter {
+            name: name(4),
+            addr: addr(4),
+        });
+    let stale = core(0, 3, now);
+    let current = Core::new(
+        Config::lan(),
+        name(1),
+        99,
+        voters(3),
+        Persisted {
+            voters: Some(VoterRecord {
+                committed: newer.clone(),
+                pending: None,
+            }),
+            ..Persisted::default()
+        },
+        1,
+        now,
+    );
+    let mut cores = vec![stale, current];
+    cores[0].set_view(now, peers(&[1]));
+    cores[1].set_view(now, peers(&[0]));
+    let (t, events) = elect(&mut cores, now);
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, Output::Elected { .. })),
+        "won by a majority of a set two changes old: {events:?}"
+    );
+    assert!(!cores[0].is_leader(t));
+    assert_eq!(cores[0].voters(), &newer);
+    assert!(events.contains(&(0, Output::VotersChanged(newer.clone()))));
 }

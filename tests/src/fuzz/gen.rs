@@ -225,6 +225,7 @@ pub fn election_message(rng: &mut Rng) -> clustron_election::Message {
             seq: u64_any(rng),
             summary: bytes(rng, 20),
             pending: option_of(rng, voter_set),
+            voters: voter_set(rng),
         },
         2 => Message::Reject {
             epoch,
