@@ -1079,32 +1079,39 @@ impl Cluster {
         }
     }
 
-    /// Asks the leader's election for one voter change: add node `id` if
-    /// it is not a voter, else remove it (never below three voters, never
-    /// the leader itself). True if the election took it (it is decided once
-    /// a majority of the current set accepted it).
-    pub fn change_voter(&mut self, id: NodeId) -> bool {
+    /// Asks the leader's election for one voter change: with three voters,
+    /// add a non-voter (the `pick`-th, wrapping); with more, remove a
+    /// voter other than the leader (likewise). True if the election took
+    /// it (it is decided once a majority of the current set accepted it).
+    pub fn change_voter(&mut self, pick: usize) -> bool {
         let Some(leader) = self.leader() else {
             return false;
         };
+        let nodes = self.setup.nodes;
         self.sim
             .with_node(leader, |node, now| {
                 let set = node.election().voters().clone();
-                let who = name(id);
-                if !set.contains(&who) {
-                    node.change_voters(|e| {
-                        e.add_voter(
-                            now,
-                            Voter {
-                                name: who,
-                                addr: addr(id),
-                            },
-                        )
-                    })
-                } else if set.len() > 3 && who != *node.election().name() {
-                    node.change_voters(|e| e.remove_voter(now, &who))
+                let me = node.election().name().clone();
+                if set.len() <= 3 {
+                    let outside: Vec<usize> =
+                        (0..nodes).filter(|&i| !set.contains(&name(i))).collect();
+                    let Some(&id) = outside.get(pick % outside.len().max(1)) else {
+                        return false;
+                    };
+                    let voter = Voter {
+                        name: name(id),
+                        addr: addr(id),
+                    };
+                    node.change_voters(|e| e.add_voter(now, voter))
                 } else {
-                    false
+                    let inside: Vec<NodeName> = set
+                        .voters()
+                        .iter()
+                        .map(|v| v.name.clone())
+                        .filter(|n| *n != me)
+                        .collect();
+                    let who = inside[pick % inside.len()].clone();
+                    node.change_voters(|e| e.remove_voter(now, &who))
                 }
             })
             .unwrap_or(false)
@@ -1159,12 +1166,16 @@ impl Cluster {
             let states: Vec<String> = (0..self.sim.len())
                 .map(|id| match self.sim.node(id) {
                     Some(n) => format!(
-                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?}",
+                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?} voters v{} {:?} campaigning {} withdrawn {}",
                         n.replica().leading(),
                         n.replica().epoch(),
                         n.replica().last_index(),
                         n.replica().commit_index(),
-                        n.election().leader()
+                        n.election().leader(),
+                        n.election().voters().version,
+                        n.election().voters().voters().iter().map(|v| v.name.to_string()).collect::<Vec<_>>(),
+                        n.election().is_campaigning(),
+                        n.election().is_withdrawn(),
                     ),
                     None => format!("node {id}: down"),
                 })

@@ -282,6 +282,11 @@ pub struct Core {
     contenders: BTreeMap<NodeName, (Instant, Instant)>,
     successor_until: Option<Instant>,
     change: Option<Change>,
+    /// Follower without a leader: the candidate it waits for to campaign,
+    /// and since when. One that stays quiet for two leader timeouts is
+    /// skipped (a voter that does not know it is one, because it missed the
+    /// change that made it one, never campaigns).
+    waiting: Option<(NodeName, Instant)>,
     outputs: VecDeque<Output>,
 }
 
@@ -341,6 +346,7 @@ impl Core {
             contenders: BTreeMap::new(),
             successor_until: None,
             change: None,
+            waiting: None,
             outputs: VecDeque::new(),
         }
     }
@@ -414,14 +420,11 @@ impl Core {
     /// The live voter this node considers the candidate: the highest
     /// priority, ties broken by the smallest name.
     pub fn candidate(&self) -> Option<NodeName> {
-        let me = (self.voters.committed.contains(&self.me) && !self.withdrawn)
-            .then_some((self.priority, &self.me));
+        let me = (self.may_lead(&self.me) && !self.withdrawn).then_some((self.priority, &self.me));
         self.view
             .values()
             .filter(|s| {
-                s.peer.voter
-                    && self.voters.committed.contains(&s.peer.name)
-                    && !self.silent.contains(&s.peer.name)
+                s.peer.voter && self.may_lead(&s.peer.name) && !self.silent.contains(&s.peer.name)
             })
             .map(|s| (s.peer.priority, &s.peer.name))
             .chain(me)
@@ -430,6 +433,19 @@ impl Core {
                 _ => Some(c),
             })
             .map(|(_, name)| name.clone())
+    }
+
+    /// Whether `name` may be the candidate: a voter of the decided set,
+    /// and of the set accepted next if there is one. A voter being removed
+    /// may already know the change decided and never campaign again, so
+    /// the others must not wait for it.
+    fn may_lead(&self, name: &NodeName) -> bool {
+        self.voters.committed.contains(name)
+            && self
+                .voters
+                .pending
+                .as_ref()
+                .is_none_or(|next| next.contains(name))
     }
 
     // ----- commands --------------------------------------------------------
@@ -622,6 +638,9 @@ impl Core {
         if let Some(t) = self.successor_until {
             at(t);
         }
+        if let Some((_, since)) = &self.waiting {
+            at(*since + self.config.leader_timeout * 2);
+        }
         next
     }
 
@@ -639,7 +658,7 @@ impl Core {
                 epoch,
                 from: candidate,
                 seq,
-            } => match self.hear_from(&candidate).vote(now, epoch, &candidate) {
+            } => match self.campaign_heard(&candidate).vote(now, epoch, &candidate) {
                 Ok(()) => {
                     let msg = Message::Grant {
                         epoch,
@@ -946,6 +965,7 @@ impl Core {
         let lease_duration = self.config.lease_duration;
         self.requests
             .retain(|_, r| now.saturating_duration_since(r.sent) < lease_duration);
+        self.watch_candidate(now);
         match self.role.clone() {
             Role::Leader {
                 next_renew, asking, ..
@@ -1069,7 +1089,15 @@ impl Core {
             }
         }
         self.requests.insert(seq, request);
-        for to in self.voter_addrs(self.voters.committed.voters()) {
+        let mut targets = self.voter_addrs(self.voters.committed.voters());
+        if matches!(self.role, Role::Leader { .. }) {
+            // Renewals also go to the non-voters in the view: they grant
+            // nothing, but their refusal says if they saw a newer epoch (a
+            // voter since removed promised one). Their log ignores this
+            // leader's older epoch, so the leader moves to a fresh one.
+            targets.extend(self.view.values().map(|s| s.peer.addr));
+        }
+        for to in targets {
             self.send(
                 to,
                 Message::Request {
@@ -1360,6 +1388,37 @@ impl Core {
         self.hold_off_until = Some(now + self.config.handover_delay);
     }
 
+    /// `name` campaigns: it is alive, and the candidate we may wait for is
+    /// doing its job.
+    fn campaign_heard(&mut self, name: &NodeName) -> &mut Self {
+        if self.waiting.as_ref().is_some_and(|(w, _)| w == name) {
+            self.waiting = None;
+        }
+        self.hear_from(name)
+    }
+
+    /// Without a leader, waits for the candidate to campaign; one that has
+    /// not for two leader timeouts is skipped (until heard from), so the
+    /// next one campaigns. Liveness only: any campaign needs a majority.
+    fn watch_candidate(&mut self, now: Instant) {
+        let waiting_for =
+            (self.leader.is_none() && self.has_view && matches!(self.role, Role::Follower))
+                .then(|| self.candidate())
+                .flatten()
+                .filter(|c| *c != self.me);
+        match (waiting_for, &self.waiting) {
+            (None, _) => self.waiting = None,
+            (Some(c), Some((w, since))) if *w == c => {
+                if now.saturating_duration_since(*since) >= self.config.leader_timeout * 2 {
+                    tracing::debug!(me = %self.me, candidate = %c, "the candidate does not campaign; skipping it");
+                    self.silent.insert(c);
+                    self.waiting = None;
+                }
+            }
+            (Some(c), _) => self.waiting = Some((c, now)),
+        }
+    }
+
     /// `name` is alive after all: it counts for the candidate choice again.
     fn hear_from(&mut self, name: &NodeName) -> &mut Self {
         self.silent.remove(name);
@@ -1479,7 +1538,7 @@ impl Core {
     fn best_live_voter(&self) -> Option<NodeName> {
         self.view
             .values()
-            .filter(|s| s.peer.voter && self.voters.committed.contains(&s.peer.name))
+            .filter(|s| s.peer.voter && self.may_lead(&s.peer.name))
             .map(|s| (s.peer.priority, &s.peer.name))
             .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
                 Some(b) if !outranks(c, b) => Some(b),
