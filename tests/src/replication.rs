@@ -437,7 +437,6 @@ impl DkvNode {
                         self.events
                             .push_back(Event::Election(ElectionOutput::VotersChanged(set)));
                     }
-                    other => self.events.push_back(Event::Election(other)),
                 }
             }
             while let Some(output) = self.replica.poll_output() {
