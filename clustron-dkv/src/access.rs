@@ -223,6 +223,9 @@ mod tests {
                 }),
                 Admin,
             ),
+            (Request::Kv(KvRequest::Voters), Read),
+            (Request::Kv(KvRequest::AddVoter("n4".into())), Admin),
+            (Request::Kv(KvRequest::RemoveVoter("n3".into())), Admin),
         ];
         let roles = [
             (PeerKind::Client(ClientRole::ReadOnly), Read),
