@@ -54,7 +54,6 @@
 //!    older entry is committed only indirectly). Learners receive the log
 //!    but never count. Followers learn the commit index from the leader,
 //!    capped by what they verified to match it.
-//!
 //! 5. **Voter changes.** The voter set is the election's: it decides a
 //!    change (one voter more or less, accepted durably by a majority of the
 //!    old set) and the driver passes every decided set in with
