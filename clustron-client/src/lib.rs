@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 pub use clustron_dkv::kv;
 use clustron_dkv::kv::{
     DeleteRequest, Event, KeyRange, KeyValue, KvError, KvFailure, KvReply, KvRequest, LeaseId,
-    PutRequest, RangeRequest, RangeResponse, Txn, TxnResponse, WatchRequest,
+    PutRequest, RangeRequest, RangeResponse, ReplicaInfo, Txn, TxnResponse, WatchRequest,
 };
 pub use clustron_dkv::proto::{Change, MemberInfo, StreamItem, TopologyInfo};
 use clustron_dkv::proto::{ClientProtocol, Request, Response, StreamRequest};
@@ -640,6 +640,39 @@ impl Client {
         }
     }
 
+    /// The log's voters and learners, as the leader sees them, each with
+    /// its applied index and lag.
+    pub async fn voters(&self) -> Result<Vec<ReplicaInfo>, ClientError> {
+        match self.kv(KvRequest::Voters).await? {
+            KvReply::Voters(replicas) => Ok(replicas),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Makes member `name` a voter (admin role only): the leader checks the
+    /// change is safe (one at a time; the member alive and caught up; a
+    /// live majority after it), and answers with the replicas once the
+    /// change is decided. Asking again after an unknown outcome is
+    /// harmless: the answer is then [`KvFailure::VoterChange`] saying it is
+    /// a voter already.
+    pub async fn add_voter(&self, name: &str) -> Result<Vec<ReplicaInfo>, ClientError> {
+        match self.kv(KvRequest::AddVoter(name.to_owned())).await? {
+            KvReply::Voters(replicas) => Ok(replicas),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Makes voter `name` a learner (admin role only), with the same checks
+    /// as [`Client::add_voter`]. Removing the leader makes it hand
+    /// leadership over first; this call follows to the next leader, which
+    /// removes it.
+    pub async fn remove_voter(&self, name: &str) -> Result<Vec<ReplicaInfo>, ClientError> {
+        match self.kv(KvRequest::RemoveVoter(name.to_owned())).await? {
+            KvReply::Voters(replicas) => Ok(replicas),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Grants a lease of `ttl` ([`kv::MIN_LEASE_TTL`] ..=
     /// [`kv::MAX_LEASE_TTL`]; anything else is refused here, without a
     /// round trip, as the leader would); returns its id.
@@ -900,7 +933,10 @@ fn is_write(request: &KvRequest) -> bool {
         | KvRequest::KeepAlive(_)
         | KvRequest::OpenSession { .. }
         | KvRequest::SessionKeepAlive(_)
-        | KvRequest::InSession { .. } => false,
+        | KvRequest::InSession { .. }
+        | KvRequest::Voters
+        | KvRequest::AddVoter(_)
+        | KvRequest::RemoveVoter(_) => false,
     }
 }
 

@@ -70,6 +70,60 @@ enum Cmd {
         #[command(subcommand)]
         command: KvCmd,
     },
+    /// The log's voters and learners (as the leader sees them, with each
+    /// one's applied index and lag); `add` / `remove` change them, one at a
+    /// time (admin role only).
+    Voters {
+        /// JSON array of objects (`name`, `role`, `applied_index`, `lag`).
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<VotersCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VotersCmd {
+    /// Make member NAME a voter: it must be alive and caught up (start it
+    /// with the cluster's seeds; it joins as a learner). Prints the
+    /// replicas once the change is decided.
+    Add {
+        /// The member's node name.
+        name: String,
+    },
+    /// Make voter NAME a learner; refused if the live voters left would be
+    /// no majority. Removing the leader makes it hand over first.
+    Remove {
+        /// The voter's node name.
+        name: String,
+    },
+}
+
+fn print_replicas(replicas: &[clustron_client::kv::ReplicaInfo], json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<_> = replicas
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name, "role": r.role,
+                    "applied_index": r.applied_index, "lag": r.lag,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<12} {:<8} {:>14} {:>10}",
+            "NAME", "ROLE", "APPLIED_INDEX", "LAG"
+        );
+        for r in replicas {
+            println!(
+                "{:<12} {:<8} {:>14} {:>10}",
+                r.name, r.role, r.applied_index, r.lag
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -381,6 +435,14 @@ async fn run(cli: Cli) -> Result<()> {
     let client = Client::new(cli.endpoints, identity)?
         .with_retry_for(std::time::Duration::from_secs_f64(cli.timeout));
     match cli.command {
+        Cmd::Voters { json, command } => {
+            let replicas = match command {
+                None => client.voters().await?,
+                Some(VotersCmd::Add { name }) => client.add_voter(&name).await?,
+                Some(VotersCmd::Remove { name }) => client.remove_voter(&name).await?,
+            };
+            print_replicas(&replicas, json)?;
+        }
         Cmd::Members { json } => {
             let topology = client.topology().await?;
             let leader = leader_name(&topology);

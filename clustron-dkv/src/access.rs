@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `readonly` | read keys (including read-only transactions), watch, read the topology, subscribe to events |
 //! | `readwrite` | also write and delete keys, run writing transactions, use leases, sessions, locks and elections, publish events |
-//! | `admin` | also compact history (and, as they come, other operator actions such as voter changes) |
+//! | `admin` | also compact history and change the voters (`clustron voters add/remove`) |
 //!
 //! A node certificate counts as `admin`: it belongs to the cluster itself.
 //! Permissions are per role for the whole key space; per-prefix
@@ -92,6 +92,10 @@ impl Access {
             }
             // A session carries a write: what the write needs.
             KvRequest::InSession { request, .. } => Access::of_kv(request),
+            KvRequest::Voters => Access::new(Level::Read, "list the voters"),
+            KvRequest::AddVoter(_) | KvRequest::RemoveVoter(_) => {
+                Access::new(Level::Admin, "change the voters")
+            }
         }
     }
 
@@ -219,6 +223,9 @@ mod tests {
                 }),
                 Admin,
             ),
+            (Request::Kv(KvRequest::Voters), Read),
+            (Request::Kv(KvRequest::AddVoter("n4".into())), Admin),
+            (Request::Kv(KvRequest::RemoveVoter("n3".into())), Admin),
         ];
         let roles = [
             (PeerKind::Client(ClientRole::ReadOnly), Read),

@@ -549,6 +549,24 @@ pub enum KvReply {
     },
     /// A session closed (by expiry).
     SessionClosed,
+    /// The log's replicas as the leader sees them (voters, then learners);
+    /// after a voter change, once it is decided.
+    Voters(Vec<ReplicaInfo>),
+}
+
+/// One replica of the log as the leader sees it (`clustron voters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// The node's name.
+    pub name: String,
+    /// `voter` (counts for commit, may lead) or `learner` (receives the
+    /// log only).
+    pub role: String,
+    /// The leader's own: the index it applied. Another node's: the highest
+    /// committed index the leader knows it holds durably.
+    pub applied_index: u64,
+    /// Committed entries it is not known to hold.
+    pub lag: u64,
 }
 
 /// A key-value request from a client.
@@ -604,6 +622,16 @@ pub enum KvRequest {
         #[serde(deserialize_with = "crate::nesting::boxed")]
         request: Box<KvRequest>,
     },
+    /// The log's voters and learners with their progress (the leader
+    /// answers).
+    Voters,
+    /// Make a member a voter (admin role; the leader answers once the
+    /// change is decided).
+    AddVoter(String),
+    /// Make a voter a learner (admin role; the leader answers once the
+    /// change is decided). Removing the leader makes it hand leadership
+    /// over first; the client, retrying at the next leader, completes it.
+    RemoveVoter(String),
 }
 
 /// Why a key-value request failed.
@@ -661,6 +689,11 @@ pub enum KvFailure {
         /// For a write: the revision it was applied at.
         revision: Option<u64>,
     },
+    /// A voter change was refused (unsafe, impossible, or another is in
+    /// progress) or not decided in time; the reason says which. A refused
+    /// change changed nothing.
+    #[error("voter change: {0}")]
+    VoterChange(String),
     /// The caller's certificate role does not allow the operation.
     #[error("permission denied: role {role} may not {operation}")]
     PermissionDenied {

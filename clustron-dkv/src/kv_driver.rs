@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use clustron_election::{Election, NodeName};
 use clustron_log::core::ReplicatedCore;
 use clustron_log::io::{check_state, Fence, LogIo, OpenLog, SnapshotSchedule};
+use clustron_log::voters::{ReplicaStatus, VoterChange, VoterChangeError};
 use clustron_log::wal::WalError;
 use clustron_membership::Membership;
 use clustron_transport::Endpoint;
@@ -82,12 +83,15 @@ const WATCH_QUEUE: usize = 16;
 enum Command {
     Request(ClientOp, oneshot::Sender<Result<Reply, ServerError>>),
     Watch(WatchRequest, oneshot::Sender<mpsc::Receiver<WatchItem>>),
+    Replicas(oneshot::Sender<Result<Vec<ReplicaStatus>, VoterChangeError>>),
+    ChangeVoters(VoterChange, oneshot::Sender<Result<u64, VoterChangeError>>),
 }
 
 /// Handle to a node's key-value server. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Kv {
     commands: mpsc::Sender<Command>,
+    election: Election,
     stats: tokio::sync::watch::Receiver<KvStats>,
     stopped: tokio::sync::watch::Receiver<Option<String>>,
 }
@@ -144,6 +148,7 @@ impl Kv {
         tokio::spawn(driver.run());
         Ok(Kv {
             commands,
+            election: election.clone(),
             stats,
             stopped,
         })
@@ -175,6 +180,54 @@ impl Kv {
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// The log's replicas as this node sees them, if it leads
+    /// ([`LogIo::replicas`]).
+    pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, VoterChangeError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped =
+            || VoterChangeError::Election("this node's key-value store has stopped".into());
+        self.commands
+            .send(Command::Replicas(tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Makes one voter change on the leader ([`LogIo::change_voters`]) and
+    /// waits up to `timeout` for the election to decide it; answers the
+    /// replicas then. [`VoterChangeError::Timeout`] when it was asked for
+    /// but not seen decided in time (it may still be).
+    pub async fn change_voters(
+        &self,
+        change: VoterChange,
+        timeout: Duration,
+    ) -> Result<Vec<ReplicaStatus>, VoterChangeError> {
+        // Subscribed before asking: the decision cannot slip past.
+        let mut events = self.election.subscribe();
+        let (tx, rx) = oneshot::channel();
+        let stopped =
+            || VoterChangeError::Election("this node's key-value store has stopped".into());
+        self.commands
+            .send(Command::ChangeVoters(change, tx))
+            .await
+            .map_err(|_| stopped())?;
+        let version = rx.await.map_err(|_| stopped())??;
+        let decided = tokio::time::timeout(timeout, async {
+            while self.election.voters().version < version {
+                if events.recv().await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        match decided {
+            Ok(true) => self.replicas().await,
+            Ok(false) => Err(stopped()),
+            Err(_) => Err(VoterChangeError::Timeout { version }),
+        }
     }
 
     /// Starts a watch; its changes arrive on the receiver until it is
@@ -261,12 +314,12 @@ impl Driver {
                 },
                 command = self.commands.recv() => match command {
                     Some(command) => {
-                        self.command(command);
+                        self.command(command).await;
                         // Everything already queued shares one write and
                         // one fsync (group commit).
                         for _ in 0..BATCH {
                             let Ok(command) = self.commands.try_recv() else { break };
-                            self.command(command);
+                            self.command(command).await;
                         }
                     }
                     None => return,
@@ -330,8 +383,14 @@ impl Driver {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    async fn command(&mut self, command: Command) {
         match command {
+            Command::Replicas(reply) => {
+                let _ = reply.send(self.io.replicas(&self.server));
+            }
+            Command::ChangeVoters(change, reply) => {
+                let _ = reply.send(self.io.change_voters(&self.server, change).await);
+            }
             Command::Request(op, reply) => {
                 self.renew_lease();
                 self.next_id += 1;

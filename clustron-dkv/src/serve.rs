@@ -1,9 +1,11 @@
 //! The node's side of the client protocol ([`crate::proto`]), bridging
 //! requests and streams to the event bus.
 
+use clustron_election::NodeName;
 use clustron_events::{
     Event, EventBus, Filter, Received, Topology, TopologyChange, TopologyUpdate,
 };
+use clustron_log::voters::{ReplicaStatus, VoterChange, VoterChangeError};
 use clustron_membership::Member;
 use clustron_transport::{FramedStream, Inbound, Peer, PeerKind};
 
@@ -13,7 +15,7 @@ use std::time::Duration;
 use crate::access::{self, Access};
 use crate::core::mvcc::Command;
 use crate::core::server::{ClientOp, ServerError};
-use crate::kv::{KvFailure, KvReply, KvRequest, WatchRequest};
+use crate::kv::{KvFailure, KvReply, KvRequest, ReplicaInfo, WatchRequest};
 use crate::kv_driver::{Kv, WatchItem};
 use crate::node::Node;
 use crate::proto::{
@@ -136,6 +138,46 @@ async fn kv_answer(kv: Option<Kv>, request: KvRequest) -> Result<KvReply, KvFail
             "the key-value store is starting (waiting for the voters)".into(),
         ));
     };
+    let change = match request {
+        KvRequest::Voters => return voters_answer(kv.replicas().await),
+        KvRequest::AddVoter(name) => VoterChange::Add(voter_name(&name)?),
+        KvRequest::RemoveVoter(name) => VoterChange::Remove(voter_name(&name)?),
+        request => return kv_op_answer(kv, request).await,
+    };
+    voters_answer(kv.change_voters(change, COMMIT_TIMEOUT).await)
+}
+
+fn voter_name(name: &str) -> Result<NodeName, KvFailure> {
+    NodeName::new(name).map_err(|e| KvFailure::VoterChange(format!("{name:?}: {e}")))
+}
+
+/// The answer to a voter request: the replicas, or why not (a node that
+/// does not lead redirects the client as for any key-value request; a
+/// leader that handed over to be removed sends it to the next one).
+fn voters_answer(
+    result: Result<Vec<ReplicaStatus>, VoterChangeError>,
+) -> Result<KvReply, KvFailure> {
+    match result {
+        Ok(replicas) => Ok(KvReply::Voters(
+            replicas
+                .into_iter()
+                .map(|r| ReplicaInfo {
+                    name: r.name.to_string(),
+                    role: r.role.to_string(),
+                    applied_index: r.applied_index,
+                    lag: r.lag,
+                })
+                .collect(),
+        )),
+        Err(VoterChangeError::NotLeader { leader }) => Err(KvFailure::NotLeader {
+            leader: leader.map(|(name, addr)| (name.to_string(), addr)),
+        }),
+        Err(e @ VoterChangeError::SteppedDown(_)) => Err(KvFailure::Unavailable(e.to_string())),
+        Err(e) => Err(KvFailure::VoterChange(e.to_string())),
+    }
+}
+
+async fn kv_op_answer(kv: Kv, request: KvRequest) -> Result<KvReply, KvFailure> {
     let op = match client_op(request) {
         Ok(op) => op,
         Err(failure) => return Err(failure),
@@ -219,7 +261,10 @@ fn write_command(request: KvRequest) -> Result<Command, KvFailure> {
         | KvRequest::KeepAlive(_)
         | KvRequest::OpenSession { .. }
         | KvRequest::SessionKeepAlive(_)
-        | KvRequest::InSession { .. } => {
+        | KvRequest::InSession { .. }
+        | KvRequest::Voters
+        | KvRequest::AddVoter(_)
+        | KvRequest::RemoveVoter(_) => {
             return Err(KvFailure::Refused(crate::kv::KvError::NotInSession))
         }
     })

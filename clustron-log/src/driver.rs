@@ -23,6 +23,7 @@ use crate::core::machine::{Machine, MachineOutput, ProposalId, StateMachine};
 use crate::core::{Config, ReplicatedCore};
 use crate::error::{Error, StartError};
 use crate::io::{check_state, LogIo, OpenLog, SnapshotSchedule};
+use crate::voters::{ReplicaStatus, VoterChange, VoterChangeError};
 
 /// How a node's log is tuned.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +58,8 @@ enum Command<M: StateMachine> {
     Propose(Vec<u8>, oneshot::Sender<Result<M::Output, Error>>),
     Read(Read<M>),
     Snapshot,
+    Replicas(oneshot::Sender<Result<Vec<ReplicaStatus>, VoterChangeError>>),
+    ChangeVoters(VoterChange, oneshot::Sender<Result<u64, VoterChangeError>>),
 }
 
 /// A node's replicated state machine: propose entries (on the leader),
@@ -175,6 +178,32 @@ impl<M: StateMachine> Log<M> {
             .map_err(|_| self.stopped())
     }
 
+    /// On the leader: every replica with how far its log is known to
+    /// reach ([`LogIo::replicas`]); [`VoterChangeError::NotLeader`] elsewhere.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, VoterChangeError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || VoterChangeError::Election("the log has stopped".into());
+        self.commands
+            .send(Command::Replicas(tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// On the leader: asks for one voter change, checked first
+    /// ([`crate::voters::check`]); returns the voter set version it gives
+    /// once decided (watch `Election::voters` for it). See
+    /// [`LogIo::change_voters`].
+    pub async fn change_voters(&self, change: VoterChange) -> Result<u64, VoterChangeError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || VoterChangeError::Election("the log has stopped".into());
+        self.commands
+            .send(Command::ChangeVoters(change, tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// The log's status now.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
@@ -236,9 +265,9 @@ impl<M: StateMachine> Driver<M> {
                 command = self.commands.recv() => match command {
                     // Everything queued shares one write and one fsync.
                     Some(command) => {
-                        self.command(command);
+                        self.command(command).await;
                         while let Ok(command) = self.commands.try_recv() {
-                            self.command(command);
+                            self.command(command).await;
                         }
                     }
                     None => break,
@@ -252,8 +281,14 @@ impl<M: StateMachine> Driver<M> {
         self.status.send_modify(|s| s.stopped = Some(reason));
     }
 
-    fn command(&mut self, command: Command<M>) {
+    async fn command(&mut self, command: Command<M>) {
         match command {
+            Command::Replicas(reply) => {
+                let _ = reply.send(self.io.replicas(&self.machine));
+            }
+            Command::ChangeVoters(change, reply) => {
+                let _ = reply.send(self.io.change_voters(&self.machine, change).await);
+            }
             Command::Propose(entry, reply) => {
                 self.next_id += 1;
                 let id = self.next_id;

@@ -25,12 +25,16 @@
 //! after each fsync and checks the fence under the same lock before any
 //! acknowledgement leaves.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clustron_election::{Election, Epoch, LeadershipEvent, NodeName, PromiseHook};
+use clustron_election::{
+    DriverError, Election, Epoch, LeadershipEvent, NodeName, PromiseHook, Voter, VoterSet,
+    WITHDRAWN_TAG,
+};
 use clustron_membership::{MemberState, Membership, Notification};
 use clustron_node::Elect;
 use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol};
@@ -41,7 +45,13 @@ use crate::core::{
 };
 use crate::error::StartError;
 use crate::snapshot::{SnapshotError, Snapshots};
+use crate::voters::{Context, Plan, ReplicaRole, ReplicaStatus, VoterChange, VoterChangeError};
 use crate::wal::{HighWaterMark, Wal, WalError, WalOptions};
+
+/// The most committed entries a learner may be behind to be made a voter:
+/// about one snapshot interval (a new voter far behind would hold up
+/// commits while it catches up).
+pub const MAX_PROMOTION_LAG: u64 = 10_000;
 
 /// The replication protocol on the transport's `LOG` channel (messages
 /// between replicas; streams carry snapshot transfers).
@@ -404,6 +414,8 @@ pub struct LogIo<C: ReplicatedCore> {
     written: Summary,
     me: NodeName,
     voters: Vec<(NodeName, SocketAddr)>,
+    /// The version of the election's voter set the core was last given.
+    voters_version: u64,
     inbox: Inbox<Replication>,
     channel: Channel<Replication>,
     election: Election,
@@ -461,6 +473,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             written: open.written,
             me: membership.name().clone(),
             voters,
+            voters_version: election.voters().version,
             inbox,
             channel: endpoint.channel::<Replication>(),
             election: election.clone(),
@@ -567,10 +580,15 @@ impl<C: ReplicatedCore> LogIo<C> {
                 }
             }
             Event::Leadership(clustron_election::Notification::Event(event)) => {
-                self.leadership_event(core, event)
+                let voters_changed = matches!(event, LeadershipEvent::VotersChanged(_));
+                self.leadership_event(core, event);
+                if voters_changed {
+                    self.refresh_learners(core).await;
+                }
             }
             Event::Leadership(clustron_election::Notification::Lagged(_)) => {
-                self.sync_leadership(core)
+                self.sync_leadership(core);
+                self.refresh_learners(core).await;
             }
             Event::Members => self.refresh_learners(core).await,
             Event::Timeout => {
@@ -881,14 +899,181 @@ impl<C: ReplicatedCore> LogIo<C> {
                     core.follow(now, name, addr, epoch.0);
                 }
             }
-            LeadershipEvent::Leader { .. } | LeadershipEvent::VotersChanged(_) => {}
+            LeadershipEvent::VotersChanged(set) => self.adopt_voters(core, &set),
+            LeadershipEvent::Leader { .. } => {}
             LeadershipEvent::SteppedDown { epoch } => core.step_down(epoch.0),
             LeadershipEvent::LeaderLost => core.forget_leader(),
         }
     }
 
+    /// The election decided `set`: the log counts it from now on. Voters
+    /// keep the address membership gave them (newer than the set's).
+    fn adopt_voters(&mut self, core: &mut C, set: &VoterSet) {
+        if set.version <= self.voters_version {
+            return;
+        }
+        let voters: Vec<(NodeName, SocketAddr)> = set
+            .voters()
+            .iter()
+            .map(|v| {
+                let addr = self.address_of(&v.name).unwrap_or(v.addr);
+                (v.name.clone(), addr)
+            })
+            .collect();
+        tracing::info!(
+            version = set.version,
+            voters = ?voters.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+            "the log adopts the election's voter set"
+        );
+        core.set_voters(voters.clone());
+        self.voters = voters;
+        self.voters_version = set.version;
+    }
+
+    /// The replicas as the leader sees them: voters, then learners, each
+    /// with how far its log is known to reach. Fails with
+    /// [`VoterChangeError::NotLeader`] elsewhere (only the leader tracks
+    /// the others).
+    pub fn replicas(&self, core: &C) -> Result<Vec<ReplicaStatus>, VoterChangeError> {
+        let replica = core.replica();
+        if replica.leading().is_none() {
+            return Err(VoterChangeError::NotLeader {
+                leader: replica.leader(),
+            });
+        }
+        let commit = replica.commit_index();
+        let progress = replica.progress();
+        let status = |name: &NodeName, role| {
+            let applied_index = if *name == self.me {
+                core.applied()
+            } else {
+                progress
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0, |(_, matched)| (*matched).min(commit))
+            };
+            ReplicaStatus {
+                name: name.clone(),
+                role,
+                applied_index,
+                lag: commit.saturating_sub(applied_index),
+            }
+        };
+        let mut all: Vec<ReplicaStatus> = replica
+            .voters()
+            .map(|n| status(n, ReplicaRole::Voter))
+            .collect();
+        all.extend(replica.learners().map(|n| status(n, ReplicaRole::Learner)));
+        Ok(all)
+    }
+
+    /// Asks the election for `change` after checking it
+    /// ([`crate::voters::check`]) against what this leader knows: the
+    /// decided set, membership, each learner's progress. Returns the voter
+    /// set version the change gives once decided (the election reports it
+    /// as [`LeadershipEvent::VotersChanged`]). The leader asked to remove
+    /// itself hands leadership over instead and answers
+    /// [`VoterChangeError::SteppedDown`]. A refusal changes nothing.
+    ///
+    /// What it needs of `core` is read before the returned future first
+    /// waits, so the core is free again at once.
+    pub fn change_voters(
+        &mut self,
+        core: &C,
+        change: VoterChange,
+    ) -> impl std::future::Future<Output = Result<u64, VoterChangeError>> + Send + '_ {
+        let leader = core.replica().leader();
+        let led = core.replica().leading();
+        let commit = core.replica().commit_index();
+        let progress = core.replica().progress();
+        self.change_voters_as(change, leader, led, commit, progress)
+    }
+
+    async fn change_voters_as(
+        &mut self,
+        change: VoterChange,
+        leader: Option<(NodeName, SocketAddr)>,
+        led: Option<u64>,
+        commit: u64,
+        progress: Vec<(NodeName, u64)>,
+    ) -> Result<u64, VoterChangeError> {
+        let not_leader = || VoterChangeError::NotLeader {
+            leader: leader.clone(),
+        };
+        let led = led.ok_or_else(not_leader)?;
+        if !self.election.leads(Epoch(led)) {
+            return Err(not_leader());
+        }
+        let decided = self.election.voters();
+        let members = self
+            .membership
+            .members()
+            .await
+            .map_err(|e| VoterChangeError::Election(format!("membership: {e}")))?;
+        let mut known: BTreeSet<NodeName> = members.iter().map(|m| m.name.clone()).collect();
+        known.insert(self.me.clone());
+        let mut live: BTreeSet<NodeName> = members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive && !m.tags.contains_key(WITHDRAWN_TAG))
+            .map(|m| m.name.clone())
+            .collect();
+        if self.election.withdrawn().is_none() {
+            live.insert(self.me.clone());
+        }
+        let voters: BTreeSet<NodeName> = decided.voters().iter().map(|v| v.name.clone()).collect();
+        let learner_lag = progress
+            .into_iter()
+            .find(|(n, _)| n == change.name())
+            .map(|(_, matched)| commit.saturating_sub(matched));
+        let plan = crate::voters::check(
+            &change,
+            &Context {
+                me: &self.me,
+                voters: &voters,
+                live: &live,
+                members: &known,
+                pending: decided.version != self.voters_version,
+                learner_lag,
+                max_lag: MAX_PROMOTION_LAG,
+            },
+        )?;
+        let refused = |e: DriverError| match e {
+            DriverError::Refused(clustron_election::Error::ChangeInProgress) => {
+                VoterChangeError::InProgress
+            }
+            DriverError::Refused(clustron_election::Error::NotLeader { .. }) => not_leader(),
+            other => VoterChangeError::Election(other.to_string()),
+        };
+        match (plan, change) {
+            (Plan::StepDownFirst, _) => {
+                tracing::info!("asked to remove this leader from the voters: handing over first");
+                self.election.step_down().await.map_err(refused)?;
+                Err(VoterChangeError::SteppedDown(self.me.clone()))
+            }
+            (Plan::Change, VoterChange::Add(name)) => {
+                let addr = members
+                    .iter()
+                    .find(|m| m.name == name)
+                    .map_or(Voter::UNKNOWN_ADDR, |m| m.addr);
+                tracing::info!(%name, "adding a voter");
+                self.election
+                    .add_voter(Voter { name, addr })
+                    .await
+                    .map_err(refused)?;
+                Ok(decided.version + 1)
+            }
+            (Plan::Change, VoterChange::Remove(name)) => {
+                tracing::info!(%name, "removing a voter");
+                self.election.remove_voter(&name).await.map_err(refused)?;
+                Ok(decided.version + 1)
+            }
+        }
+    }
+
     /// Catches up with the election after missed events.
     fn sync_leadership(&mut self, core: &mut C) {
+        let decided = self.election.voters();
+        self.adopt_voters(core, &decided);
         match self.election.leader() {
             Some((name, epoch)) if name != self.me => {
                 if let Some(addr) = self.address_of(&name) {

@@ -19,8 +19,11 @@
 //!   events, the `LOG` transport channel, the snapshot schedule);
 //! - [`driver`]: the generic tokio driver and its handle, [`Log`].
 //!
-//! What it does not (yet): change its voter set (voters are the
-//! election's, fixed at start), serve linearizable reads without a
+//! - [`voters`]: voter changes as an operator asks for them (what is
+//!   refused, replica status); the change itself is the election's, and
+//!   the log adopts every decided set in step.
+//!
+//! What it does not (yet): serve linearizable reads without a
 //! proposal, forward proposals to the leader (the product routes them,
 //! e.g. with `clustron_node::ToLeader`), run more than one log per node
 //! (one `LOG` channel).
@@ -141,6 +144,7 @@ mod error;
 pub mod io;
 pub mod snapshot;
 pub mod transfer;
+pub mod voters;
 pub mod wal;
 
 pub use crate::core::machine::StateMachine;

@@ -297,11 +297,12 @@ pub fn refresh_views<A: Actor + LogNode>(
                 name: name(j),
                 addr: addr(j),
                 priority: priority(j),
-                voter: j < setup.voters
-                    && !sim
-                        .node(j)
-                        .and_then(|n| n.log_election())
-                        .is_some_and(Core::is_withdrawn),
+                // Who votes is the voter set's business (it changes):
+                // membership only says who withdrew.
+                voter: !sim
+                    .node(j)
+                    .and_then(|n| n.log_election())
+                    .is_some_and(Core::is_withdrawn),
             })
             .collect();
         sim.with_node(id, |node, now| {
@@ -337,11 +338,15 @@ impl DkvNode {
             seed,
             now,
         );
+        // The log's voters are the election's decided set, recovered.
+        let peers: BTreeMap<NodeName, SocketAddr> =
+            (0..setup.nodes).map(|i| (name(i), addr(i))).collect();
+        let (voters, learners) = split_by(&peers, election.voters());
         let mut replica = Replica::new(
             setup.log.clone(),
             name(id),
-            setup.voter_addrs(),
-            setup.learner_addrs(),
+            voters,
+            learners,
             disk.synced().clone(),
             now,
         );
@@ -355,7 +360,7 @@ impl DkvNode {
             promises,
             replica,
             disk,
-            peers: (0..setup.nodes).map(|i| (name(i), addr(i))).collect(),
+            peers,
             reported_commit: 0,
             now,
             transmits: VecDeque::new(),
@@ -390,6 +395,17 @@ impl DkvNode {
         let result = self.replica.propose(now, payload);
         self.pump();
         result
+    }
+
+    /// Runs a voter-change command on the election core (then performs
+    /// its outputs); whether the core took it.
+    pub fn change_voters(
+        &mut self,
+        command: impl FnOnce(&mut Core) -> Result<(), clustron_election::Error>,
+    ) -> bool {
+        let taken = command(&mut self.election).is_ok();
+        self.pump();
+        taken
     }
 
     /// The log disk.
@@ -451,7 +467,15 @@ impl DkvNode {
                         self.events
                             .push_back(Event::Election(ElectionOutput::LeaderLost));
                     }
-                    other => self.events.push_back(Event::Election(other)),
+                    ElectionOutput::VotersChanged(set) => {
+                        // In step with the election, as the driver's
+                        // `LogIo` does; the others stay learners.
+                        let (voters, learners) = split_by(&self.peers, &set);
+                        self.replica.set_voters(voters);
+                        self.replica.set_learners(learners);
+                        self.events
+                            .push_back(Event::Election(ElectionOutput::VotersChanged(set)));
+                    }
                 }
             }
             while let Some(output) = self.replica.poll_output() {
@@ -513,6 +537,18 @@ impl DkvNode {
             }
         }
     }
+}
+
+/// `peers` split into the members of `set` and the others.
+#[allow(clippy::type_complexity)]
+fn split_by(
+    peers: &BTreeMap<NodeName, SocketAddr>,
+    set: &VoterSet,
+) -> (Vec<(NodeName, SocketAddr)>, Vec<(NodeName, SocketAddr)>) {
+    peers
+        .iter()
+        .map(|(n, a)| (n.clone(), *a))
+        .partition(|(n, _)| set.contains(n))
 }
 
 impl Actor for DkvNode {
@@ -583,6 +619,8 @@ pub struct Invariants {
     pub elections: usize,
     /// `CannotLead` reports, over the run.
     pub gave_up: usize,
+    /// Voter sets adopted (by any node), over the run.
+    pub voter_changes: usize,
     checks: u64,
 }
 
@@ -604,6 +642,7 @@ impl Invariants {
                     seed,
                 ),
                 Event::Election(ElectionOutput::Elected { .. }) => self.elections += 1,
+                Event::Election(ElectionOutput::VotersChanged(_)) => self.voter_changes += 1,
                 Event::CannotLead(_) => self.gave_up += 1,
                 Event::Election(_) => {}
             }
@@ -615,6 +654,7 @@ impl Invariants {
     /// before): one leader per epoch, commit within the durable log, the
     /// step budget, and every 256 steps the committed prefixes.
     pub fn check_after_step<A: Actor + LogNode>(&mut self, sim: &Sim<A>) {
+        self.check_the_log_counts_the_election_voters(sim);
         self.check_one_leader_per_epoch(sim);
         self.check_commit_never_exceeds_the_durable_log(sim);
         self.checks += 1;
@@ -674,6 +714,27 @@ impl Invariants {
             *last = (incarnation, 0);
         }
         last.1 = last.1.max(index);
+    }
+
+    /// Every node's log counts exactly the voters its election decided
+    /// (the log adopts each decided set in step): so the commit rule and
+    /// the grant counting use the same set.
+    pub fn check_the_log_counts_the_election_voters<A: Actor + LogNode>(&self, sim: &Sim<A>) {
+        for id in 0..sim.len() {
+            let Some(node) = sim.node(id) else { continue };
+            let (Some(election), Some(replica)) = (node.log_election(), node.log_replica()) else {
+                continue;
+            };
+            let counted: BTreeSet<&NodeName> = replica.voters().collect();
+            let decided: BTreeSet<&NodeName> =
+                election.voters().voters().iter().map(|v| &v.name).collect();
+            assert_eq!(
+                counted,
+                decided,
+                "node {id}'s log counts other voters than its election (seed {})",
+                sim.seed()
+            );
+        }
     }
 
     /// Never two nodes serving proposals in the same epoch.
@@ -1087,6 +1148,44 @@ impl Cluster {
         }
     }
 
+    /// Asks the leader's election for one voter change: with three voters,
+    /// add a non-voter (the `pick`-th, wrapping); with more, remove a
+    /// voter other than the leader (likewise). True if the election took
+    /// it (it is decided once a majority of the current set accepted it).
+    pub fn change_voter(&mut self, pick: usize) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let nodes = self.setup.nodes;
+        self.sim
+            .with_node(leader, |node, now| {
+                let set = node.election().voters().clone();
+                let me = node.election().name().clone();
+                if set.len() <= 3 {
+                    let outside: Vec<usize> =
+                        (0..nodes).filter(|&i| !set.contains(&name(i))).collect();
+                    let Some(&id) = outside.get(pick % outside.len().max(1)) else {
+                        return false;
+                    };
+                    let voter = Voter {
+                        name: name(id),
+                        addr: addr(id),
+                    };
+                    node.change_voters(|e| e.add_voter(now, voter))
+                } else {
+                    let inside: Vec<NodeName> = set
+                        .voters()
+                        .iter()
+                        .map(|v| v.name.clone())
+                        .filter(|n| *n != me)
+                        .collect();
+                    let who = inside[pick % inside.len()].clone();
+                    node.change_voters(|e| e.remove_voter(now, &who))
+                }
+            })
+            .unwrap_or(false)
+    }
+
     /// The running node serving proposals in the newest epoch.
     pub fn leader(&self) -> Option<NodeId> {
         (0..self.sim.len())
@@ -1136,12 +1235,16 @@ impl Cluster {
             let states: Vec<String> = (0..self.sim.len())
                 .map(|id| match self.sim.node(id) {
                     Some(n) => format!(
-                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?}",
+                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?} voters v{} {:?} campaigning {} withdrawn {}",
                         n.replica().leading(),
                         n.replica().epoch(),
                         n.replica().last_index(),
                         n.replica().commit_index(),
-                        n.election().leader()
+                        n.election().leader(),
+                        n.election().voters().version,
+                        n.election().voters().voters().iter().map(|v| v.name.to_string()).collect::<Vec<_>>(),
+                        n.election().is_campaigning(),
+                        n.election().is_withdrawn(),
                     ),
                     None => format!("node {id}: down"),
                 })

@@ -494,3 +494,66 @@ fn one_entry_batches_and_a_tiny_window_never_lose_a_committed_entry() {
         log,
     );
 }
+
+#[test]
+fn voter_changes_under_faults_never_let_two_majorities_decide_differently() {
+    run_seeds(
+        "voter_changes_under_faults_never_let_two_majorities_decide_differently",
+        8,
+        |seed| {
+            // Three voters and two learners; every round a fault strikes,
+            // the leader is asked for one change (add a non-voter, or
+            // remove a voter), traffic runs, and the fault is repaired.
+            // After every step: the log counts exactly the voters its
+            // election decided, one leader per epoch, committed entries
+            // never change (so no two majorities decided differently).
+            let mut cluster = Cluster::new(seed, 5, 3, rough());
+            elect(&mut cluster);
+            let mut asked = 0;
+            for _ in 0..10 {
+                let victim = cluster.sim.rng().usize(..5);
+                match cluster.sim.rng().u8(..4) {
+                    0 => cluster.crash(victim),
+                    1 => {
+                        let other = (victim + 1) % 5;
+                        let rest: Vec<usize> =
+                            (0..5).filter(|&i| i != victim && i != other).collect();
+                        cluster.partition(&[&[victim, other], &rest]);
+                        cluster.refresh_views();
+                    }
+                    2 => cluster.pause(victim),
+                    _ => {}
+                }
+                let pick = cluster.sim.rng().usize(..5);
+                cluster.run_until(lease() * 3, |c| c.leader().is_some());
+                if cluster.change_voter(pick) {
+                    asked += 1;
+                }
+                cluster.run_with_client(Duration::from_millis(400), 4);
+                cluster.heal();
+                for id in 0..5 {
+                    if cluster.sim.node(id).is_none() {
+                        cluster.restart(id, LogLoss::UnsyncedLost);
+                    }
+                    cluster.resume(id);
+                }
+                cluster.refresh_views();
+                cluster.run_with_client(Duration::from_millis(400), 4);
+            }
+            cluster.heal_and_check_convergence(convergence_limit(), LogLoss::UnsyncedLost);
+            assert!(asked > 0, "no change was asked for (seed {seed})");
+            assert!(
+                cluster.invariants.voter_changes > 0,
+                "no change was decided (seed {seed})"
+            );
+            tracing::info!("every node ends with the same decided set");
+            let sets: Vec<_> = (0..5)
+                .map(|id| cluster.sim.node(id).unwrap().election().voters().clone())
+                .collect();
+            assert!(
+                sets.windows(2).all(|w| w[0] == w[1]),
+                "voter sets differ after convergence (seed {seed}): {sets:?}"
+            );
+        },
+    );
+}

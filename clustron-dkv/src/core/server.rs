@@ -1081,6 +1081,10 @@ impl ReplicatedCore for Server {
         Server::set_learners(self, learners);
     }
 
+    fn set_voters(&mut self, voters: Vec<(NodeName, SocketAddr)>) {
+        self.replica.set_voters(voters);
+    }
+
     fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         Server::handle_message(self, now, from, msg);
     }

@@ -33,6 +33,12 @@ pub enum Message {
         /// A voter set the voter accepted but has not seen decided, if any:
         /// a new leader finishes it before anything else.
         pending: Option<VoterSet>,
+        /// The voter's decided set: a candidate that knows an older one
+        /// adopts it and counts its grants against it, so a node that
+        /// missed two or more changes cannot win by a majority of a set
+        /// no longer in force (two sets more than one change apart need
+        /// not intersect).
+        voters: VoterSet,
     },
     /// A voter refuses.
     Reject {

@@ -101,9 +101,11 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Election priority: higher is preferred.
     pub priority: u32,
-    /// Whether membership says it is a voter (and it has not withdrawn).
-    /// It still needs to be in the configured voter set to campaign or to
-    /// count.
+    /// Whether it may vote and lead as far as the view knows: it has not
+    /// withdrawn. Who votes is the decided voter set's business: a member
+    /// counts only if it is in it. (Membership's own voter flag comes from
+    /// the node's configuration at start and goes stale after a voter
+    /// change, so [`Peer::from`] does not use it.)
     pub voter: bool,
 }
 
@@ -113,7 +115,7 @@ impl From<&Member> for Peer {
             name: member.name.clone(),
             addr: member.addr,
             priority: member.priority,
-            voter: member.voter && !member.tags.contains_key(WITHDRAWN_TAG),
+            voter: !member.tags.contains_key(WITHDRAWN_TAG),
         }
     }
 }
@@ -280,6 +282,11 @@ pub struct Core {
     contenders: BTreeMap<NodeName, (Instant, Instant)>,
     successor_until: Option<Instant>,
     change: Option<Change>,
+    /// Follower without a leader: the candidate it waits for to campaign,
+    /// and since when. One that stays quiet for two leader timeouts is
+    /// skipped (a voter that does not know it is one, because it missed the
+    /// change that made it one, never campaigns).
+    waiting: Option<(NodeName, Instant)>,
     outputs: VecDeque<Output>,
 }
 
@@ -339,6 +346,7 @@ impl Core {
             contenders: BTreeMap::new(),
             successor_until: None,
             change: None,
+            waiting: None,
             outputs: VecDeque::new(),
         }
     }
@@ -412,14 +420,11 @@ impl Core {
     /// The live voter this node considers the candidate: the highest
     /// priority, ties broken by the smallest name.
     pub fn candidate(&self) -> Option<NodeName> {
-        let me = (self.voters.committed.contains(&self.me) && !self.withdrawn)
-            .then_some((self.priority, &self.me));
+        let me = (self.may_lead(&self.me) && !self.withdrawn).then_some((self.priority, &self.me));
         self.view
             .values()
             .filter(|s| {
-                s.peer.voter
-                    && self.voters.committed.contains(&s.peer.name)
-                    && !self.silent.contains(&s.peer.name)
+                s.peer.voter && self.may_lead(&s.peer.name) && !self.silent.contains(&s.peer.name)
             })
             .map(|s| (s.peer.priority, &s.peer.name))
             .chain(me)
@@ -428,6 +433,19 @@ impl Core {
                 _ => Some(c),
             })
             .map(|(_, name)| name.clone())
+    }
+
+    /// Whether `name` may be the candidate: a voter of the decided set,
+    /// and of the set accepted next if there is one. A voter being removed
+    /// may already know the change decided and never campaign again, so
+    /// the others must not wait for it.
+    fn may_lead(&self, name: &NodeName) -> bool {
+        self.voters.committed.contains(name)
+            && self
+                .voters
+                .pending
+                .as_ref()
+                .is_none_or(|next| next.contains(name))
     }
 
     // ----- commands --------------------------------------------------------
@@ -620,6 +638,9 @@ impl Core {
         if let Some(t) = self.successor_until {
             at(t);
         }
+        if let Some((_, since)) = &self.waiting {
+            at(*since + self.config.leader_timeout * 2);
+        }
         next
     }
 
@@ -637,7 +658,7 @@ impl Core {
                 epoch,
                 from: candidate,
                 seq,
-            } => match self.hear_from(&candidate).vote(now, epoch, &candidate) {
+            } => match self.campaign_heard(&candidate).vote(now, epoch, &candidate) {
                 Ok(()) => {
                     let msg = Message::Grant {
                         epoch,
@@ -645,6 +666,7 @@ impl Core {
                         seq,
                         summary: self.summary.clone(),
                         pending: self.voters.pending.clone(),
+                        voters: self.voters.committed.clone(),
                     };
                     self.send(from, msg);
                 }
@@ -666,7 +688,8 @@ impl Core {
                 seq,
                 summary,
                 pending,
-            } => self.handle_grant(now, epoch, voter, seq, summary, pending),
+                voters,
+            } => self.handle_grant(now, epoch, voter, seq, summary, pending, voters),
             Message::Reject {
                 epoch,
                 seq,
@@ -815,7 +838,7 @@ impl Core {
         self.leader_epoch = epoch;
         self.epoch_seen = self.epoch_seen.max(epoch);
         if voters.version > self.voters.committed.version {
-            self.adopt_voters(voters);
+            self.adopt_voters(now, voters);
         }
         match &self.role {
             Role::Leader { .. } => self.lapse(),
@@ -890,7 +913,9 @@ impl Core {
         self.send(from, msg);
     }
 
-    fn adopt_voters(&mut self, set: VoterSet) {
+    /// Takes `set` (decided) as the voter set. A leader that is no longer
+    /// a voter in it hands over: it may not count its own grant any more.
+    fn adopt_voters(&mut self, now: Instant, set: VoterSet) {
         if self
             .voters
             .pending
@@ -903,6 +928,16 @@ impl Core {
         self.outputs
             .push_back(Output::PersistVoters(self.voters.clone()));
         self.outputs.push_back(Output::VotersChanged(set));
+        if matches!(self.role, Role::Leader { .. }) && !self.voters.committed.contains(&self.me) {
+            tracing::debug!(me = %self.me, "removed from the voters; stepping down");
+            let successor = self.best_live_voter();
+            self.hand_over(now, successor, true);
+        }
+        if matches!(self.role, Role::Candidate { .. }) && !self.voters.committed.contains(&self.me)
+        {
+            self.role = Role::Follower;
+            self.requests.clear();
+        }
     }
 
     // ----- candidate and leader side -------------------------------------------
@@ -930,6 +965,7 @@ impl Core {
         let lease_duration = self.config.lease_duration;
         self.requests
             .retain(|_, r| now.saturating_duration_since(r.sent) < lease_duration);
+        self.watch_candidate(now);
         match self.role.clone() {
             Role::Leader {
                 next_renew, asking, ..
@@ -1053,7 +1089,15 @@ impl Core {
             }
         }
         self.requests.insert(seq, request);
-        for to in self.voter_addrs(self.voters.committed.voters()) {
+        let mut targets = self.voter_addrs(self.voters.committed.voters());
+        if matches!(self.role, Role::Leader { .. }) {
+            // Renewals also go to the non-voters in the view: they grant
+            // nothing, but their refusal says if they saw a newer epoch (a
+            // voter since removed promised one). Their log ignores this
+            // leader's older epoch, so the leader moves to a fresh one.
+            targets.extend(self.view.values().map(|s| s.peer.addr));
+        }
+        for to in targets {
             self.send(
                 to,
                 Message::Request {
@@ -1067,6 +1111,7 @@ impl Core {
         wait
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn handle_grant(
         &mut self,
         now: Instant,
@@ -1075,7 +1120,14 @@ impl Core {
         seq: u64,
         summary: Vec<u8>,
         pending: Option<VoterSet>,
+        voters: VoterSet,
     ) {
+        // A decided set newer than ours: adopt it before counting, so this
+        // request wins only by a majority of the set in force (or of the one
+        // before it, which intersects it).
+        if voters.version > self.voters.committed.version {
+            self.adopt_voters(now, voters);
+        }
         if !self.voters.committed.contains(&voter) {
             return;
         }
@@ -1140,7 +1192,14 @@ impl Core {
         let Some(request) = self.requests.get(&seq) else {
             return;
         };
-        if request.grants.len() < self.voters.committed.majority() {
+        // Counted against the set in force now: grants from voters a newer
+        // set (adopted since they came) left out do not count.
+        let granted = request
+            .grants
+            .keys()
+            .filter(|name| self.voters.committed.contains(name))
+            .count();
+        if granted < self.voters.committed.majority() {
             return;
         }
         // Counted from the *send* of this request: see `lease`.
@@ -1329,6 +1388,37 @@ impl Core {
         self.hold_off_until = Some(now + self.config.handover_delay);
     }
 
+    /// `name` campaigns: it is alive, and the candidate we may wait for is
+    /// doing its job.
+    fn campaign_heard(&mut self, name: &NodeName) -> &mut Self {
+        if self.waiting.as_ref().is_some_and(|(w, _)| w == name) {
+            self.waiting = None;
+        }
+        self.hear_from(name)
+    }
+
+    /// Without a leader, waits for the candidate to campaign; one that has
+    /// not for two leader timeouts is skipped (until heard from), so the
+    /// next one campaigns. Liveness only: any campaign needs a majority.
+    fn watch_candidate(&mut self, now: Instant) {
+        let waiting_for =
+            (self.leader.is_none() && self.has_view && matches!(self.role, Role::Follower))
+                .then(|| self.candidate())
+                .flatten()
+                .filter(|c| *c != self.me);
+        match (waiting_for, &self.waiting) {
+            (None, _) => self.waiting = None,
+            (Some(c), Some((w, since))) if *w == c => {
+                if now.saturating_duration_since(*since) >= self.config.leader_timeout * 2 {
+                    tracing::debug!(me = %self.me, candidate = %c, "the candidate does not campaign; skipping it");
+                    self.silent.insert(c);
+                    self.waiting = None;
+                }
+            }
+            (Some(c), _) => self.waiting = Some((c, now)),
+        }
+    }
+
     /// `name` is alive after all: it counts for the candidate choice again.
     fn hear_from(&mut self, name: &NodeName) -> &mut Self {
         self.silent.remove(name);
@@ -1409,7 +1499,7 @@ impl Core {
         self.check_change_done(now);
     }
 
-    fn check_change_done(&mut self, _now: Instant) {
+    fn check_change_done(&mut self, now: Instant) {
         let Some(change) = &self.change else {
             return;
         };
@@ -1419,7 +1509,7 @@ impl Core {
         let set = change.set.clone();
         self.change = None;
         tracing::debug!(me = %self.me, version = set.version, "voter set changed");
-        self.adopt_voters(set);
+        self.adopt_voters(now, set);
         self.announce();
     }
 
@@ -1452,9 +1542,7 @@ impl Core {
         self.view
             .values()
             .filter(|s| {
-                s.peer.voter
-                    && self.voters.committed.contains(&s.peer.name)
-                    && !self.silent.contains(&s.peer.name)
+                s.peer.voter && self.may_lead(&s.peer.name) && !self.silent.contains(&s.peer.name)
             })
             .map(|s| (s.peer.priority, &s.peer.name))
             .fold(None, |best: Option<(u32, &NodeName)>, c| match best {

@@ -229,6 +229,7 @@ fn a_voter_persists_its_promise_before_sending_the_grant() {
                     seq: 7,
                     summary: Vec::new(),
                     pending: None,
+                    voters: voter.voters().clone(),
                 },
             },
         ]
@@ -792,4 +793,103 @@ fn a_leader_that_steps_down_hands_over_to_a_live_voter_not_to_a_silent_former_le
         successor.iter().all(|s| *s == Some(name(2))),
         "handed over to {successor:?}"
     );
+}
+
+#[test]
+fn a_candidate_two_voter_changes_behind_cannot_win_by_its_old_majority() {
+    // {n0, n1, n2} became {n0, .., n4} in two changes while n0 was cut off.
+    // A majority of the old set ({n0, n1}) and one of the new ({n2, n3, n4})
+    // need not intersect, so n0 must not win with n1's grant alone: n1's
+    // grant carries the decided set, n0 adopts it and counts against it.
+    let now = Instant::now();
+    let newer = voters(3)
+        .with(Voter {
+            name: name(3),
+            addr: addr(3),
+        })
+        .with(Voter {
+            name: name(4),
+            addr: addr(4),
+        });
+    let stale = core(0, 3, now);
+    let current = Core::new(
+        Config::lan(),
+        name(1),
+        99,
+        voters(3),
+        Persisted {
+            voters: Some(VoterRecord {
+                committed: newer.clone(),
+                pending: None,
+            }),
+            ..Persisted::default()
+        },
+        1,
+        now,
+    );
+    let mut cores = vec![stale, current];
+    cores[0].set_view(now, peers(&[1]));
+    cores[1].set_view(now, peers(&[0]));
+    let (t, events) = elect(&mut cores, now);
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, Output::Elected { .. })),
+        "won by a majority of a set two changes old: {events:?}"
+    );
+    assert!(!cores[0].is_leader(t));
+    assert_eq!(cores[0].voters(), &newer);
+    assert!(events.contains(&(0, Output::VotersChanged(newer.clone()))));
+}
+
+#[test]
+fn a_leader_that_learns_it_was_removed_hands_over() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    let (t, _) = elect(&mut cores, now);
+    assert!(cores[0].is_leader(t));
+    // n1 restarts knowing a decided set without n0 (n0 missed it), and
+    // its promise to n0.
+    let without = voters(3).without(&name(0));
+    let (epoch, _) = cores[0].lease().unwrap();
+    cores[1] = Core::new(
+        Config::lan(),
+        name(1),
+        99,
+        voters(3),
+        Persisted {
+            voters: Some(VoterRecord {
+                committed: without.clone(),
+                pending: None,
+            }),
+            promise: Some(Promise {
+                epoch,
+                holder: name(0),
+                duration: Config::lan().lease_duration,
+            }),
+        },
+        1,
+        t,
+    );
+    cores[1].set_view(t, peers(&[0, 2]));
+    // n0's next renewal brings n1's grant (or refusal) with the set.
+    let later = t + Config::lan().renew_interval;
+    for c in cores.iter_mut() {
+        c.handle_timeout(later);
+    }
+    let events = settle(&mut cores, later);
+    assert!(
+        events.contains(&(0, Output::VotersChanged(without.clone()))),
+        "n0 did not adopt the newer set: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(i, e)| *i == 0 && matches!(e, Output::SteppedDown { .. })),
+        "n0 still leads though it is no voter: {events:?}"
+    );
+    assert!(!cores[0].is_leader(later));
 }

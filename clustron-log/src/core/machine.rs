@@ -243,6 +243,10 @@ impl<M: StateMachine> ReplicatedCore for Machine<M> {
         self.replica.set_learners(learners);
     }
 
+    fn set_voters(&mut self, voters: Vec<(NodeName, SocketAddr)>) {
+        self.replica.set_voters(voters);
+    }
+
     fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         self.replica.handle_message(now, from, msg);
         self.lost_leadership();

@@ -107,6 +107,8 @@ pub trait ReplicatedCore {
     fn set_voter_addr(&mut self, name: &NodeName, addr: SocketAddr);
     /// The non-voters that should receive the log (alive ones).
     fn set_learners(&mut self, learners: Vec<(NodeName, SocketAddr)>);
+    /// The election decided a new voter set ([`Replica::set_voters`]).
+    fn set_voters(&mut self, voters: Vec<(NodeName, SocketAddr)>);
     /// A replication message from a peer.
     fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message);
     /// The deadline from [`ReplicatedCore::poll_timeout`] passed.

@@ -54,11 +54,16 @@
 //!    older entry is committed only indirectly). Learners receive the log
 //!    but never count. Followers learn the commit index from the leader,
 //!    capped by what they verified to match it.
-//!
-//! Voter changes are not handled here: the voter set is fixed at
-//! construction (changes go through the election crate and are future work).
-//! Snapshots and log compaction are not implemented yet: the whole log stays
-//! in memory.
+//! 5. **Voter changes.** The voter set is the election's: it decides a
+//!    change (one voter more or less, accepted durably by a majority of the
+//!    old set) and the driver passes every decided set in with
+//!    [`Replica::set_voters`], in order with the leadership events. Any
+//!    majority of a set and any majority of the set one change away
+//!    intersect, and the election never lets sets further apart count at
+//!    the same time, so an entry committed under one set is held by a
+//!    member of every later leader's granting majority (rule 2 still holds).
+//!    A promoted learner keeps its replication progress; a removed voter
+//!    stops counting at once.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -776,7 +781,10 @@ impl Replica {
         let best = summaries
             .iter()
             .filter(|(name, _)| *name != self.me)
-            .filter_map(|(name, bytes)| Some((Summary::decode(bytes)?, self.voters.get(name)?)))
+            .filter_map(|(name, bytes)| {
+                let addr = self.voters.get(name).or_else(|| self.learners.get(name))?;
+                Some((Summary::decode(bytes)?, addr))
+            })
             .max_by_key(|(summary, _)| *summary);
         match best {
             Some((summary, &source)) if summary > mine => {
@@ -857,6 +865,58 @@ impl Replica {
             }
             Role::Fetching { source, .. } if *source == old => *source = addr,
             _ => {}
+        }
+    }
+
+    /// The voter set is now `voters` (a change the election decided; every
+    /// voter, `me` included if it is one). From now on commit counts a
+    /// majority of these, and only they may lead. A leader keeps what it
+    /// knows of a promoted learner's log (it goes on from there), starts
+    /// replicating to a new voter it did not know, and stops replicating to
+    /// a removed one unless it is also a learner. Other nodes' addresses
+    /// already known are kept (membership's are newer than the set's).
+    pub fn set_voters(&mut self, voters: impl IntoIterator<Item = (NodeName, SocketAddr)>) {
+        let mut voters: BTreeMap<NodeName, SocketAddr> = voters.into_iter().collect();
+        for (name, addr) in voters.iter_mut() {
+            if let Some(known) = self.voters.get(name).or_else(|| self.learners.get(name)) {
+                *addr = *known;
+            }
+        }
+        for name in voters.keys() {
+            self.learners.remove(name);
+        }
+        let next = self.last_index() + 1;
+        if let Role::Leader { peers, .. } = &mut self.role {
+            peers.retain(|name, _| voters.contains_key(name) || self.learners.contains_key(name));
+            for (name, addr) in &voters {
+                if *name != self.me && !peers.contains_key(name) {
+                    peers.insert(name.clone(), Progress::new(*addr, next));
+                }
+            }
+        }
+        self.voters = voters;
+    }
+
+    /// The voters' names (this node's included if it is one).
+    pub fn voters(&self) -> impl Iterator<Item = &NodeName> {
+        self.voters.keys()
+    }
+
+    /// The learners' names.
+    pub fn learners(&self) -> impl Iterator<Item = &NodeName> {
+        self.learners.keys()
+    }
+
+    /// On the leader: how far each other replica's log is known to reach
+    /// (the highest index it acknowledged as durable and matching ours).
+    /// Empty on other nodes, which do not track it.
+    pub fn progress(&self) -> Vec<(NodeName, u64)> {
+        match &self.role {
+            Role::Leader { peers, .. } => peers
+                .iter()
+                .map(|(name, p)| (name.clone(), p.matched))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 

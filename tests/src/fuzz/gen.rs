@@ -13,7 +13,8 @@ use clustron_dkv::core::mvcc::Command;
 use clustron_dkv::kv::{
     Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResponse, Event, EventKind, KeyRange,
     KeyValue, KvError, KvFailure, KvReply, KvRequest, LeaseId, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, SessionId, Txn, TxnResponse, WatchRequest,
+    RangeRequest, RangeResponse, ReplicaInfo, RequestOp, ResponseOp, SessionId, Txn, TxnResponse,
+    WatchRequest,
 };
 use clustron_dkv::proto::{
     Change, MemberInfo, Request, Response, StreamItem, StreamRequest, TopologyInfo,
@@ -225,6 +226,7 @@ pub fn election_message(rng: &mut Rng) -> clustron_election::Message {
             seq: u64_any(rng),
             summary: bytes(rng, 20),
             pending: option_of(rng, voter_set),
+            voters: voter_set(rng),
         },
         2 => Message::Reject {
             epoch,
@@ -510,7 +512,7 @@ pub fn kv_request(rng: &mut Rng) -> KvRequest {
 }
 
 fn kv_request_at(rng: &mut Rng, depth: u32) -> KvRequest {
-    match rng.u8(..12) {
+    match rng.u8(..15) {
         0 => KvRequest::Range {
             request: range_request(rng),
             linearizable: rng.bool(),
@@ -529,6 +531,9 @@ fn kv_request_at(rng: &mut Rng, depth: u32) -> KvRequest {
             ttl_ms: u64_any(rng),
         },
         9 => KvRequest::SessionKeepAlive(SessionId(u64_any(rng))),
+        10 => KvRequest::Voters,
+        11 => KvRequest::AddVoter(string(rng, 12)),
+        12 => KvRequest::RemoveVoter(string(rng, 12)),
         _ if depth < 2 => KvRequest::InSession {
             session: SessionId(u64_any(rng)),
             seq: u64_any(rng),
@@ -562,7 +567,7 @@ fn delete_response(rng: &mut Rng) -> DeleteResponse {
 
 /// A successful key-value answer.
 pub fn kv_reply(rng: &mut Rng) -> KvReply {
-    match rng.u8(..10) {
+    match rng.u8(..11) {
         0 => KvReply::Range(range_response(rng), u64_any(rng)),
         1 => KvReply::Put(put_response(rng), u64_any(rng)),
         2 => KvReply::Delete(delete_response(rng), u64_any(rng)),
@@ -590,13 +595,19 @@ pub fn kv_reply(rng: &mut Rng) -> KvReply {
             id: SessionId(u64_any(rng)),
             ttl_ms: u64_any(rng),
         },
-        _ => KvReply::SessionClosed,
+        9 => KvReply::SessionClosed,
+        _ => KvReply::Voters(vec_of(rng, 5, |rng| ReplicaInfo {
+            name: string(rng, 12),
+            role: string(rng, 8),
+            applied_index: u64_any(rng),
+            lag: u64_any(rng),
+        })),
     }
 }
 
 /// A failed key-value answer.
 pub fn kv_failure(rng: &mut Rng) -> KvFailure {
-    match rng.u8(..9) {
+    match rng.u8(..10) {
         0 => KvFailure::NotLeader {
             leader: option_of(rng, |rng| (string(rng, 10), socket_addr(rng))),
         },
@@ -610,6 +621,7 @@ pub fn kv_failure(rng: &mut Rng) -> KvFailure {
         5 => KvFailure::Refused(kv_error(rng)),
         6 => KvFailure::LeaderChanged,
         7 => KvFailure::Overloaded { limit: rng.u32(..) },
+        8 => KvFailure::VoterChange(string(rng, 30)),
         _ => KvFailure::PermissionDenied {
             role: string(rng, 10),
             operation: string(rng, 20),

@@ -958,3 +958,76 @@ fn a_failed_snapshot_pull_is_asked_for_again_at_the_next_request_not_after_the_r
         }]
     );
 }
+
+fn ack(epoch: u64, match_index: u64) -> Message {
+    Message::Ack { epoch, match_index }
+}
+
+fn committed(outputs: &[Output]) -> Option<u64> {
+    outputs.iter().rev().find_map(|o| match o {
+        Output::Committed { upto } => Some(*upto),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_promoted_learner_keeps_its_progress_and_counts_for_commit_at_once() {
+    let now = Instant::now();
+    // Voters n0 and n1 (n1 down), learner n2.
+    let mut leader = replica(0, 2, vec![], now);
+    leader.add_learner(name(2), addr(2));
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    leader.handle_message(now, addr(2), ack(1, 1));
+    assert_eq!(committed(&drain(&mut leader)), None, "a learner counted");
+    assert_eq!(leader.progress(), vec![(name(1), 0), (name(2), 1)]);
+    // n2 becomes a voter: two of three hold index 1.
+    leader.set_voters(voters(3));
+    assert_eq!(committed(&drain(&mut leader)), Some(1));
+    assert_eq!(leader.progress(), vec![(name(1), 0), (name(2), 1)]);
+    assert_eq!(leader.learners().count(), 0);
+    assert_eq!(leader.voters().count(), 3);
+}
+
+#[test]
+fn a_removed_voter_no_longer_counts_for_commit() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    // n1 is removed: {n0, n2} must both hold an entry.
+    leader.set_voters(vec![(name(0), addr(0)), (name(2), addr(2))]);
+    assert_eq!(leader.progress(), vec![(name(2), 0)]);
+    leader.handle_message(now, addr(1), ack(1, 1));
+    assert_eq!(
+        committed(&drain(&mut leader)),
+        None,
+        "a removed voter counted"
+    );
+    leader.handle_message(now, addr(2), ack(1, 1));
+    assert_eq!(committed(&drain(&mut leader)), Some(1));
+}
+
+#[test]
+fn a_new_voter_unknown_to_the_leader_is_replicated_to_from_the_end() {
+    let now = Instant::now();
+    let mut leader = replica(0, 3, vec![], now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    leader.set_voters(voters(4));
+    let outputs = drain(&mut leader);
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Send { to, .. } if *to == addr(3))),
+        "nothing sent to the new voter: {outputs:?}"
+    );
+    // Followers only accept appends from a voter: a node promoted there
+    // may lead.
+    let mut follower = replica(1, 3, vec![], now);
+    follower.handle_message(now, addr(3), append(1, (0, 0), vec![noop(1, 1)], 0));
+    assert_eq!(follower.leader(), None);
+    follower.set_voters(voters(4));
+    follower.handle_message(now, addr(3), append(1, (0, 0), vec![noop(1, 1)], 0));
+    assert_eq!(follower.leader(), Some((name(3), addr(3))));
+}
