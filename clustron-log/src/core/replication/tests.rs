@@ -1031,3 +1031,42 @@ fn a_new_voter_unknown_to_the_leader_is_replicated_to_from_the_end() {
     follower.handle_message(now, addr(3), append(1, (0, 0), vec![noop(1, 1)], 0));
     assert_eq!(follower.leader(), Some((name(3), addr(3))));
 }
+
+#[test]
+fn a_follower_that_installed_the_leaders_snapshot_point_acks_and_commits_with_the_leader() {
+    // The only other live voter installs the leader's snapshot exactly at
+    // its base, with entries after the base still in the leader's log: the
+    // two must commit new proposals (seen on real processes: 4 s without a
+    // commit until a third node returned).
+    let mut c = Cluster::new([vec![], vec![], vec![]]);
+    c.cut[2] = true;
+    let now = c.now;
+    c.nodes[0].become_leader(now, 1, vec![]);
+    c.nodes[1].follow(now, name(0), addr(0), 1);
+    c.settle();
+    for _ in 0..13 {
+        c.nodes[0].propose(now, b"x".to_vec()).unwrap();
+    }
+    c.settle();
+    assert_eq!(c.nodes[0].commit_index(), 14);
+    c.nodes[0].compact(11);
+    // n1 dies; n2 comes back with nothing.
+    c.cut[1] = true;
+    c.cut[2] = false;
+    c.nodes[2].follow(now, name(0), addr(0), 1);
+    for _ in 0..5 {
+        c.tick(Duration::from_millis(100));
+    }
+    assert_eq!(c.nodes[2].snapshot().index, 11, "n2 never installed");
+    let t = c.now;
+    let index = c.nodes[0].propose(t, b"y".to_vec()).unwrap();
+    for _ in 0..10 {
+        c.tick(Duration::from_millis(100));
+    }
+    assert!(
+        c.nodes[0].commit_index() >= index,
+        "the leader and n2 commit nothing: commit {}, n2 last {}",
+        c.nodes[0].commit_index(),
+        c.nodes[2].last_index()
+    );
+}
