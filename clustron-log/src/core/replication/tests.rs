@@ -1070,3 +1070,74 @@ fn a_follower_that_installed_the_leaders_snapshot_point_acks_and_commits_with_th
         c.nodes[2].last_index()
     );
 }
+
+#[test]
+fn a_voter_that_gave_up_leading_to_pull_a_snapshot_commits_with_the_next_leader() {
+    // As above, but as it happens after a leader's death: n2 (empty) is
+    // elected for epoch 2, must pull n0's snapshot, gives up (CannotLead);
+    // n0 leads epoch 3 and n2 installs the snapshot only then.
+    let mut c = Cluster::new([vec![], vec![], vec![]]);
+    c.cut[2] = true;
+    let now = c.now;
+    c.nodes[0].become_leader(now, 1, vec![]);
+    c.nodes[1].follow(now, name(0), addr(0), 1);
+    c.settle();
+    for _ in 0..13 {
+        c.nodes[0].propose(now, b"x".to_vec()).unwrap();
+    }
+    c.settle();
+    c.nodes[0].compact(11);
+    c.cut[1] = true;
+    c.cut[2] = false;
+    // n2 elected for epoch 2 with n0's grant (its summary is ahead).
+    let summaries = vec![
+        (name(0), c.nodes[0].summary().encode()),
+        (name(2), c.nodes[2].summary().encode()),
+    ];
+    c.nodes[0].fence(2);
+    c.nodes[2].become_leader(now, 2, summaries);
+    // Deliver by hand: the fetch, the answer "pull my snapshot".
+    let mut pull = None;
+    for _ in 0..4 {
+        for i in [0, 2] {
+            for output in drain(&mut c.nodes[i]) {
+                match output {
+                    Output::Send { to, msg } if !c.cut[index_of(to)] => {
+                        c.nodes[index_of(to)].handle_message(now, addr(i), msg)
+                    }
+                    Output::PullSnapshot { from, index } => pull = Some((from, index)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert_eq!(pull, Some((addr(0), 11)));
+    // The election steps n2 down; n0 leads epoch 3; n2 follows it.
+    c.nodes[2].step_down(2);
+    let summaries = vec![
+        (name(0), c.nodes[0].summary().encode()),
+        (name(2), c.nodes[2].summary().encode()),
+    ];
+    c.nodes[2].fence(3);
+    c.nodes[0].become_leader(now, 3, summaries);
+    c.nodes[2].follow(now, name(0), addr(0), 3);
+    c.settle();
+    // The pull finishes now.
+    let meta = c.nodes[0].snapshot();
+    assert!(c.nodes[2].install_snapshot(now, meta));
+    for _ in 0..10 {
+        c.tick(Duration::from_millis(100));
+    }
+    let t = c.now;
+    let index = c.nodes[0].propose(t, b"y".to_vec()).unwrap();
+    for _ in 0..10 {
+        c.tick(Duration::from_millis(100));
+    }
+    assert!(
+        c.nodes[0].commit_index() >= index,
+        "the new leader and n2 commit nothing: commit {}, n2 last {}, n2 commit {}",
+        c.nodes[0].commit_index(),
+        c.nodes[2].last_index(),
+        c.nodes[2].commit_index()
+    );
+}
