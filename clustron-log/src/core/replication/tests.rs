@@ -1032,12 +1032,9 @@ fn a_new_voter_unknown_to_the_leader_is_replicated_to_from_the_end() {
     assert_eq!(follower.leader(), Some((name(3), addr(3))));
 }
 
-#[test]
-fn a_follower_that_installed_the_leaders_snapshot_point_acks_and_commits_with_the_leader() {
-    // The only other live voter installs the leader's snapshot exactly at
-    // its base, with entries after the base still in the leader's log: the
-    // two must commit new proposals (seen on real processes: 4 s without a
-    // commit until a third node returned).
+/// n0 leads epoch 1 with n1: 14 entries committed, compacted to 11 (12..=14
+/// still in its log). Then n1 dies and n2 comes back with an empty log.
+fn compacted_leader_and_an_empty_node_back() -> (Cluster, Instant) {
     let mut c = Cluster::new([vec![], vec![], vec![]]);
     c.cut[2] = true;
     let now = c.now;
@@ -1050,9 +1047,18 @@ fn a_follower_that_installed_the_leaders_snapshot_point_acks_and_commits_with_th
     c.settle();
     assert_eq!(c.nodes[0].commit_index(), 14);
     c.nodes[0].compact(11);
-    // n1 dies; n2 comes back with nothing.
     c.cut[1] = true;
     c.cut[2] = false;
+    (c, now)
+}
+
+#[test]
+fn a_follower_that_installed_the_leaders_snapshot_point_acks_and_commits_with_the_leader() {
+    // The only other live voter installs the leader's snapshot exactly at
+    // its base, with entries after the base still in the leader's log: the
+    // two must commit new proposals (seen on real processes: 4 s without a
+    // commit until a third node returned).
+    let (mut c, now) = compacted_leader_and_an_empty_node_back();
     c.nodes[2].follow(now, name(0), addr(0), 1);
     for _ in 0..5 {
         c.tick(Duration::from_millis(100));
@@ -1076,19 +1082,7 @@ fn a_voter_that_gave_up_leading_to_pull_a_snapshot_commits_with_the_next_leader(
     // As above, but as it happens after a leader's death: n2 (empty) is
     // elected for epoch 2, must pull n0's snapshot, gives up (CannotLead);
     // n0 leads epoch 3 and n2 installs the snapshot only then.
-    let mut c = Cluster::new([vec![], vec![], vec![]]);
-    c.cut[2] = true;
-    let now = c.now;
-    c.nodes[0].become_leader(now, 1, vec![]);
-    c.nodes[1].follow(now, name(0), addr(0), 1);
-    c.settle();
-    for _ in 0..13 {
-        c.nodes[0].propose(now, b"x".to_vec()).unwrap();
-    }
-    c.settle();
-    c.nodes[0].compact(11);
-    c.cut[1] = true;
-    c.cut[2] = false;
+    let (mut c, now) = compacted_leader_and_an_empty_node_back();
     // n2 elected for epoch 2 with n0's grant (its summary is ahead).
     let summaries = vec![
         (name(0), c.nodes[0].summary().encode()),
