@@ -766,9 +766,10 @@ impl<C: ReplicatedCore> LogIo<C> {
     }
 
     /// Snapshots the state machine once the schedule says so. The core
-    /// copies its state here, between two inputs (a consistent point);
-    /// encoding and writing it, the slow part, run on a blocking thread
-    /// while the driver goes on serving.
+    /// takes its state here, between two inputs (a consistent point): a
+    /// copy, or (DKV) the encoded bytes; what remains (encoding a copy,
+    /// writing, syncing) runs on a blocking thread while the driver goes on
+    /// serving.
     fn maybe_snapshot(&mut self, core: &mut C) {
         let SnapshotSchedule { entries, bytes } = self.schedule;
         let applied = core.applied();

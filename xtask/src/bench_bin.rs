@@ -285,7 +285,8 @@ struct Figures {
 }
 
 /// CPU time (user + system) a process has used, from /proc (10 ms ticks).
-fn cpu_time(pid: Option<u32>) -> Duration {
+/// Also the key-value suite's (`kv_bench`).
+pub(crate) fn cpu_time(pid: Option<u32>) -> Duration {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_owned(),

@@ -43,6 +43,7 @@ use clustron_client::kv::{RequestOp, ResponseOp, Txn};
 use clustron_client::Client;
 use clustron_transport::TlsIdentity;
 
+use crate::cpu_time;
 use crate::node_bench::{get, node_pid, start_dev};
 
 const KEYS: u64 = 100_000;
@@ -321,29 +322,6 @@ fn print_table(rows: &[Row], results: &[Vec<Figures>], secs: u64, rounds: usize)
 
 fn key(i: u64) -> String {
     format!("bench/{:06}", i % KEYS)
-}
-
-/// CPU time (user + system) of a process, from `/proc` (clock ticks of
-/// 10 ms, the kernel's `USER_HZ` on Linux).
-fn cpu_time(pid: Option<u32>) -> Duration {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/stat"),
-        None => "/proc/self/stat".to_owned(),
-    };
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return Duration::ZERO;
-    };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 fn servers_cpu(pids: &[u32]) -> Duration {
