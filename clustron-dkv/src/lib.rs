@@ -38,6 +38,7 @@
 pub mod access;
 #[cfg(feature = "server")]
 mod admin;
+pub mod cache;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
