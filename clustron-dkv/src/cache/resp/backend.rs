@@ -41,7 +41,8 @@ pub trait CacheBackend: Send + Sync {
 ///
 /// Its clock is the real monotonic clock plus an offset that
 /// [`MemoryBackend::advance`] moves, so a test expires keys without
-/// sleeping.
+/// sleeping; [`MemoryBackend::with_manual_clock`] stops the real part, so
+/// that time moves only when the test says.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     state: Mutex<State>,
@@ -51,6 +52,8 @@ pub struct MemoryBackend {
 struct State {
     entries: HashMap<Vec<u8>, Entry>,
     offset: Duration,
+    /// The manual clock's start; `None`: the real clock.
+    frozen: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +67,13 @@ impl MemoryBackend {
     /// An empty cache.
     pub fn new() -> MemoryBackend {
         MemoryBackend::default()
+    }
+
+    /// An empty cache whose clock moves only by [`MemoryBackend::advance`].
+    pub fn with_manual_clock() -> MemoryBackend {
+        let backend = MemoryBackend::default();
+        backend.lock().frozen = Some(Instant::now());
+        backend
     }
 
     /// Moves this backend's clock forward by `by`.
@@ -88,10 +98,10 @@ impl MemoryBackend {
 }
 
 impl State {
-    /// The real clock moved by the offset.
+    /// The real (or frozen) clock moved by the offset.
     fn now(&self) -> Instant {
-        let real = Instant::now();
-        real.checked_add(self.offset).unwrap_or(real)
+        let base = self.frozen.unwrap_or_else(Instant::now);
+        base.checked_add(self.offset).unwrap_or(base)
     }
 
     /// The key's entry if it is live; an expired one is removed.
@@ -109,12 +119,12 @@ impl State {
     fn apply(&mut self, op: CacheOp, now: Instant) -> Result<CacheReply, CacheError> {
         let expiry = |ttl_ms: u64| now.checked_add(Duration::from_millis(ttl_ms));
         match op {
-            CacheOp::Get { key } => Ok(CacheReply::Value(self.live(&key, now).map(|e| {
-                Versioned {
+            CacheOp::Get { key } => {
+                Ok(CacheReply::Value(self.live(&key, now).map(|e| Versioned {
                     value: e.value.clone(),
                     version: e.version,
-                }
-            }))),
+                })))
+            }
             CacheOp::Put {
                 key,
                 value,

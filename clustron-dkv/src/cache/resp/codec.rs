@@ -574,7 +574,10 @@ mod tests {
     #[test]
     fn a_pipeline_decodes_the_same_when_split_at_every_byte_position() {
         let (wire, expected) = pipeline();
-        assert_eq!(decode_all(Limits::default(), &[&wire]), Ok(expected.clone()));
+        assert_eq!(
+            decode_all(Limits::default(), &[&wire]),
+            Ok(expected.clone())
+        );
         for at in 0..=wire.len() {
             let (a, b) = wire.split_at(at);
             assert_eq!(
@@ -589,7 +592,12 @@ mod tests {
 
     #[test]
     fn an_incomplete_command_asks_for_more_and_returns_nothing() {
-        for partial in [&b"*2\r\n$3\r\nGET\r\n$1\r\n"[..], b"*2", b"*2\r\n$3\r\nGE", b"GET k"] {
+        for partial in [
+            &b"*2\r\n$3\r\nGET\r\n$1\r\n"[..],
+            b"*2",
+            b"*2\r\n$3\r\nGE",
+            b"GET k",
+        ] {
             assert_eq!(decode_all(Limits::default(), &[partial]), Ok(vec![]));
         }
     }
@@ -604,13 +612,19 @@ mod tests {
         };
         let cases: &[(&[u8], ProtocolError)] = &[
             (b"*4\r\n", ProtocolError::InvalidMultibulkLength),
-            (b"*99999999999999999999\r\n", ProtocolError::InvalidMultibulkLength),
+            (
+                b"*99999999999999999999\r\n",
+                ProtocolError::InvalidMultibulkLength,
+            ),
             (b"*1x\r\n", ProtocolError::InvalidMultibulkLength),
             (b"*\r\n", ProtocolError::InvalidMultibulkLength),
             (b"*1\r\n$11\r\n", ProtocolError::InvalidBulkLength),
             (b"*1\r\n$-1\r\n", ProtocolError::InvalidBulkLength),
             (b"*1\r\n$+1\r\n", ProtocolError::InvalidBulkLength),
-            (b"*1\r\n$9223372036854775808\r\n", ProtocolError::InvalidBulkLength),
+            (
+                b"*1\r\n$9223372036854775808\r\n",
+                ProtocolError::InvalidBulkLength,
+            ),
             (b"*1\r\n:1\r\n", ProtocolError::ExpectedBulk(b':')),
             (b"*1\r\n$1\r\nab\r\n", ProtocolError::MissingCrlf),
             (
@@ -618,7 +632,10 @@ mod tests {
                 ProtocolError::CommandTooLong { limit: 15 },
             ),
             (&[b'*'; 40], ProtocolError::MultibulkCountTooLong),
-            (b"*1\r\n$00000000000000000000000000000000000", ProtocolError::BulkCountTooLong),
+            (
+                b"*1\r\n$00000000000000000000000000000000000",
+                ProtocolError::BulkCountTooLong,
+            ),
             (&[b'a'; 40], ProtocolError::InlineTooLong),
             (b"a b c d\r\n", ProtocolError::InvalidMultibulkLength),
             (b"set \"open\r\n", ProtocolError::UnbalancedQuotes),
@@ -659,7 +676,10 @@ mod tests {
         let cases: &[(&[u8], Vec<&[u8]>)] = &[
             (b"  get   key ", vec![b"get", b"key"]),
             (b"set k \"a b\"", vec![b"set", b"k", b"a b"]),
-            (b"set k \"\\x00\\xff\\t\\\"\"", vec![b"set", b"k", b"\x00\xff\t\""]),
+            (
+                b"set k \"\\x00\\xff\\t\\\"\"",
+                vec![b"set", b"k", b"\x00\xff\t\""],
+            ),
             (b"set k 'single \"x\"'", vec![b"set", b"k", b"single \"x\""]),
             (b"set k \"\"", vec![b"set", b"k", b""]),
             (b"", vec![]),

@@ -862,7 +862,11 @@ mod tests {
             Ok(Command::Client(ClientCommand::SetName(b"app-1".to_vec())))
         );
         assert_eq!(
-            Command::parse(vec![b"client".to_vec(), b"setname".to_vec(), b"a b".to_vec()]),
+            Command::parse(vec![
+                b"client".to_vec(),
+                b"setname".to_vec(),
+                b"a b".to_vec()
+            ]),
             Err(CommandError::BadClientName)
         );
         assert_eq!(
@@ -876,11 +880,11 @@ mod tests {
             error("config get"),
             "ERR wrong number of arguments for 'config|get' command"
         );
-        assert_eq!(parse("command docs"), Ok(Command::Command(CommandQuery::Docs)));
         assert_eq!(
-            error("expire k 10 nx"),
-            "ERR Unsupported option nx"
+            parse("command docs"),
+            Ok(Command::Command(CommandQuery::Docs))
         );
+        assert_eq!(error("expire k 10 nx"), "ERR Unsupported option nx");
         assert_eq!(error("flushdb now"), "ERR syntax error");
     }
 
@@ -890,8 +894,8 @@ mod tests {
         assert_eq!(
             writes,
             [
-                "append", "decr", "decrby", "del", "expire", "flushdb", "getset", "incr",
-                "incrby", "mset", "persist", "pexpire", "psetex", "set", "setex", "setnx"
+                "append", "decr", "decrby", "del", "expire", "flushdb", "getset", "incr", "incrby",
+                "mset", "persist", "pexpire", "psetex", "set", "setex", "setnx"
             ]
         );
         for (line, write) in [

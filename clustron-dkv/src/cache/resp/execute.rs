@@ -198,11 +198,17 @@ async fn run<B: CacheBackend>(
             // would race, and Redis counts it once.
             keys.sort();
             keys.dedup();
-            let ops = keys.into_iter().map(|key| CacheOp::Delete { key }).collect();
+            let ops = keys
+                .into_iter()
+                .map(|key| CacheOp::Delete { key })
+                .collect();
             count(cache.each(ops).await?)?
         }
         Command::Exists(keys) => {
-            let ops = keys.into_iter().map(|key| CacheOp::Exists { key }).collect();
+            let ops = keys
+                .into_iter()
+                .map(|key| CacheOp::Exists { key })
+                .collect();
             count(cache.each(ops).await?)?
         }
         Command::Expire { name, key, ttl_ms } => {
@@ -225,7 +231,11 @@ async fn run<B: CacheBackend>(
             CacheReply::Ttl(TtlState::Persistent) => Reply::Integer(-1),
             CacheReply::Ttl(TtlState::Millis(ms)) => {
                 // TTL rounds to the nearest second, as Redis does.
-                let shown = if millis { ms } else { ms.saturating_add(500) / 1000 };
+                let shown = if millis {
+                    ms
+                } else {
+                    ms.saturating_add(500) / 1000
+                };
                 Reply::Integer(i64::try_from(shown).unwrap_or(i64::MAX))
             }
             other => return Err(Failure::Unexpected(other)),

@@ -146,12 +146,13 @@ impl RespListener {
             }
             Security::Plaintext { .. } => None,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| RespError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| RespError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(RespListener {
             listener,
             config,
