@@ -258,7 +258,7 @@ impl Decoder {
                 return Err(ProtocolError::ExpectedBulk(first));
             }
             let Some(line) = line(rest, MAX_HEADER_LINE) else {
-                return match rest.len() > MAX_HEADER_LINE {
+                return match line_overdue(rest, MAX_HEADER_LINE) {
                     true => Err(ProtocolError::BulkCountTooLong),
                     false => Ok(None),
                 };
@@ -294,7 +294,7 @@ impl Decoder {
     fn multibulk_header(&mut self) -> Result<Option<i64>, ProtocolError> {
         let rest = &self.buf[self.start..];
         let Some(line) = line(rest, MAX_HEADER_LINE) else {
-            return match rest.len() > MAX_HEADER_LINE {
+            return match line_overdue(rest, MAX_HEADER_LINE) {
                 true => Err(ProtocolError::MultibulkCountTooLong),
                 false => Ok(None),
             };
@@ -310,7 +310,7 @@ impl Decoder {
         let max = self.limits.max_inline_len;
         let rest = &self.buf[self.start..];
         let Some(line) = line(rest, max) else {
-            return match rest.len() > max {
+            return match line_overdue(rest, max) {
                 true => Err(ProtocolError::InlineTooLong),
                 false => Ok(None),
             };
@@ -340,6 +340,13 @@ fn line(bytes: &[u8], max: usize) -> Option<Line<'_>> {
     })
 }
 
+/// Whether a line of at most `max` bytes should have ended by now: its
+/// content and CRLF would fit in what arrived. Only then is a missing line
+/// end an error, so the answer does not depend on how the bytes were split.
+fn line_overdue(rest: &[u8], max: usize) -> bool {
+    rest.len() >= max.saturating_add(2)
+}
+
 /// A decimal count as RESP writes it: optional `-`, then digits only.
 fn parse_count(digits: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(digits).ok()?;
@@ -358,7 +365,7 @@ pub fn split_inline(line: &[u8]) -> Result<Args, ProtocolError> {
     let mut args = Vec::new();
     let mut at = 0;
     loop {
-        while line.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+        while line.get(at).is_some_and(|&b| is_blank(b)) {
             at += 1;
         }
         if at >= line.len() {
@@ -420,11 +427,9 @@ pub fn split_inline(line: &[u8]) -> Result<Args, ProtocolError> {
                     }
                     word.push(b);
                 }
-                None => match b {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
-                    b'"' | b'\'' => quote = Some(b),
-                    _ => word.push(b),
-                },
+                None if is_blank(b) => break,
+                None if b == b'"' || b == b'\'' => quote = Some(b),
+                None => word.push(b),
             }
             at += 1;
         }
@@ -432,10 +437,17 @@ pub fn split_inline(line: &[u8]) -> Result<Args, ProtocolError> {
     }
 }
 
+/// What separates inline words: C's `isspace`, and NUL (which ends a
+/// Redis inline command's string). The same test skips blanks and ends a
+/// word, so that every pass of the word loop moves forward.
+fn is_blank(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0)
+}
+
 /// A closing quote at `at` must be followed by a blank or the end.
 fn closing_quote(line: &[u8], at: usize) -> Result<(), ProtocolError> {
     match line.get(at + 1) {
-        Some(next) if !next.is_ascii_whitespace() => Err(ProtocolError::UnbalancedQuotes),
+        Some(&next) if !is_blank(next) => Err(ProtocolError::UnbalancedQuotes),
         _ => Ok(()),
     }
 }
@@ -656,6 +668,21 @@ mod tests {
     }
 
     #[test]
+    fn a_line_of_exactly_the_limit_decodes_even_byte_by_byte() {
+        let limits = Limits {
+            max_inline_len: 8,
+            ..Limits::default()
+        };
+        let bytes: Vec<&[u8]> = b"get 1234\r\n".chunks(1).collect();
+        assert_eq!(decode_all(limits, &bytes), Ok(vec![args(&["get", "1234"])]));
+        let bytes: Vec<&[u8]> = b"get 12345\r\n".chunks(1).collect();
+        assert_eq!(
+            decode_all(limits, &bytes),
+            Err(ProtocolError::InlineTooLong)
+        );
+    }
+
+    #[test]
     fn protocol_errors_read_as_redis_writes_them() {
         assert_eq!(
             ProtocolError::ExpectedBulk(b':').to_string(),
@@ -682,6 +709,8 @@ mod tests {
             ),
             (b"set k 'single \"x\"'", vec![b"set", b"k", b"single \"x\""]),
             (b"set k \"\"", vec![b"set", b"k", b""]),
+            (b"a\0b\x0b\x0cc\0", vec![b"a", b"b", b"c"]),
+            (b"\0\0", vec![]),
             (b"", vec![]),
         ];
         for (line, words) in cases {
