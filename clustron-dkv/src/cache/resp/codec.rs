@@ -540,6 +540,8 @@ fn line_reply(out: &mut Vec<u8>, kind: u8, text: &str) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn args(words: &[&str]) -> Args {
@@ -754,5 +756,36 @@ mod tests {
         }
         assert_eq!(got.map(|c| c[2].len()), Some(200_000));
         assert_eq!(decoder.buffered(), 0);
+    }
+
+    fn command() -> impl Strategy<Value = Args> {
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any pipeline of commands, encoded as clients do and cut into
+        /// any pieces, decodes to exactly those commands.
+        #[test]
+        fn any_pipeline_cut_anywhere_decodes_to_its_commands(
+            commands in proptest::collection::vec(command(), 1..8),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let mut wire = Vec::new();
+            for command in &commands {
+                encode_command(command, &mut wire);
+            }
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            at.sort();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for cut in at {
+                chunks.push(&wire[from..cut]);
+                from = cut;
+            }
+            chunks.push(&wire[from..]);
+            prop_assert_eq!(decode_all(Limits::default(), &chunks), Ok(commands));
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! The RESP port against Debian's `redis-cli` (package `redis-tools`,
-//! installed by `.ci/run`): TLS with client certificates from a cluster CA
-//! made by the project's cert helpers, the commands of issue #14 with the
-//! replies Redis gives, pipelining, and role checks.
+//! The RESP port from outside: Debian's `redis-cli` and `redis-benchmark`
+//! (package `redis-tools`, installed by `.ci/run`) over TLS with client
+//! certificates from a cluster CA made by the project's cert helpers, the
+//! commands of issue #14 with the replies Redis gives, pipelining, role
+//! checks; and the listener's own rules (plaintext only on loopback, the
+//! connection limit, shutdown).
 //!
 //! The listener serves a [`MemoryBackend`] in this process: what is tested
 //! is the protocol, TLS and authorisation, not the distributed store.
@@ -9,6 +11,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -16,7 +19,8 @@ use std::time::Duration;
 
 use clustron_dkv::cache::resp::{MemoryBackend, RespConfig, RespError, RespListener};
 use clustron_transport::{CertRequest, CertificateAuthority, ClientRole, TlsIdentity};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
@@ -83,10 +87,13 @@ struct Server {
 
 impl Server {
     async fn start(config: RespConfig) -> Server {
+        Server::start_with(config, Arc::new(MemoryBackend::new())).await
+    }
+
+    async fn start_with(config: RespConfig, backend: Arc<MemoryBackend>) -> Server {
         let listener = RespListener::bind(config).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let backend = Arc::new(MemoryBackend::new());
         let task = tokio::spawn(async move {
             listener
                 .serve(backend, async {
@@ -464,4 +471,82 @@ async fn plaintext_is_served_only_on_loopback() {
     let output = run_cli(&args, b"SET k v\nGET k\n").await;
     assert_eq!(String::from_utf8_lossy(&output.stdout), "OK\n\"v\"\n");
     server.stop().await;
+}
+
+/// A plaintext connection's next reply line, within a deadline.
+async fn reply_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            line.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a reply within the deadline");
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_told_so_and_closed() {
+    let mut config = RespConfig::insecure("127.0.0.1:0".parse().unwrap());
+    config.max_connections = NonZeroUsize::new(1).unwrap();
+    let server = Server::start(config).await;
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    first.write_all(b"PING\r\n").await.unwrap();
+    assert_eq!(reply_line(&mut first).await, "+PONG\r\n");
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(
+        reply_line(&mut second).await,
+        "-ERR max number of clients reached\r\n"
+    );
+    assert_eq!(
+        reply_line(&mut second).await,
+        "",
+        "closed after the refusal"
+    );
+    // The slot frees when the first client leaves.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut third = TcpStream::connect(server.addr).await.unwrap();
+        third.write_all(b"PING\r\n").await.unwrap();
+        if reply_line(&mut third).await == "+PONG\r\n" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot of a closed connection was never freed"
+        );
+        tokio::task::yield_now().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_closes_idle_connections_and_the_listener_returns() {
+    // With an hour of grace, the listener returns within the stop
+    // deadline only if the idle connection closes on the signal.
+    let mut config = RespConfig::insecure("127.0.0.1:0".parse().unwrap());
+    config.shutdown_grace = Duration::from_secs(3600);
+    let backend = Arc::new(MemoryBackend::new());
+    let server = Server::start_with(config, backend.clone()).await;
+    let addr = server.addr;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"SET k v\r\n").await.unwrap();
+    assert_eq!(reply_line(&mut client).await, "+OK\r\n");
+    server.stop().await;
+    assert_eq!(reply_line(&mut client).await, "", "closed by the server");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+    assert_eq!(
+        backend.apply(clustron_dkv::cache::CacheOp::Exists { key: b"k".to_vec() }),
+        Ok(clustron_dkv::cache::CacheReply::Bool(true))
+    );
 }
