@@ -36,7 +36,7 @@ pub enum Ended {
 ///
 /// Pipelining: every complete command in what was read is decoded and run
 /// in order, and their replies go out in one write. The buffers are
-/// bounded: one read, one command within `limits`, and [`WRITE_AT`] bytes
+/// bounded: one read, one command within `limits`, and 64 KiB
 /// of replies (plus the last reply).
 pub async fn serve_connection<S, B>(
     mut stream: S,
