@@ -26,6 +26,9 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "server")]
+pub mod resp;
+
 /// Partitions per cluster, fixed for the cluster's life (a prime, as in
 /// Hazelcast, so keys spread evenly whatever the hash's low bits do).
 pub const PARTITIONS: u32 = 271;

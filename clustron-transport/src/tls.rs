@@ -42,6 +42,19 @@ fn roots(identity: &TlsIdentity) -> Result<Arc<RootCertStore>, CertError> {
 /// from the CA and offers both ALPNs. [`crate::Endpoint::bind`] uses it; it is
 /// public for benchmarks and raw-protocol tests.
 pub fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfig, CertError> {
+    let mut tls = tls_server_config(identity)?;
+    tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
+/// The rustls server configuration of a node without ALPN: TLS 1.3 only,
+/// a client certificate from the CA required, no early data. The QUIC
+/// server configuration is built on it; TCP listeners (the RESP port) use
+/// it as is and read the caller's identity with
+/// [`PeerIdentity::from_certificate`] on the first peer certificate.
+pub fn tls_server_config(identity: &TlsIdentity) -> Result<rustls::ServerConfig, CertError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider.clone())
         .build()
@@ -50,11 +63,8 @@ pub fn server_config(identity: &TlsIdentity) -> Result<quinn::ServerConfig, Cert
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
     tls.max_early_data_size = 0;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+    Ok(tls)
 }
 
 /// The quinn client configuration of a dialer offering `alpn`: presents our

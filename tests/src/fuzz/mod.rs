@@ -212,7 +212,7 @@ fn interesting_u64(rng: &mut Rng, len: usize) -> u64 {
     }
 }
 
-/// Text that parsers of TOML and PEM care about.
+/// Text that parsers of TOML, PEM and RESP care about.
 const DICTIONARY: &[&[u8]] = &[
     b"[",
     b"]",
@@ -240,6 +240,11 @@ const DICTIONARY: &[&[u8]] = &[
     b"MIIB",
     b"\x30\x82\xff\xff",
     b"\x30\x80",
+    b"\r\n",
+    b"*3\r\n",
+    b"$-1\r\n",
+    b"$99999999999\r\n",
+    b"\"\\x4",
 ];
 
 /// Applies one random mutation to `data`; `pool` gives other inputs to

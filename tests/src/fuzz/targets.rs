@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::path::Path;
 
 use clustron_dkv::access::Access;
+use clustron_dkv::cache::resp;
 use clustron_dkv::config::{FileConfig, NodeConfig};
 use clustron_dkv::core::mvcc::{check_limits, Command, Limits, Store};
 use clustron_dkv::core::server::MachineState;
@@ -24,7 +25,7 @@ use clustron_log::wal::{Wal, WalError, WalOptions};
 use clustron_transport::frame::{self, Status, StreamKind};
 use clustron_transport::identity::PeerIdentity;
 use clustron_transport::{
-    CertRequest, CertificateAuthority, ChannelId, ClientRole, FrameError, TlsIdentity,
+    CertRequest, CertificateAuthority, ChannelId, ClientRole, FrameError, PeerKind, TlsIdentity,
 };
 use fastrand::Rng;
 use serde::de::DeserializeOwned;
@@ -136,6 +137,11 @@ pub fn all() -> Vec<Target> {
                 };
                 round_trip(&answer)
             },
+        },
+        Target {
+            name: "any_bytes_as_resp_requests_decode_alike_however_split_and_run_or_are_refused",
+            check: resp_requests,
+            valid: valid_resp_requests,
         },
         Target {
             name: "any_log_entry_payload_decodes_to_a_command_every_replica_applies_or_is_refused",
@@ -1063,6 +1069,141 @@ fn valid_config_file(scratch: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
         "a config file did not load as written"
     );
     text.into_bytes()
+}
+
+// ---- RESP (the cache's Redis protocol) ----
+
+/// Small limits, so that fuzzed length headers land on both sides of them.
+const RESP_LIMITS: resp::Limits = resp::Limits {
+    max_bulk_len: 64,
+    max_args: 8,
+    max_inline_len: 96,
+    max_command_len: 256,
+};
+
+/// Everything a decoder yields from `chunks` fed in order: the commands,
+/// then the error that stopped it, if any.
+fn resp_decode(chunks: &[&[u8]]) -> (Vec<resp::codec::Args>, Option<resp::ProtocolError>) {
+    resp_decode_with(RESP_LIMITS, chunks)
+}
+
+fn resp_decode_with(
+    limits: resp::Limits,
+    chunks: &[&[u8]],
+) -> (Vec<resp::codec::Args>, Option<resp::ProtocolError>) {
+    let mut decoder = resp::Decoder::new(limits);
+    let mut commands = Vec::new();
+    for chunk in chunks {
+        decoder.feed(chunk);
+        loop {
+            match decoder.next_command() {
+                Ok(Some(command)) => commands.push(command),
+                Ok(None) => break,
+                Err(error) => return (commands, Some(error)),
+            }
+        }
+    }
+    (commands, None)
+}
+
+/// Decodes the input whole, split in two at a point it picks and (when
+/// short) byte by byte: the same commands and the same error each time.
+/// Every command is within the limits, re-encodes to itself, and runs on
+/// an in-memory cache without panicking.
+fn resp_requests(_: &mut Scratch, data: &[u8]) {
+    let whole = resp_decode(&[data]);
+    let at = data
+        .first()
+        .map_or(0, |b| usize::from(*b) * 7919 % (data.len() + 1));
+    let (a, b) = data.split_at(at);
+    assert_eq!(
+        resp_decode(&[a, b]),
+        whole,
+        "split at {at} changed the result"
+    );
+    if data.len() <= 512 {
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(
+            resp_decode(&bytes),
+            whole,
+            "byte by byte changed the result"
+        );
+    }
+    let cache = resp::MemoryBackend::with_manual_clock();
+    let mut session = resp::Session::new(1, PeerKind::Client(ClientRole::ReadWrite));
+    for command in whole.0 {
+        assert!(!command.is_empty() && command.len() <= RESP_LIMITS.max_args);
+        let longest = RESP_LIMITS.max_bulk_len.max(RESP_LIMITS.max_inline_len);
+        assert!(command.iter().all(|arg| arg.len() <= longest));
+        let mut again = Vec::new();
+        resp::codec::encode_command(&command, &mut again);
+        // An inline word may be longer than a bulk string may be.
+        let relaxed = resp::Limits {
+            max_bulk_len: longest,
+            max_command_len: usize::MAX,
+            ..RESP_LIMITS
+        };
+        assert_eq!(
+            resp_decode_with(relaxed, &[&again]),
+            (vec![command.clone()], None),
+            "a decoded command did not re-encode to itself"
+        );
+        // The in-memory cache never waits: one poll finishes the command.
+        let run = resp::execute(&cache, &mut session, command, 1_700_000_000_000);
+        let mut run = std::pin::pin!(run);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(reply) = std::future::Future::poll(run.as_mut(), &mut context)
+        else {
+            panic!("a command on the in-memory cache did not finish at once");
+        };
+        let mut encoded = Vec::new();
+        reply.encode(&mut encoded);
+        assert!(encoded.ends_with(b"\r\n"));
+    }
+}
+
+/// Commands as clients send them (arrays of bulk strings, often a real
+/// command name) and as `telnet` sends them (inline words), pipelined.
+fn valid_resp_requests(_: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
+    let names = resp::command::SPECS;
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    for _ in 0..1 + rng.usize(..5) {
+        let mut args = Vec::new();
+        args.push(match rng.u8(..4) {
+            0 => gen::bytes(rng, 12),
+            _ => names[rng.usize(..names.len())].name.as_bytes().to_vec(),
+        });
+        for _ in 0..rng.usize(..RESP_LIMITS.max_args) {
+            args.push(match rng.u8(..3) {
+                0 => rng.i64(..).to_string().into_bytes(),
+                _ => gen::bytes(rng, 24),
+            });
+        }
+        let inline = rng.u8(..3) == 0;
+        if inline {
+            // Inline words: no blanks or quotes, so they split back
+            // exactly, and short enough for the line limit.
+            for arg in &mut args {
+                arg.retain(|b| b.is_ascii_alphanumeric());
+                arg.truncate(10);
+                if arg.is_empty() {
+                    arg.push(b'x');
+                }
+            }
+            wire.extend_from_slice(&args.join(&b' '));
+            wire.extend_from_slice(b"\r\n");
+        } else {
+            resp::codec::encode_command(&args, &mut wire);
+        }
+        expected.push(args);
+    }
+    assert_eq!(
+        resp_decode(&[&wire]),
+        (expected, None),
+        "valid RESP requests did not decode exactly"
+    );
+    wire
 }
 
 // ---- certificates ----
