@@ -26,6 +26,11 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod table;
+
 /// Partitions per cluster, fixed for the cluster's life (a prime, as in
 /// Hazelcast, so keys spread evenly whatever the hash's low bits do).
 pub const PARTITIONS: u32 = 271;
