@@ -45,6 +45,29 @@
 //! - **Fencing:** a table carries the leader's election `epoch` and a
 //!   `version` that grows by one at every change; a node never replaces its
 //!   table with one that is not newer ([`PartitionTable::is_newer_than`]).
+//!
+//! # Example
+//!
+//! ```
+//! use clustron_dkv::cache::table::{PartitionTable, Role};
+//!
+//! let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+//! let three = PartitionTable::empty().rebalance(&names(&["a", "b", "c"]), 1);
+//! assert_eq!(three.owned_count("a") + three.owned_count("b") + three.owned_count("c"), 271);
+//!
+//! // "a" fails: each of its partitions goes to its first backup.
+//! let heir = three.backups(0, 1).first().cloned();
+//! let two = three.rebalance(&names(&["b", "c"]), 2);
+//! if three.owner(0) == Some("a") {
+//!     assert_eq!(two.owner(0).map(str::to_owned), heir);
+//! }
+//! assert!(two.is_newer_than(&three));
+//! // What must be copied: every replica lost with "a" is rebuilt from a live holder.
+//! for m in PartitionTable::moves(&three, &two) {
+//!     assert_eq!(m.role, Role::Backup(1));
+//!     assert!(m.from.is_some());
+//! }
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 

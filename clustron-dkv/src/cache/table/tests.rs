@@ -233,6 +233,37 @@ fn one_leave_moves_few_partitions_beyond_the_leavers() {
     eprintln!("one leave, 1..=12 members: at most {worst} ownerships beyond the leaver's, {total} over {cases} leaves");
 }
 
+/// Growing a cluster one join at a time to 12 members: how many replicas
+/// each join copies (owner and backups; printed for the report) against
+/// the newcomer's fair share of replicas (3 × 271 / n), and the ownership
+/// changes, which are exactly the newcomer's share.
+#[test]
+fn one_join_copies_about_the_newcomers_share() {
+    let mut table = PartitionTable::empty();
+    let mut lines = Vec::new();
+    for n in 1..=12 {
+        let live = names(0..n);
+        let next = table.rebalance(&live, 1);
+        let copies = PartitionTable::moves(&table, &next).len();
+        let owners_moved = ownership_changes(&table, &next);
+        let newcomer = format!("n{}", n - 1);
+        if n > 1 {
+            assert_eq!(
+                owners_moved,
+                next.owned_count(&newcomer),
+                "only the newcomer gains ownerships"
+            );
+            assert!(owners_moved <= (PARTITIONS as usize).div_ceil(n));
+        }
+        let share = (MAX_BACKUPS + 1).min(n) * PARTITIONS as usize / n;
+        lines.push(format!(
+            "{n}: {copies} copies (newcomer's share {share}), {owners_moved} ownerships"
+        ));
+        table = next;
+    }
+    eprintln!("joins: {}", lines.join("; "));
+}
+
 #[derive(Debug, Clone)]
 enum Change {
     Join,
