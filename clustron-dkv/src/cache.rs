@@ -31,6 +31,9 @@ pub mod store;
 #[cfg(feature = "server")]
 pub mod table;
 
+#[cfg(all(test, feature = "server"))]
+mod sim_tests;
+
 /// Partitions per cluster, fixed for the cluster's life (a prime, as in
 /// Hazelcast, so keys spread evenly whatever the hash's low bits do).
 pub const PARTITIONS: u32 = 271;

@@ -200,18 +200,27 @@ impl PartitionTable {
         }
     }
 
-    /// The copies that must be made to go from `old` to `new`: every member
-    /// that gains a role in a partition it did not hold. A member that
-    /// already held the partition (a backup promoted to owner, an owner
-    /// kept as backup) needs no copy and is not listed; compare
+    /// The copies that must be made to go from `old` to `new` for a
+    /// namespace with [`MAX_BACKUPS`] backups; see
+    /// [`PartitionTable::moves_for`].
+    pub fn moves(old: &PartitionTable, new: &PartitionTable) -> Vec<Move> {
+        Self::moves_for(old, new, MAX_BACKUPS)
+    }
+
+    /// The copies that must be made to go from `old` to `new` for a
+    /// namespace with `backups` backups (it holds data only on each
+    /// partition's owner and first `backups` backups): every member that
+    /// gains a role in a partition it did not hold. A member that already
+    /// held the partition (a backup promoted to owner, an owner kept as
+    /// backup) needs no copy and is not listed; compare
     /// [`PartitionTable::owner`] for the cut-overs. Ordered by partition,
     /// then role.
-    pub fn moves(old: &PartitionTable, new: &PartitionTable) -> Vec<Move> {
+    pub fn moves_for(old: &PartitionTable, new: &PartitionTable, backups: usize) -> Vec<Move> {
         let still_member = |name: &String| new.replicas.iter().any(|list| list.contains(name));
         let mut moves = Vec::new();
         for partition in 0..PARTITIONS {
-            let before = old.replicas(partition);
-            let after = new.replicas(partition);
+            let before = old.holders(partition, backups);
+            let after = new.holders(partition, backups);
             let source = match after.first() {
                 Some(owner) if before.contains(owner) => Some(owner.clone()),
                 _ => before
@@ -238,6 +247,12 @@ impl PartitionTable {
             }
         }
         moves
+    }
+
+    /// The owner and first `backups` backups.
+    fn holders(&self, partition: u32, backups: usize) -> &[String] {
+        let replicas = self.replicas(partition);
+        &replicas[..replicas.len().min(backups.saturating_add(1))]
     }
 
     /// The new replica lists for a non-empty sorted member list: position 0

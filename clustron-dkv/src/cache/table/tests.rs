@@ -360,3 +360,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn moves_for_one_backup_copy_to_a_second_backup_moved_up() {
+    let live = names(0..4);
+    let table = table_for(&live);
+    // n1 dies: where it was first backup, the second backup may move up;
+    // it holds no data for a namespace with one backup.
+    let survivors: Vec<String> = live.iter().filter(|m| *m != "n1").cloned().collect();
+    let after = table.rebalance(&survivors, 2);
+    let one = PartitionTable::moves_for(&table, &after, 1);
+    let all = PartitionTable::moves(&table, &after);
+    let mut moved_up = 0;
+    for p in 0..PARTITIONS {
+        let old = table.backups(p, 2);
+        if old[0] != "n1" || table.owner(p) == Some("n1") || after.backups(p, 1)[0] != old[1] {
+            continue;
+        }
+        moved_up += 1;
+        let needs_copy = |m: &Move| m.partition == p && m.to == old[1] && m.role == Role::Backup(1);
+        assert!(one.iter().any(needs_copy), "partition {p}");
+        assert!(
+            !all.iter().any(|m| m.partition == p && m.to == old[1]),
+            "partition {p}"
+        );
+    }
+    assert!(moved_up > 0);
+    for m in &one {
+        let from = m.from.as_ref().expect("one failure leaves a holder");
+        assert!(
+            table.backups(m.partition, 1).contains(from)
+                || table.owner(m.partition) == Some(from.as_str()),
+            "{m:?}: no data"
+        );
+        assert!(survivors.contains(from), "{m:?}: sender dead");
+    }
+}
