@@ -425,6 +425,9 @@ pub enum ReplicaError {
     /// (the sender is stale).
     #[error("partition {0} is owned here; changes from elsewhere are refused")]
     Owned(u32),
+    /// The partition is backed up here, not owned (flush).
+    #[error("partition {0} is only backed up here; the owner decides")]
+    NotOwned(u32),
     /// The partition is not held here (promote, demote).
     #[error("partition {0} is not held here")]
     NotHeld(u32),
@@ -736,6 +739,27 @@ impl NamespaceStore {
             changes: effects.changes,
             events: effects.events,
         }
+    }
+
+    /// Removes every entry of an owned partition (Redis `FLUSHDB`, one
+    /// partition at a time): a `Remove` event and a change per key, so
+    /// backups follow. Refused for a partition not owned here.
+    pub fn flush_partition(&mut self, partition: u32) -> Result<Effects, ReplicaError> {
+        match self.role(partition) {
+            Some(PartitionRole::Owner) => {}
+            Some(PartitionRole::Backup) => return Err(ReplicaError::NotOwned(partition)),
+            None => return Err(ReplicaError::NotHeld(partition)),
+        }
+        let keys: Vec<Key> = self
+            .partitions
+            .get(&partition)
+            .map(|p| p.entries.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut effects = Effects::default();
+        for key in keys {
+            self.remove(partition, &key, EventKind::Remove, &mut effects);
+        }
+        Ok(effects)
     }
 
     /// Removes up to `budget` owned entries whose TTL passed or that were

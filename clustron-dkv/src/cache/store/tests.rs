@@ -578,6 +578,31 @@ fn the_key_just_written_is_never_its_own_victim() {
     assert_eq!(keys_of(&pair.owner, 0), vec![b"b".to_vec()]);
 }
 
+#[test]
+fn flushing_a_partition_removes_every_key_on_owner_and_backup() {
+    let mut pair = Pair::new(config());
+    for key in [b"a", b"b", b"c"] {
+        let _ = pair.apply(&put(key, b"v"), 0);
+    }
+    let effects = pair.owner.flush_partition(0).unwrap();
+    assert_eq!(effects.events.len(), 3);
+    assert!(effects.events.iter().all(|e| e.kind == EventKind::Remove));
+    for change in effects.changes {
+        pair.backup.apply_change(change).unwrap();
+    }
+    assert!(pair.backup.partition_state(0).is_empty());
+    assert!(pair.identical());
+    assert_eq!(pair.owner.metrics().owned_entries, 0);
+    assert_eq!(
+        pair.backup.flush_partition(0),
+        Err(ReplicaError::NotOwned(0))
+    );
+    assert_eq!(
+        pair.backup.flush_partition(9),
+        Err(ReplicaError::NotHeld(9))
+    );
+}
+
 // ---- expiry ----
 
 #[test]
