@@ -990,10 +990,7 @@ impl NamespaceStore {
                 limit: self.config.max_key_len,
             });
         }
-        let present = self.live(partition, key, now, fx);
-        if present {
-            self.touch(partition, key, now);
-        }
+        let present = self.access(partition, key, now, fx);
         let current = if present {
             self.entry(partition, key)
         } else {
@@ -1150,54 +1147,48 @@ impl NamespaceStore {
         self.config.ttl_ms.map(|ttl| now.saturating_add(ttl))
     }
 
-    /// Whether the key is present and live; an expired or idle entry is
-    /// removed on the way (an `Expire` change and event).
-    fn live(&mut self, partition: u32, key: &[u8], now: u64, fx: &mut Effects) -> bool {
-        let Some(entry) = self.entry(partition, key) else {
-            return false;
-        };
-        let expired = entry.expire_at_ms.is_some_and(|at| at <= now);
-        let idle = self
-            .config
-            .max_idle_ms
-            .is_some_and(|max| entry.last_access_ms.saturating_add(max) <= now);
-        if expired || idle {
-            self.remove(partition, key, EventKind::Expire, fx);
-            return false;
-        }
-        true
-    }
-
-    /// Records an access: a new tick (LRU, idle clock) and one more hit
-    /// (LFU-DA priority = hits + current age).
-    fn touch(&mut self, partition: u32, key: &[u8], now: u64) {
-        let tick = self.next_tick();
+    /// Whether the key is present and live, recording the access if so: a
+    /// new tick (LRU order, idle clock) and one more hit (LFU-DA priority =
+    /// hits + current age). An expired or idle entry is removed on the way
+    /// (an `Expire` change and event). One map lookup.
+    fn access(&mut self, partition: u32, key: &[u8], now: u64, fx: &mut Effects) -> bool {
+        let max_idle = self.config.max_idle_ms;
         let age = self.lfu_age;
+        let tick = self.tick + 1;
         let Some(entry) = self
             .partitions
             .get_mut(&partition)
             .and_then(|p| p.entries.get_mut(key))
         else {
-            return;
+            return false;
         };
+        let expired = entry.expire_at_ms.is_some_and(|at| at <= now);
+        let idle = max_idle.is_some_and(|max| entry.last_access_ms.saturating_add(max) <= now);
+        if expired || idle {
+            self.remove(partition, key, EventKind::Expire, fx);
+            return false;
+        }
         let (old_tick, old_priority) = (entry.tick, entry.priority);
         entry.tick = tick;
         entry.last_access_ms = now;
         entry.hits = entry.hits.saturating_add(1);
         entry.priority = age.saturating_add(entry.hits);
         let priority = entry.priority;
+        self.tick = tick;
         if let Some(reference) = self.recency.remove(&old_tick) {
-            self.recency.insert(tick, reference.clone());
             if self.config.eviction == Eviction::Lfu {
                 self.frequency.remove(&(old_priority, old_tick));
-                self.frequency.insert((priority, tick), reference);
+                self.frequency.insert((priority, tick), reference.clone());
             }
+            self.recency.insert(tick, reference);
         }
+        true
     }
 
     /// Sets an owned key's value and expiry, bumping its version; emits the
     /// change and a `Put` or `Update` event, then evicts if over a bound
-    /// (never this key). Returns the new version.
+    /// (never this key). Returns the new version. An existing entry was
+    /// touched by [`NamespaceStore::access`] already.
     fn store(
         &mut self,
         partition: u32,
@@ -1207,71 +1198,64 @@ impl NamespaceStore {
         now: u64,
         fx: &mut Effects,
     ) -> u64 {
-        let existing = self
-            .entry(partition, key)
-            .map(|e| (e.version, e.expire_at_ms, e.value.len()));
-        let version = existing.map_or(1, |(v, _, _)| v + 1);
         let new_bytes = entry_bytes(key, &value);
-        let state = EntryState {
-            value,
-            version,
-            expire_at_ms: expire_at,
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return 0;
         };
-        match existing {
-            Some((_, old_expiry, old_len)) => {
-                let old_bytes = key.len() as u64 + old_len as u64 + ENTRY_OVERHEAD;
-                let shared = self.shared_key(partition, key);
-                if let Some(at) = old_expiry {
-                    self.expiry.remove(&(at, partition, shared.clone()));
-                }
-                if let Some(at) = expire_at {
-                    self.expiry.insert((at, partition, shared));
-                }
-                if let Some(part) = self.partitions.get_mut(&partition) {
-                    part.bytes = part.bytes - old_bytes + new_bytes;
-                    if let Some(entry) = part.entries.get_mut(key) {
-                        entry.value = state.value.clone();
-                        entry.version = version;
-                        entry.expire_at_ms = expire_at;
-                        entry.last_access_ms = now;
+        let (version, kind) = match part.entries.get_mut(key) {
+            Some(entry) => {
+                let old_bytes = entry_bytes(key, &entry.value);
+                let old_expiry = entry.expire_at_ms;
+                entry.version += 1;
+                entry.value.clone_from(&value);
+                entry.expire_at_ms = expire_at;
+                entry.last_access_ms = now;
+                let version = entry.version;
+                part.bytes = part.bytes - old_bytes + new_bytes;
+                self.owned_bytes = self.owned_bytes - old_bytes + new_bytes;
+                if old_expiry != expire_at {
+                    let shared = self.shared_key(partition, key);
+                    if let Some(at) = old_expiry {
+                        self.expiry.remove(&(at, partition, shared.clone()));
+                    }
+                    if let Some(at) = expire_at {
+                        self.expiry.insert((at, partition, shared));
                     }
                 }
-                self.owned_bytes = self.owned_bytes - old_bytes + new_bytes;
-                fx.events.push(CacheEvent {
-                    kind: EventKind::Update,
-                    partition,
-                    key: key.to_vec(),
-                    version,
-                });
+                (version, EventKind::Update)
             }
             None => {
                 let shared: Key = Arc::from(key);
-                let tick = self.next_tick();
-                let priority = self.lfu_age + 1;
+                self.tick += 1;
+                let (tick, priority) = (self.tick, self.lfu_age + 1);
                 let entry = Entry {
-                    value: state.value.clone(),
-                    version,
+                    value: value.clone(),
+                    version: 1,
                     expire_at_ms: expire_at,
                     last_access_ms: now,
                     tick,
                     hits: 1,
                     priority,
                 };
-                if let Some(part) = self.partitions.get_mut(&partition) {
-                    part.bytes += new_bytes;
-                    part.entries.insert(shared.clone(), entry);
-                }
+                part.bytes += new_bytes;
+                part.entries.insert(shared.clone(), entry);
                 self.index(partition, &shared, tick, priority, expire_at);
                 self.owned_entries += 1;
                 self.owned_bytes += new_bytes;
-                fx.events.push(CacheEvent {
-                    kind: EventKind::Put,
-                    partition,
-                    key: key.to_vec(),
-                    version,
-                });
+                (1, EventKind::Put)
             }
-        }
+        };
+        fx.events.push(CacheEvent {
+            kind,
+            partition,
+            key: key.to_vec(),
+            version,
+        });
+        let state = EntryState {
+            value,
+            version,
+            expire_at_ms: expire_at,
+        };
         self.emit(partition, key, Some(state), fx);
         self.enforce_bounds(Some((partition, key)), fx);
         version
