@@ -396,3 +396,28 @@ fn moves_for_one_backup_copy_to_a_second_backup_moved_up() {
         assert!(survivors.contains(from), "{m:?}: sender dead");
     }
 }
+
+/// Clusters larger than the partition count leave some members without
+/// partitions; the rules still hold. Timings are printed, not asserted.
+#[test]
+fn large_clusters_stay_balanced_through_a_join_and_a_leave() {
+    for n in [50usize, 300] {
+        let start = std::time::Instant::now();
+        let table = table_for(&names(0..n));
+        let joined = table.rebalance(&names(0..n + 1), 2);
+        let left = joined.rebalance(&names(1..n + 1), 3);
+        for (t, live) in [
+            (&table, names(0..n)),
+            (&joined, names(0..n + 1)),
+            (&left, names(1..n + 1)),
+        ] {
+            check_shape(t, &live).unwrap();
+            check_balanced(t, &live).unwrap();
+        }
+        check_takeover(&joined, &left, &names(1..n + 1)).unwrap();
+        eprintln!(
+            "{n} members: build, join and leave in {:?}",
+            start.elapsed()
+        );
+    }
+}
