@@ -25,9 +25,13 @@
 //! - **Balance:** every live member owns ⌊271/n⌋ or ⌈271/n⌉ partitions, and
 //!   holds backup position 1 (and 2) of ⌊271/n⌋ or ⌈271/n⌉ partitions. The
 //!   only exception: when several members fail at once, the takeovers alone
-//!   may exceed a survivor's share (takeover wins; the next rebalance moves
-//!   nothing back, a later join evens it out). With one change at a time
-//!   from a balanced table this cannot happen (see the tests).
+//!   may exceed a survivor's share. Takeover wins (the partitions keep
+//!   serving from the member that has the data); calling `rebalance` again
+//!   with the same members then balances, by moving partitions between live
+//!   members, and the call after that changes nothing. So the leader
+//!   recomputes once more after each new table is in place (a no-op in
+//!   every other case). With one change at a time from a balanced table
+//!   this cannot happen (see the tests).
 //! - **Minimal movement:** a live owner keeps its partitions unless it owns
 //!   more than its share; the members given the larger share (⌈271/n⌉) are
 //!   those that already own the most, so a join moves exactly the
@@ -180,7 +184,10 @@ impl PartitionTable {
     /// The table for the members `live` (order and duplicates do not
     /// matter), decided by a leader of `epoch`. Returns `self` unchanged
     /// (same version and epoch) if nothing would change; otherwise
-    /// `version + 1` with `epoch`. See the module doc for the rules.
+    /// `version + 1` with `epoch`. A second call with the same members
+    /// changes nothing, except after takeovers beyond a member's share
+    /// (several failures at once), where it balances and a third changes
+    /// nothing. See the module doc for the rules.
     pub fn rebalance(&self, live: &[String], epoch: u64) -> PartitionTable {
         let mut members: Vec<&str> = live.iter().map(String::as_str).collect();
         members.sort_unstable();

@@ -421,3 +421,38 @@ fn large_clusters_stay_balanced_through_a_join_and_a_leave() {
         );
     }
 }
+
+/// A manual table where "a" is first backup of everything that "b" and "c"
+/// own; both fail. Takeover wins (a owns all 271), the next call with the
+/// same members balances by moving a's partitions (live to live), and the
+/// call after that changes nothing.
+#[test]
+fn takeovers_beyond_a_share_are_balanced_by_the_next_call() {
+    let replicas = (0..PARTITIONS)
+        .map(|p| {
+            let owner = if p % 2 == 0 { "b" } else { "c" };
+            let other = if p % 2 == 0 { "c" } else { "b" };
+            vec![owner.to_owned(), "a".to_owned(), other.to_owned()]
+        })
+        .collect();
+    let before = PartitionTable {
+        version: 7,
+        epoch: 1,
+        replicas,
+    };
+    let live = vec!["a".to_owned(), "d".to_owned()];
+    let first = before.rebalance(&live, 2);
+    check_takeover(&before, &first, &live).unwrap();
+    assert_eq!(
+        first.owned_count("a"),
+        PARTITIONS as usize,
+        "takeover is never traded for balance"
+    );
+    let second = first.rebalance(&live, 2);
+    assert_eq!(second.version, first.version + 1);
+    check_balanced(&second, &live).unwrap();
+    assert!(PartitionTable::moves(&first, &second)
+        .iter()
+        .all(|m| m.from.as_deref() == Some("a")));
+    assert_eq!(second.rebalance(&live, 2), second);
+}
