@@ -50,6 +50,13 @@
 //! version), and replies to writes that were not acknowledged may or may
 //! not have been applied.
 //!
+//! A **planned cut-over** (the old owner is live: a join, a graceful leave,
+//! a balance move) must not lose even asynchronous writes: the old owner
+//! stops serving the partition ([`NamespaceStore::demote`]), its changes
+//! still in flight reach the new owner, and only then is the new owner
+//! promoted ([`NamespaceStore::promote`] with a new term). Skipping the
+//! middle step loses those writes (the simulation test shows it).
+//!
 //! # Bounds
 //!
 //! The owner bounds the entries of the partitions it **owns** by

@@ -399,13 +399,14 @@ impl<'a> Placement<'_, 'a> {
         }
     }
 
-    /// Makes each owner's first backups spread so that if that owner
-    /// failed, the survivors' ownership counts would stay within one of each
-    /// other (then a single failure moves only the failed member's
-    /// partitions). Swaps position-1 holders between two partitions of
-    /// different owners, which keeps every member's position-1 count; each
-    /// swap lowers the sum over owners and members of the squared
-    /// would-be ownership counts, so it stops.
+    /// Spreads each owner's first backups so that if that owner failed,
+    /// the survivors' ownership counts would stay as level as possible
+    /// (within one, a single failure moves only the failed member's
+    /// partitions; exact levelling is not always possible, see the module
+    /// doc). Swaps position-1 holders between two partitions of different
+    /// owners, which keeps every member's position-1 count; each swap
+    /// lowers the sum over owners and members of the squared would-be
+    /// ownership counts, so it stops.
     fn level_takeovers(&self, slots: &mut [Vec<Option<&'a str>>]) {
         let would_own = |spread: &Spread<'a>, owner: &str, member: &str| {
             spread.owned(member) + spread.paired(owner, member)
