@@ -68,8 +68,9 @@
 //! frequently used with dynamic ageing ([`Eviction::Lfu`], LFU-DA: an
 //! entry's priority is its access count plus the priority of the last
 //! entry evicted when it was last touched, so a key that was hot long ago
-//! is evicted once the newer keys' priorities pass it). Evictions are
-//! changes like any other, so backups drop the same entries.
+//! is evicted once the newer keys' priorities pass it). An entry already
+//! past its TTL or max-idle but not yet swept goes first, as an expiry.
+//! Evictions are changes like any other, so backups drop the same entries.
 //!
 //! Expiry is lazy (an access to an expired or idle entry removes it) plus
 //! [`NamespaceStore::expire`], a sweep bounded per call. Max-idle counts
@@ -1349,15 +1350,32 @@ impl NamespaceStore {
         });
     }
 
-    /// Evicts owned entries while over a bound, by the namespace's policy,
-    /// sparing `protect` (the key just written).
+    /// Evicts owned entries while over a bound, sparing `protect` (the key
+    /// just written): first an entry already expired by TTL or idle time
+    /// but not yet swept (removed as an expiry), else by the namespace's
+    /// policy.
     fn enforce_bounds(&mut self, protect: Option<(u32, &[u8])>, fx: &mut Effects) {
         let max_entries = self.config.owned_entry_budget();
         let max_bytes = self.config.owned_memory_budget();
+        let now = self.clock_ms;
         while self.owned_entries > max_entries || self.owned_bytes > max_bytes {
             let spared = |candidate: &EntryRef| {
                 protect.is_some_and(|(p, k)| candidate.0 == p && *candidate.1 == *k)
             };
+            let past_ttl = self
+                .expiry
+                .first()
+                .filter(|(at, _, _)| *at <= now)
+                .map(|(_, p, k)| (*p, k.clone()));
+            let past_idle = self.config.max_idle_ms.and_then(|max_idle| {
+                let (_, (p, k)) = self.recency.first_key_value()?;
+                let last = self.entry(*p, k)?.last_access_ms;
+                (last.saturating_add(max_idle) <= now).then(|| (*p, k.clone()))
+            });
+            if let Some((partition, key)) = past_ttl.or(past_idle).filter(|c| !spared(c)) {
+                self.remove(partition, &key, EventKind::Expire, fx);
+                continue;
+            }
             let victim = match self.config.eviction {
                 Eviction::Lru => self
                     .recency

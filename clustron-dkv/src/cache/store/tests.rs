@@ -556,6 +556,51 @@ fn lfu_ages_out_keys_that_were_hot_long_ago() {
 }
 
 #[test]
+fn an_expired_entry_makes_room_before_a_live_one_is_evicted() {
+    // 2 owned entries at most.
+    let mut pair = Pair::new(NamespaceConfig {
+        max_entries: 4,
+        ..config()
+    });
+    let _ = pair.apply(&put(b"old", b"v"), 0);
+    let short = CacheOp::Put {
+        key: b"short".to_vec(),
+        value: b"v".to_vec(),
+        ttl_ms: Some(10),
+        condition: PutCondition::Always,
+        keep_ttl: false,
+        return_old: false,
+    };
+    let _ = pair.apply(&short, 1);
+    let applied = pair.apply(&put(b"new", b"v"), 20);
+    let kinds: Vec<(EventKind, Vec<u8>)> = applied
+        .events
+        .iter()
+        .map(|e| (e.kind, e.key.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Put, b"new".to_vec()),
+            (EventKind::Expire, b"short".to_vec())
+        ]
+    );
+    assert_eq!(
+        keys_of(&pair.owner, 0),
+        vec![b"new".to_vec(), b"old".to_vec()],
+        "the least recent live key stays"
+    );
+    assert_eq!(
+        (
+            pair.owner.metrics().evictions,
+            pair.owner.metrics().expirations
+        ),
+        (0, 1)
+    );
+    assert!(pair.identical());
+}
+
+#[test]
 fn the_key_just_written_is_never_its_own_victim() {
     let mut pair = Pair::new(NamespaceConfig {
         max_entries: 2,
