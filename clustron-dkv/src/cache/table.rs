@@ -428,21 +428,28 @@ impl<'a> Placement<'_, 'a> {
                 if gap < 2 {
                     continue;
                 }
-                let from = (0..slots.len()).find(|p| {
-                    slots[*p][0] == Some(*owner)
-                        && slots[*p][1] == Some(most)
-                        && !slots[*p].contains(&Some(least))
-                });
-                let to = (0..slots.len()).find(|q| {
-                    let Some(other_owner) = slots[*q][0] else {
-                        return false;
-                    };
-                    other_owner != *owner
-                        && slots[*q][1] == Some(least)
-                        && !slots[*q].contains(&Some(most))
-                        && would_own(&spread, other_owner, most) + 2
-                            < would_own(&spread, other_owner, least) + gap
-                });
+                // Among the possible partitions, prefer those where the
+                // member moving in already holds the data (an old holder).
+                let copy_needed = |p: usize, member: &str| !self.survivors[p].contains(&member);
+                let from = (0..slots.len())
+                    .filter(|p| {
+                        slots[*p][0] == Some(*owner)
+                            && slots[*p][1] == Some(most)
+                            && !slots[*p].contains(&Some(least))
+                    })
+                    .min_by_key(|p| copy_needed(*p, least));
+                let to = (0..slots.len())
+                    .filter(|q| {
+                        let Some(other_owner) = slots[*q][0] else {
+                            return false;
+                        };
+                        other_owner != *owner
+                            && slots[*q][1] == Some(least)
+                            && !slots[*q].contains(&Some(most))
+                            && would_own(&spread, other_owner, most) + 2
+                                < would_own(&spread, other_owner, least) + gap
+                    })
+                    .min_by_key(|q| copy_needed(*q, most));
                 if let (Some(p), Some(q)) = (from, to) {
                     slots[p][1] = Some(least);
                     slots[q][1] = Some(most);
