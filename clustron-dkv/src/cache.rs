@@ -28,6 +28,13 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "server")]
 pub mod resp;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod table;
+
+#[cfg(all(test, feature = "server"))]
+mod sim_tests;
 
 /// Partitions per cluster, fixed for the cluster's life (a prime, as in
 /// Hazelcast, so keys spread evenly whatever the hash's low bits do).
