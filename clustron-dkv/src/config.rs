@@ -40,6 +40,9 @@ pub struct FileConfig {
     /// Revisions of key-value history kept before the leader compacts
     /// (0: never compact).
     pub retain_revisions: Option<u64>,
+    /// Bytes of past key-value versions kept before the leader compacts,
+    /// whatever `retain_revisions` says (0: no byte bound; default 64 MiB).
+    pub retain_bytes: Option<u64>,
     /// Largest value a key may hold, in bytes (1 to 524,288).
     pub max_value_bytes: Option<usize>,
     /// Snapshot the store every this many log entries and forget the log
@@ -100,6 +103,8 @@ pub struct NodeConfig {
     pub watch_stall_timeout: std::time::Duration,
     /// Key-value history kept (revisions; 0: never compact).
     pub retain_revisions: u64,
+    /// Key-value history kept (bytes of past versions; 0: no bound).
+    pub retain_bytes: u64,
     /// Log entries between snapshots (0: never snapshot).
     pub snapshot_entries: u64,
     /// Largest value, in bytes.
@@ -235,6 +240,7 @@ impl NodeConfig {
                 .retain_revisions
                 .or(file.retain_revisions)
                 .unwrap_or(100_000),
+            retain_bytes: flags.retain_bytes.or(file.retain_bytes).unwrap_or(64 << 20),
             snapshot_entries: flags
                 .snapshot_entries
                 .or(file.snapshot_entries)

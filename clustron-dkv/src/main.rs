@@ -126,6 +126,10 @@ struct RunArgs {
     /// Revisions of key-value history kept before compaction (0: never).
     #[arg(long, env = "CLUSTRON_RETAIN_REVISIONS")]
     retain_revisions: Option<u64>,
+    /// Bytes of past key-value versions kept before compaction, whatever
+    /// `--retain-revisions` says (0: no byte bound; default 64 MiB).
+    #[arg(long, env = "CLUSTRON_RETAIN_BYTES")]
+    retain_bytes: Option<u64>,
     /// Largest value a key may hold, in bytes.
     #[arg(long, env = "CLUSTRON_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
@@ -215,6 +219,7 @@ fn run(args: RunArgs) -> Result<()> {
         log_format: args.log_format,
         watch_stall_timeout_secs: args.watch_stall_timeout_secs,
         retain_revisions: args.retain_revisions,
+        retain_bytes: args.retain_bytes,
         max_value_bytes: args.max_value_bytes,
         snapshot_entries: args.snapshot_entries,
     };

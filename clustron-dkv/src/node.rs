@@ -123,6 +123,7 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
             ..Default::default()
         },
         retain_revisions: config.retain_revisions,
+        retain_bytes: config.retain_bytes,
         snapshot_entries: config.snapshot_entries,
         limits: crate::core::mvcc::Limits {
             max_value: config.max_value_bytes,

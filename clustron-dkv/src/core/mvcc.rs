@@ -240,6 +240,10 @@ pub struct Store {
     /// [`Store::restore`]), so it is not part of a snapshot.
     #[serde(skip)]
     changes: VecDeque<Change>,
+    /// Bytes of keys and values of the live versions only (what no
+    /// compaction frees). Derived from `keys`, like `changes`.
+    #[serde(skip)]
+    live_bytes: u64,
 }
 
 /// One change in the index of changes: the version of `key` written at
@@ -313,6 +317,7 @@ impl TryFrom<StoreFields> for Store {
             bytes: f.bytes,
             sessions: f.sessions,
             changes: VecDeque::new(),
+            live_bytes: 0,
         };
         if !store.consistent() {
             return Err("a store whose revisions or byte count disagree");
@@ -321,6 +326,14 @@ impl TryFrom<StoreFields> for Store {
         // (a snapshot file, a pulled snapshot) gets it rebuilt.
         let mut store = store;
         store.index_changes();
+        store.live_bytes = store
+            .keys
+            .iter()
+            .filter_map(|(key, versions)| {
+                let value = versions.last()?.value.as_ref()?;
+                Some((key.len() + value.len()) as u64)
+            })
+            .sum();
         Ok(store)
     }
 }
@@ -354,6 +367,12 @@ impl Store {
     /// Bytes of keys and values held, all versions counted.
     pub fn size_bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes of keys and values held by versions that are not live (past
+    /// values and deletion markers): what compaction can free.
+    pub fn history_bytes(&self) -> u64 {
+        self.bytes - self.live_bytes
     }
 
     /// Live leases and their TTLs, for the leader's expiry clock.
@@ -826,6 +845,9 @@ impl Store {
         };
         let key = entry.key();
         let prev_kv = prev.and_then(|v| kv_of(key, v));
+        let prev_live = prev.map_or(0, |p| {
+            (key.len() + p.value.as_ref().map_or(0, Vec::len)) as u64
+        });
         let (create_revision, version, old_lease) = match prev {
             Some(p) => (p.create_revision, p.version + 1, p.lease),
             None => (writer.revision, 1, None),
@@ -848,7 +870,9 @@ impl Store {
             lease,
         };
         let kv = kv_of(key, &new);
-        self.bytes += (key.len() + new.value.as_ref().map_or(0, Vec::len)) as u64;
+        let size = (key.len() + new.value.as_ref().map_or(0, Vec::len)) as u64;
+        self.bytes += size;
+        self.live_bytes = self.live_bytes - prev_live + size;
         self.changes.push_back(Change {
             revision: new.mod_revision,
             sub: new.sub,
@@ -904,6 +928,7 @@ impl Store {
             }
         }
         self.bytes += key.len() as u64;
+        self.live_bytes -= (key.len() + prev.value.as_ref().map_or(0, Vec::len)) as u64;
         self.changes.push_back(Change {
             revision: writer.revision,
             sub: writer.events.len() as u32,

@@ -68,6 +68,11 @@ use clustron_log::core::{
 /// A client request's id, chosen by the driver; replies carry it.
 pub type RequestId = u64;
 
+/// The fewest revisions of history a compaction driven by
+/// [`ServerConfig::retain_bytes`] keeps: a watcher that was away for a
+/// thousand writes still resumes, whatever the values weigh.
+pub const MIN_HISTORY_REVISIONS: u64 = 1_000;
+
 /// How the server is tuned.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -83,6 +88,14 @@ pub struct ServerConfig {
     /// compaction to `revision - retain_revisions` (0: never). Watches and
     /// past reads reach back this far.
     pub retain_revisions: u64,
+    /// History bound in bytes: once the bytes of past versions (what
+    /// compaction can free; live values never count) exceed this and half
+    /// as much again, the leader proposes a compaction of the older half of
+    /// the history, keeping at least [`MIN_HISTORY_REVISIONS`] (0: no byte
+    /// bound). Without it a workload rewriting large values kept
+    /// `retain_revisions` copies of them: 170 MB snapshots after 80k writes
+    /// of a growing 44 KB value, a second to send to a lagging voter.
+    pub retain_bytes: u64,
     /// The leader proposes a checkpoint of its state digest every this many
     /// applied entries, which every replica compares with its own (0:
     /// never).
@@ -103,6 +116,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             limits: Limits::default(),
             retain_revisions: 100_000,
+            retain_bytes: 64 << 20,
             checkpoint_every: 10_000,
             // etcd's --snapshot-count default (v3.6): 10,000 entries.
             snapshot_entries: 10_000,
@@ -272,6 +286,7 @@ pub struct Server {
     /// Counter for lease ids the leader picks.
     next_lease: u64,
     retain_revisions: u64,
+    retain_bytes: u64,
     /// The limits this node admits writes with, as leader.
     admission: Limits,
     checkpoint_every: u64,
@@ -318,6 +333,7 @@ impl Server {
             own_epoch_committed: false,
             next_lease: 0,
             retain_revisions: config.retain_revisions,
+            retain_bytes: config.retain_bytes,
             compacting: None,
             outputs: VecDeque::new(),
             now,
@@ -953,10 +969,9 @@ impl Server {
     }
 
     /// On the leader: proposes a compaction once history exceeds
-    /// `retain_revisions` by half again (one at a time).
+    /// `retain_revisions` or `retain_bytes` by half again (one at a time).
     fn maybe_compact(&mut self) {
-        let retain = self.retain_revisions;
-        if retain == 0 || self.replica.leading().is_none() || !self.own_epoch_committed {
+        if self.replica.leading().is_none() || !self.own_epoch_committed {
             return;
         }
         if self
@@ -966,10 +981,19 @@ impl Server {
             return;
         }
         let (revision, compacted) = (self.store.revision(), self.store.compacted());
-        if revision.saturating_sub(compacted) < retain + retain / 2 {
+        let kept = revision.saturating_sub(compacted);
+        let retain = self.retain_revisions;
+        let bound = self.retain_bytes;
+        let target = if retain > 0 && kept >= retain + retain / 2 {
+            revision - retain
+        } else if bound > 0
+            && self.store.history_bytes() >= bound + bound / 2
+            && kept >= 2 * MIN_HISTORY_REVISIONS
+        {
+            (compacted + kept / 2).min(revision - MIN_HISTORY_REVISIONS)
+        } else {
             return;
-        }
-        let target = revision - retain;
+        };
         let payload = encode(&Command::Compact { revision: target });
         if self.replica.propose(self.now, payload).is_ok() {
             self.compacting = Some(target);

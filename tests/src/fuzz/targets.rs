@@ -1008,6 +1008,7 @@ fn valid_config_file(scratch: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
         admin_listen: gen::option_of(rng, gen::socket_addr),
         log_format: gen::option_of(rng, text_value),
         retain_revisions: gen::option_of(rng, |rng| rng.u64(..=i64::MAX as u64)),
+        retain_bytes: gen::option_of(rng, |rng| rng.u64(..=i64::MAX as u64)),
         max_value_bytes: gen::option_of(rng, |rng| rng.usize(..=i64::MAX as usize)),
         snapshot_entries: gen::option_of(rng, |rng| rng.u64(..=i64::MAX as u64)),
         watch_stall_timeout_secs: gen::option_of(rng, |rng| rng.u64(..=i64::MAX as u64)),
@@ -1050,6 +1051,9 @@ fn valid_config_file(scratch: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
     }
     if let Some(v) = config.retain_revisions {
         line("retain_revisions", v.to_string());
+    }
+    if let Some(v) = config.retain_bytes {
+        line("retain_bytes", v.to_string());
     }
     if let Some(v) = config.max_value_bytes {
         line("max_value_bytes", v.to_string());
