@@ -77,6 +77,7 @@ async fn one_node_with(stall: Duration) -> OneNode {
         log_format: LogFormat::Text,
         watch_stall_timeout: stall,
         retain_revisions: 100_000,
+        retain_bytes: 64 << 20,
         snapshot_entries: 10_000,
         max_value_bytes: 500 * 1024,
     };

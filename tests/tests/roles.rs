@@ -76,6 +76,7 @@ async fn a_readonly_certificate_reads_and_watches_but_changes_nothing_and_only_a
         log_format: LogFormat::Text,
         watch_stall_timeout: Duration::from_secs(30),
         retain_revisions: 0,
+        retain_bytes: 0,
         snapshot_entries: 10_000,
         max_value_bytes: 1024,
     };
