@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::core::server::DEFAULT_RETAIN_REVISIONS;
+
 /// Everything `clustron-dkv run` needs, as read from a TOML file. Every key
 /// is optional here; [`NodeConfig::resolve`] checks that the required ones
 /// are set once flags and environment are applied.
@@ -239,7 +241,7 @@ impl NodeConfig {
             retain_revisions: flags
                 .retain_revisions
                 .or(file.retain_revisions)
-                .unwrap_or(100_000),
+                .unwrap_or(DEFAULT_RETAIN_REVISIONS),
             retain_bytes: flags.retain_bytes.or(file.retain_bytes).unwrap_or(64 << 20),
             snapshot_entries: flags
                 .snapshot_entries
@@ -324,7 +326,7 @@ mod tests {
     #[test]
     fn key_value_settings_have_defaults_and_read_from_the_file() {
         let config = NodeConfig::resolve(FileConfig::default(), full()).unwrap();
-        assert_eq!(config.retain_revisions, 100_000);
+        assert_eq!(config.retain_revisions, DEFAULT_RETAIN_REVISIONS);
         assert!(config.max_value_bytes < MAX_VALUE_LIMIT);
         let file: FileConfig =
             toml::from_str("retain_revisions = 0\nmax_value_bytes = 1024\n").unwrap();

@@ -123,7 +123,8 @@ struct RunArgs {
     /// taking anything before it is cancelled (1 to 3600; default 30).
     #[arg(long, env = "CLUSTRON_WATCH_STALL_TIMEOUT_SECS")]
     watch_stall_timeout_secs: Option<u64>,
-    /// Revisions of key-value history kept before compaction (0: never).
+    /// Revisions of key-value history kept before compaction (0: never;
+    /// default 10,000).
     #[arg(long, env = "CLUSTRON_RETAIN_REVISIONS")]
     retain_revisions: Option<u64>,
     /// Bytes of past key-value versions kept before compaction, whatever
