@@ -259,7 +259,7 @@ pub enum CacheError {
     },
     /// This node does not own the key's partition at the table version the
     /// request named; `owner` does (if known) at `table_version`.
-    #[error("partition {partition} is owned by {owner:?} at table version {table_version}")]
+    #[error("partition {partition} is owned by {} at table version {table_version}", owner.as_deref().unwrap_or("nobody"))]
     WrongOwner {
         /// The key's partition.
         partition: u32,
