@@ -18,7 +18,9 @@
 //! order**: `SaveEpoch`, `Truncate` and `Append` write to the log's storage,
 //! `Sync` makes every write before it durable (fsync), and only then may the
 //! `Send`s after it leave. An ack, a fetch reply and a summary therefore
-//! only ever describe durable entries. Then sleep until
+//! only ever describe durable entries. (A leader's appends to its
+//! followers come *before* its `Sync`: they claim nothing about its disk,
+//! and the followers' fsyncs then overlap its own.) Then sleep until
 //! [`Replica::poll_timeout`] and call [`Replica::handle_timeout`].
 //!
 //! Proposals and messages that arrive between two drains share one write
@@ -1651,6 +1653,16 @@ impl Replica {
             wrote = true;
         }
         if wrote {
+            if matches!(self.role, Role::Leader { .. }) {
+                // A leader sends its new entries before its own sync, so
+                // that the followers write and sync them while it syncs
+                // (Raft thesis §10.2.1): one fsync on the commit path, not
+                // two in a row. An append claims nothing about the sender's
+                // disk; the leader counts itself towards commit through
+                // `persisted_last`, and every output that depends on that
+                // (commits, acks, summaries) comes after the `Sync`.
+                self.replicate();
+            }
             self.outputs.push_back(Output::Sync);
         }
         // Everything in memory is durable from here on.

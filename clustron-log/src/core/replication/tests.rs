@@ -80,7 +80,7 @@ fn drain(replica: &mut Replica) -> Vec<Output> {
 }
 
 #[test]
-fn a_new_leader_with_the_longest_log_appends_a_noop_syncs_then_sends() {
+fn a_new_leader_with_the_longest_log_appends_a_noop_sends_it_then_syncs() {
     let now = Instant::now();
     let mut leader = replica(0, 3, vec![], now);
     leader.fence(1);
@@ -90,10 +90,10 @@ fn a_new_leader_with_the_longest_log_appends_a_noop_syncs_then_sends() {
         vec![
             Output::SaveEpoch(1),
             Output::Append(vec![noop(1, 1)]),
-            Output::Sync,
-            summary(1, 1),
             send(1, append(1, (0, 0), vec![noop(1, 1)], 0)),
             send(2, append(1, (0, 0), vec![noop(1, 1)], 0)),
+            Output::Sync,
+            summary(1, 1),
         ]
     );
     assert_eq!(leader.leading(), Some(1));
@@ -207,10 +207,10 @@ fn proposals_between_two_drains_share_one_write_one_sync_and_one_append_each() {
         drain(&mut leader),
         vec![
             Output::Append(vec![entry(1, 2), entry(1, 3)]),
-            Output::Sync,
-            summary(1, 3),
             send(1, append(1, (1, 1), vec![entry(1, 2), entry(1, 3)], 0)),
             send(2, append(1, (1, 1), vec![entry(1, 2), entry(1, 3)], 0)),
+            Output::Sync,
+            summary(1, 3),
         ]
     );
 }
@@ -400,10 +400,10 @@ fn a_new_leader_adopts_the_longer_log_of_a_granting_voter_before_serving() {
         vec![
             Output::Truncate { from: 2 },
             Output::Append(vec![entry(2, 2), entry(2, 3), noop(3, 4)]),
-            Output::Sync,
-            summary(3, 4),
             send(1, append(3, (3, 2), vec![noop(3, 4)], 0)),
             send(2, append(3, (3, 2), vec![noop(3, 4)], 0)),
+            Output::Sync,
+            summary(3, 4),
         ]
     );
     assert_eq!(leader.leading(), Some(3));
