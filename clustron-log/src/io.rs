@@ -685,6 +685,7 @@ impl<C: ReplicatedCore> LogIo<C> {
                 if to.ip().is_unspecified() || to.port() == 0 {
                     return Ok(());
                 }
+                tracing::trace!(%to, msg = %msg.brief(), "replication out");
                 let channel = self.channel.clone();
                 tokio::spawn(async move {
                     if let Err(e) = channel.send(to, &msg).await {
@@ -755,6 +756,7 @@ impl<C: ReplicatedCore> LogIo<C> {
     fn inbound(&mut self, core: &mut C, item: Inbound<Replication>) {
         match item {
             Inbound::Message { from, message, .. } => {
+                tracing::trace!(from = %from.addr, msg = %message.brief(), "replication in");
                 core.handle_message(Instant::now(), from.addr, message);
             }
             Inbound::Request { reply, .. } => reply.reject("replication takes no requests"),

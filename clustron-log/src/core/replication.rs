@@ -225,6 +225,44 @@ pub enum Message {
 }
 
 impl Message {
+    /// A one-line description for traces: the kind and its indexes,
+    /// without the entries.
+    pub fn brief(&self) -> String {
+        match self {
+            Self::Append {
+                epoch,
+                prev_index,
+                entries,
+                commit,
+                ..
+            } => format!(
+                "append e{epoch} prev {prev_index} +{} commit {commit}",
+                entries.len()
+            ),
+            Self::Ack { epoch, match_index } => format!("ack e{epoch} {match_index}"),
+            Self::Nack {
+                epoch,
+                prev_index,
+                hint,
+            } => format!("nack e{epoch} prev {prev_index} hint {hint}"),
+            Self::Fetch {
+                epoch,
+                from_index,
+                upto,
+            } => format!("fetch e{epoch} {from_index}..={upto}"),
+            Self::FetchReply {
+                epoch,
+                from_index,
+                entries,
+                last_index,
+            } => format!(
+                "fetch reply e{epoch} from {from_index} +{} last {last_index}",
+                entries.len()
+            ),
+            Self::SnapshotNeeded { epoch, index } => format!("snapshot needed e{epoch} {index}"),
+        }
+    }
+
     /// The epoch the message carries.
     pub fn epoch(&self) -> u64 {
         match self {
@@ -546,17 +584,27 @@ pub struct Replica {
     /// Follower: appends that arrived before the ones they continue, keyed
     /// by `prev_index` (see [`Replica::hold`]).
     held: BTreeMap<u64, Held>,
+    /// Follower holding appends: the gap before them (its end, the first
+    /// held `prev_index`), when to ask the leader for it next, and how many
+    /// times it was asked already.
+    gap: Option<Gap>,
     /// Follower: the newest epoch whose leader we told where our log ends
     /// (an ack or a nack): from then on its appends start where we said.
     reported_epoch: u64,
     outputs: VecDeque<Output>,
 }
 
+/// The gap before the held appends, and when to ask for it.
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    end: u64,
+    ask_at: Instant,
+    asked: u32,
+}
+
 /// An append held back until the entries before it arrive.
 #[derive(Debug, Clone)]
 struct Held {
-    /// When it arrived, or when we last asked for the gap before it.
-    at: Instant,
     from: SocketAddr,
     epoch: u64,
     prev_epoch: u64,
@@ -624,6 +672,7 @@ impl Replica {
             pending_ack: None,
             pending_sends: Vec::new(),
             held: BTreeMap::new(),
+            gap: None,
             reported_epoch: 0,
             outputs: VecDeque::new(),
         }
@@ -1041,7 +1090,7 @@ impl Replica {
     /// When [`Replica::handle_timeout`] wants to be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.role {
-            Role::Follower { .. } => self.held.values().map(|h| h.at + self.gap_wait()).min(),
+            Role::Follower { .. } => self.gap.map(|g| g.ask_at),
             Role::Fetching {
                 retry_at,
                 give_up_at,
@@ -1065,10 +1114,9 @@ impl Replica {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         let retransmit = self.config.retransmit_timeout;
-        let gap_wait = self.gap_wait();
         match &mut self.role {
             Role::Follower { .. } => {
-                if self.held.values().any(|h| now >= h.at + gap_wait) {
+                if self.gap.is_some_and(|g| now >= g.ask_at) {
                     self.ask_for_the_gap();
                 }
             }
@@ -1107,6 +1155,7 @@ impl Replica {
             } => {
                 self.on_append(from, epoch, prev_index, prev_epoch, entries, commit);
                 self.release_held();
+                self.track_gap();
             }
             Message::Ack { epoch, match_index } => self.on_ack(from, epoch, match_index),
             Message::Nack {
@@ -1175,7 +1224,6 @@ impl Replica {
                 && self.hold(
                     prev_index,
                     Held {
-                        at: self.now,
                         from,
                         epoch,
                         prev_epoch,
@@ -1199,11 +1247,6 @@ impl Replica {
             return;
         }
         let count = entries.len() as u64;
-        if count == 0 {
-            // A heartbeat while we hold appends past a gap: the leader had
-            // nothing newer to send, so the gap was lost, not overtaken.
-            self.ask_for_the_gap();
-        }
         if !self.splice(prev_index + 1, entries) {
             return;
         }
@@ -1241,31 +1284,58 @@ impl Replica {
             return false;
         }
         self.held.insert(prev_index, append);
+        self.track_gap();
         true
     }
 
+    /// Follower: starts timing the gap before the held appends when it
+    /// changes (a new first held append), stops when nothing is held.
+    fn track_gap(&mut self) {
+        let Some(&end) = self.held.keys().next() else {
+            self.gap = None;
+            return;
+        };
+        if self.gap.is_none_or(|g| g.end != end) {
+            self.gap = Some(Gap {
+                end,
+                ask_at: self.now + self.gap_wait(),
+                asked: 0,
+            });
+        }
+    }
+
     /// How long a gap before held appends may stay open before the
-    /// follower asks for it: overtaking streams arrive within a millisecond
-    /// or so; a lost append should cost about a round trip, not the
-    /// leader's retransmission timeout (with a full window nothing else
+    /// follower first asks for it: overtaking streams arrive within a
+    /// millisecond or so; a lost append should cost about a round trip, not
+    /// the leader's retransmission timeout (with a full window nothing else
     /// arrives to fill the gap).
     fn gap_wait(&self) -> Duration {
         self.config.heartbeat_interval / 5
     }
 
     /// Follower holding appends past a gap: asks their leader for it (a nack
-    /// at the first held append, which backs the leader up to our end).
+    /// at the first held append, which backs the leader up to our end), then
+    /// waits longer before asking for the same gap again: the retransmission
+    /// timeout, doubling up to a second. Each ask makes the leader send its
+    /// whole window again; asked every 10 ms while megabyte appends crawled
+    /// over a new connection, a follower catching up after a partition
+    /// buried the leader in resends (5 s without a commit, issue 9).
     fn ask_for_the_gap(&mut self) {
         let now = self.now;
         let hint = self.last_index();
+        let retransmit = self.config.retransmit_timeout;
         let Some(first) = self.held.first_entry() else {
+            self.gap = None;
             return;
         };
         let prev_index = *first.key();
         let (to, epoch) = (first.get().from, first.get().epoch);
-        for held in self.held.values_mut() {
-            held.at = now;
-        }
+        let Some(gap) = self.gap.as_mut() else {
+            return;
+        };
+        let backoff = retransmit.saturating_mul(1 << gap.asked.min(4));
+        gap.asked += 1;
+        gap.ask_at = now + backoff.min(Duration::from_secs(1));
         self.pending_sends.push((
             to,
             Message::Nack {
@@ -1288,7 +1358,6 @@ impl Replica {
             }
             let prev_index = *entry.key();
             let Held {
-                at: _,
                 from,
                 epoch,
                 prev_epoch,
@@ -1496,6 +1565,7 @@ impl Replica {
         }
         self.epoch = epoch;
         self.held.clear();
+        self.gap = None;
         match self.role {
             Role::Leader { epoch: led, .. } | Role::Fetching { epoch: led, .. } if led < epoch => {
                 self.role = Role::Follower {
