@@ -1400,6 +1400,16 @@ impl Replica {
         if prev_index < p.matched || prev_index >= p.next {
             return; // stale: a later ack or nack already moved past it
         }
+        if hint == p.assumed && p.next > hint + 1 {
+            // We already went back to where it ends and are sending from
+            // there: this nack answers an append sent before. Going back
+            // again would resend the whole window once per append in
+            // flight (seen after a partition healed: a follower nacking
+            // every new proposal kept the leader resending megabytes and
+            // nothing committed for 3.5 s). A loss is covered by the
+            // retransmission timeout.
+            return;
+        }
         p.next = (p.matched + 1).max(p.next.min(hint + 1).min(prev_index));
         p.assumed = p.next - 1;
         p.waiting_since = None;

@@ -1308,3 +1308,34 @@ fn held_appends_are_dropped_when_a_new_epoch_begins() {
     assert_eq!(follower.last_index(), 1);
     assert_eq!(follower.entry(1).map(|e| e.epoch), Some(2));
 }
+
+#[test]
+fn nacks_of_appends_sent_before_the_leader_backed_up_do_not_make_it_resend_again() {
+    let now = Instant::now();
+    let (mut leader, _) = leader_and_empty_follower(now);
+    drain(&mut leader);
+    let nack = |prev_index| Message::Nack {
+        epoch: 2,
+        prev_index,
+        hint: 0,
+    };
+    // The optimistic append is nacked: the leader backs up and sends the
+    // window from the start.
+    leader.handle_message(now, addr(1), nack(2000));
+    let resent = appends_to(drain(&mut leader), 1);
+    assert_eq!(entry_count(&resent), 1024);
+    // Nacks of appends it sent before backing up arrive late: they say
+    // nothing new and must not trigger another window.
+    leader.handle_message(now, addr(1), nack(500));
+    leader.handle_message(now, addr(1), nack(900));
+    assert!(appends_to(drain(&mut leader), 1).is_empty());
+    // A lost window is sent again at the retransmission timeout.
+    let later = now + Config::lan().retransmit_timeout;
+    leader.handle_timeout(later);
+    let again = appends_to(drain(&mut leader), 1);
+    assert_eq!(
+        entry_count(&again),
+        1024,
+        "the retransmission covers a loss"
+    );
+}
