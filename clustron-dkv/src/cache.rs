@@ -26,6 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod namespace;
 #[cfg(feature = "server")]
 pub mod resp;
 #[cfg(feature = "server")]
@@ -33,8 +34,14 @@ pub mod store;
 #[cfg(feature = "server")]
 pub mod table;
 
+#[cfg(feature = "server")]
+pub mod plan;
+#[cfg(feature = "server")]
+pub mod service;
 #[cfg(all(test, feature = "server"))]
 mod sim_tests;
+
+pub use namespace::NamespaceConfig;
 
 /// Partitions per cluster, fixed for the cluster's life (a prime, as in
 /// Hazelcast, so keys spread evenly whatever the hash's low bits do).
@@ -259,7 +266,7 @@ pub enum CacheError {
     },
     /// This node does not own the key's partition at the table version the
     /// request named; `owner` does (if known) at `table_version`.
-    #[error("partition {partition} is owned by {owner:?} at table version {table_version}")]
+    #[error("partition {partition} is owned by {} at table version {table_version}", owner.as_deref().unwrap_or("nobody"))]
     WrongOwner {
         /// The key's partition.
         partition: u32,
@@ -275,4 +282,45 @@ pub enum CacheError {
     /// way); retry.
     #[error("partition {0} has no live owner yet; retry")]
     Unavailable(u32),
+    /// The cache cannot serve yet (no partition table, the replicated
+    /// store has no leader, a peer did not answer); retry.
+    #[error("the cache is not ready: {0}; retry")]
+    NotReady(String),
+    /// A namespace request was refused (bad settings, the name exists or
+    /// does not, the caller's role); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A cache request on the client protocol
+/// ([`crate::proto::Request::Cache`]), served by any node: operations go
+/// to the key's owner (forwarded by the node), namespace changes to the
+/// replicated store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheRequest {
+    /// One operation on one key of a namespace (read role for reads, write
+    /// role for writes).
+    Op {
+        /// The namespace.
+        namespace: String,
+        /// The operation.
+        op: CacheOp,
+    },
+    /// Creates a namespace (admin role); refused if the name is taken.
+    Create(NamespaceConfig),
+    /// Drops a namespace and its entries (admin role).
+    Drop(String),
+    /// The namespaces and their settings (read role).
+    List,
+}
+
+/// The answer to a [`CacheRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheAnswer {
+    /// The answer to an operation.
+    Reply(CacheReply),
+    /// The namespaces, by name.
+    Namespaces(Vec<NamespaceConfig>),
+    /// A namespace change is in the replicated store.
+    Done,
 }

@@ -19,6 +19,8 @@ use clustron_transport::{Endpoint, TlsIdentity};
 use tokio::sync::watch;
 
 use crate::admin;
+use crate::cache::resp::{RespConfig, RespListener};
+use crate::cache::service::{Cache, NodeBackend};
 use crate::config::NodeConfig;
 use crate::core::server::ServerConfig;
 use crate::kv_driver::{Kv, OpenStore};
@@ -36,6 +38,8 @@ pub struct Node {
     pub bus: watch::Receiver<Option<EventBus>>,
     /// The key-value server (always set once [`start`] returns).
     pub kv: watch::Receiver<Option<Kv>>,
+    /// The distributed cache (always set once [`start`] returns).
+    pub cache: watch::Receiver<Option<Cache>>,
     /// Leadership changes seen since start.
     pub leadership_changes: Arc<AtomicU64>,
     /// What keeps this node from ever being ready, in words (for
@@ -140,12 +144,31 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     )
     .await
     .context("starting the key-value store")?;
+    let cache = Cache::start(endpoint, membership, election, &kv).context("starting the cache")?;
+    if let Some(listen) = config.resp_listen {
+        let resp = match config.resp_insecure {
+            true => RespConfig::insecure(listen),
+            false => RespConfig::tls(
+                listen,
+                TlsIdentity::from_files(&config.ca_file, &config.cert_file, &config.key_file)
+                    .context("loading certificates for the RESP port")?,
+            ),
+        };
+        let listener = RespListener::bind(resp).await?;
+        let backend = Arc::new(NodeBackend::new(
+            cache.clone(),
+            config.resp_namespace.clone(),
+        ));
+        tracing::info!(addr = %listen, namespace = %config.resp_namespace, "serving the Redis protocol");
+        tokio::spawn(listener.serve(backend, std::future::pending()));
+    }
     let node = Node {
         endpoint: endpoint.clone(),
         membership: membership.clone(),
         election: watch::channel(Some(election.clone())).1,
         bus: watch::channel(Some(bus.clone())).1,
         kv: watch::channel(Some(kv)).1,
+        cache: watch::channel(Some(cache)).1,
         leadership_changes,
         waiting_for: watch::channel(no_voters.unwrap_or_default()).1,
         platform: platform.clone(),

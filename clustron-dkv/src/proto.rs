@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use clustron_transport::{ChannelId, Protocol};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheAnswer, CacheError, CacheRequest};
 use crate::kv::{Event as KvEvent, KvError, KvFailure, KvReply, KvRequest, WatchRequest};
 
 /// The client protocol on [`ChannelId::CLIENT`].
@@ -72,6 +73,9 @@ pub enum Request {
     },
     /// A key-value request.
     Kv(KvRequest),
+    /// A cache request (any node serves it; operations are forwarded to
+    /// the key's owner).
+    Cache(CacheRequest),
 }
 
 /// A node's answer.
@@ -90,6 +94,8 @@ pub enum Response {
     Error(String),
     /// A key-value answer.
     Kv(Result<KvReply, KvFailure>),
+    /// A cache answer.
+    Cache(Result<CacheAnswer, CacheError>),
 }
 
 /// First frame a client sends on a stream it opens.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::{self, Access};
+use crate::cache::{CacheError, CacheRequest};
 use crate::core::mvcc::Command;
 use crate::core::server::{ClientOp, ServerError};
 use crate::kv::{KvFailure, KvReply, KvRequest, ReplicaInfo, WatchRequest};
@@ -106,10 +107,45 @@ async fn respond(
     if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
         return match request {
             Request::Kv(_) => Response::Kv(Err(denied)),
+            Request::Cache(CacheRequest::Op { .. }) => Response::Cache(Err(CacheError::ReadOnly)),
+            Request::Cache(_) => Response::Cache(Err(CacheError::Refused(denied.to_string()))),
             _ => Response::Error(denied.to_string()),
         };
     }
+    match &request {
+        // The cluster's own keys are written by nodes only.
+        Request::Kv(kv) if from.identity.kind != PeerKind::Node && access::writes_reserved(kv) => {
+            let role = match from.identity.kind {
+                PeerKind::Client(role) => role.as_str(),
+                PeerKind::Node => "node",
+            };
+            return Response::Kv(Err(KvFailure::PermissionDenied {
+                role: role.to_owned(),
+                operation: format!(
+                    "write keys under {:?} (reserved for the cluster)",
+                    String::from_utf8_lossy(access::RESERVED_PREFIX)
+                ),
+            }));
+        }
+        _ => {}
+    }
     match request {
+        Request::Cache(cache) => {
+            let _admitted = match admission.admit() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    return Response::Cache(Err(CacheError::NotReady(
+                        "the node is overloaded".into(),
+                    )))
+                }
+            };
+            let service = node.cache.borrow().clone();
+            let answer = match service {
+                Some(service) => service.request(cache).await,
+                None => Err(CacheError::NotReady("the cache is starting".into())),
+            };
+            Response::Cache(answer)
+        }
         Request::Kv(op) => {
             let _admitted = match admission.admit() {
                 Ok(permit) => permit,
@@ -177,7 +213,7 @@ fn voters_answer(
     }
 }
 
-async fn kv_op_answer(kv: Kv, request: KvRequest) -> Result<KvReply, KvFailure> {
+pub(crate) async fn kv_op_answer(kv: Kv, request: KvRequest) -> Result<KvReply, KvFailure> {
     let op = match client_op(request) {
         Ok(op) => op,
         Err(failure) => return Err(failure),
@@ -283,7 +319,9 @@ async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
             },
             Err(e) => Response::Error(e.to_string()),
         },
-        Request::Kv(_) => Response::Error("key-value requests are answered elsewhere".into()),
+        Request::Kv(_) | Request::Cache(_) => {
+            Response::Error("key-value and cache requests are answered elsewhere".into())
+        }
     }
 }
 
