@@ -44,6 +44,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use clustron_dkv::cache;
+use clustron_dkv::cache::{
+    CacheAnswer, CacheError, CacheOp, CacheReply, CacheRequest, NamespaceConfig, PutCondition,
+    TtlState, Versioned,
+};
 pub use clustron_dkv::kv;
 use clustron_dkv::kv::{
     DeleteRequest, Event, KeyRange, KeyValue, KvError, KvFailure, KvReply, KvRequest, LeaseId,
@@ -76,6 +81,9 @@ pub enum ClientError {
     /// The key-value store refused or could not serve the request.
     #[error(transparent)]
     Kv(#[from] KvFailure),
+    /// The cache refused or could not serve the request.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 /// How long a key-value request keeps retrying while no leader can serve it,
@@ -203,6 +211,185 @@ impl Client {
         Err(ClientError::Unavailable(
             last.unwrap_or(clustron_transport::Error::Closed),
         ))
+    }
+
+    /// One cache request, to any node (operations are forwarded to the
+    /// key's owner there). A refusal that says to retry (the partition is
+    /// moving, the cache is starting) is retried for the client's retry
+    /// budget; a transport failure moves on to the next endpoint if nothing
+    /// was processed or the request only reads.
+    pub async fn cache(&self, request: CacheRequest) -> Result<CacheAnswer, ClientError> {
+        let reads = match &request {
+            CacheRequest::Op { op, .. } => !op.is_write(),
+            CacheRequest::List => true,
+            CacheRequest::Create(_) | CacheRequest::Drop(_) => false,
+        };
+        let deadline = Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(20);
+        let wrapped = Request::Cache(request);
+        loop {
+            let mut last = None;
+            let mut answer = None;
+            for (index, addr) in self.shared.order() {
+                match self.shared.channel.request(addr, &wrapped).await {
+                    Ok(Response::Cache(result)) => {
+                        self.shared.current.store(index, Ordering::Relaxed);
+                        answer = Some(result);
+                        break;
+                    }
+                    Ok(Response::Error(reason)) => return Err(ClientError::Refused(reason)),
+                    Ok(other) => {
+                        return Err(ClientError::Refused(format!("unexpected answer {other:?}")))
+                    }
+                    Err(e) if reads || e.nothing_processed() => {
+                        self.shared.suspect(addr);
+                        last = Some(e);
+                    }
+                    Err(e) => {
+                        self.shared.suspect(addr);
+                        return Err(ClientError::Cache(CacheError::NotReady(format!(
+                            "the connection to {addr} failed after the request was sent ({e}); \
+                             it may or may not be applied"
+                        ))));
+                    }
+                }
+            }
+            let retry = match &answer {
+                None => true,
+                Some(Err(
+                    CacheError::WrongOwner { .. }
+                    | CacheError::Unavailable(_)
+                    | CacheError::NotReady(_),
+                )) => true,
+                Some(_) => false,
+            };
+            if !retry || Instant::now() + pause > deadline {
+                return match answer {
+                    Some(result) => result.map_err(ClientError::Cache),
+                    None => Err(ClientError::Unavailable(
+                        last.unwrap_or(clustron_transport::Error::Closed),
+                    )),
+                };
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs one cache operation on `namespace`.
+    pub async fn cache_op(&self, namespace: &str, op: CacheOp) -> Result<CacheReply, ClientError> {
+        match self
+            .cache(CacheRequest::Op {
+                namespace: namespace.to_owned(),
+                op,
+            })
+            .await?
+        {
+            CacheAnswer::Reply(reply) => Ok(reply),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A cached value and its version, if present.
+    pub async fn cache_get(
+        &self,
+        namespace: &str,
+        key: &[u8],
+    ) -> Result<Option<Versioned>, ClientError> {
+        match self
+            .cache_op(namespace, CacheOp::Get { key: key.to_vec() })
+            .await?
+        {
+            CacheReply::Value(value) => Ok(value),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Stores a value (with a time to live, or the namespace's default);
+    /// returns its new version.
+    pub async fn cache_put(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<u64, ClientError> {
+        let op = CacheOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_ms: ttl.map(|t| t.as_millis().max(1) as u64),
+            condition: PutCondition::Always,
+            keep_ttl: false,
+            return_old: false,
+        };
+        match self.cache_op(namespace, op).await? {
+            CacheReply::Stored { version, .. } => Ok(version),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Removes a key; whether it was there.
+    pub async fn cache_delete(&self, namespace: &str, key: &[u8]) -> Result<bool, ClientError> {
+        match self
+            .cache_op(namespace, CacheOp::Delete { key: key.to_vec() })
+            .await?
+        {
+            CacheReply::Bool(found) => Ok(found),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Adds `by` to the integer at `key` (absent: 0); returns the result.
+    pub async fn cache_incr(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        by: i64,
+    ) -> Result<i64, ClientError> {
+        match self
+            .cache_op(
+                namespace,
+                CacheOp::Incr {
+                    key: key.to_vec(),
+                    by,
+                },
+            )
+            .await?
+        {
+            CacheReply::Integer(value) => Ok(value),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A key's remaining time to live.
+    pub async fn cache_ttl(&self, namespace: &str, key: &[u8]) -> Result<TtlState, ClientError> {
+        match self
+            .cache_op(namespace, CacheOp::Ttl { key: key.to_vec() })
+            .await?
+        {
+            CacheReply::Ttl(ttl) => Ok(ttl),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Creates a cache namespace (admin role).
+    pub async fn cache_create(&self, config: NamespaceConfig) -> Result<(), ClientError> {
+        self.cache(CacheRequest::Create(config)).await.map(|_| ())
+    }
+
+    /// Drops a cache namespace and its entries (admin role).
+    pub async fn cache_drop(&self, name: &str) -> Result<(), ClientError> {
+        self.cache(CacheRequest::Drop(name.to_owned()))
+            .await
+            .map(|_| ())
+    }
+
+    /// The cache namespaces and their settings.
+    pub async fn cache_list(&self) -> Result<Vec<NamespaceConfig>, ClientError> {
+        match self.cache(CacheRequest::List).await? {
+            CacheAnswer::Namespaces(list) => Ok(list),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// The cluster as one node sees it now.
