@@ -1,0 +1,326 @@
+//! The distributed cache on real `clustron-dkv` processes, through Debian's
+//! `redis-cli` over TLS (client certificates from the cluster CA) and the
+//! `clustron` CLI: any node serves any key; the Redis commands
+//! answer as Redis does with their keys spread over three owners; a
+//! readonly certificate reads but may not write, on the RESP port and on
+//! the native protocol, and no client may write the cluster's reserved
+//! keys; `kill -9` of a node with one backup per partition loses no
+//! acknowledged key once the partition table has moved. Conditions are
+//! awaited with deadlines.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use clustron_tests::procs::{clustron, dkv, eventually, free_port_tcp, ProcCluster};
+
+/// Three nodes, each with a RESP port (TLS) on 127.0.0.1; their RESP ports.
+fn cluster_with_resp() -> (ProcCluster, Vec<u16>) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port_tcp()).collect();
+    let cluster = ProcCluster::start_with_each(3, false, |i| {
+        vec![
+            "--resp-listen".to_owned(),
+            SocketAddr::from(([127, 0, 0, 1], ports[i])).to_string(),
+        ]
+    })
+    .expect("no lab was asked for");
+    (cluster, ports)
+}
+
+/// A client certificate `name` with `role` in the cluster's directory.
+fn client_cert(dir: &Path, name: &str, role: &str) {
+    let status = dkv()
+        .args(["certs", "client", name, "--role", role, "--ca"])
+        .arg(dir)
+        .arg("--out")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "certs client {name}");
+}
+
+/// `redis-cli` over TLS to `port` as client `cert`, human output
+/// (`--no-raw`), with `stdin` as its input.
+fn redis(dir: &Path, port: u16, cert: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new("redis-cli")
+        .args(["--tls", "--no-raw", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .arg("--cacert")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join(format!("{cert}.pem")))
+        .arg("--key")
+        .arg(dir.join(format!("{cert}.key")))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli runs (Debian's redis-tools; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// One command's reply, as `redis-cli --no-raw` prints it.
+fn reply(dir: &Path, port: u16, cert: &str, command: &[&str]) -> String {
+    let output = redis(dir, port, cert, command, "");
+    String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
+}
+
+/// What a reply must be.
+enum Expect {
+    /// Exactly this text.
+    Is(&'static str),
+    /// `(integer) N` with N in this range (times: the clock runs).
+    IntegerIn(i64, i64),
+    /// Contains this text.
+    Has(&'static str),
+}
+
+#[test]
+fn redis_cli_on_any_node_serves_every_key_and_a_readonly_certificate_may_not_write() {
+    let (mut cluster, ports) = cluster_with_resp();
+    let dir = cluster.dir().to_owned();
+    client_cert(&dir, "reader", "readonly");
+
+    tracing::info!("a key written through n1 is read through n2 and n3");
+    eventually("n1's RESP port takes a write", || {
+        reply(&dir, ports[0], "admin", &["SET", "greeting", "hello"]) == "OK"
+    });
+    for port in &ports[1..] {
+        assert_eq!(reply(&dir, *port, "admin", &["GET", "greeting"]), "\"hello\"");
+    }
+
+    tracing::info!("the issue's commands, each through the next node");
+    use Expect::*;
+    let steps: Vec<(Vec<&str>, Expect)> = vec![
+        (vec!["PING"], Is("PONG")),
+        (vec!["FLUSHDB"], Is("OK")),
+        (vec!["DBSIZE"], Is("(integer) 0")),
+        (vec!["SET", "a", "1"], Is("OK")),
+        (vec!["GET", "a"], Is("\"1\"")),
+        (vec!["SET", "a", "2", "NX"], Is("(nil)")),
+        (vec!["SET", "a", "2", "XX", "GET"], Is("\"1\"")),
+        (vec!["GET", "a"], Is("\"2\"")),
+        (vec!["SET", "b", "x", "EX", "100"], Is("OK")),
+        (vec!["TTL", "b"], IntegerIn(90, 100)),
+        (vec!["PEXPIRE", "b", "50000"], Is("(integer) 1")),
+        (vec!["PTTL", "b"], IntegerIn(40_000, 50_000)),
+        (vec!["PERSIST", "b"], Is("(integer) 1")),
+        (vec!["TTL", "b"], Is("(integer) -1")),
+        (vec!["SETEX", "c", "100", "v"], Is("OK")),
+        (vec!["EXPIRE", "c", "200"], Is("(integer) 1")),
+        (vec!["TTL", "c"], IntegerIn(190, 200)),
+        (vec!["SET", "d", "v", "PX", "100000"], Is("OK")),
+        (vec!["EXISTS", "a", "b", "c", "d", "e"], Is("(integer) 4")),
+        (vec!["DEL", "c", "d", "e"], Is("(integer) 2")),
+        (vec!["INCR", "n"], Is("(integer) 1")),
+        (vec!["INCRBY", "n", "10"], Is("(integer) 11")),
+        (vec!["DECR", "n"], Is("(integer) 10")),
+        (vec!["DECRBY", "n", "5"], Is("(integer) 5")),
+        (vec!["INCR", "a2"], Is("(integer) 1")),
+        (vec!["APPEND", "a", "34"], Is("(integer) 3")),
+        (vec!["STRLEN", "a"], Is("(integer) 3")),
+        (vec!["MSET", "m1", "x", "m2", "y"], Is("OK")),
+        (
+            vec!["MGET", "m1", "m2", "nothing"],
+            Is("1) \"x\"\n2) \"y\"\n3) (nil)"),
+        ),
+        // a, a2, b, n, m1, m2
+        (vec!["DBSIZE"], Is("(integer) 6")),
+        (vec!["SELECT", "0"], Is("OK")),
+        (vec!["CLIENT", "SETNAME", "test"], Is("OK")),
+        (vec!["COMMAND", "COUNT"], IntegerIn(20, 1000)),
+        (vec!["INFO"], Has("redis_version:")),
+        (vec!["GETSET", "unknown-to-us", "x", "y"], Has("ERR")),
+        (vec!["FLUSHDB"], Is("OK")),
+        (vec!["DBSIZE"], Is("(integer) 0")),
+    ];
+    for (i, (command, expect)) in steps.iter().enumerate() {
+        let port = ports[i % ports.len()];
+        let got = reply(&dir, port, "admin", command);
+        let ok = match expect {
+            Is(text) => got == *text,
+            IntegerIn(low, high) => got
+                .strip_prefix("(integer) ")
+                .and_then(|n| n.parse::<i64>().ok())
+                .is_some_and(|n| (*low..=*high).contains(&n)),
+            Has(text) => got.contains(text),
+        };
+        assert!(ok, "{command:?} on port {port}: got {got:?}");
+    }
+
+    tracing::info!("a readonly certificate reads but may not write, on RESP and natively");
+    assert_eq!(reply(&dir, ports[0], "admin", &["SET", "k", "v"]), "OK");
+    for port in &ports {
+        assert_eq!(reply(&dir, *port, "reader", &["GET", "k"]), "\"v\"");
+        for write in [
+            vec!["SET", "k", "w"],
+            vec!["DEL", "k"],
+            vec!["INCR", "k2"],
+            vec!["MSET", "k", "w"],
+            vec!["FLUSHDB"],
+        ] {
+            let got = reply(&dir, *port, "reader", &write);
+            assert!(got.contains("NOPERM"), "{write:?}: {got:?}");
+        }
+    }
+    assert_eq!(reply(&dir, ports[2], "admin", &["GET", "k"]), "\"v\"");
+    let endpoints = cluster.endpoints();
+    let as_reader = |args: &[&str]| {
+        let mut command = Command::new(clustron_tests::binary("clustron"));
+        let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+        command
+            .args(["--endpoints", &list.join(","), "--timeout", "2"])
+            .arg("--ca-file")
+            .arg(dir.join("ca.pem"))
+            .arg("--cert-file")
+            .arg(dir.join("reader.pem"))
+            .arg("--key-file")
+            .arg(dir.join("reader.key"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0");
+        command.output().unwrap()
+    };
+    let read = as_reader(&["cache", "get", "k"]);
+    assert!(read.status.success(), "{read:?}");
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "v");
+    for write in [
+        vec!["cache", "put", "k", "w"],
+        vec!["cache", "del", "k"],
+        vec!["cache", "incr", "k3"],
+    ] {
+        let out = as_reader(&write);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("may not change the cache"),
+            "{write:?}: {stderr}"
+        );
+    }
+    let out = as_reader(&["cache", "create", "mine"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{out:?}"
+    );
+    assert_eq!(reply(&dir, ports[1], "admin", &["GET", "k"]), "\"v\"");
+
+    tracing::info!("no client, even admin, writes the cluster's reserved keys");
+    for args in [
+        vec!["kv", "put", "__clustron/cache/table", "x"],
+        vec!["kv", "del", "__clustron/cache/ns/default"],
+        vec!["kv", "del", "--prefix", ""],
+    ] {
+        let out = clustron(&dir, &endpoints)
+            .args(&args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("reserved for the cluster"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    tracing::info!("namespaces: create, use, list and drop with the admin certificate");
+    let admin = |args: &[&str]| {
+        clustron(&dir, &endpoints)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let created = admin(&[
+        "cache", "create", "sessions", "--max-entries", "1000", "--max-memory", "16MiB",
+        "--eviction", "lfu", "--ttl", "1h", "--backups", "2",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let again = admin(&["cache", "create", "sessions"]);
+    assert!(!again.status.success(), "a second create is refused");
+    eventually("the new namespace takes a write", || {
+        admin(&["cache", "put", "-n", "sessions", "u1", "ada"])
+            .status
+            .success()
+    });
+    let got = admin(&["cache", "get", "-n", "sessions", "u1"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "ada");
+    let ttl = admin(&["cache", "ttl", "-n", "sessions", "u1"]);
+    let ms: u64 = String::from_utf8_lossy(&ttl.stdout)
+        .trim()
+        .trim_end_matches(" ms")
+        .parse()
+        .unwrap();
+    assert!((3_000_000..=3_600_000).contains(&ms), "the namespace's TTL: {ms}");
+    eventually("list shows both namespaces", || {
+        let listed = admin(&["cache", "list", "--json"]);
+        let text = String::from_utf8_lossy(&listed.stdout);
+        text.contains("\"sessions\"") && text.contains("\"default\"")
+    });
+    assert!(admin(&["cache", "drop", "sessions"]).status.success());
+    eventually("the dropped namespace is gone", || {
+        let got = admin(&["--timeout", "0", "cache", "get", "-n", "sessions", "u1"]);
+        String::from_utf8_lossy(&got.stderr).contains("no cache namespace")
+    });
+    cluster.clean_up_on_drop();
+}
+
+#[test]
+fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
+    let (mut cluster, ports) = cluster_with_resp();
+    let dir = cluster.dir().to_owned();
+    eventually("n1's RESP port takes a write", || {
+        reply(&dir, ports[0], "admin", &["SET", "probe", "1"]) == "OK"
+    });
+
+    tracing::info!("300 keys written through n1, each acknowledged");
+    const KEYS: usize = 300;
+    let sets: String = (0..KEYS).map(|i| format!("SET key:{i} value-{i}\n")).collect();
+    let output = redis(&dir, ports[0], "admin", &[], &sets);
+    let acked = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| *l == "OK")
+        .count();
+    assert_eq!(acked, KEYS, "{output:?}");
+
+    tracing::info!("kill -9 of n3, which owns about a third of the partitions");
+    cluster.kill(2);
+    let gets: String = (0..KEYS).map(|i| format!("GET key:{i}\n")).collect();
+    let expected: Vec<String> = (0..KEYS).map(|i| format!("\"value-{i}\"")).collect();
+    for port in &ports[..2] {
+        eventually("every acknowledged key is read from the survivors", || {
+            let output = redis(&dir, *port, "admin", &[], &gets);
+            // redis-cli notes a slow reply's time, `(1.51s)`, on a line
+            // of its own.
+            let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter(|l| !(l.starts_with('(') && l.ends_with("s)")))
+                .map(str::to_owned)
+                .collect();
+            let missing: Vec<&String> = lines
+                .iter()
+                .zip(&expected)
+                .filter(|(got, want)| got != want)
+                .map(|(got, _)| got)
+                .collect();
+            // A value that is there but different would be a lost write:
+            // only "not yet" answers (TRYAGAIN) may be retried.
+            for got in &missing {
+                assert!(got.contains("TRYAGAIN"), "a key lost its value: {got:?}");
+            }
+            lines.len() == KEYS && missing.is_empty()
+        });
+    }
+    assert_eq!(
+        reply(&dir, ports[1], "admin", &["DBSIZE"]),
+        format!("(integer) {}", KEYS + 1)
+    );
+    cluster.clean_up_on_drop();
+}
