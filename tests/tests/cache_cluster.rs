@@ -5,8 +5,9 @@
 //! readonly certificate reads but may not write, on the RESP port and on
 //! the native protocol, and no client may write the cluster's reserved
 //! keys; `kill -9` of a node with one backup per partition loses no
-//! acknowledged key once the partition table has moved. Conditions are
-//! awaited with deadlines.
+//! acknowledged key once the partition table has moved, and when the node
+//! comes back empty it is handed its share again (copies, then cut-over)
+//! without losing any. Conditions are awaited with deadlines.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use clustron_tests::procs::{clustron, dkv, eventually, free_port_tcp, ProcCluster};
+use clustron_tests::procs::{clustron, dkv, eventually, free_port_tcp, metric, ProcCluster};
 
 /// Three nodes, each with a RESP port (TLS) on 127.0.0.1; their RESP ports.
 fn cluster_with_resp() -> (ProcCluster, Vec<u16>) {
@@ -47,7 +48,14 @@ fn client_cert(dir: &Path, name: &str, role: &str) {
 /// (`--no-raw`), with `stdin` as its input.
 fn redis(dir: &Path, port: u16, cert: &str, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new("redis-cli")
-        .args(["--tls", "--no-raw", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "--tls",
+            "--no-raw",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .arg("--cacert")
         .arg(dir.join("ca.pem"))
         .arg("--cert")
@@ -72,7 +80,9 @@ fn redis(dir: &Path, port: u16, cert: &str, args: &[&str], stdin: &str) -> Outpu
 /// One command's reply, as `redis-cli --no-raw` prints it.
 fn reply(dir: &Path, port: u16, cert: &str, command: &[&str]) -> String {
     let output = redis(dir, port, cert, command, "");
-    String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
+    String::from_utf8_lossy(&output.stdout)
+        .trim_end()
+        .to_owned()
 }
 
 /// What a reply must be.
@@ -96,7 +106,10 @@ fn redis_cli_on_any_node_serves_every_key_and_a_readonly_certificate_may_not_wri
         reply(&dir, ports[0], "admin", &["SET", "greeting", "hello"]) == "OK"
     });
     for port in &ports[1..] {
-        assert_eq!(reply(&dir, *port, "admin", &["GET", "greeting"]), "\"hello\"");
+        assert_eq!(
+            reply(&dir, *port, "admin", &["GET", "greeting"]),
+            "\"hello\""
+        );
     }
 
     tracing::info!("the issue's commands, each through the next node");
@@ -239,8 +252,19 @@ fn redis_cli_on_any_node_serves_every_key_and_a_readonly_certificate_may_not_wri
             .unwrap()
     };
     let created = admin(&[
-        "cache", "create", "sessions", "--max-entries", "1000", "--max-memory", "16MiB",
-        "--eviction", "lfu", "--ttl", "1h", "--backups", "2",
+        "cache",
+        "create",
+        "sessions",
+        "--max-entries",
+        "1000",
+        "--max-memory",
+        "16MiB",
+        "--eviction",
+        "lfu",
+        "--ttl",
+        "1h",
+        "--backups",
+        "2",
     ]);
     assert!(created.status.success(), "{created:?}");
     let again = admin(&["cache", "create", "sessions"]);
@@ -258,7 +282,10 @@ fn redis_cli_on_any_node_serves_every_key_and_a_readonly_certificate_may_not_wri
         .trim_end_matches(" ms")
         .parse()
         .unwrap();
-    assert!((3_000_000..=3_600_000).contains(&ms), "the namespace's TTL: {ms}");
+    assert!(
+        (3_000_000..=3_600_000).contains(&ms),
+        "the namespace's TTL: {ms}"
+    );
     eventually("list shows both namespaces", || {
         let listed = admin(&["cache", "list", "--json"]);
         let text = String::from_utf8_lossy(&listed.stdout);
@@ -282,7 +309,9 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
 
     tracing::info!("300 keys written through n1, each acknowledged");
     const KEYS: usize = 300;
-    let sets: String = (0..KEYS).map(|i| format!("SET key:{i} value-{i}\n")).collect();
+    let sets: String = (0..KEYS)
+        .map(|i| format!("SET key:{i} value-{i}\n"))
+        .collect();
     let output = redis(&dir, ports[0], "admin", &[], &sets);
     let acked = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -296,31 +325,58 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
     let expected: Vec<String> = (0..KEYS).map(|i| format!("\"value-{i}\"")).collect();
     for port in &ports[..2] {
         eventually("every acknowledged key is read from the survivors", || {
-            let output = redis(&dir, *port, "admin", &[], &gets);
-            // redis-cli notes a slow reply's time, `(1.51s)`, on a line
-            // of its own.
-            let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .filter(|l| !(l.starts_with('(') && l.ends_with("s)")))
-                .map(str::to_owned)
-                .collect();
-            let missing: Vec<&String> = lines
-                .iter()
-                .zip(&expected)
-                .filter(|(got, want)| got != want)
-                .map(|(got, _)| got)
-                .collect();
-            // A value that is there but different would be a lost write:
-            // only "not yet" answers (TRYAGAIN) may be retried.
-            for got in &missing {
-                assert!(got.contains("TRYAGAIN"), "a key lost its value: {got:?}");
-            }
-            lines.len() == KEYS && missing.is_empty()
+            all_values_read(&dir, *port, &gets, &expected)
         });
     }
     assert_eq!(
         reply(&dir, ports[1], "admin", &["DBSIZE"]),
         format!("(integer) {}", KEYS + 1)
     );
+
+    tracing::info!("n3 restarts empty and is handed its share back; nothing is lost");
+    cluster.restart(2);
+    let owned = |i: usize| {
+        metric(
+            cluster.admin(i),
+            "clustron_cache_owned_partitions{namespace=\"default\"}",
+        )
+        .unwrap_or(0)
+    };
+    eventually("n3 owns its share of the partitions again", || {
+        owned(2) >= 80
+    });
+    eventually("the owners add up to every partition", || {
+        owned(0) + owned(1) + owned(2) == 271
+    });
+    for port in &ports {
+        eventually("every key is read through every node", || {
+            all_values_read(&dir, *port, &gets, &expected)
+        });
+    }
+    assert_eq!(
+        reply(&dir, ports[2], "admin", &["DBSIZE"]),
+        format!("(integer) {}", KEYS + 1)
+    );
     cluster.clean_up_on_drop();
+}
+
+/// Whether `gets` through `port` read exactly `expected`; a reply that is
+/// neither the value nor a "not yet" (`TRYAGAIN`) fails the test: the key
+/// lost its value.
+fn all_values_read(dir: &Path, port: u16, gets: &str, expected: &[String]) -> bool {
+    let output = redis(dir, port, "admin", &[], gets);
+    // redis-cli notes a slow reply's time, `(1.51s)`, on a line of its own.
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !(l.starts_with('(') && l.ends_with("s)")))
+        .map(str::to_owned)
+        .collect();
+    let mut complete = lines.len() == expected.len();
+    for (got, want) in lines.iter().zip(expected) {
+        if got != want {
+            assert!(got.contains("TRYAGAIN"), "a key lost its value: {got:?}");
+            complete = false;
+        }
+    }
+    complete
 }

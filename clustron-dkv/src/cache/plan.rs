@@ -85,10 +85,59 @@ pub enum Step {
 }
 
 /// The term of an ownership stint that starts at `table`: the epoch in the
-/// high 32 bits, the version in the low ones, so terms grow in the order
-/// [`PartitionTable::is_newer_than`] uses.
+/// high 24 bits, the version in the next 32, so terms grow in the order
+/// [`PartitionTable::is_newer_than`] uses; the low 8 bits are left for
+/// [`handback_term`].
 pub fn term_of(table: &PartitionTable) -> u64 {
-    (table.epoch << 32) | (table.version & 0xffff_ffff)
+    ((table.epoch & 0xff_ffff) << 40) | ((table.version & 0xffff_ffff) << 8)
+}
+
+/// The term of a stint that starts when a backup hands a partition back to
+/// its restarted owner at `table`: above the backup's position's term
+/// (which may be the owner's previous stint at the same table), below the
+/// next table's.
+pub fn handback_term(table: &PartitionTable, held: u64) -> u64 {
+    term_of(table).max(held.saturating_add(1))
+}
+
+/// How a node that just started (and holds nothing) gets a partition the
+/// table says it owns: it asks every live member what it holds of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Some member still owns it: it will hand it over once it adopts the
+    /// table (or it is the table that is behind); wait.
+    Wait,
+    /// Nobody owns it, this member backs it up: ask it to hand it back.
+    Pull(String),
+    /// Nobody holds it (a new cluster, or more failures than backups):
+    /// start empty.
+    Empty,
+}
+
+/// The [`Recovery`] of `partition` from what each other live member said
+/// it holds (`None`: nothing, or no answer). A backup listed first in the
+/// table is preferred (it is the one kept in sync first).
+pub fn recovery(
+    table: &PartitionTable,
+    partition: u32,
+    answers: &std::collections::BTreeMap<String, Option<PartitionRole>>,
+) -> Recovery {
+    if answers.values().any(|r| *r == Some(PartitionRole::Owner)) {
+        return Recovery::Wait;
+    }
+    let backups = answers
+        .iter()
+        .filter(|(_, r)| **r == Some(PartitionRole::Backup))
+        .map(|(name, _)| name.clone());
+    let in_table_order = table
+        .replicas(partition)
+        .iter()
+        .find(|name| answers.get(*name) == Some(&Some(PartitionRole::Backup)))
+        .cloned();
+    match in_table_order.or_else(|| backups.min()) {
+        Some(name) => Recovery::Pull(name),
+        None => Recovery::Empty,
+    }
 }
 
 /// The holders of `partition` for a namespace with `backups` backups: the
@@ -334,6 +383,61 @@ mod tests {
                 copy_to: vec![]
             }]
         );
+    }
+
+    #[test]
+    fn a_restarted_owner_waits_for_an_owner_pulls_from_a_backup_or_starts_empty() {
+        let table = PartitionTable::empty().rebalance(&names(&["a", "b", "c"]), 1);
+        let p = (0..PARTITIONS)
+            .find(|&p| table.owner(p) == Some("a"))
+            .expect("a owns some");
+        let first_backup = table.replicas(p)[1].clone();
+        let other = table.replicas(p)[2].clone();
+        let answers = |pairs: &[(&String, Option<PartitionRole>)]| {
+            pairs
+                .iter()
+                .map(|(n, r)| (n.to_string(), *r))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        use PartitionRole::*;
+        assert_eq!(
+            recovery(
+                &table,
+                p,
+                &answers(&[(&first_backup, Some(Backup)), (&other, Some(Owner))])
+            ),
+            Recovery::Wait
+        );
+        assert_eq!(
+            recovery(
+                &table,
+                p,
+                &answers(&[(&first_backup, Some(Backup)), (&other, Some(Backup))])
+            ),
+            Recovery::Pull(first_backup.clone())
+        );
+        assert_eq!(
+            recovery(
+                &table,
+                p,
+                &answers(&[(&first_backup, None), (&other, Some(Backup))])
+            ),
+            Recovery::Pull(other.clone())
+        );
+        assert_eq!(
+            recovery(
+                &table,
+                p,
+                &answers(&[(&first_backup, None), (&other, None)])
+            ),
+            Recovery::Empty
+        );
+        assert_eq!(recovery(&table, p, &answers(&[])), Recovery::Empty);
+        // A hand-back's term passes the backup's, even from the same table.
+        let held = term_of(&table);
+        assert!(handback_term(&table, held) > held);
+        let next = table.rebalance(&names(&["a", "b"]), 1);
+        assert!(term_of(&next) > handback_term(&table, held));
     }
 
     #[test]

@@ -130,6 +130,22 @@ pub enum PeerRequest {
     },
     /// A request on the reserved keys, for the store's leader.
     Store(KvRequest),
+    /// What the receiver holds of these partitions (a node that just
+    /// started asks before it serves partitions the table gives it).
+    Holds {
+        /// The namespace.
+        namespace: String,
+        /// The partitions.
+        partitions: Vec<u32>,
+    },
+    /// Hand these backed-up partitions back to the sender (it owns them
+    /// at the table but restarted empty): copy, then `Promote`.
+    HandBack {
+        /// The namespace.
+        namespace: String,
+        /// The partitions.
+        partitions: Vec<u32>,
+    },
 }
 
 /// One replication item.
@@ -223,6 +239,10 @@ pub enum PeerResponse {
     Flushed(Result<(), CacheError>),
     /// The store's answer.
     Store(Result<KvReply, KvFailure>),
+    /// What the receiver holds of each partition asked about.
+    Holds(Vec<Option<PartitionRole>>),
+    /// The hand-backs are queued.
+    HandingBack,
 }
 
 /// A namespace's figures on this node, for `/metrics`.
@@ -232,6 +252,10 @@ pub struct NamespaceStats {
     pub name: String,
     /// Its store's counters and sizes.
     pub metrics: Metrics,
+    /// Partitions owned here.
+    pub owned_partitions: u64,
+    /// Partitions backed up here.
+    pub backup_partitions: u64,
 }
 
 /// Figures of the cache on this node, for `/metrics`.
@@ -337,6 +361,21 @@ enum Command {
     Peers(oneshot::Sender<Vec<SocketAddr>>),
     Namespaces(oneshot::Sender<Vec<NamespaceConfig>>),
     Sweep,
+    Holds {
+        namespace: String,
+        partitions: Vec<u32>,
+        reply: oneshot::Sender<Vec<Option<PartitionRole>>>,
+    },
+    HandBack {
+        namespace: String,
+        partitions: Vec<u32>,
+        to: String,
+    },
+    /// A start-up survey found nobody holding these partitions.
+    Recovered {
+        namespace: String,
+        empty: Vec<u32>,
+    },
 }
 
 impl Cache {
@@ -354,10 +393,10 @@ impl Cache {
         let channel = endpoint.channel::<CacheProtocol>();
         let handler_commands = commands.clone();
         let handler_kv = kv.clone();
-        let inbox = endpoint.serve::<CacheProtocol, _, _>(move |_from, request| {
+        let inbox = endpoint.serve::<CacheProtocol, _, _>(move |from, request| {
             let commands = handler_commands.clone();
             let kv = handler_kv.clone();
-            async move { Ok(answer_peer(&commands, &kv, request).await) }
+            async move { Ok(answer_peer(&commands, &kv, from.name(), request).await) }
         })?;
         drop(inbox);
         let actor = Actor {
@@ -381,6 +420,7 @@ impl Cache {
             membership: membership.clone(),
             election: election.clone(),
             kv: kv.clone(),
+            channel: channel.clone(),
             commands: commands.clone(),
             published: None,
         };
@@ -585,6 +625,7 @@ impl Cache {
 async fn answer_peer(
     commands: &mpsc::Sender<Command>,
     kv: &Kv,
+    from: &str,
     request: PeerRequest,
 ) -> PeerResponse {
     let stopped = || CacheError::NotReady("the cache service stopped".into());
@@ -655,7 +696,96 @@ async fn answer_peer(
         PeerRequest::Store(request) => {
             PeerResponse::Store(crate::serve::kv_op_answer(kv.clone(), request).await)
         }
+        PeerRequest::Holds {
+            namespace,
+            partitions,
+        } => {
+            let count = partitions.len();
+            let (reply, rx) = oneshot::channel();
+            let command = Command::Holds {
+                namespace,
+                partitions,
+                reply,
+            };
+            if commands.send(command).await.is_err() {
+                return PeerResponse::Holds(vec![None; count]);
+            }
+            PeerResponse::Holds(rx.await.unwrap_or_else(|_| vec![None; count]))
+        }
+        PeerRequest::HandBack {
+            namespace,
+            partitions,
+        } => {
+            let command = Command::HandBack {
+                namespace,
+                partitions,
+                to: from.to_owned(),
+            };
+            let _ = commands.send(command).await;
+            PeerResponse::HandingBack
+        }
     }
+}
+
+/// A node that just started asks every live member what it holds of the
+/// partitions the table gives it ([`plan::recovery`]), asks backups to hand
+/// theirs back, and tells the actor which partitions nobody holds (those
+/// start empty). A member that does not answer counts as holding nothing;
+/// a hand-back that fails leaves the partition waiting (a later table or a
+/// restart resolves it).
+async fn recover(
+    channel: Channel<CacheProtocol>,
+    commands: mpsc::Sender<Command>,
+    namespace: String,
+    partitions: Vec<u32>,
+    peers: Vec<(String, SocketAddr)>,
+    table: PartitionTable,
+) {
+    let mut answers: BTreeMap<u32, BTreeMap<String, Option<PartitionRole>>> = BTreeMap::new();
+    for (name, addr) in &peers {
+        let request = PeerRequest::Holds {
+            namespace: namespace.clone(),
+            partitions: partitions.clone(),
+        };
+        let roles = match channel.request(*addr, &request).await {
+            Ok(PeerResponse::Holds(roles)) if roles.len() == partitions.len() => roles,
+            _ => vec![None; partitions.len()],
+        };
+        for (p, role) in partitions.iter().zip(roles) {
+            answers.entry(*p).or_default().insert(name.clone(), role);
+        }
+    }
+    let mut pulls: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut empty = Vec::new();
+    for p in &partitions {
+        let said = answers.remove(p).unwrap_or_default();
+        match plan::recovery(&table, *p, &said) {
+            plan::Recovery::Wait => {}
+            plan::Recovery::Pull(from) => pulls.entry(from).or_default().push(*p),
+            plan::Recovery::Empty => empty.push(*p),
+        }
+    }
+    let pulled = pulls.values().map(Vec::len).sum::<usize>();
+    tracing::info!(
+        namespace = %namespace,
+        pulled,
+        empty = empty.len(),
+        waiting = partitions.len() - empty.len() - pulled,
+        "cache start-up: partitions this node owns"
+    );
+    for (from, partitions) in pulls {
+        let Some(addr) = peers.iter().find(|(n, _)| *n == from).map(|(_, a)| *a) else {
+            continue;
+        };
+        let request = PeerRequest::HandBack {
+            namespace: namespace.clone(),
+            partitions,
+        };
+        if let Err(e) = channel.request(addr, &request).await {
+            tracing::warn!(%from, %e, "cache hand-back not asked; those partitions wait");
+        }
+    }
+    let _ = commands.send(Command::Recovered { namespace, empty }).await;
 }
 
 /// The key of a namespace's settings.
@@ -785,6 +915,53 @@ impl Actor {
                 let _ = reply.send(list);
             }
             Command::Sweep => self.sweep(),
+            Command::Holds {
+                namespace,
+                partitions,
+                reply,
+            } => {
+                let roles = match self.namespaces.get(&namespace) {
+                    Some(store) => partitions.iter().map(|p| store.role(*p)).collect(),
+                    None => vec![None; partitions.len()],
+                };
+                let _ = reply.send(roles);
+            }
+            Command::HandBack {
+                namespace,
+                partitions,
+                to,
+            } => {
+                for partition in partitions {
+                    let held = self.namespaces.get(&namespace).and_then(|s| {
+                        (s.role(partition) == Some(PartitionRole::Backup))
+                            .then(|| s.partition_position(partition))
+                            .flatten()
+                    });
+                    let Some(position) = held else { continue };
+                    let term = plan::handback_term(&self.table, position.term);
+                    self.copy(&namespace, partition, &to);
+                    self.promote_remote(&namespace, partition, &to, term, true);
+                }
+            }
+            Command::Recovered { namespace, empty } => {
+                let term = plan::term_of(&self.table);
+                for partition in empty {
+                    let Some(copy_to) = self.awaiting.remove(&(namespace.clone(), partition))
+                    else {
+                        continue;
+                    };
+                    let owned = self.table.owner(partition) == Some(self.me.as_str());
+                    let Some(store) = self.namespaces.get_mut(&namespace) else {
+                        continue;
+                    };
+                    if !owned || store.create_partition(partition, term).is_err() {
+                        continue;
+                    }
+                    for peer in copy_to {
+                        self.copy(&namespace, partition, &peer);
+                    }
+                }
+            }
         }
     }
 
@@ -1182,9 +1359,13 @@ impl Actor {
                 "cache partition table adopted"
             );
             let old = std::mem::replace(&mut self.table, table.clone());
+            let first = old.version == 0;
             let names: Vec<String> = self.namespaces.keys().cloned().collect();
             for name in names {
-                self.adopt(&name, &old, &table, &live);
+                match first {
+                    true => self.adopt_at_start(&name, &table, &live),
+                    false => self.adopt(&name, &old, &table, &live),
+                }
             }
         }
         self.publish_stats();
@@ -1209,6 +1390,52 @@ impl Actor {
         for step in steps {
             self.step(namespace, step);
         }
+    }
+
+    /// The first table this node adopts since it started: it holds
+    /// nothing, but the cluster may (this node restarted, perhaps before
+    /// its failure was noticed). Partitions the table gives it wait while
+    /// [`recover`] asks the others.
+    fn adopt_at_start(&mut self, namespace: &str, table: &PartitionTable, live: &BTreeSet<String>) {
+        let Some(store) = self.namespaces.get(namespace) else {
+            return;
+        };
+        let backups = usize::from(store.config().backups);
+        let steps = plan::plan(
+            &PartitionTable::empty(),
+            table,
+            &self.me,
+            live,
+            backups,
+            |p| store.role(p),
+        );
+        let mut owned = Vec::new();
+        for step in steps {
+            match step {
+                Step::TakeOver {
+                    partition, copy_to, ..
+                } => {
+                    self.awaiting
+                        .insert((namespace.to_owned(), partition), copy_to);
+                    owned.push(partition);
+                }
+                other => self.step(namespace, other),
+            }
+        }
+        let peers: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(name, _)| **name != self.me)
+            .map(|(name, addr)| (name.clone(), *addr))
+            .collect();
+        tokio::spawn(recover(
+            self.channel.clone(),
+            self.commands.clone(),
+            namespace.to_owned(),
+            owned,
+            peers,
+            table.clone(),
+        ));
     }
 
     fn step(&mut self, namespace: &str, step: Step) {
@@ -1310,9 +1537,17 @@ impl Actor {
             namespaces: self
                 .namespaces
                 .iter()
-                .map(|(name, store)| NamespaceStats {
-                    name: name.clone(),
-                    metrics: store.metrics(),
+                .map(|(name, store)| {
+                    let owned = store
+                        .partitions()
+                        .filter(|(_, role)| *role == PartitionRole::Owner)
+                        .count() as u64;
+                    NamespaceStats {
+                        name: name.clone(),
+                        metrics: store.metrics(),
+                        owned_partitions: owned,
+                        backup_partitions: store.partitions().count() as u64 - owned,
+                    }
                 })
                 .collect(),
         });
@@ -1394,6 +1629,7 @@ struct Control {
     membership: Membership,
     election: Election,
     kv: Kv,
+    channel: Channel<CacheProtocol>,
     commands: mpsc::Sender<Command>,
     /// The last table this node published (it may not be read back yet).
     published: Option<PartitionTable>,
@@ -1420,19 +1656,34 @@ impl Control {
             .filter(|m| m.state.is_live())
             .map(|m| (m.name.to_string(), m.addr))
             .collect();
-        let read = self
-            .kv
-            .request(ClientOp::Read {
-                request: RangeRequest {
-                    range: KeyRange::Prefix(CACHE_PREFIX.to_vec()),
-                    revision: 0,
-                    limit: 0,
-                    keys_only: false,
-                    count_only: false,
-                },
-                linearizable: false,
-            })
-            .await;
+        // Linearizable, from the store's leader: a node that restarts must
+        // not act on the stale table its own log holds (it could find
+        // itself owner of partitions the others took over).
+        let request = KvRequest::Range {
+            request: RangeRequest {
+                range: KeyRange::Prefix(CACHE_PREFIX.to_vec()),
+                revision: 0,
+                limit: 0,
+                keys_only: false,
+                count_only: false,
+            },
+            linearizable: true,
+        };
+        let read = match crate::serve::kv_op_answer(self.kv.clone(), request.clone()).await {
+            Err(KvFailure::NotLeader {
+                leader: Some((_, addr)),
+            }) => match self
+                .channel
+                .request(addr, &PeerRequest::Store(request))
+                .await
+            {
+                Ok(PeerResponse::Store(answer)) => answer,
+                _ => Err(KvFailure::Unavailable(
+                    "the store's leader did not answer".into(),
+                )),
+            },
+            answer => answer,
+        };
         let Ok(KvReply::Range(range, _)) = read else {
             // The store is not serving yet: membership still matters.
             let _ = self
