@@ -79,6 +79,9 @@ async fn one_node_with(stall: Duration) -> OneNode {
         retain_revisions: 100_000,
         snapshot_entries: 10_000,
         max_value_bytes: 500 * 1024,
+        resp_listen: None,
+        resp_insecure: false,
+        resp_namespace: "default".into(),
     };
     let node = clustron_dkv::node::start(&config).await.unwrap();
     let cert = ca
