@@ -247,9 +247,8 @@ impl Client {
                     }
                     Err(e) => {
                         self.shared.suspect(addr);
-                        return Err(ClientError::Cache(CacheError::NotReady(format!(
-                            "the connection to {addr} failed after the request was sent ({e}); \
-                             it may or may not be applied"
+                        return Err(ClientError::Cache(CacheError::Unknown(format!(
+                            "the connection to {addr} failed after the request was sent ({e})"
                         ))));
                     }
                 }

@@ -290,6 +290,11 @@ pub enum CacheError {
     /// does not, the caller's role); nothing changed.
     #[error("{0}")]
     Refused(String),
+    /// A write's connection to its owner failed after it was sent: it may
+    /// or may not be applied (not retried, since `Incr` or `Append` would
+    /// apply twice).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
 }
 
 /// A cache request on the client protocol

@@ -360,6 +360,47 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
     cluster.clean_up_on_drop();
 }
 
+#[test]
+fn a_node_restarted_at_once_after_kill_9_gets_its_partitions_back_from_its_backups() {
+    let (mut cluster, ports) = cluster_with_resp();
+    let dir = cluster.dir().to_owned();
+    eventually("n1's RESP port takes a write", || {
+        reply(&dir, ports[0], "admin", &["SET", "probe", "1"]) == "OK"
+    });
+    const KEYS: usize = 300;
+    let sets: String = (0..KEYS)
+        .map(|i| format!("SET key:{i} value-{i}\n"))
+        .collect();
+    let output = redis(&dir, ports[0], "admin", &[], &sets);
+    let acked = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| *l == "OK")
+        .count();
+    assert_eq!(acked, KEYS, "{output:?}");
+
+    tracing::info!("kill -9 of n3 and a restart at once, empty, under the same name");
+    cluster.kill(2);
+    cluster.restart(2);
+    let gets: String = (0..KEYS).map(|i| format!("GET key:{i}\n")).collect();
+    let expected: Vec<String> = (0..KEYS).map(|i| format!("\"value-{i}\"")).collect();
+    for port in &ports {
+        eventually("every key is read through every node", || {
+            all_values_read(&dir, *port, &gets, &expected)
+        });
+    }
+    eventually("n3 owns partitions again", || {
+        metric(
+            cluster.admin(2),
+            "clustron_cache_owned_partitions{namespace=\"default\"}",
+        )
+        .is_some_and(|owned| owned >= 80)
+    });
+    for port in &ports {
+        assert!(all_values_read(&dir, *port, &gets, &expected));
+    }
+    cluster.clean_up_on_drop();
+}
+
 /// Whether `gets` through `port` read exactly `expected`; a reply that is
 /// neither the value nor a "not yet" (`TRYAGAIN`) fails the test: the key
 /// lost its value.

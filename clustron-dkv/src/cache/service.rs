@@ -490,9 +490,8 @@ impl Cache {
                             Err(CacheError::NotReady(format!("owner {addr}: {e}")))
                         }
                         Err(e) => {
-                            return Err(CacheError::NotReady(format!(
-                                "the owner {addr} failed after the request was sent ({e}); \
-                                 the write may or may not be applied"
+                            return Err(CacheError::Unknown(format!(
+                                "the owner {addr} failed after the write was sent ({e})"
                             )))
                         }
                     }
@@ -972,11 +971,13 @@ impl Actor {
             result,
             acks: Vec::new(),
         };
-        if !self.namespaces.contains_key(namespace) {
-            return done(Err(CacheError::NoNamespace(namespace.to_owned())));
-        }
+        // Before its first table a node has not read the namespaces either
+        // (both come from one read): "not yet", not "no such namespace".
         if self.table.version == 0 {
             return done(Err(CacheError::NotReady("no partition table yet".into())));
+        }
+        if !self.namespaces.contains_key(namespace) {
+            return done(Err(CacheError::NoNamespace(namespace.to_owned())));
         }
         let partition = partition_of(op.key());
         let owner = self.table.owner(partition).map(str::to_owned);

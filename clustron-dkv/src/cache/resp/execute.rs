@@ -173,7 +173,8 @@ pub fn cache_error_reply(error: &CacheError) -> Reply {
         | CacheError::Overflow
         | CacheError::NoNamespace(_)
         | CacheError::TooLarge { .. }
-        | CacheError::Refused(_) => "ERR",
+        | CacheError::Refused(_)
+        | CacheError::Unknown(_) => "ERR",
     };
     Reply::Error(format!("{code} {error}"))
 }
