@@ -333,7 +333,26 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
         format!("(integer) {}", KEYS + 1)
     );
 
-    tracing::info!("n3 restarts empty and is handed its share back; nothing is lost");
+    tracing::info!("n3 restarts empty and is handed its share back while n1 takes writes");
+    // Batches of writes until the move is over, and one more after it.
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (dir, port, moved) = (dir.clone(), ports[0], moved.clone());
+        std::thread::spawn(move || {
+            let mut written = Vec::new();
+            loop {
+                let last = moved.load(std::sync::atomic::Ordering::Relaxed);
+                let first = written.len();
+                let sets: String = (first..first + 200)
+                    .map(|i| format!("SET live:{i} v-{i}\n"))
+                    .collect();
+                written.extend(replies(&redis(&dir, port, "admin", &[], &sets)));
+                if last {
+                    return written;
+                }
+            }
+        })
+    };
     cluster.restart(2);
     let owned = |i: usize| {
         metric(
@@ -348,16 +367,47 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
     eventually("the owners add up to every partition", || {
         owned(0) + owned(1) + owned(2) == 271
     });
+    moved.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
     for port in &ports {
         eventually("every key is read through every node", || {
             all_values_read(&dir, *port, &gets, &expected)
         });
     }
-    assert_eq!(
-        reply(&dir, ports[2], "admin", &["DBSIZE"]),
-        format!("(integer) {}", KEYS + 1)
+    assert_eq!(written.len() % 200, 0, "one reply per write");
+    let acked: Vec<usize> = (0..written.len()).filter(|i| written[*i] == "OK").collect();
+    for (i, got) in written.iter().enumerate() {
+        assert!(got == "OK" || got.contains("TRYAGAIN"), "write {i}: {got}");
+    }
+    eprintln!(
+        "writes during the hand-over: {} acknowledged of {}",
+        acked.len(),
+        written.len()
     );
+    assert!(
+        acked.len() * 2 > written.len(),
+        "most writes go on during the move: {} of {}",
+        acked.len(),
+        written.len()
+    );
+    let gets: String = acked.iter().map(|i| format!("GET live:{i}\n")).collect();
+    let expected: Vec<String> = acked.iter().map(|i| format!("\"v-{i}\"")).collect();
+    for port in &ports {
+        eventually("every write acknowledged during the move is read", || {
+            all_values_read(&dir, *port, &gets, &expected)
+        });
+    }
     cluster.clean_up_on_drop();
+}
+
+/// `redis-cli`'s reply lines, without the times it notes for slow replies
+/// (`(1.51s)` on a line of its own).
+fn replies(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !(l.starts_with('(') && l.ends_with("s)")))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -405,13 +455,7 @@ fn a_node_restarted_at_once_after_kill_9_gets_its_partitions_back_from_its_backu
 /// neither the value nor a "not yet" (`TRYAGAIN`) fails the test: the key
 /// lost its value.
 fn all_values_read(dir: &Path, port: u16, gets: &str, expected: &[String]) -> bool {
-    let output = redis(dir, port, "admin", &[], gets);
-    // redis-cli notes a slow reply's time, `(1.51s)`, on a line of its own.
-    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| !(l.starts_with('(') && l.ends_with("s)")))
-        .map(str::to_owned)
-        .collect();
+    let lines = replies(&redis(dir, port, "admin", &[], gets));
     let mut complete = lines.len() == expected.len();
     for (got, want) in lines.iter().zip(expected) {
         if got != want {
