@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use clustron_client::cache::namespace::Eviction;
-use clustron_client::cache::{NamespaceConfig, TtlState};
+use clustron_client::cache::{EventKind, NamespaceConfig, TtlState};
 use clustron_client::Client;
 use serde_json::json;
 
@@ -87,6 +87,14 @@ pub enum CacheCmd {
         /// The increment.
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
+        /// The namespace.
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+    },
+    /// Print entry events (put, update, remove, evict, expire) as they
+    /// happen, one line each (give every node in --endpoints: each sends
+    /// the events of the partitions it owns).
+    Watch {
         /// The namespace.
         #[arg(long, short, default_value = "default")]
         namespace: String,
@@ -203,6 +211,29 @@ pub async fn run(client: &Client, command: CacheCmd) -> Result<()> {
                 "{}",
                 client.cache_incr(&namespace, key.as_bytes(), by).await?
             );
+        }
+        CacheCmd::Watch { namespace } => {
+            use std::io::Write as _;
+            let mut events = client.cache_events(&namespace).await?;
+            while let Some(batch) = events.next().await {
+                let mut out = std::io::stdout().lock();
+                for event in batch? {
+                    let kind = match event.kind {
+                        EventKind::Put => "put",
+                        EventKind::Update => "update",
+                        EventKind::Remove => "remove",
+                        EventKind::Evict => "evict",
+                        EventKind::Expire => "expire",
+                    };
+                    writeln!(
+                        out,
+                        "{kind} {} version {}",
+                        String::from_utf8_lossy(&event.key),
+                        event.version
+                    )?;
+                }
+                out.flush()?;
+            }
         }
         CacheCmd::Ttl { key, namespace } => {
             match client.cache_ttl(&namespace, key.as_bytes()).await? {

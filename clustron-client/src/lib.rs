@@ -46,8 +46,8 @@ use std::time::{Duration, Instant};
 
 pub use clustron_dkv::cache;
 use clustron_dkv::cache::{
-    CacheAnswer, CacheError, CacheOp, CacheReply, CacheRequest, NamespaceConfig, PutCondition,
-    TtlState, Versioned,
+    CacheAnswer, CacheError, CacheEvent, CacheOp, CacheReply, CacheRequest, NamespaceConfig,
+    PutCondition, TtlState, Versioned,
 };
 pub use clustron_dkv::kv;
 use clustron_dkv::kv::{
@@ -369,6 +369,59 @@ impl Client {
             CacheReply::Ttl(ttl) => Ok(ttl),
             other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
         }
+    }
+
+    /// Entry events (put, update, remove, evict, expire) of `namespace`:
+    /// each node sends those of the partitions it owns, so this opens a
+    /// stream on **every endpoint** the client was given (give it every
+    /// node). Fails if no endpoint accepts.
+    pub async fn cache_events(&self, namespace: &str) -> Result<CacheEvents, ClientError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let request = StreamRequest::CacheEvents {
+            namespace: namespace.to_owned(),
+        };
+        let mut opened = 0;
+        let mut last = None;
+        for addr in &self.shared.endpoints {
+            let mut stream = match self.shared.channel.open_stream(*addr).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            if let Err(e) = stream.send(&request).await {
+                last = Some(clustron_transport::Error::from(e));
+                continue;
+            }
+            opened += 1;
+            let tx = tx.clone();
+            let addr = *addr;
+            tokio::spawn(async move {
+                let ended = loop {
+                    match stream.recv::<StreamItem>().await {
+                        Ok(Some(StreamItem::CacheEvents(batch))) => {
+                            if tx.send(Ok(batch)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(StreamItem::Error(reason))) => break reason,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break format!("{addr} closed the stream"),
+                        Err(e) => break format!("{addr}: {e}"),
+                    }
+                };
+                let _ = tx
+                    .send(Err(ClientError::Cache(CacheError::NotReady(ended))))
+                    .await;
+            });
+        }
+        if opened == 0 {
+            return Err(ClientError::Unavailable(
+                last.unwrap_or(clustron_transport::Error::Closed),
+            ));
+        }
+        Ok(CacheEvents { rx })
     }
 
     /// Creates a cache namespace (admin role).
@@ -1321,6 +1374,7 @@ impl TopologyWatcher {
                         StreamItem::Event { .. }
                         | StreamItem::KvEvents(_)
                         | StreamItem::KvEventsPart(_)
+                        | StreamItem::CacheEvents(_)
                         | StreamItem::WatchCancelled(_) => {}
                     }
                     return Ok(item);
@@ -1335,6 +1389,24 @@ impl TopologyWatcher {
                 }
             }
         }
+    }
+}
+
+/// Entry events of a cache namespace from every endpoint; see
+/// [`Client::cache_events`].
+#[derive(Debug)]
+pub struct CacheEvents {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<CacheEvent>, ClientError>>,
+}
+
+impl CacheEvents {
+    /// The next batch of events (one owner's, in its order), or the error
+    /// that ended one endpoint's stream: from then on events of the
+    /// partitions that node owns are missed, so a copy of the cache made
+    /// from them must be dropped and the stream opened again. `None` once
+    /// every stream ended.
+    pub async fn next(&mut self) -> Option<Result<Vec<CacheEvent>, ClientError>> {
+        self.rx.recv().await
     }
 }
 

@@ -548,6 +548,7 @@ async fn run(cli: Cli) -> Result<()> {
                     | StreamItem::Error(_)
                     | StreamItem::KvEvents(_)
                     | StreamItem::KvEventsPart(_)
+                    | StreamItem::CacheEvents(_)
                     | StreamItem::WatchCancelled(_) => {}
                 }
             }
@@ -608,5 +609,6 @@ fn item_json(item: &StreamItem) -> serde_json::Value {
             json!({ "kv_events": events.len() })
         }
         StreamItem::WatchCancelled(reason) => json!({ "watch_cancelled": reason.to_string() }),
+        StreamItem::CacheEvents(events) => json!({ "cache_events": events.len() }),
     }
 }

@@ -132,6 +132,7 @@ impl Access {
             StreamRequest::WatchTopology { .. } => Access::new(Level::Read, "watch the topology"),
             StreamRequest::Subscribe { .. } => Access::new(Level::Read, "subscribe to events"),
             StreamRequest::Watch(_) => Access::new(Level::Read, "watch keys"),
+            StreamRequest::CacheEvents { .. } => Access::new(Level::Read, "watch cache events"),
         }
     }
 }

@@ -297,6 +297,35 @@ pub enum CacheError {
     Unknown(String),
 }
 
+/// What happened to an entry, for subscribers (near caches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// Created.
+    Put,
+    /// Changed (value or expiry).
+    Update,
+    /// Deleted by a client.
+    Remove,
+    /// Evicted to keep the namespace within its bounds.
+    Evict,
+    /// Expired (its TTL passed or it was idle too long).
+    Expire,
+}
+
+/// An entry event, emitted by the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The partition.
+    pub partition: u32,
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The entry's version after the event, or before it for a removal.
+    pub version: u64,
+}
+
 /// A cache request on the client protocol
 /// ([`crate::proto::Request::Cache`]), served by any node: operations go
 /// to the key's owner (forwarded by the node), namespace changes to the

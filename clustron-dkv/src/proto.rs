@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use clustron_transport::{ChannelId, Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheAnswer, CacheError, CacheRequest};
+use crate::cache::{CacheAnswer, CacheError, CacheEvent, CacheRequest};
 use crate::kv::{Event as KvEvent, KvError, KvFailure, KvReply, KvRequest, WatchRequest};
 
 /// The client protocol on [`ChannelId::CLIENT`].
@@ -113,6 +113,12 @@ pub enum StreamRequest {
     },
     /// Changes to keys.
     Watch(WatchRequest),
+    /// Entry events of a cache namespace from the partitions the node
+    /// owns (subscribe on every node to see them all).
+    CacheEvents {
+        /// The namespace.
+        namespace: String,
+    },
 }
 
 /// A change to the topology.
@@ -166,6 +172,8 @@ pub enum StreamItem {
     /// The watch ended: its next revision was compacted (re-read, then
     /// watch from the current revision).
     WatchCancelled(KvError),
+    /// Cache entry events, in the order the owner made them.
+    CacheEvents(Vec<CacheEvent>),
     /// The stream could not be served.
     Error(String),
 }

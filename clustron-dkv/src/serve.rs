@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::{self, Access};
+use crate::cache::service::Cache;
 use crate::cache::{CacheError, CacheRequest};
 use crate::core::mvcc::Command;
 use crate::core::server::{ClientOp, ServerError};
@@ -48,8 +49,10 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
                 Inbound::Stream { stream, from } => {
                     let bus = node.bus.borrow().clone();
                     let kv = node.kv.borrow().clone();
+                    let cache = node.cache.borrow().clone();
                     let me = node.membership.name().to_string();
-                    tokio::spawn(serve_stream(bus, kv, me, from.identity.kind, stream));
+                    let caller = from.identity.kind;
+                    tokio::spawn(serve_stream(bus, kv, cache, me, caller, stream));
                 }
                 // Requests go to the handler above, never here.
                 Inbound::Request { reply, .. } => reply.reject("requests are served elsewhere"),
@@ -328,6 +331,7 @@ async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
 async fn serve_stream(
     bus: Option<EventBus>,
     kv: Option<Kv>,
+    cache: Option<Cache>,
     me: String,
     caller: PeerKind,
     mut stream: FramedStream,
@@ -344,6 +348,9 @@ async fn serve_stream(
     if let StreamRequest::Watch(request) = request {
         return serve_watch(kv, request, stream).await;
     }
+    if let StreamRequest::CacheEvents { namespace } = request {
+        return serve_cache_events(cache, &namespace, stream).await;
+    }
     let Some(bus) = bus else {
         let _ = stream
             .send(&StreamItem::Error(
@@ -354,7 +361,7 @@ async fn serve_stream(
         return;
     };
     match request {
-        StreamRequest::Watch(_) => {}
+        StreamRequest::Watch(_) | StreamRequest::CacheEvents { .. } => {}
         StreamRequest::WatchTopology { from } => {
             // A resume point from another node cannot be honoured here.
             let resumed_elsewhere = from.as_ref().is_some_and(|(node, _)| *node != me);
@@ -400,6 +407,43 @@ async fn serve_stream(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Forwards a cache namespace's entry events (of the partitions this node
+/// owns) until either side ends it; a subscriber that fell behind gets an
+/// error item and the end of the stream.
+async fn serve_cache_events(cache: Option<Cache>, namespace: &str, mut stream: FramedStream) {
+    let events = match cache {
+        Some(cache) => cache.subscribe(namespace).await,
+        None => Err(CacheError::NotReady("the cache is starting".into())),
+    };
+    let mut events = match events {
+        Ok(events) => events,
+        Err(e) => {
+            let _ = stream.send(&StreamItem::Error(e.to_string())).await;
+            stream.finish();
+            return;
+        }
+    };
+    let (mut tx, mut rx) = stream.split();
+    loop {
+        tokio::select! {
+            batch = events.recv() => {
+                let item = match batch {
+                    Some(batch) => StreamItem::CacheEvents(batch),
+                    None => StreamItem::Error(
+                        "the event stream ended (fell behind, or the namespace was dropped)".into(),
+                    ),
+                };
+                let last = matches!(item, StreamItem::Error(_));
+                if tx.send(&item).await.is_err() || last {
+                    break;
+                }
+            }
+            // The client sends nothing after its request: this is its end.
+            _ = rx.recv::<StreamRequest>() => break,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! answer as Redis does with their keys spread over three owners; a
 //! readonly certificate reads but may not write, on the RESP port and on
 //! the native protocol, and no client may write the cluster's reserved
-//! keys; `kill -9` of a node with one backup per partition loses no
+//! keys; entry events of writes through any node reach a watcher; `kill -9` of a node with one backup per partition loses no
 //! acknowledged key once the partition table has moved, and when the node
 //! comes back empty it is handed its share again (copies, then cut-over)
 //! without losing any. Conditions are awaited with deadlines.
@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use clustron_tests::procs::{clustron, dkv, eventually, free_port_tcp, metric, ProcCluster};
+use clustron_tests::procs::{
+    clustron, dkv, eventually, free_port_tcp, metric, spawn_line_reader, ProcCluster, DEADLINE,
+};
 
 /// Three nodes, each with a RESP port (TLS) on 127.0.0.1; their RESP ports.
 fn cluster_with_resp() -> (ProcCluster, Vec<u16>) {
@@ -242,6 +244,58 @@ fn redis_cli_on_any_node_serves_every_key_and_a_readonly_certificate_may_not_wri
             "{args:?}: {stderr}"
         );
     }
+
+    tracing::info!("entry events of writes through any node reach a watcher of every node");
+    let mut watcher = clustron(&dir, &endpoints)
+        .args(["cache", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = spawn_line_reader(watcher.stdout.take().unwrap());
+    let seen = |want: &str, lines: &std::sync::mpsc::Receiver<String>| {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line == want => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    // The watcher subscribes in the background: write until it sees one.
+    eventually("the watcher sees a write", || {
+        assert_eq!(
+            reply(&dir, ports[0], "admin", &["SET", "ev:probe", "x"]),
+            "OK"
+        );
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("ev:probe") => return true,
+                _ => {}
+            }
+        }
+        false
+    });
+    assert_eq!(reply(&dir, ports[0], "admin", &["SET", "ev:a", "1"]), "OK");
+    assert!(seen("put ev:a version 1", &lines));
+    assert_eq!(reply(&dir, ports[1], "admin", &["SET", "ev:a", "2"]), "OK");
+    assert!(seen("update ev:a version 2", &lines));
+    assert_eq!(
+        reply(&dir, ports[2], "admin", &["DEL", "ev:a"]),
+        "(integer) 1"
+    );
+    assert!(seen("remove ev:a version 2", &lines));
+    assert_eq!(
+        reply(&dir, ports[1], "admin", &["SET", "ev:t", "x", "PX", "100"]),
+        "OK"
+    );
+    assert!(seen("put ev:t version 1", &lines));
+    assert!(seen("expire ev:t version 1", &lines), "the owner's sweep");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
 
     tracing::info!("namespaces: create, use, list and drop with the admin certificate");
     let admin = |args: &[&str]| {

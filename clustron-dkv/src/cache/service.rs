@@ -57,7 +57,7 @@ use super::store::{
     ReplicaError,
 };
 use super::table::PartitionTable;
-use super::{partition_of, CacheAnswer, CacheError, CacheOp, CacheReply, CacheRequest};
+use super::{partition_of, CacheAnswer, CacheError, CacheEvent, CacheOp, CacheReply, CacheRequest};
 use crate::core::mvcc::Command as StoreCommand;
 use crate::core::server::ClientOp;
 use crate::kv::{
@@ -92,6 +92,8 @@ const BATCH_BYTES: usize = 1024 * 1024;
 const ROUTE_RETRY_FOR: Duration = Duration::from_secs(5);
 /// How long a forwarded operation may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Batches of events a subscriber may be behind before it is dropped.
+pub const EVENT_QUEUE: usize = 1024;
 
 /// The cache's node-to-node protocol on [`ChannelId::CACHE`].
 #[derive(Debug)]
@@ -360,6 +362,10 @@ enum Command {
     },
     Peers(oneshot::Sender<Vec<SocketAddr>>),
     Namespaces(oneshot::Sender<Vec<NamespaceConfig>>),
+    Subscribe {
+        namespace: String,
+        reply: oneshot::Sender<Result<mpsc::Receiver<Vec<CacheEvent>>, CacheError>>,
+    },
     Sweep,
     Holds {
         namespace: String,
@@ -413,6 +419,7 @@ impl Cache {
             stats: stats_tx,
             copies_sent: 0,
             promotions: 0,
+            subscribers: Vec::new(),
         };
         tokio::spawn(actor.run(command_rx));
         let control = Control {
@@ -509,6 +516,21 @@ impl Cache {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
+    }
+
+    /// Entry events of `namespace` from the partitions this node owns, as
+    /// the owner makes them. A subscriber that falls [`EVENT_QUEUE`]
+    /// batches behind is dropped (its receiver ends): it must subscribe
+    /// again and treat everything it cached as stale.
+    pub async fn subscribe(
+        &self,
+        namespace: &str,
+    ) -> Result<mpsc::Receiver<Vec<CacheEvent>>, CacheError> {
+        self.ask(|reply| Command::Subscribe {
+            namespace: namespace.to_owned(),
+            reply,
+        })
+        .await?
     }
 
     /// Live keys of a namespace: the owned entries of every live member.
@@ -832,9 +854,21 @@ struct Actor {
     stats: tokio::sync::watch::Sender<CacheStats>,
     copies_sent: u64,
     promotions: u64,
+    /// Event subscribers: (namespace, queue).
+    subscribers: Vec<(String, mpsc::Sender<Vec<CacheEvent>>)>,
 }
 
 impl Actor {
+    /// Hands `events` of `namespace` to its subscribers; one that is full
+    /// or gone is dropped.
+    fn publish_events(&mut self, namespace: &str, events: Vec<CacheEvent>) {
+        if events.is_empty() || self.subscribers.is_empty() {
+            return;
+        }
+        self.subscribers
+            .retain(|(ns, tx)| ns != namespace || tx.try_send(events.clone()).is_ok());
+    }
+
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let sweeper = self.commands.clone();
         tokio::spawn(async move {
@@ -912,6 +946,15 @@ impl Actor {
                     .map(|s| s.config().clone())
                     .collect();
                 let _ = reply.send(list);
+            }
+            Command::Subscribe { namespace, reply } => {
+                if !self.namespaces.contains_key(&namespace) && self.table.version != 0 {
+                    let _ = reply.send(Err(CacheError::NoNamespace(namespace)));
+                    return;
+                }
+                let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+                self.subscribers.push((namespace, tx));
+                let _ = reply.send(Ok(rx));
             }
             Command::Sweep => self.sweep(),
             Command::Holds {
@@ -1011,6 +1054,7 @@ impl Actor {
         // `apply` answers Unavailable unless the partition is owned here
         // (it may still wait for its hand-over).
         let applied = store.apply(partition, op, now_ms());
+        self.publish_events(namespace, applied.events);
         let acks = self.replicate(namespace, partition, backups, applied.changes, sync);
         Routed::Done {
             result: applied.reply,
@@ -1230,6 +1274,7 @@ impl Actor {
             Err(e) => return Outcome::Refused(e.to_string()),
         };
         self.promotions += 1;
+        self.publish_events(namespace, effects.events);
         self.replicate_effects(namespace, effects.changes);
         if let Some(copy_to) = self.awaiting.remove(&(namespace.to_owned(), partition)) {
             for peer in copy_to {
@@ -1339,6 +1384,8 @@ impl Actor {
         for name in dropped {
             tracing::info!(namespace = %name, "cache namespace dropped");
             self.namespaces.remove(&name);
+            // Their streams end: what they cached is gone.
+            self.subscribers.retain(|(ns, _)| *ns != name);
             self.awaiting.retain(|(n, _), _| *n != name);
         }
         for (name, config) in wanted {
@@ -1455,6 +1502,7 @@ impl Actor {
                     Some(_) => match store.promote(partition, term, now) {
                         Ok(effects) => {
                             self.promotions += 1;
+                            self.publish_events(namespace, effects.events);
                             self.replicate_effects(namespace, effects.changes);
                         }
                         Err(e) => tracing::warn!(partition, %e, "cache take-over"),
@@ -1505,11 +1553,14 @@ impl Actor {
             .map(|(p, _)| p)
             .collect();
         let mut changes = Vec::new();
+        let mut events = Vec::new();
         for partition in owned {
             if let Ok(effects) = store.flush_partition(partition) {
                 changes.extend(effects.changes);
+                events.extend(effects.events);
             }
         }
+        self.publish_events(namespace, events);
         self.replicate_effects(namespace, changes);
         Ok(())
     }
@@ -1523,6 +1574,7 @@ impl Actor {
             };
             if store.next_expiry().is_some_and(|at| at <= now) {
                 let effects = store.expire(now, SWEEP_BUDGET);
+                self.publish_events(&name, effects.events);
                 self.replicate_effects(&name, effects.changes);
             }
         }

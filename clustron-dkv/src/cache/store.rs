@@ -114,6 +114,7 @@ use serde::{Deserialize, Serialize};
 use super::{CacheError, CacheOp, CacheReply, PutCondition, TtlState, Versioned};
 
 pub use super::namespace::{ConfigError, Eviction, NamespaceConfig, ENTRY_OVERHEAD};
+pub use super::{CacheEvent, EventKind};
 
 /// A key's state as replicated: what a backup stores.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,35 +154,6 @@ pub struct Change {
     pub key: Vec<u8>,
     /// Its state now; `None`: removed.
     pub state: Option<EntryState>,
-}
-
-/// What happened to an entry, for subscribers (near caches).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EventKind {
-    /// Created.
-    Put,
-    /// Changed (value or expiry).
-    Update,
-    /// Deleted by a client.
-    Remove,
-    /// Evicted to keep the namespace within its bounds.
-    Evict,
-    /// Expired (its TTL passed or it was idle too long).
-    Expire,
-}
-
-/// An entry event, emitted by the owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheEvent {
-    /// What happened.
-    pub kind: EventKind,
-    /// The partition.
-    pub partition: u32,
-    /// The key.
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    /// The entry's version after the event, or before it for a removal.
-    pub version: u64,
 }
 
 /// The outcome of [`NamespaceStore::apply`].
