@@ -34,9 +34,11 @@
 #![warn(missing_docs)]
 
 mod lock;
+mod near;
 mod session;
 
 pub use lock::Lock;
+pub use near::{NearCache, NearStats};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -376,13 +378,25 @@ impl Client {
     /// stream on **every endpoint** the client was given (give it every
     /// node). Fails if no endpoint accepts.
     pub async fn cache_events(&self, namespace: &str) -> Result<CacheEvents, ClientError> {
+        let endpoints = self.shared.endpoints.clone();
+        self.cache_events_from(namespace, &endpoints).await
+    }
+
+    /// [`Client::cache_events`] from the nodes at `addrs`; returns once
+    /// each stream that opened is subscribed (its node sends an empty
+    /// batch first).
+    pub async fn cache_events_from(
+        &self,
+        namespace: &str,
+        addrs: &[SocketAddr],
+    ) -> Result<CacheEvents, ClientError> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let request = StreamRequest::CacheEvents {
             namespace: namespace.to_owned(),
         };
         let mut opened = 0;
         let mut last = None;
-        for addr in &self.shared.endpoints {
+        for addr in addrs {
             let mut stream = match self.shared.channel.open_stream(*addr).await {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -393,6 +407,17 @@ impl Client {
             if let Err(e) = stream.send(&request).await {
                 last = Some(clustron_transport::Error::from(e));
                 continue;
+            }
+            match stream.recv::<StreamItem>().await {
+                Ok(Some(StreamItem::CacheEvents(_))) => {}
+                Ok(Some(StreamItem::Error(reason))) => {
+                    return Err(ClientError::Refused(reason));
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    last = Some(clustron_transport::Error::from(e));
+                    continue;
+                }
             }
             opened += 1;
             let tx = tx.clone();

@@ -427,6 +427,14 @@ async fn serve_cache_events(cache: Option<Cache>, namespace: &str, mut stream: F
             return;
         }
     };
+    // An empty batch first: the client knows it is subscribed from here.
+    if stream
+        .send(&StreamItem::CacheEvents(Vec::new()))
+        .await
+        .is_err()
+    {
+        return;
+    }
     let (mut tx, mut rx) = stream.split();
     loop {
         tokio::select! {

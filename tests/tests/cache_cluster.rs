@@ -519,3 +519,75 @@ fn all_values_read(dir: &Path, port: u16, gets: &str, expected: &[String]) -> bo
     }
     complete
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_sees_an_update_made_through_another_node_after_one_event() {
+    let (mut cluster, ports) = cluster_with_resp();
+    let dir = cluster.dir().to_owned();
+    let ready = {
+        let (dir, port) = (dir.clone(), ports[0]);
+        tokio::task::spawn_blocking(move || {
+            eventually("n1's RESP port takes a write", || {
+                reply(&dir, port, "admin", &["SET", "near", "v1"]) == "OK"
+            })
+        })
+    };
+    ready.await.unwrap();
+    let identity = clustron_transport::TlsIdentity::from_files(
+        &dir.join("ca.pem"),
+        &dir.join("admin.pem"),
+        &dir.join("admin.key"),
+    )
+    .unwrap();
+    let client = clustron_client::Client::new(cluster.endpoints(), identity).unwrap();
+    let near = clustron_client::NearCache::new(client, "default", 1000);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !near.is_live() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the near cache subscribes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    tracing::info!("a second get is answered locally");
+    assert_eq!(near.get(b"near").await.unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(near.get(b"near").await.unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(near.stats().hits, 1, "{:?}", near.stats());
+
+    tracing::info!("an update through each other node reaches the copy");
+    for (round, port) in ports.iter().enumerate().skip(1) {
+        let value = format!("v{}", round + 1);
+        let set = {
+            let (dir, port, value) = (dir.clone(), *port, value.clone());
+            tokio::task::spawn_blocking(move || {
+                reply(&dir, port, "admin", &["SET", "near", &value])
+            })
+        };
+        assert_eq!(set.await.unwrap(), "OK");
+        let changed = std::time::Instant::now();
+        loop {
+            let got = near.get(b"near").await.unwrap();
+            if got.as_deref() == Some(value.as_bytes()) {
+                break;
+            }
+            assert!(
+                changed.elapsed() < std::time::Duration::from_secs(5),
+                "the near cache still serves {got:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+        eprintln!(
+            "near cache: an update through node {} seen after {:?}",
+            round + 1,
+            changed.elapsed()
+        );
+        // Served locally again once fetched.
+        let hits = near.stats().hits;
+        assert_eq!(near.get(b"near").await.unwrap(), Some(value.into_bytes()));
+        assert_eq!(near.stats().hits, hits + 1);
+    }
+    assert!(near.stats().invalidations >= 2, "{:?}", near.stats());
+    drop(near);
+    cluster.clean_up_on_drop();
+}
