@@ -11,7 +11,13 @@
 //! the next revision, so no change is missed or repeated), and locks with
 //! fencing tokens ([`Client::lock`]). Requests go to
 //! the leader: a node that is not the leader names it and the client
-//! follows.
+//! follows. The distributed cache: [`Client::cache_get`],
+//! [`Client::cache_put`], [`Client::cache_delete`], [`Client::cache_incr`],
+//! [`Client::cache_get_many`], [`Client::cache_put_many`], any
+//! [`cache::CacheOp`] with [`Client::cache_op`], namespaces
+//! ([`Client::cache_create`], [`Client::cache_list`],
+//! [`Client::cache_drop`]), entry events ([`Client::cache_events`]) and a
+//! [`NearCache`]; any node serves them (forwarding to the key's owner).
 //!
 //! What it does not: depend on the server. It uses only the transport and the
 //! protocol types of `clustron-dkv` (built without its `server` feature).
@@ -327,6 +333,48 @@ impl Client {
             CacheReply::Stored { version, .. } => Ok(version),
             other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
         }
+    }
+
+    /// The values of `keys` (in order), fetched concurrently: the keys
+    /// live in different partitions, so this is not one atomic read.
+    pub async fn cache_get_many(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Versioned>>, ClientError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (client, namespace, key) = (self.clone(), namespace.to_owned(), key.clone());
+            tasks.spawn(async move { (i, client.cache_get(&namespace, &key).await) });
+        }
+        let mut values = vec![None; keys.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, value) = joined.map_err(|e| ClientError::Refused(e.to_string()))?;
+            values[i] = value?;
+        }
+        Ok(values)
+    }
+
+    /// Stores every (key, value) concurrently; returns their new versions
+    /// in order. Not atomic: on an error some may be stored and others not.
+    pub async fn cache_put_many(
+        &self,
+        namespace: &str,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        ttl: Option<Duration>,
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let client = self.clone();
+            let (namespace, key, value) = (namespace.to_owned(), key.clone(), value.clone());
+            tasks.spawn(async move { (i, client.cache_put(&namespace, &key, &value, ttl).await) });
+        }
+        let mut versions = vec![0; entries.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, version) = joined.map_err(|e| ClientError::Refused(e.to_string()))?;
+            versions[i] = version?;
+        }
+        Ok(versions)
     }
 
     /// Removes a key; whether it was there.

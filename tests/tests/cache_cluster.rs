@@ -521,7 +521,7 @@ fn all_values_read(dir: &Path, port: u16, gets: &str, expected: &[String]) -> bo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_near_cache_sees_an_update_made_through_another_node_after_one_event() {
+async fn many_keys_at_once_and_a_near_cache_that_sees_an_update_made_through_another_node() {
     let (mut cluster, ports) = cluster_with_resp();
     let dir = cluster.dir().to_owned();
     let ready = {
@@ -540,6 +540,28 @@ async fn a_near_cache_sees_an_update_made_through_another_node_after_one_event()
     )
     .unwrap();
     let client = clustron_client::Client::new(cluster.endpoints(), identity).unwrap();
+    tracing::info!("get-many and put-many across partitions");
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("many:{i}").into_bytes(),
+                format!("m{i}").into_bytes(),
+            )
+        })
+        .collect();
+    let versions = client
+        .cache_put_many("default", &entries, None)
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1; 20]);
+    let mut keys: Vec<Vec<u8>> = entries.iter().map(|(k, _)| k.clone()).collect();
+    keys.push(b"many:absent".to_vec());
+    let values = client.cache_get_many("default", &keys).await.unwrap();
+    let got: Vec<Option<Vec<u8>>> = values.into_iter().map(|v| v.map(|v| v.value)).collect();
+    let mut want: Vec<Option<Vec<u8>>> = entries.iter().map(|(_, v)| Some(v.clone())).collect();
+    want.push(None);
+    assert_eq!(got, want);
+
     let near = clustron_client::NearCache::new(client, "default", 1000);
     let deadline = std::time::Instant::now() + DEADLINE;
     while !near.is_live() {
