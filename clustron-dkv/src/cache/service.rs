@@ -296,7 +296,7 @@ enum Routed {
     /// backups have the change, or left the table).
     Done {
         result: Result<CacheReply, CacheError>,
-        acks: Vec<oneshot::Receiver<()>>,
+        acks: Vec<oneshot::Receiver<bool>>,
     },
     /// Owned elsewhere: send it there.
     Forward { addr: SocketAddr, table: (u64, u64) },
@@ -317,7 +317,7 @@ enum Notify {
 
 struct Queued {
     item: Replicated,
-    ack: Option<oneshot::Sender<()>>,
+    ack: Option<oneshot::Sender<bool>>,
     notify: Notify,
 }
 
@@ -345,7 +345,7 @@ enum Command {
         notify: Notify,
         /// Whether the item was a chunk (a gap then restarts the copy).
         chunk: bool,
-        ack: Option<oneshot::Sender<()>>,
+        ack: Option<oneshot::Sender<bool>>,
     },
     State {
         table: Option<PartitionTable>,
@@ -472,12 +472,7 @@ impl Cache {
                 })
                 .await?;
             let result = match routed {
-                Routed::Done { result, acks } => {
-                    for ack in acks {
-                        let _ = ack.await;
-                    }
-                    result
-                }
+                Routed::Done { result, acks } => settle(result, acks).await,
                 Routed::Forward { addr, table } => {
                     let request = PeerRequest::Op {
                         namespace: namespace.to_owned(),
@@ -667,12 +662,7 @@ async fn answer_peer(
                 return PeerResponse::Op(Err(stopped()));
             }
             match rx.await {
-                Ok(Routed::Done { result, acks }) => {
-                    for ack in acks {
-                        let _ = ack.await;
-                    }
-                    PeerResponse::Op(result)
-                }
+                Ok(Routed::Done { result, acks }) => PeerResponse::Op(settle(result, acks).await),
                 // The actor refuses rather than forward again.
                 Ok(Routed::Forward { .. }) | Err(_) => PeerResponse::Op(Err(stopped())),
             }
@@ -809,6 +799,28 @@ async fn recover(
     let _ = commands.send(Command::Recovered { namespace, empty }).await;
 }
 
+/// The answer to an operation once its backups acknowledged it: each ack
+/// is `true` when the backup applied it, dropped when the backup left the
+/// table (nothing to wait for), `false` when the backup refused it because
+/// it owns the partition now (this node was taken for failed): then the
+/// write is not acknowledged.
+async fn settle(
+    result: Result<CacheReply, CacheError>,
+    acks: Vec<oneshot::Receiver<bool>>,
+) -> Result<CacheReply, CacheError> {
+    let mut refused = false;
+    for ack in acks {
+        refused |= ack.await == Ok(false);
+    }
+    match refused {
+        true => Err(CacheError::Unknown(
+            "a backup took the partition over while the write was replicated; it may be lost"
+                .into(),
+        )),
+        false => result,
+    }
+}
+
 /// The key of a namespace's settings.
 pub fn namespace_key(name: &str) -> Vec<u8> {
     let mut key = NAMESPACE_PREFIX.to_vec();
@@ -850,7 +862,7 @@ struct Actor {
     resyncing: HashSet<(String, String, u32)>,
     /// Writes waiting for a copy to finish before they count as
     /// acknowledged by that backup.
-    resync_waiters: HashMap<(String, String, u32), Vec<oneshot::Sender<()>>>,
+    resync_waiters: HashMap<(String, String, u32), Vec<oneshot::Sender<bool>>>,
     stats: tokio::sync::watch::Sender<CacheStats>,
     copies_sent: u64,
     promotions: u64,
@@ -1071,7 +1083,7 @@ impl Actor {
         backups: usize,
         changes: Vec<Change>,
         sync: bool,
-    ) -> Vec<oneshot::Receiver<()>> {
+    ) -> Vec<oneshot::Receiver<bool>> {
         let mut acks = Vec::new();
         if changes.is_empty() {
             return acks;
@@ -1294,7 +1306,7 @@ impl Actor {
         outcome: Outcome,
         notify: Notify,
         chunk: bool,
-        ack: Option<oneshot::Sender<()>>,
+        ack: Option<oneshot::Sender<bool>>,
     ) {
         let key = (peer.clone(), namespace.clone(), partition);
         if matches!(notify, Notify::Copied) && outcome != Outcome::Applied {
@@ -1305,7 +1317,7 @@ impl Actor {
             (Outcome::Applied, Notify::Copied) => {
                 self.resyncing.remove(&key);
                 for waiter in self.resync_waiters.remove(&key).unwrap_or_default() {
-                    let _ = waiter.send(());
+                    let _ = waiter.send(true);
                 }
             }
             (Outcome::Applied, Notify::HandedOver { keep, .. }) => {
@@ -1352,6 +1364,11 @@ impl Actor {
             }
             (Outcome::Refused(why), _) => {
                 tracing::debug!(%peer, %namespace, partition, %why, "cache replication refused");
+                // The backup owns the partition now (it took over, taking
+                // this node for failed): the write is not acknowledged.
+                if let Some(ack) = ack {
+                    let _ = ack.send(false);
+                }
             }
         }
     }
@@ -1654,7 +1671,7 @@ impl PeerTask {
                 let Queued { item, ack, notify } = queued;
                 if outcome == Outcome::Applied && matches!(notify, Notify::Nothing) {
                     if let Some(ack) = ack {
-                        let _ = ack.send(());
+                        let _ = ack.send(true);
                     }
                     continue;
                 }
