@@ -1008,7 +1008,24 @@ impl Actor {
                     let Some(store) = self.namespaces.get_mut(&namespace) else {
                         continue;
                     };
-                    if !owned || store.create_partition(partition, term).is_err() {
+                    if !owned {
+                        continue;
+                    }
+                    // Nobody else holds it: what this node holds (a copy
+                    // that may be partial) is the best there is.
+                    let started = match store.role(partition) {
+                        None => store.create_partition(partition, term).is_ok(),
+                        Some(_) => match store.promote(partition, term, now_ms()) {
+                            Ok(effects) => {
+                                self.promotions += 1;
+                                self.publish_events(&namespace, effects.events);
+                                self.replicate_effects(&namespace, effects.changes);
+                                true
+                            }
+                            Err(_) => false,
+                        },
+                    };
+                    if !started {
                         continue;
                     }
                     for peer in copy_to {
@@ -1424,19 +1441,19 @@ impl Actor {
                 "cache partition table adopted"
             );
             let old = std::mem::replace(&mut self.table, table.clone());
-            let first = old.version == 0;
             let names: Vec<String> = self.namespaces.keys().cloned().collect();
             for name in names {
-                match first {
-                    true => self.adopt_at_start(&name, &table, &live),
-                    false => self.adopt(&name, &old, &table, &live),
-                }
+                self.adopt(&name, &old, &table, &live);
             }
         }
         self.publish_stats();
     }
 
-    /// Performs the steps from `old` to `new` for one namespace.
+    /// Performs the steps from `old` to `new` for one namespace. A
+    /// partition this node must take over while holding nothing of it (it
+    /// just started, a namespace was just created, or the one that was
+    /// handing it over died) waits while [`recover`] asks the other members
+    /// what they hold: a backup elsewhere may still have the data.
     fn adopt(
         &mut self,
         namespace: &str,
@@ -1452,40 +1469,35 @@ impl Actor {
         };
         let backups = usize::from(store.config().backups);
         let steps = plan::plan(old, new, &self.me, live, backups, |p| store.role(p));
-        for step in steps {
-            self.step(namespace, step);
-        }
-    }
-
-    /// The first table this node adopts since it started: it holds
-    /// nothing, but the cluster may (this node restarted, perhaps before
-    /// its failure was noticed). Partitions the table gives it wait while
-    /// [`recover`] asks the others.
-    fn adopt_at_start(&mut self, namespace: &str, table: &PartitionTable, live: &BTreeSet<String>) {
-        let Some(store) = self.namespaces.get(namespace) else {
-            return;
-        };
-        let backups = usize::from(store.config().backups);
-        let steps = plan::plan(
-            &PartitionTable::empty(),
-            table,
-            &self.me,
-            live,
-            backups,
-            |p| store.role(p),
-        );
-        let mut owned = Vec::new();
-        for step in steps {
+        // A partition still waiting for its hand-over may hold a partial
+        // copy: it is no better than nothing.
+        let held: Vec<bool> = steps
+            .iter()
+            .map(|step| match step {
+                Step::TakeOver { partition, .. } => {
+                    store.role(*partition).is_some()
+                        && !self
+                            .awaiting
+                            .contains_key(&(namespace.to_owned(), *partition))
+                }
+                _ => true,
+            })
+            .collect();
+        let mut orphans = Vec::new();
+        for (step, held) in steps.into_iter().zip(held) {
             match step {
                 Step::TakeOver {
                     partition, copy_to, ..
-                } => {
+                } if !held => {
                     self.awaiting
                         .insert((namespace.to_owned(), partition), copy_to);
-                    owned.push(partition);
+                    orphans.push(partition);
                 }
                 other => self.step(namespace, other),
             }
+        }
+        if orphans.is_empty() {
+            return;
         }
         let peers: Vec<(String, SocketAddr)> = self
             .members
@@ -1497,9 +1509,9 @@ impl Actor {
             self.channel.clone(),
             self.commands.clone(),
             namespace.to_owned(),
-            owned,
+            orphans,
             peers,
-            table.clone(),
+            new.clone(),
         ));
     }
 
