@@ -361,6 +361,12 @@ fn cache_metrics(out: &mut String, s: &crate::cache::service::CacheStats) {
             s.copies_sent,
         ),
         (
+            "clustron_cache_partition_copy_chunks_total",
+            "counter",
+            "Chunks of those copies (each read when the one before was applied).",
+            s.chunks_sent,
+        ),
+        (
             "clustron_cache_promotions_total",
             "counter",
             "Partitions this node started owning (take-overs and hand-overs).",

@@ -361,10 +361,12 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
         reply(&dir, ports[0], "admin", &["SET", "probe", "1"]) == "OK"
     });
 
-    tracing::info!("300 keys written through n1, each acknowledged");
+    tracing::info!("300 keys of 40 kB written through n1, each acknowledged");
     const KEYS: usize = 300;
+    // Large enough that copies of the fuller partitions take several chunks.
+    let pad = "x".repeat(40_000);
     let sets: String = (0..KEYS)
-        .map(|i| format!("SET key:{i} value-{i}\n"))
+        .map(|i| format!("SET key:{i} value-{i}-{pad}\n"))
         .collect();
     let output = redis(&dir, ports[0], "admin", &[], &sets);
     let acked = String::from_utf8_lossy(&output.stdout)
@@ -376,7 +378,7 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
     tracing::info!("kill -9 of n3, which owns about a third of the partitions");
     cluster.kill(2);
     let gets: String = (0..KEYS).map(|i| format!("GET key:{i}\n")).collect();
-    let expected: Vec<String> = (0..KEYS).map(|i| format!("\"value-{i}\"")).collect();
+    let expected: Vec<String> = (0..KEYS).map(|i| format!("\"value-{i}-{pad}\"")).collect();
     for port in &ports[..2] {
         eventually("every acknowledged key is read from the survivors", || {
             all_values_read(&dir, *port, &gets, &expected)
@@ -423,6 +425,19 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
     });
     moved.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.join().unwrap();
+    let sum = |name: &str| -> u64 {
+        (0..2)
+            .map(|i| metric(cluster.admin(i), name).unwrap_or(0))
+            .sum()
+    };
+    let (copies, chunks) = (
+        sum("clustron_cache_partition_copies_total"),
+        sum("clustron_cache_partition_copy_chunks_total"),
+    );
+    assert!(
+        chunks > copies && copies >= 80,
+        "n3's share copied, the fuller partitions in several chunks: {copies} copies, {chunks} chunks"
+    );
     for port in &ports {
         eventually("every key is read through every node", || {
             all_values_read(&dir, *port, &gets, &expected)

@@ -83,7 +83,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Most entries expired per namespace per sweep.
 const SWEEP_BUDGET: usize = 10_000;
 /// Bytes per chunk of a partition copy.
-const CHUNK_BYTES: u64 = 256 * 1024;
+const CHUNK_BYTES: u64 = 64 * 1024;
 /// Most bytes in one replication batch (well under the 4 MiB frame).
 const BATCH_BYTES: usize = 1024 * 1024;
 /// How long a node keeps retrying an operation whose partition is moving
@@ -269,6 +269,8 @@ pub struct CacheStats {
     pub table_epoch: u64,
     /// Partition copies this node sent (migrations and re-syncs).
     pub copies_sent: u64,
+    /// Chunks of those copies.
+    pub chunks_sent: u64,
     /// Ownerships this node took (take-overs and hand-overs received).
     pub promotions: u64,
     /// Per namespace.
@@ -306,8 +308,11 @@ enum Routed {
 #[derive(Debug, Clone)]
 enum Notify {
     Nothing,
-    /// The last chunk of a copy.
-    Copied,
+    /// A chunk of copy `id`; `last`: the copy is complete once applied.
+    Chunk {
+        id: u64,
+        last: bool,
+    },
     /// A hand-over's `Promote`.
     HandedOver {
         keep: bool,
@@ -343,8 +348,6 @@ enum Command {
         partition: u32,
         outcome: Outcome,
         notify: Notify,
-        /// Whether the item was a chunk (a gap then restarts the copy).
-        chunk: bool,
         ack: Option<oneshot::Sender<bool>>,
     },
     State {
@@ -418,8 +421,11 @@ impl Cache {
             resync_waiters: HashMap::new(),
             stats: stats_tx,
             copies_sent: 0,
+            chunks_sent: 0,
             promotions: 0,
             subscribers: Vec::new(),
+            copies: HashMap::new(),
+            next_copy: 0,
         };
         tokio::spawn(actor.run(command_rx));
         let control = Control {
@@ -865,9 +871,25 @@ struct Actor {
     resync_waiters: HashMap<(String, String, u32), Vec<oneshot::Sender<bool>>>,
     stats: tokio::sync::watch::Sender<CacheStats>,
     copies_sent: u64,
+    chunks_sent: u64,
     promotions: u64,
     /// Event subscribers: (namespace, queue).
     subscribers: Vec<(String, mpsc::Sender<Vec<CacheEvent>>)>,
+    /// Copies in progress, one chunk in flight each: (peer, namespace,
+    /// partition).
+    copies: HashMap<(String, String, u32), Copying>,
+    next_copy: u64,
+}
+
+/// A partition copy in progress: each chunk is read when the previous one
+/// was applied, so a large partition is never held twice in memory and
+/// the actor reads one chunk at a time.
+struct Copying {
+    id: u64,
+    /// The key to continue after; `None` before the first chunk.
+    after: Option<Vec<u8>>,
+    /// A hand-over's `Promote` (term, keep) to send after the last chunk.
+    then: Option<(u64, bool)>,
 }
 
 impl Actor {
@@ -930,9 +952,8 @@ impl Actor {
                 partition,
                 outcome,
                 notify,
-                chunk,
                 ack,
-            } => self.delivered(peer, namespace, partition, outcome, notify, chunk, ack),
+            } => self.delivered(peer, namespace, partition, outcome, notify, ack),
             Command::State {
                 table,
                 namespaces,
@@ -993,8 +1014,7 @@ impl Actor {
                     });
                     let Some(position) = held else { continue };
                     let term = plan::handback_term(&self.table, position.term);
-                    self.copy(&namespace, partition, &to);
-                    self.promote_remote(&namespace, partition, &to, term, true);
+                    self.copy_then(&namespace, partition, &to, Some((term, true)));
                 }
             }
             Command::Recovered { namespace, empty } => {
@@ -1182,46 +1202,68 @@ impl Actor {
         }
     }
 
-    /// Copies `partition` to `peer` as chunks on its ordered stream, read
-    /// now (so every change queued after them follows them).
+    /// Copies `partition` to `peer` (a re-sync or a new backup).
     fn copy(&mut self, namespace: &str, partition: u32, peer: &str) {
-        let Some(store) = self.namespaces.get(namespace) else {
+        self.copy_then(namespace, partition, peer, None);
+    }
+
+    /// Copies `partition` to `peer` as chunks on its ordered stream, each
+    /// read when the previous one was applied (so every change queued
+    /// between them follows the chunk before and is covered by the chunk
+    /// after), then sends `then`'s `Promote` if given (a hand-over).
+    fn copy_then(
+        &mut self,
+        namespace: &str,
+        partition: u32,
+        peer: &str,
+        then: Option<(u64, bool)>,
+    ) {
+        self.next_copy += 1;
+        let key = (peer.to_owned(), namespace.to_owned(), partition);
+        self.copies.insert(
+            key.clone(),
+            Copying {
+                id: self.next_copy,
+                after: None,
+                then,
+            },
+        );
+        self.copies_sent += 1;
+        self.resyncing.insert(key.clone());
+        self.next_chunk(&key);
+    }
+
+    /// Reads and queues the next chunk of the copy `key`.
+    fn next_chunk(&mut self, key: &(String, String, u32)) {
+        let (peer, namespace, partition) = key;
+        let chunk = match (self.copies.get(key), self.namespaces.get(namespace)) {
+            (Some(copying), Some(store)) => {
+                store.export_chunk(*partition, copying.after.as_deref(), CHUNK_BYTES)
+            }
+            _ => None,
+        };
+        let (Some(chunk), Some(copying)) = (chunk, self.copies.get_mut(key)) else {
+            // The partition is no longer held here: the copy ends.
+            self.copies.remove(key);
+            self.resyncing.remove(key);
             return;
         };
-        let mut chunks = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let Some(chunk) = store.export_chunk(partition, after.as_deref(), CHUNK_BYTES) else {
-                return;
-            };
-            after = chunk.next_after.clone();
-            let last = after.is_none();
-            chunks.push(chunk);
-            if last {
-                break;
-            }
-        }
-        self.copies_sent += 1;
-        self.resyncing
-            .insert((peer.to_owned(), namespace.to_owned(), partition));
-        let count = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            self.send(
-                peer,
-                Queued {
-                    item: Replicated::Chunk {
-                        namespace: namespace.to_owned(),
-                        chunk,
-                    },
-                    ack: None,
-                    notify: if i + 1 == count {
-                        Notify::Copied
-                    } else {
-                        Notify::Nothing
-                    },
-                },
-            );
-        }
+        copying.after = chunk.next_after.clone();
+        self.chunks_sent += 1;
+        let notify = Notify::Chunk {
+            id: copying.id,
+            last: chunk.next_after.is_none(),
+        };
+        let queued = Queued {
+            item: Replicated::Chunk {
+                namespace: namespace.clone(),
+                chunk,
+            },
+            ack: None,
+            notify,
+        };
+        let peer = peer.clone();
+        self.send(&peer, queued);
     }
 
     /// Sends the end of a hand-over to `to`.
@@ -1322,21 +1364,43 @@ impl Actor {
         partition: u32,
         outcome: Outcome,
         notify: Notify,
-        chunk: bool,
         ack: Option<oneshot::Sender<bool>>,
     ) {
         let key = (peer.clone(), namespace.clone(), partition);
-        if matches!(notify, Notify::Copied) && outcome != Outcome::Applied {
-            // The copy failed: the next gap starts another.
-            self.resyncing.remove(&key);
-        }
-        match (outcome, notify) {
-            (Outcome::Applied, Notify::Copied) => {
-                self.resyncing.remove(&key);
-                for waiter in self.resync_waiters.remove(&key).unwrap_or_default() {
-                    let _ = waiter.send(true);
+        if let Notify::Chunk { id, last } = notify {
+            if self.copies.get(&key).map(|c| c.id) != Some(id) {
+                return; // a copy since replaced
+            }
+            match outcome {
+                Outcome::Applied if !last => self.next_chunk(&key),
+                Outcome::Applied => {
+                    let then = self.copies.remove(&key).and_then(|c| c.then);
+                    self.resyncing.remove(&key);
+                    for waiter in self.resync_waiters.remove(&key).unwrap_or_default() {
+                        let _ = waiter.send(true);
+                    }
+                    if let Some((term, keep)) = then {
+                        self.promote_remote(&namespace, partition, &peer, term, keep);
+                    }
+                }
+                Outcome::Gap => {
+                    // A change between two chunks was lost: start over.
+                    let then = self.copies.remove(&key).and_then(|c| c.then);
+                    self.resyncing.remove(&key);
+                    if then.is_some() || self.owns_with_backup(&namespace, partition, &peer) {
+                        self.copy_then(&namespace, partition, &peer, then);
+                    }
+                }
+                Outcome::Refused(why) => {
+                    tracing::debug!(%peer, %namespace, partition, %why, "cache copy refused");
+                    self.copies.remove(&key);
+                    self.resyncing.remove(&key);
                 }
             }
+            return;
+        }
+        match (outcome, notify) {
+            (_, Notify::Chunk { .. }) => {}
             (Outcome::Applied, Notify::HandedOver { keep, .. }) => {
                 if !keep {
                     if let Some(store) = self.namespaces.get_mut(&namespace) {
@@ -1350,23 +1414,10 @@ impl Actor {
             (Outcome::Gap, Notify::HandedOver { keep, term }) => {
                 // The new owner is not where this node stopped: copy, then
                 // hand over again.
-                self.copy(&namespace, partition, &peer);
-                self.promote_remote(&namespace, partition, &peer, term, keep);
+                self.copy_then(&namespace, partition, &peer, Some((term, keep)));
             }
             (Outcome::Gap, _) => {
-                let owner_here = self
-                    .namespaces
-                    .get(&namespace)
-                    .is_some_and(|s| s.role(partition) == Some(PartitionRole::Owner));
-                let backups = self
-                    .namespaces
-                    .get(&namespace)
-                    .map_or(0, |s| usize::from(s.config().backups));
-                let still_backup = holders(&self.table, partition, backups)
-                    .iter()
-                    .skip(1)
-                    .any(|b| *b == peer);
-                if !(owner_here && still_backup) {
+                if !self.owns_with_backup(&namespace, partition, &peer) {
                     return;
                 }
                 if let Some(ack) = ack {
@@ -1375,7 +1426,7 @@ impl Actor {
                         .or_default()
                         .push(ack);
                 }
-                if chunk || !self.resyncing.contains(&key) {
+                if !self.resyncing.contains(&key) {
                     self.copy(&namespace, partition, &peer);
                 }
             }
@@ -1388,6 +1439,20 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Whether this node owns `partition` and `peer` is one of its backups
+    /// at the table (so a gap there is this node's to repair).
+    fn owns_with_backup(&self, namespace: &str, partition: u32, peer: &str) -> bool {
+        let Some(store) = self.namespaces.get(namespace) else {
+            return false;
+        };
+        let backups = usize::from(store.config().backups);
+        store.role(partition) == Some(PartitionRole::Owner)
+            && holders(&self.table, partition, backups)
+                .iter()
+                .skip(1)
+                .any(|b| b == peer)
     }
 
     /// Adopts what the control task read.
@@ -1404,6 +1469,8 @@ impl Actor {
             .retain(|(peer, _, _), _| members.contains_key(peer));
         self.resyncing
             .retain(|(peer, _, _)| members.contains_key(peer));
+        self.copies
+            .retain(|(peer, _, _), _| members.contains_key(peer));
         let live: BTreeSet<String> = self.members.keys().cloned().collect();
         let wanted: BTreeMap<String, NamespaceConfig> = namespaces
             .into_iter()
@@ -1556,10 +1623,10 @@ impl Actor {
                 keep,
             } => {
                 let _ = store.demote(partition);
-                if copy {
-                    self.copy(namespace, partition, &to);
+                match copy {
+                    true => self.copy_then(namespace, partition, &to, Some((term, keep))),
+                    false => self.promote_remote(namespace, partition, &to, term, keep),
                 }
-                self.promote_remote(namespace, partition, &to, term, keep);
             }
             Step::CopyTo { partition, to } => {
                 for peer in to {
@@ -1615,6 +1682,7 @@ impl Actor {
             table_version: self.table.version,
             table_epoch: self.table.epoch,
             copies_sent: self.copies_sent,
+            chunks_sent: self.chunks_sent,
             promotions: self.promotions,
             namespaces: self
                 .namespaces
@@ -1693,7 +1761,6 @@ impl PeerTask {
                     partition: item.partition(),
                     outcome,
                     notify,
-                    chunk: matches!(item, Replicated::Chunk { .. }),
                     ack,
                 };
                 if self.commands.send(report).await.is_err() {
