@@ -20,10 +20,14 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::cache::resp::{RespConfig, RespListener};
-use crate::cache::service::{Cache, NodeBackend};
+use crate::cache::service::{Cache, Drained, NodeBackend};
 use crate::config::NodeConfig;
 use crate::core::server::ServerConfig;
 use crate::kv_driver::{Kv, OpenStore};
+
+/// How long a graceful stop waits for the cache's partitions to be handed
+/// over before leaving anyway.
+const CACHE_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The parts of a running node the admin server and the stop sequence use.
 #[derive(Clone)]
@@ -181,9 +185,24 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
 }
 
 impl Node {
-    /// Gives leadership away if held (and waits briefly for the successor),
+    /// Hands the cache's partitions over ([`Cache::drain`]), gives
+    /// leadership away if held (and waits briefly for the successor),
     /// leaves the cluster, closes the port: [`clustron_node::Node::leave`].
     pub async fn stop(&self) {
+        // The cache's partitions are handed over first (the leader leaves
+        // this node out of its tables), then the platform leaves.
+        let cache = self.cache.borrow().clone();
+        if let Some(cache) = cache {
+            match cache.drain(&self.membership, CACHE_DRAIN).await {
+                Drained::HandedOver => tracing::info!("cache partitions handed over"),
+                Drained::Alone => {
+                    tracing::info!("no member stays to take the cache partitions; leaving")
+                }
+                Drained::TimedOut => tracing::warn!(
+                    "cache partitions not all handed over within {CACHE_DRAIN:?}; leaving anyway (backups take them over)"
+                ),
+            }
+        }
         self.platform.leave().await;
     }
 }

@@ -685,6 +685,25 @@ impl ProcCluster {
         self.slots[i].proc = Some(proc);
     }
 
+    /// SIGTERM to node `i` (a graceful stop), then waits at most `within`
+    /// for it to exit: its exit status, or `None` if it did not exit in time
+    /// (it is then killed).
+    pub fn terminate(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut proc = self.slots[i].proc.take()?;
+        self.slots[i].stopped = false;
+        signal(&proc.child, "-TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGSTOP of node `i`.
     pub fn stop(&mut self, i: usize) {
         if let Some(proc) = &self.slots[i].proc {

@@ -628,3 +628,61 @@ async fn many_keys_at_once_and_a_near_cache_that_sees_an_update_made_through_ano
     drop(near);
     cluster.clean_up_on_drop();
 }
+
+#[test]
+fn sigterm_hands_a_nodes_partitions_over_before_it_leaves_and_loses_nothing() {
+    let (mut cluster, ports) = cluster_with_resp();
+    let dir = cluster.dir().to_owned();
+    eventually("n1's RESP port takes a write", || {
+        reply(&dir, ports[0], "admin", &["SET", "probe", "1"]) == "OK"
+    });
+
+    tracing::info!("writes through n1 go on while n3 stops gracefully");
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (dir, port, stopped) = (dir.clone(), ports[0], stopped.clone());
+        std::thread::spawn(move || {
+            let mut written = Vec::new();
+            loop {
+                let last = stopped.load(std::sync::atomic::Ordering::Relaxed);
+                let first = written.len();
+                let sets: String = (first..first + 200)
+                    .map(|i| format!("SET term:{i} t-{i}\n"))
+                    .collect();
+                written.extend(replies(&redis(&dir, port, "admin", &[], &sets)));
+                if last {
+                    return written;
+                }
+            }
+        })
+    };
+    let status = cluster
+        .terminate(2, DEADLINE)
+        .expect("n3 exits after SIGTERM");
+    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(status.success(), "n3 exits cleanly: {status:?}");
+    let log = std::fs::read_to_string(dir.join("n3.log")).unwrap();
+    assert!(
+        log.contains("cache partitions handed over"),
+        "n3 handed its partitions over before leaving"
+    );
+    let written = writer.join().unwrap();
+    let acked: Vec<usize> = (0..written.len()).filter(|i| written[*i] == "OK").collect();
+    for (i, got) in written.iter().enumerate() {
+        assert!(got == "OK" || got.contains("TRYAGAIN"), "write {i}: {got}");
+    }
+    eprintln!(
+        "writes during the graceful stop: {} acknowledged of {}",
+        acked.len(),
+        written.len()
+    );
+    let gets: String = acked.iter().map(|i| format!("GET term:{i}\n")).collect();
+    let expected: Vec<String> = acked.iter().map(|i| format!("\"t-{i}\"")).collect();
+    for port in &ports[..2] {
+        eventually(
+            "every acknowledged write is read through the survivors",
+            || all_values_read(&dir, *port, &gets, &expected),
+        );
+    }
+    cluster.clean_up_on_drop();
+}

@@ -109,6 +109,11 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// or whose owner it cannot reach, before answering the client with the
 /// refusal (which tells it to retry).
 const ROUTE_RETRY_FOR: Duration = Duration::from_secs(5);
+/// The membership tag of a node that is leaving: the leader's tables leave
+/// it out, so its partitions are handed over (planned, nothing lost) before
+/// it goes.
+pub const LEAVING_TAG: &str = "clustron.cache.leaving";
+
 /// How long a forwarded operation may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Batches of events a subscriber may be behind before it is dropped.
@@ -266,6 +271,19 @@ pub enum PeerResponse {
     HandingBack,
 }
 
+/// How [`Cache::drain`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every partition this node owned was handed over.
+    HandedOver,
+    /// No other live member stays (the last node, or all stopping at
+    /// once): nobody to hand them to.
+    Alone,
+    /// Not done in time (the store has no leader, a copy is slow): the
+    /// backups take them over once this node is gone.
+    TimedOut,
+}
+
 /// A namespace's figures on this node, for `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceStats {
@@ -286,6 +304,8 @@ pub struct CacheStats {
     pub table_version: u64,
     /// The adopted table's epoch.
     pub table_epoch: u64,
+    /// Copies and hand-overs from this node not finished yet.
+    pub moving_out: u64,
     /// Partition copies this node sent (migrations and re-syncs).
     pub copies_sent: u64,
     /// Chunks of those copies.
@@ -445,6 +465,7 @@ impl Cache {
             subscribers: Vec::new(),
             copies: HashMap::new(),
             next_copy: 0,
+            handing_over: HashSet::new(),
         };
         tokio::spawn(actor.run(command_rx));
         let control = Control {
@@ -536,6 +557,46 @@ impl Cache {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
+    }
+
+    /// Before a graceful stop: asks the leader to leave this node out of
+    /// the table ([`LEAVING_TAG`]) and waits, at most `within`, until it
+    /// owns no partition and its copies and hand-overs are done, so its
+    /// partitions move by planned hand-overs (even asynchronous writes are
+    /// kept) instead of being taken over after it is gone.
+    pub async fn drain(&self, membership: &Membership, within: Duration) -> Drained {
+        let Ok(local) = membership.local().await else {
+            return Drained::Alone;
+        };
+        let mut tags = local.tags;
+        tags.insert(LEAVING_TAG.to_owned(), "1".to_owned());
+        if membership.update_tags(tags).await.is_err() {
+            return Drained::Alone;
+        }
+        let me = membership.name().clone();
+        let drained = tokio::time::timeout(within, async {
+            loop {
+                let done = {
+                    let s = self.stats.borrow();
+                    s.moving_out == 0 && s.namespaces.iter().all(|n| n.owned_partitions == 0)
+                };
+                // Nobody to hand over to (the last node, or every node
+                // stopping at once): nothing to wait for.
+                let alone = match membership.members().await {
+                    Ok(members) => !members.iter().any(|m| {
+                        m.name != me && m.state.is_live() && !m.tags.contains_key(LEAVING_TAG)
+                    }),
+                    Err(_) => true,
+                };
+                match (done, alone) {
+                    (true, _) => return Drained::HandedOver,
+                    (false, true) => return Drained::Alone,
+                    (false, false) => tokio::time::sleep(CONTROL_INTERVAL).await,
+                }
+            }
+        })
+        .await;
+        drained.unwrap_or(Drained::TimedOut)
     }
 
     /// Entry events of `namespace` from the partitions this node owns, as

@@ -43,6 +43,9 @@ pub(super) struct Actor {
     /// partition).
     pub(super) copies: HashMap<(String, String, u32), Copying>,
     pub(super) next_copy: u64,
+    /// Hand-overs whose `Promote` is not applied yet: (peer, namespace,
+    /// partition).
+    pub(super) handing_over: HashSet<(String, String, u32)>,
 }
 
 /// A partition copy in progress: each chunk is read when the previous one
@@ -432,6 +435,8 @@ impl Actor {
 
     /// Sends the end of a hand-over to `to`.
     fn promote_remote(&mut self, namespace: &str, partition: u32, to: &str, term: u64, keep: bool) {
+        self.handing_over
+            .insert((to.to_owned(), namespace.to_owned(), partition));
         let position = self
             .namespaces
             .get(namespace)
@@ -566,6 +571,7 @@ impl Actor {
         match (outcome, notify) {
             (_, Notify::Chunk { .. }) => {}
             (Outcome::Applied, Notify::HandedOver { keep, .. }) => {
+                self.handing_over.remove(&key);
                 if !keep {
                     if let Some(store) = self.namespaces.get_mut(&namespace) {
                         if store.role(partition) == Some(PartitionRole::Backup) {
@@ -594,7 +600,10 @@ impl Actor {
                     self.copy(&namespace, partition, &peer);
                 }
             }
-            (Outcome::Refused(why), _) => {
+            (Outcome::Refused(why), notify) => {
+                if matches!(notify, Notify::HandedOver { .. }) {
+                    self.handing_over.remove(&key);
+                }
                 tracing::debug!(%peer, %namespace, partition, %why, "cache replication refused");
                 // The backup owns the partition now (it took over, taking
                 // this node for failed): the write is not acknowledged.
@@ -635,6 +644,8 @@ impl Actor {
             .retain(|(peer, _, _)| members.contains_key(peer));
         self.copies
             .retain(|(peer, _, _), _| members.contains_key(peer));
+        self.handing_over
+            .retain(|(peer, _, _)| members.contains_key(peer));
         let live: BTreeSet<String> = self.members.keys().cloned().collect();
         let wanted: BTreeMap<String, NamespaceConfig> = namespaces
             .into_iter()
@@ -845,6 +856,7 @@ impl Actor {
         self.stats.send_replace(CacheStats {
             table_version: self.table.version,
             table_epoch: self.table.epoch,
+            moving_out: (self.copies.len() + self.handing_over.len()) as u64,
             copies_sent: self.copies_sent,
             chunks_sent: self.chunks_sent,
             promotions: self.promotions,

@@ -94,9 +94,16 @@ impl Control {
         let Ok(members) = self.membership.members().await else {
             return Err(());
         };
+        let members: Vec<_> = members.into_iter().filter(|m| m.state.is_live()).collect();
+        // Leaving members still serve until their partitions are handed
+        // over, but the tables leave them out.
+        let staying: Vec<String> = members
+            .iter()
+            .filter(|m| !m.tags.contains_key(LEAVING_TAG))
+            .map(|m| m.name.to_string())
+            .collect();
         let members: Vec<(String, SocketAddr)> = members
             .into_iter()
-            .filter(|m| m.state.is_live())
             .map(|m| (m.name.to_string(), m.addr))
             .collect();
         // Linearizable, from the store's leader: a node that restarts must
@@ -172,9 +179,8 @@ impl Control {
                 (None, Some(mine)) => mine,
                 (None, None) => PartitionTable::empty(),
             };
-            let live: Vec<String> = members.into_iter().map(|(name, _)| name).collect();
-            let next = base.rebalance(&live, epoch.0);
-            if next != base {
+            let next = base.rebalance(&staying, epoch.0);
+            if next != base && !staying.is_empty() {
                 self.publish(next).await;
             } else {
                 self.published = Some(base);
