@@ -790,9 +790,13 @@ async fn answer_peer(
             }
             PeerResponse::Flushed(rx.await.unwrap_or_else(|_| Err(stopped())))
         }
-        PeerRequest::Store(request) => {
+        PeerRequest::Store(request) if only_cache_keys(&request) => {
             PeerResponse::Store(crate::serve::kv_op_answer(kv.clone(), request).await)
         }
+        PeerRequest::Store(_) => PeerResponse::Store(Err(KvFailure::PermissionDenied {
+            role: "node".into(),
+            operation: "forward store requests outside the cache's keys".into(),
+        })),
         PeerRequest::Holds {
             namespace,
             partitions,
@@ -843,6 +847,32 @@ async fn settle(
                 .into(),
         )),
         false => result,
+    }
+}
+
+/// Whether a store request forwarded between nodes touches only the
+/// cache's reserved keys (the only ones the cache forwards): reads of
+/// them, and puts, deletes and transactions on them.
+fn only_cache_keys(request: &KvRequest) -> bool {
+    let key = |k: &[u8]| k.starts_with(CACHE_PREFIX);
+    let range = |r: &KeyRange| match r {
+        KeyRange::Key(k) | KeyRange::Prefix(k) => key(k),
+        KeyRange::Range { .. } => false,
+    };
+    let op = |op: &RequestOp| match op {
+        RequestOp::Range(read) => range(&read.range),
+        RequestOp::Put(put) => key(&put.key),
+        RequestOp::Delete(delete) => range(&delete.range),
+    };
+    match request {
+        KvRequest::Range { request, .. } => range(&request.range),
+        KvRequest::Put(put) => key(&put.key),
+        KvRequest::Delete(delete) => range(&delete.range),
+        KvRequest::Txn(txn) => {
+            txn.compare.iter().all(|c| key(&c.key))
+                && txn.success.iter().chain(&txn.failure).all(op)
+        }
+        _ => false,
     }
 }
 
@@ -901,5 +931,74 @@ impl CacheBackend for NodeBackend {
             ));
         }
         info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_on_the_cache_keys_are_forwarded_between_nodes() {
+        let read = |range| KvRequest::Range {
+            request: RangeRequest {
+                range,
+                revision: 0,
+                limit: 0,
+                keys_only: false,
+                count_only: false,
+            },
+            linearizable: true,
+        };
+        let put = |key: &[u8]| {
+            KvRequest::Put(PutRequest {
+                key: key.to_vec(),
+                value: vec![],
+                lease: None,
+                prev_kv: false,
+            })
+        };
+        let create = Txn {
+            compare: vec![Compare {
+                key: namespace_key("x"),
+                target: CompareTarget::Version(0),
+                op: CompareOp::Equal,
+            }],
+            success: vec![RequestOp::put(&namespace_key("x"), b"c")],
+            failure: vec![],
+        };
+        let sneaky = Txn {
+            success: vec![RequestOp::put(b"__clustron/other", b"c")],
+            ..create.clone()
+        };
+        for (request, allowed) in [
+            (read(KeyRange::Prefix(CACHE_PREFIX.to_vec())), true),
+            (read(KeyRange::Prefix(b"__clustron/".to_vec())), false),
+            (read(KeyRange::Prefix(Vec::new())), false),
+            (put(TABLE_KEY), true),
+            (put(b"user/1"), false),
+            (
+                KvRequest::Delete(DeleteRequest {
+                    range: KeyRange::Key(namespace_key("x")),
+                    prev_kv: false,
+                }),
+                true,
+            ),
+            (
+                KvRequest::Delete(DeleteRequest {
+                    range: KeyRange::Range {
+                        start: CACHE_PREFIX.to_vec(),
+                        end: Vec::new(),
+                    },
+                    prev_kv: false,
+                }),
+                false,
+            ),
+            (KvRequest::Txn(create), true),
+            (KvRequest::Txn(sneaky), false),
+            (KvRequest::Compact(1), false),
+        ] {
+            assert_eq!(only_cache_keys(&request), allowed, "{request:?}");
+        }
     }
 }
