@@ -4,12 +4,13 @@
 
 use super::*;
 
-/// A node that just started asks every live member what it holds of the
-/// partitions the table gives it ([`plan::recovery`]), asks backups to hand
+/// Before a node takes over partitions it holds nothing of (it just
+/// started) or only an unfinished hand-over copy of, it asks every live
+/// member what it holds of them ([`plan::recovery`]), asks backups to hand
 /// theirs back, and tells the actor which partitions nobody holds (those
-/// start empty). A member that does not answer counts as holding nothing;
-/// a hand-back that fails leaves the partition waiting (a later table or a
-/// restart resolves it).
+/// start empty). A member that does not answer counts as holding nothing.
+/// A hand-back that cannot be asked is surveyed again after a pause, up to
+/// [`RECOVER_ATTEMPTS`] times; then nobody is taken to hold it.
 pub(super) async fn recover(
     channel: Channel<CacheProtocol>,
     commands: mpsc::Sender<Command>,
@@ -18,11 +19,66 @@ pub(super) async fn recover(
     peers: Vec<(String, SocketAddr)>,
     table: PartitionTable,
 ) {
+    let mut left = partitions;
+    let mut empty = Vec::new();
+    for attempt in 1..=RECOVER_ATTEMPTS {
+        let (pulls, nobody) = survey(&channel, &namespace, &left, &peers, &table).await;
+        empty.extend(nobody);
+        let pulled = pulls.values().map(Vec::len).sum::<usize>();
+        tracing::info!(
+            namespace = %namespace,
+            attempt,
+            pulled,
+            empty = empty.len(),
+            "cache: partitions to take over, surveyed"
+        );
+        left = Vec::new();
+        for (from, partitions) in pulls {
+            let Some(addr) = peers.iter().find(|(n, _)| *n == from).map(|(_, a)| *a) else {
+                left.extend(partitions);
+                continue;
+            };
+            let request = PeerRequest::HandBack {
+                namespace: namespace.clone(),
+                partitions: partitions.clone(),
+            };
+            if let Err(e) = channel.request(addr, &request).await {
+                tracing::warn!(%from, %e, "cache hand-back not asked; surveying again");
+                left.extend(partitions);
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        if attempt == RECOVER_ATTEMPTS {
+            // The backups do not answer: most likely gone with the rest.
+            empty.append(&mut left);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let _ = commands.send(Command::Recovered { namespace, empty }).await;
+}
+
+/// How many times [`recover`] surveys partitions whose hand-back could not
+/// be asked before it takes nobody to hold them.
+const RECOVER_ATTEMPTS: u32 = 5;
+
+/// One survey: which backup to pull each partition from, and the
+/// partitions nobody holds (those some member owns are left out: that
+/// member hands them over).
+async fn survey(
+    channel: &Channel<CacheProtocol>,
+    namespace: &str,
+    partitions: &[u32],
+    peers: &[(String, SocketAddr)],
+    table: &PartitionTable,
+) -> (BTreeMap<String, Vec<u32>>, Vec<u32>) {
     let mut answers: BTreeMap<u32, BTreeMap<String, Option<PartitionRole>>> = BTreeMap::new();
-    for (name, addr) in &peers {
+    for (name, addr) in peers {
         let request = PeerRequest::Holds {
-            namespace: namespace.clone(),
-            partitions: partitions.clone(),
+            namespace: namespace.to_owned(),
+            partitions: partitions.to_vec(),
         };
         let roles = match channel.request(*addr, &request).await {
             Ok(PeerResponse::Holds(roles)) if roles.len() == partitions.len() => roles,
@@ -34,35 +90,15 @@ pub(super) async fn recover(
     }
     let mut pulls: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     let mut empty = Vec::new();
-    for p in &partitions {
+    for p in partitions {
         let said = answers.remove(p).unwrap_or_default();
-        match plan::recovery(&table, *p, &said) {
+        match plan::recovery(table, *p, &said) {
             plan::Recovery::Wait => {}
             plan::Recovery::Pull(from) => pulls.entry(from).or_default().push(*p),
             plan::Recovery::Empty => empty.push(*p),
         }
     }
-    let pulled = pulls.values().map(Vec::len).sum::<usize>();
-    tracing::info!(
-        namespace = %namespace,
-        pulled,
-        empty = empty.len(),
-        waiting = partitions.len() - empty.len() - pulled,
-        "cache start-up: partitions this node owns"
-    );
-    for (from, partitions) in pulls {
-        let Some(addr) = peers.iter().find(|(n, _)| *n == from).map(|(_, a)| *a) else {
-            continue;
-        };
-        let request = PeerRequest::HandBack {
-            namespace: namespace.clone(),
-            partitions,
-        };
-        if let Err(e) = channel.request(addr, &request).await {
-            tracing::warn!(%from, %e, "cache hand-back not asked; those partitions wait");
-        }
-    }
-    let _ = commands.send(Command::Recovered { namespace, empty }).await;
+    (pulls, empty)
 }
 
 /// Reads the reserved keys and membership for the actor; on the store's
