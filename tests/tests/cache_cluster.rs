@@ -1,13 +1,24 @@
 //! The distributed cache on real `clustron-dkv` processes, through Debian's
-//! `redis-cli` over TLS (client certificates from the cluster CA) and the
-//! `clustron` CLI: any node serves any key; the Redis commands
-//! answer as Redis does with their keys spread over three owners; a
-//! readonly certificate reads but may not write, on the RESP port and on
-//! the native protocol, and no client may write the cluster's reserved
-//! keys; entry events of writes through any node reach a watcher; `kill -9` of a node with one backup per partition loses no
-//! acknowledged key once the partition table has moved, and when the node
-//! comes back empty it is handed its share again (copies, then cut-over)
-//! without losing any. Conditions are awaited with deadlines.
+//! `redis-cli` over TLS (client certificates from the cluster CA), the
+//! `clustron` CLI and the Rust client:
+//!
+//! - any node serves any key, and the Redis commands answer as
+//!   Redis does with their keys spread over three owners;
+//! - a readonly certificate reads but may not write, on the RESP port and
+//!   on the native protocol, and no client may write the cluster's
+//!   reserved keys; namespaces are created, used, listed and dropped;
+//! - entry events of writes through any node reach a watcher;
+//! - `kill -9` of a node with one backup per partition loses no
+//!   acknowledged key; when the node comes back empty it is handed its
+//!   share again (copies in several chunks, then cut-over) while writes go
+//!   on, without losing any; a node restarted at once pulls its
+//!   partitions back from their backups;
+//! - get-many/put-many, and a near cache that sees an update made through
+//!   another node;
+//! - SIGTERM hands a node's partitions over before it leaves.
+//!
+//! Each scenario starts its own three-node cluster; conditions are awaited
+//! with deadlines.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
