@@ -711,6 +711,11 @@ impl Actor {
         };
         let backups = usize::from(store.config().backups);
         let steps = plan::plan(old, new, &self.me, live, backups, |p| store.role(p));
+        // A hand-over this node waited for under an older table is void
+        // once the partition is someone else's.
+        let me = self.me.as_str();
+        self.awaiting
+            .retain(|(ns, p), _| ns != namespace || new.owner(*p) == Some(me));
         // A partition still waiting for its hand-over may hold a partial
         // copy: it is no better than nothing.
         let held: Vec<bool> = steps
