@@ -11,7 +11,13 @@
 //! the next revision, so no change is missed or repeated), and locks with
 //! fencing tokens ([`Client::lock`]). Requests go to
 //! the leader: a node that is not the leader names it and the client
-//! follows.
+//! follows. The distributed cache: [`Client::cache_get`],
+//! [`Client::cache_put`], [`Client::cache_delete`], [`Client::cache_incr`],
+//! [`Client::cache_get_many`], [`Client::cache_put_many`], any
+//! [`cache::CacheOp`] with [`Client::cache_op`], namespaces
+//! ([`Client::cache_create`], [`Client::cache_list`],
+//! [`Client::cache_drop`]), entry events ([`Client::cache_events`]) and a
+//! [`NearCache`]; any node serves them (forwarding to the key's owner).
 //!
 //! What it does not: depend on the server. It uses only the transport and the
 //! protocol types of `clustron-dkv` (built without its `server` feature).
@@ -34,9 +40,11 @@
 #![warn(missing_docs)]
 
 mod lock;
+mod near;
 mod session;
 
 pub use lock::Lock;
+pub use near::{NearCache, NearStats};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +52,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use clustron_dkv::cache;
+use clustron_dkv::cache::{
+    CacheAnswer, CacheError, CacheEvent, CacheOp, CacheReply, CacheRequest, NamespaceConfig,
+    PutCondition, TtlState, Versioned,
+};
 pub use clustron_dkv::kv;
 use clustron_dkv::kv::{
     DeleteRequest, Event, KeyRange, KeyValue, KvError, KvFailure, KvReply, KvRequest, LeaseId,
@@ -76,6 +89,9 @@ pub enum ClientError {
     /// The key-value store refused or could not serve the request.
     #[error(transparent)]
     Kv(#[from] KvFailure),
+    /// The cache refused or could not serve the request.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 /// How long a key-value request keeps retrying while no leader can serve it,
@@ -203,6 +219,302 @@ impl Client {
         Err(ClientError::Unavailable(
             last.unwrap_or(clustron_transport::Error::Closed),
         ))
+    }
+
+    /// One cache request, to any node (operations are forwarded to the
+    /// key's owner there). A refusal that says to retry (the partition is
+    /// moving, the cache is starting) is retried for the client's retry
+    /// budget; a transport failure moves on to the next endpoint if nothing
+    /// was processed or the request only reads.
+    pub async fn cache(&self, request: CacheRequest) -> Result<CacheAnswer, ClientError> {
+        let reads = match &request {
+            CacheRequest::Op { op, .. } => !op.is_write(),
+            CacheRequest::List => true,
+            CacheRequest::Create(_) | CacheRequest::Drop(_) => false,
+        };
+        let deadline = Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(20);
+        let wrapped = Request::Cache(request);
+        loop {
+            let mut last = None;
+            let mut answer = None;
+            for (index, addr) in self.shared.order() {
+                match self.shared.channel.request(addr, &wrapped).await {
+                    Ok(Response::Cache(result)) => {
+                        self.shared.current.store(index, Ordering::Relaxed);
+                        answer = Some(result);
+                        break;
+                    }
+                    Ok(Response::Error(reason)) => return Err(ClientError::Refused(reason)),
+                    Ok(other) => {
+                        return Err(ClientError::Refused(format!("unexpected answer {other:?}")))
+                    }
+                    Err(e) if reads || e.nothing_processed() => {
+                        self.shared.suspect(addr);
+                        last = Some(e);
+                    }
+                    Err(e) => {
+                        self.shared.suspect(addr);
+                        return Err(ClientError::Cache(CacheError::Unknown(format!(
+                            "the connection to {addr} failed after the request was sent ({e})"
+                        ))));
+                    }
+                }
+            }
+            let retry = match &answer {
+                None => true,
+                Some(Err(
+                    CacheError::WrongOwner { .. }
+                    | CacheError::Unavailable(_)
+                    | CacheError::NotReady(_),
+                )) => true,
+                Some(_) => false,
+            };
+            if !retry || Instant::now() + pause > deadline {
+                return match answer {
+                    Some(result) => result.map_err(ClientError::Cache),
+                    None => Err(ClientError::Unavailable(
+                        last.unwrap_or(clustron_transport::Error::Closed),
+                    )),
+                };
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs one cache operation on `namespace`.
+    pub async fn cache_op(&self, namespace: &str, op: CacheOp) -> Result<CacheReply, ClientError> {
+        match self
+            .cache(CacheRequest::Op {
+                namespace: namespace.to_owned(),
+                op,
+            })
+            .await?
+        {
+            CacheAnswer::Reply(reply) => Ok(reply),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A cached value and its version, if present.
+    pub async fn cache_get(
+        &self,
+        namespace: &str,
+        key: &[u8],
+    ) -> Result<Option<Versioned>, ClientError> {
+        match self
+            .cache_op(namespace, CacheOp::Get { key: key.to_vec() })
+            .await?
+        {
+            CacheReply::Value(value) => Ok(value),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Stores a value (with a time to live, or the namespace's default);
+    /// returns its new version.
+    pub async fn cache_put(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<u64, ClientError> {
+        let op = CacheOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_ms: ttl.map(|t| t.as_millis().max(1) as u64),
+            condition: PutCondition::Always,
+            keep_ttl: false,
+            return_old: false,
+        };
+        match self.cache_op(namespace, op).await? {
+            CacheReply::Stored { version, .. } => Ok(version),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The values of `keys` (in order), fetched concurrently: the keys
+    /// live in different partitions, so this is not one atomic read.
+    pub async fn cache_get_many(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Versioned>>, ClientError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (client, namespace, key) = (self.clone(), namespace.to_owned(), key.clone());
+            tasks.spawn(async move { (i, client.cache_get(&namespace, &key).await) });
+        }
+        let mut values = vec![None; keys.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, value) = joined.map_err(|e| ClientError::Refused(e.to_string()))?;
+            values[i] = value?;
+        }
+        Ok(values)
+    }
+
+    /// Stores every (key, value) concurrently; returns their new versions
+    /// in order. Not atomic: on an error some may be stored and others not.
+    pub async fn cache_put_many(
+        &self,
+        namespace: &str,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        ttl: Option<Duration>,
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let client = self.clone();
+            let (namespace, key, value) = (namespace.to_owned(), key.clone(), value.clone());
+            tasks.spawn(async move { (i, client.cache_put(&namespace, &key, &value, ttl).await) });
+        }
+        let mut versions = vec![0; entries.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, version) = joined.map_err(|e| ClientError::Refused(e.to_string()))?;
+            versions[i] = version?;
+        }
+        Ok(versions)
+    }
+
+    /// Removes a key; whether it was there.
+    pub async fn cache_delete(&self, namespace: &str, key: &[u8]) -> Result<bool, ClientError> {
+        match self
+            .cache_op(namespace, CacheOp::Delete { key: key.to_vec() })
+            .await?
+        {
+            CacheReply::Bool(found) => Ok(found),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Adds `by` to the integer at `key` (absent: 0); returns the result.
+    pub async fn cache_incr(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        by: i64,
+    ) -> Result<i64, ClientError> {
+        match self
+            .cache_op(
+                namespace,
+                CacheOp::Incr {
+                    key: key.to_vec(),
+                    by,
+                },
+            )
+            .await?
+        {
+            CacheReply::Integer(value) => Ok(value),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A key's remaining time to live.
+    pub async fn cache_ttl(&self, namespace: &str, key: &[u8]) -> Result<TtlState, ClientError> {
+        match self
+            .cache_op(namespace, CacheOp::Ttl { key: key.to_vec() })
+            .await?
+        {
+            CacheReply::Ttl(ttl) => Ok(ttl),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Entry events (put, update, remove, evict, expire) of `namespace`:
+    /// each node sends those of the partitions it owns, so this opens a
+    /// stream on **every endpoint** the client was given (give it every
+    /// node). Fails if no endpoint accepts.
+    pub async fn cache_events(&self, namespace: &str) -> Result<CacheEvents, ClientError> {
+        let endpoints = self.shared.endpoints.clone();
+        self.cache_events_from(namespace, &endpoints).await
+    }
+
+    /// [`Client::cache_events`] from the nodes at `addrs`; returns once
+    /// each stream that opened is subscribed (its node sends an empty
+    /// batch first).
+    pub async fn cache_events_from(
+        &self,
+        namespace: &str,
+        addrs: &[SocketAddr],
+    ) -> Result<CacheEvents, ClientError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let request = StreamRequest::CacheEvents {
+            namespace: namespace.to_owned(),
+        };
+        let mut opened = 0;
+        let mut last = None;
+        for addr in addrs {
+            let mut stream = match self.shared.channel.open_stream(*addr).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            if let Err(e) = stream.send(&request).await {
+                last = Some(clustron_transport::Error::from(e));
+                continue;
+            }
+            match stream.recv::<StreamItem>().await {
+                Ok(Some(StreamItem::CacheEvents(_))) => {}
+                Ok(Some(StreamItem::Error(reason))) => {
+                    return Err(ClientError::Refused(reason));
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    last = Some(clustron_transport::Error::from(e));
+                    continue;
+                }
+            }
+            opened += 1;
+            let tx = tx.clone();
+            let addr = *addr;
+            tokio::spawn(async move {
+                let ended = loop {
+                    match stream.recv::<StreamItem>().await {
+                        Ok(Some(StreamItem::CacheEvents(batch))) => {
+                            if tx.send(Ok(batch)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(StreamItem::Error(reason))) => break reason,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break format!("{addr} closed the stream"),
+                        Err(e) => break format!("{addr}: {e}"),
+                    }
+                };
+                let _ = tx
+                    .send(Err(ClientError::Cache(CacheError::NotReady(ended))))
+                    .await;
+            });
+        }
+        if opened == 0 {
+            return Err(ClientError::Unavailable(
+                last.unwrap_or(clustron_transport::Error::Closed),
+            ));
+        }
+        Ok(CacheEvents { rx })
+    }
+
+    /// Creates a cache namespace (admin role).
+    pub async fn cache_create(&self, config: NamespaceConfig) -> Result<(), ClientError> {
+        self.cache(CacheRequest::Create(config)).await.map(|_| ())
+    }
+
+    /// Drops a cache namespace and its entries (admin role).
+    pub async fn cache_drop(&self, name: &str) -> Result<(), ClientError> {
+        self.cache(CacheRequest::Drop(name.to_owned()))
+            .await
+            .map(|_| ())
+    }
+
+    /// The cache namespaces and their settings.
+    pub async fn cache_list(&self) -> Result<Vec<NamespaceConfig>, ClientError> {
+        match self.cache(CacheRequest::List).await? {
+            CacheAnswer::Namespaces(list) => Ok(list),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// The cluster as one node sees it now.
@@ -1135,6 +1447,7 @@ impl TopologyWatcher {
                         StreamItem::Event { .. }
                         | StreamItem::KvEvents(_)
                         | StreamItem::KvEventsPart(_)
+                        | StreamItem::CacheEvents(_)
                         | StreamItem::WatchCancelled(_) => {}
                     }
                     return Ok(item);
@@ -1149,6 +1462,24 @@ impl TopologyWatcher {
                 }
             }
         }
+    }
+}
+
+/// Entry events of a cache namespace from every endpoint; see
+/// [`Client::cache_events`].
+#[derive(Debug)]
+pub struct CacheEvents {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<CacheEvent>, ClientError>>,
+}
+
+impl CacheEvents {
+    /// The next batch of events (one owner's, in its order), or the error
+    /// that ended one endpoint's stream: from then on events of the
+    /// partitions that node owns are missed, so a copy of the cache made
+    /// from them must be dropped and the stream opened again. `None` once
+    /// every stream ended.
+    pub async fn next(&mut self) -> Option<Result<Vec<CacheEvent>, ClientError>> {
+        self.rx.recv().await
     }
 }
 

@@ -12,6 +12,8 @@ use clustron_client::{Change, Client, StreamItem, TopologyInfo};
 use clustron_transport::TlsIdentity;
 use serde_json::json;
 
+mod cache_cli;
+
 #[derive(Parser)]
 #[command(name = "clustron", version, about = "Clustron command line")]
 struct Cli {
@@ -69,6 +71,12 @@ enum Cmd {
     Kv {
         #[command(subcommand)]
         command: KvCmd,
+    },
+    /// The distributed cache: namespaces (create, list, drop) and entries
+    /// (get, put, del, incr, ttl).
+    Cache {
+        #[command(subcommand)]
+        command: cache_cli::CacheCmd,
     },
     /// The log's voters and learners (as the leader sees them, with each
     /// one's applied index and lag); `add` / `remove` change them, one at a
@@ -540,11 +548,13 @@ async fn run(cli: Cli) -> Result<()> {
                     | StreamItem::Error(_)
                     | StreamItem::KvEvents(_)
                     | StreamItem::KvEventsPart(_)
+                    | StreamItem::CacheEvents(_)
                     | StreamItem::WatchCancelled(_) => {}
                 }
             }
         }
         Cmd::Kv { command } => kv_command(&client, command).await?,
+        Cmd::Cache { command } => cache_cli::run(&client, command).await?,
         Cmd::Events {
             command: EventsCmd::Publish { topic, payload },
         } => {
@@ -599,5 +609,6 @@ fn item_json(item: &StreamItem) -> serde_json::Value {
             json!({ "kv_events": events.len() })
         }
         StreamItem::WatchCancelled(reason) => json!({ "watch_cancelled": reason.to_string() }),
+        StreamItem::CacheEvents(events) => json!({ "cache_events": events.len() }),
     }
 }

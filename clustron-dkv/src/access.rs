@@ -7,6 +7,14 @@
 //! | `readwrite` | also write and delete keys, run writing transactions, use leases, sessions, locks and elections, publish events |
 //! | `admin` | also compact history and change the voters (`clustron voters add/remove`) |
 //!
+//! Cache operations need `readonly` to read and `readwrite` to write;
+//! creating and dropping cache namespaces needs `admin`.
+//!
+//! Keys under [`RESERVED_PREFIX`] (the cache's partition table and
+//! namespace settings) are written by nodes only: a client request that
+//! would write or delete one is refused whatever its role
+//! ([`writes_reserved`]).
+//!
 //! A node certificate counts as `admin`: it belongs to the cluster itself.
 //! Permissions are per role for the whole key space; per-prefix
 //! permissions (etcd's role / key-range model) are not built.
@@ -29,7 +37,11 @@
 
 use clustron_transport::{ClientRole, PeerKind};
 
-use crate::kv::{KvFailure, KvRequest, RequestOp};
+use crate::cache::CacheRequest;
+use crate::kv::{KeyRange, KvFailure, KvRequest, RequestOp};
+
+/// Keys only nodes write: the cluster's own state in the replicated store.
+pub const RESERVED_PREFIX: &[u8] = b"__clustron/";
 use crate::proto::{Request, StreamRequest};
 
 /// What an operation needs, and its name for refusals.
@@ -63,6 +75,21 @@ impl Access {
             Request::Topology => Access::new(Level::Read, "read the topology"),
             Request::Publish { .. } => Access::new(Level::Write, "publish events"),
             Request::Kv(kv) => Access::of_kv(kv),
+            Request::Cache(cache) => Access::of_cache(cache),
+        }
+    }
+
+    /// What a cache request needs.
+    pub fn of_cache(request: &CacheRequest) -> Access {
+        match request {
+            CacheRequest::Op { op, .. } if op.is_write() => {
+                Access::new(Level::Write, "write the cache")
+            }
+            CacheRequest::Op { .. } => Access::new(Level::Read, "read the cache"),
+            CacheRequest::List => Access::new(Level::Read, "list cache namespaces"),
+            CacheRequest::Create(_) | CacheRequest::Drop(_) => {
+                Access::new(Level::Admin, "create or drop cache namespaces")
+            }
         }
     }
 
@@ -105,6 +132,7 @@ impl Access {
             StreamRequest::WatchTopology { .. } => Access::new(Level::Read, "watch the topology"),
             StreamRequest::Subscribe { .. } => Access::new(Level::Read, "subscribe to events"),
             StreamRequest::Watch(_) => Access::new(Level::Read, "watch keys"),
+            StreamRequest::CacheEvents { .. } => Access::new(Level::Read, "watch cache events"),
         }
     }
 }
@@ -134,6 +162,43 @@ pub fn check(kind: PeerKind, access: Access) -> Result<(), KvFailure> {
     })
 }
 
+/// Whether a key-value request would write or delete a key under
+/// [`RESERVED_PREFIX`] (refused for clients whatever their role).
+pub fn writes_reserved(request: &KvRequest) -> bool {
+    let op_writes = |op: &RequestOp| match op {
+        RequestOp::Range(_) => false,
+        RequestOp::Put(put) => put.key.starts_with(RESERVED_PREFIX),
+        RequestOp::Delete(delete) => overlaps_reserved(&delete.range),
+    };
+    match request {
+        KvRequest::Put(put) => put.key.starts_with(RESERVED_PREFIX),
+        KvRequest::Delete(delete) => overlaps_reserved(&delete.range),
+        KvRequest::Txn(txn) => txn.success.iter().chain(&txn.failure).any(op_writes),
+        KvRequest::InSession { request, .. } => writes_reserved(request),
+        _ => false,
+    }
+}
+
+/// Whether `range` holds any key under [`RESERVED_PREFIX`].
+fn overlaps_reserved(range: &KeyRange) -> bool {
+    match range {
+        KeyRange::Key(key) => key.starts_with(RESERVED_PREFIX),
+        KeyRange::Prefix(prefix) => {
+            prefix.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(prefix)
+        }
+        KeyRange::Range { start, end } => {
+            // The reserved keys are [RESERVED_PREFIX, its successor): the
+            // prefix with its last byte incremented ('/' + 1 = '0').
+            let mut past = RESERVED_PREFIX.to_vec();
+            if let Some(last) = past.last_mut() {
+                *last += 1;
+            }
+            start.as_slice() < past.as_slice()
+                && (end.is_empty() || end.as_slice() > RESERVED_PREFIX)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +223,85 @@ mod tests {
             keys_only: false,
             count_only: false,
         }
+    }
+
+    #[test]
+    fn client_writes_and_deletes_of_reserved_keys_are_recognised() {
+        let put = |key: &[u8]| {
+            KvRequest::Put(PutRequest {
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+                lease: None,
+                prev_kv: false,
+            })
+        };
+        let delete = |range| {
+            KvRequest::Delete(DeleteRequest {
+                range,
+                prev_kv: false,
+            })
+        };
+        let range = |start: &[u8], end: &[u8]| KeyRange::Range {
+            start: start.to_vec(),
+            end: end.to_vec(),
+        };
+        let table: Vec<(KvRequest, bool)> = vec![
+            (put(b"__clustron/cache/table"), true),
+            (put(b"__clustron"), false),
+            (put(b"user/1"), false),
+            (
+                delete(KeyRange::Key(b"__clustron/cache/ns/default".to_vec())),
+                true,
+            ),
+            (delete(KeyRange::Prefix(Vec::new())), true),
+            (delete(KeyRange::Prefix(b"__clu".to_vec())), true),
+            (delete(KeyRange::Prefix(b"__clustron/x".to_vec())), true),
+            (delete(KeyRange::Prefix(b"user/".to_vec())), false),
+            (delete(range(b"", b"")), true),
+            (delete(range(b"a", b"")), false),
+            (delete(range(b"_", b"__clustron/")), false),
+            (delete(range(b"_", b"__clustron/a")), true),
+            (delete(range(b"__clustron0", b"")), false),
+            (
+                KvRequest::Txn(Txn {
+                    compare: vec![],
+                    success: vec![RequestOp::get(b"__clustron/cache/table")],
+                    failure: vec![RequestOp::put(b"__clustron/cache/table", b"x")],
+                }),
+                true,
+            ),
+            (
+                KvRequest::Txn(Txn {
+                    compare: vec![],
+                    success: vec![RequestOp::get(b"__clustron/cache/table")],
+                    failure: vec![],
+                }),
+                false,
+            ),
+            (
+                KvRequest::InSession {
+                    session: SessionId(1),
+                    seq: 1,
+                    acked: 0,
+                    request: Box::new(put(b"__clustron/cache/table")),
+                },
+                true,
+            ),
+            (
+                KvRequest::Range {
+                    request: range_request(),
+                    linearizable: false,
+                },
+                false,
+            ),
+        ];
+        for (request, reserved) in table {
+            assert_eq!(writes_reserved(&request), reserved, "{request:?}");
+        }
+    }
+
+    fn range_request() -> RangeRequest {
+        range()
     }
 
     #[test]

@@ -332,5 +332,119 @@ async fn metrics(node: &Node) -> String {
             let _ = writeln!(out, "{name} {value}");
         }
     }
+    let cache = node.cache.borrow().clone();
+    if let Some(cache) = cache {
+        cache_metrics(&mut out, &cache.stats());
+    }
     out
+}
+
+/// The cache's figures: the table, migrations, and per namespace.
+fn cache_metrics(out: &mut String, s: &crate::cache::service::CacheStats) {
+    for (name, kind, help, value) in [
+        (
+            "clustron_cache_table_version",
+            "gauge",
+            "Version of the cache partition table adopted here.",
+            s.table_version,
+        ),
+        (
+            "clustron_cache_table_epoch",
+            "gauge",
+            "Leader epoch of the cache partition table adopted here.",
+            s.table_epoch,
+        ),
+        (
+            "clustron_cache_partition_copies_total",
+            "counter",
+            "Partition copies sent (migrations to new owners and backups, re-syncs).",
+            s.copies_sent,
+        ),
+        (
+            "clustron_cache_partition_copy_chunks_total",
+            "counter",
+            "Chunks of those copies (each read when the one before was applied).",
+            s.chunks_sent,
+        ),
+        (
+            "clustron_cache_promotions_total",
+            "counter",
+            "Partitions this node started owning (take-overs and hand-overs).",
+            s.promotions,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    type Figure = fn(&crate::cache::service::NamespaceStats) -> u64;
+    let figures: [(&str, &str, &str, Figure); 10] = [
+        (
+            "clustron_cache_hits_total",
+            "counter",
+            "Gets that found a value (as owner).",
+            |n| n.metrics.hits,
+        ),
+        (
+            "clustron_cache_misses_total",
+            "counter",
+            "Gets that found none (as owner).",
+            |n| n.metrics.misses,
+        ),
+        (
+            "clustron_cache_evictions_total",
+            "counter",
+            "Entries evicted (as owner).",
+            |n| n.metrics.evictions,
+        ),
+        (
+            "clustron_cache_expirations_total",
+            "counter",
+            "Entries expired (as owner).",
+            |n| n.metrics.expirations,
+        ),
+        (
+            "clustron_cache_entries",
+            "gauge",
+            "Entries held here (owned and backed up).",
+            |n| n.metrics.entries,
+        ),
+        (
+            "clustron_cache_bytes",
+            "gauge",
+            "Bytes held here (owned and backed up).",
+            |n| n.metrics.bytes,
+        ),
+        (
+            "clustron_cache_owned_entries",
+            "gauge",
+            "Entries of partitions owned here.",
+            |n| n.metrics.owned_entries,
+        ),
+        (
+            "clustron_cache_owned_bytes",
+            "gauge",
+            "Bytes of partitions owned here.",
+            |n| n.metrics.owned_bytes,
+        ),
+        (
+            "clustron_cache_owned_partitions",
+            "gauge",
+            "Partitions owned here.",
+            |n| n.owned_partitions,
+        ),
+        (
+            "clustron_cache_backup_partitions",
+            "gauge",
+            "Partitions backed up here.",
+            |n| n.backup_partitions,
+        ),
+    ];
+    for (name, kind, help, figure) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for ns in &s.namespaces {
+            let _ = writeln!(out, "{name}{{namespace=\"{}\"}} {}", ns.name, figure(ns));
+        }
+    }
 }

@@ -26,6 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod namespace;
 #[cfg(feature = "server")]
 pub mod resp;
 #[cfg(feature = "server")]
@@ -33,8 +34,14 @@ pub mod store;
 #[cfg(feature = "server")]
 pub mod table;
 
+#[cfg(feature = "server")]
+pub mod plan;
+#[cfg(feature = "server")]
+pub mod service;
 #[cfg(all(test, feature = "server"))]
 mod sim_tests;
+
+pub use namespace::NamespaceConfig;
 
 /// Partitions per cluster, fixed for the cluster's life (a prime, as in
 /// Hazelcast, so keys spread evenly whatever the hash's low bits do).
@@ -275,4 +282,79 @@ pub enum CacheError {
     /// way); retry.
     #[error("partition {0} has no live owner yet; retry")]
     Unavailable(u32),
+    /// The cache cannot serve yet (no partition table, the replicated
+    /// store has no leader, a peer did not answer); retry.
+    #[error("the cache is not ready: {0}; retry")]
+    NotReady(String),
+    /// A namespace request was refused (bad settings, the name exists or
+    /// does not, the caller's role); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// A write's connection to its owner failed after it was sent: it may
+    /// or may not be applied (not retried, since `Incr` or `Append` would
+    /// apply twice).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// What happened to an entry, for subscribers (near caches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// Created.
+    Put,
+    /// Changed (value or expiry).
+    Update,
+    /// Deleted by a client.
+    Remove,
+    /// Evicted to keep the namespace within its bounds.
+    Evict,
+    /// Expired (its TTL passed or it was idle too long).
+    Expire,
+}
+
+/// An entry event, emitted by the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The partition.
+    pub partition: u32,
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The entry's version after the event, or before it for a removal.
+    pub version: u64,
+}
+
+/// A cache request on the client protocol
+/// ([`crate::proto::Request::Cache`]), served by any node: operations go
+/// to the key's owner (forwarded by the node), namespace changes to the
+/// replicated store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheRequest {
+    /// One operation on one key of a namespace (read role for reads, write
+    /// role for writes).
+    Op {
+        /// The namespace.
+        namespace: String,
+        /// The operation.
+        op: CacheOp,
+    },
+    /// Creates a namespace (admin role); refused if the name is taken.
+    Create(NamespaceConfig),
+    /// Drops a namespace and its entries (admin role).
+    Drop(String),
+    /// The namespaces and their settings (read role).
+    List,
+}
+
+/// The answer to a [`CacheRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheAnswer {
+    /// The answer to an operation.
+    Reply(CacheReply),
+    /// The namespaces, by name.
+    Namespaces(Vec<NamespaceConfig>),
+    /// A namespace change is in the replicated store.
+    Done,
 }

@@ -50,6 +50,12 @@ pub struct FileConfig {
     /// Snapshot the store every this many log entries and forget the log
     /// before it (0: never).
     pub snapshot_entries: Option<u64>,
+    /// TCP address of the Redis-protocol (RESP) port, if any.
+    pub resp_listen: Option<SocketAddr>,
+    /// Serve RESP in plaintext (loopback addresses only) instead of TLS.
+    pub resp_insecure: Option<bool>,
+    /// The cache namespace the RESP port serves (default `default`).
+    pub resp_namespace: Option<String>,
 }
 
 impl FileConfig {
@@ -111,6 +117,12 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     /// Largest value, in bytes.
     pub max_value_bytes: usize,
+    /// The Redis-protocol port's address, if any.
+    pub resp_listen: Option<SocketAddr>,
+    /// Plaintext RESP (refused at start unless `resp_listen` is loopback).
+    pub resp_insecure: bool,
+    /// The cache namespace RESP serves.
+    pub resp_namespace: String,
 }
 
 /// The most a value may be: one log entry (512 KiB) less room for the key
@@ -211,7 +223,25 @@ impl NodeConfig {
                 why: "not a valid node name".into(),
             });
         }
+        let resp_namespace = flags
+            .resp_namespace
+            .or(file.resp_namespace)
+            .unwrap_or_else(|| "default".to_owned());
+        let named = crate::cache::NamespaceConfig {
+            name: resp_namespace.clone(),
+            ..Default::default()
+        };
+        if named.validate().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "resp_namespace",
+                value: resp_namespace,
+                why: "1 to 64 characters out of A-Z a-z 0-9 _ - .".into(),
+            });
+        }
         Ok(Self {
+            resp_listen: flags.resp_listen.or(file.resp_listen),
+            resp_insecure: flags.resp_insecure.or(file.resp_insecure).unwrap_or(false),
+            resp_namespace,
             listen: flags
                 .listen
                 .or(file.listen)
@@ -321,6 +351,41 @@ mod tests {
         };
         let err = NodeConfig::resolve(FileConfig::default(), bad).unwrap_err();
         assert!(err.to_string().contains("max_value_bytes"), "{err}");
+    }
+
+    #[test]
+    fn resp_settings_read_from_the_file_and_flags_override_them() {
+        let file: FileConfig = toml::from_str(
+            "resp_listen = \"127.0.0.1:6379\"\nresp_insecure = true\nresp_namespace = \"sessions\"\n",
+        )
+        .unwrap();
+        let file = FileConfig {
+            resp_listen: file.resp_listen,
+            resp_insecure: file.resp_insecure,
+            resp_namespace: file.resp_namespace,
+            ..full()
+        };
+        let config = NodeConfig::resolve(FileConfig::default(), file.clone()).unwrap();
+        assert_eq!(config.resp_listen, Some("127.0.0.1:6379".parse().unwrap()));
+        assert!(config.resp_insecure);
+        assert_eq!(config.resp_namespace, "sessions");
+        let flags = FileConfig {
+            resp_insecure: Some(false),
+            ..FileConfig::default()
+        };
+        let config = NodeConfig::resolve(flags, file).unwrap();
+        assert!(!config.resp_insecure);
+        let defaults = NodeConfig::resolve(FileConfig::default(), full()).unwrap();
+        assert_eq!(
+            (defaults.resp_listen, defaults.resp_namespace.as_str()),
+            (None, "default")
+        );
+        let bad = FileConfig {
+            resp_namespace: Some("no spaces".into()),
+            ..full()
+        };
+        let err = NodeConfig::resolve(FileConfig::default(), bad).unwrap_err();
+        assert!(err.to_string().contains("resp_namespace"), "{err}");
     }
 
     #[test]

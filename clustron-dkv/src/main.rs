@@ -138,6 +138,17 @@ struct RunArgs {
     /// before it (default 10,000; 0: never).
     #[arg(long, env = "CLUSTRON_SNAPSHOT_ENTRIES")]
     snapshot_entries: Option<u64>,
+    /// Serve the cache over the Redis protocol (RESP2) on this TCP address,
+    /// with TLS and client certificates from the cluster CA.
+    #[arg(long, env = "CLUSTRON_RESP_LISTEN")]
+    resp_listen: Option<SocketAddr>,
+    /// Serve RESP in plaintext, every client read-write (allowed only on a
+    /// loopback address).
+    #[arg(long, env = "CLUSTRON_RESP_INSECURE")]
+    resp_insecure: bool,
+    /// The cache namespace the RESP port serves (default `default`).
+    #[arg(long, env = "CLUSTRON_RESP_NAMESPACE")]
+    resp_namespace: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -223,6 +234,10 @@ fn run(args: RunArgs) -> Result<()> {
         retain_bytes: args.retain_bytes,
         max_value_bytes: args.max_value_bytes,
         snapshot_entries: args.snapshot_entries,
+        resp_listen: args.resp_listen,
+        // A flag can only turn it on; the file's `false` is the default.
+        resp_insecure: args.resp_insecure.then_some(true),
+        resp_namespace: args.resp_namespace,
     };
     let config = NodeConfig::resolve(flags, file)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -290,10 +305,12 @@ fn dev(nodes: usize, dir: &Path) -> Result<()> {
     let mut children = Vec::new();
     let mut seed: Option<SocketAddr> = None;
     let mut children_addrs = Vec::new();
+    let mut resp_ports = Vec::new();
     for i in 1..=nodes {
         let name = format!("n{i}");
         let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let resp = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
         let mut command = std::process::Command::new(&exe);
         command
             .arg("run")
@@ -309,16 +326,18 @@ fn dev(nodes: usize, dir: &Path) -> Result<()> {
             .arg(dir.join(format!("{name}.pem")))
             .arg("--key-file")
             .arg(dir.join(format!("{name}.key")))
-            .args(["--admin-listen", &admin.to_string()]);
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--resp-listen", &resp.to_string()]);
         if let Some(seed) = seed {
             command.args(["--seeds", &seed.to_string()]);
         }
         let child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        println!("{name}: {listen} (admin http://{admin}/metrics)");
+        println!("{name}: {listen} (admin http://{admin}/metrics, Redis protocol {resp})");
         seed.get_or_insert(listen);
         children_addrs.push(listen);
+        resp_ports.push(resp.port());
         children.push(child);
     }
     let endpoints: Vec<String> = children_addrs.iter().map(|a| a.to_string()).collect();
@@ -340,6 +359,16 @@ fn dev(nodes: usize, dir: &Path) -> Result<()> {
         dir.join("admin.key").display()
     );
     println!("  cargo run -q -p clustron-client --bin clustron -- kv put greeting hello");
+    println!("  cargo run -q -p clustron-client --bin clustron -- cache put greeting hello");
+    println!("the cache over the Redis protocol (any node serves any key):");
+    for port in &resp_ports {
+        println!(
+            "  redis-cli --tls --cacert {} --cert {} --key {} -p {port}",
+            dir.join("ca.pem").display(),
+            dir.join("admin.pem").display(),
+            dir.join("admin.key").display()
+        );
+    }
     println!(
         "certificates and data in {}; Ctrl-C stops the cluster",
         dir.display()

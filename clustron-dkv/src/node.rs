@@ -19,9 +19,15 @@ use clustron_transport::{Endpoint, TlsIdentity};
 use tokio::sync::watch;
 
 use crate::admin;
+use crate::cache::resp::{RespConfig, RespListener};
+use crate::cache::service::{Cache, Drained, NodeBackend};
 use crate::config::NodeConfig;
 use crate::core::server::ServerConfig;
 use crate::kv_driver::{Kv, OpenStore};
+
+/// How long a graceful stop waits for the cache's partitions to be handed
+/// over before leaving anyway.
+const CACHE_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The parts of a running node the admin server and the stop sequence use.
 #[derive(Clone)]
@@ -36,6 +42,8 @@ pub struct Node {
     pub bus: watch::Receiver<Option<EventBus>>,
     /// The key-value server (always set once [`start`] returns).
     pub kv: watch::Receiver<Option<Kv>>,
+    /// The distributed cache (always set once [`start`] returns).
+    pub cache: watch::Receiver<Option<Cache>>,
     /// Leadership changes seen since start.
     pub leadership_changes: Arc<AtomicU64>,
     /// What keeps this node from ever being ready, in words (for
@@ -141,12 +149,31 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
     )
     .await
     .context("starting the key-value store")?;
+    let cache = Cache::start(endpoint, membership, election, &kv).context("starting the cache")?;
+    if let Some(listen) = config.resp_listen {
+        let resp = match config.resp_insecure {
+            true => RespConfig::insecure(listen),
+            false => RespConfig::tls(
+                listen,
+                TlsIdentity::from_files(&config.ca_file, &config.cert_file, &config.key_file)
+                    .context("loading certificates for the RESP port")?,
+            ),
+        };
+        let listener = RespListener::bind(resp).await?;
+        let backend = Arc::new(NodeBackend::new(
+            cache.clone(),
+            config.resp_namespace.clone(),
+        ));
+        tracing::info!(addr = %listen, namespace = %config.resp_namespace, "serving the Redis protocol");
+        tokio::spawn(listener.serve(backend, std::future::pending()));
+    }
     let node = Node {
         endpoint: endpoint.clone(),
         membership: membership.clone(),
         election: watch::channel(Some(election.clone())).1,
         bus: watch::channel(Some(bus.clone())).1,
         kv: watch::channel(Some(kv)).1,
+        cache: watch::channel(Some(cache)).1,
         leadership_changes,
         waiting_for: watch::channel(no_voters.unwrap_or_default()).1,
         platform: platform.clone(),
@@ -159,9 +186,24 @@ pub async fn start(config: &NodeConfig) -> Result<Node> {
 }
 
 impl Node {
-    /// Gives leadership away if held (and waits briefly for the successor),
+    /// Hands the cache's partitions over ([`Cache::drain`]), gives
+    /// leadership away if held (and waits briefly for the successor),
     /// leaves the cluster, closes the port: [`clustron_node::Node::leave`].
     pub async fn stop(&self) {
+        // The cache's partitions are handed over first (the leader leaves
+        // this node out of its tables), then the platform leaves.
+        let cache = self.cache.borrow().clone();
+        if let Some(cache) = cache {
+            match cache.drain(&self.membership, CACHE_DRAIN).await {
+                Drained::HandedOver => tracing::info!("cache partitions handed over"),
+                Drained::Alone => {
+                    tracing::info!("no member stays to take the cache partitions; leaving")
+                }
+                Drained::TimedOut => tracing::warn!(
+                    "cache partitions not all handed over within {CACHE_DRAIN:?}; leaving anyway (backups take them over)"
+                ),
+            }
+        }
         self.platform.leave().await;
     }
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use clustron_transport::{ChannelId, Protocol};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheAnswer, CacheError, CacheEvent, CacheRequest};
 use crate::kv::{Event as KvEvent, KvError, KvFailure, KvReply, KvRequest, WatchRequest};
 
 /// The client protocol on [`ChannelId::CLIENT`].
@@ -72,6 +73,9 @@ pub enum Request {
     },
     /// A key-value request.
     Kv(KvRequest),
+    /// A cache request (any node serves it; operations are forwarded to
+    /// the key's owner).
+    Cache(CacheRequest),
 }
 
 /// A node's answer.
@@ -90,6 +94,8 @@ pub enum Response {
     Error(String),
     /// A key-value answer.
     Kv(Result<KvReply, KvFailure>),
+    /// A cache answer.
+    Cache(Result<CacheAnswer, CacheError>),
 }
 
 /// First frame a client sends on a stream it opens.
@@ -107,6 +113,12 @@ pub enum StreamRequest {
     },
     /// Changes to keys.
     Watch(WatchRequest),
+    /// Entry events of a cache namespace from the partitions the node
+    /// owns (subscribe on every node to see them all).
+    CacheEvents {
+        /// The namespace.
+        namespace: String,
+    },
 }
 
 /// A change to the topology.
@@ -160,6 +172,8 @@ pub enum StreamItem {
     /// The watch ended: its next revision was compacted (re-read, then
     /// watch from the current revision).
     WatchCancelled(KvError),
+    /// Cache entry events, in the order the owner made them.
+    CacheEvents(Vec<CacheEvent>),
     /// The stream could not be served.
     Error(String),
 }

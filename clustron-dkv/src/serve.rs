@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::{self, Access};
+use crate::cache::service::Cache;
+use crate::cache::{CacheError, CacheRequest};
 use crate::core::mvcc::Command;
 use crate::core::server::{ClientOp, ServerError};
 use crate::kv::{KvFailure, KvReply, KvRequest, ReplicaInfo, WatchRequest};
@@ -47,8 +49,10 @@ pub fn start(node: &Node) -> Result<(), clustron_transport::Error> {
                 Inbound::Stream { stream, from } => {
                     let bus = node.bus.borrow().clone();
                     let kv = node.kv.borrow().clone();
+                    let cache = node.cache.borrow().clone();
                     let me = node.membership.name().to_string();
-                    tokio::spawn(serve_stream(bus, kv, me, from.identity.kind, stream));
+                    let caller = from.identity.kind;
+                    tokio::spawn(serve_stream(bus, kv, cache, me, caller, stream));
                 }
                 // Requests go to the handler above, never here.
                 Inbound::Request { reply, .. } => reply.reject("requests are served elsewhere"),
@@ -106,10 +110,45 @@ async fn respond(
     if let Err(denied) = access::check(from.identity.kind, Access::of(&request)) {
         return match request {
             Request::Kv(_) => Response::Kv(Err(denied)),
+            Request::Cache(CacheRequest::Op { .. }) => Response::Cache(Err(CacheError::ReadOnly)),
+            Request::Cache(_) => Response::Cache(Err(CacheError::Refused(denied.to_string()))),
             _ => Response::Error(denied.to_string()),
         };
     }
+    match &request {
+        // The cluster's own keys are written by nodes only.
+        Request::Kv(kv) if from.identity.kind != PeerKind::Node && access::writes_reserved(kv) => {
+            let role = match from.identity.kind {
+                PeerKind::Client(role) => role.as_str(),
+                PeerKind::Node => "node",
+            };
+            return Response::Kv(Err(KvFailure::PermissionDenied {
+                role: role.to_owned(),
+                operation: format!(
+                    "write keys under {:?} (reserved for the cluster)",
+                    String::from_utf8_lossy(access::RESERVED_PREFIX)
+                ),
+            }));
+        }
+        _ => {}
+    }
     match request {
+        Request::Cache(cache) => {
+            let _admitted = match admission.admit() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    return Response::Cache(Err(CacheError::NotReady(
+                        "the node is overloaded".into(),
+                    )))
+                }
+            };
+            let service = node.cache.borrow().clone();
+            let answer = match service {
+                Some(service) => service.request(cache).await,
+                None => Err(CacheError::NotReady("the cache is starting".into())),
+            };
+            Response::Cache(answer)
+        }
         Request::Kv(op) => {
             let _admitted = match admission.admit() {
                 Ok(permit) => permit,
@@ -177,7 +216,7 @@ fn voters_answer(
     }
 }
 
-async fn kv_op_answer(kv: Kv, request: KvRequest) -> Result<KvReply, KvFailure> {
+pub(crate) async fn kv_op_answer(kv: Kv, request: KvRequest) -> Result<KvReply, KvFailure> {
     let op = match client_op(request) {
         Ok(op) => op,
         Err(failure) => return Err(failure),
@@ -283,13 +322,16 @@ async fn answer(bus: &EventBus, me: &str, request: Request) -> Response {
             },
             Err(e) => Response::Error(e.to_string()),
         },
-        Request::Kv(_) => Response::Error("key-value requests are answered elsewhere".into()),
+        Request::Kv(_) | Request::Cache(_) => {
+            Response::Error("key-value and cache requests are answered elsewhere".into())
+        }
     }
 }
 
 async fn serve_stream(
     bus: Option<EventBus>,
     kv: Option<Kv>,
+    cache: Option<Cache>,
     me: String,
     caller: PeerKind,
     mut stream: FramedStream,
@@ -306,6 +348,9 @@ async fn serve_stream(
     if let StreamRequest::Watch(request) = request {
         return serve_watch(kv, request, stream).await;
     }
+    if let StreamRequest::CacheEvents { namespace } = request {
+        return serve_cache_events(cache, &namespace, stream).await;
+    }
     let Some(bus) = bus else {
         let _ = stream
             .send(&StreamItem::Error(
@@ -316,7 +361,7 @@ async fn serve_stream(
         return;
     };
     match request {
-        StreamRequest::Watch(_) => {}
+        StreamRequest::Watch(_) | StreamRequest::CacheEvents { .. } => {}
         StreamRequest::WatchTopology { from } => {
             // A resume point from another node cannot be honoured here.
             let resumed_elsewhere = from.as_ref().is_some_and(|(node, _)| *node != me);
@@ -362,6 +407,51 @@ async fn serve_stream(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Forwards a cache namespace's entry events (of the partitions this node
+/// owns) until either side ends it; a subscriber that fell behind gets an
+/// error item and the end of the stream.
+async fn serve_cache_events(cache: Option<Cache>, namespace: &str, mut stream: FramedStream) {
+    let events = match cache {
+        Some(cache) => cache.subscribe(namespace).await,
+        None => Err(CacheError::NotReady("the cache is starting".into())),
+    };
+    let mut events = match events {
+        Ok(events) => events,
+        Err(e) => {
+            let _ = stream.send(&StreamItem::Error(e.to_string())).await;
+            stream.finish();
+            return;
+        }
+    };
+    // An empty batch first: the client knows it is subscribed from here.
+    if stream
+        .send(&StreamItem::CacheEvents(Vec::new()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut tx, mut rx) = stream.split();
+    loop {
+        tokio::select! {
+            batch = events.recv() => {
+                let item = match batch {
+                    Some(batch) => StreamItem::CacheEvents(batch),
+                    None => StreamItem::Error(
+                        "the event stream ended (fell behind, or the namespace was dropped)".into(),
+                    ),
+                };
+                let last = matches!(item, StreamItem::Error(_));
+                if tx.send(&item).await.is_err() || last {
+                    break;
+                }
+            }
+            // The client sends nothing after its request: this is its end.
+            _ = rx.recv::<StreamRequest>() => break,
         }
     }
 }

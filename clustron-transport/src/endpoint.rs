@@ -56,6 +56,8 @@ impl ChannelId {
     pub const LOG: ChannelId = ChannelId(4);
     /// The client protocol.
     pub const CLIENT: ChannelId = ChannelId(5);
+    /// The distributed cache between nodes (`clustron-dkv`).
+    pub const CACHE: ChannelId = ChannelId(6);
     /// Products built later pick channels from here up.
     pub const FIRST_PRODUCT: ChannelId = ChannelId(100);
 }

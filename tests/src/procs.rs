@@ -543,6 +543,17 @@ impl ProcCluster {
 
     /// As [`ProcCluster::start`], each node also given `args`.
     pub fn start_with(n: usize, lab: bool, args: &[&str]) -> Option<ProcCluster> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::start_with_each(n, lab, |_| args.clone())
+    }
+
+    /// As [`ProcCluster::start`], node `i` (0-based) also given `args(i)`
+    /// (its own ports for a second listener, say).
+    pub fn start_with_each(
+        n: usize,
+        lab: bool,
+        args: impl Fn(usize) -> Vec<String>,
+    ) -> Option<ProcCluster> {
         let lab = if lab { Some(Lab::create(n)?) } else { None };
         let mut dir = tempfile::Builder::new()
             .prefix("clustron-procs-")
@@ -582,7 +593,7 @@ impl ProcCluster {
                         .map(|(_, (listen, _))| *listen)
                         .collect(),
                     netns: lab.as_ref().map(|lab| lab.ns(i)),
-                    args: args.iter().map(|a| a.to_string()).collect(),
+                    args: args(i - 1),
                 };
                 let proc = Some(spec.spawn(dir.path()));
                 Slot {
@@ -672,6 +683,25 @@ impl ProcCluster {
         assert!(self.slots[i].proc.is_none(), "n{} still runs", i + 1);
         let proc = self.slots[i].spec.spawn(self.dir.path());
         self.slots[i].proc = Some(proc);
+    }
+
+    /// SIGTERM to node `i` (a graceful stop), then waits at most `within`
+    /// for it to exit: its exit status, or `None` if it did not exit in time
+    /// (it is then killed).
+    pub fn terminate(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut proc = self.slots[i].proc.take()?;
+        self.slots[i].stopped = false;
+        signal(&proc.child, "-TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGSTOP of node `i`.

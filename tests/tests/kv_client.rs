@@ -80,6 +80,9 @@ async fn one_node_with(stall: Duration) -> OneNode {
         retain_bytes: 64 << 20,
         snapshot_entries: 10_000,
         max_value_bytes: 500 * 1024,
+        resp_listen: None,
+        resp_insecure: false,
+        resp_namespace: "default".into(),
     };
     let node = clustron_dkv::node::start(&config).await.unwrap();
     let cert = ca

@@ -79,6 +79,9 @@ async fn a_readonly_certificate_reads_and_watches_but_changes_nothing_and_only_a
         retain_bytes: 0,
         snapshot_entries: 10_000,
         max_value_bytes: 1024,
+        resp_listen: None,
+        resp_insecure: false,
+        resp_namespace: "default".into(),
     };
     let node = clustron_dkv::node::start(&config).await.unwrap();
     let (ro, rw, admin) = (

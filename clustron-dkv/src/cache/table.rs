@@ -80,7 +80,7 @@ use serde::{Deserialize, Serialize};
 use super::PARTITIONS;
 
 /// Backups per partition the table places (namespaces use 0 to this many).
-pub const MAX_BACKUPS: usize = 2;
+pub use super::namespace::MAX_BACKUPS;
 
 /// Who holds each partition, decided by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1012,6 +1012,9 @@ fn valid_config_file(scratch: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
         max_value_bytes: gen::option_of(rng, |rng| rng.usize(..=i64::MAX as usize)),
         snapshot_entries: gen::option_of(rng, |rng| rng.u64(..=i64::MAX as u64)),
         watch_stall_timeout_secs: gen::option_of(rng, |rng| rng.u64(..=i64::MAX as u64)),
+        resp_listen: gen::option_of(rng, gen::socket_addr),
+        resp_insecure: gen::option_of(rng, |rng| rng.bool()),
+        resp_namespace: gen::option_of(rng, text_value),
     };
     let mut text = String::new();
     let mut line = |key: &str, value: String| text.push_str(&format!("{key} = {value}\n"));
@@ -1063,6 +1066,15 @@ fn valid_config_file(scratch: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
     }
     if let Some(v) = config.watch_stall_timeout_secs {
         line("watch_stall_timeout_secs", v.to_string());
+    }
+    if let Some(v) = &config.resp_listen {
+        line("resp_listen", quoted(v));
+    }
+    if let Some(v) = config.resp_insecure {
+        line("resp_insecure", v.to_string());
+    }
+    if let Some(v) = &config.resp_namespace {
+        line("resp_namespace", toml_string(v));
     }
     let dir = scratch.fresh_dir();
     let file = dir.join("node.toml");

@@ -165,12 +165,16 @@ impl Failure {
 /// a refused write, `ERR` for the rest.
 pub fn cache_error_reply(error: &CacheError) -> Reply {
     let code = match error {
-        CacheError::WrongOwner { .. } | CacheError::Unavailable(_) => "TRYAGAIN",
+        CacheError::WrongOwner { .. } | CacheError::Unavailable(_) | CacheError::NotReady(_) => {
+            "TRYAGAIN"
+        }
         CacheError::ReadOnly => "NOPERM",
         CacheError::NotInteger
         | CacheError::Overflow
         | CacheError::NoNamespace(_)
-        | CacheError::TooLarge { .. } => "ERR",
+        | CacheError::TooLarge { .. }
+        | CacheError::Refused(_)
+        | CacheError::Unknown(_) => "ERR",
     };
     Reply::Error(format!("{code} {error}"))
 }

@@ -477,7 +477,7 @@ async fn cache_errors_become_redis_errors_that_say_whether_to_retry() {
                 owner: Some("n2".into()),
                 table_version: 9,
             },
-            "TRYAGAIN partition 3 is owned by Some(\"n2\") at table version 9",
+            "TRYAGAIN partition 3 is owned by n2 at table version 9",
         ),
         (
             CacheError::Unavailable(4),

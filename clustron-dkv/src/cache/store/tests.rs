@@ -1,3 +1,5 @@
+//! Tests of the namespace store: operations against a model, bounds, expiry, replication and re-sync.
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;

@@ -1,3 +1,5 @@
+//! Tests of the partition table: balance, minimal movement, takeover by the first live backup.
+
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
