@@ -650,6 +650,25 @@ impl Cluster {
         panic!("never settled");
     }
 
+    /// Node index 3 starts with an empty log, following n0 in epoch 1, and
+    /// n0 adds it as a learner.
+    fn add_empty_learner_of_n0(&mut self) {
+        let now = self.now;
+        let mut learner = Replica::new(
+            Config::lan(),
+            name(3),
+            voters(3),
+            [],
+            Recovered::default(),
+            now,
+        );
+        learner.follow(now, name(0), addr(0), 1);
+        drain(&mut learner);
+        self.nodes.push(learner);
+        self.cut.push(false);
+        self.nodes[0].set_learners([(name(3), addr(3))]);
+    }
+
     fn tick(&mut self, by: Duration) {
         self.now += by;
         let now = self.now;
@@ -861,19 +880,7 @@ fn a_learner_added_to_an_idle_leader_catches_up_without_new_proposals() {
     assert_eq!(c.nodes[0].commit_index(), 11);
     c.nodes[0].compact(8);
     // n4 (index 3) joins as a learner.
-    let mut learner = Replica::new(
-        Config::lan(),
-        name(3),
-        voters(3),
-        [],
-        Recovered::default(),
-        now,
-    );
-    learner.follow(now, name(0), addr(0), 1);
-    drain(&mut learner);
-    c.nodes.push(learner);
-    c.cut.push(false);
-    c.nodes[0].set_learners([(name(3), addr(3))]);
+    c.add_empty_learner_of_n0();
     for _ in 0..20 {
         c.tick(Duration::from_millis(50));
     }
@@ -899,19 +906,7 @@ fn a_learner_added_to_an_idle_leader_gets_the_log_without_new_proposals() {
     c.settle();
     c.tick(Duration::from_millis(50));
     assert_eq!(c.nodes[0].commit_index(), 6);
-    let mut learner = Replica::new(
-        Config::lan(),
-        name(3),
-        voters(3),
-        [],
-        Recovered::default(),
-        now,
-    );
-    learner.follow(now, name(0), addr(0), 1);
-    drain(&mut learner);
-    c.nodes.push(learner);
-    c.cut.push(false);
-    c.nodes[0].set_learners([(name(3), addr(3))]);
+    c.add_empty_learner_of_n0();
     for _ in 0..20 {
         c.tick(Duration::from_millis(50));
     }
