@@ -403,23 +403,7 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
     tracing::info!("n3 restarts empty and is handed its share back while n1 takes writes");
     // Batches of writes until the move is over, and one more after it.
     let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (dir, port, moved) = (dir.clone(), ports[0], moved.clone());
-        std::thread::spawn(move || {
-            let mut written = Vec::new();
-            loop {
-                let last = moved.load(std::sync::atomic::Ordering::Relaxed);
-                let first = written.len();
-                let sets: String = (first..first + 200)
-                    .map(|i| format!("SET live:{i} v-{i}\n"))
-                    .collect();
-                written.extend(replies(&redis(&dir, port, "admin", &[], &sets)));
-                if last {
-                    return written;
-                }
-            }
-        })
-    };
+    let writer = spawn_writer(&dir, ports[0], "live", moved.clone());
     cluster.restart(2);
     let owned = |i: usize| {
         metric(
@@ -471,7 +455,7 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
         written.len()
     );
     let gets: String = acked.iter().map(|i| format!("GET live:{i}\n")).collect();
-    let expected: Vec<String> = acked.iter().map(|i| format!("\"v-{i}\"")).collect();
+    let expected: Vec<String> = acked.iter().map(|i| format!("\"live-{i}\"")).collect();
     for port in &ports {
         eventually("every write acknowledged during the move is read", || {
             all_values_read(&dir, *port, &gets, &expected)
@@ -482,6 +466,31 @@ fn kill_9_of_a_node_with_one_backup_loses_no_acknowledged_key() {
 
 /// `redis-cli`'s reply lines, without the times it notes for slow replies
 /// (`(1.51s)` on a line of its own).
+/// Writes `SET PREFIX:i PREFIX-i` through `port` in batches of 200 until
+/// `stop` is set, then one batch more; the thread returns every reply.
+fn spawn_writer(
+    dir: &Path,
+    port: u16,
+    prefix: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let mut written = Vec::new();
+        loop {
+            let last = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let first = written.len();
+            let sets: String = (first..first + 200)
+                .map(|i| format!("SET {prefix}:{i} {prefix}-{i}\n"))
+                .collect();
+            written.extend(replies(&redis(&dir, port, "admin", &[], &sets)));
+            if last {
+                return written;
+            }
+        }
+    })
+}
+
 fn replies(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -650,23 +659,7 @@ fn sigterm_hands_a_nodes_partitions_over_before_it_leaves_and_loses_nothing() {
 
     tracing::info!("writes through n1 go on while n3 stops gracefully");
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (dir, port, stopped) = (dir.clone(), ports[0], stopped.clone());
-        std::thread::spawn(move || {
-            let mut written = Vec::new();
-            loop {
-                let last = stopped.load(std::sync::atomic::Ordering::Relaxed);
-                let first = written.len();
-                let sets: String = (first..first + 200)
-                    .map(|i| format!("SET term:{i} t-{i}\n"))
-                    .collect();
-                written.extend(replies(&redis(&dir, port, "admin", &[], &sets)));
-                if last {
-                    return written;
-                }
-            }
-        })
-    };
+    let writer = spawn_writer(&dir, ports[0], "term", stopped.clone());
     let status = cluster
         .terminate(2, DEADLINE)
         .expect("n3 exits after SIGTERM");
@@ -688,7 +681,7 @@ fn sigterm_hands_a_nodes_partitions_over_before_it_leaves_and_loses_nothing() {
         written.len()
     );
     let gets: String = acked.iter().map(|i| format!("GET term:{i}\n")).collect();
-    let expected: Vec<String> = acked.iter().map(|i| format!("\"t-{i}\"")).collect();
+    let expected: Vec<String> = acked.iter().map(|i| format!("\"term-{i}\"")).collect();
     for port in &ports[..2] {
         eventually(
             "every acknowledged write is read through the survivors",
