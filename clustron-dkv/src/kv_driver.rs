@@ -312,7 +312,9 @@ impl Driver {
                         return;
                     }
                 },
-                command = self.commands.recv() => match command {
+                // While a voter that kept up is too far behind, requests
+                // wait (back-pressure) so a failover stays quick.
+                command = self.commands.recv(), if self.server.replica().admits() => match command {
                     Some(command) => {
                         self.command(command).await;
                         // Everything already queued shares one write and

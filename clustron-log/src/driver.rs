@@ -262,7 +262,9 @@ impl<M: StateMachine> Driver<M> {
                         break;
                     }
                 },
-                command = self.commands.recv() => match command {
+                // While a voter that kept up is too far behind, requests
+                // wait (back-pressure) so a failover stays quick.
+                command = self.commands.recv(), if self.machine.replica().admits() => match command {
                     // Everything queued shares one write and one fsync.
                     Some(command) => {
                         self.command(command).await;

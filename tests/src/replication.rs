@@ -895,6 +895,9 @@ pub struct Client {
     pub proposed: BTreeMap<u64, (NodeId, u64, u64)>,
     /// Proposals refused (no leader, leader catching up).
     pub refused: u64,
+    /// Proposals not made because the leader held requests back
+    /// ([`Replica::admits`]).
+    pub held: u64,
 }
 
 /// The value id a payload carries.
@@ -922,12 +925,17 @@ pub struct Cluster {
 
 impl Cluster {
     /// `nodes` nodes, the first `voters` of them voters.
+    /// The log keeps voters within 1 KiB (about 30 of the client's
+    /// entries) so that the simulation exercises the leader's admission
+    /// bound ([`Replica::admits`]) under every fault.
     pub fn new(seed: u64, nodes: usize, voters: usize, net: NetConfig) -> Self {
+        let mut log = LogConfig::lan();
+        log.max_lag_bytes = 1 << 10;
         Self::with_config(
             seed,
             NodeSetup {
                 election: ElectionConfig::lan(),
-                log: LogConfig::lan(),
+                log,
                 voters,
                 nodes,
             },
@@ -1081,6 +1089,12 @@ impl Cluster {
             self.client.refused += 1;
             return None;
         };
+        // A leader holding requests back (a voter that kept up is too far
+        // behind): the client waits, as a driver's queue makes it.
+        if !self.sim.node(leader)?.replica().admits() {
+            self.client.held += 1;
+            return None;
+        }
         let id = self.client.next_id;
         self.client.next_id += 1;
         let result = self.sim.with_node(leader, |node, now| {

@@ -1334,3 +1334,119 @@ fn nacks_of_appends_sent_before_the_leader_backed_up_do_not_make_it_resend_again
         "the retransmission covers a loss"
     );
 }
+
+/// Issue 9: a voter that kept up is kept within `max_lag_bytes`, so the
+/// survivors of a leader's death agree quickly; one that went silent, or
+/// one still catching up after a pause, never holds the writes up.
+#[test]
+fn the_leader_takes_no_proposals_while_a_voter_that_kept_up_is_too_far_behind() {
+    let mut now = Instant::now();
+    let mut config = Config::lan();
+    config.max_lag_bytes = 1000;
+    let mut leader = Replica::new(config, name(0), voters(3), [], Recovered::default(), now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    let ack = |leader: &mut Replica, now, i: usize, match_index| {
+        leader.handle_message(
+            now,
+            addr(i),
+            Message::Ack {
+                epoch: 1,
+                match_index,
+            },
+        );
+        drain(leader);
+    };
+    // Both followers hold the no-op: in sync.
+    ack(&mut leader, now, 1, 1);
+    ack(&mut leader, now, 2, 1);
+    // 1,240 bytes proposed (10 entries of 100 + 24 bytes); n1 keeps up.
+    for _ in 0..10 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    ack(&mut leader, now, 1, 11);
+    assert!(
+        !leader.admits(),
+        "n2 lacks 1,240 bytes: were the leader to die, n1 and n2 must agree first"
+    );
+    // n2 catches up to within the bound: proposals are taken again.
+    ack(&mut leader, now, 2, 3);
+    assert!(leader.admits(), "n2 lacks 992 bytes");
+    // n2 goes silent: after two retransmission timeouts it stops counting.
+    for _ in 0..10 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    ack(&mut leader, now, 1, 21);
+    assert!(!leader.admits());
+    now += 2 * Config::lan().retransmit_timeout;
+    ack(&mut leader, now, 1, 21);
+    leader.handle_timeout(now);
+    assert!(leader.admits(), "a silent voter holds nothing up");
+    // It answers again, far behind: not held to the bound until it has
+    // caught up, so its catch-up never stops the writes.
+    ack(&mut leader, now, 2, 4);
+    assert!(leader.admits());
+    ack(&mut leader, now, 2, 20);
+    assert!(leader.admits());
+    for _ in 0..10 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    ack(&mut leader, now, 1, 31);
+    assert!(!leader.admits(), "caught up once, n2 is kept close again");
+}
+
+#[test]
+fn one_lagging_voter_of_five_does_not_hold_the_writes() {
+    let now = Instant::now();
+    let mut config = Config::lan();
+    config.max_lag_bytes = 1000;
+    let mut leader = Replica::new(config, name(0), voters(5), [], Recovered::default(), now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    for i in 1..5 {
+        leader.handle_message(
+            now,
+            addr(i),
+            Message::Ack {
+                epoch: 1,
+                match_index: 1,
+            },
+        );
+    }
+    for _ in 0..10 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    for i in 1..4 {
+        leader.handle_message(
+            now,
+            addr(i),
+            Message::Ack {
+                epoch: 1,
+                match_index: 11,
+            },
+        );
+    }
+    // Three of four followers are close: without the leader, they are a
+    // majority of five.
+    assert!(leader.admits());
+    drain(&mut leader);
+    for _ in 0..10 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    for i in 1..3 {
+        leader.handle_message(
+            now,
+            addr(i),
+            Message::Ack {
+                epoch: 1,
+                match_index: 21,
+            },
+        );
+    }
+    assert!(!leader.admits(), "only two of four followers close");
+}
