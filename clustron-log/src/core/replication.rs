@@ -536,9 +536,12 @@ struct Progress {
     heard: Option<Instant>,
     /// It came within [`Config::max_lag_bytes`] of the leader and has
     /// answered since: the leader keeps it there ([`Replica::admits`]).
-    /// One returning from a pause or a partition is not held to it until
-    /// it has caught up, so its catch-up never stops the writes.
     in_sync: bool,
+    /// Not in sync (back from a pause, a partition, a restart): bytes the
+    /// leader may still take in while it catches up. Half of what it
+    /// acknowledges is added, every proposal is taken off, so its lag
+    /// shrinks at least at half its catch-up rate while writes go on.
+    credit: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1399,6 +1402,15 @@ impl Replica {
         let now = self.now;
         let last = self.last_index();
         let close = self.close(match_index);
+        let cap = self.config.max_lag_bytes;
+        let lag_after = self.bytes_after(match_index);
+        let Some(before) = self.progress_at(from, epoch).map(|p| p.matched) else {
+            return;
+        };
+        let gained = match (self.bytes_after(before), lag_after) {
+            (Some(old), Some(new)) => old.saturating_sub(new),
+            _ => 0,
+        };
         let Some(p) = self.progress_at(from, epoch) else {
             return;
         };
@@ -1410,6 +1422,10 @@ impl Replica {
         p.next = p.next.max(match_index + 1);
         p.waiting_since = (p.matched + 1 < p.next).then_some(now);
         p.in_sync |= close;
+        p.credit = match p.in_sync {
+            true => 0,
+            false => (p.credit + gained / 2).min(cap),
+        };
     }
 
     /// Whether a replica holding the log up to `index` lacks at most
@@ -1427,31 +1443,40 @@ impl Replica {
     }
 
     /// Leader: whether to take new proposals now (drivers stop reading
-    /// requests while not, which pushes back on clients). False while the
-    /// voters that kept up ([`Progress::in_sync`]) could form a majority
-    /// without the leader but fewer than a majority are within
-    /// [`Config::max_lag_bytes`]: were the leader to die now, its successor
-    /// would have to send more than that before committing anything. A
-    /// voter silent for two retransmission timeouts stops counting, so a
-    /// dead or cut-off one never holds the writes up for longer. Always
-    /// true when not leading.
+    /// requests while not, which pushes back on clients). Were the leader
+    /// to die, its successor commits nothing before a majority of voters
+    /// holds its log, so the answering voters other than the leader are
+    /// kept able to form one quickly: false while they could form a
+    /// majority but fewer than a majority are ready, where ready means
+    /// within [`Config::max_lag_bytes`], or, for one catching up (never in
+    /// sync since it answered again), holding [`Progress::credit`]: the
+    /// leader then takes in at most half of what such a voter catches up,
+    /// so writes slow down but never stop for it. A voter silent for two
+    /// retransmission timeouts, or one that needs a snapshot, does not
+    /// count: a dead, cut-off or restoring one never holds writes up.
+    /// Always true when not leading.
     pub fn admits(&self) -> bool {
         let Role::Leader { peers, .. } = &self.role else {
             return true;
         };
-        let (mut close, mut far) = (0, 0);
+        let silent_after = 2 * self.config.retransmit_timeout;
+        let (mut answering, mut ready) = (0, 0);
         for (name, p) in peers {
-            if !p.in_sync || !self.voters.contains_key(name) {
+            if !self.voters.contains_key(name)
+                || !p.heard.is_some_and(|t| self.now < t + silent_after)
+            {
                 continue;
             }
-            if self.close(p.matched) {
-                close += 1;
-            } else {
-                far += 1;
+            let Some(lag) = self.bytes_after(p.matched) else {
+                continue;
+            };
+            answering += 1;
+            if lag <= self.config.max_lag_bytes || (!p.in_sync && p.credit > 0) {
+                ready += 1;
             }
         }
         let majority = self.voters.len() / 2 + 1;
-        close >= majority || close + far < majority
+        ready >= majority || answering < majority
     }
 
     fn on_nack(&mut self, from: SocketAddr, epoch: u64, prev_index: u64, hint: u64) {
@@ -1683,6 +1708,11 @@ impl Replica {
             kind,
             payload,
         };
+        if let Role::Leader { peers, .. } = &mut self.role {
+            for p in peers.values_mut().filter(|p| !p.in_sync) {
+                p.credit = p.credit.saturating_sub(entry.size() as u64);
+            }
+        }
         self.sizes.push(&entry);
         self.log.push(entry);
         self.mark_dirty(index);
@@ -2023,6 +2053,7 @@ impl Progress {
             waiting_since: None,
             heard: None,
             in_sync: false,
+            credit: 0,
         }
     }
 }

@@ -1450,3 +1450,68 @@ fn one_lagging_voter_of_five_does_not_hold_the_writes() {
     }
     assert!(!leader.admits(), "only two of four followers close");
 }
+
+/// A voter back from a pause catches up while writes go on at no more than
+/// half its catch-up rate: its lag shrinks, and writes never stop for it.
+#[test]
+fn while_a_returning_voter_catches_up_the_leader_takes_in_half_of_what_it_acknowledges() {
+    let mut now = Instant::now();
+    let mut config = Config::lan();
+    config.max_lag_bytes = 1000;
+    let mut leader = Replica::new(config, name(0), voters(3), [], Recovered::default(), now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    let ack = |leader: &mut Replica, now, i: usize, match_index| {
+        leader.handle_message(
+            now,
+            addr(i),
+            Message::Ack {
+                epoch: 1,
+                match_index,
+            },
+        );
+        drain(leader);
+    };
+    ack(&mut leader, now, 1, 1);
+    ack(&mut leader, now, 2, 1);
+    // n2 freezes for a second while 100 entries of 124 bytes are written.
+    for _ in 0..100 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    now += Duration::from_secs(1);
+    ack(&mut leader, now, 1, 101);
+    leader.handle_timeout(now);
+    assert!(leader.admits(), "a silent voter holds nothing up");
+    // n2 answers again, 100 entries behind, having caught up nothing yet:
+    // it is needed for a majority without the leader, so nothing is taken.
+    ack(&mut leader, now, 2, 1);
+    assert!(!leader.admits());
+    // It acknowledges 20 entries (2,480 bytes): half of it is credit,
+    // capped at the bound (1,000 bytes).
+    ack(&mut leader, now, 2, 21);
+    assert!(leader.admits());
+    for _ in 0..8 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    assert!(leader.admits(), "992 of 1,000 bytes of credit spent");
+    leader.propose(now, vec![7; 100]).unwrap();
+    drain(&mut leader);
+    ack(&mut leader, now, 1, 110);
+    assert!(
+        !leader.admits(),
+        "credit spent: wait for its next acknowledgement"
+    );
+    ack(&mut leader, now, 2, 60);
+    assert!(leader.admits());
+    // Caught up: in sync, held to the bound from now on.
+    ack(&mut leader, now, 2, 110);
+    assert!(leader.admits());
+    for _ in 0..10 {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(&mut leader);
+    ack(&mut leader, now, 1, 120);
+    assert!(!leader.admits());
+}
