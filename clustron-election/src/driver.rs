@@ -25,7 +25,7 @@ use clustron_transport::{Channel, ChannelId, Endpoint, Inbound, Inbox, Protocol}
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::core::{Core, Message, Output, Peer, WITHDRAWN_TAG};
+use crate::core::{Core, Message, Output, Peer, BEHIND_TAG, WITHDRAWN_TAG};
 use crate::error::Error;
 use crate::storage::{MemStorage, Persisted, Promise, Storage, VoterRecord};
 use crate::voters::{Epoch, Voter, VoterSet};
@@ -241,6 +241,7 @@ enum Command {
     AddVoter(Voter, oneshot::Sender<Result<(), Error>>),
     RemoveVoter(NodeName, oneshot::Sender<Result<(), Error>>),
     SetSummary(Vec<u8>),
+    SetBehind(bool),
     Withdraw(String, oneshot::Sender<()>),
     Rejoin(oneshot::Sender<()>),
     Freeze(Duration, oneshot::Sender<()>),
@@ -490,6 +491,15 @@ impl Election {
         self.ask(Command::Rejoin).await
     }
 
+    /// Says whether this node's log is far behind the leader's
+    /// ([`Core::set_behind`]); published in membership ([`BEHIND_TAG`]).
+    pub async fn set_behind(&self, behind: bool) -> Result<(), DriverError> {
+        self.commands
+            .send(Command::SetBehind(behind))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
     /// Sets the opaque summary carried by this node's future grants.
     pub async fn set_summary(&self, summary: Vec<u8>) -> Result<(), DriverError> {
         self.commands
@@ -621,6 +631,13 @@ impl<S: Storage> Driver<S> {
                 let _ = tx.send(self.core.remove_voter(now, &name));
             }
             Command::SetSummary(summary) => self.core.set_summary(summary),
+            Command::SetBehind(behind) => {
+                if behind != self.core.is_behind() {
+                    tracing::info!(behind, "log behind the leader's");
+                    self.core.set_behind(behind);
+                    self.publish_behind(behind).await;
+                }
+            }
             Command::Withdraw(reason, tx) => {
                 self.withdraw(reason).await;
                 let _ = tx.send(());
@@ -682,6 +699,23 @@ impl<S: Storage> Driver<S> {
         }
         self.withdraw(format!("election storage failed: {error}"))
             .await;
+    }
+
+    /// Sets or clears our [`BEHIND_TAG`] in membership.
+    async fn publish_behind(&mut self, behind: bool) {
+        let Ok(local) = self.membership.local().await else {
+            return;
+        };
+        let mut tags = local.tags;
+        let changed = match behind {
+            true => tags.insert(BEHIND_TAG.to_owned(), String::new()).is_none(),
+            false => tags.remove(BEHIND_TAG).is_some(),
+        };
+        if changed {
+            if let Err(e) = self.membership.update_tags(tags).await {
+                tracing::warn!(error = %e, "cannot publish that the log is behind in membership");
+            }
+        }
     }
 
     /// Sets or clears our [`WITHDRAWN_TAG`] in membership.

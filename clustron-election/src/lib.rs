@@ -53,7 +53,7 @@
 //! let name = |i: usize| NodeName::new(names[i]).unwrap();
 //! let voters = VoterSet::new((0..3).map(|i| Voter { name: name(i), addr: addr(i) }));
 //! let peers: Vec<Peer> = (0..3)
-//!     .map(|i| Peer { name: name(i), addr: addr(i), priority: 10 - i as u32, voter: true })
+//!     .map(|i| Peer { name: name(i), addr: addr(i), priority: 10 - i as u32, voter: true, behind: false })
 //!     .collect();
 //! let now = Instant::now();
 //! let mut cores: Vec<Core> = (0..3)
@@ -109,7 +109,7 @@ pub mod route;
 pub mod storage;
 pub mod voters;
 
-pub use self::core::{Core, Message, Output, Peer, WITHDRAWN_TAG};
+pub use self::core::{Core, Message, Output, Peer, BEHIND_TAG, WITHDRAWN_TAG};
 pub use clustron_membership::NodeName;
 pub use config::{Config, ConfigError};
 pub use driver::{

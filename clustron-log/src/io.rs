@@ -433,6 +433,8 @@ pub struct LogIo<C: ReplicatedCore> {
     /// The epoch the core was last told this node won.
     elected: Option<u64>,
     mark_sync: tokio::time::Interval,
+    /// What the election was last told of [`crate::core::Replica::behind`].
+    behind: bool,
 }
 
 impl<C: ReplicatedCore> LogIo<C> {
@@ -485,6 +487,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             syncing: None,
             elected: None,
             mark_sync,
+            behind: false,
         })
     }
 
@@ -517,6 +520,13 @@ impl<C: ReplicatedCore> LogIo<C> {
     /// if this node caught up past its high-water mark.
     pub async fn after_drain(&mut self, core: &mut C) {
         self.maybe_snapshot(core);
+        let behind = core.replica().behind();
+        if behind != self.behind {
+            self.behind = behind;
+            if let Err(e) = self.election.set_behind(behind).await {
+                tracing::debug!(error = %e, "cannot tell the election the log is behind");
+            }
+        }
         if std::mem::take(&mut self.caught_up) {
             if let Err(e) = self.election.rejoin().await {
                 tracing::error!(error = %e, "cannot rejoin the election");

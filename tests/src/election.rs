@@ -345,6 +345,7 @@ impl Cluster {
                     addr: addr(j),
                     priority: priority(j),
                     voter: self.voters.contains(&name(j)),
+                    behind: false,
                 })
                 .collect();
             self.sim

@@ -303,6 +303,10 @@ pub fn refresh_views<A: Actor + LogNode>(
                     .node(j)
                     .and_then(|n| n.log_election())
                     .is_some_and(Core::is_withdrawn),
+                behind: sim
+                    .node(j)
+                    .and_then(|n| n.log_election())
+                    .is_some_and(Core::is_behind),
             })
             .collect();
         sim.with_node(id, |node, now| {
@@ -541,6 +545,8 @@ impl DkvNode {
                 break;
             }
         }
+        // As the driver's `LogIo` does after each drain.
+        self.election.set_behind(self.replica.behind());
     }
 }
 

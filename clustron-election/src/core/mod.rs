@@ -28,7 +28,8 @@
 //!
 //! - **Candidate.** Only the highest-priority live voter in this node's view
 //!   campaigns (equal priorities: the smallest name wins), and only when it
-//!   knows no leader. The view only chooses who asks; authority comes from
+//!   knows no leader. Voters whose log is behind ([`Core::set_behind`]) are
+//!   passed over while one that is not can be chosen. The view only chooses who asks; authority comes from
 //!   grants by a majority of the configured voter set. A leader whose
 //!   announcements stopped is skipped in the choice until heard from again,
 //!   so failover does not wait for membership to declare it dead; no node
@@ -92,6 +93,12 @@ pub use message::Message;
 /// waits for it to campaign or hands leadership to it.
 pub const WITHDRAWN_TAG: &str = "clustron.election.withdrawn";
 
+/// The membership tag a node sets on itself while its log is behind the
+/// leader's ([`Core::set_behind`]). [`Peer::from`] reads it into
+/// [`Peer::behind`]: such a node is passed over as candidate while a live
+/// voter that is not behind can be chosen.
+pub const BEHIND_TAG: &str = "clustron.election.behind";
+
 /// A live member as the election sees it (from the membership view).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -107,6 +114,10 @@ pub struct Peer {
     /// the node's configuration at start and goes stale after a voter
     /// change, so [`Peer::from`] does not use it.)
     pub voter: bool,
+    /// Whether its log is far behind the leader's ([`BEHIND_TAG`]): it
+    /// still votes, but is chosen as candidate only when every live voter
+    /// is.
+    pub behind: bool,
 }
 
 impl From<&Member> for Peer {
@@ -116,6 +127,7 @@ impl From<&Member> for Peer {
             addr: member.addr,
             priority: member.priority,
             voter: !member.tags.contains_key(WITHDRAWN_TAG),
+            behind: member.tags.contains_key(BEHIND_TAG),
         }
     }
 }
@@ -256,6 +268,8 @@ pub struct Core {
     addresses: BTreeMap<NodeName, SocketAddr>,
     /// This node may not vote or lead ([`Core::withdraw`]).
     withdrawn: bool,
+    /// This node's log is behind the leader's ([`Core::set_behind`]).
+    behind: bool,
     /// Leaders whose announcements timed out: not live for the candidate
     /// choice until heard from again or seen re-entering the view, so the
     /// next candidate need not wait for membership to notice a crash.
@@ -334,6 +348,7 @@ impl Core {
             has_view: false,
             addresses: BTreeMap::new(),
             withdrawn: false,
+            behind: false,
             silent: BTreeSet::new(),
             summary: Vec::new(),
             promise,
@@ -412,6 +427,23 @@ impl Core {
         self.withdrawn
     }
 
+    /// Whether this node said its log is behind ([`Core::set_behind`]).
+    pub fn is_behind(&self) -> bool {
+        self.behind
+    }
+
+    /// The layer above says whether this node's log is far behind the
+    /// leader's (catching up after a restart or a pause). While it is, the
+    /// node claims no leadership by priority and passes itself over as
+    /// candidate if a live voter that is not behind can be chosen: elected,
+    /// it would first have to catch up before serving. It still votes and
+    /// follows, and is chosen when every live voter is behind (so a cluster
+    /// whose nodes all restarted still elects). Others learn it from
+    /// membership ([`BEHIND_TAG`]).
+    pub fn set_behind(&mut self, behind: bool) {
+        self.behind = behind;
+    }
+
     /// Whether this node campaigns right now.
     pub fn is_campaigning(&self) -> bool {
         matches!(self.role, Role::Candidate { .. })
@@ -420,14 +452,34 @@ impl Core {
     /// The live voter this node considers the candidate: the highest
     /// priority, ties broken by the smallest name.
     pub fn candidate(&self) -> Option<NodeName> {
-        let me = (self.may_lead(&self.me) && !self.withdrawn).then_some((self.priority, &self.me));
-        self.view
+        let me = (self.may_lead(&self.me) && !self.withdrawn).then_some((
+            self.priority,
+            &self.me,
+            self.behind,
+        ));
+        self.choose(me)
+    }
+
+    /// The best of the live voters in the view (and `me`, if given, with
+    /// its priority and whether it is behind): those not behind if there
+    /// are any, then the highest priority, then the smallest name. A leader
+    /// whose announcements stopped (frozen, cut off) may still be in the
+    /// view and is skipped: waiting for its campaign would wait forever.
+    fn choose(&self, me: Option<(u32, &NodeName, bool)>) -> Option<NodeName> {
+        let eligible: Vec<(u32, &NodeName, bool)> = self
+            .view
             .values()
             .filter(|s| {
                 s.peer.voter && self.may_lead(&s.peer.name) && !self.silent.contains(&s.peer.name)
             })
-            .map(|s| (s.peer.priority, &s.peer.name))
+            .map(|s| (s.peer.priority, &s.peer.name, s.peer.behind))
             .chain(me)
+            .collect();
+        let any_current = eligible.iter().any(|&(_, _, behind)| !behind);
+        eligible
+            .into_iter()
+            .filter(|&(_, _, behind)| !(any_current && behind))
+            .map(|(priority, name, _)| (priority, name))
             .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
                 Some(b) if !outranks(c, b) => Some(b),
                 _ => Some(c),
@@ -862,6 +914,7 @@ impl Core {
         let leader_priority = self.view.get(&leader).map(|s| s.peer.priority);
         let claim = self.voters.committed.contains(&self.me)
             && !self.withdrawn
+            && !self.behind
             && leader_priority.is_some_and(|p| self.priority > p)
             && self.deferred_to.is_none()
             && self.hold_off_until.is_none();
@@ -1317,7 +1370,7 @@ impl Core {
                 && voters.contains(name)
                 && view
                     .get(name)
-                    .is_some_and(|s| s.peer.voter && s.peer.priority > priority)
+                    .is_some_and(|s| s.peer.voter && !s.peer.behind && s.peer.priority > priority)
         });
         let delay = self.config.handover_delay;
         let qualified = self
@@ -1536,20 +1589,7 @@ impl Core {
     /// The best other live voter in the view (highest priority, then
     /// smallest name), to hand leadership to.
     fn best_live_voter(&self) -> Option<NodeName> {
-        // As in the candidate choice: a leader whose announcements stopped
-        // (frozen, cut off) may still be in the view; handing over to it
-        // would leave the others waiting for a campaign that cannot come.
-        self.view
-            .values()
-            .filter(|s| {
-                s.peer.voter && self.may_lead(&s.peer.name) && !self.silent.contains(&s.peer.name)
-            })
-            .map(|s| (s.peer.priority, &s.peer.name))
-            .fold(None, |best: Option<(u32, &NodeName)>, c| match best {
-                Some(b) if !outranks(c, b) => Some(b),
-                _ => Some(c),
-            })
-            .map(|(_, name)| name.clone())
+        self.choose(None)
     }
 }
 

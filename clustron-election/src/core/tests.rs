@@ -33,6 +33,7 @@ fn peers(live: &[usize]) -> Vec<Peer> {
             addr: addr(i),
             priority: 100 - i as u32,
             voter: true,
+            behind: false,
         })
         .collect()
 }
@@ -892,4 +893,86 @@ fn a_leader_that_learns_it_was_removed_hands_over() {
         "n0 still leads though it is no voter: {events:?}"
     );
     assert!(!cores[0].is_leader(later));
+}
+
+/// `peers(live)` with the nodes in `behind` tagged as behind, as
+/// membership shows a node with [`BEHIND_TAG`].
+fn peers_behind(live: &[usize], behind: &[usize]) -> Vec<Peer> {
+    let mut view = peers(live);
+    for peer in &mut view {
+        peer.behind = behind.iter().any(|&b| peer.name == name(b));
+    }
+    view
+}
+
+/// Issue 9: a voter back from a restart, still pulling the leader's log,
+/// won elections by priority and then had to give the lead up at once
+/// (it cannot serve before catching up), adding a second election to the
+/// failover. While one that is not behind is live, it is passed over.
+#[test]
+fn a_voter_whose_log_is_behind_is_passed_over_as_candidate_and_claims_nothing() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    cores[0].set_behind(true);
+    for c in cores.iter_mut() {
+        c.set_view(now, peers_behind(&[0, 1, 2], &[0]));
+    }
+    assert_eq!(cores[0].candidate(), Some(name(1)));
+    assert_eq!(cores[2].candidate(), Some(name(1)));
+    let (now, events) = elect(&mut cores, now);
+    assert!(
+        !events
+            .iter()
+            .any(|(i, o)| *i == 0 && matches!(o, Output::Elected { .. })),
+        "{events:?}"
+    );
+    assert!(cores[1].is_leader(now), "n1 did not take the lead");
+    // It still votes: with n2 gone, n0's grant keeps n1 leading.
+    for c in cores.iter_mut().take(2) {
+        c.set_view(now, peers_behind(&[0, 1], &[0]));
+    }
+    // While behind it never claims the lead it outranks.
+    let later = now + Config::lan().handover_delay * 3;
+    let mut t = now;
+    while t < later {
+        t += Config::lan().renew_interval;
+        for c in cores.iter_mut().take(2) {
+            c.handle_timeout(t);
+        }
+        let events = settle(&mut cores[..2], t);
+        assert!(
+            !events
+                .iter()
+                .any(|(i, o)| *i == 0 && matches!(o, Output::Elected { .. })),
+            "a node behind took the lead: {events:?}"
+        );
+    }
+    assert!(cores[1].is_leader(t), "n1 lost the lead with n0's votes");
+    // Caught up, it takes over by the usual handover.
+    cores[0].set_behind(false);
+    for c in cores.iter_mut().take(2) {
+        c.set_view(t, peers(&[0, 1]));
+    }
+    let later = t + Config::lan().handover_delay * 3;
+    while t < later && !cores[0].is_leader(t) {
+        t += Config::lan().renew_interval;
+        for c in cores.iter_mut().take(2) {
+            c.handle_timeout(t);
+        }
+        settle(&mut cores[..2], t);
+    }
+    assert!(cores[0].is_leader(t), "the caught-up n0 never took over");
+}
+
+#[test]
+fn when_every_live_voter_is_behind_the_highest_priority_still_campaigns() {
+    let now = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    for c in cores.iter_mut() {
+        c.set_behind(true);
+        c.set_view(now, peers_behind(&[0, 1, 2], &[0, 1, 2]));
+    }
+    assert_eq!(cores[2].candidate(), Some(name(0)));
+    let (now, _) = elect(&mut cores, now);
+    assert!(cores[0].is_leader(now), "nobody campaigned");
 }

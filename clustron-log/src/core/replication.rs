@@ -615,6 +615,11 @@ pub struct Replica {
     /// Follower: the newest epoch whose leader we told where our log ends
     /// (an ack or a nack): from then on its appends start where we said.
     reported_epoch: u64,
+    /// The highest commit index a leader sent us (whether or not we hold
+    /// the entries yet).
+    seen_commit: u64,
+    /// See [`Replica::behind`].
+    behind: bool,
     outputs: VecDeque<Output>,
 }
 
@@ -699,6 +704,8 @@ impl Replica {
             held: BTreeMap::new(),
             gap: None,
             reported_epoch: 0,
+            seen_commit: 0,
+            behind: false,
             outputs: VecDeque::new(),
         }
     }
@@ -1227,6 +1234,7 @@ impl Replica {
             return;
         }
         self.raise_epoch(epoch);
+        self.seen_commit = self.seen_commit.max(commit);
         let Role::Follower {
             leader: known,
             epoch: followed,
@@ -1810,10 +1818,31 @@ impl Replica {
         }
     }
 
+    /// Follower: whether our log is far behind the leader's: we are pulling
+    /// a snapshot, or lack more than [`Config::max_inflight_entries`]
+    /// committed entries (and until we hold every entry a leader said was
+    /// committed). Elected now, this node would have to catch up before
+    /// serving: drivers tell the election ([`clustron_election::Core::set_behind`]),
+    /// which then prefers another candidate.
+    pub fn behind(&self) -> bool {
+        self.behind
+    }
+
+    fn update_behind(&mut self) {
+        let lacking = self.seen_commit.saturating_sub(self.last_index());
+        let threshold = match self.behind {
+            true => 0,
+            false => self.config.max_inflight_entries.get() as u64,
+        };
+        self.behind = matches!(self.role, Role::Follower { .. })
+            && (self.pulling.is_some() || lacking > threshold);
+    }
+
     /// Builds the outputs for everything that changed since the last drain:
     /// writes, one sync, then what depends on durability (summary, commit,
     /// acks, replies, replication).
     fn flush(&mut self) {
+        self.update_behind();
         let mut wrote = false;
         if self.epoch > self.saved_epoch {
             self.saved_epoch = self.epoch;

@@ -1515,3 +1515,27 @@ fn while_a_returning_voter_catches_up_the_leader_takes_in_half_of_what_it_acknow
     ack(&mut leader, now, 1, 120);
     assert!(!leader.admits());
 }
+
+#[test]
+fn a_follower_lacking_more_than_a_window_of_committed_entries_is_behind_until_it_holds_them() {
+    let now = Instant::now();
+    let mut follower = replica(1, 3, vec![], now);
+    assert!(!follower.behind());
+    // A heartbeat says 2,000 entries are committed; we hold none.
+    follower.handle_message(now, addr(0), append(1, (2000, 1), vec![], 2000));
+    drain(&mut follower);
+    assert!(follower.behind());
+    // Most arrive: still behind until every committed one is here.
+    let entries: Vec<Entry> = (1..=1990).map(|i| entry(1, i)).collect();
+    follower.handle_message(now, addr(0), append(1, (0, 0), entries, 2000));
+    drain(&mut follower);
+    assert!(follower.behind(), "10 committed entries still missing");
+    let rest: Vec<Entry> = (1991..=2000).map(|i| entry(1, i)).collect();
+    follower.handle_message(now, addr(0), append(1, (1990, 1), rest, 2000));
+    drain(&mut follower);
+    assert!(!follower.behind());
+    // A few entries behind (within the pipelining window) is not behind.
+    follower.handle_message(now, addr(0), append(1, (2100, 1), vec![], 2100));
+    drain(&mut follower);
+    assert!(!follower.behind());
+}
