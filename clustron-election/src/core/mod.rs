@@ -899,6 +899,13 @@ impl Core {
             _ => {}
         }
         self.successor_until = None;
+        // A leader serves: the hold-off after our own handover (or before
+        // our first campaign) has done its job. Kept, it would stop us from
+        // campaigning should this leader die within the handover delay,
+        // while the others wait for us as the candidate (issue 9: a
+        // successor killed 0.4 s after taking over left the cluster
+        // leaderless for 1.5 s).
+        self.hold_off_until = None;
         let changed = self
             .leader
             .as_ref()

@@ -976,3 +976,57 @@ fn when_every_live_voter_is_behind_the_highest_priority_still_campaigns() {
     let (now, _) = elect(&mut cores, now);
     assert!(cores[0].is_leader(now), "nobody campaigned");
 }
+
+/// Issue 9: a leader that handed over held off campaigning for the whole
+/// handover delay (2 s), even once its successor served; when the
+/// successor died at once, the others waited for it as the candidate until
+/// they skipped it. Once a successor is heard, the old leader may campaign
+/// as soon as that successor is gone.
+#[test]
+fn a_leader_that_handed_over_campaigns_at_once_when_its_successor_dies() {
+    let start = Instant::now();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, start)).collect();
+    for c in cores.iter_mut() {
+        c.set_view(start, peers(&[0, 1, 2]));
+    }
+    let (mut t, _) = elect(&mut cores, start);
+    assert!(cores[0].is_leader(t));
+    cores[0].transfer_to(t, &name(1)).unwrap();
+    settle(&mut cores, t);
+    while !cores[1].is_leader(t) {
+        t += Config::lan().campaign_retry;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(&mut cores, t);
+    }
+    // n0 hears its successor lead; then n1 dies.
+    t += Config::lan().renew_interval;
+    for c in cores.iter_mut() {
+        c.handle_timeout(t);
+    }
+    settle(&mut cores, t);
+    assert_eq!(cores[0].leader().map(|l| l.0), Some(name(1)));
+    let died = t;
+    let mut survivors = vec![cores.remove(0), cores.remove(1)];
+    for c in survivors.iter_mut() {
+        c.set_view(t, peers(&[0, 2]));
+    }
+    let until = died + Config::lan().handover_delay;
+    while t < until && !survivors[0].is_leader(t) {
+        t += Config::lan().campaign_retry;
+        for c in survivors.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(&mut survivors, t);
+    }
+    assert!(
+        survivors[0].is_leader(t),
+        "n0 did not take over within the handover delay after n1 died"
+    );
+    assert!(
+        t - died <= Config::lan().lease_duration + Config::lan().leader_timeout,
+        "took {:?}",
+        t - died
+    );
+}
