@@ -538,9 +538,10 @@ struct Progress {
     /// answered since: the leader keeps it there ([`Replica::admits`]).
     in_sync: bool,
     /// Not in sync (back from a pause, a partition, a restart): bytes the
-    /// leader may still take in while it catches up. Half of what it
-    /// acknowledges is added, every proposal is taken off, so its lag
-    /// shrinks at least at half its catch-up rate while writes go on.
+    /// leader may still take in while it catches up. A share of what it
+    /// acknowledges is added ([`credit_for`]: the further behind, the
+    /// smaller), every proposal is taken off, so its lag shrinks while
+    /// writes go on.
     credit: u64,
 }
 
@@ -1430,9 +1431,9 @@ impl Replica {
         p.next = p.next.max(match_index + 1);
         p.waiting_since = (p.matched + 1 < p.next).then_some(now);
         p.in_sync |= close;
-        p.credit = match p.in_sync {
-            true => 0,
-            false => (p.credit + gained / 2).min(cap),
+        p.credit = match (p.in_sync, lag_after) {
+            (false, Some(lag)) => (p.credit + credit_for(gained, lag, cap)).min(cap),
+            _ => 0,
         };
     }
 
@@ -1458,8 +1459,9 @@ impl Replica {
     /// majority but fewer than a majority are ready, where ready means
     /// within [`Config::max_lag_bytes`], or, for one catching up (never in
     /// sync since it answered again), holding [`Progress::credit`]: the
-    /// leader then takes in at most half of what such a voter catches up,
-    /// so writes slow down but never stop for it. A voter silent for two
+    /// leader then takes in a share of what such a voter catches up (half
+    /// at the bound, less the further behind it is), so writes slow down
+    /// but never stop for it. A voter silent for two
     /// retransmission timeouts, or one that needs a snapshot, does not
     /// count: a dead, cut-off or restoring one never holds writes up.
     /// Always true when not leading.
@@ -2085,6 +2087,18 @@ impl Progress {
             credit: 0,
         }
     }
+}
+
+/// The credit a voter catching up earns for acknowledging `gained` bytes
+/// while still `lag` bytes behind: `gained · bound / (bound + lag)`, half
+/// at the bound, a tenth at nine times it. Writes then go on at that share
+/// of its catch-up rate, so a voter far behind (a long pause, a restart)
+/// closes most of its gap quickly, and the leader's successor, should the
+/// leader die meanwhile, waits for little.
+fn credit_for(gained: u64, lag: u64, bound: u64) -> u64 {
+    let share =
+        u128::from(gained) * u128::from(bound) / (u128::from(bound) + u128::from(lag)).max(1);
+    u64::try_from(share).unwrap_or(u64::MAX)
 }
 
 /// Cumulative sizes of the entries in memory, so that what a replica lacks

@@ -1454,7 +1454,7 @@ fn one_lagging_voter_of_five_does_not_hold_the_writes() {
 /// A voter back from a pause catches up while writes go on at no more than
 /// half its catch-up rate: its lag shrinks, and writes never stop for it.
 #[test]
-fn while_a_returning_voter_catches_up_the_leader_takes_in_half_of_what_it_acknowledges() {
+fn while_a_returning_voter_catches_up_the_leader_takes_in_a_share_of_what_it_acknowledges() {
     let mut now = Instant::now();
     let mut config = Config::lan();
     config.max_lag_bytes = 1000;
@@ -1487,33 +1487,41 @@ fn while_a_returning_voter_catches_up_the_leader_takes_in_half_of_what_it_acknow
     // it is needed for a majority without the leader, so nothing is taken.
     ack(&mut leader, now, 2, 1);
     assert!(!leader.admits());
-    // It acknowledges 20 entries (2,480 bytes): half of it is credit,
-    // capped at the bound (1,000 bytes).
+    // It acknowledges 20 entries (2,480 bytes) and still lacks 9,920:
+    // 2,480 · 1,000 / 10,920 = 227 bytes of credit.
     ack(&mut leader, now, 2, 21);
     assert!(leader.admits());
-    for _ in 0..8 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
-    assert!(leader.admits(), "992 of 1,000 bytes of credit spent");
     leader.propose(now, vec![7; 100]).unwrap();
     drain(&mut leader);
-    ack(&mut leader, now, 1, 110);
+    assert!(leader.admits(), "103 bytes of credit left");
+    leader.propose(now, vec![7; 100]).unwrap();
+    drain(&mut leader);
+    ack(&mut leader, now, 1, 103);
     assert!(
         !leader.admits(),
         "credit spent: wait for its next acknowledgement"
     );
+    // Closer, it earns a larger share: 4,836 · 1,000 / 6,332 = 763.
     ack(&mut leader, now, 2, 60);
     assert!(leader.admits());
     // Caught up: in sync, held to the bound from now on.
-    ack(&mut leader, now, 2, 110);
+    ack(&mut leader, now, 2, 103);
     assert!(leader.admits());
     for _ in 0..10 {
         leader.propose(now, vec![7; 100]).unwrap();
     }
     drain(&mut leader);
-    ack(&mut leader, now, 1, 120);
+    ack(&mut leader, now, 1, 113);
     assert!(!leader.admits());
+}
+
+#[test]
+fn the_credit_share_halves_at_the_bound_and_shrinks_with_the_lag() {
+    assert_eq!(credit_for(1000, 0, 1000), 1000);
+    assert_eq!(credit_for(1000, 1000, 1000), 500);
+    assert_eq!(credit_for(1000, 9000, 1000), 100);
+    assert_eq!(credit_for(u64::MAX, u64::MAX, u64::MAX), u64::MAX / 2);
+    assert_eq!(credit_for(5, 0, 0), 0);
 }
 
 #[test]
