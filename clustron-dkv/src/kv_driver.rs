@@ -67,7 +67,8 @@ pub struct KvStats {
     pub diverged: Option<Divergence>,
     /// The log index the newest snapshot covers.
     pub snapshot_index: u64,
-    /// Log entries held in memory and on disk (those after the snapshot).
+    /// Log entries held in memory: those after the newest snapshot, and the
+    /// catch-up tail before it.
     pub log_entries: u64,
 }
 
@@ -111,9 +112,11 @@ impl Kv {
     ) -> Result<Kv, StartError> {
         let OpenStore { mut log, restored } = store;
         let me = membership.name().clone();
+        // By entries (`--snapshot-entries`) and by bytes of log, which
+        // bounds memory, disk and restart replay when values are large.
         let schedule = SnapshotSchedule {
             entries: config.snapshot_entries,
-            bytes: 0,
+            ..SnapshotSchedule::default()
         };
         let mut server = Server::new(
             config,
@@ -476,7 +479,7 @@ impl Driver {
             syncs: self.io.stats().syncs,
             wal_segments: self.io.stats().wal_segments,
             diverged,
-            snapshot_index: self.server.replica().snapshot().index,
+            snapshot_index: self.io.last_snapshot(),
             log_entries: self.server.replica().last_index()
                 - self.server.replica().snapshot().index,
         });

@@ -335,7 +335,7 @@ impl<M: StateMachine> Driver<M> {
             leading: replica.leading().is_some(),
             applied: self.machine.applied(),
             commit: replica.commit_index(),
-            snapshot: replica.snapshot().index,
+            snapshot: self.io.last_snapshot(),
             stopped: None,
         };
         self.status.send_if_modified(|s| {

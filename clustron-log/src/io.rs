@@ -491,6 +491,12 @@ impl<C: ReplicatedCore> LogIo<C> {
         })
     }
 
+    /// The index the newest snapshot covers (the log in memory may reach
+    /// further back: see [`crate::core::Replica::compaction_point`]).
+    pub fn last_snapshot(&self) -> u64 {
+        self.last_snapshot
+    }
+
     /// The storage's figures.
     pub fn stats(&self) -> IoStats {
         IoStats {
@@ -816,9 +822,10 @@ impl<C: ReplicatedCore> LogIo<C> {
             Background::Saved(Ok(meta)) => {
                 self.snapshotting = false;
                 self.last_snapshot = meta.index;
-                // The log before the snapshot is no longer needed: not in
-                // memory, not on disk.
-                core.compact_log(meta.index);
+                // The log before the snapshot is no longer needed on disk;
+                // in memory, a catch-up tail stays for replicas a little
+                // behind.
+                core.compact_log(core.replica().compaction_point(meta.index));
                 self.wal.compact_to(meta.index)?;
                 tracing::debug!(index = meta.index, "snapshot taken, log compacted");
             }

@@ -321,7 +321,12 @@ impl Server {
         recovered: Recovered,
         now: Instant,
     ) -> Result<Self, ConfigError> {
-        let log = config.log.validate()?;
+        let mut log = config.log.validate()?;
+        // Snapshots taken more often than the catch-up tail is long: keep
+        // half the interval, so a replica further behind still pulls one.
+        if config.snapshot_entries > 0 {
+            log.catch_up_entries = log.catch_up_entries.min(config.snapshot_entries / 2);
+        }
         Ok(Self {
             replica: Replica::new(log, me, voters, learners, recovered, now),
             store: Store::new(Limits::default()),

@@ -1547,3 +1547,47 @@ fn a_follower_lacking_more_than_a_window_of_committed_entries_is_behind_until_it
     drain(&mut follower);
     assert!(!follower.behind());
 }
+
+#[test]
+fn compaction_keeps_a_catch_up_tail_bounded_in_entries_and_bytes() {
+    let now = Instant::now();
+    let log: Vec<Entry> = (1..=100).map(|i| entry(1, i)).collect(); // 25 bytes each
+    let mut config = Config::lan();
+    config.catch_up_entries = 30;
+    config.catch_up_bytes = 1000;
+    let replica = Replica::new(
+        config.clone(),
+        name(1),
+        voters(3),
+        [],
+        Recovered {
+            epoch: 1,
+            entries: log.clone(),
+            ..Recovered::default()
+        },
+        now,
+    );
+    assert_eq!(
+        replica.compaction_point(90),
+        60,
+        "30 entries kept before 90"
+    );
+    assert_eq!(replica.compaction_point(20), 0, "nothing compacted below 1");
+    config.catch_up_bytes = 250;
+    let replica = Replica::new(
+        config.clone(),
+        name(1),
+        voters(3),
+        [],
+        Recovered {
+            epoch: 1,
+            entries: log,
+            ..Recovered::default()
+        },
+        now,
+    );
+    assert_eq!(replica.compaction_point(90), 80, "10 entries of 25 bytes");
+    config.catch_up_entries = 0;
+    let replica = Replica::new(config, name(1), voters(3), [], Recovered::default(), now);
+    assert_eq!(replica.compaction_point(0), 0);
+}
