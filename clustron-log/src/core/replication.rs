@@ -1508,7 +1508,7 @@ impl Replica {
         let (mut answering, mut ready) = (0, 0);
         for (name, p) in peers {
             if !self.voters.contains_key(name)
-                || !p.heard.is_some_and(|t| self.now < t + silent_after)
+                || p.heard.is_none_or(|t| self.now >= t + silent_after)
             {
                 continue;
             }
