@@ -26,7 +26,11 @@
 //! its deadline. It prints, per run and in total: operations, the fraction
 //! of unknown outcomes, and the client-observed failover time (from the
 //! nemesis's kill, freeze or isolation of the leader to each client's next
-//! successful write), p50 and p99. A failing run keeps its directory (node
+//! successful write), p50 and p99, over all leader faults and over single
+//! faults: those where the nodes the fault spared, counting only those back
+//! from their own last fault for 2 s, made a majority (otherwise the
+//! successor must wait for a node still restarting or catching up, and the
+//! figure measures that node's recovery too). A failing run keeps its directory (node
 //! logs, `history.jsonl`) and prints its path and the violation.
 //!
 //! Environment:
@@ -294,15 +298,18 @@ fn histories_stay_linearizable_while_a_nemesis_kills_freezes_and_partitions_node
 
     let ops: usize = results.iter().map(|r| r.ops).sum();
     let unknown: usize = results.iter().map(|r| r.unknown).sum();
-    let mut failovers: Vec<Duration> = results.iter().flat_map(|r| r.failovers.clone()).collect();
-    failovers.sort();
+    let samples: Vec<(Duration, bool)> = results.iter().flat_map(|r| r.failovers.clone()).collect();
+    let (failovers, single) = failover_samples(&samples);
     let failed: Vec<&RunResult> = results.iter().filter(|r| !r.problems.is_empty()).collect();
     println!(
-        "nemesis total: {} runs ({} failed), {ops} ops, unknown {:.2}%, failover {}",
+        "nemesis total: {} runs ({} failed), {ops} ops, unknown {:.2}%, failover {}; \
+         single faults (the spared nodes back for {} s made a majority) {}",
         results.len(),
         failed.len(),
         percent(unknown, ops),
         percentiles(&failovers),
+        SETTLED.as_secs(),
+        percentiles(&single),
     );
     assert!(
         failed.is_empty(),
@@ -349,7 +356,8 @@ struct RunResult {
     unknown: usize,
     hangs: u64,
     cas: (usize, usize),
-    failovers: Vec<Duration>,
+    /// Each with whether the fault was a single one ([`NemesisEvent::settled`]).
+    failovers: Vec<(Duration, bool)>,
     /// (leader fault, client) pairs with no successful write after the
     /// fault, before the next one or the run's end.
     no_failover: usize,
@@ -363,13 +371,13 @@ struct RunResult {
 
 impl std::fmt::Display for RunResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut failovers = self.failovers.clone();
-        failovers.sort();
+        let (all, single) = failover_samples(&self.failovers);
         write!(
             f,
             "{} on {} nodes, seed {}: {} ops, unknown {:.2}%, {} hangs, CAS {} won / {} lost; \
              {} leader faults, failover {} (+{} with no write before the next fault or the end), \
-             longest time without a write {:.2} s from {:.2} s; set: {}; history: {}",
+             single faults {}, longest time without a write {:.2} s from {:.2} s; set: {}; \
+             history: {}",
             self.scenario.name(),
             self.nodes,
             self.seed,
@@ -379,8 +387,9 @@ impl std::fmt::Display for RunResult {
             self.cas.0,
             self.cas.1,
             self.leader_faults,
-            percentiles(&failovers),
+            percentiles(&all),
             self.no_failover,
+            percentiles(&single),
             self.write_gap.0.as_secs_f64(),
             self.write_gap.1 as f64 / 1e9,
             self.set,
@@ -723,7 +732,16 @@ struct NemesisEvent {
     at: u64,
     what: String,
     hit_leader: bool,
+    /// The nodes the fault spared that had been back (restarted, resumed,
+    /// healed) for [`SETTLED`] at least made a majority: a single fault.
+    /// Otherwise the successor needs a node still starting or catching up,
+    /// and the failover includes that node's recovery.
+    settled: bool,
 }
+
+/// How long a node must have been back from its last fault to count as
+/// settled for [`NemesisEvent::settled`].
+const SETTLED: Duration = Duration::from_secs(2);
 
 /// The fault for this round, or `None` when it needs the leader and no
 /// node knows one right now.
@@ -784,6 +802,8 @@ fn nemesis(
 ) -> Vec<NemesisEvent> {
     let mut events = Vec::new();
     let stop_at = shared.stop_at;
+    // When each node came back from its last fault (history clock).
+    let mut back_at = vec![0u64; cluster.len()];
     while Instant::now() < stop_at {
         spell(
             Instant::now() + Duration::from_millis(rng.u64(500..1500)),
@@ -813,6 +833,15 @@ fn nemesis(
             Some(l) => format!("{what} (leader {})", name(l)),
             None => format!("{what} (no leader)"),
         };
+        let hit: Vec<usize> = match &fault {
+            Fault::Kill(i) | Fault::Pause(i) => vec![*i],
+            Fault::Isolate(side) => side.clone(),
+        };
+        let settled_before = shared.now().saturating_sub(SETTLED.as_nanos() as u64);
+        let settled = (0..cluster.len())
+            .filter(|i| !hit.contains(i) && back_at[*i] <= settled_before)
+            .count()
+            > cluster.len() / 2;
         match &fault {
             Fault::Kill(i) => cluster.kill(*i),
             Fault::Pause(i) => cluster.stop(*i),
@@ -823,6 +852,7 @@ fn nemesis(
             at: shared.now(),
             what,
             hit_leader,
+            settled,
         });
         spell(
             Instant::now() + Duration::from_millis(rng.u64(1000..5000)),
@@ -842,10 +872,15 @@ fn nemesis(
                 "heal".into()
             }
         };
+        let at = shared.now();
+        for i in hit {
+            back_at[i] = at;
+        }
         events.push(NemesisEvent {
-            at: shared.now(),
+            at,
             what,
             hit_leader: false,
+            settled: false,
         });
     }
     events
@@ -871,25 +906,35 @@ fn longest_write_gap(logs: &[ClientLog], end: u64) -> (Duration, u64) {
     (Duration::from_nanos(longest.0), longest.1)
 }
 
+/// Failover samples, sorted: all of them, and those of single faults.
+fn failover_samples(samples: &[(Duration, bool)]) -> (Vec<Duration>, Vec<Duration>) {
+    let mut all: Vec<Duration> = samples.iter().map(|&(d, _)| d).collect();
+    let mut single: Vec<Duration> = samples.iter().filter(|s| s.1).map(|&(d, _)| d).collect();
+    all.sort();
+    single.sort();
+    (all, single)
+}
+
 /// Client-observed failover times: for each fault that hit the leader and
 /// each client, from the fault to the completion of the client's first
 /// successful write invoked after it (before the next such fault). Returns
-/// the samples, how many (fault, client) pairs had no such write, and per
-/// fault (its time) the slowest client's sample.
+/// the samples (each with the fault's [`NemesisEvent::settled`]), how many
+/// (fault, client) pairs had no such write, and per fault (its time) the
+/// slowest client's sample.
 fn failover_times(
     events: &[NemesisEvent],
     logs: &[ClientLog],
-) -> (Vec<Duration>, usize, BTreeMap<u64, Duration>) {
-    let faults: Vec<u64> = events
+) -> (Vec<(Duration, bool)>, usize, BTreeMap<u64, Duration>) {
+    let faults: Vec<(u64, bool)> = events
         .iter()
         .filter(|e| e.hit_leader)
-        .map(|e| e.at)
+        .map(|e| (e.at, e.settled))
         .collect();
     let mut samples = Vec::new();
     let mut missed = 0;
     let mut slowest = BTreeMap::new();
-    for (k, &at) in faults.iter().enumerate() {
-        let next = faults.get(k + 1).copied().unwrap_or(u64::MAX);
+    for (k, &(at, settled)) in faults.iter().enumerate() {
+        let next = faults.get(k + 1).map_or(u64::MAX, |f| f.0);
         for log in logs {
             match log
                 .writes
@@ -898,7 +943,7 @@ fn failover_times(
             {
                 Some(&(_, completed)) => {
                     let took = Duration::from_nanos(completed - at);
-                    samples.push(took);
+                    samples.push((took, settled));
                     let worst = slowest.entry(at).or_insert(took);
                     *worst = (*worst).max(took);
                 }
