@@ -107,6 +107,15 @@ pub struct DevCluster {
     pub admins: Vec<SocketAddr>,
 }
 
+/// The listen and admin addresses in one of `clustron-dkv dev`'s node
+/// lines: "nI: LISTEN (admin http://ADMIN/metrics, ...)".
+fn dev_line(line: &str) -> Option<(&str, &str)> {
+    let (head, rest) = line.split_once(" (admin http://")?;
+    let listen = head.split_whitespace().nth(1)?;
+    let admin = rest.split_once("/metrics")?.0;
+    Some((listen, admin))
+}
+
 /// Starts `clustron-dkv dev` with `nodes` nodes in `dir` and returns once
 /// every node's `/readyz` answers 200.
 pub fn start_dev(binary: &Path, dir: &Path, nodes: usize) -> Result<DevCluster> {
@@ -119,15 +128,20 @@ pub fn start_dev(binary: &Path, dir: &Path, nodes: usize) -> Result<DevCluster> 
         .with_context(|| format!("cannot run {}", binary.display()))?;
     let stdout = child.stdout.take().context("dev stdout")?;
     let dev = Dev(child);
-    // "nI: LISTEN (admin http://ADMIN/metrics)", one line per node.
     let (mut listen, mut admins) = (Vec::new(), Vec::new());
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     while admins.len() < nodes {
         let line = lines.next().context("dev exited early")??;
-        if let Some((head, rest)) = line.split_once(" (admin http://") {
-            let addr = head.split_whitespace().nth(1).context("listen address")?;
-            listen.push(addr.parse()?);
-            admins.push(rest.trim_end_matches("/metrics)").parse()?);
+        if let Some((addr, admin)) = dev_line(&line) {
+            listen.push(
+                addr.parse()
+                    .with_context(|| format!("listen address in {line:?}"))?,
+            );
+            admins.push(
+                admin
+                    .parse()
+                    .with_context(|| format!("admin address in {line:?}"))?,
+            );
         }
     }
     // Keep draining dev's stdout so it never blocks on a full pipe.
@@ -265,4 +279,24 @@ pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("no VmRSS")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dev_line;
+
+    /// `cargo xtask bench` broke when `dev` began to print the Redis
+    /// protocol address after the admin one.
+    #[test]
+    fn dev_lines_are_read_with_or_without_what_follows_the_admin_address() {
+        assert_eq!(
+            dev_line("n1: 127.0.0.1:33870 (admin http://127.0.0.1:42843/metrics, Redis protocol 127.0.0.1:35745)"),
+            Some(("127.0.0.1:33870", "127.0.0.1:42843"))
+        );
+        assert_eq!(
+            dev_line("n2: 127.0.0.1:1 (admin http://127.0.0.1:2/metrics)"),
+            Some(("127.0.0.1:1", "127.0.0.1:2"))
+        );
+        assert_eq!(dev_line("redis-cli --tls ..."), None);
+    }
 }
