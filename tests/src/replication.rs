@@ -1260,7 +1260,7 @@ impl Cluster {
             let states: Vec<String> = (0..self.sim.len())
                 .map(|id| match self.sim.node(id) {
                     Some(n) => format!(
-                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?} voters v{} {:?} campaigning {} withdrawn {}",
+                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?} voters v{} {:?} campaigning {} withdrawn {} behind {} candidate {:?}",
                         n.replica().leading(),
                         n.replica().epoch(),
                         n.replica().last_index(),
@@ -1270,6 +1270,8 @@ impl Cluster {
                         n.election().voters().voters().iter().map(|v| v.name.to_string()).collect::<Vec<_>>(),
                         n.election().is_campaigning(),
                         n.election().is_withdrawn(),
+                        n.election().is_behind(),
+                        n.election().candidate(),
                     ),
                     None => format!("node {id}: down"),
                 })

@@ -270,6 +270,13 @@ pub struct Core {
     withdrawn: bool,
     /// This node's log is behind the leader's ([`Core::set_behind`]).
     behind: bool,
+    /// Since when this node has known no leader.
+    leaderless_since: Option<Instant>,
+    /// The newest time the core was given.
+    now_hint: Instant,
+    /// Behind, and not yet leaderless for two leader timeouts: this node
+    /// passes itself over as candidate.
+    defers: bool,
     /// Leaders whose announcements timed out: not live for the candidate
     /// choice until heard from again or seen re-entering the view, so the
     /// next candidate need not wait for membership to notice a crash.
@@ -349,6 +356,9 @@ impl Core {
             addresses: BTreeMap::new(),
             withdrawn: false,
             behind: false,
+            leaderless_since: None,
+            now_hint: now,
+            defers: false,
             silent: BTreeSet::new(),
             summary: Vec::new(),
             promise,
@@ -442,6 +452,18 @@ impl Core {
     /// membership ([`BEHIND_TAG`]).
     pub fn set_behind(&mut self, behind: bool) {
         self.behind = behind;
+        self.defers = behind && self.defers_still();
+    }
+
+    /// Whether a node behind still passes itself over: not once it has
+    /// known no leader for two leader timeouts. Others see its flag through
+    /// membership, which may lag; were they waiting for it meanwhile, it
+    /// would never campaign (every node waiting for another), so after that
+    /// long it stands like any other.
+    fn defers_still(&self) -> bool {
+        self.leaderless_since.is_none_or(|t| {
+            self.now_hint.saturating_duration_since(t) < self.config.leader_timeout * 2
+        })
     }
 
     /// Whether this node campaigns right now.
@@ -455,7 +477,7 @@ impl Core {
         let me = (self.may_lead(&self.me) && !self.withdrawn).then_some((
             self.priority,
             &self.me,
-            self.behind,
+            self.defers,
         ));
         self.choose(me)
     }
@@ -692,6 +714,9 @@ impl Core {
         }
         if let Some((_, since)) = &self.waiting {
             at(*since + self.config.leader_timeout * 2);
+        }
+        if let Some(since) = self.leaderless_since.filter(|_| self.defers) {
+            at(since + self.config.leader_timeout * 2);
         }
         next
     }
@@ -1461,6 +1486,14 @@ impl Core {
     /// not for two leader timeouts is skipped (until heard from), so the
     /// next one campaigns. Liveness only: any campaign needs a majority.
     fn watch_candidate(&mut self, now: Instant) {
+        self.now_hint = now;
+        match self.leader {
+            Some(_) => self.leaderless_since = None,
+            None => {
+                self.leaderless_since.get_or_insert(now);
+            }
+        }
+        self.defers = self.behind && self.defers_still();
         let waiting_for =
             (self.leader.is_none() && self.has_view && matches!(self.role, Role::Follower))
                 .then(|| self.candidate())
