@@ -1335,183 +1335,136 @@ fn nacks_of_appends_sent_before_the_leader_backed_up_do_not_make_it_resend_again
     );
 }
 
+/// A leader of `n` voters elected at `now` whose voters must stay within
+/// 1,000 bytes of its log.
+fn bounded_leader(n: usize, now: Instant) -> Replica {
+    let mut config = Config::lan();
+    config.max_lag_bytes = 1000;
+    let mut leader = Replica::new(config, name(0), voters(n), [], Recovered::default(), now);
+    leader.become_leader(now, 1, vec![]);
+    drain(&mut leader);
+    leader
+}
+
+/// Node `i` acknowledges the leader's log up to `match_index`.
+fn ack_at(leader: &mut Replica, now: Instant, i: usize, match_index: u64) {
+    leader.handle_message(
+        now,
+        addr(i),
+        Message::Ack {
+            epoch: 1,
+            match_index,
+        },
+    );
+    drain(leader);
+}
+
+/// `count` proposals of 100 bytes (124 bytes of log each).
+fn propose_entries(leader: &mut Replica, now: Instant, count: usize) {
+    for _ in 0..count {
+        leader.propose(now, vec![7; 100]).unwrap();
+    }
+    drain(leader);
+}
+
 /// Issue 9: a voter that kept up is kept within `max_lag_bytes`, so the
 /// survivors of a leader's death agree quickly; one that went silent, or
 /// one still catching up after a pause, never holds the writes up.
 #[test]
 fn the_leader_takes_no_proposals_while_a_voter_that_kept_up_is_too_far_behind() {
     let mut now = Instant::now();
-    let mut config = Config::lan();
-    config.max_lag_bytes = 1000;
-    let mut leader = Replica::new(config, name(0), voters(3), [], Recovered::default(), now);
-    leader.become_leader(now, 1, vec![]);
-    drain(&mut leader);
-    let ack = |leader: &mut Replica, now, i: usize, match_index| {
-        leader.handle_message(
-            now,
-            addr(i),
-            Message::Ack {
-                epoch: 1,
-                match_index,
-            },
-        );
-        drain(leader);
-    };
+    let mut leader = bounded_leader(3, now);
     // Both followers hold the no-op: in sync.
-    ack(&mut leader, now, 1, 1);
-    ack(&mut leader, now, 2, 1);
+    ack_at(&mut leader, now, 1, 1);
+    ack_at(&mut leader, now, 2, 1);
     // 1,240 bytes proposed (10 entries of 100 + 24 bytes); n1 keeps up.
-    for _ in 0..10 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
-    ack(&mut leader, now, 1, 11);
+    propose_entries(&mut leader, now, 10);
+    ack_at(&mut leader, now, 1, 11);
     assert!(
         !leader.admits(),
         "n2 lacks 1,240 bytes: were the leader to die, n1 and n2 must agree first"
     );
     // n2 catches up to within the bound: proposals are taken again.
-    ack(&mut leader, now, 2, 3);
+    ack_at(&mut leader, now, 2, 3);
     assert!(leader.admits(), "n2 lacks 992 bytes");
     // n2 goes silent: after two retransmission timeouts it stops counting.
-    for _ in 0..10 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
-    ack(&mut leader, now, 1, 21);
+    propose_entries(&mut leader, now, 10);
+    ack_at(&mut leader, now, 1, 21);
     assert!(!leader.admits());
     now += 2 * Config::lan().retransmit_timeout;
-    ack(&mut leader, now, 1, 21);
+    ack_at(&mut leader, now, 1, 21);
     leader.handle_timeout(now);
     assert!(leader.admits(), "a silent voter holds nothing up");
     // It answers again, far behind: not held to the bound until it has
     // caught up, so its catch-up never stops the writes.
-    ack(&mut leader, now, 2, 4);
+    ack_at(&mut leader, now, 2, 4);
     assert!(leader.admits());
-    ack(&mut leader, now, 2, 20);
+    ack_at(&mut leader, now, 2, 20);
     assert!(leader.admits());
-    for _ in 0..10 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
-    ack(&mut leader, now, 1, 31);
+    propose_entries(&mut leader, now, 10);
+    ack_at(&mut leader, now, 1, 31);
     assert!(!leader.admits(), "caught up once, n2 is kept close again");
 }
 
 #[test]
 fn one_lagging_voter_of_five_does_not_hold_the_writes() {
     let now = Instant::now();
-    let mut config = Config::lan();
-    config.max_lag_bytes = 1000;
-    let mut leader = Replica::new(config, name(0), voters(5), [], Recovered::default(), now);
-    leader.become_leader(now, 1, vec![]);
-    drain(&mut leader);
+    let mut leader = bounded_leader(5, now);
     for i in 1..5 {
-        leader.handle_message(
-            now,
-            addr(i),
-            Message::Ack {
-                epoch: 1,
-                match_index: 1,
-            },
-        );
+        ack_at(&mut leader, now, i, 1);
     }
-    for _ in 0..10 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
+    propose_entries(&mut leader, now, 10);
     for i in 1..4 {
-        leader.handle_message(
-            now,
-            addr(i),
-            Message::Ack {
-                epoch: 1,
-                match_index: 11,
-            },
-        );
+        ack_at(&mut leader, now, i, 11);
     }
     // Three of four followers are close: without the leader, they are a
     // majority of five.
     assert!(leader.admits());
-    drain(&mut leader);
-    for _ in 0..10 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
+    propose_entries(&mut leader, now, 10);
     for i in 1..3 {
-        leader.handle_message(
-            now,
-            addr(i),
-            Message::Ack {
-                epoch: 1,
-                match_index: 21,
-            },
-        );
+        ack_at(&mut leader, now, i, 21);
     }
     assert!(!leader.admits(), "only two of four followers close");
 }
 
-/// A voter back from a pause catches up while writes go on at no more than
-/// half its catch-up rate: its lag shrinks, and writes never stop for it.
+/// A voter back from a pause catches up while writes go on at a share of
+/// its catch-up rate: its lag shrinks, and writes never stop for it.
 #[test]
 fn while_a_returning_voter_catches_up_the_leader_takes_in_a_share_of_what_it_acknowledges() {
     let mut now = Instant::now();
-    let mut config = Config::lan();
-    config.max_lag_bytes = 1000;
-    let mut leader = Replica::new(config, name(0), voters(3), [], Recovered::default(), now);
-    leader.become_leader(now, 1, vec![]);
-    drain(&mut leader);
-    let ack = |leader: &mut Replica, now, i: usize, match_index| {
-        leader.handle_message(
-            now,
-            addr(i),
-            Message::Ack {
-                epoch: 1,
-                match_index,
-            },
-        );
-        drain(leader);
-    };
-    ack(&mut leader, now, 1, 1);
-    ack(&mut leader, now, 2, 1);
+    let mut leader = bounded_leader(3, now);
+    ack_at(&mut leader, now, 1, 1);
+    ack_at(&mut leader, now, 2, 1);
     // n2 freezes for a second while 100 entries of 124 bytes are written.
-    for _ in 0..100 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
+    propose_entries(&mut leader, now, 100);
     now += Duration::from_secs(1);
-    ack(&mut leader, now, 1, 101);
+    ack_at(&mut leader, now, 1, 101);
     leader.handle_timeout(now);
     assert!(leader.admits(), "a silent voter holds nothing up");
     // n2 answers again, 100 entries behind, having caught up nothing yet:
     // it is needed for a majority without the leader, so nothing is taken.
-    ack(&mut leader, now, 2, 1);
+    ack_at(&mut leader, now, 2, 1);
     assert!(!leader.admits());
     // It acknowledges 20 entries (2,480 bytes) and still lacks 9,920:
     // 2,480 · 1,000 / 10,920 = 227 bytes of credit.
-    ack(&mut leader, now, 2, 21);
+    ack_at(&mut leader, now, 2, 21);
     assert!(leader.admits());
-    leader.propose(now, vec![7; 100]).unwrap();
-    drain(&mut leader);
+    propose_entries(&mut leader, now, 1);
     assert!(leader.admits(), "103 bytes of credit left");
-    leader.propose(now, vec![7; 100]).unwrap();
-    drain(&mut leader);
-    ack(&mut leader, now, 1, 103);
+    propose_entries(&mut leader, now, 1);
+    ack_at(&mut leader, now, 1, 103);
     assert!(
         !leader.admits(),
         "credit spent: wait for its next acknowledgement"
     );
     // Closer, it earns a larger share: 4,836 · 1,000 / 6,332 = 763.
-    ack(&mut leader, now, 2, 60);
+    ack_at(&mut leader, now, 2, 60);
     assert!(leader.admits());
     // Caught up: in sync, held to the bound from now on.
-    ack(&mut leader, now, 2, 103);
+    ack_at(&mut leader, now, 2, 103);
     assert!(leader.admits());
-    for _ in 0..10 {
-        leader.propose(now, vec![7; 100]).unwrap();
-    }
-    drain(&mut leader);
-    ack(&mut leader, now, 1, 113);
+    propose_entries(&mut leader, now, 10);
+    ack_at(&mut leader, now, 1, 113);
     assert!(!leader.admits());
 }
 
