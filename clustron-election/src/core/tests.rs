@@ -106,6 +106,25 @@ fn settle_among(cores: &mut [Core], now: Instant, live: &[usize]) -> Vec<(usize,
     }
 }
 
+/// Advances time by `step`, ticking every core and delivering what they
+/// send, until `done` holds or `until` passes; returns the time reached.
+fn tick_until(
+    cores: &mut [Core],
+    mut t: Instant,
+    until: Instant,
+    step: Duration,
+    done: impl Fn(&[Core], Instant) -> bool,
+) -> Instant {
+    while t < until && !done(cores, t) {
+        t += step;
+        for c in cores.iter_mut() {
+            c.handle_timeout(t);
+        }
+        settle(cores, t);
+    }
+    t
+}
+
 /// Lets the first-view listening period pass, then settles at that time.
 fn elect(cores: &mut [Core], now: Instant) -> (Instant, Vec<(usize, Output)>) {
     let t = now + Config::lan().renew_interval;
@@ -518,13 +537,8 @@ fn a_withdrawn_voter_never_grants_campaigns_or_claims_but_follows() {
         c.set_view(t, peers(&[0, 1, 2]));
     }
     let later = t + Config::lan().handover_delay * 3;
-    while t < later && !cores[0].is_leader(t) {
-        t += Config::lan().renew_interval;
-        for c in cores.iter_mut() {
-            c.handle_timeout(t);
-        }
-        settle(&mut cores, t);
-    }
+    let step = Config::lan().renew_interval;
+    let t = tick_until(&mut cores, t, later, step, |c, t| c[0].is_leader(t));
     assert!(cores[0].is_leader(t), "the rejoined n0 never took over");
 }
 
@@ -580,19 +594,13 @@ fn a_withdrawn_leader_hands_over_and_the_next_voter_leads_at_once() {
 
     // Repaired and rejoined, n0 takes its place back by the usual handover
     // (its own handover was no choice to defer to n1).
-    let mut t = t;
     cores[0].rejoin(t);
     for c in cores.iter_mut() {
         c.set_view(t, peers(&[0, 1, 2]));
     }
     let later = t + Config::lan().handover_delay * 3;
-    while t < later && !cores[0].is_leader(t) {
-        t += Config::lan().renew_interval;
-        for c in cores.iter_mut() {
-            c.handle_timeout(t);
-        }
-        settle(&mut cores, t);
-    }
+    let step = Config::lan().renew_interval;
+    let t = tick_until(&mut cores, t, later, step, |c, t| c[0].is_leader(t));
     assert!(cores[0].is_leader(t), "the rejoined n0 never took over");
 }
 
@@ -954,13 +962,8 @@ fn a_voter_whose_log_is_behind_is_passed_over_as_candidate_and_claims_nothing() 
         c.set_view(t, peers(&[0, 1]));
     }
     let later = t + Config::lan().handover_delay * 3;
-    while t < later && !cores[0].is_leader(t) {
-        t += Config::lan().renew_interval;
-        for c in cores.iter_mut().take(2) {
-            c.handle_timeout(t);
-        }
-        settle(&mut cores[..2], t);
-    }
+    let step = Config::lan().renew_interval;
+    let t = tick_until(&mut cores[..2], t, later, step, |c, t| c[0].is_leader(t));
     assert!(cores[0].is_leader(t), "the caught-up n0 never took over");
 }
 
@@ -993,13 +996,10 @@ fn a_leader_that_handed_over_campaigns_at_once_when_its_successor_dies() {
     assert!(cores[0].is_leader(t));
     cores[0].transfer_to(t, &name(1)).unwrap();
     settle(&mut cores, t);
-    while !cores[1].is_leader(t) {
-        t += Config::lan().campaign_retry;
-        for c in cores.iter_mut() {
-            c.handle_timeout(t);
-        }
-        settle(&mut cores, t);
-    }
+    let step = Config::lan().campaign_retry;
+    let until = t + Config::lan().handover_delay;
+    t = tick_until(&mut cores, t, until, step, |c, t| c[1].is_leader(t));
+    assert!(cores[1].is_leader(t));
     // n0 hears its successor lead; then n1 dies.
     t += Config::lan().renew_interval;
     for c in cores.iter_mut() {
@@ -1013,13 +1013,7 @@ fn a_leader_that_handed_over_campaigns_at_once_when_its_successor_dies() {
         c.set_view(t, peers(&[0, 2]));
     }
     let until = died + Config::lan().handover_delay;
-    while t < until && !survivors[0].is_leader(t) {
-        t += Config::lan().campaign_retry;
-        for c in survivors.iter_mut() {
-            c.handle_timeout(t);
-        }
-        settle(&mut survivors, t);
-    }
+    let t = tick_until(&mut survivors, t, until, step, |c, t| c[0].is_leader(t));
     assert!(
         survivors[0].is_leader(t),
         "n0 did not take over within the handover delay after n1 died"
