@@ -125,6 +125,15 @@ fn tick_until(
     t
 }
 
+/// Three voters at `now`, each with all three in its view.
+fn trio(now: Instant) -> Vec<Core> {
+    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    cores
+}
+
 /// Lets the first-view listening period pass, then settles at that time.
 fn elect(cores: &mut [Core], now: Instant) -> (Instant, Vec<(usize, Output)>) {
     let t = now + Config::lan().renew_interval;
@@ -344,10 +353,7 @@ fn a_restarted_voter_refuses_another_holder_for_a_full_lease() {
 #[test]
 fn a_leader_steps_down_on_its_own_when_renewals_fail() {
     let now = Instant::now();
-    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
-    for c in cores.iter_mut() {
-        c.set_view(now, peers(&[0, 1, 2]));
-    }
+    let mut cores = trio(now);
     let (now, _) = elect(&mut cores, now);
     let (epoch, end) = cores[0].lease().unwrap();
     // No more messages reach anyone: only timeouts.
@@ -545,10 +551,7 @@ fn a_withdrawn_voter_never_grants_campaigns_or_claims_but_follows() {
 #[test]
 fn a_withdrawn_leader_hands_over_and_the_next_voter_leads_at_once() {
     let now = Instant::now();
-    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
-    for c in cores.iter_mut() {
-        c.set_view(now, peers(&[0, 1, 2]));
-    }
+    let mut cores = trio(now);
     let (now, _) = elect(&mut cores, now);
     assert!(cores[0].is_leader(now));
     let t = now + Duration::from_millis(10);
@@ -719,10 +722,7 @@ fn a_healed_node_whose_view_still_counts_the_leader_dead_follows_its_announcemen
     // the others back into its view. An announcement that arrives proves
     // its sender alive; fencing by epoch keeps old ones out.
     let now = Instant::now();
-    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
-    for c in cores.iter_mut() {
-        c.set_view(now, peers(&[0, 1, 2]));
-    }
+    let mut cores = trio(now);
     let (t, _) = elect(&mut cores, now);
     assert_eq!(cores[1].leader().map(|(n, _)| n), Some(name(0)));
     // n1 is cut off: its view loses everyone, and n2 (with n3) takes over.
@@ -854,10 +854,7 @@ fn a_candidate_two_voter_changes_behind_cannot_win_by_its_old_majority() {
 #[test]
 fn a_leader_that_learns_it_was_removed_hands_over() {
     let now = Instant::now();
-    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, now)).collect();
-    for c in cores.iter_mut() {
-        c.set_view(now, peers(&[0, 1, 2]));
-    }
+    let mut cores = trio(now);
     let (t, _) = elect(&mut cores, now);
     assert!(cores[0].is_leader(t));
     // n1 restarts knowing a decided set without n0 (n0 missed it), and
@@ -988,10 +985,7 @@ fn when_every_live_voter_is_behind_the_highest_priority_still_campaigns() {
 #[test]
 fn a_leader_that_handed_over_campaigns_at_once_when_its_successor_dies() {
     let start = Instant::now();
-    let mut cores: Vec<Core> = (0..3).map(|i| core(i, 3, start)).collect();
-    for c in cores.iter_mut() {
-        c.set_view(start, peers(&[0, 1, 2]));
-    }
+    let mut cores = trio(start);
     let (mut t, _) = elect(&mut cores, start);
     assert!(cores[0].is_leader(t));
     cores[0].transfer_to(t, &name(1)).unwrap();
