@@ -456,14 +456,15 @@ impl Core {
     }
 
     /// Whether a node behind still passes itself over: not once it has
-    /// known no leader for two leader timeouts. Others see its flag through
-    /// membership, which may lag; were they waiting for it meanwhile, it
-    /// would never campaign (every node waiting for another), so after that
-    /// long it stands like any other.
+    /// known no leader for the handover delay (several membership rounds).
+    /// Others see its flag through membership, which may lag; were they
+    /// waiting for it meanwhile, it would never campaign (every node waiting
+    /// for another), so after that long it stands like any other. (After
+    /// two leader timeouts instead, behind nodes stood in the ordinary
+    /// elections of slow partitions and lost rounds giving the lead up.)
     fn defers_still(&self) -> bool {
-        self.leaderless_since.is_none_or(|t| {
-            self.now_hint.saturating_duration_since(t) < self.config.leader_timeout * 2
-        })
+        self.leaderless_since
+            .is_none_or(|t| self.now_hint.saturating_duration_since(t) < self.config.handover_delay)
     }
 
     /// Whether this node campaigns right now.
@@ -716,7 +717,7 @@ impl Core {
             at(*since + self.config.leader_timeout * 2);
         }
         if let Some(since) = self.leaderless_since.filter(|_| self.defers) {
-            at(since + self.config.leader_timeout * 2);
+            at(since + self.config.handover_delay);
         }
         next
     }
