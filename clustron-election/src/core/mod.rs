@@ -274,7 +274,7 @@ pub struct Core {
     leaderless_since: Option<Instant>,
     /// The newest time the core was given.
     now_hint: Instant,
-    /// Behind, and not yet leaderless for two leader timeouts: this node
+    /// Behind, and not yet leaderless for the handover delay: this node
     /// passes itself over as candidate.
     defers: bool,
     /// Leaders whose announcements timed out: not live for the candidate
@@ -448,8 +448,10 @@ impl Core {
     /// candidate if a live voter that is not behind can be chosen: elected,
     /// it would first have to catch up before serving. It still votes and
     /// follows, and is chosen when every live voter is behind (so a cluster
-    /// whose nodes all restarted still elects). Others learn it from
-    /// membership ([`BEHIND_TAG`]).
+    /// whose nodes all restarted still elects), or once it has known no
+    /// leader for the handover delay (so views that have not yet seen its
+    /// flag never leave every node waiting for another). Others learn it
+    /// from membership ([`BEHIND_TAG`]).
     pub fn set_behind(&mut self, behind: bool) {
         self.behind = behind;
         self.defers = behind && self.defers_still();
