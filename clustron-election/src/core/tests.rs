@@ -1018,3 +1018,32 @@ fn a_leader_that_handed_over_campaigns_at_once_when_its_successor_dies() {
         t - died
     );
 }
+
+/// Issue 9 (found by the replication simulation, seed
+/// 1156630910643650641): views that have not yet seen the behind flags of
+/// two nodes make every node wait for one of those two as the candidate
+/// while each passes itself over (skipping a candidate that never campaigns
+/// only moves the wait to the other). Once a node behind has known no
+/// leader for the handover delay it stands.
+#[test]
+fn a_node_behind_stands_when_stale_views_still_wait_for_it() {
+    let start = Instant::now();
+    let mut cores = trio(start);
+    // n0 and n1 know they are behind; nobody's view says so.
+    cores[0].set_behind(true);
+    cores[1].set_behind(true);
+    assert_eq!(cores[0].candidate(), Some(name(1)));
+    assert_eq!(cores[1].candidate(), Some(name(0)));
+    assert_eq!(cores[2].candidate(), Some(name(0)));
+    let config = Config::lan();
+    let until = start + config.handover_delay + config.leader_timeout * 4;
+    let step = config.campaign_retry;
+    let t = tick_until(&mut cores, start, until, step, |c, t| {
+        c.iter().any(|c| c.is_leader(t))
+    });
+    assert!(
+        cores.iter().any(|c| c.is_leader(t)),
+        "no leader {:?} after the start: every node waits for another",
+        t - start
+    );
+}
