@@ -391,7 +391,7 @@ impl Driver {
     async fn command(&mut self, command: Command) {
         match command {
             Command::Replicas(reply) => {
-                let _ = reply.send(self.io.replicas(&self.server));
+                let _ = reply.send(self.io.replicas(&mut self.server));
             }
             Command::ChangeVoters(change, reply) => {
                 let _ = reply.send(self.io.change_voters(&self.server, change).await);

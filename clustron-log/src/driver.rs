@@ -286,7 +286,7 @@ impl<M: StateMachine> Driver<M> {
     async fn command(&mut self, command: Command<M>) {
         match command {
             Command::Replicas(reply) => {
-                let _ = reply.send(self.io.replicas(&self.machine));
+                let _ = reply.send(self.io.replicas(&mut self.machine));
             }
             Command::ChangeVoters(change, reply) => {
                 let _ = reply.send(self.io.change_voters(&self.machine, change).await);

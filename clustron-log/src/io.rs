@@ -954,7 +954,15 @@ impl<C: ReplicatedCore> LogIo<C> {
     /// with how far its log is known to reach. Fails with
     /// [`VoterChangeError::NotLeader`] elsewhere (only the leader tracks
     /// the others).
-    pub fn replicas(&self, core: &C) -> Result<Vec<ReplicaStatus>, VoterChangeError> {
+    ///
+    /// The log first adopts the voter set the election has decided by now:
+    /// the event that reports it may still be on its way, and a caller that
+    /// saw a change decided ([`LogIo::change_voters`]) must see it here
+    /// (without this, removing the leader sometimes answered the set from
+    /// before the removal).
+    pub fn replicas(&mut self, core: &mut C) -> Result<Vec<ReplicaStatus>, VoterChangeError> {
+        let decided = self.election.voters();
+        self.adopt_voters(core, &decided);
         let replica = core.replica();
         if replica.leading().is_none() {
             return Err(VoterChangeError::NotLeader {
