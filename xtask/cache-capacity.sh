@@ -28,18 +28,9 @@ ENTRIES=${ENTRIES:-1000000}
 SLICE=${SLICE:-5000}
 BASE=${BASE:-28400}
 mkdir -p "$DIR"
-declare -A PID
-
-listen() { echo "127.0.0.1:$((BASE + ${1#n}))"; }
-admin() { echo "127.0.0.1:$((BASE + 100 + ${1#n}))"; }
+# shellcheck source=xtask/nodes.sh
+source "$(dirname "$0")/nodes.sh"
 resp() { echo "$((BASE + 200 + ${1#n}))"; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l | xargs printf '%.2f'; }
-
-cleanup() {
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
 
 TLS=(--tls --cacert "$DIR/ca.pem" --cert "$DIR/admin.pem" --key "$DIR/admin.key")
 rcli() { redis-cli "${TLS[@]}" -p "$(resp n1)" "$@"; }
@@ -48,33 +39,9 @@ cli() {
     --cert-file "$DIR/admin.pem" --key-file "$DIR/admin.key" "$@"
 }
 
-certs() {
-  "$BIN/clustron-dkv" certs init --out "$DIR" >/dev/null
-  "$BIN/clustron-dkv" certs client admin --role admin --ca "$DIR" --out "$DIR" >/dev/null
-  for n in n1 n2 n3 n4; do
-    "$BIN/clustron-dkv" certs node "$n" --ip 127.0.0.1 --ca "$DIR" --out "$DIR" >/dev/null
-  done
-}
-
-# start NAME NAMESPACE: a node serving NAMESPACE over RESP, seeded with n1..n3.
+# start NAME NAMESPACE: a node serving NAMESPACE over RESP.
 start() {
-  local n=$1 seeds=()
-  for m in n1 n2 n3; do [ "$m" != "$n" ] && seeds+=("$(listen "$m")"); done
-  "$BIN/clustron-dkv" run --name "$n" --listen "$(listen "$n")" --admin-listen "$(admin "$n")" \
-    --voters n1,n2,n3 --priority "$((500 - ${n#n}))" --data-dir "$DIR/data/$n" \
-    --ca-file "$DIR/ca.pem" --cert-file "$DIR/$n.pem" --key-file "$DIR/$n.key" \
-    --seeds "$(IFS=,; echo "${seeds[*]}")" --resp-listen "127.0.0.1:$(resp "$n")" \
-    --resp-namespace "$2" >>"$DIR/$n.log" 2>&1 &
-  PID[$n]=$!
-  disown "$!"
-}
-
-wait_for() { # wait_for SECONDS COMMAND...: poll every 50 ms
-  local deadline=$(($(date +%s) + $1)); shift
-  until "$@"; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out: $*" >&2; return 1; }
-    sleep 0.05
-  done
+  run_node "$1" "$((500 - ${1#n}))" --resp-listen "127.0.0.1:$(resp "$1")" --resp-namespace "$2"
 }
 
 metric() { # metric NODE NAME NAMESPACE: a cache gauge of that namespace, or 0

@@ -20,39 +20,16 @@ SECS=${SECS:-30}
 NODE_ARGS=${NODE_ARGS:-}
 BASE=${BASE:-27400}
 mkdir -p "$DIR"
-declare -A PID
+# shellcheck source=xtask/nodes.sh
+source "$(dirname "$0")/nodes.sh"
 
-listen() { echo "127.0.0.1:$((BASE + ${1#n}))"; }
-admin() { echo "127.0.0.1:$((BASE + 100 + ${1#n}))"; }
 endpoints() { echo "$(listen n1),$(listen n2),$(listen n3)"; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l | xargs printf '%.3f'; }
 load() { uptime | sed 's/.*load average: /load /'; }
 
-cleanup() {
-  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-certs() {
-  [ -f "$DIR/ca.pem" ] && return
-  "$BIN/clustron-dkv" certs init --out "$DIR" >/dev/null
-  "$BIN/clustron-dkv" certs client admin --role admin --ca "$DIR" --out "$DIR" >/dev/null
-  for n in n1 n2 n3 n4; do
-    "$BIN/clustron-dkv" certs node "$n" --ip 127.0.0.1 --ca "$DIR" --out "$DIR" >/dev/null
-  done
-}
-
-# start NAME PRIORITY: `clustron-dkv run`, seeded with the other nodes.
+# start NAME PRIORITY: a node with NODE_ARGS.
 start() {
-  local n=$1 seeds=()
-  for m in n1 n2 n3; do [ "$m" != "$n" ] && seeds+=("$(listen "$m")"); done
   # shellcheck disable=SC2086
-  "$BIN/clustron-dkv" run --name "$n" --listen "$(listen "$n")" --admin-listen "$(admin "$n")" \
-    --voters n1,n2,n3 --priority "$2" --data-dir "$DIR/data/$n" \
-    --ca-file "$DIR/ca.pem" --cert-file "$DIR/$n.pem" --key-file "$DIR/$n.key" \
-    --seeds "$(IFS=,; echo "${seeds[*]}")" $NODE_ARGS >>"$DIR/$n.log" 2>&1 &
-  PID[$n]=$!
+  run_node "$1" "$2" $NODE_ARGS
 }
 
 metric() { # metric NODE NAME: the value of an unlabelled metric, or -1
@@ -60,14 +37,6 @@ metric() { # metric NODE NAME: the value of an unlabelled metric, or -1
 }
 
 ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://$(admin "$1")/readyz")" = 200 ]; }
-
-wait_for() { # wait_for SECONDS COMMAND...: poll every 10 ms
-  local deadline=$(($(date +%s) + $1)); shift
-  until "$@"; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out: $*" >&2; return 1; }
-    sleep 0.01
-  done
-}
 
 caught_up() { # caught_up NODE INDEX
   local a; a=$(metric "$1" clustron_kv_applied_index); [ "${a%.*}" -ge "$2" ]

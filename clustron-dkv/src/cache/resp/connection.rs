@@ -1,5 +1,6 @@
 //! One client connection: read, decode every complete command, run them
-//! in order, write their replies together.
+//! (commands on distinct single keys together), write their replies
+//! together, in order.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,8 +8,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::backend::CacheBackend;
-use super::codec::{Decoder, Limits, Reply};
-use super::execute::{execute, Session};
+use super::codec::{Args, Decoder, Limits, Reply};
+use super::command::spec_of;
+use super::execute::{execute, join_all, Session};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -16,6 +18,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Replies buffered before they are written even if more commands wait:
 /// bounds the memory a long pipeline takes.
 const WRITE_AT: usize = 64 * 1024;
+
+/// Commands of one connection's pipeline that run at the same time, at
+/// most.
+const PIPELINE_CONCURRENCY: usize = 64;
 
 /// How a connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,10 +40,16 @@ pub enum Ended {
 /// the protocol (the error is replied, then the connection closes, as
 /// Redis does) or `shutdown` turns true (checked between reads).
 ///
-/// Pipelining: every complete command in what was read is decoded and run
-/// in order, and their replies go out in one write. The buffers are
-/// bounded: one read, one command within `limits`, and 64 KiB
-/// of replies (plus the last reply).
+/// Pipelining: every complete command in what was read is decoded; runs of
+/// consecutive commands on one key each, no two on the same key, run at
+/// the same time (each is a round trip to its partition's owner, which may
+/// be another node); any other command (no key, several keys, connection
+/// state) runs alone, after those before it and before those after it. So
+/// the commands on any one key take effect in the order sent, and the
+/// replies go out in that order, in one write; as in Redis Cluster, writes
+/// to different keys of one pipeline may become visible to other clients in
+/// another order. The buffers are bounded: one read, one command within
+/// `limits`, and 64 KiB of replies (plus the last group's).
 pub async fn serve_connection<S, B>(
     mut stream: S,
     backend: &B,
@@ -52,26 +64,44 @@ where
     let mut decoder = Decoder::new(limits);
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut out = Vec::new();
+    let mut group: Vec<Args> = Vec::new();
     loop {
-        loop {
-            match decoder.next_command() {
-                Ok(Some(args)) => {
-                    let reply = execute(backend, &mut session, args, unix_ms()).await;
-                    reply.encode(&mut out);
-                    if session.quit {
-                        return close(stream, &out, Ended::Quit).await;
-                    }
-                    if out.len() >= WRITE_AT {
-                        stream.write_all(&out).await?;
-                        out.clear();
-                    }
+        let failed = loop {
+            let args = match decoder.next_command() {
+                Ok(Some(args)) => args,
+                Ok(None) => break None,
+                Err(error) => break Some(error),
+            };
+            match single_key(&args) {
+                Some(key)
+                    if group.len() < PIPELINE_CONCURRENCY && !group.iter().any(|g| g[1] == key) =>
+                {
+                    group.push(args);
+                    continue;
                 }
-                Ok(None) => break,
-                Err(error) => {
-                    Reply::err(error).encode(&mut out);
-                    return close(stream, &out, Ended::ProtocolError).await;
+                Some(_) => {
+                    run_together(backend, &session, &mut group, &mut out).await;
+                    group.push(args);
+                }
+                None => {
+                    run_together(backend, &session, &mut group, &mut out).await;
+                    execute(backend, &mut session, args, unix_ms())
+                        .await
+                        .encode(&mut out);
                 }
             }
+            if session.quit {
+                return close(stream, &out, Ended::Quit).await;
+            }
+            if out.len() >= WRITE_AT {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+        };
+        run_together(backend, &session, &mut group, &mut out).await;
+        if let Some(error) = failed {
+            Reply::err(error).encode(&mut out);
+            return close(stream, &out, Ended::ProtocolError).await;
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -89,6 +119,32 @@ where
             return Ok(Ended::ClientClosed);
         }
         decoder.feed(&chunk[..read]);
+    }
+}
+
+/// The key of a command that takes exactly one key and leaves the
+/// connection's state alone (GET, SET, INCR, EXPIRE, ...), if it is one.
+fn single_key(args: &Args) -> Option<&[u8]> {
+    let spec = spec_of(args.first()?)?;
+    (spec.keys == (1, 1, 1)).then(|| args.get(1).map(Vec::as_slice))?
+}
+
+/// Runs the commands of `group` at the same time and appends their replies
+/// in order; empties it.
+async fn run_together<B: CacheBackend>(
+    backend: &B,
+    session: &Session,
+    group: &mut Vec<Args>,
+    out: &mut Vec<u8>,
+) {
+    let now = unix_ms();
+    let runs = group.drain(..).map(|args| {
+        // These commands never change the session: each runs on a copy.
+        let mut session = session.clone();
+        async move { execute(backend, &mut session, args, now).await }
+    });
+    for reply in join_all(runs.collect()).await {
+        reply.encode(out);
     }
 }
 

@@ -605,7 +605,7 @@ struct Pipe {
     stop: watch::Sender<bool>,
 }
 
-fn connect(backend: Arc<MemoryBackend>, limits: Limits) -> Pipe {
+fn connect<B: CacheBackend + Send + Sync + 'static>(backend: Arc<B>, limits: Limits) -> Pipe {
     let (client, server) = tokio::io::duplex(1 << 20);
     let writes = Arc::new(AtomicUsize::new(0));
     let stream = Counting {
@@ -663,6 +663,39 @@ async fn a_pipeline_is_answered_in_order_in_one_write() {
         expected
     );
     assert_eq!(pipe.writes.load(Ordering::SeqCst), 1);
+    drop(pipe.client);
+    let ended = pipe.server.await.expect("joins").expect("serves");
+    assert_eq!(ended, Ended::ClientClosed);
+}
+
+/// Commands on distinct keys of one pipeline are in flight together (each
+/// is a round trip to its partition's owner), and the commands on one key
+/// still take effect in the order sent: were they run one after another,
+/// every operation would wait at the barrier of three forever.
+#[tokio::test]
+async fn a_pipeline_runs_commands_on_distinct_keys_together_and_one_keys_in_order() {
+    let backend = Arc::new(AllAtOnce {
+        inner: MemoryBackend::new(),
+        barrier: Barrier::new(3),
+    });
+    let mut pipe = connect(backend, Limits::default());
+    let mut request = Vec::new();
+    for (key, value) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        encode_command(&["SET", key, value], &mut request);
+    }
+    for key in ["a", "b", "c"] {
+        encode_command(&["INCR", key], &mut request);
+    }
+    for key in ["a", "b", "c"] {
+        encode_command(&["GET", key], &mut request);
+    }
+    pipe.client.write_all(&request).await.expect("writes");
+    let expected: &[u8] =
+        b"+OK\r\n+OK\r\n+OK\r\n:2\r\n:3\r\n:4\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n4\r\n";
+    assert_eq!(
+        read_exactly(&mut pipe.client, expected.len()).await,
+        expected
+    );
     drop(pipe.client);
     let ended = pipe.server.await.expect("joins").expect("serves");
     assert_eq!(ended, Ended::ClientClosed);
