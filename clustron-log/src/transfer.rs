@@ -10,9 +10,10 @@
 //!                  ◄──────────────────  or Refused(why)
 //! ```
 //!
-//! The puller checks the whole file (magic, version, length, CRC-32, see
-//! [`crate::snapshot`]) before it saves it durably and hands it over: a
-//! damaged or truncated transfer is refused and asked for again later.
+//! The file travels as it is on disk, compressed (see [`crate::snapshot`]).
+//! The puller checks the whole file (magic, version, length, CRC-32, the
+//! blocks) before it saves it durably and hands it over: a damaged or
+//! truncated transfer is refused and asked for again later.
 //!
 //! [`Output::PullSnapshot`]: crate::core::Output::PullSnapshot
 
@@ -143,8 +144,11 @@ pub async fn pull(
                 meta.index
             ));
         }
-        snapshots.save(meta, state).map_err(|e| e.to_string())?;
-        Ok((meta, state.to_vec()))
+        // Saved as received: checked, and compressed already.
+        snapshots
+            .save_encoded(meta, &bytes)
+            .map_err(|e| e.to_string())?;
+        Ok((meta, state))
     })
     .await
     .map_err(|e| e.to_string())?
