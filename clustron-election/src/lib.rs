@@ -53,7 +53,7 @@
 //! let name = |i: usize| NodeName::new(names[i]).unwrap();
 //! let voters = VoterSet::new((0..3).map(|i| Voter { name: name(i), addr: addr(i) }));
 //! let peers: Vec<Peer> = (0..3)
-//!     .map(|i| Peer { name: name(i), addr: addr(i), priority: 10 - i as u32, voter: true, behind: false })
+//!     .map(|i| Peer { name: name(i), addr: addr(i), priority: 10 - i as u32, voter: true, behind: false, suspect: false })
 //!     .collect();
 //! let now = Instant::now();
 //! let mut cores: Vec<Core> = (0..3)

@@ -346,6 +346,7 @@ impl Cluster {
                     priority: priority(j),
                     voter: self.voters.contains(&name(j)),
                     behind: false,
+                    suspect: false,
                 })
                 .collect();
             self.sim

@@ -307,6 +307,8 @@ pub fn refresh_views<A: Actor + LogNode>(
                     .node(j)
                     .and_then(|n| n.log_election())
                     .is_some_and(Core::is_behind),
+                // Unreachable nodes are out of the view instead.
+                suspect: false,
             })
             .collect();
         sim.with_node(id, |node, now| {

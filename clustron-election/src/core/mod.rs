@@ -32,8 +32,10 @@
 //!   passed over while one that is not can be chosen. The view only chooses who asks; authority comes from
 //!   grants by a majority of the configured voter set. A leader whose
 //!   announcements stopped is skipped in the choice until heard from again,
-//!   so failover does not wait for membership to declare it dead; no node
-//!   campaigns before its first view.
+//!   so failover does not wait for membership to declare it dead; so is,
+//!   while no leader is known, a candidate membership suspects (otherwise
+//!   one that does not campaign is skipped after two leader timeouts); no
+//!   node campaigns before its first view.
 //! - **Voter.** A voter grants epoch `e` to at most one candidate: only if
 //!   `e` is above every epoch it promised (or equal to its current promise
 //!   to the same holder: a renewal), not below the newest epoch it has seen,
@@ -80,7 +82,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clustron_membership::{Member, NodeName};
+use clustron_membership::{Member, MemberState, NodeName};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -118,6 +120,11 @@ pub struct Peer {
     /// still votes, but is chosen as candidate only when every live voter
     /// is.
     pub behind: bool,
+    /// Whether membership suspects it (its probes went unanswered). While
+    /// no leader is known, a suspect candidate is skipped at once instead
+    /// of waited for: a leader cut off or frozen together with the next
+    /// candidate must not cost a second wait.
+    pub suspect: bool,
 }
 
 impl From<&Member> for Peer {
@@ -128,6 +135,7 @@ impl From<&Member> for Peer {
             priority: member.priority,
             voter: !member.tags.contains_key(WITHDRAWN_TAG),
             behind: member.tags.contains_key(BEHIND_TAG),
+            suspect: member.state == MemberState::Suspect,
         }
     }
 }
@@ -1502,6 +1510,7 @@ impl Core {
                 .then(|| self.candidate())
                 .flatten()
                 .filter(|c| *c != self.me);
+        let waiting_for = waiting_for.and_then(|c| self.skip_suspects(c));
         match (waiting_for, &self.waiting) {
             (None, _) => self.waiting = None,
             (Some(c), Some((w, since))) if *w == c => {
@@ -1513,6 +1522,18 @@ impl Core {
             }
             (Some(c), _) => self.waiting = Some((c, now)),
         }
+    }
+
+    /// The candidate to wait for, starting from `candidate`: one that
+    /// membership suspects is skipped (until heard from) without the wait,
+    /// and the next one considered; `None` when this node is the next.
+    fn skip_suspects(&mut self, mut candidate: NodeName) -> Option<NodeName> {
+        while self.view.get(&candidate).is_some_and(|s| s.peer.suspect) {
+            tracing::debug!(me = %self.me, %candidate, "the candidate is suspected; skipping it");
+            self.silent.insert(candidate);
+            candidate = self.candidate()?;
+        }
+        (candidate != self.me).then_some(candidate)
     }
 
     /// `name` is alive after all: it counts for the candidate choice again.
