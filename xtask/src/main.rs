@@ -147,10 +147,11 @@ fn ci() -> Result<()> {
     ])?;
     let bins = release_dir();
     eprintln!(
-        "$ CLUSTRON_BIN_DIR={} cargo test --workspace",
+        "$ CLUSTRON_BIN_DIR={} cargo test --workspace --no-fail-fast",
         bins.display()
     );
-    run_cargo(&["test", "--workspace"], Some(&bins))
+    // Every failing test binary is reported, not only the first.
+    run_cargo(&["test", "--workspace", "--no-fail-fast"], Some(&bins))
 }
 
 const SUITES: &[&str] = &["transport", "membership", "election", "node", "kv"];
