@@ -355,9 +355,10 @@ pub struct IoStats {
 /// Snapshot work done off the driver's task.
 enum Background<S> {
     /// A snapshot was written (or not).
-    Saved(Result<SnapshotMeta, String>),
-    /// A snapshot was pulled from a peer and saved (or not).
-    Pulled(SocketAddr, Result<(SnapshotMeta, S), String>),
+    Saved(Result<(SnapshotMeta, u64), String>),
+    /// A snapshot was pulled from a peer and saved (or not), with its
+    /// file's size.
+    Pulled(SocketAddr, Result<(SnapshotMeta, S, u64), String>),
 }
 
 /// Something for [`LogIo::handle`], from [`LogIo::next`].
@@ -804,9 +805,10 @@ impl<C: ReplicatedCore> LogIo<C> {
         let snapshots = self.snapshots.clone();
         let done = self.background_tx.clone();
         tokio::task::spawn_blocking(move || {
+            let file = crate::snapshot::encode(meta, &state.into_bytes());
             let result = snapshots
-                .save(meta, &state.into_bytes())
-                .map(|_| meta)
+                .save_encoded(meta, &file)
+                .map(|_| (meta, file.len() as u64))
                 .map_err(|e| e.to_string());
             let _ = done.send(Background::Saved(result));
         });
@@ -819,9 +821,10 @@ impl<C: ReplicatedCore> LogIo<C> {
         done: Background<C::State>,
     ) -> Result<(), WalError> {
         match done {
-            Background::Saved(Ok(meta)) => {
+            Background::Saved(Ok((meta, file_len))) => {
                 self.snapshotting = false;
                 self.last_snapshot = meta.index;
+                core.snapshot_saved(meta.index, file_len);
                 // The log before the snapshot is no longer needed on disk;
                 // in memory, a catch-up tail stays for replicas a little
                 // behind.
@@ -844,10 +847,16 @@ impl<C: ReplicatedCore> LogIo<C> {
             Background::Pulled(_, result) => {
                 self.pulling = None;
                 match result {
-                    Ok((meta, state)) => {
-                        if core.install_snapshot(Instant::now(), meta, state) {
+                    Ok((meta, state, file_len)) => {
+                        let started = Instant::now();
+                        if core.install_snapshot(started, meta, state) {
                             self.last_snapshot = meta.index;
-                            tracing::info!(index = meta.index, "installed a snapshot from a peer");
+                            core.snapshot_saved(meta.index, file_len);
+                            tracing::info!(
+                                index = meta.index,
+                                took_ms = started.elapsed().as_millis() as u64,
+                                "installed a snapshot from a peer"
+                            );
                         }
                     }
                     Err(why) => {
@@ -869,20 +878,40 @@ impl<C: ReplicatedCore> LogIo<C> {
     fn pull_snapshot(&mut self, from: SocketAddr, index: u64) {
         match &self.pulling {
             Some((source, _)) if *source == from => return,
-            Some((_, task)) => task.abort(),
-            None => {}
+            Some((source, task)) => {
+                tracing::info!(%source, %from, index, "snapshot pull abandoned for another source");
+                task.abort();
+            }
+            None => tracing::info!(%from, index, "pulling a snapshot"),
         }
         let channel = self.channel.clone();
         let snapshots = self.snapshots.clone();
         let done = self.background_tx.clone();
         let task = tokio::spawn(async move {
-            let result = crate::transfer::pull(&channel, &snapshots, from, index)
-                .await
-                .and_then(|(meta, state)| {
+            let started = Instant::now();
+            let pulled = crate::transfer::pull(&channel, &snapshots, from, index).await;
+            let fetched = started.elapsed();
+            // Decoding a large state takes a while: off the runtime's
+            // workers, which serve the replication meanwhile.
+            let state_bytes = pulled.as_ref().map_or(0, |(_, state, _)| state.len());
+            let result = match pulled {
+                Ok((meta, state, file_len)) => tokio::task::spawn_blocking(move || {
                     C::decode_state(&state)
-                        .map(|state| (meta, state))
+                        .map(|state| (meta, state, file_len))
                         .map_err(|e| format!("the snapshot's state does not decode: {e}"))
-                });
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("decoding the snapshot's state failed: {e}"))),
+                Err(why) => Err(why),
+            };
+            tracing::info!(
+                %from,
+                fetched_ms = fetched.as_millis() as u64,
+                decoded_ms = (started.elapsed() - fetched).as_millis() as u64,
+                state_bytes,
+                ok = result.is_ok(),
+                "snapshot pulled"
+            );
             let _ = done.send(Background::Pulled(from, result));
         });
         self.pulling = Some((from, task.abort_handle()));

@@ -97,14 +97,14 @@ pub async fn serve(snapshots: Snapshots, mut stream: FramedStream) {
 }
 
 /// Pulls the newest snapshot covering at least `index` from `from`,
-/// checks it and saves it durably in `snapshots`. Returns what it covers
-/// and the state's bytes.
+/// checks it and saves it durably in `snapshots`. Returns what it covers,
+/// the state's bytes and the file's size.
 pub async fn pull(
     channel: &Channel<Replication>,
     snapshots: &Snapshots,
     from: SocketAddr,
     index: u64,
-) -> Result<(SnapshotMeta, Vec<u8>), String> {
+) -> Result<(SnapshotMeta, Vec<u8>, u64), String> {
     let mut stream = channel
         .open_stream(from)
         .await
@@ -148,7 +148,7 @@ pub async fn pull(
         snapshots
             .save_encoded(meta, &bytes)
             .map_err(|e| e.to_string())?;
-        Ok((meta, state))
+        Ok((meta, state, size))
     })
     .await
     .map_err(|e| e.to_string())?

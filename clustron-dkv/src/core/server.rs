@@ -1141,6 +1141,10 @@ impl ReplicatedCore for Server {
         Server::compact_log(self, upto);
     }
 
+    fn snapshot_saved(&mut self, index: u64, file_len: u64) {
+        self.replica.snapshot_saved(index, file_len);
+    }
+
     fn decode_state(bytes: &[u8]) -> Result<MachineState, String> {
         MachineState::decode(bytes).map_err(|e| e.to_string())
     }

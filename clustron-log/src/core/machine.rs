@@ -269,6 +269,10 @@ impl<M: StateMachine> ReplicatedCore for Machine<M> {
         self.replica.compact(upto.min(self.applied));
     }
 
+    fn snapshot_saved(&mut self, index: u64, file_len: u64) {
+        self.replica.snapshot_saved(index, file_len);
+    }
+
     fn decode_state(bytes: &[u8]) -> Result<Vec<u8>, String> {
         Ok(bytes.to_vec())
     }

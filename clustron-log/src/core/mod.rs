@@ -119,6 +119,9 @@ pub trait ReplicatedCore {
     fn snapshot(&self) -> (SnapshotMeta, Self::Snapshot);
     /// A snapshot covering `upto` is durable: forget the log it covers.
     fn compact_log(&mut self, upto: u64);
+    /// A snapshot file of `file_len` bytes covering `index` is durable and
+    /// served to peers ([`Replica::snapshot_saved`]).
+    fn snapshot_saved(&mut self, index: u64, file_len: u64);
     /// Decodes a snapshot's bytes (called off the driver's task).
     fn decode_state(bytes: &[u8]) -> Result<Self::State, String>;
     /// At start, before any input: the state machine is `state`, the one

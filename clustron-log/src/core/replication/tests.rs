@@ -1544,3 +1544,74 @@ fn compaction_keeps_a_catch_up_tail_bounded_in_entries_and_bytes() {
     let replica = Replica::new(config, name(1), voters(3), [], Recovered::default(), now);
     assert_eq!(replica.compaction_point(0), 0);
 }
+
+/// Issue 9: a voter back from a pause lacked 40 MB of large entries, which
+/// took seconds of appends, while the leader's compressed snapshot of the
+/// same point was 5.5 MB and moved in 0.25 s. The leader now asks it to pull
+/// the snapshot when the entries up to it cost more than twice its file
+/// (and more than the lag bound), though they are still in memory, and the
+/// pull does not hold the writes up.
+#[test]
+fn a_voter_further_behind_than_the_snapshot_costs_is_sent_the_snapshot_not_the_entries() {
+    let mut now = Instant::now();
+    let mut leader = bounded_leader(3, now);
+    ack_at(&mut leader, now, 1, 1);
+    ack_at(&mut leader, now, 2, 1);
+    // n2 stops answering; 3,720 bytes of entries follow, n1 keeps up.
+    propose_entries(&mut leader, now, 30);
+    ack_at(&mut leader, now, 1, 31);
+    // A snapshot of 2..=31 is taken; its file is 500 bytes. Nothing is
+    // compacted: the entries are all still in memory.
+    leader.snapshot_saved(31, 500);
+    assert_eq!(leader.snapshot().index, 0);
+    // n2 answers again from where it stopped; its unanswered appends are
+    // sent again after the retransmission timeout.
+    now += Config::lan().retransmit_timeout;
+    ack_at(&mut leader, now, 1, 31);
+    leader.handle_message(now, addr(2), ack(1, 1));
+    leader.handle_timeout(now);
+    let mut to_n2 = appends_to(drain(&mut leader), 2);
+    now += Config::lan().heartbeat_interval;
+    leader.handle_timeout(now);
+    to_n2.extend(appends_to(drain(&mut leader), 2));
+    assert!(
+        to_n2.contains(&Message::SnapshotNeeded {
+            epoch: 1,
+            index: 31
+        }),
+        "n2 lacks 3,720 bytes of entries before a 500-byte snapshot: {to_n2:?}"
+    );
+    assert_eq!(entry_count(&to_n2), 0, "no entries before the snapshot");
+    assert!(leader.admits(), "the pulling voter holds no writes up");
+    // Installed, it acknowledges the snapshot's point and gets the rest as
+    // entries.
+    propose_entries(&mut leader, now, 2);
+    leader.handle_message(now, addr(2), ack(1, 31));
+    now += Config::lan().heartbeat_interval;
+    leader.handle_timeout(now);
+    let to_n2 = appends_to(drain(&mut leader), 2);
+    assert_eq!(entry_count(&to_n2), 2, "the entries after it: {to_n2:?}");
+}
+
+#[test]
+fn a_voter_a_little_behind_or_behind_a_larger_snapshot_gets_entries() {
+    let mut now = Instant::now();
+    let mut leader = bounded_leader(3, now);
+    ack_at(&mut leader, now, 1, 1);
+    ack_at(&mut leader, now, 2, 1);
+    propose_entries(&mut leader, now, 30);
+    ack_at(&mut leader, now, 1, 31);
+    // The snapshot's file is larger than half the 3,720 bytes n2 lacks.
+    leader.snapshot_saved(31, 2_000);
+    now += Config::lan().retransmit_timeout;
+    leader.handle_message(now, addr(2), ack(1, 1));
+    leader.handle_timeout(now);
+    let mut to_n2 = appends_to(drain(&mut leader), 2);
+    now += Config::lan().heartbeat_interval;
+    leader.handle_timeout(now);
+    to_n2.extend(appends_to(drain(&mut leader), 2));
+    assert!(entry_count(&to_n2) > 0, "entries, not a pull: {to_n2:?}");
+    assert!(!to_n2
+        .iter()
+        .any(|m| matches!(m, Message::SnapshotNeeded { .. })));
+}
