@@ -574,6 +574,9 @@ impl<S: Storage> Driver<S> {
             tokio::select! {
                 item = self.inbox.recv() => match item {
                     Some(Inbound::Message { from, message, .. }) => {
+                        if let Message::Reject { epoch, from: voter, promised, holder, retry_after, .. } = &message {
+                            tracing::debug!(%epoch, %voter, %promised, ?holder, ?retry_after, "campaign refused");
+                        }
                         self.core.handle_message(Instant::now(), from.addr, message);
                     }
                     Some(Inbound::Request { reply, .. }) => reply.reject("election takes no requests"),
@@ -762,6 +765,7 @@ impl<S: Storage> Driver<S> {
                 let _ = self.events.send(LeadershipEvent::Leader { name, epoch });
             }
             Output::LeaderLost => {
+                tracing::debug!("no leader known");
                 let _ = self.events.send(LeadershipEvent::LeaderLost);
             }
             Output::VotersChanged(set) => {
@@ -787,6 +791,11 @@ impl<S: Storage> Driver<S> {
                 }
                 Output::PersistVoters(record) => self.storage.save_voters(&record)?,
                 Output::Send { to, mut msg } => {
+                    if let Message::Request { epoch, .. } = &msg {
+                        if !self.core.is_leader(Instant::now()) {
+                            tracing::debug!(%epoch, %to, "campaigning");
+                        }
+                    }
                     if let (Message::Grant { epoch, summary, .. }, Some((promised, now))) =
                         (&mut msg, &fresh)
                     {

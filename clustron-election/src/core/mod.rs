@@ -285,9 +285,11 @@ pub struct Core {
     /// Behind, and not yet leaderless for the handover delay: this node
     /// passes itself over as candidate.
     defers: bool,
-    /// Leaders whose announcements timed out: not live for the candidate
-    /// choice until heard from again or seen re-entering the view, so the
-    /// next candidate need not wait for membership to notice a crash.
+    /// Leaders whose announcements timed out, and candidates that did not
+    /// campaign or that membership suspected: not live for the candidate
+    /// choice until heard from again, seen re-entering the view, or no
+    /// longer suspected, so the next candidate need not wait for membership
+    /// to notice a crash.
     silent: BTreeSet<NodeName>,
     summary: Vec<u8>,
     promise: Option<Held>,
@@ -555,8 +557,16 @@ impl Core {
             self.has_view = true;
             self.hold_off_until = Some(now + self.config.renew_interval);
         }
+        // A silent one membership no longer suspects (it suspected it while
+        // this node was cut off, say) is alive: it counts again. Kept
+        // silent, this node would pass it over at the next leader's death
+        // and campaign alongside it, splitting the vote for a lease.
         let view = &self.view;
-        self.silent.retain(|name| view.contains_key(name));
+        self.silent.retain(|name| {
+            view.get(name).is_some_and(|s| {
+                s.peer.suspect || old_view.get(name).is_some_and(|o| !o.peer.suspect)
+            })
+        });
         // Forgotten when it leaves the view; one followed while not (yet)
         // in it lasts until its announcements stop.
         let gone = self.leader.as_ref().is_some_and(|k| {
