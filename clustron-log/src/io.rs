@@ -381,6 +381,9 @@ enum Event<S> {
 /// Most queued messages taken before acting on them at once.
 const BATCH: usize = 512;
 
+/// Least time between two snapshots taken for a replica far behind.
+const WANTED_SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
+
 /// The log's I/O for one node: storage, network, election wiring and
 /// snapshots, around a core the product's driver owns. See the module docs
 /// for the loop.
@@ -394,6 +397,9 @@ pub struct LogIo<C: ReplicatedCore> {
     bytes_since: u64,
     /// A snapshot was asked for on demand.
     snapshot_asked: bool,
+    /// When the replica last wanted a snapshot for a replica far behind
+    /// ([`crate::core::Replica::wants_snapshot`]) and got one.
+    wanted_at: Option<Instant>,
     /// A snapshot is being written.
     snapshotting: bool,
     /// A snapshot is being pulled: from whom, and the task doing it.
@@ -463,6 +469,7 @@ impl<C: ReplicatedCore> LogIo<C> {
             last_snapshot: open.base.index,
             bytes_since: 0,
             snapshot_asked: false,
+            wanted_at: None,
             snapshotting: false,
             pulling: None,
             background,
@@ -792,7 +799,19 @@ impl<C: ReplicatedCore> LogIo<C> {
     fn maybe_snapshot(&mut self, core: &mut C) {
         let SnapshotSchedule { entries, bytes } = self.schedule;
         let applied = core.applied();
-        let due = self.snapshot_asked
+        // For a replica far behind: at most every few seconds, so one that
+        // cannot keep up at all does not keep the leader snapshotting.
+        let wanted = !self.snapshotting
+            && self
+                .wanted_at
+                .is_none_or(|t| t.elapsed() >= WANTED_SNAPSHOT_EVERY)
+            && core.replica().wants_snapshot();
+        if wanted && applied > self.last_snapshot {
+            self.wanted_at = Some(Instant::now());
+            tracing::info!(applied, "snapshot for a replica far behind");
+        }
+        let due = wanted
+            || self.snapshot_asked
             || (entries > 0 && applied >= self.last_snapshot + entries)
             || (bytes > 0 && self.bytes_since >= bytes);
         if !due || self.snapshotting || applied <= self.last_snapshot {

@@ -1615,3 +1615,49 @@ fn a_voter_a_little_behind_or_behind_a_larger_snapshot_gets_entries() {
         .iter()
         .any(|m| matches!(m, Message::SnapshotNeeded { .. })));
 }
+
+/// Issue 9: a voter 25 MB behind after a partition, with no snapshot
+/// covering its gap yet, caught up from entries for 2.2 s while the next
+/// failover waited for it. The leader asks for a snapshot then, and sends
+/// the voter there once it is saved; a silent voter asks for nothing.
+#[test]
+fn a_leader_wants_a_snapshot_for_an_answering_voter_far_behind_and_sends_it_there() {
+    let mut now = Instant::now();
+    let mut leader = bounded_leader(3, now);
+    ack_at(&mut leader, now, 1, 1);
+    ack_at(&mut leader, now, 2, 1);
+    // 30 entries (3,720 bytes) behind: under four times the 1,000-byte
+    // bound.
+    propose_entries(&mut leader, now, 30);
+    ack_at(&mut leader, now, 1, 31);
+    ack_at(&mut leader, now, 2, 1);
+    assert!(!leader.wants_snapshot());
+    // 45 entries (5,580 bytes) behind, and answering.
+    propose_entries(&mut leader, now, 15);
+    ack_at(&mut leader, now, 1, 46);
+    ack_at(&mut leader, now, 2, 1);
+    assert!(leader.wants_snapshot(), "n2 lacks 5,580 bytes");
+    // Silent for two retransmission timeouts: nothing to do for it.
+    now += 2 * Config::lan().retransmit_timeout;
+    ack_at(&mut leader, now, 1, 46);
+    leader.handle_timeout(now);
+    assert!(!leader.wants_snapshot(), "a silent voter wants nothing");
+    ack_at(&mut leader, now, 2, 1);
+    assert!(leader.wants_snapshot());
+    // Saved: n2 is sent to it and nothing more is wanted.
+    leader.snapshot_saved(46, 500);
+    assert!(!leader.wants_snapshot());
+    now += Config::lan().heartbeat_interval;
+    leader.handle_timeout(now);
+    let to_n2 = appends_to(drain(&mut leader), 2);
+    assert!(
+        to_n2.contains(&Message::SnapshotNeeded {
+            epoch: 1,
+            index: 46
+        }),
+        "{to_n2:?}"
+    );
+    // A follower never wants one.
+    let follower = replica(1, 3, vec![], now);
+    assert!(!follower.wants_snapshot());
+}
