@@ -1346,6 +1346,14 @@ fn bounded_leader(n: usize, now: Instant) -> Replica {
     leader
 }
 
+/// A bounded leader of three whose followers both hold its no-op.
+fn bounded_leader_in_sync(now: Instant) -> Replica {
+    let mut leader = bounded_leader(3, now);
+    ack_at(&mut leader, now, 1, 1);
+    ack_at(&mut leader, now, 2, 1);
+    leader
+}
+
 /// Node `i` acknowledges the leader's log up to `match_index`.
 fn ack_at(leader: &mut Replica, now: Instant, i: usize, match_index: u64) {
     leader.handle_message(
@@ -1373,10 +1381,8 @@ fn propose_entries(leader: &mut Replica, now: Instant, count: usize) {
 #[test]
 fn the_leader_takes_no_proposals_while_a_voter_that_kept_up_is_too_far_behind() {
     let mut now = Instant::now();
-    let mut leader = bounded_leader(3, now);
     // Both followers hold the no-op: in sync.
-    ack_at(&mut leader, now, 1, 1);
-    ack_at(&mut leader, now, 2, 1);
+    let mut leader = bounded_leader_in_sync(now);
     // 1,240 bytes proposed (10 entries of 100 + 24 bytes); n1 keeps up.
     propose_entries(&mut leader, now, 10);
     ack_at(&mut leader, now, 1, 11);
@@ -1432,9 +1438,7 @@ fn one_lagging_voter_of_five_does_not_hold_the_writes() {
 #[test]
 fn while_a_returning_voter_catches_up_the_leader_takes_in_a_share_of_what_it_acknowledges() {
     let mut now = Instant::now();
-    let mut leader = bounded_leader(3, now);
-    ack_at(&mut leader, now, 1, 1);
-    ack_at(&mut leader, now, 2, 1);
+    let mut leader = bounded_leader_in_sync(now);
     // n2 freezes for a second while 100 entries of 124 bytes are written.
     propose_entries(&mut leader, now, 100);
     now += Duration::from_secs(1);
@@ -1545,6 +1549,31 @@ fn compaction_keeps_a_catch_up_tail_bounded_in_entries_and_bytes() {
     assert_eq!(replica.compaction_point(0), 0);
 }
 
+/// A leader whose voter n2 stopped answering after the no-op while 3,720
+/// bytes of entries followed (n1 kept up), with a snapshot of them saved
+/// in a file of `file_len` bytes (nothing compacted: the entries are all
+/// still in memory); then n2 answers again from where it stopped. Returns
+/// the leader, the time, and what it sent n2 over the retransmission and
+/// one heartbeat.
+fn a_voter_back_behind_a_snapshot(file_len: u64) -> (Replica, Instant, Vec<Message>) {
+    let mut now = Instant::now();
+    let mut leader = bounded_leader_in_sync(now);
+    propose_entries(&mut leader, now, 30);
+    ack_at(&mut leader, now, 1, 31);
+    leader.snapshot_saved(31, file_len);
+    assert_eq!(leader.snapshot().index, 0);
+    now += Config::lan().retransmit_timeout;
+    ack_at(&mut leader, now, 1, 31);
+    leader.handle_message(now, addr(2), ack(1, 1));
+    let mut to_n2 = Vec::new();
+    for _ in 0..2 {
+        leader.handle_timeout(now);
+        to_n2.extend(appends_to(drain(&mut leader), 2));
+        now += Config::lan().heartbeat_interval;
+    }
+    (leader, now, to_n2)
+}
+
 /// Issue 9: a voter back from a pause lacked 40 MB of large entries, which
 /// took seconds of appends, while the leader's compressed snapshot of the
 /// same point was 5.5 MB and moved in 0.25 s. The leader now asks it to pull
@@ -1553,27 +1582,7 @@ fn compaction_keeps_a_catch_up_tail_bounded_in_entries_and_bytes() {
 /// pull does not hold the writes up.
 #[test]
 fn a_voter_further_behind_than_the_snapshot_costs_is_sent_the_snapshot_not_the_entries() {
-    let mut now = Instant::now();
-    let mut leader = bounded_leader(3, now);
-    ack_at(&mut leader, now, 1, 1);
-    ack_at(&mut leader, now, 2, 1);
-    // n2 stops answering; 3,720 bytes of entries follow, n1 keeps up.
-    propose_entries(&mut leader, now, 30);
-    ack_at(&mut leader, now, 1, 31);
-    // A snapshot of 2..=31 is taken; its file is 500 bytes. Nothing is
-    // compacted: the entries are all still in memory.
-    leader.snapshot_saved(31, 500);
-    assert_eq!(leader.snapshot().index, 0);
-    // n2 answers again from where it stopped; its unanswered appends are
-    // sent again after the retransmission timeout.
-    now += Config::lan().retransmit_timeout;
-    ack_at(&mut leader, now, 1, 31);
-    leader.handle_message(now, addr(2), ack(1, 1));
-    leader.handle_timeout(now);
-    let mut to_n2 = appends_to(drain(&mut leader), 2);
-    now += Config::lan().heartbeat_interval;
-    leader.handle_timeout(now);
-    to_n2.extend(appends_to(drain(&mut leader), 2));
+    let (mut leader, now, to_n2) = a_voter_back_behind_a_snapshot(500);
     assert!(
         to_n2.contains(&Message::SnapshotNeeded {
             epoch: 1,
@@ -1587,29 +1596,15 @@ fn a_voter_further_behind_than_the_snapshot_costs_is_sent_the_snapshot_not_the_e
     // entries.
     propose_entries(&mut leader, now, 2);
     leader.handle_message(now, addr(2), ack(1, 31));
-    now += Config::lan().heartbeat_interval;
-    leader.handle_timeout(now);
+    let later = now + Config::lan().heartbeat_interval;
+    leader.handle_timeout(later);
     let to_n2 = appends_to(drain(&mut leader), 2);
     assert_eq!(entry_count(&to_n2), 2, "the entries after it: {to_n2:?}");
 }
 
 #[test]
-fn a_voter_a_little_behind_or_behind_a_larger_snapshot_gets_entries() {
-    let mut now = Instant::now();
-    let mut leader = bounded_leader(3, now);
-    ack_at(&mut leader, now, 1, 1);
-    ack_at(&mut leader, now, 2, 1);
-    propose_entries(&mut leader, now, 30);
-    ack_at(&mut leader, now, 1, 31);
-    // The snapshot's file is larger than half the 3,720 bytes n2 lacks.
-    leader.snapshot_saved(31, 2_000);
-    now += Config::lan().retransmit_timeout;
-    leader.handle_message(now, addr(2), ack(1, 1));
-    leader.handle_timeout(now);
-    let mut to_n2 = appends_to(drain(&mut leader), 2);
-    now += Config::lan().heartbeat_interval;
-    leader.handle_timeout(now);
-    to_n2.extend(appends_to(drain(&mut leader), 2));
+fn a_voter_behind_a_snapshot_larger_than_half_its_gap_gets_entries() {
+    let (_, _, to_n2) = a_voter_back_behind_a_snapshot(2_000);
     assert!(entry_count(&to_n2) > 0, "entries, not a pull: {to_n2:?}");
     assert!(!to_n2
         .iter()
@@ -1623,9 +1618,7 @@ fn a_voter_a_little_behind_or_behind_a_larger_snapshot_gets_entries() {
 #[test]
 fn a_leader_wants_a_snapshot_for_an_answering_voter_far_behind_and_sends_it_there() {
     let mut now = Instant::now();
-    let mut leader = bounded_leader(3, now);
-    ack_at(&mut leader, now, 1, 1);
-    ack_at(&mut leader, now, 2, 1);
+    let mut leader = bounded_leader_in_sync(now);
     // 30 entries (3,720 bytes) behind: under four times the 1,000-byte
     // bound.
     propose_entries(&mut leader, now, 30);
