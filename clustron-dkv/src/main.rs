@@ -145,7 +145,8 @@ struct RunArgs {
     #[arg(long, env = "CLUSTRON_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
     /// Snapshot the store every this many log entries and forget the log
-    /// before it (default 10,000; 0: never).
+    /// before it (default 10,000; 0: never), once the log since the last
+    /// snapshot is also half that snapshot's size.
     #[arg(long, env = "CLUSTRON_SNAPSHOT_ENTRIES")]
     snapshot_entries: Option<u64>,
     /// Serve the cache over the Redis protocol (RESP2) on this TCP address,

@@ -217,6 +217,24 @@ impl Snapshots {
         }
         Ok(None)
     }
+
+    /// The length of the state in the newest snapshot, uncompressed (0
+    /// when there is none or it cannot be read): what the snapshot
+    /// schedule compares the log with. Reads its header only.
+    pub fn newest_state_len(&self) -> u64 {
+        let Ok(Some((_, path))) = self.newest() else {
+            return 0;
+        };
+        let mut head = [0u8; HEADER_LEN + 8];
+        let read = File::open(&path).and_then(|mut f| f.read_exact(&mut head));
+        match (read, parse_header(&head)) {
+            (Ok(()), Ok((_, _, _, VERSION))) => {
+                u64::from_le_bytes(head[HEADER_LEN..].try_into().expect("8 bytes"))
+            }
+            (Ok(()), Ok((_, body_len, _, _))) => body_len,
+            _ => 0,
+        }
+    }
 }
 
 /// The file bytes of a snapshot of `state` covering `meta`: header and
@@ -399,6 +417,28 @@ mod tests {
         assert_eq!(loaded.state, vec![4u8; 100]);
         assert_eq!(snaps.files().unwrap().len(), KEEP);
         assert_eq!(snaps.newest().unwrap().unwrap().0, meta(40));
+    }
+
+    #[test]
+    fn the_newest_state_length_is_read_from_the_header_uncompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(dir.path()).unwrap();
+        assert_eq!(snaps.newest_state_len(), 0);
+        // 100,000 equal bytes compress to a few hundred; the state's length counts.
+        snaps.save(meta(10), &[7u8; 100_000]).unwrap();
+        assert!(
+            std::fs::metadata(snaps.newest().unwrap().unwrap().1)
+                .unwrap()
+                .len()
+                < 10_000
+        );
+        assert_eq!(snaps.newest_state_len(), 100_000);
+        // A version 1 (uncompressed) file: its body is the state.
+        let state = [1u8; 500];
+        let mut file = plain_header(meta(20), &state).to_vec();
+        file.extend_from_slice(&state);
+        snaps.save_encoded(meta(20), &file).unwrap();
+        assert_eq!(snaps.newest_state_len(), 500);
     }
 
     #[test]

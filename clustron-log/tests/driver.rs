@@ -73,6 +73,7 @@ async fn start(
         snapshots: SnapshotSchedule {
             entries: 5,
             bytes: 0,
+            percent_of_last: 0,
         },
         ..LogConfig::default()
     };
