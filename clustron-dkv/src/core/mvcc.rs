@@ -766,7 +766,10 @@ impl Store {
     }
 
     /// Whether the fields agree with each other as [`Store::apply`] keeps
-    /// them: revisions in range and in order, the byte count exact.
+    /// them: revisions in range and in order, the byte count exact, and
+    /// what compaction leaves (each key at most one version at or before
+    /// the compaction point, never a deletion marker), which the next
+    /// compaction relies on.
     fn consistent(&self) -> bool {
         if self.compacted > self.revision || self.revision == u64::MAX {
             return false;
@@ -774,6 +777,13 @@ impl Store {
         let mut bytes = 0u64;
         for (key, versions) in &self.keys {
             if versions.is_empty() {
+                return false;
+            }
+            let compacted = versions
+                .iter()
+                .filter(|v| v.mod_revision <= self.compacted)
+                .collect::<Vec<_>>();
+            if compacted.len() > 1 || compacted.first().is_some_and(|v| v.value.is_none()) {
                 return false;
             }
             let mut previous = None;
@@ -1004,8 +1014,21 @@ impl Store {
                 compacted: self.compacted,
             });
         }
+        // Only a key changed after the last compaction point can hold a
+        // version this one frees: compaction leaves each key at most one
+        // version at or before its point, and never a deletion marker. So
+        // the changes up to `revision` name every key to trim, and the
+        // work is that of the history dropped, not of the whole store.
         let mut freed = 0u64;
-        self.keys.retain(|key, versions| {
+        while self.changes.front().is_some_and(|c| c.revision <= revision) {
+            let Some(change) = self.changes.pop_front() else {
+                break;
+            };
+            let Entry::Occupied(mut slot) = self.keys.entry(change.key) else {
+                continue;
+            };
+            let key_len = slot.key().len() as u64;
+            let versions = slot.get_mut();
             // Keep the version visible at `revision` and everything after.
             let keep_from = versions
                 .iter()
@@ -1019,15 +1042,14 @@ impl Store {
                 })
                 .unwrap_or(0);
             for v in versions.drain(..keep_from) {
-                freed += (key.len() + v.value.as_ref().map_or(0, Vec::len)) as u64;
+                freed += key_len + v.value.as_ref().map_or(0, |x| x.len() as u64);
             }
-            !versions.is_empty()
-        });
+            if versions.is_empty() {
+                slot.remove();
+            }
+        }
         self.bytes -= freed;
         self.compacted = revision;
-        while self.changes.front().is_some_and(|c| c.revision <= revision) {
-            self.changes.pop_front();
-        }
         Ok(())
     }
 }

@@ -464,9 +464,18 @@ proptest! {
         let mut model: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
         model.insert(0, BTreeMap::new());
         let mut history: Vec<(u64, Event)> = Vec::new();
+        // The same commands, compacted by scanning every key.
+        let mut scanned = Store::default();
         for command in commands {
             let before = s.revision();
+            match &command {
+                Command::Compact { revision } if *revision > scanned.compacted() && *revision <= scanned.revision() => {
+                    compact_by_scanning_every_key(&mut scanned, *revision);
+                }
+                _ => { scanned.apply(command.clone()); }
+            }
             let applied = s.apply(command);
+            prop_assert_eq!(&s, &scanned);
             prop_assert_eq!(applied.revision != before, !applied.events.is_empty());
             if applied.outcome.is_err() {
                 prop_assert!(applied.events.is_empty());
@@ -536,6 +545,48 @@ proptest! {
         }
         prop_assert_eq!(Store::restore(&s.snapshot()).unwrap(), s);
     }
+}
+
+/// Compaction as it was first written (a walk over every key), to check
+/// the one that visits only the keys changed since the last compaction.
+fn compact_by_scanning_every_key(s: &mut Store, revision: u64) {
+    let mut freed = 0u64;
+    s.keys.retain(|key, versions| {
+        let keep_from = versions
+            .iter()
+            .rposition(|v| v.mod_revision <= revision)
+            .map(|i| {
+                if versions[i].value.is_none() {
+                    i + 1
+                } else {
+                    i
+                }
+            })
+            .unwrap_or(0);
+        for v in versions.drain(..keep_from) {
+            freed += (key.len() + v.value.as_ref().map_or(0, Vec::len)) as u64;
+        }
+        !versions.is_empty()
+    });
+    s.bytes -= freed;
+    s.compacted = revision;
+    while s.changes.front().is_some_and(|c| c.revision <= revision) {
+        s.changes.pop_front();
+    }
+}
+
+#[test]
+fn a_snapshot_keeping_two_versions_before_the_compaction_point_is_refused() {
+    let mut store = Store::default();
+    for value in ["a", "b", "c"] {
+        store.apply(put("k", value));
+    }
+    store.apply(Command::Compact { revision: 2 });
+    assert_eq!(Store::restore(&store.snapshot()).unwrap(), store);
+    // Forged: the compaction point moved past two versions of "k" without
+    // dropping the older one.
+    store.compacted = 3;
+    assert!(Store::restore(&store.snapshot()).is_err());
 }
 
 /// Found by `fuzz_decoders`: snapshot bytes that decode to a store whose
