@@ -46,7 +46,9 @@
 //!   key, run concurrently (the keys live on different nodes); a failure
 //!   of one key fails the command, and the keys written before it stay
 //!   written. `DEL` and `EXISTS` of several keys likewise.
-//! - A pipeline's commands run one after another, in order.
+//! - A pipeline's commands on distinct single keys run at the same time
+//!   (see [`serve_connection`]); those on one key, and every other
+//!   command, in the order sent. Replies always come back in order.
 //!
 //! # Example
 //!

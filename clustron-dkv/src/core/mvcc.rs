@@ -889,7 +889,16 @@ impl Store {
             key: key.clone(),
         });
         match entry {
-            Entry::Occupied(mut versions) => versions.get_mut().push(new),
+            Entry::Occupied(mut versions) => {
+                let versions = versions.get_mut();
+                // Most keys hold a version or two (compaction trims them
+                // back): room for one more, not the doubling to four that
+                // a `Vec` does, which left 144 unused bytes on every key.
+                if versions.len() < 4 {
+                    versions.reserve_exact(1);
+                }
+                versions.push(new);
+            }
             Entry::Vacant(slot) => {
                 slot.insert(vec![new]);
             }
