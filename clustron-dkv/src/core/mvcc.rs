@@ -1038,19 +1038,7 @@ impl Store {
             };
             let key_len = slot.key().len() as u64;
             let versions = slot.get_mut();
-            // Keep the version visible at `revision` and everything after.
-            let keep_from = versions
-                .iter()
-                .rposition(|v| v.mod_revision <= revision)
-                .map(|i| {
-                    if versions[i].value.is_none() {
-                        i + 1
-                    } else {
-                        i
-                    }
-                })
-                .unwrap_or(0);
-            for v in versions.drain(..keep_from) {
+            for v in versions.drain(..compacted_below(versions, revision)) {
                 freed += key_len + v.value.as_ref().map_or(0, |x| x.len() as u64);
             }
             if versions.is_empty() {
@@ -1060,6 +1048,17 @@ impl Store {
         self.bytes -= freed;
         self.compacted = revision;
         Ok(())
+    }
+}
+
+/// How many of a key's `versions` (oldest first) compaction at `revision`
+/// drops: all before the one visible at `revision`, and that one too if it
+/// is a deletion marker.
+fn compacted_below(versions: &[Version], revision: u64) -> usize {
+    match versions.iter().rposition(|v| v.mod_revision <= revision) {
+        Some(i) if versions[i].value.is_none() => i + 1,
+        Some(i) => i,
+        None => 0,
     }
 }
 
