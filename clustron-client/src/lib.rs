@@ -1114,10 +1114,23 @@ impl Shared {
                 }
             }
         };
-        tokio::select! {
+        let began = Instant::now();
+        let result = tokio::select! {
             answer = self.channel.request(addr, request) => answer.map_err(Miss::Transport),
             leader = moved, if for_the_leader => Err(Miss::Moved(leader)),
+        };
+        let took_ms = began.elapsed().as_millis() as u64;
+        match &result {
+            Err(Miss::Moved(leader)) => {
+                tracing::debug!(%addr, %leader, took_ms, "the leader moved while waiting")
+            }
+            Err(Miss::Transport(e)) => {
+                tracing::debug!(%addr, error = %e, took_ms, "attempt failed")
+            }
+            Ok(_) if took_ms >= 200 => tracing::debug!(%addr, took_ms, "slow answer"),
+            Ok(_) => {}
         }
+        result
     }
 
     /// A topology stream through the first endpoint that answers, `avoid`
@@ -1189,6 +1202,7 @@ impl Shared {
                     continue;
                 };
                 let through = stream.peer().addr;
+                tracing::debug!(%through, "following the topology");
                 while let Ok(Some(item)) = stream.recv::<StreamItem>().await {
                     match item {
                         StreamItem::Snapshot { topology, .. } => {
@@ -1214,6 +1228,7 @@ impl Shared {
                     let Some(shared) = weak.upgrade() else { return };
                     let addr = leader.as_ref().and_then(|name| members.get(name)).copied();
                     if addr.is_some() && *shared.leader_moves.borrow() != addr {
+                        tracing::debug!(%through, leader = ?addr, "the topology names a new leader");
                         shared.set_leader(addr);
                         shared.leader_moves.send_replace(addr);
                     }
@@ -1227,6 +1242,7 @@ impl Shared {
                         break;
                     }
                 }
+                tracing::debug!(%through, "topology stream ended");
             }
         });
     }

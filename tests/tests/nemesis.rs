@@ -43,6 +43,9 @@
 //!   and set clients (default 8 and 2);
 //! - `CLUSTRON_NEMESIS_KEEP`: when set, passing runs keep their directory
 //!   too (failing runs always do);
+//! - `CLUSTRON_CLIENT_LOG`: a file the clients' events go to (filtered by
+//!   `RUST_LOG`, default `clustron_client=debug`): each attempt that failed,
+//!   was slow or was moved to a new leader, and the topology followed;
 //! - `CLUSTRON_SEED`: the first run's seed (printed; each further run adds
 //!   one). The seed fixes the nemesis's and the clients' choices, not the
 //!   processes' timing, so a replay repeats the schedule, not the history.
@@ -219,6 +222,20 @@ impl Scenario {
 }
 
 /// The run's settings, from the environment.
+/// Sends the in-process clients' events to `path`, if given.
+fn log_clients_to(path: Option<std::ffi::OsString>) {
+    let Some(path) = path else { return };
+    let file = std::fs::File::create(&path).unwrap();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("clustron_client=debug"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    println!("client events: {}", std::path::Path::new(&path).display());
+}
+
 #[derive(Debug)]
 struct Settings {
     duration: Duration,
@@ -281,6 +298,7 @@ impl Settings {
 fn histories_stay_linearizable_while_a_nemesis_kills_freezes_and_partitions_nodes() {
     let settings = Settings::from_env();
     println!("nemesis settings: {settings:?}");
+    log_clients_to(std::env::var_os("CLUSTRON_CLIENT_LOG"));
     let runtime = runtime();
     let mut results = Vec::new();
     let mut index = 0;
