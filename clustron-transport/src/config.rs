@@ -26,9 +26,9 @@ pub struct TransportConfig {
     /// [`crate::Error::StreamsExhausted`], nothing sent). Default 1.5 s: a
     /// LAN handshake takes about a millisecond; anything close to this is a
     /// dead or unreachable peer, or streams that are not coming back. A dial
-    /// that started while the peer was cut off is given up soon enough for
-    /// a fresh one (after the backoff) to reach it within about a second of
-    /// the heal.
+    /// with no answer after three [`TransportConfig::initial_rtt`]s is
+    /// joined by a fresh handshake (and so on, a few at once), so one that
+    /// started while the peer was cut off gets through soon after the heal.
     pub connect_timeout: Duration,
     /// How long a request may wait for its response. Default 10 s.
     pub request_timeout: Duration,
