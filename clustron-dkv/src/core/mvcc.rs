@@ -779,11 +779,14 @@ impl Store {
             if versions.is_empty() {
                 return false;
             }
-            let compacted = versions
-                .iter()
-                .filter(|v| v.mod_revision <= self.compacted)
-                .collect::<Vec<_>>();
-            if compacted.len() > 1 || compacted.first().is_some_and(|v| v.value.is_none()) {
+            // Versions are in order: only the first may be at or before
+            // the compaction point, and not as a deletion marker.
+            let at_or_before = |i: usize| {
+                versions
+                    .get(i)
+                    .is_some_and(|v: &Version| v.mod_revision <= self.compacted)
+            };
+            if at_or_before(1) || (at_or_before(0) && versions[0].value.is_none()) {
                 return false;
             }
             let mut previous = None;
