@@ -1134,16 +1134,35 @@ impl Shared {
     }
 
     /// A topology stream through the first endpoint that answers, `avoid`
-    /// last. Leaves the endpoint order of requests alone.
-    async fn open_topology_avoiding(&self, avoid: Option<SocketAddr>) -> Option<FramedStream> {
+    /// last (or never, with `only_elsewhere`). An endpoint that fails is
+    /// suspected, as by a request. Leaves the endpoint order of requests
+    /// alone.
+    async fn open_topology_avoiding(
+        &self,
+        avoid: Option<SocketAddr>,
+        only_elsewhere: bool,
+    ) -> Option<FramedStream> {
         let mut order = self.order();
         order.sort_by_key(|(_, addr)| Some(*addr) == avoid);
         for (_, addr) in order {
-            if let Ok(mut stream) = self.channel.open_stream(addr).await {
-                let request = StreamRequest::WatchTopology { from: None };
-                if stream.send(&request).await.is_ok() {
-                    return Some(stream);
+            if only_elsewhere && Some(addr) == avoid {
+                continue;
+            }
+            let opened = match self.channel.open_stream(addr).await {
+                Ok(mut stream) => {
+                    let request = StreamRequest::WatchTopology { from: None };
+                    stream.send(&request).await.map(|()| stream).ok()
                 }
+                // Only this connection's streams are all in use: the node
+                // is fine.
+                Err(clustron_transport::Error::StreamsExhausted { .. }) => None,
+                Err(_) => {
+                    self.suspect(addr);
+                    None
+                }
+            };
+            if opened.is_some() {
+                return opened;
             }
         }
         None
@@ -1182,70 +1201,170 @@ impl Shared {
     /// publishes each new leader's address, so that requests waiting on a
     /// leader that died or froze move to its successor as soon as one is
     /// elected, instead of waiting out the connection's idle timeout.
+    ///
+    /// It follows through a node other than the leader where one answers (a
+    /// leader that dies or freezes cannot report its own successor); see
+    /// [`follow_through`].
     fn follow_leader(self: &Arc<Self>) {
         if self.following.swap(true, Ordering::Relaxed) {
             return;
         }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut members: HashMap<String, SocketAddr> = HashMap::new();
-            let mut leader: Option<String> = None;
+            let mut topology = FollowedTopology::default();
+            let mut next: Option<FramedStream> = None;
             loop {
-                let Some(shared) = weak.upgrade() else { return };
-                // Followed through a node other than the leader where one
-                // answers: a leader that dies or freezes cannot report its
-                // own successor.
-                let stream = shared.open_topology_avoiding(shared.leader()).await;
-                drop(shared);
+                let stream = match next.take() {
+                    Some(stream) => Some(stream),
+                    None => {
+                        let Some(shared) = weak.upgrade() else { return };
+                        let leader = shared.leader();
+                        shared.open_topology_avoiding(leader, false).await
+                    }
+                };
                 let Some(mut stream) = stream else {
                     tokio::time::sleep(MAX_PAUSE).await;
                     continue;
                 };
+                let opened = Instant::now();
                 let through = stream.peer().addr;
                 tracing::debug!(%through, "following the topology");
-                while let Ok(Some(item)) = stream.recv::<StreamItem>().await {
-                    match item {
-                        StreamItem::Snapshot { topology, .. } => {
-                            members = topology
-                                .members
-                                .into_iter()
-                                .map(|m| (m.name, m.addr))
-                                .collect();
-                            leader = topology.leader.map(|(name, _)| name);
-                        }
-                        StreamItem::Delta {
-                            change: Change::Member(m),
-                            ..
-                        } => {
-                            members.insert(m.name, m.addr);
-                        }
-                        StreamItem::Delta {
-                            change: Change::Leader(l),
-                            ..
-                        } => leader = l.map(|(name, _)| name),
-                        _ => continue,
-                    }
-                    let Some(shared) = weak.upgrade() else { return };
-                    let addr = leader.as_ref().and_then(|name| members.get(name)).copied();
-                    if addr.is_some() && *shared.leader_moves.borrow() != addr {
-                        tracing::debug!(%through, leader = ?addr, "the topology names a new leader");
-                        shared.set_leader(addr);
-                        shared.leader_moves.send_replace(addr);
-                    }
-                    // Following through the leader itself: move to another
-                    // node if there is one.
-                    let elsewhere = shared
-                        .endpoints
-                        .iter()
-                        .any(|e| *e != through && !shared.is_suspect(*e));
-                    if addr == Some(through) && elsewhere {
-                        break;
-                    }
-                }
+                let followed = follow_through(&weak, &mut stream, &mut topology).await;
                 tracing::debug!(%through, "topology stream ended");
+                match followed {
+                    Followed::Moved(elsewhere) => next = Some(*elsewhere),
+                    Followed::Dropped => return,
+                    // A node that ends the stream at once (it cannot serve
+                    // it, say) is not asked again in a tight loop.
+                    Followed::Ended if opened.elapsed() < MAX_PAUSE => {
+                        tokio::time::sleep(MAX_PAUSE).await;
+                    }
+                    Followed::Ended => {}
+                }
             }
         });
     }
+}
+
+/// What the client's topology follower knows: members' addresses and the
+/// leader's name.
+#[derive(Default)]
+struct FollowedTopology {
+    members: HashMap<String, SocketAddr>,
+    leader: Option<String>,
+}
+
+impl FollowedTopology {
+    /// Takes in one item of a topology stream; whether it was one.
+    fn update(&mut self, item: StreamItem) -> bool {
+        match item {
+            StreamItem::Snapshot { topology, .. } => {
+                self.members = topology
+                    .members
+                    .into_iter()
+                    .map(|m| (m.name, m.addr))
+                    .collect();
+                self.leader = topology.leader.map(|(name, _)| name);
+            }
+            StreamItem::Delta {
+                change: Change::Member(m),
+                ..
+            } => {
+                self.members.insert(m.name, m.addr);
+            }
+            StreamItem::Delta {
+                change: Change::Leader(l),
+                ..
+            } => self.leader = l.map(|(name, _)| name),
+            _ => return false,
+        }
+        true
+    }
+
+    fn leader_addr(&self) -> Option<SocketAddr> {
+        self.leader
+            .as_ref()
+            .and_then(|name| self.members.get(name))
+            .copied()
+    }
+}
+
+/// How following one topology stream ended.
+enum Followed {
+    /// The stream ended or failed.
+    Ended,
+    /// It went through the leader; this stream, through another node,
+    /// replaces it.
+    Moved(Box<FramedStream>),
+    /// The client is gone.
+    Dropped,
+}
+
+/// Follows `stream` until it ends, publishing each new leader. While it
+/// goes through the leader, another node is looked for in the background
+/// (at once, then every [`SUSPECT_FOR`]), and the stream is kept until one
+/// answers. Dropping it first and reopening left a client that could reach
+/// only the leader (the others dead, or its dials to them backing off)
+/// reopening its stream through the new leader of a failover thousands of
+/// times a second, and one that stayed on the leader once the others came
+/// back waiting out the idle timeout when that leader froze (issue 9).
+async fn follow_through(
+    weak: &std::sync::Weak<Shared>,
+    stream: &mut FramedStream,
+    topology: &mut FollowedTopology,
+) -> Followed {
+    let through = stream.peer().addr;
+    let mut search: Option<tokio::task::JoinHandle<Option<FramedStream>>> = None;
+    let mut search_at = tokio::time::Instant::now();
+    let followed = 'stream: loop {
+        let via_leader = topology.leader_addr() == Some(through);
+        let recv = stream.recv::<StreamItem>();
+        tokio::pin!(recv);
+        let item = loop {
+            let (start_search, searching_now) = (via_leader && search.is_none(), search.is_some());
+            let searching = async {
+                match search.as_mut() {
+                    Some(handle) => handle.await.ok().flatten(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                item = &mut recv => break item,
+                () = tokio::time::sleep_until(search_at), if start_search => {
+                    let Some(shared) = weak.upgrade() else { break 'stream Followed::Dropped };
+                    search = Some(tokio::spawn(async move {
+                        shared.open_topology_avoiding(Some(through), true).await
+                    }));
+                }
+                found = searching, if searching_now => {
+                    search = None;
+                    match found {
+                        Some(elsewhere) => break 'stream Followed::Moved(Box::new(elsewhere)),
+                        None => search_at = tokio::time::Instant::now() + SUSPECT_FOR,
+                    }
+                }
+            }
+        };
+        let Ok(Some(item)) = item else {
+            break Followed::Ended;
+        };
+        if !topology.update(item) {
+            continue;
+        }
+        let Some(shared) = weak.upgrade() else {
+            break Followed::Dropped;
+        };
+        let addr = topology.leader_addr();
+        if addr.is_some() && *shared.leader_moves.borrow() != addr {
+            tracing::debug!(%through, leader = ?addr, "the topology names a new leader");
+            shared.set_leader(addr);
+            shared.leader_moves.send_replace(addr);
+        }
+    };
+    if let Some(search) = search {
+        search.abort();
+    }
+    followed
 }
 
 /// Whether a request changes the store (and so goes in the session).

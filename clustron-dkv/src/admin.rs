@@ -190,6 +190,11 @@ async fn metrics(node: &Node) -> String {
             stats.messages_received,
         ),
         (
+            "clustron_streams_accepted_total",
+            "Streams accepted from peers and clients (requests and long-lived streams).",
+            stats.streams_accepted,
+        ),
+        (
             "clustron_bytes_sent_total",
             "Bytes sent in frames and datagrams.",
             stats.bytes_sent,

@@ -251,6 +251,9 @@ pub struct TransportStats {
     pub bytes_sent: u64,
     /// Bytes received in frames and datagrams (headers included).
     pub bytes_received: u64,
+    /// Bidirectional streams accepted from peers (requests and long-lived
+    /// streams alike).
+    pub streams_accepted: u64,
     /// Connections established, either direction.
     pub connections_opened: u64,
     /// Handshakes refused, either direction.
@@ -276,6 +279,7 @@ struct Stats {
     messages_received: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    streams_accepted: AtomicU64,
     connections_opened: AtomicU64,
     connections_refused: AtomicU64,
     stream_errors: AtomicU64,
@@ -684,6 +688,7 @@ impl Endpoint {
             messages_received: s.messages_received.load(Relaxed),
             bytes_sent: s.bytes_sent.load(Relaxed),
             bytes_received: s.bytes_received.load(Relaxed),
+            streams_accepted: s.streams_accepted.load(Relaxed),
             connections_opened: s.connections_opened.load(Relaxed),
             connections_refused: s.connections_refused.load(Relaxed),
             stream_errors: s.stream_errors.load(Relaxed),
@@ -1075,6 +1080,7 @@ impl Inner {
         let reason = loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
+                    self.stats.streams_accepted.fetch_add(1, Relaxed);
                     tokio::spawn(self.clone().handle_bi(peer.clone(), is_client, send, recv));
                 }
                 Err(e) => break e,
