@@ -123,6 +123,23 @@ async fn metrics(node: &Node) -> String {
         let count = members.iter().filter(|m| m.state == state).count();
         let _ = writeln!(out, "clustron_members{{state=\"{state}\"}} {count}");
     }
+    let verdicts = node.membership.verdicts();
+    for (name, help, value) in [
+        (
+            "clustron_member_suspicions_total",
+            "Times this node marked another member suspect.",
+            verdicts.suspected,
+        ),
+        (
+            "clustron_member_failures_total",
+            "Times this node declared another member failed.",
+            verdicts.failed,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
     let election = node.election.borrow().clone();
     let (epoch, is_leader) = match &election {
         Some(e) => (

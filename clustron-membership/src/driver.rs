@@ -89,6 +89,25 @@ pub struct Membership {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<MemberEvent>,
     name: NodeName,
+    verdicts: std::sync::Arc<VerdictCounters>,
+}
+
+/// How many failure verdicts this node reached about others since it
+/// started ([`Membership::verdicts`]): under load, a node that is slow but
+/// alive must not be suspected, so these are what an overload test counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Verdicts {
+    /// Members this node marked suspect.
+    pub suspected: u64,
+    /// Members this node declared failed.
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct VerdictCounters {
+    suspected: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 /// What a membership [`Subscription`] yields: a change, or how many were
@@ -121,6 +140,7 @@ impl Membership {
         let (commands, command_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(options.event_buffer.max(1));
         let last_error = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let verdicts = std::sync::Arc::new(VerdictCounters::default());
         core.join(Instant::now(), &options.seeds);
         let driver = Driver {
             core,
@@ -131,12 +151,14 @@ impl Membership {
             joined: Some(joined_tx),
             leave_waiters: Vec::new(),
             last_error: last_error.clone(),
+            verdicts: verdicts.clone(),
         };
         tokio::spawn(driver.run());
         let membership = Self {
             commands,
             events,
             name,
+            verdicts,
         };
         match tokio::time::timeout(options.join_timeout, joined_rx).await {
             Ok(Ok(Ok(()))) => Ok(membership),
@@ -160,6 +182,15 @@ impl Membership {
     /// Our name.
     pub fn name(&self) -> &NodeName {
         &self.name
+    }
+
+    /// The failure verdicts this node reached since it started.
+    pub fn verdicts(&self) -> Verdicts {
+        use std::sync::atomic::Ordering::Relaxed;
+        Verdicts {
+            suspected: self.verdicts.suspected.load(Relaxed),
+            failed: self.verdicts.failed.load(Relaxed),
+        }
     }
 
     async fn ask<T>(
@@ -229,6 +260,7 @@ struct Driver {
     leave_waiters: Vec<oneshot::Sender<()>>,
     /// The last send error, for a join that times out to say why.
     last_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    verdicts: std::sync::Arc<VerdictCounters>,
 }
 
 impl Driver {
@@ -320,6 +352,14 @@ impl Driver {
                 }
                 Output::Member(event) => {
                     tracing::info!(member = %event.member().name, state = event.kind(), "membership change");
+                    let counter = match &event {
+                        MemberEvent::Suspect(_) => Some(&self.verdicts.suspected),
+                        MemberEvent::Failed(_) => Some(&self.verdicts.failed),
+                        _ => None,
+                    };
+                    if let Some(counter) = counter {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let _ = self.events.send(event);
                 }
                 Output::Joined => {

@@ -50,6 +50,6 @@ pub mod member;
 
 pub use self::core::{Health, Output};
 pub use config::{Config, ConfigError};
-pub use driver::{Membership, Notification, Options, Subscription, Swim};
+pub use driver::{Membership, Notification, Options, Subscription, Swim, Verdicts};
 pub use error::Error;
 pub use member::{Epoch, Incarnation, Member, MemberEvent, MemberState, NodeName};

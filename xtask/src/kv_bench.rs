@@ -23,14 +23,23 @@
 //! - `CLUSTRON_BENCH_SECS`: seconds per row and round (default 3);
 //! - `CLUSTRON_BENCH_KV_ROUNDS`: rounds (default 3);
 //! - `CLUSTRON_BENCH_KV_ROWS`: a comma-separated subset of the row names
-//!   `put1,put64,put1000,get64,sget64,cas64` (default: all);
+//!   `put1,put64,put1000,get64,sget64,cas64,mixed1000` (default: all but
+//!   `mixed1000`);
 //! - `CLUSTRON_BENCH_KV_HOLD`: after the table, keep the cluster up and
 //!   print its node pids, for attaching a profiler by hand (seconds).
 //!
-//! Every row runs for its time or at most 400,000 operations. A failed
-//! operation is counted (column `failed`), never hidden, and the leader's
-//! epoch is read before and after each row (column `elections`), so a
-//! leader change under load shows in the table.
+//! - `CLUSTRON_BENCH_KV_MAX_OPS`: most operations per row and round
+//!   (default 400,000).
+//!
+//! Every row runs for its time or at most that many operations. A failed
+//! operation is counted (column `failed`), never hidden; the leader's epoch
+//! is read before and after each row (column `elections`), and so are the
+//! nodes' failure verdicts (`suspected`: members marked suspect or failed,
+//! summed over the nodes), so a leader change or a false suspicion under
+//! load shows in the table. The overload check of issue 13 is the row
+//! `mixed1000` (puts and linearizable gets, half each, 1000 in flight) for
+//! five minutes: `CLUSTRON_BENCH_SECS=300 CLUSTRON_BENCH_KV_ROUNDS=1
+//! CLUSTRON_BENCH_KV_MAX_OPS=100000000 CLUSTRON_BENCH_KV_ROWS=mixed1000`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +66,8 @@ enum Op {
     Linearizable,
     Serializable,
     Cas,
+    /// Puts and linearizable gets, alternately.
+    Mixed,
 }
 
 /// One row of the table: an operation at a number in flight.
@@ -105,7 +116,16 @@ const ROWS: &[Row] = &[
         op: Op::Cas,
         in_flight: 64,
     },
+    Row {
+        name: "mixed1000",
+        label: "put + get lin. (1:1)",
+        op: Op::Mixed,
+        in_flight: 1000,
+    },
 ];
+
+/// The rows run when `CLUSTRON_BENCH_KV_ROWS` does not name them.
+const DEFAULT_ROWS: usize = 6;
 
 /// What one row measured in one round.
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,6 +142,9 @@ struct Figures {
     syncs_per_k: f64,
     /// Leader epoch increments during the row.
     elections: u64,
+    /// Members marked suspect or failed during the row, summed over the
+    /// nodes' verdicts.
+    suspected: u64,
 }
 
 fn env_number(name: &str, default: u64) -> Result<u64> {
@@ -137,10 +160,11 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
 pub fn run(binary: &Path) -> Result<()> {
     let secs = env_number("CLUSTRON_BENCH_SECS", 3)?;
     let rounds = env_number("CLUSTRON_BENCH_KV_ROUNDS", 3)?.max(1) as usize;
+    let max_ops = env_number("CLUSTRON_BENCH_KV_MAX_OPS", MAX_OPS)?;
     let hold = env_number("CLUSTRON_BENCH_KV_HOLD", 0)?;
     let rows: Vec<Row> = match std::env::var("CLUSTRON_BENCH_KV_ROWS") {
         Ok(names) => names.split(',').map(find_row).collect::<Result<_>>()?,
-        Err(_) => ROWS.to_vec(),
+        Err(_) => ROWS[..DEFAULT_ROWS].to_vec(),
     };
     let dir = std::env::temp_dir().join(format!("clustron-kv-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -174,16 +198,20 @@ pub fn run(binary: &Path) -> Result<()> {
                     row.label, row.in_flight
                 );
                 let epoch_before = leader_epoch(&admins);
-                let syncs_before = wal_syncs(&admins);
+                let syncs_before = sum_metric(&admins, "clustron_kv_wal_syncs_total");
+                let verdicts_before = verdicts(&admins);
                 let figures =
-                    phase(&client, *row, Duration::from_secs(secs), MAX_OPS, &pids).await?;
-                let syncs = wal_syncs(&admins).saturating_sub(syncs_before) as f64;
+                    phase(&client, *row, Duration::from_secs(secs), max_ops, &pids).await?;
+                let syncs = sum_metric(&admins, "clustron_kv_wal_syncs_total")
+                    .saturating_sub(syncs_before) as f64;
+                let suspected = verdicts(&admins).saturating_sub(verdicts_before);
                 let ops = figures.per_second * secs as f64;
                 let elections = leader_epoch(&admins)
                     .zip(epoch_before)
                     .map_or(0, |(after, before)| after.saturating_sub(before));
                 results[i].push(Figures {
                     elections,
+                    suspected,
                     syncs_per_k: syncs * 1000.0 / ops.max(1.0),
                     ..figures
                 });
@@ -245,20 +273,26 @@ pub fn load(dir: &Path, endpoints: &str, row: &str, count: u64) -> Result<()> {
     })
 }
 
-/// Write-ahead log fsyncs of all nodes so far (`/metrics`).
-fn wal_syncs(admins: &[std::net::SocketAddr]) -> u64 {
+/// A counter of `/metrics`, summed over the nodes.
+fn sum_metric(admins: &[std::net::SocketAddr], name: &str) -> u64 {
     admins
         .iter()
         .filter_map(|admin| {
             let (_, body) = get(*admin, "/metrics")?;
             body.lines()
-                .find(|l| l.starts_with("clustron_kv_wal_syncs_total "))?
+                .find(|l| l.split_whitespace().next() == Some(name))?
                 .rsplit(' ')
                 .next()?
                 .parse::<u64>()
                 .ok()
         })
         .sum()
+}
+
+/// Failure verdicts (suspect or failed) of all nodes so far.
+fn verdicts(admins: &[std::net::SocketAddr]) -> u64 {
+    sum_metric(admins, "clustron_member_suspicions_total")
+        + sum_metric(admins, "clustron_member_failures_total")
 }
 
 /// The leader's epoch as the first answering node's `/readyz` says it.
@@ -278,7 +312,7 @@ fn print_table(rows: &[Row], results: &[Vec<Figures>], secs: u64, rounds: usize)
     );
     println!("figures: median [min..max] over the rounds; server CPU summed over the {NODES} node processes");
     println!(
-        "{:<22} {:>9} {:>22} {:>8} {:>8} {:>24} {:>10} {:>10} {:>7} {:>9}",
+        "{:<22} {:>9} {:>22} {:>8} {:>8} {:>24} {:>10} {:>10} {:>7} {:>9} {:>9}",
         "operation",
         "in flight",
         "ops/s",
@@ -288,7 +322,8 @@ fn print_table(rows: &[Row], results: &[Vec<Figures>], secs: u64, rounds: usize)
         "client µs",
         "fsyncs/1k",
         "failed",
-        "elections"
+        "elections",
+        "suspected"
     );
     for (row, figures) in rows.iter().zip(results) {
         let stat = |f: &dyn Fn(&Figures) -> f64| {
@@ -304,8 +339,9 @@ fn print_table(rows: &[Row], results: &[Vec<Figures>], secs: u64, rounds: usize)
         let (syncs, _, _) = stat(&|f| f.syncs_per_k);
         let failed: u64 = figures.iter().map(|f| f.failed).sum();
         let elections: u64 = figures.iter().map(|f| f.elections).sum();
+        let suspected: u64 = figures.iter().map(|f| f.suspected).sum();
         println!(
-            "{:<22} {:>9} {:>22} {:>8.2} {:>8.2} {:>24} {:>10.1} {:>10.1} {:>7} {:>9}",
+            "{:<22} {:>9} {:>22} {:>8.2} {:>8.2} {:>24} {:>10.1} {:>10.1} {:>7} {:>9} {:>9}",
             row.label,
             row.in_flight,
             format!("{rate:.0} [{rate_min:.0}..{rate_max:.0}]"),
@@ -315,7 +351,8 @@ fn print_table(rows: &[Row], results: &[Vec<Figures>], secs: u64, rounds: usize)
             client,
             syncs,
             failed,
-            elections
+            elections,
+            suspected
         );
     }
 }
@@ -358,7 +395,12 @@ async fn phase(
                 }
                 let key = key(n.wrapping_mul(7919));
                 let began = Instant::now();
-                let ok = match row.op {
+                let op = match row.op {
+                    Op::Mixed if n % 2 == 0 => Op::Put,
+                    Op::Mixed => Op::Linearizable,
+                    op => op,
+                };
+                let ok = match op {
                     Op::Put => client.put(key.as_bytes(), &value).await.is_ok(),
                     Op::Linearizable | Op::Serializable => {
                         let request = RangeRequest {
@@ -368,10 +410,7 @@ async fn phase(
                             keys_only: false,
                             count_only: false,
                         };
-                        client
-                            .range(request, row.op == Op::Linearizable)
-                            .await
-                            .is_ok()
+                        client.range(request, op == Op::Linearizable).await.is_ok()
                     }
                     Op::Cas => {
                         let txn = Txn {
@@ -400,6 +439,7 @@ async fn phase(
                             Err(_) => false,
                         }
                     }
+                    Op::Mixed => unreachable!("a mixed row picks put or get above"),
                 };
                 if ok {
                     latencies.push(began.elapsed());
@@ -437,5 +477,6 @@ async fn phase(
         failed: failed.load(Ordering::Relaxed),
         syncs_per_k: 0.0,
         elections: 0,
+        suspected: 0,
     })
 }
