@@ -244,6 +244,12 @@ impl LogNode for KvActor {
     fn log_reported_commit(&self) -> u64 {
         self.node().map_or(0, KvNode::reported_commit)
     }
+
+    fn log_durable_snapshot(&self) -> u64 {
+        self.node()
+            .and_then(KvNode::snapshot)
+            .map_or(0, |(meta, _)| meta.index)
+    }
 }
 
 /// Everything a simulated cluster is built from.
