@@ -722,7 +722,8 @@ fn with_sessions_every_history_under_random_faults_is_linearizable_and_no_acknow
 ///   loads that snapshot and ignores the log below it).
 #[test]
 fn random_fault_seeds_that_once_failed_stay_linearizable() {
-    for seed in [7_551_124_117_615_829_467] {
+    const SEEDS: &[u64] = &[7_551_124_117_615_829_467];
+    for &seed in SEEDS {
         let mut cluster = chaos(seed, Retry::Session);
         let finished = cluster.finish(finish_limit(), LogLoss::UnsyncedLost);
         assert_linearizable(&cluster, &finished);
