@@ -1674,6 +1674,14 @@ impl Replica {
         }
         let count = entries.len() as u64;
         let end = last_index.min(*upto);
+        // The source's log now ends before the summary it promised with:
+        // it lost entries since (a damaged disk, reopened below its
+        // high-water mark), some maybe committed. Its end says nothing of
+        // what is committed, so nothing past it may be cut: keep what it
+        // sent and give the leadership up, as after a fetch timeout. (A
+        // source restarted short answered a new leader, which cut its own
+        // copy of a committed entry and wrote its no-op there.)
+        let short = last_index < *upto;
         *next_from += count;
         *retry_at = self.now;
         if give_up_at.is_some() {
@@ -1681,7 +1689,14 @@ impl Replica {
         }
         let done = count == 0 || *next_from > end;
         let next_from = *next_from;
+        let gave_up = short && done && give_up_at.take().is_some();
         if !self.splice(from_index, entries) {
+            return;
+        }
+        if gave_up {
+            self.outputs.push_back(Output::CannotLead { epoch });
+        }
+        if done && short {
             return;
         }
         if done {
