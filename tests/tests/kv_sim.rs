@@ -478,8 +478,12 @@ fn a_node_whose_disk_fails_steps_aside_and_the_others_serve() {
                     "its log disk fails; it stops at its next write"
                 );
                 cluster.fail_disk(victim);
-                let stopped = cluster.run_until(lease(), |c| c.is_stopped(victim));
-                assert!(stopped, "node {victim} never wrote (seed {seed})");
+                let stopped = cluster.run_until(lease() * 10, |c| c.is_stopped(victim));
+                assert!(
+                    stopped,
+                    "node {victim} never wrote (seed {seed})\n{}",
+                    cluster.describe()
+                );
                 cluster.refresh_views();
                 tracing::info!("another node leads");
                 let moved =
