@@ -44,7 +44,10 @@
 //!    Raft's election restriction) holds every committed entry. A new leader
 //!    whose own log is behind fetches the missing suffix from that voter
 //!    (truncating its own conflicting entries), then appends a no-op entry of
-//!    its epoch; only then does it accept [`Replica::propose`].
+//!    its epoch; only then does it accept [`Replica::propose`]. If the
+//!    voter's log now ends before the summary it granted with (it lost
+//!    entries since), the new leader truncates nothing and gives up
+//!    ([`Output::CannotLead`]).
 //! 3. **Log matching.** An append carries `(prev_index, prev_epoch)`; a
 //!    replica accepts it only if its entry at `prev_index` has that epoch,
 //!    and drops its suffix from the first entry whose epoch differs. A
