@@ -123,23 +123,6 @@ async fn metrics(node: &Node) -> String {
         let count = members.iter().filter(|m| m.state == state).count();
         let _ = writeln!(out, "clustron_members{{state=\"{state}\"}} {count}");
     }
-    let verdicts = node.membership.verdicts();
-    for (name, help, value) in [
-        (
-            "clustron_member_suspicions_total",
-            "Times this node marked another member suspect.",
-            verdicts.suspected,
-        ),
-        (
-            "clustron_member_failures_total",
-            "Times this node declared another member failed.",
-            verdicts.failed,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {value}");
-    }
     let election = node.election.borrow().clone();
     let (epoch, is_leader) = match &election {
         Some(e) => (
@@ -195,6 +178,7 @@ async fn metrics(node: &Node) -> String {
         }
     }
     let stats = node.endpoint.stats();
+    let verdicts = node.membership.verdicts();
     for (name, help, value) in [
         (
             "clustron_messages_sent_total",
@@ -250,6 +234,16 @@ async fn metrics(node: &Node) -> String {
             "clustron_datagrams_dropped_total",
             "Datagrams dropped.",
             stats.datagrams_dropped,
+        ),
+        (
+            "clustron_member_suspicions_total",
+            "Times this node marked another member suspect.",
+            verdicts.suspected,
+        ),
+        (
+            "clustron_member_failures_total",
+            "Times this node declared another member failed.",
+            verdicts.failed,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
