@@ -522,17 +522,17 @@ impl Core {
             .map(|(_, name)| name.clone())
     }
 
-    /// Whether `name` may be the candidate: a voter of the decided set,
-    /// and of the set accepted next if there is one. A voter being removed
-    /// may already know the change decided and never campaign again, so
-    /// the others must not wait for it.
+    /// Whether `name` may be the candidate: a voter of the decided set. A
+    /// change only accepted (pending) does not count: some voters know it
+    /// and others do not until a leader finishes it, and a choice that
+    /// depended on it split them (a pending removal of the highest-priority
+    /// voter made two nodes each the candidate for half the voters, and each
+    /// kept its half by renewing their promises: no leader, issue 9's deep
+    /// simulation sweep). A voter being removed that already knows the
+    /// change decided never campaigns again; the others skip it after two
+    /// leader timeouts, as any candidate that does not campaign.
     fn may_lead(&self, name: &NodeName) -> bool {
         self.voters.committed.contains(name)
-            && self
-                .voters
-                .pending
-                .as_ref()
-                .is_none_or(|next| next.contains(name))
     }
 
     // ----- commands --------------------------------------------------------
