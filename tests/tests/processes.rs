@@ -42,11 +42,17 @@ fn five_processes_elect_n1_survive_kill_9_of_the_leader_and_see_sigterm_as_left(
     let (n5, n5_addr) = start(dir.path(), "n5", 0, Some(seed));
     let endpoints = [seed, n2_addr, n3_addr];
 
-    eventually("all five are ready with leader n1", || {
-        [&n1, &n2, &n3, &n4, &n5]
-            .iter()
-            .all(|p| leader_of(p.admin).is_some_and(|(name, _)| name == "n1"))
-    });
+    // Knowing the leader does not mean knowing every member yet: gossip may
+    // still be carrying the learners to the voters, so wait for both.
+    eventually(
+        "all five are ready with leader n1 and see five alive",
+        || {
+            [&n1, &n2, &n3, &n4, &n5].iter().all(|p| {
+                leader_of(p.admin).is_some_and(|(name, _)| name == "n1")
+                    && metric(p.admin, "clustron_members{state=\"alive\"}") == Some(5)
+            })
+        },
+    );
     let (_, first_epoch) = leader_of(n2.admin).unwrap();
     eventually("n1 reports that it holds the lease", || {
         metric(n1.admin, "clustron_is_leader") == Some(1)

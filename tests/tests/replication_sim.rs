@@ -503,6 +503,28 @@ fn one_entry_batches_and_a_tiny_window_never_lose_a_committed_entry() {
     );
 }
 
+/// Seeds of the one-entry-batch scenario that once failed, replayed on
+/// every run.
+///
+/// - `3990928500199922535`: after the faults stopped, e0 and e1 (behind,
+///   but no longer deferring after the handover delay) and e2 campaigned at
+///   once, as views disagreed on who was behind; each kept the voters it
+///   had by renewing their promises at every retry, so nobody got three of
+///   five: no convergence. A candidate refused for a live rival's promise
+///   now releases its own and backs off at random.
+#[test]
+fn one_entry_batch_seeds_that_once_failed_converge() {
+    const SEEDS: &[u64] = &[3_990_928_500_199_922_535];
+    let mut log = LogConfig::lan();
+    log.max_batch_entries = NonZeroUsize::MIN;
+    log.max_inflight_entries = NonZeroUsize::new(3).unwrap();
+    let totals = RefCell::new(Totals::default());
+    for &seed in SEEDS {
+        chaos(seed, None, log.clone(), &totals);
+    }
+    assert!(totals.into_inner().committed > 0);
+}
+
 #[test]
 fn voter_changes_under_faults_never_let_two_majorities_decide_differently() {
     run_seeds(

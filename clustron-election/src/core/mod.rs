@@ -35,7 +35,10 @@
 //!   so failover does not wait for membership to declare it dead; so is,
 //!   while no leader is known, a candidate membership suspects (otherwise
 //!   one that does not campaign is skipped after two leader timeouts); no
-//!   node campaigns before its first view.
+//!   node campaigns before its first view. Views can disagree for a while;
+//!   a candidate refused because a voter holds an unexpired promise to
+//!   another live node (a split vote) releases the promises made to it and
+//!   stands back for a random back-off, so the split does not last.
 //! - **Voter.** A voter grants epoch `e` to at most one candidate: only if
 //!   `e` is above every epoch it promised (or equal to its current promise
 //!   to the same holder: a renewal), not below the newest epoch it has seen,
@@ -298,9 +301,11 @@ pub struct Core {
     /// Announcements are compared with it, not with promised epochs: a
     /// candidate's failed campaign must not make it deaf to a live leader.
     leader_epoch: Epoch,
-    /// The last release heard: a late announcement of that leader for that
-    /// epoch (reordered behind the release) must not bring it back.
-    released: Option<(NodeName, Epoch)>,
+    /// The newest release heard from each holder: a late announcement of
+    /// that leader for that epoch (reordered behind the release) must not
+    /// bring it back. Entries below the newest leader's epoch are dropped
+    /// (the epoch fences those out anyway), so this stays small.
+    released: BTreeMap<NodeName, Epoch>,
     role: Role,
     requests: BTreeMap<u64, Request>,
     next_seq: u64,
@@ -355,7 +360,7 @@ impl Core {
         Self {
             epoch_seen: promise.as_ref().map(|p| p.epoch).unwrap_or_default(),
             leader_epoch: Epoch::default(),
-            released: None,
+            released: BTreeMap::new(),
             config,
             rng: fastrand::Rng::with_seed(seed),
             me,
@@ -880,9 +885,15 @@ impl Core {
         to: Option<NodeName>,
         chosen: bool,
     ) {
-        self.released = Some((holder.clone(), epoch));
+        let leader_epoch = self.leader_epoch;
+        self.released.retain(|_, e| *e >= leader_epoch);
+        let newest = self.released.entry(holder.clone()).or_insert(epoch);
+        *newest = (*newest).max(epoch);
+        // A holder that gives up `epoch` gives up the ones before it too: a
+        // candidate making way may not know which of its requests this
+        // voter answered last.
         if let Some(p) = self.promise.as_mut() {
-            if p.epoch == epoch && p.holder == holder {
+            if p.epoch <= epoch && p.holder == holder {
                 p.released = true;
             }
         }
@@ -921,11 +932,7 @@ impl Core {
         if epoch < self.leader_epoch || leader == self.me {
             return; // fenced: older than the newest leader we know
         }
-        if self
-            .released
-            .as_ref()
-            .is_some_and(|(name, e)| *name == leader && epoch <= *e)
-        {
+        if self.released.get(&leader).is_some_and(|e| epoch <= *e) {
             return; // it released this epoch already
         }
         // A leader that membership still counts dead (this node was cut off
@@ -1274,22 +1281,75 @@ impl Core {
                 *asking = epoch_seen.next();
             }
         }
-        if let Role::Candidate {
+        let Role::Candidate {
             epoch: mine,
             retry_at,
             bump,
         } = &mut self.role
-        {
-            if !ours || *mine != epoch {
-                return;
-            }
-            if promised > *mine || (promised == *mine && holder.as_ref() != Some(&me)) {
-                *bump = true;
-            }
-            if let Some(wait) = retry_after {
-                *retry_at = (*retry_at).min(now + wait + Duration::from_millis(1));
+        else {
+            return;
+        };
+        if !ours || *mine != epoch {
+            return;
+        }
+        if promised > *mine || (promised == *mine && holder.as_ref() != Some(&me)) {
+            *bump = true;
+        }
+        let Some(wait) = retry_after else {
+            return;
+        };
+        *retry_at = (*retry_at).min(now + wait + Duration::from_millis(1));
+        // A wait means an unexpired, unreleased promise to another holder.
+        if let Some(rival) = holder.filter(|h| self.is_live_rival(h)) {
+            self.make_way(now, &rival);
+        }
+    }
+
+    /// Whether `name`, holding a promise our campaign needs, is another
+    /// live node that may be campaigning too: in the view and not silent.
+    /// A leader that died or froze (silent since its announcements stopped)
+    /// is no rival: its promises simply run out, and the campaign retries
+    /// the moment they do.
+    fn is_live_rival(&self, name: &NodeName) -> bool {
+        *name != self.me && self.view.contains_key(name) && !self.silent.contains(name)
+    }
+
+    /// A split vote: a voter promised itself to `rival`, another live node,
+    /// because views disagreed on the candidate (a flag seen by some and not
+    /// others, a different silent set). Each candidate renewing its own
+    /// voters' promises at every retry would keep them split for good (no
+    /// leader for minutes in a deep simulation sweep, five voters split
+    /// 2–2–1). So this candidate releases every promise made to it up to
+    /// this epoch, its own included, and stands back for a random back-off
+    /// (half to twice `campaign_retry`): whichever candidate asks first
+    /// afterwards finds the voters free. Lost releases only cost time: a
+    /// promise not renewed runs out after `L`.
+    fn make_way(&mut self, now: Instant, rival: &NodeName) {
+        let Role::Candidate { epoch, .. } = self.role else {
+            return;
+        };
+        tracing::debug!(me = %self.me, %rival, %epoch, "split vote: releasing promises and backing off");
+        self.role = Role::Follower;
+        self.requests.clear();
+        if let Some(p) = self.promise.as_mut() {
+            if p.holder == self.me && p.epoch <= epoch {
+                p.released = true;
             }
         }
+        let msg = Message::Release {
+            epoch,
+            from: self.me.clone(),
+            to: None,
+            chosen: false,
+        };
+        for to in self.voter_addrs(self.voters.committed.voters()) {
+            self.send(to, msg.clone());
+        }
+        let backoff = self
+            .config
+            .campaign_retry
+            .mul_f64(0.5 + 1.5 * self.rng.f64());
+        self.hold_off_until = Some(now + backoff);
     }
 
     /// Acts on a request that may have reached a majority: wins the

@@ -1164,3 +1164,63 @@ fn a_candidate_suspected_while_this_node_was_cut_off_counts_again_once_unsuspect
         "n1 elected {took:?} after the cut"
     );
 }
+
+/// Found by the replication simulation (seed 3990928500199922535, five
+/// voters): views disagreed on the candidate (some still saw the
+/// highest-priority node as behind, it no longer deferred), two nodes
+/// campaigned at once and the voters split between them. Each candidate
+/// renewed its own voters' promises at every retry, so neither ever got a
+/// majority: no leader for the rest of the run. A candidate refused for a
+/// live rival's promise now releases its own and backs off at random.
+#[test]
+fn a_split_vote_between_two_candidates_does_not_last() {
+    let start = Instant::now();
+    let mut cores: Vec<Core> = (0..5).map(|i| core(i, 5, start)).collect();
+    // n1 is down. n2's view still shows n0 as behind, so n0 and n2 each
+    // take themselves for the candidate.
+    for (i, c) in cores.iter_mut().enumerate() {
+        let view = if i == 2 {
+            peers_behind(&[0, 2, 3, 4], &[0])
+        } else {
+            peers(&[0, 2, 3, 4])
+        };
+        c.set_view(start, view);
+    }
+    assert_eq!(cores[0].candidate(), Some(name(0)));
+    assert_eq!(cores[2].candidate(), Some(name(2)));
+    // The first round splits them 2–2: n0 reaches only n3, n2 only n4.
+    let t = start + Config::lan().renew_interval;
+    cores[0].handle_timeout(t);
+    settle_among(&mut cores, t, &[0, 3]);
+    cores[2].handle_timeout(t);
+    settle_among(&mut cores, t, &[2, 4]);
+    assert!(cores[0].is_campaigning() && cores[2].is_campaigning());
+    // From here every live node reaches every other.
+    let live = [0, 2, 3, 4];
+    let until = t + Config::lan().lease_duration * 10;
+    let step = Duration::from_millis(5);
+    let mut now = t;
+    let settled = |cores: &[Core], now: Instant| {
+        let leaders: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| cores[i].is_leader(now))
+            .collect();
+        leaders.len() == 1
+            && live
+                .iter()
+                .all(|&i| cores[i].leader().map(|l| l.0) == Some(name(leaders[0])))
+    };
+    while now < until && !settled(&cores, now) {
+        now += step;
+        for &i in &live {
+            cores[i].handle_timeout(now);
+        }
+        settle_among(&mut cores, now, &live);
+    }
+    assert!(
+        settled(&cores, now),
+        "no leader that every live node follows {:?} after the split",
+        now - t
+    );
+}
