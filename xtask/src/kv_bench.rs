@@ -28,6 +28,8 @@
 //! - `CLUSTRON_BENCH_KV_HOLD`: after the table, keep the cluster up and
 //!   print its node pids, for attaching a profiler by hand (seconds).
 //!
+//! - `CLUSTRON_BENCH_NODE_LOG`: a file the nodes log to (appended; with
+//!   `RUST_LOG`), to find out what a slow row did;
 //! - `CLUSTRON_BENCH_KV_MAX_OPS`: most operations per row and round
 //!   (default 400,000).
 //!

@@ -118,12 +118,26 @@ fn dev_line(line: &str) -> Option<(&str, &str)> {
 
 /// Starts `clustron-dkv dev` with `nodes` nodes in `dir` and returns once
 /// every node's `/readyz` answers 200.
+/// Where the nodes' logs go: the file `CLUSTRON_BENCH_NODE_LOG` names
+/// (appended to; `RUST_LOG` picks what they log), else nowhere.
+fn node_log() -> Result<Stdio> {
+    let Some(path) = std::env::var_os("CLUSTRON_BENCH_NODE_LOG") else {
+        return Ok(Stdio::null());
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open CLUSTRON_BENCH_NODE_LOG {path:?}"))?;
+    Ok(file.into())
+}
+
 pub fn start_dev(binary: &Path, dir: &Path, nodes: usize) -> Result<DevCluster> {
     let mut child = Command::new(binary)
         .args(["dev", "--nodes", &nodes.to_string(), "--dir"])
         .arg(dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(node_log()?)
         .spawn()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     let stdout = child.stdout.take().context("dev stdout")?;

@@ -36,9 +36,10 @@
 //!   while no leader is known, a candidate membership suspects (otherwise
 //!   one that does not campaign is skipped after two leader timeouts); no
 //!   node campaigns before its first view. Views can disagree for a while;
-//!   a candidate refused because a voter holds an unexpired promise to
-//!   another live node (a split vote) releases the promises made to it and
-//!   stands back for a random back-off, so the split does not last.
+//!   a candidate whose attempt fails while a voter holds an unexpired
+//!   promise to another node campaigning at the same time (a split vote)
+//!   releases the promises made to it and stands back for a random
+//!   back-off, so the split does not last.
 //! - **Voter.** A voter grants epoch `e` to at most one candidate: only if
 //!   `e` is above every epoch it promised (or equal to its current promise
 //!   to the same holder: a renewal), not below the newest epoch it has seen,
@@ -227,6 +228,10 @@ enum Role {
         retry_at: Instant,
         /// A voter promised `epoch` (or more) elsewhere: ask for a new one.
         bump: bool,
+        /// A voter holds an unexpired promise to a rival candidate
+        /// ([`Core::is_live_rival`]): if this attempt ends without a
+        /// majority, make way ([`Core::make_way`]) instead of retrying.
+        rival: bool,
     },
     Leader {
         epoch: Epoch,
@@ -323,6 +328,9 @@ pub struct Core {
     /// skipped (a voter that does not know it is one, because it missed the
     /// change that made it one, never campaigns).
     waiting: Option<(NodeName, Instant)>,
+    /// When each other voter last asked for our vote, and for which epoch
+    /// (see [`Core::is_live_rival`]).
+    asked_by: BTreeMap<NodeName, (Instant, Epoch)>,
     outputs: VecDeque<Output>,
 }
 
@@ -387,6 +395,7 @@ impl Core {
             successor_until: None,
             change: None,
             waiting: None,
+            asked_by: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -761,7 +770,11 @@ impl Core {
                 epoch,
                 from: candidate,
                 seq,
-            } => match self.campaign_heard(&candidate).vote(now, epoch, &candidate) {
+            } => match self
+                .campaign_heard(&candidate)
+                .asked_by(now, &candidate, epoch)
+                .vote(now, epoch, &candidate)
+            {
                 Ok(()) => {
                     let msg = Message::Grant {
                         epoch,
@@ -1100,9 +1113,12 @@ impl Core {
                 epoch,
                 retry_at,
                 bump,
+                rival,
             } => {
                 if !self.may_campaign() {
                     self.role = Role::Follower;
+                } else if now >= retry_at && rival {
+                    self.make_way(now);
                 } else if now >= retry_at {
                     let epoch = if bump || self.epoch_seen > epoch {
                         self.epoch_seen.max(epoch).next()
@@ -1170,6 +1186,7 @@ impl Core {
             epoch,
             retry_at,
             bump: false,
+            rival: false,
         };
         if let Some(wait) = self.send_request(now, epoch) {
             retry_at = retry_at.min(now + wait + Duration::from_millis(1));
@@ -1281,10 +1298,14 @@ impl Core {
                 *asking = epoch_seen.next();
             }
         }
+        // A wait means an unexpired, unreleased promise to another holder.
+        let for_rival =
+            retry_after.is_some() && holder.as_ref().is_some_and(|h| self.is_live_rival(now, h));
         let Role::Candidate {
             epoch: mine,
             retry_at,
             bump,
+            rival,
         } = &mut self.role
         else {
             return;
@@ -1299,36 +1320,63 @@ impl Core {
             return;
         };
         *retry_at = (*retry_at).min(now + wait + Duration::from_millis(1));
-        // A wait means an unexpired, unreleased promise to another holder.
-        if let Some(rival) = holder.filter(|h| self.is_live_rival(h)) {
-            self.make_way(now, &rival);
+        if for_rival && !*rival {
+            tracing::debug!(me = %self.me, %epoch, holder = ?holder, "a voter holds a promise to a rival candidate");
         }
+        *rival |= for_rival;
     }
 
-    /// Whether `name`, holding a promise our campaign needs, is another
-    /// live node that may be campaigning too: in the view and not silent.
-    /// A leader that died or froze (silent since its announcements stopped)
-    /// is no rival: its promises simply run out, and the campaign retries
-    /// the moment they do.
-    fn is_live_rival(&self, name: &NodeName) -> bool {
-        *name != self.me && self.view.contains_key(name) && !self.silent.contains(name)
+    /// Whether `name`, holding a promise our campaign needs, is a rival
+    /// candidate: another live node (in the view, not silent) campaigning
+    /// right now, that is, it asked for our vote within the last three
+    /// campaign retries (a candidate asks every retry, at most 1.25 of
+    /// one apart), for an epoch above every leader's we know and above any
+    /// it released. A leader renewing asks for its own epoch; a node that
+    /// stopped campaigning, died, froze or handed over asks nothing more:
+    /// its promises run out or are released, and the campaign retries the
+    /// moment they do, without a back-off.
+    fn is_live_rival(&self, now: Instant, name: &NodeName) -> bool {
+        let recent = self.config.campaign_retry * 3;
+        let Some(&(when, epoch)) = self.asked_by.get(name) else {
+            return false;
+        };
+        *name != self.me
+            && self.view.contains_key(name)
+            && !self.silent.contains(name)
+            && now.saturating_duration_since(when) < recent
+            && epoch > self.leader_epoch
+            && self.released.get(name).is_none_or(|r| epoch > *r)
     }
 
-    /// A split vote: a voter promised itself to `rival`, another live node,
-    /// because views disagreed on the candidate (a flag seen by some and not
-    /// others, a different silent set). Each candidate renewing its own
-    /// voters' promises at every retry would keep them split for good (no
-    /// leader for minutes in a deep simulation sweep, five voters split
-    /// 2–2–1). So this candidate releases every promise made to it up to
-    /// this epoch, its own included, and stands back for a random back-off
-    /// (half to twice `campaign_retry`): whichever candidate asks first
-    /// afterwards finds the voters free. Lost releases only cost time: a
-    /// promise not renewed runs out after `L`.
-    fn make_way(&mut self, now: Instant, rival: &NodeName) {
+    /// `name` asked for our vote for `epoch`: remembered for
+    /// [`Core::is_live_rival`]. Only voters are kept, so this stays as
+    /// small as the voter set.
+    fn asked_by(&mut self, now: Instant, name: &NodeName, epoch: Epoch) -> &mut Self {
+        if *name != self.me && self.voters.committed.contains(name) {
+            self.asked_by.insert(name.clone(), (now, epoch));
+        }
+        let voters = &self.voters.committed;
+        self.asked_by.retain(|n, _| voters.contains(n));
+        self
+    }
+
+    /// A split vote: this attempt ended without a majority while a voter
+    /// held a promise to a rival candidate, because views disagreed on the
+    /// candidate (a flag seen by some and not others, a different silent
+    /// set). Each candidate renewing its own voters' promises at every
+    /// retry would keep them split for good (a simulated seed: five voters
+    /// split between two candidates, no leader for the rest of the run).
+    /// So this candidate releases every promise made to it up to this
+    /// epoch, its own included, and stands back for a random back-off (half
+    /// to twice `campaign_retry`): whichever candidate asks first afterwards
+    /// finds the voters free. Lost releases only cost time: a promise not
+    /// renewed runs out after `L`. An attempt that reaches a majority wins
+    /// before its retry time and never makes way.
+    fn make_way(&mut self, now: Instant) {
         let Role::Candidate { epoch, .. } = self.role else {
             return;
         };
-        tracing::debug!(me = %self.me, %rival, %epoch, "split vote: releasing promises and backing off");
+        tracing::debug!(me = %self.me, %epoch, "split vote: releasing promises and backing off");
         self.role = Role::Follower;
         self.requests.clear();
         if let Some(p) = self.promise.as_mut() {

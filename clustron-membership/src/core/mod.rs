@@ -623,6 +623,15 @@ impl Core {
             self.awareness = self.awareness.saturating_sub(1);
         }
         self.acked(now, &probe.target, incarnation);
+        if now >= probe.ack_deadline {
+            tracing::debug!(
+                me = %self.me.name,
+                target = %probe.target,
+                %sender,
+                waited = ?now.saturating_duration_since(probe.sent),
+                "late ack"
+            );
+        }
         // Only a direct ack from the target measures the round trip.
         if *sender == probe.target {
             if let Some(entry) = self.members.get_mut(&probe.target) {
@@ -716,6 +725,16 @@ impl Core {
         {
             return;
         }
+        tracing::debug!(
+            me = %self.me.name,
+            target = %probe.target,
+            waited = ?now.saturating_duration_since(probe.sent),
+            round_trip = ?entry.round_trip,
+            nacks = probe.nacks,
+            expected_nacks = probe.expected_nacks,
+            awareness = self.awareness,
+            "probe failed: suspecting"
+        );
         let me = self.me.name.clone();
         self.suspect(now, probe.target, probe.incarnation, me);
     }

@@ -30,8 +30,25 @@ pub const BUDGET_VAR: &str = "CLUSTRON_SIM_BUDGET_SECS";
 /// never silently runs other seeds than intended.
 pub fn seeds(test_name: &str, default_count: u64) -> Vec<u64> {
     let seed = std::env::var(SEED_VAR).ok();
+    if seed.is_some() {
+        log_replay();
+    }
     let count = std::env::var(SEED_COUNT_VAR).ok();
     seeds_from(test_name, default_count, seed.as_deref(), count.as_deref())
+}
+
+/// A replayed seed logs what `RUST_LOG` asks for to stderr (run the test
+/// with `--nocapture`): the protocols' own tracing is how a failing seed is
+/// read. Sim time is not wall time, so the timestamps are left out.
+fn log_replay() {
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .with_test_writer()
+        .try_init();
 }
 
 /// [`seeds`] with the two environment values passed in explicitly (`None` or
