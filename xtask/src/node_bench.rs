@@ -158,8 +158,24 @@ pub fn start_dev(binary: &Path, dir: &Path, nodes: usize) -> Result<DevCluster> 
             );
         }
     }
-    // Keep draining dev's stdout so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining dev's stdout (where the nodes log) so it never blocks
+    // on a full pipe; into the node log, if there is one.
+    let mut log = std::env::var_os("CLUSTRON_BENCH_NODE_LOG")
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map(std::io::BufWriter::new);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(log) = log.as_mut() {
+                let _ = writeln!(log, "{line}");
+            }
+        }
+    });
     wait_until("every node ready", || {
         admins
             .iter()
