@@ -207,19 +207,17 @@ fn a_probe_without_nacks_waits_one_more_interval_and_a_late_ack_clears_it() {
     for relay_nacks in [false, true] {
         let mut core = joined_with(&[("a", 2), ("b", 3)], start);
         let mut out = Vec::new();
-        let mut now = start;
         // Up to the first indirect probe.
-        let (seq, target) = loop {
-            let next = core.poll_timeout().expect("a timer");
-            now = next;
+        let (now, seq, target) = loop {
+            let now = core.poll_timeout().expect("a timer");
             core.handle_timeout(now);
             out.extend(drain(&mut core));
             let asked = sends(&out).into_iter().find_map(|(_, m)| match m {
                 Message::PingReq { seq, target, .. } => Some((*seq, target.clone())),
                 _ => None,
             });
-            if let Some(asked) = asked {
-                break asked;
+            if let Some((seq, target)) = asked {
+                break (now, seq, target);
             }
             assert!(now < start + interval * 3, "no indirect probe");
         };
