@@ -747,9 +747,14 @@ fn with_sessions_every_history_under_random_faults_is_linearizable_and_no_acknow
 ///   "commit never exceeds the durable log" did not count the durable
 ///   snapshot file and failed; the node itself was right (on a restart it
 ///   loads that snapshot and ignores the log below it).
+/// - `9113568281136089362`: the same, in the other check: node 1 installed
+///   a pulled snapshot at 352 and its disk failed before the log reset; the
+///   entries 151–190 of an old epoch still on its disk were compared with
+///   the committed ones up to 352. The check now skips what a durable
+///   snapshot covers.
 #[test]
 fn random_fault_seeds_that_once_failed_stay_linearizable() {
-    const SEEDS: &[u64] = &[7_551_124_117_615_829_467];
+    const SEEDS: &[u64] = &[7_551_124_117_615_829_467, 9_113_568_281_136_089_362];
     for &seed in SEEDS {
         let mut cluster = chaos(seed, Retry::Session);
         let finished = cluster.finish(finish_limit(), LogLoss::UnsyncedLost);

@@ -78,6 +78,15 @@ use std::time::{Duration, Instant};
 use clustron_election::NodeName;
 use serde::{Deserialize, Serialize};
 
+/// How many replication windows of committed entries a follower must lack
+/// to count as behind ([`Replica::behind`]). A follower a window behind is
+/// only the pipeline at work: the leader's commit index runs ahead of the
+/// batches still in flight. At one window, followers under 1,000 requests
+/// in flight flipped behind and back about every two seconds, each flip a
+/// membership update gossiped and sent to every client following the
+/// topology (issue 13).
+pub const BEHIND_WINDOWS: u64 = 4;
+
 /// What an entry carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EntryKind {
@@ -1936,9 +1945,9 @@ impl Replica {
     }
 
     /// Follower: whether our log is far behind the leader's: we are pulling
-    /// a snapshot, or lack more than [`Config::max_inflight_entries`]
-    /// committed entries (and until we hold every entry a leader said was
-    /// committed). Elected now, this node would have to catch up before
+    /// a snapshot, or lack more than [`BEHIND_WINDOWS`] windows
+    /// ([`Config::max_inflight_entries`]) of committed entries (and until we
+    /// hold every entry a leader said was committed). Elected now, this node would have to catch up before
     /// serving: drivers tell the election ([`clustron_election::Core::set_behind`]),
     /// which then prefers another candidate.
     pub fn behind(&self) -> bool {
@@ -1949,7 +1958,7 @@ impl Replica {
         let lacking = self.seen_commit.saturating_sub(self.last_index());
         let threshold = match self.behind {
             true => 0,
-            false => self.config.max_inflight_entries.get() as u64,
+            false => self.config.max_inflight_entries.get() as u64 * BEHIND_WINDOWS,
         };
         self.behind = matches!(self.role, Role::Follower { .. })
             && (self.pulling.is_some() || lacking > threshold);
