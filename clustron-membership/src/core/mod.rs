@@ -690,15 +690,7 @@ impl Core {
                 probe.end = end;
                 let (seq, target, addr) = (probe.seq, probe.target.clone(), probe.addr);
                 tracing::debug!(me = %self.me.name, %target, "no ack and no nack: one more interval");
-                self.send(
-                    addr,
-                    Message::Ping {
-                        seq,
-                        from: self.me.name.clone(),
-                        target,
-                        gossip: Vec::new(),
-                    },
-                );
+                self.ping_again(addr, seq, target);
                 index += 1;
                 continue;
             }
@@ -726,21 +718,27 @@ impl Core {
                 }
                 // One more direct try: a single lost datagram should not
                 // make a suspect.
-                self.send(
-                    addr,
-                    Message::Ping {
-                        seq,
-                        from: self.me.name.clone(),
-                        target,
-                        gossip: Vec::new(),
-                    },
-                );
+                self.ping_again(addr, seq, target);
                 let probe = &mut self.probes[index];
                 probe.indirect_sent = true;
                 probe.expected_nacks = relays.len() as u32;
             }
             index += 1;
         }
+    }
+
+    /// Pings `target` at `addr` again for the probe `seq`, without gossip.
+    fn ping_again(&mut self, addr: SocketAddr, seq: u32, target: NodeName) {
+        let from = self.me.name.clone();
+        self.send(
+            addr,
+            Message::Ping {
+                seq,
+                from,
+                target,
+                gossip: Vec::new(),
+            },
+        );
     }
 
     fn probe_failed(&mut self, now: Instant, probe: Probe) {
