@@ -240,23 +240,27 @@ impl Snapshots {
 /// The file bytes of a snapshot of `state` covering `meta`: header and
 /// compressed body.
 pub fn encode(meta: SnapshotMeta, state: &[u8]) -> Vec<u8> {
-    let body = compress(state);
-    let mut file = Vec::with_capacity(HEADER_LEN + body.len());
-    file.extend_from_slice(&header(meta, &body));
-    file.extend_from_slice(&body);
+    // One buffer: the body is compressed in place after a header left
+    // blank, then the header is written over it. A separate body copied
+    // into the file doubled a snapshot's transient memory (issue 11: at
+    // 10,000 keys, 6 MB of state made ~18 MB of buffers).
+    let mut file = Vec::with_capacity(HEADER_LEN + 8 + state.len() / 2);
+    file.resize(HEADER_LEN, 0);
+    compress_into(state, &mut file);
+    let head = header(meta, &file[HEADER_LEN..]);
+    file[..HEADER_LEN].copy_from_slice(&head);
     file
 }
 
-/// The body of a version 2 file: the state's length, then its blocks.
-fn compress(state: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(8 + state.len() / 2);
-    body.extend_from_slice(&(state.len() as u64).to_le_bytes());
+/// Appends the body of a version 2 file to `out`: the state's length, then
+/// its blocks.
+fn compress_into(state: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(state.len() as u64).to_le_bytes());
     for block in state.chunks(BLOCK) {
         let packed = lz4_flex::block::compress(block);
-        body.extend_from_slice(&(packed.len() as u32).to_le_bytes());
-        body.extend_from_slice(&packed);
+        out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+        out.extend_from_slice(&packed);
     }
-    body
 }
 
 /// The state in a version 2 body. Allocates no more than the blocks
@@ -569,7 +573,8 @@ mod tests {
         garbage.extend_from_slice(&4u32.to_le_bytes());
         garbage.extend_from_slice(&[0xff; 4]);
         assert!(decode(&framed(&garbage)).unwrap_err().contains("block"));
-        let mut trailing = compress(b"state");
+        let mut trailing = Vec::new();
+        compress_into(b"state", &mut trailing);
         trailing.push(0);
         assert!(decode(&framed(&trailing))
             .unwrap_err()

@@ -754,8 +754,7 @@ impl Store {
 
     /// The whole state, to ship or store as a snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
-        // Invariant: the store is plain data; postcard cannot fail on it.
-        postcard::to_allocvec(self).unwrap_or_default()
+        crate::core::server::encode_exact(self)
     }
 
     /// A store from [`Store::snapshot`] bytes. Bytes that decode but break
