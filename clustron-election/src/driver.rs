@@ -68,9 +68,17 @@ impl FileStorage {
     }
 
     fn read<T: serde::de::DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
+        self.read_with(name, |bytes| postcard::from_bytes(bytes))
+    }
+
+    fn read_with<T>(
+        &self,
+        name: &str,
+        decode: impl Fn(&[u8]) -> Result<T, postcard::Error>,
+    ) -> io::Result<Option<T>> {
         let path = self.dir.join(name);
         match std::fs::read(&path) {
-            Ok(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+            Ok(bytes) => decode(&bytes).map(Some).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
@@ -103,7 +111,7 @@ impl Storage for FileStorage {
     fn load(&self) -> io::Result<Persisted> {
         Ok(Persisted {
             promise: self.read("promise")?,
-            voters: self.read("voters")?,
+            voters: self.read_with("voters", VoterRecord::decode)?,
         })
     }
 }

@@ -34,6 +34,36 @@ pub struct VoterRecord {
     /// A proposed next set this node accepted (and acknowledged) but has not
     /// yet seen decided.
     pub pending: Option<VoterSet>,
+    /// The epoch of the leader that proposed `pending` (Paxos' ballot): of
+    /// two different proposals for one version, a new leader finishes the
+    /// one proposed at the higher epoch, the only one that may have been
+    /// decided. Without it, a leader finished its own older proposal over
+    /// a newer one a majority had accepted, and two sets were decided at
+    /// one version (replication_sim seed 10514861941859962080). Last, so
+    /// a record written before it still reads (as epoch 0).
+    pub pending_epoch: Epoch,
+}
+
+/// [`VoterRecord`] as written before `pending_epoch` existed.
+#[derive(Deserialize)]
+struct LegacyVoterRecord {
+    committed: VoterSet,
+    pending: Option<VoterSet>,
+}
+
+impl VoterRecord {
+    /// Reads a stored record, in the current layout or the one before
+    /// `pending_epoch` (which reads as epoch 0).
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes).or_else(|e| {
+            let legacy: LegacyVoterRecord = postcard::from_bytes(bytes).map_err(|_| e)?;
+            Ok(Self {
+                committed: legacy.committed,
+                pending: legacy.pending,
+                pending_epoch: Epoch::default(),
+            })
+        })
+    }
 }
 
 /// Everything the core needs back after a restart.
@@ -146,6 +176,39 @@ impl Storage for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record written before `pending_epoch` existed still reads, its
+    /// pending set at epoch 0; the current layout round-trips; garbage is
+    /// an error.
+    #[test]
+    fn a_voter_record_of_the_layout_before_pending_epoch_still_reads() {
+        #[derive(Serialize)]
+        struct Before {
+            committed: VoterSet,
+            pending: Option<VoterSet>,
+        }
+        let committed = VoterSet::new([crate::Voter {
+            name: NodeName::new("a").unwrap(),
+            addr: "10.0.0.1:7000".parse().unwrap(),
+        }]);
+        let pending = committed.without(&NodeName::new("a").unwrap());
+        let old = postcard::to_allocvec(&Before {
+            committed: committed.clone(),
+            pending: Some(pending.clone()),
+        })
+        .unwrap();
+        let read = VoterRecord::decode(&old).unwrap();
+        assert_eq!(read.committed, committed);
+        assert_eq!(read.pending, Some(pending.clone()));
+        assert_eq!(read.pending_epoch, Epoch(0));
+        let now = VoterRecord {
+            pending_epoch: Epoch(9),
+            ..read
+        };
+        let bytes = postcard::to_allocvec(&now).unwrap();
+        assert_eq!(VoterRecord::decode(&bytes).unwrap(), now);
+        assert!(VoterRecord::decode(&[0xff; 3]).is_err());
+    }
 
     fn promise(epoch: u64) -> Promise {
         Promise {

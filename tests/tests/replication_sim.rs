@@ -543,9 +543,17 @@ fn voter_changes_under_faults_never_let_two_majorities_decide_differently() {
 ///   (it was pending removal) and took e2; e0 and e4 took e0. Each
 ///   candidate kept one voter by renewing its promise at every retry: 2–2,
 ///   no leader for 38 s. The choice now counts the decided set only.
+/// - `10514861941859962080`: two sets decided at version 7. e2, leading
+///   at epoch 3, proposed one and lost its lease; e0 (epoch 4) proposed and
+///   decided another; e2, elected again at epoch 5, still held its old
+///   change and proposed it anew, and voters that had decided e0's set
+///   acknowledged it (an ack for a version they had decided, whatever the
+///   set). A change now dies with the leadership that proposed it, a voter
+///   acknowledges a decided version only for the set it decided, and a new
+///   leader finishes the pending set proposed at the highest epoch.
 #[test]
 fn voter_change_seeds_that_once_failed_elect_a_leader() {
-    const SEEDS: &[u64] = &[18_354_045_589_715_721_436];
+    const SEEDS: &[u64] = &[18_354_045_589_715_721_436, 10_514_861_941_859_962_080];
     for &seed in SEEDS {
         voter_changes_under_faults(seed);
     }

@@ -39,6 +39,9 @@ pub enum Message {
         /// no longer in force (two sets more than one change apart need
         /// not intersect).
         voters: VoterSet,
+        /// The epoch of the leader that proposed `pending`: of two pending
+        /// sets at one version, the one proposed at the higher epoch wins.
+        pending_epoch: Epoch,
     },
     /// A voter refuses.
     Reject {

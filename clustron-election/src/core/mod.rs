@@ -217,7 +217,9 @@ struct Request {
     epoch: Epoch,
     sent: Instant,
     grants: BTreeMap<NodeName, Vec<u8>>,
-    pending: Option<VoterSet>,
+    /// The pending set to finish if this request wins, with the epoch it
+    /// was proposed at.
+    pending: Option<(VoterSet, Epoch)>,
 }
 
 #[derive(Debug, Clone)]
@@ -363,6 +365,7 @@ impl Core {
             _ => VoterRecord {
                 committed: voters,
                 pending: None,
+                pending_epoch: Epoch::default(),
             },
         };
         Self {
@@ -783,6 +786,7 @@ impl Core {
                         summary: self.summary.clone(),
                         pending: self.voters.pending.clone(),
                         voters: self.voters.committed.clone(),
+                        pending_epoch: self.voters.pending_epoch,
                     };
                     self.send(from, msg);
                 }
@@ -805,7 +809,11 @@ impl Core {
                 summary,
                 pending,
                 voters,
-            } => self.handle_grant(now, epoch, voter, seq, summary, pending, voters),
+                pending_epoch,
+            } => {
+                let pending = pending.map(|p| (p, pending_epoch));
+                self.handle_grant(now, epoch, voter, seq, summary, pending, voters)
+            }
             Message::Reject {
                 epoch,
                 seq,
@@ -1023,13 +1031,18 @@ impl Core {
         }
         let version = set.version;
         if version == self.voters.committed.version + 1 {
-            if self.voters.pending.as_ref() != Some(&set) {
+            if self.voters.pending.as_ref() != Some(&set) || self.voters.pending_epoch < epoch {
                 self.voters.pending = Some(set);
+                self.voters.pending_epoch = epoch;
                 self.outputs
                     .push_back(Output::PersistVoters(self.voters.clone()));
             }
         } else if version > self.voters.committed.version {
             return; // we missed a change; the leader's announcements bring it
+        } else if version < self.voters.committed.version || set != self.voters.committed {
+            // Decided already, and not as this: acknowledging it would
+            // count us towards a second decision at that version.
+            return;
         }
         let msg = Message::VotersAccepted {
             epoch,
@@ -1153,6 +1166,12 @@ impl Core {
         if let Role::Leader { epoch, .. } = self.role {
             self.role = Role::Follower;
             self.requests.clear();
+            // A change proposed in this leadership dies with it: kept, it
+            // was proposed again (and decided) under a later leadership of
+            // this node without the choice a new leader makes among the
+            // pending sets, over a set another leader had decided
+            // meanwhile (replication_sim seed 10514861941859962080).
+            self.change = None;
             self.outputs.push_back(Output::SteppedDown { epoch });
             self.forget_leader();
         }
@@ -1206,7 +1225,11 @@ impl Core {
             epoch,
             sent: now,
             grants: BTreeMap::new(),
-            pending: self.voters.pending.clone(),
+            pending: self
+                .voters
+                .pending
+                .clone()
+                .map(|p| (p, self.voters.pending_epoch)),
         };
         let me = self.me.clone();
         let mut wait = None;
@@ -1249,7 +1272,7 @@ impl Core {
         voter: NodeName,
         seq: u64,
         summary: Vec<u8>,
-        pending: Option<VoterSet>,
+        pending: Option<(VoterSet, Epoch)>,
         voters: VoterSet,
     ) {
         // A decided set newer than ours: adopt it before counting, so this
@@ -1268,13 +1291,17 @@ impl Core {
             return;
         }
         request.grants.insert(voter, summary);
-        if let Some(p) = pending {
+        // Of the pending sets the grants report, the newest version, and
+        // of one version the set proposed at the highest epoch (Paxos): a
+        // decided proposal was accepted by a majority, which this one
+        // intersects, and any later proposal for its version repeated it.
+        if let Some((p, proposed)) = pending {
             if request
                 .pending
                 .as_ref()
-                .is_none_or(|r| r.version < p.version)
+                .is_none_or(|(r, at)| (r.version, *at) < (p.version, proposed))
             {
-                request.pending = Some(p);
+                request.pending = Some((p, proposed));
             }
         }
         self.check_majority(now, seq);
@@ -1496,6 +1523,7 @@ impl Core {
         // leader: finish it before anything else.
         let pending = request
             .pending
+            .map(|(p, _)| p)
             .filter(|p| p.version == self.voters.committed.version + 1);
         if let Some(set) = pending {
             self.start_change(now, set);
@@ -1685,6 +1713,9 @@ impl Core {
     /// that has it.
     fn start_change(&mut self, now: Instant, set: VoterSet) {
         self.voters.pending = Some(set.clone());
+        if let Role::Leader { epoch, .. } = self.role {
+            self.voters.pending_epoch = epoch;
+        }
         self.outputs
             .push_back(Output::PersistVoters(self.voters.clone()));
         let mut accepted = BTreeSet::new();

@@ -260,6 +260,7 @@ fn a_voter_persists_its_promise_before_sending_the_grant() {
                     summary: Vec::new(),
                     pending: None,
                     voters: voter.voters().clone(),
+                    pending_epoch: Epoch::default(),
                 },
             },
         ]
@@ -831,6 +832,7 @@ fn a_candidate_two_voter_changes_behind_cannot_win_by_its_old_majority() {
             voters: Some(VoterRecord {
                 committed: newer.clone(),
                 pending: None,
+                pending_epoch: Epoch::default(),
             }),
             ..Persisted::default()
         },
@@ -871,6 +873,7 @@ fn a_leader_that_learns_it_was_removed_hands_over() {
             voters: Some(VoterRecord {
                 committed: without.clone(),
                 pending: None,
+                pending_epoch: Epoch::default(),
             }),
             promise: Some(Promise {
                 epoch,
@@ -1222,5 +1225,65 @@ fn a_split_vote_between_two_candidates_does_not_last() {
         settled(&cores, now),
         "no leader that every live node follows {:?} after the split",
         now - t
+    );
+}
+
+/// Found by the replication simulation (seed 10514861941859962080): two
+/// leaders each decided a different voter set at one version. A new leader
+/// finished the pending set of the highest version its grants reported,
+/// the first seen (its own) among equals; its own was an older proposal,
+/// while a later leader's proposal for that version had been accepted by a
+/// majority and decided. Of one version, the set proposed at the highest
+/// epoch must win (Paxos).
+#[test]
+fn a_new_leader_finishes_the_pending_set_proposed_at_the_highest_epoch() {
+    let now = Instant::now();
+    let older = voters(3).without(&name(2));
+    let newer = voters(3).with(Voter {
+        name: name(3),
+        addr: addr(3),
+    });
+    let recovered = |pending: &VoterSet, epoch: u64| Persisted {
+        voters: Some(VoterRecord {
+            committed: voters(3),
+            pending: Some(pending.clone()),
+            pending_epoch: Epoch(epoch),
+        }),
+        ..Persisted::default()
+    };
+    let at = |i: usize, persisted: Persisted| {
+        Core::new(
+            Config::lan(),
+            name(i),
+            100 - i as u32,
+            voters(3),
+            persisted,
+            i as u64,
+            now,
+        )
+    };
+    // n0 (the candidate) accepted the older proposal (epoch 3), n1 the
+    // newer one (epoch 5), which may have been decided.
+    let mut cores = vec![
+        at(0, recovered(&older, 3)),
+        at(1, recovered(&newer, 5)),
+        at(2, Persisted::default()),
+    ];
+    for c in cores.iter_mut() {
+        c.set_view(now, peers(&[0, 1, 2]));
+    }
+    let (t, _) = elect(&mut cores, now);
+    assert!(cores[0].is_leader(t));
+    let t = tick_until(
+        &mut cores,
+        t,
+        t + Duration::from_secs(2),
+        Duration::from_millis(10),
+        |c, _| c[0].voters().version == 1,
+    );
+    assert_eq!(
+        cores[0].voters(),
+        &newer,
+        "finished the older proposal (at {t:?})"
     );
 }

@@ -227,6 +227,7 @@ pub fn election_message(rng: &mut Rng) -> clustron_election::Message {
             summary: bytes(rng, 20),
             pending: option_of(rng, voter_set),
             voters: voter_set(rng),
+            pending_epoch: Epoch(u64_any(rng)),
         },
         2 => Message::Reject {
             epoch,

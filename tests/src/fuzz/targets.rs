@@ -600,6 +600,7 @@ fn valid_election_storage(scratch: &mut Scratch, rng: &mut Rng) -> Vec<u8> {
     let voters = gen::option_of(rng, |rng| VoterRecord {
         committed: gen::voter_set(rng),
         pending: gen::option_of(rng, gen::voter_set),
+        pending_epoch: clustron_election::Epoch(gen::u64_any(rng)),
     });
     if let Some(p) = &promise {
         storage.save_promise(p).expect("saves");
