@@ -118,26 +118,30 @@ fn dev_line(line: &str) -> Option<(&str, &str)> {
 
 /// Starts `clustron-dkv dev` with `nodes` nodes in `dir` and returns once
 /// every node's `/readyz` answers 200.
-/// Where the nodes' logs go: the file `CLUSTRON_BENCH_NODE_LOG` names
-/// (appended to; `RUST_LOG` picks what they log), else nowhere.
-fn node_log() -> Result<Stdio> {
+/// The file `CLUSTRON_BENCH_NODE_LOG` names, opened for appending: where
+/// the nodes log (their stdout and stderr; `RUST_LOG` picks what), if set.
+fn node_log() -> Result<Option<std::fs::File>> {
     let Some(path) = std::env::var_os("CLUSTRON_BENCH_NODE_LOG") else {
-        return Ok(Stdio::null());
+        return Ok(None);
     };
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .with_context(|| format!("cannot open CLUSTRON_BENCH_NODE_LOG {path:?}"))?;
-    Ok(file.into())
+    Ok(Some(file))
 }
 
 pub fn start_dev(binary: &Path, dir: &Path, nodes: usize) -> Result<DevCluster> {
+    let log = node_log()?;
     let mut child = Command::new(binary)
         .args(["dev", "--nodes", &nodes.to_string(), "--dir"])
         .arg(dir)
         .stdout(Stdio::piped())
-        .stderr(node_log()?)
+        .stderr(match &log {
+            Some(file) => file.try_clone().context("CLUSTRON_BENCH_NODE_LOG")?.into(),
+            None => Stdio::null(),
+        })
         .spawn()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     let stdout = child.stdout.take().context("dev stdout")?;
@@ -160,15 +164,7 @@ pub fn start_dev(binary: &Path, dir: &Path, nodes: usize) -> Result<DevCluster> 
     }
     // Keep draining dev's stdout (where the nodes log) so it never blocks
     // on a full pipe; into the node log, if there is one.
-    let mut log = std::env::var_os("CLUSTRON_BENCH_NODE_LOG")
-        .and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-        })
-        .map(std::io::BufWriter::new);
+    let mut log = log.map(std::io::BufWriter::new);
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             if let Some(log) = log.as_mut() {

@@ -754,7 +754,7 @@ impl Store {
 
     /// The whole state, to ship or store as a snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
-        crate::core::server::encode_exact(self)
+        super::encode_exact(self)
     }
 
     /// A store from [`Store::snapshot`] bytes. Bytes that decode but break

@@ -223,20 +223,6 @@ pub enum ServerOutput {
     WatchCancelled(Cancelled),
 }
 
-/// `value`'s postcard bytes in a buffer of exactly their size: a size pass
-/// first, then one allocation. Grown by doubling instead, a snapshot of a
-/// 6 MB store peaked at 12 MB of buffer (issue 11, heaptrack of a node
-/// after 300,000 puts).
-pub(crate) fn encode_exact<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Invariant: plain data; postcard cannot fail on it.
-    let size = postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
-        value,
-        postcard::ser_flavors::Size::default(),
-    )
-    .unwrap_or_default();
-    postcard::to_extend(value, Vec::with_capacity(size)).unwrap_or_default()
-}
-
 /// The state machine as a snapshot holds it: the store (with its sessions)
 /// and the digest of every change that made it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -250,7 +236,7 @@ pub struct MachineState {
 impl MachineState {
     /// The bytes of a snapshot file's state.
     pub fn encode(&self) -> Vec<u8> {
-        encode_exact(self)
+        super::encode_exact(self)
     }
 
     /// Reads [`MachineState::encode`]'s bytes.
@@ -412,7 +398,7 @@ impl Server {
             digest: self.digest,
             store: &self.store,
         };
-        (meta, encode_exact(&state))
+        (meta, super::encode_exact(&state))
     }
 
     /// A snapshot covering `upto` is durable: the log forgets the entries it

@@ -1053,7 +1053,7 @@ fn a_snapshot_state_is_encoded_into_a_buffer_of_exactly_its_size() {
     for i in 0..1000u32 {
         values.insert(format!("key-{i}"), vec![i as u8; 100 + (i % 300) as usize]);
     }
-    let encoded = encode_exact(&values);
+    let encoded = crate::core::encode_exact(&values);
     assert_eq!(encoded, postcard::to_allocvec(&values).unwrap());
     assert_eq!(encoded.capacity(), encoded.len());
 }
