@@ -8,14 +8,40 @@
 //! Every helper here is for tests: a failure panics, which fails the test.
 //! Every child process is killed when its [`Proc`] is dropped.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long [`eventually`] waits for a condition.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How many of each node log's last lines a timed-out [`eventually`] prints.
+const LOG_TAIL_LINES: usize = 60;
+
+thread_local! {
+    /// The log files of the nodes this test thread started, printed when a
+    /// condition times out: the temporary folder holding them is gone by
+    /// the time anyone could read it, and a CI failure must explain itself.
+    static NODE_LOGS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Prints the last [`LOG_TAIL_LINES`] of every node log this thread started.
+fn print_node_logs() {
+    NODE_LOGS.with(|logs| {
+        for path in logs.borrow().iter() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!("---- last {} lines of {} ----", tail.len(), path.display());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    });
+}
 
 pub use crate::binary;
 
@@ -123,11 +149,18 @@ impl NodeSpec {
             }
             None => dkv(),
         };
+        let log_path = dir.join(format!("{}.log", self.name));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(format!("{}.log", self.name)))
+            .open(&log_path)
             .expect("the node's log file opens");
+        NODE_LOGS.with(|logs| {
+            let mut logs = logs.borrow_mut();
+            if !logs.contains(&log_path) {
+                logs.push(log_path);
+            }
+        });
         let name = &self.name;
         command
             .arg("run")
@@ -223,7 +256,8 @@ pub fn metric(admin: SocketAddr, line_start: &str) -> Option<u64> {
 }
 
 /// Waits until `check` holds, for at most [`DEADLINE`]; fails the test
-/// naming `what` if it never does.
+/// naming `what` if it never does, after printing the tail of the logs of
+/// the nodes this thread started.
 pub fn eventually(what: &str, check: impl FnMut() -> bool) {
     eventually_within(what, DEADLINE, check);
 }
@@ -232,7 +266,10 @@ pub fn eventually(what: &str, check: impl FnMut() -> bool) {
 pub fn eventually_within(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        if Instant::now() >= deadline {
+            print_node_logs();
+            panic!("timed out waiting until {what}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -1287,3 +1287,120 @@ fn a_new_leader_finishes_the_pending_set_proposed_at_the_highest_epoch() {
         "finished the older proposal (at {t:?})"
     );
 }
+
+/// After `kill -9` of every node and a restart, whatever each node had
+/// persisted of the last change (the removal of the highest-priority node
+/// n0, decided or only accepted, with or without a promise) and whoever's
+/// log is behind, a voter of the decided set leads and both voters hold it
+/// (the shape of `tests/voters.rs`'s last step).
+#[test]
+fn a_full_restart_after_the_leader_was_removed_elects_a_voter_of_the_decided_set() {
+    // n0 (highest priority) was removed; n1 and n3 are the voters; n2 gone.
+    let v0 = voters(3);
+    let v1 = v0.with(Voter {
+        name: name(3),
+        addr: addr(3),
+    });
+    let v2 = v1.without(&name(2));
+    let v3 = v2.without(&name(0));
+    let rec = |committed: &VoterSet, pending: Option<(&VoterSet, u64)>| VoterRecord {
+        committed: committed.clone(),
+        pending: pending.map(|(p, _)| p.clone()),
+        pending_epoch: Epoch(pending.map_or(0, |(_, e)| e)),
+    };
+    let n0_states = [rec(&v2, None), rec(&v2, Some((&v3, 7))), rec(&v3, None)];
+    let n3_states = [rec(&v3, None), rec(&v2, Some((&v3, 7)))];
+    let promises: [Option<(usize, u64)>; 3] = [None, Some((1, 7)), Some((0, 6))];
+    let mut failures = Vec::new();
+    for (a, n0) in n0_states.iter().enumerate() {
+        for (b, n3) in n3_states.iter().enumerate() {
+            for (c, promise) in promises.iter().enumerate() {
+                for order in 0..8 {
+                    let behind_one = [None, Some(0usize), Some(1), Some(3)][order / 2];
+                    let now = Instant::now();
+                    let p = |i: usize, rec: &VoterRecord| Persisted {
+                        voters: Some(rec.clone()),
+                        promise: promise
+                            .map(|(h, e)| Promise {
+                                epoch: Epoch(e),
+                                holder: name(h),
+                                duration: Config::lan().lease_duration,
+                            })
+                            .filter(|_| i != 0),
+                    };
+                    let at = |i: usize, rec: &VoterRecord| {
+                        Core::new(
+                            Config::lan(),
+                            name(i),
+                            100 - i as u32,
+                            v0.clone(),
+                            p(i, rec),
+                            i as u64,
+                            now,
+                        )
+                    };
+                    let mut cores = vec![
+                        at(0, n0),
+                        at(1, &rec(&v3, None)),
+                        at(2, &rec(&v3, None)),
+                        at(3, n3),
+                    ];
+                    let voter_flag = |i: usize| match i {
+                        0 => n0.committed.contains(&name(0)),
+                        _ => true,
+                    };
+                    let view: Vec<Peer> = [0usize, 1, 3]
+                        .iter()
+                        .map(|&i| Peer {
+                            name: name(i),
+                            addr: addr(i),
+                            priority: 100 - i as u32,
+                            voter: voter_flag(i),
+                            behind: behind_one == Some(i),
+                            suspect: false,
+                        })
+                        .collect();
+                    let mut t = now;
+                    let idx: Vec<usize> = if order % 2 == 0 {
+                        vec![0, 1, 3]
+                    } else {
+                        vec![3, 1, 0]
+                    };
+                    for &i in &idx {
+                        cores[i].set_view(t, view.clone());
+                    }
+                    let live = [0usize, 1, 3];
+                    let end = now + Duration::from_secs(10);
+                    let mut ok = false;
+                    while t < end {
+                        t += Duration::from_millis(10);
+                        for &i in &live {
+                            cores[i].handle_timeout(t);
+                        }
+                        settle_among(&mut cores, t, &live);
+                        if (cores[1].is_leader(t) || cores[3].is_leader(t))
+                            && cores[1].voters() == &v3
+                            && cores[3].voters() == &v3
+                        {
+                            ok = true;
+                            break;
+                        }
+                    }
+                    if !ok {
+                        failures.push((
+                            a,
+                            b,
+                            c,
+                            order,
+                            cores[0].leader(),
+                            cores[1].leader(),
+                            cores[3].leader(),
+                            cores[3].voters().version,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
