@@ -170,6 +170,10 @@ impl OpenLog {
         if wal.last_index() < base.index {
             wal.reset_after(base.index)?;
         }
+        // What the snapshot covers is never truncated: its offsets go now,
+        // and any segment it covers whole (a crash between the snapshot
+        // and the compaction) is deleted.
+        wal.compact_to(base.index)?;
         let entries: Vec<Entry> = recovered
             .entries
             .into_iter()

@@ -1279,7 +1279,7 @@ impl Cluster {
             let states: Vec<String> = (0..self.sim.len())
                 .map(|id| match self.sim.node(id) {
                     Some(n) => format!(
-                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?} voters v{} {:?} campaigning {} withdrawn {} behind {} candidate {:?}",
+                        "node {id}: leading {:?} epoch {} last {} commit {} election leader {:?} voters v{} {:?} campaigning {} withdrawn {} behind {} candidate {:?}\n  {}",
                         n.replica().leading(),
                         n.replica().epoch(),
                         n.replica().last_index(),
@@ -1291,6 +1291,7 @@ impl Cluster {
                         n.election().is_withdrawn(),
                         n.election().is_behind(),
                         n.election().candidate(),
+                        n.replica().describe(),
                     ),
                     None => format!("node {id}: down"),
                 })

@@ -773,6 +773,21 @@ impl Replica {
         }
     }
 
+    /// A one-line account of this replica for diagnostics (a failing
+    /// simulation seed prints it): its role and, leading, every replica's
+    /// progress; following, the appends it holds past a gap.
+    pub fn describe(&self) -> String {
+        let held: Vec<(u64, usize)> = self
+            .held
+            .iter()
+            .map(|(prev, h)| (*prev, h.entries.len()))
+            .collect();
+        format!(
+            "{:?} base {} held {held:?} gap {:?}",
+            self.role, self.base.index, self.gap
+        )
+    }
+
     /// The commit index (reported or about to be reported).
     pub fn commit_index(&self) -> u64 {
         self.commit
@@ -1291,6 +1306,7 @@ impl Replica {
     /// address of the sender).
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         self.now = now;
+        tracing::trace!(me = %self.me, %from, msg = %msg.brief(), "log message");
         match msg {
             Message::Append {
                 epoch,

@@ -160,6 +160,46 @@ fn compaction_deletes_covered_segments_only() {
     assert_eq!(recovered.entries.last().unwrap(), &entry(1, 31, 1));
 }
 
+/// Compaction inside the active segment drops the covered entries'
+/// offsets (the segment is 64 MiB: they grew with every entry it ever
+/// held), and only those: the uncovered tail still truncates exactly, and
+/// the log continues and reopens whole.
+#[test]
+fn compaction_forgets_the_covered_offsets_of_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+    let mut model: Vec<Entry> = (1..=1000).map(|i| entry(1, i, 20)).collect();
+    wal.append(&model).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.active_segment().offsets.len(), 1000);
+    wal.compact_to(900).unwrap();
+    assert_eq!(wal.segment_count(), 1);
+    assert_eq!(wal.active_segment().offsets.len(), 100);
+    assert_eq!(wal.last_index(), 1000);
+    let cut = wal.truncate_from(900).unwrap_err();
+    assert!(cut.to_string().contains("compacted"), "{cut}");
+    assert_eq!(
+        wal.last_index(),
+        1000,
+        "a refused truncation changed the log"
+    );
+    wal.truncate_from(950).unwrap();
+    model.truncate(949);
+    let replacement: Vec<Entry> = (950..=960).map(|i| entry(2, i, 7)).collect();
+    wal.append(&replacement).unwrap();
+    wal.sync().unwrap();
+    model.extend(replacement);
+    wal.compact_to(955).unwrap();
+    assert_eq!(wal.active_segment().offsets.len(), 5);
+    wal.truncate_from(958).unwrap();
+    model.truncate(957);
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, recovered) = reopen(dir.path(), WalOptions::default());
+    assert_eq!(recovered.entries, model);
+    assert_eq!(wal.last_index(), 957);
+}
+
 #[test]
 fn a_torn_tail_is_cut_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
