@@ -145,7 +145,7 @@ impl OpenLog {
             None => (SnapshotMeta::default(), None),
         };
         let wal_dir = data_dir.join("wal");
-        let (mut wal, recovered) = Wal::open(&wal_dir, WalOptions::default())?;
+        let (mut wal, recovered) = Wal::open_after(&wal_dir, WalOptions::default(), base.index)?;
         if recovered.torn_tail_bytes > 0 {
             tracing::warn!(
                 bytes = recovered.torn_tail_bytes,

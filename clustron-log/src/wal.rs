@@ -209,6 +209,19 @@ pub struct Wal {
 impl Wal {
     /// Opens (or creates) the log in `dir`, recovering what is on disk.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
+        Self::open_after(dir, options, 0)
+    }
+
+    /// [`Wal::open`], recovering only the entries after `after` (a
+    /// snapshot covers the others): they are checked as every entry is,
+    /// but neither kept nor indexed, so a restart does not hold the whole
+    /// active segment's entries in memory at once (55 MB of RSS after a
+    /// restart where the steady node held 31, issue 11).
+    pub fn open_after(
+        dir: &Path,
+        options: WalOptions,
+        after: u64,
+    ) -> Result<(Wal, Recovered), WalError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
@@ -227,7 +240,8 @@ impl Wal {
         let count = names.len();
         // The segment before: its first index and how many entries it held.
         // The next one must start right after, also when it held none.
-        let mut previous: Option<(u64, usize)> = None;
+        let mut previous: Option<(u64, u64)> = None;
+        let mut last_epoch = 0;
         for (k, (first_index, path)) in names.into_iter().enumerate() {
             let last = k + 1 == count;
             if first_index == 0 {
@@ -238,7 +252,7 @@ impl Wal {
                 });
             }
             let expected = match previous {
-                Some((first, held)) => first.checked_add(held as u64),
+                Some((first, held)) => first.checked_add(held),
                 None => Some(first_index),
             };
             if expected != Some(first_index) {
@@ -251,9 +265,19 @@ impl Wal {
                     reason: format!("segment starts at index {first_index}, expected {expected}"),
                 });
             }
-            let (segment, torn) = read_segment(&path, first_index, last, &options, &mut recovered)?;
+            let (segment, torn) = read_segment(
+                &path,
+                first_index,
+                last,
+                &options,
+                (after, &mut last_epoch),
+                &mut recovered,
+            )?;
             recovered.torn_tail_bytes += torn;
-            previous = Some((first_index, segment.offsets.len()));
+            previous = Some((
+                first_index,
+                segment.forgotten + segment.offsets.len() as u64,
+            ));
             segments.push(segment);
         }
         if segments.is_empty() {
@@ -613,13 +637,17 @@ fn has_unwritten_sector(bytes: &[u8], from: usize, to: usize) -> bool {
 
 /// Reads one segment into `recovered`; truncates a torn tail of the last
 /// segment and returns how many bytes it cut.
+/// Reads one segment: entries after `keep.0` into `recovered`, the
+/// epoch of the last entry read kept in `keep.1` (epochs never go down).
 fn read_segment(
     path: &Path,
     first_index: u64,
     last: bool,
     options: &WalOptions,
+    keep: (u64, &mut u64),
     recovered: &mut Recovered,
 ) -> Result<(Segment, u64), WalError> {
+    let (after, last_epoch) = keep;
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -660,11 +688,13 @@ fn read_segment(
         ));
     }
     let mut offsets = Vec::new();
+    let mut forgotten = 0u64;
     let mut at = HEADER_LEN as usize;
     while at < bytes.len() {
         match parse(&bytes, at, options.max_payload) {
             Parsed::Entry(entry, len) => {
-                let Some(expected) = first_index.checked_add(offsets.len() as u64) else {
+                let read = forgotten + offsets.len() as u64;
+                let Some(expected) = first_index.checked_add(read) else {
                     return Err(corrupt(at as u64, "entry index past the last u64".into()));
                 };
                 if entry.index != expected {
@@ -673,16 +703,19 @@ fn read_segment(
                         format!("entry index {} where {expected} was expected", entry.index),
                     ));
                 }
-                if let Some(prev) = recovered.entries.last() {
-                    if entry.epoch < prev.epoch {
-                        return Err(corrupt(
-                            at as u64,
-                            format!("epoch {} after epoch {}", entry.epoch, prev.epoch),
-                        ));
-                    }
+                if entry.epoch < *last_epoch {
+                    return Err(corrupt(
+                        at as u64,
+                        format!("epoch {} after epoch {}", entry.epoch, *last_epoch),
+                    ));
                 }
-                offsets.push(at as u64);
-                recovered.entries.push(entry);
+                *last_epoch = entry.epoch;
+                if entry.index <= after {
+                    forgotten += 1;
+                } else {
+                    offsets.push(at as u64);
+                    recovered.entries.push(entry);
+                }
                 at += len;
             }
             Parsed::Short if last => break,
@@ -694,7 +727,7 @@ fn read_segment(
                 // the bad record, or with an unwritten (zero) sector before
                 // the next valid one: a crash before the sync that would
                 // have made all of it durable. Anything else was durable.
-                let expected = first_index.saturating_add(offsets.len() as u64);
+                let expected = first_index.saturating_add(forgotten + offsets.len() as u64);
                 let torn = last
                     && match next_valid_record(&bytes, at + 1, expected, options.max_payload) {
                         None => true,
@@ -720,7 +753,7 @@ fn read_segment(
         Segment {
             path: path.to_owned(),
             first_index,
-            forgotten: 0,
+            forgotten,
             offsets,
             len: at as u64,
         },

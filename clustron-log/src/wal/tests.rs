@@ -200,6 +200,35 @@ fn compaction_forgets_the_covered_offsets_of_the_active_segment() {
     assert_eq!(wal.last_index(), 957);
 }
 
+/// A restart after a snapshot recovers only the entries after it: the
+/// covered ones are read and checked but neither kept nor indexed, and the
+/// log goes on from its true end.
+#[test]
+fn opening_after_a_snapshot_keeps_only_the_entries_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries: Vec<Entry> = (1..=600).map(|i| entry(1, i, 20)).collect();
+    entries.extend((601..=1000).map(|i| entry(2, i, 20)));
+    write_synced(dir.path(), WalOptions::default(), &entries);
+    let (mut wal, recovered) = Wal::open_after(dir.path(), WalOptions::default(), 900).unwrap();
+    assert_eq!(recovered.entries, entries[900..].to_vec());
+    assert_eq!(wal.last_index(), 1000);
+    assert_eq!(wal.active_segment().offsets.len(), 100);
+    let cut = wal.truncate_from(900).unwrap_err();
+    assert!(cut.to_string().contains("compacted"), "{cut}");
+    wal.truncate_from(951).unwrap();
+    wal.append(&[entry(3, 951, 4)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovered) = reopen(dir.path(), WalOptions::default());
+    let mut model = entries[..950].to_vec();
+    model.push(entry(3, 951, 4));
+    assert_eq!(recovered.entries, model);
+    // Everything covered: nothing kept, the position holds.
+    let (wal, recovered) = Wal::open_after(dir.path(), WalOptions::default(), 5000).unwrap();
+    assert!(recovered.entries.is_empty());
+    assert_eq!(wal.last_index(), 951);
+}
+
 #[test]
 fn a_torn_tail_is_cut_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
