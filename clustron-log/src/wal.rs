@@ -163,8 +163,9 @@ impl Segment {
 
     /// Drops the offsets of the entries at or below `index`.
     fn forget_to(&mut self, index: u64) {
-        let first_kept = self.first_index + self.forgotten;
-        let Some(count) = (index + 1).checked_sub(first_kept) else {
+        // Saturating: the entry at the last u64 index may be forgotten too.
+        let first_kept = self.first_index.saturating_add(self.forgotten);
+        let Some(count) = index.checked_sub(first_kept).map(|c| c.saturating_add(1)) else {
             return;
         };
         let count =
@@ -395,10 +396,12 @@ impl Wal {
         if index > self.last_index() {
             return Ok(());
         }
-        let floor = self.truncatable_from();
-        if index < floor {
+        if index < self.first_index() || self.last_forgotten().is_some_and(|f| index <= f) {
+            let upto = self
+                .last_forgotten()
+                .unwrap_or(self.first_index().saturating_sub(1));
             return Err(WalError::InvalidAppend(format!(
-                "cannot truncate from {index}: entries before {floor} are compacted"
+                "cannot truncate from {index}: the entries up to {upto} are compacted"
             )));
         }
         let path = self.active_segment().path.clone();
@@ -413,12 +416,10 @@ impl Wal {
             std::fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
         }
         let segment = self.active_segment_mut();
-        let Some(keep) = index.checked_sub(segment.first_index + segment.forgotten) else {
-            return Err(WalError::InvalidAppend(format!(
-                "cannot truncate from {index}: the entries up to {} are compacted",
-                segment.first_index + segment.forgotten - 1
-            )));
-        };
+        // Invariant: first_index <= index here (checked above, and the
+        // segments after the one holding `index` are gone), and the
+        // forgotten entries are all below `index`.
+        let keep = (index - segment.first_index).saturating_sub(segment.forgotten);
         let keep = usize::try_from(keep).unwrap_or(usize::MAX);
         if keep < segment.offsets.len() {
             segment.len = segment.offsets[keep];
@@ -470,14 +471,14 @@ impl Wal {
         Ok(())
     }
 
-    /// The lowest index [`Wal::truncate_from`] accepts: the first entry
-    /// that no snapshot covers ([`Wal::compact_to`]).
-    fn truncatable_from(&self) -> u64 {
+    /// The last entry a snapshot covers ([`Wal::compact_to`]), if any is
+    /// still in the log: [`Wal::truncate_from`] refuses it and those before.
+    fn last_forgotten(&self) -> Option<u64> {
         self.segments
             .iter()
             .rev()
             .find(|s| s.forgotten > 0)
-            .map_or(self.first_index(), |s| s.first_index + s.forgotten)
+            .map(|s| s.first_index + (s.forgotten - 1))
     }
 
     /// Number of segment files.

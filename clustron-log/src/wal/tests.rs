@@ -696,6 +696,15 @@ fn a_log_at_the_last_u64_index_opens_and_refuses_more_entries() {
         wal.append(&[next]),
         Err(WalError::InvalidAppend(_))
     ));
+    // A snapshot covering it forgets its offset without overflowing, and
+    // it can no longer be truncated.
+    wal.compact_to(last).unwrap();
+    assert_eq!(wal.last_index(), last);
+    assert!(wal.truncate_from(last).is_err());
+    drop(wal);
+    let (wal, recovered) = Wal::open_after(dir.path(), WalOptions::default(), last).unwrap();
+    assert!(recovered.entries.is_empty());
+    assert_eq!(wal.last_index(), last);
     drop(wal);
 
     // A second entry after it, or a segment after it, is corrupt.
