@@ -585,6 +585,57 @@ proptest! {
         prop_assert_eq!(&recovered.entries[..], &all[..whole]);
     }
 
+    /// Appends, truncations, compactions and restarts after the snapshot
+    /// point, in any order, against a model: the log always ends where the
+    /// model does, a truncation at or below the compacted point is refused
+    /// and changes nothing, and a restart recovers exactly the model's
+    /// entries after that point.
+    #[test]
+    fn compaction_truncation_and_restarts_agree_with_a_model(
+        ops in proptest::collection::vec((0u8..4, any::<prop::sample::Index>(), 1usize..6), 1..40),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = reopen(dir.path(), small());
+        let mut model: Vec<Entry> = Vec::new();
+        let (mut epoch, mut compacted) = (1u64, 0u64);
+        for (op, at, n) in ops {
+            let last = model.len() as u64;
+            match op {
+                0 => {
+                    let batch: Vec<Entry> =
+                        (last + 1..=last + n as u64).map(|i| entry(epoch, i, 10)).collect();
+                    wal.append(&batch).unwrap();
+                    model.extend(batch);
+                }
+                1 if last > 0 => {
+                    let k = 1 + at.index(last as usize) as u64;
+                    if k <= compacted {
+                        prop_assert!(wal.truncate_from(k).is_err());
+                    } else {
+                        wal.truncate_from(k).unwrap();
+                        model.truncate(k as usize - 1);
+                        epoch += 1;
+                    }
+                }
+                2 if last > 0 => {
+                    let k = 1 + at.index(last as usize) as u64;
+                    wal.sync().unwrap();
+                    wal.compact_to(k).unwrap();
+                    compacted = compacted.max(k);
+                }
+                _ => {
+                    wal.sync().unwrap();
+                    drop(wal);
+                    let (reopened, recovered) =
+                        Wal::open_after(dir.path(), small(), compacted).unwrap();
+                    wal = reopened;
+                    prop_assert_eq!(&recovered.entries[..], &model[compacted as usize..]);
+                }
+            }
+            prop_assert_eq!(wal.last_index(), model.len() as u64);
+        }
+    }
+
     /// Garbage after the synced records is a torn tail: cut, nothing lost.
     #[test]
     fn garbage_after_the_last_record_is_cut(garbage in proptest::collection::vec(1u8..=255, 1..2000)) {
