@@ -18,7 +18,10 @@
 //!
 //! # Recovery
 //!
-//! [`Wal::open`] reads every segment and tells a torn tail from corruption:
+//! [`Wal::open`] reads every segment and tells a torn tail from corruption
+//! ([`Wal::open_after`] does the same but keeps only the entries after a
+//! snapshot's index; [`Wal::compact_to`] makes the entries a snapshot
+//! covers impossible to truncate and drops what indexed them):
 //!
 //! - A record that is cut short, or fails its checksum, **in the last
 //!   segment**, with nothing valid after it or with an all-zero 512-byte

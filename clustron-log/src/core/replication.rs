@@ -1582,7 +1582,7 @@ impl Replica {
     /// kept able to form one quickly: false while they could form a
     /// majority but fewer than a majority are ready, where ready means
     /// within [`Config::max_lag_bytes`], or, for one catching up (never in
-    /// sync since it answered again), holding [`Progress::credit`]: the
+    /// sync since it answered again), holding `Progress::credit`: the
     /// leader then takes in a share of what such a voter catches up (half
     /// at the bound, less the further behind it is), so writes slow down
     /// but never stop for it. A voter silent for two
