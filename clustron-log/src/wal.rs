@@ -15,6 +15,11 @@
 //!
 //! Entries are contiguous (each index one above the last) across segments,
 //! and a segment is closed once it reaches [`WalOptions::segment_bytes`].
+//! Ahead of its last record a segment holds zeros, written
+//! [`WalOptions::prefill_bytes`] at a time before the records that need
+//! them, so that an fsync writes the records only, not the file's new size
+//! and block allocation too; a segment's records end where only zeros
+//! follow.
 //!
 //! # Recovery
 //!
@@ -23,6 +28,8 @@
 //! snapshot's index; [`Wal::compact_to`] makes the entries a snapshot
 //! covers impossible to truncate and drops what indexed them):
 //!
+//! - Nothing but zeros to the end of a segment is the end of its records
+//!   (the zeros written ahead, [`WalOptions::prefill_bytes`]).
 //! - A record that is cut short, or fails its checksum, **in the last
 //!   segment**, with nothing valid after it or with an all-zero 512-byte
 //!   sector between it and the next valid record (a page that never reached
@@ -61,6 +68,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use crate::core::replication::{Entry, EntryKind};
@@ -85,15 +93,28 @@ pub struct WalOptions {
     /// Largest payload accepted by [`Wal::append`] and read back by
     /// [`Wal::open`]; a longer length on disk is a torn or corrupt record.
     pub max_payload: usize,
+    /// Zeros written ahead of the last record, this many bytes at a time,
+    /// before an append needs them (0: none; the file grows with each
+    /// record). An fdatasync after an append that grew the file must also
+    /// write the file's size and block allocation; over blocks already
+    /// written it writes the data only. On the 2-core VM (ext4), appends
+    /// of 0.3–30 KB each followed by fdatasync took 0.15–0.20 ms and
+    /// 60–86 µs of CPU growing the file, 0.10–0.11 ms and 43–48 µs over
+    /// zeros written 1 MiB at a time (PostgreSQL zero-fills its WAL
+    /// segments for the same reason). The fsync after each fill carries the
+    /// zeros too (~1 ms once per MiB).
+    pub prefill_bytes: u64,
 }
 
 impl Default for WalOptions {
-    /// 64 MiB segments (few files, cheap deletion after compaction) and
-    /// 16 MiB payloads (a batch of the largest values the store accepts).
+    /// 64 MiB segments (few files, cheap deletion after compaction),
+    /// 16 MiB payloads (a batch of the largest values the store accepts)
+    /// and zeros written 1 MiB ahead.
     fn default() -> Self {
         Self {
             segment_bytes: 64 * 1024 * 1024,
             max_payload: 16 * 1024 * 1024,
+            prefill_bytes: 1024 * 1024,
         }
     }
 }
@@ -153,8 +174,10 @@ struct Segment {
     /// Byte offset of each entry's record after the forgotten ones, in
     /// order.
     offsets: Vec<u64>,
-    /// Bytes in the file (header included).
+    /// Bytes of header and records: where the next record goes.
     len: u64,
+    /// Bytes in the file: `len` plus the zeros written ahead.
+    file_len: u64,
 }
 
 impl Segment {
@@ -337,6 +360,7 @@ impl Wal {
                 self.rotate()?;
             }
             let body_len = BODY_FIXED + entry.payload.len();
+            self.prefill(self.active_segment().len + (FRAME_LEN + body_len) as u64)?;
             let mut hasher = crc32fast::Hasher::new();
             hasher.update(&entry.epoch.to_le_bytes());
             hasher.update(&entry.index.to_le_bytes());
@@ -428,6 +452,9 @@ impl Wal {
             segment.len = segment.offsets[keep];
             segment.offsets.truncate(keep);
         }
+        // The zeros ahead go too: cut at the end of the records kept, so
+        // no removed record stays in the file to be read back.
+        segment.file_len = segment.len;
         let len = segment.len;
         let path = segment.path.clone();
         let file = OpenOptions::new()
@@ -499,8 +526,45 @@ impl Wal {
         &mut self.segments[last]
     }
 
+    /// Writes zeros ahead of the active segment's records so that it holds
+    /// at least `end` bytes ([`WalOptions::prefill_bytes`]). Records are
+    /// written only below `file_len`, the zeros only at and above it, so
+    /// the two never overlap, whatever is still buffered.
+    fn prefill(&mut self, end: u64) -> Result<(), WalError> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let chunk = self.options.prefill_bytes;
+        let from = self.active_segment().file_len;
+        if chunk == 0 || end <= from {
+            return Ok(());
+        }
+        let to = end.div_ceil(chunk).saturating_mul(chunk);
+        let path = self.active_segment().path.clone();
+        let file = self.active.get_ref();
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(ZEROS.len() as u64);
+            // Invariant: n <= ZEROS.len().
+            file.write_all_at(&ZEROS[..n as usize], at)
+                .map_err(io_err(&path))?;
+            at += n;
+        }
+        self.active_segment_mut().file_len = to;
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), WalError> {
         self.sync_forced()?;
+        // A closed segment keeps its records only (as before zeros were
+        // written ahead: a build without them reads it too).
+        let segment = self.active_segment();
+        if segment.file_len > segment.len {
+            let path = segment.path.clone();
+            self.active
+                .get_ref()
+                .set_len(segment.len)
+                .map_err(io_err(&path))?;
+            self.active_segment_mut().file_len = self.active_segment().len;
+        }
         let next = self.last_index() + 1;
         self.segments.push(create_segment(&self.dir, next)?);
         self.active = open_active(self.segments.last_mut())?;
@@ -544,6 +608,7 @@ fn create_segment(dir: &Path, first_index: u64) -> Result<Segment, WalError> {
         forgotten: 0,
         offsets: Vec::new(),
         len: HEADER_LEN,
+        file_len: HEADER_LEN,
     })
 }
 
@@ -679,6 +744,7 @@ fn read_segment(
                     forgotten: 0,
                     offsets: Vec::new(),
                     len: HEADER_LEN,
+                    file_len: HEADER_LEN,
                 },
                 torn,
             ));
@@ -695,6 +761,12 @@ fn read_segment(
     let mut forgotten = 0u64;
     let mut at = HEADER_LEN as usize;
     while at < bytes.len() {
+        if bytes[at..].iter().all(|b| *b == 0) {
+            // The zeros written ahead (WalOptions::prefill_bytes): the end
+            // of the records, in any segment (a closed one may keep some;
+            // the next one's first index tells if records are missing).
+            break;
+        }
         match parse(&bytes, at, options.max_payload) {
             Parsed::Entry(entry, len) => {
                 let read = forgotten + offsets.len() as u64;
@@ -744,7 +816,11 @@ fn read_segment(
             }
         }
     }
-    let torn = (bytes.len() - at) as u64;
+    // The torn bytes are those up to the last nonzero one (zeros written
+    // ahead may follow them); the cut removes the zeros too.
+    let data_end = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    let torn = data_end.saturating_sub(at) as u64;
+    let mut file_len = bytes.len() as u64;
     if torn > 0 {
         let file = OpenOptions::new()
             .write(true)
@@ -752,6 +828,7 @@ fn read_segment(
             .map_err(io_err(path))?;
         file.set_len(at as u64).map_err(io_err(path))?;
         file.sync_data().map_err(io_err(path))?;
+        file_len = at as u64;
     }
     Ok((
         Segment {
@@ -760,6 +837,7 @@ fn read_segment(
             forgotten,
             offsets,
             len: at as u64,
+            file_len,
         },
         torn,
     ))

@@ -230,6 +230,62 @@ fn opening_after_a_snapshot_keeps_only_the_entries_after_it() {
 }
 
 #[test]
+fn zeros_are_written_ahead_of_the_records_and_read_back_as_their_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        prefill_bytes: 4096,
+        ..WalOptions::default()
+    };
+    let first: Vec<Entry> = (1..=5).map(|i| entry(1, i, 100)).collect();
+    write_synced(dir.path(), options.clone(), &first);
+    let path = segments(dir.path()).pop().unwrap();
+    let end = HEADER_LEN + first.iter().map(record_len).sum::<u64>();
+    // The file is a whole number of fills, zeros after the records: an
+    // fsync of later appends does not change its size.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes[end as usize..].iter().all(|b| *b == 0));
+
+    let (mut wal, recovered) = reopen(dir.path(), options.clone());
+    assert_eq!(recovered.entries, first);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        4096,
+        "the zeros were cut"
+    );
+    // Appends go on where the records end, over the zeros and past them.
+    let more: Vec<Entry> = (6..=60).map(|i| entry(2, i, 100)).collect();
+    wal.append(&more).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(len % 4096, 0);
+    assert!(len >= HEADER_LEN + 60 * record_len(&more[0]));
+    let (_, recovered) = reopen(dir.path(), options);
+    assert_eq!(recovered.entries, [first, more].concat());
+}
+
+#[test]
+fn a_truncation_leaves_no_removed_record_behind_the_new_end() {
+    // Records of one size: a removed record would start exactly where the
+    // new ones end, a valid record with the next index, were it kept.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+    let old: Vec<Entry> = (1..=10).map(|i| entry(1, i, 30)).collect();
+    wal.append(&old).unwrap();
+    wal.sync().unwrap();
+    wal.truncate_from(4).unwrap();
+    let new: Vec<Entry> = (4..=6).map(|i| entry(2, i, 30)).collect();
+    wal.append(&new).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, recovered) = reopen(dir.path(), WalOptions::default());
+    assert_eq!(recovered.entries, [&old[..3], &new[..]].concat());
+    assert_eq!(wal.last_index(), 6);
+}
+
+#[test]
 fn a_torn_tail_is_cut_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let synced: Vec<Entry> = (1..=5).map(|i| entry(1, i, 50)).collect();
@@ -245,8 +301,10 @@ fn a_torn_tail_is_cut_and_the_log_goes_on() {
         let bytes = std::fs::read(segments(scratch.path()).pop().unwrap()).unwrap();
         partial.extend_from_slice(&bytes[HEADER_LEN as usize..HEADER_LEN as usize + 30]);
     }
-    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-    file.write_all(&partial).unwrap();
+    // Where the records end: zeros written ahead follow.
+    let end = HEADER_LEN + synced.iter().map(record_len).sum::<u64>();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&partial, end).unwrap();
     drop(file);
 
     let (mut wal, recovered) = reopen(dir.path(), WalOptions::default());
@@ -317,7 +375,8 @@ fn damage_in_a_closed_segment_is_corruption_even_at_its_end() {
     write_synced(dir.path(), small(), &entries);
     let first = segments(dir.path()).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
-    let last = bytes.len() - 1;
+    // The last byte of its last record (zeros written ahead follow it).
+    let last = bytes.iter().rposition(|b| *b != 0).unwrap();
     bytes[last] ^= 0xff;
     std::fs::write(&first, &bytes).unwrap();
     let error = Wal::open(dir.path(), small()).unwrap_err();
@@ -435,7 +494,7 @@ fn a_damaged_last_record_cut_as_a_torn_tail_is_noticed_against_the_mark() {
     write_marked(dir.path(), WalOptions::default(), &entries);
     let path = segments(&dir.path().join("wal")).pop().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 5;
+    let last = (HEADER_LEN + entries.iter().map(record_len).sum::<u64>()) as usize - 5;
     bytes[last] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
     // The log cannot tell it from a torn write...
@@ -457,7 +516,7 @@ fn a_torn_tail_that_was_never_synced_is_not_a_loss() {
     wal.append(&[entry(1, 6, 50), entry(1, 7, 50)]).unwrap();
     drop(wal);
     let path = segments(&dir.path().join("wal")).pop().unwrap();
-    let len = std::fs::metadata(&path).unwrap().len();
+    let len = HEADER_LEN + 7 * record_len(&entry(1, 7, 50));
     let cut = len - record_len(&entry(1, 7, 50)) / 2;
     OpenOptions::new()
         .write(true)
@@ -546,13 +605,16 @@ proptest! {
         let _ = HighWaterMark::open(&path, Summary::default());
     }
 
-    /// A crash cuts the file anywhere after the last sync: every synced
-    /// entry comes back, and exactly the whole records before the cut.
+    /// A crash cuts the file anywhere after the last sync, or leaves
+    /// zeros (pages that never reached the disk) from there to where the
+    /// records ended: every synced entry comes back, and exactly the whole
+    /// records before the cut.
     #[test]
     fn a_crash_anywhere_after_the_last_sync_keeps_every_synced_entry(
         batches in proptest::collection::vec(
             (proptest::collection::vec(0usize..300, 1..6), any::<bool>()), 1..8),
         cut in any::<prop::sample::Index>(),
+        zeroed in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = reopen(dir.path(), WalOptions::default());
@@ -577,7 +639,13 @@ proptest! {
         drop(wal);
         let path = segments(dir.path()).pop().unwrap();
         let at = synced_len + cut.index((len - synced_len + 1) as usize) as u64;
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(at).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        if zeroed {
+            file.write_all_at(&vec![0; (len - at) as usize], at).unwrap();
+        } else {
+            file.set_len(at).unwrap();
+        }
+        drop(file);
 
         let (_, recovered) = reopen(dir.path(), WalOptions::default());
         let mut end = HEADER_LEN;
@@ -646,8 +714,9 @@ proptest! {
         wal.sync().unwrap();
         drop(wal);
         let path = segments(dir.path()).pop().unwrap();
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&garbage).unwrap();
+        let end = HEADER_LEN + entries.iter().map(record_len).sum::<u64>();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&garbage, end).unwrap();
         drop(file);
         let (_, recovered) = reopen(dir.path(), WalOptions::default());
         prop_assert_eq!(recovered.entries, entries);

@@ -631,6 +631,7 @@ fn wal_options() -> WalOptions {
     WalOptions {
         segment_bytes: 256,
         max_payload: 4096,
+        prefill_bytes: 512,
     }
 }
 
