@@ -861,7 +861,13 @@ impl<C: ReplicatedCore> LogIo<C> {
         self.snapshot_asked = false;
         self.snapshotting = true;
         self.bytes_since = 0;
+        let taken = Instant::now();
         let (meta, state) = core.snapshot();
+        tracing::debug!(
+            index = meta.index,
+            micros = taken.elapsed().as_micros() as u64,
+            "snapshot state taken on the driver's task"
+        );
         let snapshots = self.snapshots.clone();
         let done = self.background_tx.clone();
         tokio::task::spawn_blocking(move || {
