@@ -71,6 +71,13 @@ pub struct TransportConfig {
     /// tripled context switches and cost about 30% of throughput
     /// (`cargo xtask bench transport`).
     pub max_concurrent_streams: u32,
+    /// Requests to a peer travel as calls on one long-lived stream per
+    /// channel, their answers in any order (see [`crate::Channel::request`]),
+    /// instead of a stream each; a remote's calls streams are served, at
+    /// most `max_concurrent_streams` calls of one at once. False: a stream
+    /// per request, and calls streams refused (as builds before calls),
+    /// which their callers take as "use a stream per request". Default true.
+    pub calls: bool,
     /// Concurrent bidirectional streams a *client* connection may open
     /// (ALPN `clustron-client/1`). Every watch, topology watch and
     /// subscription holds one stream for its whole life, so an application
@@ -114,6 +121,7 @@ impl TransportConfig {
             reconnect_backoff_max: Duration::from_millis(500),
             inbox_capacity: 1024,
             max_concurrent_streams: 100,
+            calls: true,
             max_concurrent_client_streams: 4096,
             address_validation_above: 32,
             max_handshakes: 1024,

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
+use crate::calls::{self, CallFailure, Calls};
 use crate::certs::TlsIdentity;
 use crate::codes;
 use crate::config::TransportConfig;
@@ -38,7 +39,7 @@ use crate::tls;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The encoded answer to a request: status byte and frame.
-type Answer = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
+pub(crate) type Answer = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
 
 /// Which layer a message belongs to. Each layer registers its own channel, so
 /// layers never see each other's messages.
@@ -187,7 +188,7 @@ fn ok_frame<R: Serialize>(response: &R, max_frame: usize) -> Vec<u8> {
     }
 }
 
-fn status_frame(status: Status, reason: &str) -> Vec<u8> {
+pub(crate) fn status_frame(status: Status, reason: &str) -> Vec<u8> {
     let mut buf = vec![status as u8];
     // A reason never approaches the 64-byte minimum frame; cut long ones.
     let reason: String = reason.chars().take(1024).collect();
@@ -274,7 +275,7 @@ pub struct TransportStats {
 }
 
 #[derive(Default)]
-struct Stats {
+pub(crate) struct Stats {
     messages_sent: AtomicU64,
     messages_received: AtomicU64,
     bytes_sent: AtomicU64,
@@ -282,7 +283,7 @@ struct Stats {
     streams_accepted: AtomicU64,
     connections_opened: AtomicU64,
     connections_refused: AtomicU64,
-    stream_errors: AtomicU64,
+    pub(crate) stream_errors: AtomicU64,
     datagrams_dropped: AtomicU64,
     refusals_unlogged: AtomicU64,
     handshakes_retried: AtomicU64,
@@ -290,19 +291,19 @@ struct Stats {
 }
 
 impl Stats {
-    fn sent(&self, bytes: usize) {
+    pub(crate) fn sent(&self, bytes: usize) {
         self.messages_sent.fetch_add(1, Relaxed);
         self.bytes_sent.fetch_add(bytes as u64, Relaxed);
     }
 
-    fn received(&self, bytes: usize) {
+    pub(crate) fn received(&self, bytes: usize) {
         self.messages_received.fetch_add(1, Relaxed);
         self.bytes_received.fetch_add(bytes as u64, Relaxed);
     }
 }
 
 /// Decodes and queues inbound items for one typed channel.
-trait Route: Send + Sync + 'static {
+pub(crate) trait Route: Send + Sync + 'static {
     fn accepts_clients(&self) -> bool;
     /// Decodes and hands over a request; the future yields the answer.
     fn request(&self, from: Peer, body: &[u8], max_frame: usize) -> Result<Answer, FrameError>;
@@ -436,16 +437,23 @@ struct DialState {
     retry_at: Option<Instant>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     endpoint: quinn::Endpoint,
-    config: TransportConfig,
+    pub(crate) config: TransportConfig,
     identity: Arc<PeerIdentity>,
     dial_config: quinn::ClientConfig,
     routes: DashMap<ChannelId, Arc<dyn Route>>,
     conns: DashMap<SocketAddr, quinn::Connection>,
     dials: DashMap<SocketAddr, Arc<tokio::sync::Mutex<DialState>>>,
     events: broadcast::Sender<TransportEvent>,
-    stats: Stats,
+    pub(crate) stats: Stats,
+    /// The open calls stream to each (peer, channel) (see `calls`).
+    calls: DashMap<(SocketAddr, ChannelId), Arc<Calls>>,
+    /// One opening of a calls stream at a time per (peer, channel).
+    call_opens: DashMap<(SocketAddr, ChannelId), Arc<tokio::sync::Mutex<()>>>,
+    /// Peers of an older build that refused a calls stream: a stream per
+    /// request for them.
+    pub(crate) no_calls: DashMap<SocketAddr, ()>,
     /// Which refusals are logged in full (see `refusals`).
     refusals: std::sync::Mutex<RefusalLog>,
     /// Handshakes of incoming connections in progress.
@@ -550,6 +558,9 @@ impl Endpoint {
             dials: DashMap::new(),
             events: broadcast::channel(256).0,
             stats: Stats::default(),
+            calls: DashMap::new(),
+            call_opens: DashMap::new(),
+            no_calls: DashMap::new(),
             refusals: std::sync::Mutex::default(),
             handshakes: AtomicUsize::new(0),
         });
@@ -732,9 +743,11 @@ impl<P: Protocol> fmt::Debug for Channel<P> {
 }
 
 impl<P: Protocol> Channel<P> {
-    /// Sends `request` to `to` on a new bidirectional stream and waits for
-    /// the response, at most the endpoint's
-    /// [`TransportConfig::request_timeout`].
+    /// Sends `request` to `to` and waits for the response, at most the
+    /// endpoint's [`TransportConfig::request_timeout`]. The request travels
+    /// as a call on the one stream this endpoint keeps to `to` for this
+    /// channel, answered in any order ([`TransportConfig::calls`]); to a
+    /// peer that does not take calls, on a stream of its own.
     pub async fn request(
         &self,
         to: SocketAddr,
@@ -759,6 +772,13 @@ impl<P: Protocol> Channel<P> {
     ) -> Result<P::Response, Error> {
         let inner = &self.endpoint.inner;
         let max = inner.config.max_frame_size;
+        if inner.config.calls && !inner.no_calls.contains_key(&to) {
+            match self.call(to, request, after).await {
+                Err(CallFailure::Refused) => {}
+                Err(CallFailure::Failed(e)) => return Err(e),
+                Ok(response) => return Ok(response),
+            }
+        }
         let mut buf = Vec::with_capacity(frame::framed_len(request) + HEADER_LEN);
         buf.extend_from_slice(&frame::header(StreamKind::Request, P::CHANNEL));
         frame::encode_frame(&mut buf, request, max).map_err(Error::Encode)?;
@@ -783,6 +803,107 @@ impl<P: Protocol> Channel<P> {
             addr: to,
             after,
         })?
+    }
+
+    /// [`Channel::request_with_timeout`] as a call on the calls stream to
+    /// `to` (see the `calls` module). `Refused` only when the peer does not
+    /// know calls, having processed nothing: then use a stream.
+    async fn call(
+        &self,
+        to: SocketAddr,
+        request: &P::Request,
+        after: Duration,
+    ) -> Result<P::Response, CallFailure> {
+        let inner = &self.endpoint.inner;
+        let max = inner.config.max_frame_size;
+        let body = postcard::to_stdvec(request)
+            .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))
+            .and_then(|body| {
+                if body.len() > max {
+                    return Err(FrameError::TooLarge {
+                        len: body.len() as u64,
+                        max,
+                    });
+                }
+                Ok(body)
+            })
+            .map_err(|e| CallFailure::Failed(Error::Encode(e)))?;
+        let opened = std::sync::atomic::AtomicBool::new(false);
+        let exchange = async {
+            // Nothing has left before the call is handed to an open
+            // stream; from then on it may have been processed.
+            let mut fresh = false;
+            let (answer, _forget) = loop {
+                let calls = inner
+                    .calls_to(to, P::CHANNEL)
+                    .await
+                    .map_err(|e| CallFailure::Failed(e.before_sending()))?;
+                if let Some(call) = calls.call(&body) {
+                    break call;
+                }
+                // That stream closed before taking it (it was never
+                // written): once more on a new one.
+                inner.forget_calls(to, &calls);
+                if fresh {
+                    return Err(CallFailure::Failed(Error::Unreachable {
+                        addr: to,
+                        reason: "the calls stream closed before the request was sent".into(),
+                    }));
+                }
+                fresh = true;
+            };
+            opened.store(true, Relaxed);
+            let answer = match answer.await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(CallFailure::Failed(Error::ConnectionLost {
+                        addr: to,
+                        reason: "the calls stream closed after the request was sent".into(),
+                    }))
+                }
+            };
+            Self::decode_answer(inner, to, &answer).map_err(CallFailure::Failed)
+        };
+        timeout(after, exchange)
+            .await
+            .map_err(|_| {
+                CallFailure::Failed(Error::Timeout {
+                    what: if opened.load(Relaxed) {
+                        "request"
+                    } else {
+                        "connect"
+                    },
+                    addr: to,
+                    after,
+                })
+            })?
+    }
+
+    /// A response's status and frame, as one call's answer.
+    fn decode_answer(inner: &Arc<Inner>, to: SocketAddr, answer: &[u8]) -> Result<P::Response, Error> {
+        let max = inner.config.max_frame_size;
+        let Some((&status, rest)) = answer.split_first() else {
+            return Err(FrameError::Truncated.into());
+        };
+        let Some((body, used)) = frame::split_frame(rest, max)? else {
+            return Err(FrameError::Truncated.into());
+        };
+        if used != rest.len() {
+            return Err(FrameError::Malformed("bytes after the response".into()).into());
+        }
+        inner.stats.received(body.len() + 1);
+        match Status::from_u8(status) {
+            Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(body)?),
+            Some(Status::UnknownChannel) => Err(Error::UnknownChannel {
+                addr: to,
+                channel: P::CHANNEL,
+            }),
+            Some(Status::Rejected) => Err(Error::Rejected {
+                addr: to,
+                reason: frame::decode_body::<String>(body)?,
+            }),
+            None => Err(FrameError::Malformed(format!("unknown status {status}")).into()),
+        }
     }
 
     /// Sends a request on an open stream and reads its response.
@@ -1191,6 +1312,15 @@ impl Inner {
                     }
                 }
             },
+            StreamKind::Calls if !self.config.calls => {
+                let e = FrameError::UnknownKind(kind as u8);
+                self.bad_stream(&peer, Some(&mut send), reader.stream(), e.into());
+            }
+            StreamKind::Calls => {
+                let route = self.route(channel, is_client);
+                let limit = self.config.max_concurrent_streams as usize;
+                calls::serve(self.clone(), peer, route, channel, reader, send, limit).await;
+            }
             StreamKind::Message => {
                 let e = FrameError::UnknownKind(kind as u8);
                 self.bad_stream(&peer, Some(&mut send), reader.stream(), e.into());
@@ -1400,13 +1530,40 @@ impl Inner {
         Ok(conn)
     }
 
+    /// The open calls stream to `to` for `channel`, or a new one.
+    async fn calls_to(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        channel: ChannelId,
+    ) -> Result<Arc<Calls>, Error> {
+        let key = (to, channel);
+        if let Some(calls) = self.calls.get(&key).filter(|c| c.is_open()) {
+            return Ok(calls.clone());
+        }
+        let slot = self.call_opens.entry(key).or_default().clone();
+        let _opening = slot.lock().await;
+        if let Some(calls) = self.calls.get(&key).filter(|c| c.is_open()) {
+            return Ok(calls.clone());
+        }
+        let (send, recv) = self.open_bi(to).await?;
+        let calls = calls::start(self, to, channel, send, recv);
+        self.calls.insert(key, calls.clone());
+        Ok(calls)
+    }
+
+    /// Drops `calls` from the open ones (it failed or ended), unless a
+    /// newer stream replaced it already.
+    pub(crate) fn forget_calls(&self, to: SocketAddr, calls: &Arc<Calls>) {
+        self.calls.retain(|(addr, _), open| *addr != to || !Arc::ptr_eq(open, calls));
+    }
+
     fn evict(&self, addr: SocketAddr, conn: &quinn::Connection) {
         self.conns
             .remove_if(&addr, |_, cached| cached.stable_id() == conn.stable_id());
     }
 }
 
-fn read_failed(addr: SocketAddr, failure: ReadFailure) -> Error {
+pub(crate) fn read_failed(addr: SocketAddr, failure: ReadFailure) -> Error {
     match failure {
         ReadFailure::Lost(e) => connection_error(addr, e),
         ReadFailure::Frame(e) => e.into(),
@@ -1511,7 +1668,7 @@ fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, Error> {
     Ok(PeerIdentity::from_certificate(first)?)
 }
 
-fn refusal(status: Status, channel: ChannelId) -> String {
+pub(crate) fn refusal(status: Status, channel: ChannelId) -> String {
     match status {
         Status::UnknownChannel => format!("no handler for channel {channel}"),
         _ => format!("channel {channel} is for nodes only"),

@@ -35,6 +35,9 @@ pub enum StreamKind {
     Message = 2,
     /// Bidirectional: frames both ways until either side finishes.
     Stream = 3,
+    /// Bidirectional: many requests, each tagged with an id, and their
+    /// responses in any order (see the `calls` module).
+    Calls = 4,
 }
 
 /// First byte of a response.
@@ -77,6 +80,7 @@ pub fn parse_header(bytes: [u8; HEADER_LEN]) -> Result<(StreamKind, ChannelId), 
         1 => StreamKind::Request,
         2 => StreamKind::Message,
         3 => StreamKind::Stream,
+        4 => StreamKind::Calls,
         other => return Err(FrameError::UnknownKind(other)),
     };
     Ok((kind, ChannelId(u16::from_be_bytes([bytes[2], bytes[3]]))))
@@ -157,6 +161,20 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     }
 }
 
+/// The body of the first complete frame in `buf` and the bytes the frame
+/// takes, or `Ok(None)` if more bytes are needed.
+pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let Some(prefix) = buf.get(..LENGTH_PREFIX) else {
+        return Ok(None);
+    };
+    let mut len_bytes = [0; LENGTH_PREFIX];
+    len_bytes.copy_from_slice(prefix);
+    let len = check_length(len_bytes, max)?;
+    Ok(buf
+        .get(LENGTH_PREFIX..LENGTH_PREFIX + len)
+        .map(|body| (body, LENGTH_PREFIX + len)))
+}
+
 /// Decodes the first complete frame in `buf`: `Ok(None)` if more bytes are
 /// needed, otherwise the value and the number of bytes it used.
 ///
@@ -166,16 +184,10 @@ pub fn decode_frame<T: DeserializeOwned>(
     buf: &[u8],
     max: usize,
 ) -> Result<Option<(T, usize)>, FrameError> {
-    let Some(prefix) = buf.get(..LENGTH_PREFIX) else {
-        return Ok(None);
-    };
-    let mut len_bytes = [0; LENGTH_PREFIX];
-    len_bytes.copy_from_slice(prefix);
-    let len = check_length(len_bytes, max)?;
-    let Some(body) = buf.get(LENGTH_PREFIX..LENGTH_PREFIX + len) else {
-        return Ok(None);
-    };
-    Ok(Some((decode_body(body)?, LENGTH_PREFIX + len)))
+    match split_frame(buf, max)? {
+        None => Ok(None),
+        Some((body, used)) => Ok(Some((decode_body(body)?, used))),
+    }
 }
 
 #[cfg(test)]
@@ -233,8 +245,13 @@ mod tests {
         }
 
         #[test]
-        fn headers_round_trip(kind in 1u8..=3, channel in any::<u16>()) {
-            let kind = match kind { 1 => StreamKind::Request, 2 => StreamKind::Message, _ => StreamKind::Stream };
+        fn headers_round_trip(kind in 1u8..=4, channel in any::<u16>()) {
+            let kind = match kind {
+                1 => StreamKind::Request,
+                2 => StreamKind::Message,
+                3 => StreamKind::Stream,
+                _ => StreamKind::Calls,
+            };
             prop_assert_eq!(parse_header(header(kind, ChannelId(channel))).unwrap(), (kind, ChannelId(channel)));
         }
     }

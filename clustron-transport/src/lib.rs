@@ -65,6 +65,7 @@
 pub mod certs;
 pub mod codes;
 pub mod config;
+mod calls;
 mod endpoint;
 pub mod error;
 pub mod frame;

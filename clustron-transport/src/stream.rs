@@ -11,7 +11,7 @@ use crate::error::FrameError;
 use crate::frame::{self, LENGTH_PREFIX};
 
 /// Why a read failed: the stream (codec or reset) or the whole connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum ReadFailure {
     Frame(FrameError),
     Lost(quinn::ConnectionError),

@@ -1041,3 +1041,116 @@ async fn a_stream_beyond_the_limit_fails_definitely_and_the_connection_recovers(
     .await
     .expect("hung");
 }
+
+/// Serves `Echo` requests, answering those with an even id only after
+/// `delay`, so answers come back in another order than the requests.
+fn serve_echo_slowly(endpoint: &Endpoint, delay: Duration) {
+    let mut inbox = endpoint.register::<Echo>().unwrap();
+    tokio::spawn(async move {
+        while let Some(item) = inbox.recv().await {
+            if let Inbound::Request {
+                from,
+                request,
+                reply,
+            } = item
+            {
+                tokio::spawn(async move {
+                    if request.id % 2 == 0 {
+                        tokio::time::sleep(delay).await;
+                    }
+                    reply.send(&Resp {
+                        id: request.id,
+                        from: from.name().to_owned(),
+                        len: request.payload.len(),
+                    });
+                });
+            }
+        }
+    });
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_stream_and_each_gets_its_own_answer() {
+    let pki = Pki::new();
+    let (a, b) = (pki.node("client"), pki.node("server"));
+    serve_echo_slowly(&b, Duration::from_millis(50));
+    let to = b.local_addr();
+    let tasks: Vec<_> = (0..300u64)
+        .map(|id| {
+            let channel = a.channel::<Echo>();
+            tokio::spawn(async move {
+                let payload = vec![id as u8; (id % 700) as usize];
+                channel.request(to, &Req { id, payload }).await
+            })
+        })
+        .collect();
+    for (id, task) in (0..300u64).zip(tasks) {
+        let resp = timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            resp,
+            Resp {
+                id,
+                from: "client".into(),
+                len: (id % 700) as usize
+            }
+        );
+    }
+    // One calls stream, not one stream per request.
+    assert_eq!(b.stats().streams_accepted, 1);
+}
+
+#[tokio::test]
+async fn a_peer_that_takes_no_calls_is_sent_a_stream_per_request() {
+    let pki = Pki::new();
+    let a = pki.node("client");
+    // A server as builds before calls: it refuses a calls stream at its
+    // header, having read no call.
+    let mut old = config();
+    old.calls = false;
+    let b = Endpoint::bind(old, pki.node_identity("server")).unwrap();
+    serve_echo(&b);
+    let to = b.local_addr();
+    for id in 0..20 {
+        let resp = timeout(DEADLINE, request(&a, to, id)).await.unwrap().unwrap();
+        assert_eq!(resp.id, id);
+    }
+    // The refused calls stream, then a stream per request.
+    assert_eq!(b.stats().streams_accepted, 21);
+    assert_eq!(b.stats().stream_errors, 1);
+}
+
+#[tokio::test]
+async fn a_malformed_call_resets_its_calls_stream_only() {
+    let pki = Pki::new();
+    let server = pki.node("server");
+    serve_echo(&server);
+    let client = pki.node("client");
+    let to = server.local_addr();
+    let conn = raw::connect(
+        tls::client_config(&pki.node_identity("raw"), tls::ALPN_PEER).unwrap(),
+        to,
+    )
+    .await
+    .unwrap();
+    let header = frame::header(frame::StreamKind::Calls, Echo::CHANNEL);
+    // A call shorter than its id.
+    let mut short = header.to_vec();
+    short.extend_from_slice(&3u32.to_be_bytes());
+    short.extend_from_slice(&[1, 2, 3]);
+    assert_eq!(
+        raw_stream_code(&conn, &short).await,
+        Some(u64::from(codes::MALFORMED))
+    );
+    // A call whose request does not decode.
+    let mut garbage = header.to_vec();
+    garbage.extend_from_slice(&11u32.to_be_bytes());
+    garbage.extend_from_slice(&7u64.to_be_bytes());
+    garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+    assert_eq!(
+        raw_stream_code(&conn, &garbage).await,
+        Some(u64::from(codes::MALFORMED))
+    );
+    // Requests go on.
+    let resp = timeout(DEADLINE, request(&client, to, 5)).await.unwrap().unwrap();
+    assert_eq!(resp.id, 5);
+}
