@@ -33,9 +33,9 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::codes;
-use crate::endpoint::{Inner, Peer, Route};
+use crate::endpoint::{Answer, Inner, Peer};
 use crate::error::{Error, FrameError};
-use crate::frame::{self, Status, StreamKind, LENGTH_PREFIX};
+use crate::frame::{self, StreamKind, LENGTH_PREFIX};
 use crate::stream::{self, ReadFailure, Reader};
 use crate::ChannelId;
 
@@ -240,11 +240,13 @@ async fn read_results(inner: Arc<Inner>, calls: Arc<Calls>, to: SocketAddr, recv
 }
 
 /// The server's side of a calls stream: reads calls, runs each through
-/// `route` (at most `limit` at once), writes each result when ready.
+/// the channel's route (looked up per call: a channel registered after the
+/// stream opened, as on a node still starting, serves the calls after it),
+/// at most `limit` at once, and writes each result when ready.
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     peer: Peer,
-    route: Result<Arc<dyn Route>, Status>,
+    is_client: bool,
     channel: ChannelId,
     mut reader: Reader,
     send: SendStream,
@@ -274,11 +276,11 @@ pub(crate) async fn serve(
         };
         inner.stats.received(LENGTH_PREFIX + body.len());
         let id: [u8; ID_LEN] = body[..ID_LEN].try_into().unwrap_or([0; ID_LEN]);
-        let answer = match &route {
+        let answer = match inner.route(channel, is_client) {
             Err(status) => Ok(Box::pin(std::future::ready(crate::endpoint::status_frame(
-                *status,
-                &crate::endpoint::refusal(*status, channel),
-            ))) as crate::endpoint::Answer),
+                status,
+                &crate::endpoint::refusal(status, channel),
+            ))) as Answer),
             Ok(route) => route.request(peer.clone(), &body[ID_LEN..], max),
         };
         let answer = match answer {

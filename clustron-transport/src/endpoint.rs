@@ -1219,7 +1219,11 @@ impl Inner {
         });
     }
 
-    fn route(&self, channel: ChannelId, is_client: bool) -> Result<Arc<dyn Route>, Status> {
+    pub(crate) fn route(
+        &self,
+        channel: ChannelId,
+        is_client: bool,
+    ) -> Result<Arc<dyn Route>, Status> {
         match self.routes.get(&channel) {
             None => Err(Status::UnknownChannel),
             Some(route) if is_client && !route.accepts_clients() => Err(Status::Rejected),
@@ -1317,9 +1321,8 @@ impl Inner {
                 self.bad_stream(&peer, Some(&mut send), reader.stream(), e.into());
             }
             StreamKind::Calls => {
-                let route = self.route(channel, is_client);
                 let limit = self.config.max_concurrent_streams as usize;
-                calls::serve(self.clone(), peer, route, channel, reader, send, limit).await;
+                calls::serve(self.clone(), peer, is_client, channel, reader, send, limit).await;
             }
             StreamKind::Message => {
                 let e = FrameError::UnknownKind(kind as u8);

@@ -1154,3 +1154,19 @@ async fn a_malformed_call_resets_its_calls_stream_only() {
     let resp = timeout(DEADLINE, request(&client, to, 5)).await.unwrap().unwrap();
     assert_eq!(resp.id, 5);
 }
+
+#[tokio::test]
+async fn a_channel_registered_after_a_calls_stream_opened_serves_its_next_calls() {
+    // A node still starting: its transport is up before the channel is.
+    let pki = Pki::new();
+    let (a, b) = (pki.node("client"), pki.node("server"));
+    let to = b.local_addr();
+    match timeout(DEADLINE, request(&a, to, 1)).await.unwrap() {
+        Err(Error::UnknownChannel { .. }) => {}
+        other => panic!("expected UnknownChannel, got {other:?}"),
+    }
+    serve_echo(&b);
+    let resp = timeout(DEADLINE, request(&a, to, 2)).await.unwrap().unwrap();
+    assert_eq!(resp.id, 2);
+    assert_eq!(b.stats().streams_accepted, 1, "the same calls stream");
+}
