@@ -864,23 +864,25 @@ impl<P: Protocol> Channel<P> {
             };
             Self::decode_answer(inner, to, &answer).map_err(CallFailure::Failed)
         };
-        timeout(after, exchange)
-            .await
-            .map_err(|_| {
-                CallFailure::Failed(Error::Timeout {
-                    what: if opened.load(Relaxed) {
-                        "request"
-                    } else {
-                        "connect"
-                    },
-                    addr: to,
-                    after,
-                })
-            })?
+        timeout(after, exchange).await.map_err(|_| {
+            CallFailure::Failed(Error::Timeout {
+                what: if opened.load(Relaxed) {
+                    "request"
+                } else {
+                    "connect"
+                },
+                addr: to,
+                after,
+            })
+        })?
     }
 
     /// A response's status and frame, as one call's answer.
-    fn decode_answer(inner: &Arc<Inner>, to: SocketAddr, answer: &[u8]) -> Result<P::Response, Error> {
+    fn decode_answer(
+        inner: &Arc<Inner>,
+        to: SocketAddr,
+        answer: &[u8],
+    ) -> Result<P::Response, Error> {
         let max = inner.config.max_frame_size;
         let Some((&status, rest)) = answer.split_first() else {
             return Err(FrameError::Truncated.into());
@@ -1557,7 +1559,8 @@ impl Inner {
     /// Drops `calls` from the open ones (it failed or ended), unless a
     /// newer stream replaced it already.
     pub(crate) fn forget_calls(&self, to: SocketAddr, calls: &Arc<Calls>) {
-        self.calls.retain(|(addr, _), open| *addr != to || !Arc::ptr_eq(open, calls));
+        self.calls
+            .retain(|(addr, _), open| *addr != to || !Arc::ptr_eq(open, calls));
     }
 
     fn evict(&self, addr: SocketAddr, conn: &quinn::Connection) {

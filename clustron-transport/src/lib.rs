@@ -15,6 +15,8 @@
 //! - **Channels** ([`Protocol`], [`Channel`], [`Inbox`]): each layer registers
 //!   its own [`ChannelId`] and sees only its own messages: requests with a
 //!   response, one-way messages, datagrams, and long-lived [`FramedStream`]s.
+//!   Requests to a peer travel as calls on one stream per channel, answered
+//!   in any order ([`TransportConfig::calls`]).
 //!   Frames are length-prefixed postcard ([`frame`]); the length is checked
 //!   against [`TransportConfig::max_frame_size`] before allocating, and a frame
 //!   that does not decode ends only its own stream, with an error code.
@@ -62,10 +64,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod calls;
 pub mod certs;
 pub mod codes;
 pub mod config;
-mod calls;
 mod endpoint;
 pub mod error;
 pub mod frame;

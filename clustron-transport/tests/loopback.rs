@@ -1111,7 +1111,10 @@ async fn a_peer_that_takes_no_calls_is_sent_a_stream_per_request() {
     serve_echo(&b);
     let to = b.local_addr();
     for id in 0..20 {
-        let resp = timeout(DEADLINE, request(&a, to, id)).await.unwrap().unwrap();
+        let resp = timeout(DEADLINE, request(&a, to, id))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.id, id);
     }
     // The refused calls stream, then a stream per request.
@@ -1151,7 +1154,10 @@ async fn a_malformed_call_resets_its_calls_stream_only() {
         Some(u64::from(codes::MALFORMED))
     );
     // Requests go on.
-    let resp = timeout(DEADLINE, request(&client, to, 5)).await.unwrap().unwrap();
+    let resp = timeout(DEADLINE, request(&client, to, 5))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.id, 5);
 }
 
@@ -1166,7 +1172,10 @@ async fn a_channel_registered_after_a_calls_stream_opened_serves_its_next_calls(
         other => panic!("expected UnknownChannel, got {other:?}"),
     }
     serve_echo(&b);
-    let resp = timeout(DEADLINE, request(&a, to, 2)).await.unwrap().unwrap();
+    let resp = timeout(DEADLINE, request(&a, to, 2))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.id, 2);
     assert_eq!(b.stats().streams_accepted, 1, "the same calls stream");
 }
