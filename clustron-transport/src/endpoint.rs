@@ -792,17 +792,9 @@ impl<P: Protocol> Channel<P> {
                 .await
                 .map_err(Error::after_sending)
         };
-        timeout(after, exchange).await.map_err(|_| Error::Timeout {
-            // Running out while still dialing (a timeout shorter than the
-            // dial's own) proves nothing was sent, as a dial timeout does.
-            what: if opened.load(Relaxed) {
-                "request"
-            } else {
-                "connect"
-            },
-            addr: to,
-            after,
-        })?
+        timeout(after, exchange)
+            .await
+            .map_err(|_| timed_out(to, after, &opened))?
     }
 
     /// [`Channel::request_with_timeout`] as a call on the calls stream to
@@ -864,17 +856,9 @@ impl<P: Protocol> Channel<P> {
             };
             Self::decode_answer(inner, to, &answer).map_err(CallFailure::Failed)
         };
-        timeout(after, exchange).await.map_err(|_| {
-            CallFailure::Failed(Error::Timeout {
-                what: if opened.load(Relaxed) {
-                    "request"
-                } else {
-                    "connect"
-                },
-                addr: to,
-                after,
-            })
-        })?
+        timeout(after, exchange)
+            .await
+            .map_err(|_| CallFailure::Failed(timed_out(to, after, &opened)))?
     }
 
     /// A response's status and frame, as one call's answer.
@@ -894,6 +878,11 @@ impl<P: Protocol> Channel<P> {
             return Err(FrameError::Malformed("bytes after the response".into()).into());
         }
         inner.stats.received(body.len() + 1);
+        Self::response(to, status, body)
+    }
+
+    /// The response (or the error) a status and its frame's body say.
+    fn response(to: SocketAddr, status: u8, body: &[u8]) -> Result<P::Response, Error> {
         match Status::from_u8(status) {
             Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(body)?),
             Some(Status::UnknownChannel) => Err(Error::UnknownChannel {
@@ -940,18 +929,7 @@ impl<P: Protocol> Channel<P> {
                 }
             };
             inner.stats.received(body.len() + 1);
-            let result = match Status::from_u8(status) {
-                Some(Status::Ok) => Ok(frame::decode_body::<P::Response>(&body)?),
-                Some(Status::UnknownChannel) => Err(Error::UnknownChannel {
-                    addr: to,
-                    channel: P::CHANNEL,
-                }),
-                Some(Status::Rejected) => Err(Error::Rejected {
-                    addr: to,
-                    reason: frame::decode_body::<String>(&body)?,
-                }),
-                None => Err(FrameError::Malformed(format!("unknown status {status}")).into()),
-            };
+            let result = Self::response(to, status, &body);
             reader
                 .expect_end()
                 .await
@@ -1566,6 +1544,21 @@ impl Inner {
     fn evict(&self, addr: SocketAddr, conn: &quinn::Connection) {
         self.conns
             .remove_if(&addr, |_, cached| cached.stable_id() == conn.stable_id());
+    }
+}
+
+/// A request to `to` that ran out of its `after`: running out while still
+/// dialing (a timeout shorter than the dial's own), before the request was
+/// `opened` on a stream, proves nothing was sent, as a dial timeout does.
+fn timed_out(to: SocketAddr, after: Duration, opened: &std::sync::atomic::AtomicBool) -> Error {
+    Error::Timeout {
+        what: if opened.load(Relaxed) {
+            "request"
+        } else {
+            "connect"
+        },
+        addr: to,
+        after,
     }
 }
 
