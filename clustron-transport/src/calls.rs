@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -54,21 +54,31 @@ pub(crate) enum CallFailure {
     Failed(Error),
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, CallFailure>>>>;
+/// The calls waiting for their answers, and whether the stream is closed,
+/// under one lock: a call is either taken in before the stream closes (and
+/// then answered or failed with the others) or refused as never sent.
+#[derive(Default)]
+struct Pending {
+    closed: bool,
+    waiting: HashMap<u64, oneshot::Sender<Result<Bytes, CallFailure>>>,
+}
 
 /// The caller's side of one calls stream.
 pub(crate) struct Calls {
     /// Call frames, written in order by the writer task.
     tx: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Pending,
+    pending: Mutex<Pending>,
     next_id: AtomicU64,
-    /// The stream failed or ended: new calls need a new one.
-    closed: AtomicBool,
 }
 
 impl Calls {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether new calls may go on this stream (it has not failed or ended).
     pub(crate) fn is_open(&self) -> bool {
-        !self.closed.load(Relaxed)
+        !self.pending().closed
     }
 
     /// Hands `request` (a postcard body) over as a new call. The receiver
@@ -80,10 +90,13 @@ impl Calls {
     ) -> Option<(oneshot::Receiver<Result<Bytes, CallFailure>>, Forget)> {
         let id = self.next_id.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        {
+            let mut pending = self.pending();
+            if pending.closed {
+                return None;
+            }
+            pending.waiting.insert(id, tx);
+        }
         let forget = Forget {
             calls: self.clone(),
             id,
@@ -100,9 +113,12 @@ impl Calls {
 
     /// Ends every call still waiting with `failure` (the same for all).
     fn fail_all(&self, failure: impl Fn() -> CallFailure) {
-        self.closed.store(true, Relaxed);
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        for (_, tx) in pending {
+        let waiting = {
+            let mut pending = self.pending();
+            pending.closed = true;
+            std::mem::take(&mut pending.waiting)
+        };
+        for (_, tx) in waiting {
             let _ = tx.send(Err(failure()));
         }
     }
@@ -117,11 +133,7 @@ pub(crate) struct Forget {
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        self.calls
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        self.calls.pending().waiting.remove(&self.id);
     }
 }
 
@@ -137,9 +149,8 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let calls = Arc::new(Calls {
         tx,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Pending::default()),
         next_id: AtomicU64::new(0),
-        closed: AtomicBool::new(false),
     });
     tokio::spawn(write_calls(inner.clone(), calls.clone(), channel, send, rx));
     tokio::spawn(read_results(inner.clone(), calls.clone(), to, recv));
@@ -174,7 +185,7 @@ async fn write_calls(
         if send.write_all(&buf).await.is_err() {
             // The reader learns why (a reset, a lost connection) and fails
             // the calls; new ones go to a new stream.
-            calls.closed.store(true, Relaxed);
+            calls.pending().closed = true;
             return;
         }
         inner.stats.sent(buf.len());
@@ -197,11 +208,7 @@ async fn read_results(inner: Arc<Inner>, calls: Arc<Calls>, to: SocketAddr, recv
                 id.copy_from_slice(&body[..ID_LEN]);
                 let id = u64::from_be_bytes(id);
                 answered = true;
-                let waiting = calls
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
+                let waiting = calls.pending().waiting.remove(&id);
                 if let Some(tx) = waiting {
                     let _ = tx.send(Ok(body.slice(ID_LEN..)));
                 }

@@ -1179,3 +1179,44 @@ async fn a_channel_registered_after_a_calls_stream_opened_serves_its_next_calls(
     assert_eq!(resp.id, 2);
     assert_eq!(b.stats().streams_accepted, 1, "the same calls stream");
 }
+
+#[tokio::test]
+async fn calls_waiting_on_a_peer_that_closes_fail_at_once_as_possibly_processed() {
+    let pki = Pki::new();
+    let (a, b) = (pki.node("client"), pki.node("server"));
+    // Even ids are answered only after a minute: those are still waiting
+    // when the server goes away.
+    serve_echo_slowly(&b, Duration::from_secs(60));
+    let to = b.local_addr();
+    let waiting: Vec<_> = (0..10u64)
+        .map(|k| {
+            let channel = a.channel::<Echo>();
+            tokio::spawn(async move {
+                channel
+                    .request_with_timeout(
+                        to,
+                        &Req {
+                            id: 2 * k,
+                            payload: vec![],
+                        },
+                        Duration::from_secs(60),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    // An odd id is answered at once: the calls are on their way.
+    assert_eq!(request(&a, to, 1).await.unwrap().id, 1);
+    b.close().await;
+    // They fail as the connection goes (within the test's deadline, long
+    // before their own), and not as never sent.
+    for task in waiting {
+        let error = timeout(DEADLINE, task).await.unwrap().unwrap().unwrap_err();
+        assert!(!matches!(error, Error::Timeout { .. }), "{error:?}");
+        assert!(!error.nothing_processed(), "{error:?}");
+    }
+    // A new server on another port is reached on a new stream.
+    let c = pki.node("server2");
+    serve_echo(&c);
+    assert_eq!(request(&a, c.local_addr(), 3).await.unwrap().id, 3);
+}
