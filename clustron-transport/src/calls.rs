@@ -152,16 +152,25 @@ pub(crate) fn start(
         pending: Mutex::new(Pending::default()),
         next_id: AtomicU64::new(0),
     });
-    tokio::spawn(write_calls(inner.clone(), calls.clone(), channel, send, rx));
+    tokio::spawn(write_calls(
+        inner.clone(),
+        Arc::downgrade(&calls),
+        channel,
+        send,
+        rx,
+    ));
     tokio::spawn(read_results(inner.clone(), calls.clone(), to, recv));
     calls
 }
 
 /// Writes the header, then call frames as they come, several per write
-/// when they queue up.
+/// when they queue up. It holds its `Calls` weakly: once the stream is
+/// dropped from the open ones and its last caller is done, the sender goes
+/// and this task finishes the stream and ends (holding it strongly, every
+/// failed stream's writer waited forever).
 async fn write_calls(
     inner: Arc<Inner>,
-    calls: Arc<Calls>,
+    calls: std::sync::Weak<Calls>,
     channel: ChannelId,
     mut send: SendStream,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -185,7 +194,9 @@ async fn write_calls(
         if send.write_all(&buf).await.is_err() {
             // The reader learns why (a reset, a lost connection) and fails
             // the calls; new ones go to a new stream.
-            calls.pending().closed = true;
+            if let Some(calls) = calls.upgrade() {
+                calls.pending().closed = true;
+            }
             return;
         }
         inner.stats.sent(buf.len());
