@@ -41,6 +41,8 @@ use crate::ChannelId;
 
 /// Bytes of a call's or result's id.
 const ID_LEN: usize = 8;
+/// Bytes before a call's request: its length and id ([`Calls::call`]).
+pub(crate) const CALL_HEAD: usize = LENGTH_PREFIX + ID_LEN;
 /// Most bytes gathered into one write of the writer tasks.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -53,6 +55,9 @@ pub(crate) enum CallFailure {
     /// The stream or its connection failed after the call was handed over.
     Failed(Error),
 }
+
+/// Where a call's answer (status byte and frame) or failure arrives.
+pub(crate) type Answered = oneshot::Receiver<Result<Bytes, CallFailure>>;
 
 /// The calls waiting for their answers, and whether the stream is closed,
 /// under one lock: a call is either taken in before the stream closes (and
@@ -81,19 +86,21 @@ impl Calls {
         !self.pending().closed
     }
 
-    /// Hands `request` (a postcard body) over as a new call. The receiver
-    /// yields its answer (status byte and frame); the guard forgets the call
-    /// if the caller stops waiting.
+    /// Hands a call over: `frame` is [`CALL_HEAD`] bytes of room, then the
+    /// postcard request; its length and a new id are written in. The
+    /// receiver yields the answer (status byte and frame); the guard
+    /// forgets the call if the caller stops waiting. `Err` gives the frame
+    /// back when this stream closed before taking it (it was never sent).
     pub(crate) fn call(
         self: &Arc<Self>,
-        request: &[u8],
-    ) -> Option<(oneshot::Receiver<Result<Bytes, CallFailure>>, Forget)> {
+        mut frame: Vec<u8>,
+    ) -> Result<(Answered, Forget), Vec<u8>> {
         let id = self.next_id.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending();
             if pending.closed {
-                return None;
+                return Err(frame);
             }
             pending.waiting.insert(id, tx);
         }
@@ -101,14 +108,15 @@ impl Calls {
             calls: self.clone(),
             id,
         };
-        let mut buf = Vec::with_capacity(LENGTH_PREFIX + ID_LEN + request.len());
-        // Invariant: request.len() <= max_frame_size <= 1 GiB, so this fits.
-        buf.extend_from_slice(&((ID_LEN + request.len()) as u32).to_be_bytes());
-        buf.extend_from_slice(&id.to_be_bytes());
-        buf.extend_from_slice(request);
-        // A closed writer never wrote it: the caller may go elsewhere.
-        self.tx.send(buf).ok()?;
-        Some((rx, forget))
+        // Invariant: the caller checked the request against
+        // max_frame_size (<= 1 GiB), so the length fits a u32.
+        let len = (frame.len() - LENGTH_PREFIX) as u32;
+        frame[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+        frame[LENGTH_PREFIX..CALL_HEAD].copy_from_slice(&id.to_be_bytes());
+        // A closed writer never wrote it: the caller may go elsewhere (the
+        // guard forgets the call).
+        self.tx.send(frame).map_err(|e| e.0)?;
+        Ok((rx, forget))
     }
 
     /// Ends every call still waiting with `failure` (the same for all).

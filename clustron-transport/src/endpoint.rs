@@ -772,9 +772,12 @@ impl<P: Protocol> Channel<P> {
     ) -> Result<P::Response, Error> {
         let inner = &self.endpoint.inner;
         let max = inner.config.max_frame_size;
+        let mut after = after;
         if inner.config.calls && !inner.no_calls.contains_key(&to) {
+            let started = Instant::now();
             match self.call(to, request, after).await {
-                Err(CallFailure::Refused) => {}
+                // The stream per request gets what is left of the deadline.
+                Err(CallFailure::Refused) => after = after.saturating_sub(started.elapsed()),
                 Err(CallFailure::Failed(e)) => return Err(e),
                 Ok(response) => return Ok(response),
             }
@@ -808,12 +811,14 @@ impl<P: Protocol> Channel<P> {
     ) -> Result<P::Response, CallFailure> {
         let inner = &self.endpoint.inner;
         let max = inner.config.max_frame_size;
-        let body = postcard::to_stdvec(request)
+        // Encoded once, after room for the call's length and id.
+        let body = postcard::to_extend(request, vec![0; calls::CALL_HEAD])
             .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))
             .and_then(|body| {
-                if body.len() > max {
+                let len = body.len() - calls::CALL_HEAD;
+                if len > max {
                     return Err(FrameError::TooLarge {
-                        len: body.len() as u64,
+                        len: len as u64,
                         max,
                     });
                 }
@@ -825,14 +830,16 @@ impl<P: Protocol> Channel<P> {
             // Nothing has left before the call is handed to an open
             // stream; from then on it may have been processed.
             let mut fresh = false;
+            let mut body = body;
             let (answer, _forget) = loop {
                 let calls = inner
                     .calls_to(to, P::CHANNEL)
                     .await
                     .map_err(|e| CallFailure::Failed(e.before_sending()))?;
-                if let Some(call) = calls.call(&body) {
-                    break call;
-                }
+                body = match calls.call(body) {
+                    Ok(call) => break call,
+                    Err(back) => back,
+                };
                 // That stream closed before taking it (it was never
                 // written): once more on a new one.
                 inner.forget_calls(to, &calls);
