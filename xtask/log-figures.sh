@@ -8,7 +8,8 @@
 #   bash xtask/log-figures.sh learner      # 10k puts, then a late learner's catch-up time (quick)
 #
 # Environment: BIN (release binaries, default target/release), DIR (work
-# folder, default a new one under /tmp), PUTS (default 1000000), NODE_ARGS
+# folder, default a new one under /tmp), PUTS (default 1000000), KEYS (keys
+# the puts go to, default 10000; 100 measures a loaded node's fixed base), NODE_ARGS
 # (more `clustron-dkv run` flags for every node), SECS (throughput phase
 # length, default 30). Every wait has a deadline; every node is killed on exit.
 set -euo pipefail
@@ -16,6 +17,7 @@ set -euo pipefail
 BIN=${BIN:-target/release}
 DIR=${DIR:-$(mktemp -d /tmp/log-figures.XXXXXX)}
 PUTS=${PUTS:-1000000}
+KEYS=${KEYS:-10000}
 SECS=${SECS:-30}
 NODE_ARGS=${NODE_ARGS:-}
 BASE=${BASE:-27400}
@@ -45,7 +47,7 @@ caught_up() { # caught_up NODE INDEX
 leader_applied() { metric n1 clustron_kv_applied_index | cut -d. -f1; }
 
 kv_load() { # kv_load COUNT IN_FLIGHT MAX_SECS
-  "$BIN/clustron-bench" kv-fill "$DIR" "$(endpoints)" "$1" "$2" "$3"
+  "$BIN/clustron-bench" kv-fill "$DIR" "$(endpoints)" "$1" "$2" "$3" "$KEYS"
 }
 
 sizes() {
@@ -54,7 +56,7 @@ sizes() {
     local rss wal snap
     rss=$(awk '/VmRSS/ {print $2}' "/proc/${PID[$n]}/status")
     echo "$n: data dir $(du -sk "$DIR/data/$n" | cut -f1) KiB, RSS $rss KiB," \
-      "store_bytes $(metric "$n" clustron_kv_store_bytes), wal_segments $(metric "$n" clustron_kv_wal_segments)," \
+      "store_bytes $(metric "$n" clustron_kv_store_bytes), live_bytes $(metric "$n" clustron_kv_live_bytes), wal_segments $(metric "$n" clustron_kv_wal_segments)," \
       "log_entries $(metric "$n" clustron_kv_log_entries), snapshot_index $(metric "$n" clustron_kv_snapshot_index)," \
       "applied $(metric "$n" clustron_kv_applied_index)"
   done

@@ -301,6 +301,12 @@ async fn metrics(node: &Node) -> String {
                 s.store_bytes,
             ),
             (
+                "clustron_kv_live_bytes",
+                "gauge",
+                "Keys and values of the live versions only.",
+                s.live_bytes,
+            ),
+            (
                 "clustron_kv_watchers",
                 "gauge",
                 "Watchers on this node.",

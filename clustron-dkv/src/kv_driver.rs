@@ -55,6 +55,9 @@ pub struct KvStats {
     pub log_last: u64,
     /// Bytes of keys and values, all versions.
     pub store_bytes: u64,
+    /// Bytes of keys and values of the live versions only (what a read of
+    /// everything returns; what no compaction frees).
+    pub live_bytes: u64,
     /// Watchers on this node.
     pub watchers: u64,
     /// Of which fed from history.
@@ -474,6 +477,7 @@ impl Driver {
             commit: self.server.replica().commit_index(),
             log_last: self.server.replica().last_index(),
             store_bytes: store.size_bytes(),
+            live_bytes: store.size_bytes() - store.history_bytes(),
             watchers: watchers as u64,
             watchers_behind: behind as u64,
             syncs: self.io.stats().syncs,

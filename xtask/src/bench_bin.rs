@@ -20,8 +20,8 @@
 //! failover and handover on a local 5-node cluster (3 voters) over real
 //! transports and membership in this process.
 //!
-//! `clustron-bench kv-fill CERT_DIR ENDPOINTS COUNT IN_FLIGHT MAX_SECS`
-//! puts COUNT 256-byte values over 10,000 keys into a running cluster
+//! `clustron-bench kv-fill CERT_DIR ENDPOINTS COUNT IN_FLIGHT MAX_SECS [KEYS]`
+//! puts COUNT 256-byte values over KEYS keys (default 10,000) into a running cluster
 //! (ENDPOINTS comma-separated, the admin client certificate in CERT_DIR)
 //! with IN_FLIGHT requests outstanding, for at most MAX_SECS seconds, and
 //! prints the puts acknowledged each second and the overall rate: the load
@@ -131,9 +131,9 @@ fn main() -> Result<()> {
             let count: usize = args.get(4).context("count")?.parse()?;
             runtime.block_on(count_requests(stack, &dir, addr, count))
         }
-        // Puts over 10,000 keys with a fixed number in flight, for the
-        // log figures (`xtask/log-figures.sh`): `kv-fill CERT_DIR ENDPOINTS
-        // COUNT IN_FLIGHT MAX_SECS`.
+        // Puts over 10,000 keys (or KEYS) with a fixed number in flight,
+        // for the log figures (`xtask/log-figures.sh`): `kv-fill CERT_DIR
+        // ENDPOINTS COUNT IN_FLIGHT MAX_SECS [KEYS]`.
         Some("kv-fill") => {
             let dir = PathBuf::from(args.get(1).context("cert dir")?);
             let endpoints = args
@@ -145,7 +145,9 @@ fn main() -> Result<()> {
             let count: u64 = args.get(3).context("count")?.parse()?;
             let in_flight: usize = args.get(4).context("in flight")?.parse()?;
             let secs: u64 = args.get(5).context("max seconds")?.parse()?;
-            runtime.block_on(kv_load(&dir, endpoints, count, in_flight, secs))
+            let keys: u64 = args.get(6).map_or(Ok(10_000), |k| k.parse())?;
+            anyhow::ensure!(keys > 0, "KEYS must be at least 1");
+            runtime.block_on(kv_load(&dir, endpoints, count, in_flight, secs, keys))
         }
         _ => bail!(
             "usage: clustron-bench transport|membership|election|kv DKV_BINARY|kv-load|kv-fill"
@@ -701,7 +703,7 @@ async fn election_suite() -> Result<()> {
     Ok(())
 }
 
-/// `kv-fill`: puts `count` 256-byte values over 10,000 keys with
+/// `kv-fill`: puts `count` 256-byte values over `keys` keys with
 /// `in_flight` outstanding, for at most `secs` seconds; prints the puts
 /// acknowledged in each second and the overall rate.
 async fn kv_load(
@@ -710,10 +712,10 @@ async fn kv_load(
     count: u64,
     in_flight: usize,
     secs: u64,
+    keys: u64,
 ) -> Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    const KEYS: u64 = 10_000;
     let client = clustron_client::Client::new(endpoints, identity(dir, "admin")?)?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     while client.put(b"load/warmup", b"x").await.is_err() {
@@ -735,7 +737,7 @@ async fn kv_load(
                 if n >= count || Instant::now() >= deadline {
                     return;
                 }
-                let key = format!("load/{:05}", n.wrapping_mul(7919) % KEYS);
+                let key = format!("load/{:05}", n.wrapping_mul(7919) % keys);
                 while client.put(key.as_bytes(), &value).await.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                     if Instant::now() >= deadline {
