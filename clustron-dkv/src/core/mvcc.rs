@@ -43,8 +43,10 @@
 //! assert_eq!(old.kvs[0].value, b"one");
 //! ```
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -215,8 +217,13 @@ struct Version {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Lease {
     ttl_ms: u64,
-    keys: BTreeSet<Vec<u8>>,
+    keys: OrdSet<Vec<u8>>,
 }
+
+/// A key's versions, oldest first. Shared between the store and the
+/// snapshots taken of it until either side changes them
+/// ([`Arc::make_mut`]): a snapshot copies no values.
+type Versions = Arc<Vec<Version>>;
 
 /// The multi-version store. [`Store::apply`] is the only way to change it.
 ///
@@ -227,9 +234,12 @@ struct Lease {
 pub struct Store {
     revision: u64,
     compacted: u64,
-    /// Each key's versions, oldest first.
-    keys: BTreeMap<Vec<u8>, Vec<Version>>,
-    leases: BTreeMap<LeaseId, Lease>,
+    /// Each key's versions, oldest first. A persistent map (as are the
+    /// leases and sessions): cloning it is O(1) and shares the tree, and a
+    /// change copies only the nodes on its path that a clone still holds.
+    /// That is what makes [`Store::snapshot_point`] free for the write path.
+    keys: OrdMap<Vec<u8>, Versions>,
+    leases: OrdMap<LeaseId, Lease>,
     limits: Limits,
     /// Bytes of keys and values held, all versions.
     bytes: u64,
@@ -244,6 +254,27 @@ pub struct Store {
     /// compaction frees). Derived from `keys`, like `changes`.
     #[serde(skip)]
     live_bytes: u64,
+}
+
+/// A [`Store`]'s snapshotted state at one point ([`Store::snapshot_point`]):
+/// the fields a snapshot holds, in the same order, so it serialises to the
+/// same bytes (the derived index of changes is left out).
+#[derive(Debug, Clone, Serialize)]
+pub struct StorePoint {
+    revision: u64,
+    compacted: u64,
+    keys: OrdMap<Vec<u8>, Versions>,
+    leases: OrdMap<LeaseId, Lease>,
+    limits: Limits,
+    bytes: u64,
+    sessions: Sessions,
+}
+
+impl StorePoint {
+    /// The store's bytes as [`Store::snapshot`] gives them.
+    pub fn encode(&self) -> Vec<u8> {
+        super::encode_exact(self)
+    }
 }
 
 /// One change in the index of changes: the version of `key` written at
@@ -297,8 +328,8 @@ pub struct History {
 struct StoreFields {
     revision: u64,
     compacted: u64,
-    keys: BTreeMap<Vec<u8>, Vec<Version>>,
-    leases: BTreeMap<LeaseId, Lease>,
+    keys: OrdMap<Vec<u8>, Versions>,
+    leases: OrdMap<LeaseId, Lease>,
     limits: Limits,
     bytes: u64,
     sessions: Sessions,
@@ -461,7 +492,7 @@ impl Store {
                     id,
                     Lease {
                         ttl_ms,
-                        keys: BTreeSet::new(),
+                        keys: OrdSet::new(),
                     },
                 );
                 Ok(Outcome::LeaseGranted { id, ttl_ms })
@@ -682,7 +713,7 @@ impl Store {
         };
         // One key: its versions are its history, one per revision.
         if let KeyRange::Key(key) = range {
-            let versions = self.keys.get(key).map_or(&[][..], Vec::as_slice);
+            let versions = self.keys.get(key).map_or(&[][..], |v| v.as_slice());
             let from = versions.partition_point(|v| v.mod_revision < start);
             for i in from..versions.len() {
                 if i > from && full(&chunk, bytes) {
@@ -757,6 +788,22 @@ impl Store {
         super::encode_exact(self)
     }
 
+    /// The state as it is now, to encode elsewhere while this store goes
+    /// on: O(1) whatever the store holds (its maps are persistent; the
+    /// point and the store share every node until one of them changes it).
+    /// Encodes to [`Store::snapshot`]'s very bytes.
+    pub fn snapshot_point(&self) -> StorePoint {
+        StorePoint {
+            revision: self.revision,
+            compacted: self.compacted,
+            keys: self.keys.clone(),
+            leases: self.leases.clone(),
+            limits: self.limits,
+            bytes: self.bytes,
+            sessions: self.sessions.clone(),
+        }
+    }
+
     /// A store from [`Store::snapshot`] bytes. Bytes that decode but break
     /// the store's invariants (a corrupt or forged snapshot) are refused as
     /// undecodable ones are, so a restored store never panics when used.
@@ -789,7 +836,7 @@ impl Store {
                 return false;
             }
             let mut previous = None;
-            for v in versions {
+            for v in versions.iter() {
                 let at = (v.mod_revision, v.sub);
                 if previous.is_some_and(|p| p >= at)
                     || v.mod_revision > self.revision
@@ -812,21 +859,21 @@ impl Store {
     fn keys_in<'a>(
         &'a self,
         range: &'a KeyRange,
-    ) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Vec<Version>)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Versions)> + 'a> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         match range {
             KeyRange::Key(k) => Box::new(self.keys.get_key_value(k).into_iter()),
             KeyRange::Prefix(p) => Box::new(
                 self.keys
-                    .range::<Vec<u8>, _>((Included(p), Unbounded))
+                    .range::<_, Vec<u8>>((Included(p), Unbounded))
                     .take_while(move |(k, _)| k.starts_with(p)),
             ),
             KeyRange::Range { start, end } if end.is_empty() => {
-                Box::new(self.keys.range::<Vec<u8>, _>((Included(start), Unbounded)))
+                Box::new(self.keys.range::<_, Vec<u8>>((Included(start), Unbounded)))
             }
             KeyRange::Range { start, end } if start < end => Box::new(
                 self.keys
-                    .range::<Vec<u8>, _>((Included(start), Excluded(end))),
+                    .range::<_, Vec<u8>>((Included(start), Excluded(end))),
             ),
             KeyRange::Range { .. } => Box::new(std::iter::empty()),
         }
@@ -846,16 +893,17 @@ impl Store {
             lease,
             prev_kv: want_prev,
         } = put;
-        // One look-up of the key for the whole put, new key or not (the
-        // entry takes the owned key: no copy for an existing one): the hot
-        // path of every write, whose cost is mostly cache misses down the
-        // tree.
-        let entry = self.keys.entry(key);
-        let prev = match &entry {
-            Entry::Occupied(versions) => versions.get().last().filter(|v| v.value.is_some()),
-            Entry::Vacant(_) => None,
-        };
-        let key = entry.key();
+        // One look-up of an existing key for the whole put (a new key
+        // takes a second, to insert it): the hot path of every write, whose
+        // cost is mostly cache misses down the tree. The versions are made
+        // this store's own at once (copied if a snapshot point still shares
+        // them): the put adds one.
+        let mut slot = self.keys.get_mut(&key).map(Arc::make_mut);
+        let prev = slot
+            .as_deref()
+            .and_then(|v| v.last())
+            .filter(|v| v.value.is_some());
+        let key = &key;
         let prev_kv = prev.and_then(|v| kv_of(key, v));
         let prev_live = prev.map_or(0, |p| {
             (key.len() + p.value.as_ref().map_or(0, Vec::len)) as u64
@@ -890,9 +938,8 @@ impl Store {
             sub: new.sub,
             key: key.clone(),
         });
-        match entry {
-            Entry::Occupied(mut versions) => {
-                let versions = versions.get_mut();
+        match slot.as_mut() {
+            Some(versions) => {
                 // Most keys hold a version or two (compaction trims them
                 // back): room for one more, not the doubling to four that
                 // a `Vec` does, which left 144 unused bytes on every key.
@@ -901,8 +948,8 @@ impl Store {
                 }
                 versions.push(new);
             }
-            Entry::Vacant(slot) => {
-                slot.insert(vec![new]);
+            None => {
+                self.keys.insert(key.clone(), Arc::new(vec![new]));
             }
         }
         let response = PutResponse {
@@ -941,7 +988,16 @@ impl Store {
 
     /// Deletes one live key; its previous key-value if it was live.
     fn delete_key(&mut self, writer: &mut Writer, key: &[u8], detach: bool) -> Option<KeyValue> {
-        let prev = self.current(key)?.clone();
+        let versions = Arc::make_mut(self.keys.get_mut(key)?);
+        let prev = versions.last().filter(|v| v.value.is_some())?.clone();
+        versions.push(Version {
+            mod_revision: writer.revision,
+            sub: writer.events.len() as u32,
+            create_revision: 0,
+            version: 0,
+            value: None,
+            lease: None,
+        });
         let prev_kv = kv_of(key, &prev);
         if detach {
             if let Some(lease) = prev.lease.and_then(|id| self.leases.get_mut(&id)) {
@@ -954,14 +1010,6 @@ impl Store {
             revision: writer.revision,
             sub: writer.events.len() as u32,
             key: key.to_vec(),
-        });
-        self.keys.entry(key.to_vec()).or_default().push(Version {
-            mod_revision: writer.revision,
-            sub: writer.events.len() as u32,
-            create_revision: 0,
-            version: 0,
-            value: None,
-            lease: None,
         });
         writer.events.push(Event {
             kind: EventKind::Delete,
@@ -1035,16 +1083,22 @@ impl Store {
             let Some(change) = self.changes.pop_front() else {
                 break;
             };
-            let Entry::Occupied(mut slot) = self.keys.entry(change.key) else {
+            // One look-up per change; only versions with something to drop
+            // are changed (and copied, if a snapshot point shares them).
+            let Some(shared) = self.keys.get_mut(&change.key) else {
                 continue;
             };
-            let key_len = slot.key().len() as u64;
-            let versions = slot.get_mut();
-            for v in versions.drain(..compacted_below(versions, revision)) {
+            let drop = compacted_below(shared, revision);
+            if drop == 0 {
+                continue;
+            }
+            let key_len = change.key.len() as u64;
+            let versions = Arc::make_mut(shared);
+            for v in versions.drain(..drop) {
                 freed += key_len + v.value.as_ref().map_or(0, |x| x.len() as u64);
             }
             if versions.is_empty() {
-                slot.remove();
+                self.keys.remove(&change.key);
             }
         }
         self.bytes -= freed;

@@ -57,7 +57,7 @@ use std::time::Instant;
 use clustron_election::NodeName;
 
 use super::leases::LeaseClock;
-use super::mvcc::{check_limits, Command, Limits, Outcome, Store};
+use super::mvcc::{check_limits, Command, Limits, Outcome, Store, StorePoint};
 use super::watch::{Cancelled, Delivery, WatchHub, WatchId, WatchLimits, WatchRequest};
 use crate::kv::{KvError, LeaseId, RangeRequest, SessionId};
 use clustron_log::core::{
@@ -380,25 +380,21 @@ impl Server {
         (meta, state)
     }
 
-    /// As [`Server::snapshot`], already encoded (the bytes of
-    /// [`MachineState::encode`]): the store is serialised where it lies,
-    /// between two inputs, instead of copied. Encoding costs about a third
-    /// of a copy and its drop (the store's keys, versions and values are
-    /// written once, not allocated, copied and freed again), so this is the
-    /// cheaper way to snapshot a large store.
-    pub fn snapshot_encoded(&self) -> (SnapshotMeta, Vec<u8>) {
-        /// [`MachineState`] borrowed: serialises to the same bytes.
-        #[derive(serde::Serialize)]
-        struct Borrowed<'a> {
-            digest: u32,
-            store: &'a Store,
-        }
+    /// As [`Server::snapshot`], but in O(1) whatever the store holds: the
+    /// store's persistent maps are shared with the point, not copied, and a
+    /// write after it copies only the few tree nodes on its path that the
+    /// point still holds. The point is encoded off the driver's task
+    /// ([`SnapshotData::into_bytes`]) to [`MachineState::encode`]'s very
+    /// bytes. (Encoding the store in place between two inputs, as this did
+    /// before, held the write path 4-11 ms per snapshot at 10,000 keys of
+    /// 256 bytes and 45-60 ms at 100,000.)
+    pub fn snapshot_point(&self) -> (SnapshotMeta, StatePoint) {
         let meta = self.replica.snapshot_point(self.applied);
-        let state = Borrowed {
+        let state = StatePoint {
             digest: self.digest,
-            store: &self.store,
+            store: self.store.snapshot_point(),
         };
-        (meta, super::encode_exact(&state))
+        (meta, state)
     }
 
     /// A snapshot covering `upto` is durable: the log forgets the entries it
@@ -1067,10 +1063,24 @@ impl SnapshotData for MachineState {
     }
 }
 
+/// The state machine at one applied index, as [`Server::snapshot_point`]
+/// takes it: encodes to the [`MachineState`] it is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatePoint {
+    digest: u32,
+    store: StorePoint,
+}
+
+impl SnapshotData for StatePoint {
+    fn into_bytes(self) -> Vec<u8> {
+        super::encode_exact(&self)
+    }
+}
+
 /// The key-value server on the log's shared driver side
 /// (`clustron_log::io::LogIo`): each method is the inherent one.
 impl ReplicatedCore for Server {
-    type Snapshot = Vec<u8>;
+    type Snapshot = StatePoint;
     type State = MachineState;
 
     fn replica(&self) -> &Replica {
@@ -1131,8 +1141,8 @@ impl ReplicatedCore for Server {
         Server::poll_timeout(self)
     }
 
-    fn snapshot(&self) -> (SnapshotMeta, Vec<u8>) {
-        Server::snapshot_encoded(self)
+    fn snapshot(&self) -> (SnapshotMeta, StatePoint) {
+        Server::snapshot_point(self)
     }
 
     fn compact_log(&mut self, upto: u64) {

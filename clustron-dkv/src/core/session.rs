@@ -43,6 +43,9 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,10 +71,12 @@ struct Session {
     results: BTreeMap<u64, Recorded>,
 }
 
-/// The sessions of the state machine.
+/// The sessions of the state machine. A persistent map of shared
+/// sessions, as the store's keys are: cloning it for a snapshot is O(1),
+/// and a write then copies only its own session's results, once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Sessions {
-    sessions: BTreeMap<SessionId, Session>,
+    sessions: OrdMap<SessionId, Arc<Session>>,
 }
 
 impl Sessions {
@@ -88,11 +93,11 @@ impl Sessions {
         }
         self.sessions.insert(
             id,
-            Session {
+            Arc::new(Session {
                 ttl_ms,
                 floor: 0,
                 results: BTreeMap::new(),
-            },
+            }),
         );
         Ok(())
     }
@@ -132,11 +137,12 @@ impl Sessions {
         seq: u64,
         acked: u64,
     ) -> Result<Option<Recorded>, KvError> {
-        let session = self
+        let shared = self
             .sessions
             .get_mut(&id)
             .ok_or(KvError::SessionExpired(id))?;
-        if acked > session.floor {
+        if acked > shared.floor {
+            let session = Arc::make_mut(shared);
             session.floor = acked;
             // Forget the results below the mark from the front: usually
             // one per write. (`split_off` moved every result kept, the
@@ -148,6 +154,7 @@ impl Sessions {
                 drop(oldest.remove());
             }
         }
+        let session: &Session = shared;
         if seq < session.floor {
             return Err(KvError::AlreadyAnswered { seq });
         }
@@ -179,7 +186,9 @@ impl Sessions {
         outcome: Result<Outcome, KvError>,
     ) {
         if let Some(session) = self.sessions.get_mut(&id) {
-            session.results.insert(seq, (revision, outcome));
+            Arc::make_mut(session)
+                .results
+                .insert(seq, (revision, outcome));
         }
     }
 }

@@ -466,7 +466,11 @@ proptest! {
         let mut history: Vec<(u64, Event)> = Vec::new();
         // The same commands, compacted by scanning every key.
         let mut scanned = Store::default();
+        // A snapshot point before each command, with the bytes the store
+        // had then: no later write may show through a point.
+        let mut points = Vec::new();
         for command in commands {
+            points.push((s.snapshot_point(), s.snapshot()));
             let before = s.revision();
             match &command {
                 Command::Compact { revision } if *revision > scanned.compacted() && *revision <= scanned.revision() => {
@@ -544,14 +548,70 @@ proptest! {
             }
         }
         prop_assert_eq!(Store::restore(&s.snapshot()).unwrap(), s);
+        for (point, bytes) in points {
+            prop_assert_eq!(point.encode(), bytes);
+        }
     }
+}
+
+/// A snapshot point is the state when it was taken, sessions included,
+/// whatever is written after it; and it shares the store's tree instead of
+/// copying it.
+#[test]
+fn a_snapshot_point_keeps_its_state_while_the_store_goes_on() {
+    let mut store = Store::default();
+    let session = SessionId(7);
+    store.apply(Command::OpenSession {
+        id: session,
+        ttl_ms: 1000,
+    });
+    let in_session = |seq: u64, command: Command| Command::InSession {
+        session,
+        seq,
+        acked: seq,
+        command: Box::new(command),
+    };
+    for i in 0..1000u64 {
+        store.apply(in_session(
+            i + 1,
+            put(&format!("k{}", i % 100), &format!("v{i}")),
+        ));
+    }
+    store.apply(Command::LeaseGrant {
+        id: LeaseId(1),
+        ttl_ms: 1000,
+    });
+    let point = store.snapshot_point();
+    let bytes = store.snapshot();
+    assert!(point.keys.ptr_eq(&store.keys));
+    for i in 1000..1500u64 {
+        store.apply(in_session(
+            i + 1,
+            put(&format!("k{}", i % 150), &format!("w{i}")),
+        ));
+    }
+    store.apply(Command::Delete(DeleteRequest {
+        range: KeyRange::Prefix(b"k1".to_vec()),
+        prev_kv: false,
+    }));
+    store.apply(Command::LeaseRevoke { id: LeaseId(1) });
+    store.apply(Command::Compact {
+        revision: store.revision() - 10,
+    });
+    assert_eq!(point.encode(), bytes);
+    assert_ne!(store.snapshot(), bytes);
+    let restored = Store::restore(&bytes).unwrap();
+    assert_eq!(restored.sessions().len(), 1);
+    assert_eq!(restored.revision(), point.revision);
 }
 
 /// Compaction as it was first written (a walk over every key), to check
 /// the one that visits only the keys changed since the last compaction.
 fn compact_by_scanning_every_key(s: &mut Store, revision: u64) {
     let mut freed = 0u64;
-    s.keys.retain(|key, versions| {
+    let mut kept = OrdMap::new();
+    for (key, versions) in s.keys.iter() {
+        let mut versions = Vec::clone(versions);
         let keep_from = versions
             .iter()
             .rposition(|v| v.mod_revision <= revision)
@@ -566,8 +626,11 @@ fn compact_by_scanning_every_key(s: &mut Store, revision: u64) {
         for v in versions.drain(..keep_from) {
             freed += (key.len() + v.value.as_ref().map_or(0, Vec::len)) as u64;
         }
-        !versions.is_empty()
-    });
+        if !versions.is_empty() {
+            kept.insert(key.clone(), Arc::new(versions));
+        }
+    }
+    s.keys = kept;
     s.bytes -= freed;
     s.compacted = revision;
     while s.changes.front().is_some_and(|c| c.revision <= revision) {
