@@ -679,3 +679,18 @@ fn a_snapshot_that_breaks_the_stores_invariants_is_refused() {
     snapshot[at] += 1;
     assert!(Store::restore(&snapshot).is_err());
 }
+
+/// A key held inline or not encodes as the `Vec<u8>` it was (snapshots
+/// written before keys were held inline read the same), and reads back.
+#[test]
+fn keys_encode_as_their_bytes_inline_or_not() {
+    for len in [0usize, 1, 23, 24, 25, 300] {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let key = Key::from(bytes.clone());
+        let encoded = postcard::to_allocvec(&key).unwrap();
+        assert_eq!(encoded, postcard::to_allocvec(&bytes).unwrap());
+        assert_eq!(postcard::from_bytes::<Key>(&encoded).unwrap(), key);
+        assert_eq!(&*key, bytes.as_slice());
+        assert_eq!(key.0.spilled(), len > 24);
+    }
+}
