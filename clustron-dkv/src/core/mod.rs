@@ -14,6 +14,7 @@
 
 pub mod leases;
 pub mod mvcc;
+mod persistent;
 pub mod server;
 pub mod session;
 pub mod watch;

@@ -218,6 +218,7 @@ struct Version {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Lease {
     ttl_ms: u64,
+    #[serde(deserialize_with = "super::persistent::ordset")]
     keys: OrdSet<Vec<u8>>,
 }
 
@@ -380,7 +381,9 @@ pub struct History {
 struct StoreFields {
     revision: u64,
     compacted: u64,
+    #[serde(deserialize_with = "super::persistent::ordmap")]
     keys: OrdMap<Key, Versions>,
+    #[serde(deserialize_with = "super::persistent::ordmap")]
     leases: OrdMap<LeaseId, Lease>,
     limits: Limits,
     bytes: u64,

@@ -76,6 +76,7 @@ struct Session {
 /// and a write then copies only its own session's results, once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Sessions {
+    #[serde(deserialize_with = "super::persistent::ordmap")]
     sessions: OrdMap<SessionId, Arc<Session>>,
 }
 
