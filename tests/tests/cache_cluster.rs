@@ -546,12 +546,37 @@ fn a_node_restarted_at_once_after_kill_9_gets_its_partitions_back_from_its_backu
 fn all_values_read(dir: &Path, port: u16, gets: &str, expected: &[String]) -> bool {
     let lines = replies(&redis(dir, port, "admin", &[], gets));
     let mut complete = lines.len() == expected.len();
-    for (got, want) in lines.iter().zip(expected) {
+    let mut waiting = Vec::new();
+    for (i, (got, want)) in lines.iter().zip(expected).enumerate() {
         if got != want {
             assert!(got.contains("TRYAGAIN"), "a key lost its value: {got:?}");
             complete = false;
+            waiting.push((i, got));
         }
     }
+    // What is still missing, each time it changes (shown if the test
+    // fails: which keys, through which port, with which answer).
+    thread_local! {
+        static LAST: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    let summary = match (complete, waiting.first()) {
+        (true, _) => String::new(),
+        (false, Some((i, got))) => format!(
+            "port {port}: {} of {} replies; {} not read yet, the first (get #{i}): {got}",
+            lines.len(),
+            expected.len(),
+            waiting.len()
+        ),
+        (false, None) => format!("port {port}: {} of {} replies", lines.len(), expected.len()),
+    };
+    LAST.with(|last| {
+        if *last.borrow() != summary {
+            if !summary.is_empty() {
+                eprintln!("{summary}");
+            }
+            *last.borrow_mut() = summary;
+        }
+    });
     complete
 }
 
