@@ -871,11 +871,9 @@ impl<C: ReplicatedCore> LogIo<C> {
         let snapshots = self.snapshots.clone();
         let done = self.background_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let state = state.into_bytes();
-            let file = crate::snapshot::encode(meta, &state);
             let result = snapshots
-                .save_encoded(meta, &file)
-                .map(|_| (meta, file.len() as u64, state.len() as u64))
+                .save_with(meta, |out| state.write_into(out))
+                .map(|saved| (meta, saved.file_len, saved.state_len))
                 .map_err(|e| e.to_string());
             let _ = done.send(Background::Saved(result));
         });

@@ -35,7 +35,7 @@
 //!   leaves an older one to start from.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::core::SnapshotMeta;
@@ -144,35 +144,82 @@ impl Snapshots {
     /// Writes a snapshot of `state` covering `meta` durably, then removes
     /// all but the newest [`KEEP`].
     pub fn save(&self, meta: SnapshotMeta, state: &[u8]) -> Result<PathBuf, SnapshotError> {
-        self.save_encoded(meta, &encode(meta, state))
+        self.save_with(meta, |out| out.extend(state))
+            .map(|saved| saved.path)
+    }
+
+    /// Writes a snapshot covering `meta` whose state `fill` writes into the
+    /// [`StateWriter`] as it produces it, durably, then removes all but the
+    /// newest [`KEEP`]. The state is compressed and written a [`BLOCK`] at
+    /// a time: neither the whole state nor the whole file is ever held in
+    /// memory, and the file is the one [`encode`] makes of the same state.
+    pub fn save_with(
+        &self,
+        meta: SnapshotMeta,
+        fill: impl FnOnce(&mut StateWriter),
+    ) -> Result<Saved, SnapshotError> {
+        let (path, tmp) = self.paths(meta);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io { path, source }
+        };
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut out = StateWriter::new(file).map_err(io(&tmp))?;
+        fill(&mut out);
+        let (file, file_len, state_len) = out.finish(meta).map_err(io(&tmp))?;
+        self.install(file, &tmp, &path)?;
+        Ok(Saved {
+            path,
+            file_len,
+            state_len,
+        })
     }
 
     /// Writes a snapshot file already encoded (by [`encode`]; one received
     /// from a peer and checked with [`decode`]) covering `meta` durably,
     /// then removes all but the newest [`KEEP`].
     pub fn save_encoded(&self, meta: SnapshotMeta, file: &[u8]) -> Result<PathBuf, SnapshotError> {
-        let path = self.dir.join(format!("snapshot-{:020}.snap", meta.index));
-        // A temporary file of its own: two saves of one index may overlap
-        // (a pull abandoned for another source still finishing its save).
+        let (path, tmp) = self.paths(meta);
+        let mut out = File::create(&tmp).map_err(|source| SnapshotError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        out.write_all(file).map_err(|source| SnapshotError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        self.install(out, &tmp, &path)?;
+        Ok(path)
+    }
+
+    /// The file of a snapshot covering `meta`, and a temporary file of its
+    /// own to write it in first: two saves of one index may overlap (a pull
+    /// abandoned for another source still finishing its save).
+    fn paths(&self, meta: SnapshotMeta) -> (PathBuf, PathBuf) {
         static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = self.dir.join(format!("snapshot-{:020}.snap", meta.index));
         let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
+        (path, tmp)
+    }
+
+    /// Makes the written temporary file `tmp` the snapshot `path`,
+    /// atomically and durably, then removes all but the newest [`KEEP`].
+    fn install(&self, written: File, tmp: &Path, path: &Path) -> Result<(), SnapshotError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| SnapshotError::Io { path, source }
         };
-        let mut out = File::create(&tmp).map_err(io(&tmp))?;
-        out.write_all(file).map_err(io(&tmp))?;
-        out.sync_all().map_err(io(&tmp))?;
-        drop(out);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        written.sync_all().map_err(io(tmp))?;
+        drop(written);
+        fs::rename(tmp, path).map_err(io(path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         for (_, old) in self.files()?.into_iter().skip(KEEP) {
             let _ = fs::remove_file(old);
         }
-        Ok(path)
+        Ok(())
     }
 
     /// The newest valid snapshot, if any. Damaged newer ones are skipped
@@ -234,6 +281,140 @@ impl Snapshots {
             (Ok(()), Ok((_, body_len, _, _))) => body_len,
             _ => 0,
         }
+    }
+}
+
+/// A snapshot written by [`Snapshots::save_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// Its file.
+    pub path: PathBuf,
+    /// The file's length.
+    pub file_len: u64,
+    /// The state's length, uncompressed.
+    pub state_len: u64,
+}
+
+/// Where [`Snapshots::save_with`] takes a state as it is produced: bytes
+/// go in with [`StateWriter::push`] and [`StateWriter::extend`] (or as an
+/// [`io::Write`]), are compressed a [`BLOCK`] at a time and written to the
+/// file at once. The header, whose length and CRC need the whole body, is
+/// written last, over the room left for it.
+///
+/// Writing cannot fail from the producer's side: the first error of the
+/// file is kept, later bytes are dropped, and the save fails with it.
+pub struct StateWriter {
+    file: File,
+    /// State bytes not compressed yet (less than a block).
+    block: Vec<u8>,
+    /// One compressed block, after room for its length.
+    packed: Vec<u8>,
+    /// CRC of the blocks written (the body after the state's length).
+    crc: crc32fast::Hasher,
+    state_len: u64,
+    blocks_len: u64,
+    failed: Option<io::Error>,
+}
+
+impl StateWriter {
+    fn new(mut file: File) -> io::Result<Self> {
+        file.write_all(&[0; HEADER_LEN + 8])?;
+        Ok(Self {
+            file,
+            block: Vec::with_capacity(BLOCK),
+            packed: vec![0; 4 + lz4_flex::block::get_maximum_output_size(BLOCK)],
+            crc: crc32fast::Hasher::new(),
+            state_len: 0,
+            blocks_len: 0,
+            failed: None,
+        })
+    }
+
+    /// Appends one byte of the state.
+    #[inline]
+    pub fn push(&mut self, byte: u8) {
+        self.block.push(byte);
+        if self.block.len() == BLOCK {
+            self.seal();
+        }
+    }
+
+    /// Appends bytes of the state.
+    #[inline]
+    pub fn extend(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = BLOCK - self.block.len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.block.extend_from_slice(now);
+            if self.block.len() == BLOCK {
+                self.seal();
+            }
+            bytes = rest;
+        }
+    }
+
+    /// Compresses the pending block and writes it.
+    fn seal(&mut self) {
+        if self.block.is_empty() {
+            return;
+        }
+        let packed = match lz4_flex::block::compress_into(&self.block, &mut self.packed[4..]) {
+            Ok(packed) => packed,
+            // Invariant: `packed` has the maximum output size of a block.
+            Err(e) => {
+                self.failed.get_or_insert(io::Error::other(e.to_string()));
+                0
+            }
+        };
+        self.packed[..4].copy_from_slice(&(packed as u32).to_le_bytes());
+        let framed = &self.packed[..4 + packed];
+        self.crc.update(framed);
+        if self.failed.is_none() {
+            if let Err(e) = self.file.write_all(framed) {
+                self.failed = Some(e);
+            }
+        }
+        self.state_len += self.block.len() as u64;
+        self.blocks_len += framed.len() as u64;
+        self.block.clear();
+    }
+
+    /// Writes the last block and the header: the file, its length and the
+    /// state's length.
+    fn finish(mut self, meta: SnapshotMeta) -> io::Result<(File, u64, u64)> {
+        self.seal();
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let body_len = 8 + self.blocks_len;
+        let mut head = [0u8; HEADER_LEN + 8];
+        head[..8].copy_from_slice(MAGIC);
+        head[8] = VERSION;
+        head[9..17].copy_from_slice(&meta.index.to_le_bytes());
+        head[17..25].copy_from_slice(&meta.epoch.to_le_bytes());
+        head[25..33].copy_from_slice(&body_len.to_le_bytes());
+        head[HEADER_LEN..].copy_from_slice(&self.state_len.to_le_bytes());
+        // CRC(header fields | state length | blocks), the blocks' part
+        // already summed as they went.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[..33]);
+        crc.update(&head[HEADER_LEN..]);
+        crc.combine(&self.crc);
+        head[33..37].copy_from_slice(&crc.finalize().to_le_bytes());
+        self.file.seek(io::SeekFrom::Start(0))?;
+        self.file.write_all(&head)?;
+        Ok((self.file, HEADER_LEN as u64 + body_len, self.state_len))
+    }
+}
+
+impl Write for StateWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.extend(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -504,6 +685,64 @@ mod tests {
     }
 
     /// A history-like state: successive versions of a growing value.
+    #[test]
+    fn a_state_written_as_it_is_produced_is_the_file_encode_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(dir.path()).unwrap();
+        for (n, len) in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5]
+            .into_iter()
+            .enumerate()
+        {
+            let state = history(len);
+            // In pieces of changing sizes, some a byte at a time, some
+            // across a block's end.
+            let saved = snaps
+                .save_with(meta(10 + n as u64), |out| {
+                    let (mut at, mut piece) = (0, 1);
+                    while at < state.len() {
+                        let end = (at + piece).min(state.len());
+                        if piece % 3 == 0 {
+                            state[at..end].iter().for_each(|&b| out.push(b));
+                        } else {
+                            out.extend(&state[at..end]);
+                        }
+                        at = end;
+                        piece = piece * 7 % 700_001 + 1;
+                    }
+                })
+                .unwrap();
+            let file = fs::read(&saved.path).unwrap();
+            assert_eq!(file, encode(meta(10 + n as u64), &state), "{len} bytes");
+            assert_eq!(
+                (saved.file_len, saved.state_len),
+                (file.len() as u64, len as u64)
+            );
+            assert_eq!(snaps.load().unwrap().unwrap().state, state);
+            assert_eq!(snaps.newest_state_len(), len as u64);
+        }
+    }
+
+    #[test]
+    fn a_file_that_fails_mid_state_fails_the_save_and_leaves_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read-only");
+        fs::write(&path, b"").unwrap();
+        let mut out = StateWriter {
+            file: File::open(&path).unwrap(),
+            block: Vec::new(),
+            packed: vec![0; 4 + lz4_flex::block::get_maximum_output_size(BLOCK)],
+            crc: crc32fast::Hasher::new(),
+            state_len: 0,
+            blocks_len: 0,
+            failed: None,
+        };
+        out.extend(&history(BLOCK + 1));
+        assert!(out.failed.is_some(), "a write to a read-only file failed");
+        assert!(out.finish(meta(5)).is_err());
+        let snaps = Snapshots::open(dir.path()).unwrap();
+        assert_eq!(snaps.load().unwrap(), None);
+    }
+
     fn history(len: usize) -> Vec<u8> {
         let mut state = Vec::with_capacity(len);
         let mut n = 0u64;

@@ -32,3 +32,36 @@ pub(crate) fn encode_exact<T: serde::Serialize>(value: &T) -> Vec<u8> {
     .unwrap_or_default();
     postcard::to_extend(value, Vec::with_capacity(size)).unwrap_or_default()
 }
+
+/// Encodes `value` straight into a snapshot file as postcard bytes (see
+/// `SnapshotData::write_into`): no buffer of the whole encoding.
+pub(crate) fn encode_into<T: serde::Serialize>(
+    value: &T,
+    out: &mut clustron_log::snapshot::StateWriter,
+) {
+    // Invariant: plain data, and this flavor never fails.
+    let _ = postcard::serialize_with_flavor(value, IntoSnapshot(out));
+}
+
+/// A postcard flavor writing into a snapshot file.
+struct IntoSnapshot<'a>(&'a mut clustron_log::snapshot::StateWriter);
+
+impl postcard::ser_flavors::Flavor for IntoSnapshot<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}

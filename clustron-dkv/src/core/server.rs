@@ -1075,6 +1075,10 @@ impl SnapshotData for StatePoint {
     fn into_bytes(self) -> Vec<u8> {
         super::encode_exact(&self)
     }
+
+    fn write_into(self, out: &mut clustron_log::snapshot::StateWriter) {
+        super::encode_into(&self, out);
+    }
 }
 
 /// The key-value server on the log's shared driver side

@@ -59,6 +59,17 @@ pub use replication::{
 pub trait SnapshotData: Send + 'static {
     /// The bytes to write into the snapshot file.
     fn into_bytes(self) -> Vec<u8>;
+
+    /// Writes the same bytes into a snapshot file as they are produced. The
+    /// default writes [`SnapshotData::into_bytes`]; a large state encodes
+    /// straight into `out` instead, so that its encoding is never held
+    /// whole in memory (nor paid for in fresh pages on every snapshot).
+    fn write_into(self, out: &mut crate::snapshot::StateWriter)
+    where
+        Self: Sized,
+    {
+        out.extend(&self.into_bytes());
+    }
 }
 
 impl SnapshotData for Vec<u8> {

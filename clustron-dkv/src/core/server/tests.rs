@@ -919,7 +919,18 @@ fn a_node_that_missed_compacted_history_catches_up_from_a_snapshot_with_its_sess
         let (meta, state) = net.servers[node].snapshot();
         // The O(1) point encodes to the copy's very bytes.
         let (point_meta, point) = net.servers[node].snapshot_point();
-        assert_eq!((point_meta, point.into_bytes()), (meta, state.encode()));
+        assert_eq!(
+            (point_meta, point.clone().into_bytes()),
+            (meta, state.encode())
+        );
+        // Written into a file as it encodes: the file of those bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = clustron_log::snapshot::Snapshots::open(dir.path()).unwrap();
+        let saved = snaps.save_with(meta, |out| point.write_into(out)).unwrap();
+        assert_eq!(
+            std::fs::read(saved.path).unwrap(),
+            clustron_log::snapshot::encode(meta, &state.encode())
+        );
         net.servers[node].compact_log(meta.index);
         assert_eq!(net.servers[node].replica().snapshot(), meta);
     }
