@@ -127,6 +127,11 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Node `index`'s (0-based) election folder.
+    pub fn data_dir(&self, index: usize) -> std::path::PathBuf {
+        self._dir.path().join(format!("n{}", index + 1))
+    }
+
     /// The epoch, when every node with an index in `which` names `leader`
     /// with one epoch.
     pub fn follow(&self, which: &[usize], leader: &NodeName) -> Option<Epoch> {
