@@ -80,6 +80,14 @@ pub const DEFAULT_RETAIN_REVISIONS: u64 = 10_000;
 /// thousand writes still resumes, whatever the values weigh.
 pub const MIN_HISTORY_REVISIONS: u64 = 1_000;
 
+/// Most revisions one compaction frees: every replica applies a compaction
+/// between two inputs, ~0.75 µs per revision freed (a look-up per change),
+/// so a compaction of the 5,000 revisions that `retain_revisions` and half
+/// again allowed held every node's driver ~4 ms, every quarter second at
+/// 20,000 puts/s: the put p99. History beyond the bound is freed in steps
+/// of at most this many, one after the other.
+pub const COMPACTION_STEP: u64 = 500;
+
 /// How the server is tuned.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -91,14 +99,17 @@ pub struct ServerConfig {
     /// [`Limits::default`]).
     pub limits: Limits,
     /// History kept: once the store is this many revisions past its
-    /// compaction point and half as many again, the leader proposes a
-    /// compaction to `revision - retain_revisions` (0: never). Watches and
-    /// past reads reach back this far.
+    /// compaction point and half as many again (at most
+    /// [`COMPACTION_STEP`] more), the leader proposes a compaction to
+    /// `revision - retain_revisions`, in steps of at most
+    /// [`COMPACTION_STEP`] revisions (0: never). Watches and past reads
+    /// reach back this far.
     pub retain_revisions: u64,
     /// History bound in bytes: once the bytes of past versions (what
     /// compaction can free; live values never count) exceed this and half
     /// as much again, the leader proposes a compaction of the older half of
-    /// the history, keeping at least [`MIN_HISTORY_REVISIONS`] (0: no byte
+    /// the history (in steps of at most [`COMPACTION_STEP`] revisions),
+    /// keeping at least [`MIN_HISTORY_REVISIONS`] (0: no byte
     /// bound). Without it a workload rewriting large values kept
     /// `retain_revisions` copies of them: 170 MB snapshots after 80k writes
     /// of a growing 44 KB value, a second to send to a lagging voter.
@@ -975,7 +986,9 @@ impl Server {
     }
 
     /// On the leader: proposes a compaction once history exceeds
-    /// `retain_revisions` or `retain_bytes` by half again (one at a time).
+    /// `retain_revisions` by half again (at most [`COMPACTION_STEP`]) or
+    /// `retain_bytes` by half again; one at a time, each freeing at most
+    /// [`COMPACTION_STEP`] revisions.
     fn maybe_compact(&mut self) {
         if self.replica.leading().is_none() || !self.own_epoch_committed {
             return;
@@ -990,7 +1003,8 @@ impl Server {
         let kept = revision.saturating_sub(compacted);
         let retain = self.retain_revisions;
         let bound = self.retain_bytes;
-        let target = if retain > 0 && kept >= retain + retain / 2 {
+        let slack = (retain / 2).clamp(1, COMPACTION_STEP);
+        let target = if retain > 0 && kept >= retain + slack {
             revision - retain
         } else if bound > 0
             && self.store.history_bytes() >= bound + bound / 2
@@ -1000,6 +1014,7 @@ impl Server {
         } else {
             return;
         };
+        let target = target.min(compacted + COMPACTION_STEP);
         let payload = encode(&Command::Compact { revision: target });
         if self.replica.propose(self.now, payload).is_ok() {
             self.compacting = Some(target);
