@@ -1226,8 +1226,20 @@ impl Partition {
         }
     }
 
-    /// A backup's write: the key now holds `state` (or nothing).
+    /// A backup's write: the key now holds `state` (or nothing). An update
+    /// of a held key is made in place: one look-up, no new key.
     fn set(&mut self, key: &[u8], state: Option<EntryState>) {
+        let state = match (self.entries.get_mut(key), state) {
+            (Some(entry), Some(state)) => {
+                self.bytes =
+                    self.bytes - entry_bytes(key, &entry.value) + entry_bytes(key, &state.value);
+                entry.value = state.value;
+                entry.version = state.version;
+                entry.expire_at_ms = state.expire_at_ms;
+                return;
+            }
+            (_, state) => state,
+        };
         if let Some(old) = self.entries.remove(key) {
             self.bytes -= entry_bytes(key, &old.value);
         }
