@@ -73,10 +73,12 @@ pub struct TransportConfig {
     pub max_concurrent_streams: u32,
     /// Requests to a peer travel as calls on one long-lived stream per
     /// channel, their answers in any order (see [`crate::Channel::request`]),
-    /// instead of a stream each; a remote's calls streams are served, at
-    /// most `max_concurrent_streams` calls of one at once. False: a stream
-    /// per request, and calls streams refused (as builds before calls),
-    /// which their callers take as "use a stream per request". Default true.
+    /// and one-way messages in order on one long-lived stream per channel
+    /// ([`crate::Channel::send`]), instead of a stream each; a remote's
+    /// calls streams are served, at most `max_concurrent_streams` calls of
+    /// one at once. False: a stream per request and per message, and calls
+    /// and messages streams refused (as builds before them), which their
+    /// senders take as "use a stream each". Default true.
     pub calls: bool,
     /// Concurrent bidirectional streams a *client* connection may open
     /// (ALPN `clustron-client/1`). Every watch, topology watch and

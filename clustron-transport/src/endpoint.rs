@@ -32,6 +32,7 @@ use crate::config::TransportConfig;
 use crate::error::{CertError, Error, FrameError};
 use crate::frame::{self, Status, StreamKind, HEADER_LEN};
 use crate::identity::PeerIdentity;
+use crate::messages::{self, Messages};
 use crate::refusals::{self, RefusalLog};
 use crate::stream::{self, FramedStream, ReadFailure, Reader};
 use crate::subscription::Subscription;
@@ -255,6 +256,9 @@ pub struct TransportStats {
     /// Bidirectional streams accepted from peers (requests and long-lived
     /// streams alike).
     pub streams_accepted: u64,
+    /// Unidirectional streams accepted from peers (a one-way message each,
+    /// or a long-lived messages stream).
+    pub uni_streams_accepted: u64,
     /// Connections established, either direction.
     pub connections_opened: u64,
     /// Handshakes refused, either direction.
@@ -281,6 +285,7 @@ pub(crate) struct Stats {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     streams_accepted: AtomicU64,
+    uni_streams_accepted: AtomicU64,
     connections_opened: AtomicU64,
     connections_refused: AtomicU64,
     pub(crate) stream_errors: AtomicU64,
@@ -454,6 +459,13 @@ pub(crate) struct Inner {
     /// Peers of an older build that refused a calls stream: a stream per
     /// request for them.
     pub(crate) no_calls: DashMap<SocketAddr, ()>,
+    /// The open messages stream to each (peer, channel) (see `messages`).
+    messages: DashMap<(SocketAddr, ChannelId), Arc<Messages>>,
+    /// One opening of a messages stream at a time per (peer, channel).
+    message_opens: DashMap<(SocketAddr, ChannelId), Arc<tokio::sync::Mutex<()>>>,
+    /// Peers of an older build that refused a messages stream: a stream per
+    /// message for them.
+    pub(crate) no_messages: DashMap<SocketAddr, ()>,
     /// Which refusals are logged in full (see `refusals`).
     refusals: std::sync::Mutex<RefusalLog>,
     /// Handshakes of incoming connections in progress.
@@ -561,6 +573,9 @@ impl Endpoint {
             calls: DashMap::new(),
             call_opens: DashMap::new(),
             no_calls: DashMap::new(),
+            messages: DashMap::new(),
+            message_opens: DashMap::new(),
+            no_messages: DashMap::new(),
             refusals: std::sync::Mutex::default(),
             handshakes: AtomicUsize::new(0),
         });
@@ -700,6 +715,7 @@ impl Endpoint {
             bytes_sent: s.bytes_sent.load(Relaxed),
             bytes_received: s.bytes_received.load(Relaxed),
             streams_accepted: s.streams_accepted.load(Relaxed),
+            uni_streams_accepted: s.uni_streams_accepted.load(Relaxed),
             connections_opened: s.connections_opened.load(Relaxed),
             connections_refused: s.connections_refused.load(Relaxed),
             stream_errors: s.stream_errors.load(Relaxed),
@@ -945,37 +961,77 @@ impl<P: Protocol> Channel<P> {
         }
     }
 
-    /// Sends a one-way message on a new unidirectional stream. Returns once
-    /// it is handed to QUIC (delivered reliably unless the connection dies),
-    /// without waiting for an acknowledgement.
+    /// Sends a one-way message. Returns once it is handed to QUIC
+    /// (delivered reliably unless the connection dies), without waiting for
+    /// an acknowledgement. Messages to one peer on one channel travel in
+    /// order on one long-lived stream ([`TransportConfig::calls`]; see the
+    /// `messages` module); to a peer that does not take that, each on a
+    /// stream of its own. Waits, at most the endpoint's `request_timeout`,
+    /// while the peer's inbox is full and this stream's queue with it.
     pub async fn send(&self, to: SocketAddr, message: &P::Message) -> Result<(), Error> {
         let inner = &self.endpoint.inner;
+        let max = inner.config.max_frame_size;
+        let on_its_own = !inner.config.calls || inner.no_messages.contains_key(&to);
         let mut buf = Vec::with_capacity(frame::framed_len(message) + HEADER_LEN);
-        buf.extend_from_slice(&frame::header(StreamKind::Message, P::CHANNEL));
-        frame::encode_frame(&mut buf, message, inner.config.max_frame_size)
-            .map_err(Error::Encode)?;
+        if on_its_own {
+            buf.extend_from_slice(&frame::header(StreamKind::Message, P::CHANNEL));
+        }
+        frame::encode_frame(&mut buf, message, max).map_err(Error::Encode)?;
         let after = inner.config.request_timeout;
-        let exchange = async {
-            let conn = inner.connection(to).await?;
-            let mut send = match conn.open_uni().await {
-                Ok(send) => send,
-                Err(e) => {
-                    inner.evict(to, &conn);
-                    return Err(connection_error(to, e));
-                }
-            };
-            send.write_all(&buf)
-                .await
-                .map_err(|e| write_failure(to, e))?;
-            let _ = send.finish();
-            inner.stats.sent(buf.len());
-            Ok(())
+        let sent = async {
+            match on_its_own {
+                true => Self::send_on_its_own(inner, to, &buf).await,
+                false => Self::send_on_messages(inner, to, buf).await,
+            }
         };
-        timeout(after, exchange).await.map_err(|_| Error::Timeout {
+        timeout(after, sent).await.map_err(|_| Error::Timeout {
             what: "message",
             addr: to,
             after,
         })?
+    }
+
+    /// A message frame onto the messages stream to `to`.
+    async fn send_on_messages(
+        inner: &Arc<Inner>,
+        to: SocketAddr,
+        mut frame: Vec<u8>,
+    ) -> Result<(), Error> {
+        let mut fresh = false;
+        loop {
+            let messages = inner.messages_to(to, P::CHANNEL).await?;
+            frame = match messages.send(frame).await {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            };
+            // That stream closed before taking it: once more on a new one.
+            inner.forget_messages(to, &messages);
+            if fresh {
+                return Err(Error::Unreachable {
+                    addr: to,
+                    reason: "the messages stream closed before the message was sent".into(),
+                });
+            }
+            fresh = true;
+        }
+    }
+
+    /// A message (header and frame) on a new unidirectional stream.
+    async fn send_on_its_own(inner: &Arc<Inner>, to: SocketAddr, buf: &[u8]) -> Result<(), Error> {
+        let conn = inner.connection(to).await?;
+        let mut send = match conn.open_uni().await {
+            Ok(send) => send,
+            Err(e) => {
+                inner.evict(to, &conn);
+                return Err(connection_error(to, e));
+            }
+        };
+        send.write_all(buf)
+            .await
+            .map_err(|e| write_failure(to, e))?;
+        let _ = send.finish();
+        inner.stats.sent(buf.len());
+        Ok(())
     }
 
     /// Sends an unreliable datagram: it may be lost, duplicated or reordered.
@@ -1173,6 +1229,7 @@ impl Inner {
             let (me, conn, peer) = (self.clone(), conn.clone(), peer.clone());
             tokio::spawn(async move {
                 while let Ok(recv) = conn.accept_uni().await {
+                    me.stats.uni_streams_accepted.fetch_add(1, Relaxed);
                     tokio::spawn(me.clone().handle_uni(peer.clone(), is_client, recv));
                 }
             })
@@ -1218,7 +1275,7 @@ impl Inner {
         }
     }
 
-    fn bad_stream(
+    pub(crate) fn bad_stream(
         &self,
         peer: &Peer,
         send: Option<&mut SendStream>,
@@ -1311,7 +1368,7 @@ impl Inner {
                 let limit = self.config.max_concurrent_streams as usize;
                 calls::serve(self.clone(), peer, is_client, channel, reader, send, limit).await;
             }
-            StreamKind::Message => {
+            StreamKind::Message | StreamKind::Messages => {
                 let e = FrameError::UnknownKind(kind as u8);
                 self.bad_stream(&peer, Some(&mut send), reader.stream(), e.into());
             }
@@ -1323,6 +1380,9 @@ impl Inner {
         let channel = match reader.fixed::<HEADER_LEN>().await {
             Ok(Some(head)) => match frame::parse_header(head) {
                 Ok((StreamKind::Message, channel)) => channel,
+                Ok((StreamKind::Messages, channel)) if self.config.calls => {
+                    return messages::serve(self.clone(), peer, is_client, channel, reader).await;
+                }
                 Ok((kind, _)) => {
                     let e = FrameError::UnknownKind(kind as u8);
                     return self.bad_stream(&peer, None, reader.stream(), e.into());
@@ -1539,6 +1599,41 @@ impl Inner {
         let calls = calls::start(self, to, channel, send, recv);
         self.calls.insert(key, calls.clone());
         Ok(calls)
+    }
+
+    /// The open messages stream to `to` for `channel`, or a new one.
+    async fn messages_to(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        channel: ChannelId,
+    ) -> Result<Arc<Messages>, Error> {
+        let key = (to, channel);
+        if let Some(open) = self.messages.get(&key).filter(|m| m.is_open()) {
+            return Ok(open.clone());
+        }
+        let slot = self.message_opens.entry(key).or_default().clone();
+        let _opening = slot.lock().await;
+        if let Some(open) = self.messages.get(&key).filter(|m| m.is_open()) {
+            return Ok(open.clone());
+        }
+        let conn = self.connection(to).await?;
+        let send = match conn.open_uni().await {
+            Ok(send) => send,
+            Err(e) => {
+                self.evict(to, &conn);
+                return Err(connection_error(to, e));
+            }
+        };
+        let messages = messages::start(self, to, channel, conn, send);
+        self.messages.insert(key, messages.clone());
+        Ok(messages)
+    }
+
+    /// Drops `messages` from the open ones (it failed or its connection
+    /// closed), unless a newer stream replaced it already.
+    pub(crate) fn forget_messages(&self, to: SocketAddr, messages: &Arc<Messages>) {
+        self.messages
+            .retain(|(addr, _), open| *addr != to || !Arc::ptr_eq(open, messages));
     }
 
     /// Drops `calls` from the open ones (it failed or ended), unless a

@@ -38,6 +38,9 @@ pub enum StreamKind {
     /// Bidirectional: many requests, each tagged with an id, and their
     /// responses in any order (see the `calls` module).
     Calls = 4,
+    /// Unidirectional: message frames, in order, until the sender finishes
+    /// (see the `messages` module).
+    Messages = 5,
 }
 
 /// First byte of a response.
@@ -81,6 +84,7 @@ pub fn parse_header(bytes: [u8; HEADER_LEN]) -> Result<(StreamKind, ChannelId), 
         2 => StreamKind::Message,
         3 => StreamKind::Stream,
         4 => StreamKind::Calls,
+        5 => StreamKind::Messages,
         other => return Err(FrameError::UnknownKind(other)),
     };
     Ok((kind, ChannelId(u16::from_be_bytes([bytes[2], bytes[3]]))))
@@ -245,12 +249,13 @@ mod tests {
         }
 
         #[test]
-        fn headers_round_trip(kind in 1u8..=4, channel in any::<u16>()) {
+        fn headers_round_trip(kind in 1u8..=5, channel in any::<u16>()) {
             let kind = match kind {
                 1 => StreamKind::Request,
                 2 => StreamKind::Message,
                 3 => StreamKind::Stream,
-                _ => StreamKind::Calls,
+                4 => StreamKind::Calls,
+                _ => StreamKind::Messages,
             };
             prop_assert_eq!(parse_header(header(kind, ChannelId(channel))).unwrap(), (kind, ChannelId(channel)));
         }

@@ -72,6 +72,7 @@ mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod identity;
+mod messages;
 mod refusals;
 mod stream;
 mod subscription;

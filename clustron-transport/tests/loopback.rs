@@ -1220,3 +1220,98 @@ async fn calls_waiting_on_a_peer_that_closes_fail_at_once_as_possibly_processed(
     serve_echo(&c);
     assert_eq!(request(&a, c.local_addr(), 3).await.unwrap().id, 3);
 }
+
+#[tokio::test]
+async fn messages_to_a_peer_travel_in_order_on_one_stream() {
+    let pki = Pki::new();
+    let (a, b) = (pki.node("alpha"), pki.node("beta"));
+    let mut notes = serve_echo(&b);
+    let channel = a.channel::<Echo>();
+    let to = b.local_addr();
+    // Each handed over before the next is sent: they arrive in that order.
+    for i in 0..500 {
+        timeout(DEADLINE, channel.send(to, &Note(format!("m{i}"))))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for i in 0..500 {
+        let (from, note, delivery) = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
+        assert_eq!(
+            (from.as_str(), note, delivery),
+            ("alpha", Note(format!("m{i}")), Delivery::Reliable)
+        );
+    }
+    // One messages stream, not one stream per message.
+    assert_eq!(b.stats().uni_streams_accepted, 1);
+}
+
+#[tokio::test]
+async fn a_peer_that_takes_no_messages_streams_is_sent_a_stream_per_message() {
+    let pki = Pki::new();
+    let a = pki.node("client");
+    // A peer as builds before messages streams: it stops one at its header.
+    let mut old = config();
+    old.calls = false;
+    let b = Endpoint::bind(old, pki.node_identity("server")).unwrap();
+    let mut notes = serve_echo(&b);
+    let channel = a.channel::<Echo>();
+    let to = b.local_addr();
+    // What went on the refused stream is lost (as one-way messages may be
+    // when a connection fails): send until one arrives.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        channel.send(to, &Note("first".into())).await.unwrap();
+        if let Ok(Some(_)) = timeout(Duration::from_millis(100), notes.recv()).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no message ever arrived");
+    }
+    while let Ok(Some(_)) = timeout(Duration::from_millis(100), notes.recv()).await {}
+    let accepted = b.stats().uni_streams_accepted;
+    for i in 0..20 {
+        channel.send(to, &Note(format!("m{i}"))).await.unwrap();
+        let (_, note, _) = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
+        assert_eq!(note, Note(format!("m{i}")));
+    }
+    // Then a stream per message; the refused stream counted as an error.
+    assert_eq!(b.stats().uni_streams_accepted, accepted + 20);
+    assert_eq!(b.stats().stream_errors, 1);
+}
+
+#[tokio::test]
+async fn a_malformed_message_stops_its_messages_stream_and_the_next_ones_still_arrive() {
+    let pki = Pki::new();
+    let server = pki.node("server");
+    let mut notes = serve_echo(&server);
+    let to = server.local_addr();
+    let conn = raw::connect(
+        tls::client_config(&pki.node_identity("raw"), tls::ALPN_PEER).unwrap(),
+        to,
+    )
+    .await
+    .unwrap();
+    // A good message, then one that does not decode as a `Note`.
+    let mut bytes = frame::header(frame::StreamKind::Messages, Echo::CHANNEL).to_vec();
+    frame::encode_frame(&mut bytes, &Note("good".into()), 1 << 20).unwrap();
+    bytes.extend_from_slice(&3u32.to_be_bytes());
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
+    let mut send = conn.open_uni().await.unwrap();
+    send.write_all(&bytes).await.unwrap();
+    let stopped = timeout(DEADLINE, send.stopped()).await.unwrap().unwrap();
+    assert_eq!(
+        stopped.map(|code| code.into_inner()),
+        Some(u64::from(codes::MALFORMED))
+    );
+    let (_, note, _) = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
+    assert_eq!(note, Note("good".into()));
+    // A node's messages still arrive, on a stream of their own.
+    let client = pki.node("client");
+    client
+        .channel::<Echo>()
+        .send(to, &Note("after".into()))
+        .await
+        .unwrap();
+    let (_, note, _) = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
+    assert_eq!(note, Note("after".into()));
+}
