@@ -755,7 +755,8 @@ fn a_leader_whose_whole_disk_fills_steps_aside_and_says_so() {
     eventually("all three follow n1", || follow_all(&[&n1, &n2, &n3], "n1"));
     let endpoints = [seed, n2_addr, n3_addr];
 
-    // The leader's next promise (its own renewal vote) cannot be saved.
+    // The leader's promise, rewritten at most a second apart as a check
+    // that its storage still takes writes, can no longer be saved.
     disk.fill();
     eventually("n1 withdraws and says why", || {
         metric(n1.admin, "clustron_election_withdrawn") == Some(1)
