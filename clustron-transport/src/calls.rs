@@ -46,6 +46,19 @@ pub(crate) const CALL_HEAD: usize = LENGTH_PREFIX + ID_LEN;
 /// Most bytes gathered into one write of the writer tasks.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Appends frames already queued (`next`) to `buf`, up to [`WRITE_BATCH`]
+/// bytes: one write for all of them (the writer tasks of calls and
+/// messages streams).
+pub(crate) fn gather(buf: &mut Vec<u8>, mut next: impl FnMut() -> Option<Vec<u8>>) {
+    while buf.len() < WRITE_BATCH {
+        match next() {
+            Some(more) if buf.is_empty() => *buf = more,
+            Some(more) => buf.extend_from_slice(&more),
+            None => break,
+        }
+    }
+}
+
 /// Why a call got no answer.
 #[derive(Debug)]
 pub(crate) enum CallFailure {
@@ -185,13 +198,7 @@ async fn write_calls(
 ) {
     let mut buf = frame::header(StreamKind::Calls, channel).to_vec();
     loop {
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) if buf.is_empty() => buf = more,
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+        gather(&mut buf, || rx.try_recv().ok());
         if buf.is_empty() {
             match rx.recv().await {
                 Some(first) => buf = first,

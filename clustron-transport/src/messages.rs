@@ -33,6 +33,7 @@ use std::sync::{Arc, Weak};
 use quinn::SendStream;
 use tokio::sync::mpsc;
 
+use crate::calls;
 use crate::codes;
 use crate::endpoint::{Delivery, Inner, Peer};
 use crate::frame::{self, StreamKind, LENGTH_PREFIX};
@@ -41,8 +42,6 @@ use crate::ChannelId;
 
 /// Messages queued for one stream's writer before senders wait.
 pub(crate) const QUEUE: usize = 1024;
-/// Most bytes gathered into one write.
-const WRITE_BATCH: usize = 64 * 1024;
 
 /// The sending side of one messages stream.
 pub(crate) struct Messages {
@@ -118,13 +117,7 @@ async fn write_messages(
     let Link { to, channel, conn } = link;
     let mut buf = frame::header(StreamKind::Messages, channel).to_vec();
     loop {
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) if buf.is_empty() => buf = more,
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+        calls::gather(&mut buf, || rx.try_recv().ok());
         if buf.is_empty() {
             tokio::select! {
                 first = rx.recv() => match first {
