@@ -117,8 +117,14 @@ fn client(
 fn a_put_sent_to_a_leader_that_freezes_is_applied_exactly_once() {
     let mut cluster = ProcCluster::start(3, false).unwrap();
     println!("nodes' directory: {}", cluster.dir().display());
-    let (leader, _) = cluster.await_leader(DEADLINE);
-    assert_eq!(cluster.name(leader), "n1", "the highest priority leads");
+    // The highest priority leads once every node sees it: a node slow to
+    // start (a debug build on a loaded machine) can miss the first
+    // election, and then takes its place back by handover.
+    eventually("n1 leads", || {
+        cluster
+            .agreed_leader()
+            .is_some_and(|(i, _)| i == 0 && holds_lease(cluster.admin(0)))
+    });
     let runtime = runtime();
     let client = client(&runtime, cluster.dir(), cluster.endpoints());
     // The client's connection to n1 is open and n1 is its leader.
