@@ -749,6 +749,14 @@ impl<C: ReplicatedCore> LogIo<C> {
                     return Ok(());
                 }
                 tracing::trace!(%to, msg = %msg.brief(), "replication out");
+                // Onto the open stream at once when it has room; else a
+                // task waits for it (the first message to a peer dials).
+                if let Some(sent) = self.channel.send_now(to, &msg) {
+                    if let Err(e) = sent {
+                        tracing::debug!(%to, error = %e, "replication send failed");
+                    }
+                    return Ok(());
+                }
                 let channel = self.channel.clone();
                 tokio::spawn(async move {
                     if let Err(e) = channel.send(to, &msg).await {

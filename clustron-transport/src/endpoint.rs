@@ -991,6 +991,28 @@ impl<P: Protocol> Channel<P> {
         })?
     }
 
+    /// As [`Channel::send`], when that needs no waiting: the message goes
+    /// onto the open messages stream to `to` at once, with no task to
+    /// spawn for it. `None` when it would wait (no stream open to `to` on
+    /// this channel yet, its queue full, or a peer that takes no messages
+    /// streams): then use [`Channel::send`].
+    pub fn send_now(&self, to: SocketAddr, message: &P::Message) -> Option<Result<(), Error>> {
+        let inner = &self.endpoint.inner;
+        if !inner.config.calls || inner.no_messages.contains_key(&to) {
+            return None;
+        }
+        let messages = inner
+            .messages
+            .get(&(to, P::CHANNEL))
+            .filter(|m| m.is_open())
+            .map(|m| m.clone())?;
+        let mut frame = Vec::with_capacity(frame::framed_len(message));
+        if let Err(e) = frame::encode_frame(&mut frame, message, inner.config.max_frame_size) {
+            return Some(Err(Error::Encode(e)));
+        }
+        messages.try_send(frame).then_some(Ok(()))
+    }
+
     /// A message frame onto the messages stream to `to`.
     async fn send_on_messages(
         inner: &Arc<Inner>,

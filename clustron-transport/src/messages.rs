@@ -59,6 +59,12 @@ impl Messages {
         !self.closed.load(Relaxed) && !self.tx.is_closed() && self.conn.close_reason().is_none()
     }
 
+    /// Hands a message frame over to the writer if the queue has room;
+    /// false (nothing sent) if it has none or the stream closed.
+    pub(crate) fn try_send(&self, frame: Vec<u8>) -> bool {
+        self.is_open() && self.tx.try_send(frame).is_ok()
+    }
+
     /// Hands a message frame over to the writer, waiting while the queue is
     /// full. `Err` gives the frame back when the stream closed before
     /// taking it (it was never sent).

@@ -1315,3 +1315,26 @@ async fn a_malformed_message_stops_its_messages_stream_and_the_next_ones_still_a
     let (_, note, _) = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
     assert_eq!(note, Note("after".into()));
 }
+
+#[tokio::test]
+async fn send_now_goes_onto_an_open_messages_stream_and_declines_otherwise() {
+    let pki = Pki::new();
+    let (a, b) = (pki.node("alpha"), pki.node("beta"));
+    let mut notes = serve_echo(&b);
+    let channel = a.channel::<Echo>();
+    let to = b.local_addr();
+    // No stream to `to` yet: it would have to dial.
+    assert!(channel.send_now(to, &Note("early".into())).is_none());
+    channel.send(to, &Note("first".into())).await.unwrap();
+    for i in 0..100 {
+        let sent = channel.send_now(to, &Note(format!("m{i}")));
+        assert!(matches!(sent, Some(Ok(()))), "{sent:?}");
+    }
+    let (_, first, _) = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
+    assert_eq!(first, Note("first".into()));
+    for i in 0..100 {
+        let (_, note, _) = timeout(DEADLINE, notes.recv()).await.unwrap().unwrap();
+        assert_eq!(note, Note(format!("m{i}")));
+    }
+    assert_eq!(b.stats().uni_streams_accepted, 1);
+}
