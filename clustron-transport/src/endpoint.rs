@@ -1001,11 +1001,7 @@ impl<P: Protocol> Channel<P> {
         if !inner.config.calls || inner.no_messages.contains_key(&to) {
             return None;
         }
-        let messages = inner
-            .messages
-            .get(&(to, P::CHANNEL))
-            .filter(|m| m.is_open())
-            .map(|m| m.clone())?;
+        let messages = inner.open_messages((to, P::CHANNEL))?;
         let mut frame = Vec::with_capacity(frame::framed_len(message));
         if let Err(e) = frame::encode_frame(&mut frame, message, inner.config.max_frame_size) {
             return Some(Err(Error::Encode(e)));
@@ -1623,6 +1619,23 @@ impl Inner {
         Ok(calls)
     }
 
+    /// The open messages stream to `to` for `channel`, if it is on the
+    /// connection cached for `to`. A peer restarted after a crash dials in
+    /// afresh and its connection replaces the cached one, while the old one
+    /// looks open until its idle timeout: messages written there are lost.
+    fn open_messages(&self, key: (SocketAddr, ChannelId)) -> Option<Arc<Messages>> {
+        let messages = self
+            .messages
+            .get(&key)
+            .filter(|m| m.is_open())
+            .map(|m| m.clone())?;
+        let current = self
+            .conns
+            .get(&key.0)
+            .is_some_and(|c| c.stable_id() == messages.conn_id());
+        current.then_some(messages)
+    }
+
     /// The open messages stream to `to` for `channel`, or a new one.
     async fn messages_to(
         self: &Arc<Self>,
@@ -1630,13 +1643,13 @@ impl Inner {
         channel: ChannelId,
     ) -> Result<Arc<Messages>, Error> {
         let key = (to, channel);
-        if let Some(open) = self.messages.get(&key).filter(|m| m.is_open()) {
-            return Ok(open.clone());
+        if let Some(open) = self.open_messages(key) {
+            return Ok(open);
         }
         let slot = self.message_opens.entry(key).or_default().clone();
         let _opening = slot.lock().await;
-        if let Some(open) = self.messages.get(&key).filter(|m| m.is_open()) {
-            return Ok(open.clone());
+        if let Some(open) = self.open_messages(key) {
+            return Ok(open);
         }
         let conn = self.connection(to).await?;
         let send = match conn.open_uni().await {
@@ -1834,6 +1847,59 @@ fn quinn_transport(config: &TransportConfig, bidi_streams: u32) -> quinn::Transp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages stream follows the cached connection: once a new
+    /// connection to the peer replaces it (a restarted peer dialed in), the
+    /// next message goes on a new stream on that connection, not into the
+    /// old one (which looks open until its idle timeout).
+    #[tokio::test]
+    async fn messages_follow_the_connection_the_cache_holds() {
+        struct Note;
+        impl crate::Protocol for Note {
+            const CHANNEL: ChannelId = ChannelId(300);
+            type Request = ();
+            type Response = ();
+            type Message = u64;
+        }
+        let ca = crate::certs::CertificateAuthority::generate("test").unwrap();
+        let node = |name: &str| {
+            let cert = ca
+                .issue(&crate::certs::CertRequest::node(name).unwrap())
+                .unwrap();
+            let identity = TlsIdentity::from_certified(ca.cert_pem(), &cert).unwrap();
+            Endpoint::bind(
+                TransportConfig::new("127.0.0.1:0".parse().unwrap()),
+                identity,
+            )
+            .unwrap()
+        };
+        let (a, b) = (node("a"), node("b"));
+        let mut inbox = b.register::<Note>().unwrap();
+        let to = b.local_addr();
+        let channel = a.channel::<Note>();
+        let mut received = Vec::new();
+        channel.send(to, &1).await.unwrap();
+        // A second connection to b takes the cache's place.
+        let fresh = a.inner.dial(to).await.unwrap();
+        a.inner.conns.insert(to, fresh);
+        channel.send(to, &2).await.unwrap();
+        while received.len() < 2 {
+            let item = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if let Inbound::Message { message, .. } = item {
+                received.push(message);
+            }
+        }
+        received.sort_unstable();
+        assert_eq!(received, vec![1, 2]);
+        assert_eq!(
+            b.stats().uni_streams_accepted,
+            2,
+            "a stream on each connection"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -59,6 +59,11 @@ impl Messages {
         !self.closed.load(Relaxed) && !self.tx.is_closed() && self.conn.close_reason().is_none()
     }
 
+    /// The QUIC connection the stream is on.
+    pub(crate) fn conn_id(&self) -> usize {
+        self.conn.stable_id()
+    }
+
     /// Hands a message frame over to the writer if the queue has room;
     /// false (nothing sent) if it has none or the stream closed.
     pub(crate) fn try_send(&self, frame: Vec<u8>) -> bool {
